@@ -1,0 +1,1 @@
+"""Pure codec for the fetchml binary protocol and on-disk formats (no I/O)."""
