@@ -33,7 +33,7 @@ class MetricRecord(NamedTuple):
 class ScanResult(NamedTuple):
     end: int
     """Offset just past the valid prefix."""
-    count: int
+    records: int
     """Records in the valid prefix."""
     incomplete: bool
     """The walk stopped at a record cut by the end of the buffer (more bytes may complete it)."""
@@ -59,13 +59,18 @@ def scan(buf: bytes | bytearray | memoryview, start: int = 0) -> ScanResult:
     count = empties = 0
     while True:
         if pos + RECORD_MIN > size:
-            return ScanResult(end, count, pos != size)
+            # Cut inside the head: incomplete only if some completion has a plausible timestamp.
+            head = data[pos : pos + 8]
+            low = int.from_bytes(head.ljust(8, b"\0"))
+            high = int.from_bytes(head.ljust(8, b"\xff"))
+            plausible = high >= MIN_TIMESTAMP and low < MAX_TIMESTAMP
+            return ScanResult(end, count, pos < size and plausible)
         timestamp, length = unpack(data, pos)
         stop = pos + RECORD_MIN + length
         if not MIN_TIMESTAMP <= timestamp < MAX_TIMESTAMP:
             return ScanResult(end, count, False)
         if stop > size:
-            return ScanResult(end, count, True)
+            return ScanResult(end, count, find(b"\0", pos + RECORD_MIN, size) < 0)
         if length == 0:
             empties += 1
         elif find(b"\0", pos + RECORD_MIN, stop) >= 0:
@@ -83,6 +88,8 @@ def iter_records(
     """Decode the records of a valid prefix `buf[start:end]` as (offset, record) pairs."""
     data = bytes(buf) if not isinstance(buf, bytes) else buf
     stop = len(data) if end is None else end
+    if not 0 <= start <= stop <= len(data):
+        raise MalformedRecord(f"range {start}:{stop} is outside the {len(data)}-byte buffer")
     unpack = RECORD_HEAD.unpack_from
     out: list[tuple[int, MetricRecord]] = []
     pos = start

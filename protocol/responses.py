@@ -167,7 +167,11 @@ def decode_response(packet: bytes) -> Response:
                 kind, value, total = _PROGRESS.unpack_from(packet, pos)
                 message, pos = _read_vstr(packet, pos + _PROGRESS.size)
                 response = Progress(
-                    timestamp=timestamp, progress_type=kind, value=value, total=total, message=message
+                    timestamp=timestamp,
+                    progress_type=kind,
+                    value=value,
+                    total=total,
+                    message=message,
                 )
             case PacketType.STATUS:
                 text, pos = _read_vstr(packet, pos)
@@ -181,7 +185,9 @@ def decode_response(packet: bytes) -> Response:
                 message, pos = _read_vstr(packet, pos + 1)
                 response = Log(timestamp=timestamp, level=LogLevel(level), message=message)
     except struct.error:
-        raise MalformedResponse(f"{packet_type.name} packet too short: {len(packet)} bytes") from None
+        raise MalformedResponse(
+            f"{packet_type.name} packet too short: {len(packet)} bytes"
+        ) from None
     except ValueError as exc:
         raise MalformedResponse(f"invalid enum value in response: {exc}") from None
     if pos != len(packet):

@@ -1,0 +1,653 @@
+"""ExperimentStore: the Go fetch_ml experiment tree, with group-commit appends.
+
+Layout: `<base>/<40 hex>/{files/, meta.bin, metrics.bin}`. Appends never
+write one metric at a time: `submit()` queues a request's encoded records on
+the experiment's pending list and returns a future; one flusher per
+experiment writes everything pending with a single write (fsynced in
+`durability: fsync`), then resolves every waiter and tells the watchers.
+"""
+
+import asyncio
+import bisect
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import shutil
+import time
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import aiofiles
+import anyio
+import anyio.abc
+
+from protocol.errors import MalformedRecord
+from protocol.records import (
+    RECORD_MAX,
+    Metadata,
+    decode_metadata,
+    encode_metadata,
+    iter_records,
+    scan,
+)
+
+from .errors import AlreadyExists, DiskFull, NotFound, ServerError, StorageFault
+
+logger = logging.getLogger(__name__)
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+MAX_FLUSH_BYTES = 8 << 20
+"""A flush never writes more; so a crash tears at most this much."""
+MAX_TORN_BYTES = 8 << 20
+"""A remainder up to this size after the valid prefix is a torn tail; larger is corruption."""
+DIR_MODE = 0o750
+FILE_MODE = 0o600
+READ_CHUNK = 4 << 20
+META = "meta.bin"
+METRICS = "metrics.bin"
+
+Durability = Literal["write", "fsync"]
+CommitHook = Callable[[str, int, bytes, int], None]
+"""Called after each flush with (commit hex, index of the first record, bytes, record count)."""
+
+
+def check_commit(commit: str) -> str:
+    """A commit's directory name: exactly 40 lowercase hex characters."""
+    if not COMMIT_RE.match(commit):
+        raise NotFound(f"invalid commit id {commit[:64]!r}")
+    return commit
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory: old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class FileScan(NamedTuple):
+    end: int
+    """Bytes in the valid prefix."""
+    records: int
+    size: int
+    """Bytes in the file when scanned."""
+
+
+def scan_file(
+    fd: int, start: int = 0, count: int = 0, offsets: "array[int] | None" = None
+) -> FileScan:
+    """Find the valid prefix of an open metrics file, resuming at a known record boundary."""
+    size = os.fstat(fd).st_size
+    pos = start
+    carry = b""
+    while True:
+        chunk = os.pread(fd, READ_CHUNK, pos + len(carry)) if pos + len(carry) < size else b""
+        buf = carry + chunk
+        result = scan(buf)
+        if offsets is not None:
+            _extend_offsets(offsets, buf, result.end, pos)
+        count += result.records
+        pos += result.end
+        carry = buf[result.end :]
+        if not (result.incomplete and chunk):
+            return FileScan(pos, count, size)
+
+
+def _extend_offsets(offsets: "array[int]", buf: bytes, end: int, base: int) -> None:
+    for offset, _ in iter_records(buf, 0, end):
+        offsets.append(base + offset)
+
+
+def torn_copy_path(metrics: Path) -> Path:
+    stem = f"{metrics.name}.torn-{int(time.time())}"
+    candidate = metrics.with_name(stem)
+    n = 2
+    while candidate.exists():
+        candidate = metrics.with_name(f"{stem}-{n}")
+        n += 1
+    return candidate
+
+
+def cut_tail(fd: int, metrics: Path, end: int, size: int) -> Path:
+    """Copy bytes past `end` beside the file, then truncate to `end` and fsync."""
+    removed = os.pread(fd, size - end, end)
+    copy = torn_copy_path(metrics)
+    cfd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        _write_all(cfd, removed)
+        os.fsync(cfd)
+    finally:
+        os.close(cfd)
+    os.ftruncate(fd, end)
+    os.fsync(fd)
+    fsync_dir(metrics.parent)
+    return copy
+
+
+class Pending(NamedTuple):
+    data: bytes
+    records: int
+    future: "asyncio.Future[int]"
+
+
+@dataclass(eq=False)
+class Experiment:
+    """What the store knows of one experiment directory."""
+
+    commit: str
+    path: Path
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    meta: Metadata | None = None
+    meta_loaded: bool = False
+    fd: int | None = None
+    """Append descriptor, open while the experiment is written to."""
+    scanned: bool = False
+    end: int = 0
+    """Bytes in the valid prefix."""
+    count: int = 0
+    """Records in the valid prefix."""
+    size: int = 0
+    """File size when last looked at."""
+    corrupt: bool = False
+    offsets: "array[int]" = field(default_factory=lambda: array("Q", [0]))
+    """Start offsets of the records indexed so far, then the end of the last one."""
+    pending: list[Pending] = field(default_factory=list)
+    flushing: bool = False
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def busy(self) -> bool:
+        return self.flushing or bool(self.pending) or self.lock.locked()
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentInfo:
+    commit: str
+    meta: Metadata | None
+    """None when meta.bin is unreadable."""
+    metrics_count: int
+
+
+class Chunk(NamedTuple):
+    data: bytes
+    """Whole records, starting at record `start`."""
+    start: int
+    records: int
+    total: int
+    """Records in the valid prefix when read."""
+
+
+class ExperimentStore:
+    """The experiment tree. Use as `async with ExperimentStore(...) as store`."""
+
+    def __init__(
+        self,
+        base_path: Path,
+        *,
+        durability: Durability = "write",
+        max_open_files: int = 256,
+    ) -> None:
+        self.base = Path(base_path)
+        self.durability = durability
+        self.max_open = max_open_files
+        self.hooks: list[CommitHook] = []
+        self.flush_hooks: list[Callable[[int, float], None]] = []
+        """Called with (records, seconds) after each flush; for metrics."""
+        self._experiments: OrderedDict[str, Experiment] = OrderedDict()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> "ExperimentStore":
+        self.base.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None
+        await self._tg.__aexit__(None, None, None)
+        self._tg = None
+        for exp in self._experiments.values():
+            self._close(exp)
+        self._experiments.clear()
+
+    # -- paths and metadata ------------------------------------------------
+
+    def _get(self, commit: str) -> Experiment:
+        exp = self._experiments.get(commit)
+        if exp is None:
+            exp = Experiment(commit, self.base / check_commit(commit))
+            self._experiments[commit] = exp
+            self._evict()
+        else:
+            self._experiments.move_to_end(commit)
+        return exp
+
+    def _evict(self) -> None:
+        excess = len(self._experiments) - self.max_open
+        for commit in list(self._experiments)[: max(excess, 0)]:
+            exp = self._experiments[commit]
+            if not exp.busy:
+                self._close(exp)
+                del self._experiments[commit]
+
+    @staticmethod
+    def _close(exp: Experiment) -> None:
+        if exp.fd is not None:
+            os.close(exp.fd)
+            exp.fd = None
+
+    def exists(self, commit: str) -> bool:
+        if commit in self._experiments and self._experiments[commit].meta_loaded:
+            return True
+        return (self.base / check_commit(commit)).is_dir()
+
+    def metadata(self, commit: str) -> Metadata | None:
+        """meta.bin of an existing experiment, None when unreadable; NotFound when absent."""
+        exp = self._get(commit)
+        if not exp.meta_loaded:
+            if not exp.path.is_dir():
+                del self._experiments[commit]
+                raise NotFound(f"experiment {commit} not found")
+            exp.meta = read_metadata(exp.path)
+            exp.meta_loaded = True
+        return exp.meta
+
+    async def create(self, meta: Metadata) -> None:
+        """Make the directory, files/ and meta.bin in one rename; AlreadyExists if present."""
+        commit = check_commit(meta.commit_id)
+        final = self.base / commit
+        if final.exists():
+            raise AlreadyExists(f"experiment {commit} already exists")
+        await anyio.to_thread.run_sync(self._create_sync, final, meta)
+        exp = self._get(commit)
+        exp.meta, exp.meta_loaded = meta, True
+
+    def _create_sync(self, final: Path, meta: Metadata) -> None:
+        tmp = self.base / f".create-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            tmp.mkdir(mode=DIR_MODE)
+            (tmp / "files").mkdir(mode=DIR_MODE)
+            write_file_atomic(tmp / META, encode_metadata(meta))
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise AlreadyExists(f"experiment {final.name} already exists") from None
+                raise
+            fsync_dir(self.base)
+        except OSError as exc:
+            raise storage_error(exc) from exc
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    async def write_metadata(self, meta: Metadata) -> None:
+        exp = self._get(check_commit(meta.commit_id))
+        try:
+            await anyio.to_thread.run_sync(
+                write_file_atomic, exp.path / META, encode_metadata(meta)
+            )
+        except OSError as exc:
+            raise storage_error(exc) from exc
+        exp.meta, exp.meta_loaded = meta, True
+
+    def commits(self) -> list[str]:
+        return list_commits(self.base)
+
+    async def list_experiments(self) -> list[ExperimentInfo]:
+        """Newest first (ties: commit ascending); unreadable metadata last, by commit."""
+        infos = []
+        for commit in self.commits():
+            try:
+                meta = self.metadata(commit)
+                count = await self.count(commit)
+            except NotFound:
+                continue
+            infos.append(ExperimentInfo(commit, meta, count))
+        return sort_experiments(infos)
+
+    # -- appends -----------------------------------------------------------
+
+    def submit(self, commit: str, data: bytes, count: int) -> "asyncio.Future[int]":
+        """Queue whole encoded records; the future gives the first record's index once written."""
+        exp = self._get(commit)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        exp.pending.append(Pending(data, count, future))
+        if not exp.flushing:
+            exp.flushing = True
+            assert self._tg is not None, "store used outside its async with"
+            self._tg.start_soon(self._flush_loop, exp)
+        return future
+
+    async def append(self, commit: str, data: bytes, count: int) -> int:
+        return await self.submit(commit, data, count)
+
+    async def _flush_loop(self, exp: Experiment) -> None:
+        try:
+            while exp.pending:
+                batch = _take_batch(exp.pending)
+                data = b"".join(p.data for p in batch)
+                count = sum(p.records for p in batch)
+                started = time.perf_counter()
+                try:
+                    async with exp.lock:
+                        first = await anyio.to_thread.run_sync(self._write, exp, data, count)
+                except OSError as exc:
+                    logger.error("append to %s failed: %s", exp.commit, exc)
+                    _fail(batch, storage_error(exc))
+                    continue
+                except Exception as exc:  # handed to each request's own error path
+                    _fail(batch, exc)
+                    continue
+                index = first
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_result(index)
+                    index += pending.records
+                for flush_hook in self.flush_hooks:
+                    flush_hook(count, time.perf_counter() - started)
+                for hook in self.hooks:
+                    hook(exp.commit, first, data, count)
+        finally:
+            exp.flushing = False
+
+    def _write(self, exp: Experiment, data: bytes, count: int) -> int:
+        """In a thread: lock, check the file's end, write, sync. Returns the first index."""
+        if exp.fd is None:
+            self._open_for_append(exp)
+        if exp.corrupt:
+            raise StorageFault("metrics file corrupt")
+        fd = exp.fd
+        assert fd is not None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            if size != exp.end:
+                self._resync(exp, fd, size)
+            first = exp.count
+            try:
+                _write_all(fd, data)
+                if self.durability == "fsync":
+                    os.fdatasync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, exp.end)  # nothing of a failed write stays
+                raise
+            exp.end += len(data)
+            exp.size = exp.end
+            exp.count += count
+            return first
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _resync(self, exp: Experiment, fd: int, size: int) -> None:
+        """The file is not where we left it: another writer, or a failed partial write."""
+        if size < exp.end:
+            logger.error("%s shrank to %d bytes under us; rescanning", exp.metrics_path, size)
+            exp.end = exp.count = 0
+            exp.offsets = array("Q", [0])
+        result = scan_file(fd, exp.end, exp.count)
+        exp.end, exp.count, exp.size = result.end, result.records, result.size
+        if result.size > result.end:
+            copy = cut_tail(fd, exp.metrics_path, result.end, result.size)
+            logger.warning(
+                "cut %d unacknowledged bytes from %s (copy: %s)",
+                result.size - result.end,
+                exp.metrics_path,
+                copy.name,
+            )
+        del exp.offsets[len(exp.offsets) :]
+
+    def _open_for_append(self, exp: Experiment) -> None:
+        """First open: create if missing, recover a torn tail, refuse a corrupt file."""
+        if not exp.path.is_dir():
+            raise NotFound(f"experiment {exp.commit} not found")
+        path = exp.metrics_path
+        created = not path.exists()
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        try:
+            if created:
+                fsync_dir(exp.path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                result = scan_file(fd)
+                exp.end, exp.count, exp.size, exp.scanned = (
+                    result.end,
+                    result.records,
+                    result.size,
+                    True,
+                )
+                exp.offsets = array("Q", [0])
+                remainder = result.size - result.end
+                exp.corrupt = remainder > MAX_TORN_BYTES
+                if exp.corrupt:
+                    logger.error(
+                        "%s: %d unparseable bytes after the valid prefix (%d records): "
+                        "corrupt, appends refused; run fetchml-server fsck",
+                        path,
+                        remainder,
+                        result.records,
+                    )
+                elif remainder:
+                    copy = cut_tail(fd, path, result.end, result.size)
+                    exp.size = result.end
+                    logger.warning(
+                        "recovered %s: cut a torn tail of %d bytes after %d records (copy: %s)",
+                        path,
+                        remainder,
+                        result.records,
+                        copy.name,
+                    )
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            os.close(fd)
+            raise
+        exp.fd = fd
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is written."""
+        futures = [p.future for exp in self._experiments.values() for p in exp.pending]
+        for future in futures:
+            with contextlib.suppress(Exception):
+                await future
+
+    # -- reads -------------------------------------------------------------
+
+    async def count(self, commit: str) -> int:
+        exp = await self._scanned(commit)
+        return exp.count
+
+    async def _scanned(self, commit: str) -> Experiment:
+        """An experiment whose valid prefix is known and current."""
+        exp = self._get(commit)
+        if exp.fd is not None and exp.scanned:
+            return exp
+        if not exp.path.is_dir():
+            self._experiments.pop(commit, None)
+            raise NotFound(f"experiment {commit} not found")
+        async with exp.lock:
+            await anyio.to_thread.run_sync(self._refresh, exp)
+        return exp
+
+    def _refresh(self, exp: Experiment) -> None:
+        """Read-only: extend what we know of a file written by someone else (or nobody)."""
+        try:
+            fd = os.open(exp.metrics_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            exp.end = exp.count = exp.size = 0
+            exp.scanned = True
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if exp.scanned and size == exp.size:
+                return
+            if size < exp.end:
+                exp.end = exp.count = 0
+                exp.offsets = array("Q", [0])
+            result = scan_file(fd, exp.end, exp.count)
+            exp.end, exp.count, exp.size, exp.scanned = result.end, result.records, size, True
+            exp.corrupt = size - result.end > MAX_TORN_BYTES
+        finally:
+            os.close(fd)
+
+    async def read(self, commit: str, start: int = 0, max_bytes: int = READ_CHUNK) -> Chunk:
+        """Whole records from index `start`, at most `max_bytes` (at least one record)."""
+        exp = await self._scanned(commit)
+        total = exp.count
+        if start >= total:
+            return Chunk(b"", total, 0, total)
+        async with exp.lock:
+            return await anyio.to_thread.run_sync(self._read_sync, exp, start, max_bytes, total)
+
+    def _read_sync(self, exp: Experiment, start: int, max_bytes: int, total: int) -> Chunk:
+        fd = os.open(exp.metrics_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            offsets = exp.offsets  # record starts, then the end of the last one
+            if len(offsets) <= total:
+                result = scan_file(fd, offsets.pop(), 0, offsets)
+                offsets.append(result.end)
+                del offsets[total + 1 :]
+            total = min(total, len(offsets) - 1)
+            begin = offsets[start]
+            limit = begin + max(max_bytes, RECORD_MAX)
+            stop_index = max(
+                bisect.bisect_right(offsets, limit, start + 1, total + 1) - 1, start + 1
+            )
+            data = os.pread(fd, offsets[stop_index] - begin, begin)
+        finally:
+            os.close(fd)
+        return Chunk(data, start, stop_index - start, total)
+
+    async def read_all(self, commit: str) -> bytes:
+        """The whole valid prefix."""
+        exp = await self._scanned(commit)
+        end = exp.end
+        if not end:
+            return b""
+        async with aiofiles.open(exp.metrics_path, "rb") as f:
+            return await f.read(end)
+
+    # -- prune ---------------------------------------------------------------
+
+    async def prune(
+        self, kind: Literal["keep", "older"], value: int, now: float | None = None
+    ) -> list[str]:
+        """Remove experiments (Go PruneExperiments): keep the newest `value`, or
+        remove those older than `value` days. Unreadable metadata is never pruned."""
+        infos = []
+        for commit in self.commits():
+            try:
+                meta = self.metadata(commit)
+            except NotFound:
+                continue
+            if meta is not None:
+                infos.append((commit, meta))
+        victims = select_prune(infos, kind, value, time.time() if now is None else now)
+        for commit in victims:
+            exp = self._get(commit)
+            async with exp.lock:
+                self._close(exp)
+                await anyio.to_thread.run_sync(shutil.rmtree, exp.path)
+                exp.meta_loaded = False
+            self._experiments.pop(commit, None)
+        if victims:
+            await anyio.to_thread.run_sync(fsync_dir, self.base)
+        return victims
+
+
+def list_commits(base: Path) -> list[str]:
+    """Experiment directories: only names of exactly 40 lowercase hex characters, sorted."""
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        e.name for e in entries if COMMIT_RE.match(e.name) and e.is_dir(follow_symlinks=False)
+    )
+
+
+def select_prune(
+    infos: list[tuple[str, Metadata]], kind: Literal["keep", "older"], value: int, now: float
+) -> list[str]:
+    if kind == "keep":
+        ordered = sorted(infos, key=lambda i: (-i[1].timestamp, i[0]))
+        return sorted(commit for commit, _ in ordered[value:])
+    cutoff = now - value * 86400
+    return sorted(commit for commit, meta in infos if meta.timestamp < cutoff)
+
+
+def sort_experiments(infos: list[ExperimentInfo]) -> list[ExperimentInfo]:
+    readable = sorted((i for i in infos if i.meta), key=lambda i: (-i.meta.timestamp, i.commit))  # type: ignore[union-attr]
+    unreadable = sorted((i for i in infos if not i.meta), key=lambda i: i.commit)
+    return readable + unreadable
+
+
+def read_metadata(path: Path) -> Metadata | None:
+    """meta.bin of an experiment directory, None when missing or damaged."""
+    try:
+        return decode_metadata((path / META).read_bytes())
+    except (OSError, MalformedRecord):
+        return None
+
+
+def storage_error(exc: OSError) -> ServerError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull("disk full")
+    if isinstance(exc, FileNotFoundError):
+        return NotFound("experiment not found")
+    return StorageFault("storage error")
+
+
+def _take_batch(pending: list[Pending]) -> list[Pending]:
+    """Whole requests up to MAX_FLUSH_BYTES (always at least one)."""
+    size = 0
+    n = 0
+    for item in pending:
+        if n and size + len(item.data) > MAX_FLUSH_BYTES:
+            break
+        size += len(item.data)
+        n += 1
+    batch = pending[:n]
+    del pending[:n]
+    return batch
+
+
+def _fail(batch: list[Pending], exc: Exception) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
