@@ -1,0 +1,3 @@
+"""The fetchml daemon."""
+
+__version__ = "0.1.0"

@@ -565,17 +565,22 @@ class ExperimentStore:
     # -- prune ---------------------------------------------------------------
 
     async def prune(
-        self, kind: Literal["keep", "older"], value: int, now: float | None = None
+        self,
+        kind: Literal["keep", "older"],
+        value: int,
+        now: float | None = None,
+        owner: str | None = None,
     ) -> list[str]:
         """Remove experiments (Go PruneExperiments): keep the newest `value`, or
-        remove those older than `value` days. Unreadable metadata is never pruned."""
+        remove those older than `value` days. Unreadable metadata is never pruned.
+        With `owner`, only that user's experiments are considered."""
         infos = []
         for commit in self.commits():
             try:
                 meta = self.metadata(commit)
             except NotFound:
                 continue
-            if meta is not None:
+            if meta is not None and owner in (None, meta.user):
                 infos.append((commit, meta))
         victims = select_prune(infos, kind, value, time.time() if now is None else now)
         for commit in victims:

@@ -241,9 +241,7 @@ def test_response_vector_decodes(response, wire):
     assert decoded == response
 
 
-METRICS_PAYLOAD = (
-    "0000000000000000 00000001 000000006b08be45 00000007 3fd0000000000000 04 6c6f7373"
-)
+METRICS_PAYLOAD = "0000000000000000 00000001 000000006b08be45 00000007 3fd0000000000000 04 6c6f7373"
 
 
 def test_metrics_payload_vector_encodes():

@@ -1,0 +1,251 @@
+"""Build the parts, serve, handle signals, tell systemd, drain on shutdown."""
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+from websockets.asyncio.server import ServerConnection, serve
+
+from . import __version__
+from .auth import Identity, KeyTable, RateLimiter
+from .config import Config, ConfigError, load_config
+from .connection import Connection
+from .handlers import Context
+from .http import Gate, Metrics
+from .jobs import SqliteJobQueue
+from .storage import ExperimentStore, list_commits
+from .systemd import Notifier
+from .watch import WatchHub
+
+logger = logging.getLogger(__name__)
+
+
+class AuditLog:
+    """JSON lines of mutations and auth failures (config logging.audit_file)."""
+
+    def __init__(self, path: str) -> None:
+        self._file: TextIO | None = None
+        if path:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._file = os.fdopen(fd, "a", buffering=1)
+
+    def __call__(self, event: str, who: Identity | None, **fields: Any) -> None:
+        if self._file is None:
+            return
+        entry = {"ts": round(time.time(), 3), "event": event, "user": who.user if who else None}
+        entry.update(fields)
+        self._file.write(json.dumps(entry, default=str) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def lock_data_dir(base: Path) -> int:
+    """One daemon per data directory: a second one fails at start, naming the first."""
+    base.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd = os.open(base / ".fetchml-server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(f"{base} is in use by another fetchml-server (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class App:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.keys = KeyTable(config.auth)
+        self.metrics = Metrics()
+        self.hub = WatchHub()
+        self.connections: set[Connection] = set()
+        self.started = time.monotonic()
+        self.port = 0
+        self.stop_requested = anyio.Event()
+        self.notifier = Notifier()
+        self.ctx: Context | None = None
+
+    def health(self) -> dict[str, object]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "experiments": len(list_commits(self.config.storage.base_path)),
+            "connections": len(self.connections),
+            "watchers": len(self.hub),
+        }
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the auth section (keys, roles, whitelist); keep the rest."""
+        self.notifier.reloading()
+        try:
+            if self.config_path is None:
+                raise ConfigError("no config file to reload")
+            fresh = load_config(self.config_path)
+            self.keys = KeyTable(fresh.auth)
+            logger.info("reloaded auth: %d keys", len(fresh.auth.api_keys))
+        except ConfigError as exc:
+            logger.error("reload failed, keeping the current keys: %s", exc)
+        self.notifier.ready()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert self.ctx is not None
+        conn = Connection(ws, self.ctx, lambda: self.keys, self.metrics)
+        self.connections.add(conn)
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+        try:
+            await conn.serve()
+        finally:
+            self.connections.discard(conn)
+            self.metrics.connections.dec()
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        tls = self.config.server.tls
+        if not tls.enabled:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        return context
+
+    async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
+        cfg = self.config
+        lock = lock_data_dir(cfg.storage.base_path)
+        audit = AuditLog(cfg.logging.audit_file)
+        try:
+            async with ExperimentStore(
+                cfg.storage.base_path,
+                durability="fsync" if cfg.storage.durability == "fsync" else "write",
+                max_open_files=cfg.storage.max_open_files,
+            ) as store:
+                jobs = await SqliteJobQueue.open(cfg.storage.jobs_db)
+                try:
+                    self.ctx = Context(
+                        cfg,
+                        store,
+                        jobs,
+                        self.hub,
+                        RateLimiter(cfg.rate_limit.control_requests_per_minute),
+                        audit,
+                    )
+                    store.hooks.append(self.hub.on_commit)
+                    store.flush_hooks.append(self.metrics.on_flush)
+                    await self._serve(on_ready)
+                finally:
+                    await jobs.close()
+        finally:
+            audit.close()
+            os.close(lock)
+        logger.info("stopped")
+
+    async def _serve(self, on_ready: Callable[[int], None] | None) -> None:
+        s = self.config.server
+        gate = Gate(
+            keys=lambda: self.keys,
+            metrics=self.metrics,
+            health=self.health,
+            max_connections=s.max_connections,
+            open_connections=lambda: len(self.connections),
+        )
+        async with (
+            serve(
+                self._handle,
+                s.host,
+                s.port,
+                process_request=gate,
+                max_size=s.max_message_bytes,
+                compression="deflate" if s.compression else None,
+                open_timeout=s.open_timeout_s,
+                ping_interval=s.ping_interval_s or None,
+                ping_timeout=s.ping_timeout_s or None,
+                ssl=self._ssl(),
+                server_header=f"fetchml/{__version__}",
+            ) as server,
+            anyio.create_task_group() as tg,
+        ):
+            self.port = server.sockets[0].getsockname()[1]
+            scheme = "wss" if s.tls.enabled else "ws"
+            tg.start_soon(self._signals, tg)
+            tg.start_soon(self.notifier.watchdog_loop)
+            logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
+            self.notifier.ready(f"listening on port {self.port}")
+            if on_ready:
+                on_ready(self.port)
+            await self.stop_requested.wait()
+            self.notifier.stopping()
+            logger.info("shutting down: finishing in-flight requests")
+            server.close(close_connections=False)
+            with anyio.move_on_after(s.shutdown_timeout_s) as scope:
+                for conn in list(self.connections):
+                    conn.stop()
+                while self.connections:
+                    await anyio.sleep(0.01)
+            if scope.cancelled_caught:
+                logger.warning("shutdown timeout: closing %d connections", len(self.connections))
+            tg.cancel_scope.cancel()
+
+    async def _signals(self, tg: anyio.abc.TaskGroup) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    logger.info("received %s", signal.Signals(signum).name)
+                    self.stop_requested.set()
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):  # journald adds its own timestamps
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # websockets' debug log prints handshake headers, X-API-Key included: never below INFO.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
+
+
+def run(config_path: Path) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.logging.level, config.logging.format)
+    try:
+        anyio.run(App(config, config_path).run)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0

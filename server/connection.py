@@ -1,0 +1,298 @@
+"""One WebSocket connection: a reader that accepts requests in order and a
+writer that sends their final responses strictly in request order.
+
+Metric logging is pipelined: the reader queues the records for group commit
+and moves on; the writer awaits each completion in turn. Every other request
+is a barrier: it runs once everything before it has been answered, so
+requests on a connection are applied in order and reads see earlier writes.
+The queue between the two is bounded (`max_inflight_requests`): beyond it the
+reader stops reading and TCP pushes back.
+"""
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from protocol.enums import ErrorCode, Opcode
+from protocol.errors import ProtocolError
+from protocol.requests import LogMetric, LogMetrics, Request, WatchMetrics, decode_request
+from protocol.responses import Error, Response, Success, encode_response
+
+from .auth import Identity, KeyTable, key_hash
+from .dispatch import dispatch
+from .errors import AuthenticationFailed, ServerError
+from .handlers import Context
+from .http import Metrics, handshake_key
+from .watch import SlowSubscriber, Subscriber
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+class _Pending:
+    """A queued metric append: its future and how to answer once it is written."""
+
+    __slots__ = ("future", "opcode", "records")
+
+    def __init__(self, future: "asyncio.Future[int]", opcode: Opcode, records: int) -> None:
+        self.future = future
+        self.opcode = opcode
+        self.records = records
+
+
+class _Acks:
+    """Encoded SUCCESS acks, made once per second and count."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._cache: dict[int, bytes] = {}
+
+    def get(self, records: int | None) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._cache = now, {}
+        key = -1 if records is None else records
+        packet = self._cache.get(key)
+        if packet is None:
+            message = "" if records is None else str(records)
+            packet = self._cache[key] = encode_response(Success(timestamp=now, message=message))
+        return packet
+
+
+ACKS = _Acks()
+
+
+def error_packet(code: ErrorCode, message: str, details: str = "") -> bytes:
+    return encode_response(
+        Error(timestamp=int(time.time()), code=code, message=message, details=details)
+    )
+
+
+class Connection:
+    def __init__(
+        self,
+        ws: ServerConnection,
+        ctx: Context,
+        keys: Callable[[], KeyTable],
+        metrics: Metrics,
+    ) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.keys = keys
+        self.metrics = metrics
+        raw = handshake_key(ws.request.headers) if ws.request else None
+        self.bound = key_hash(raw) if raw else None
+        self.peer = ws.remote_address[0] if ws.remote_address else "?"
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(ctx.config.server.max_inflight_requests)
+        self._accepted = 0
+        self._sent = 0
+        self._idle = asyncio.Event()
+        self._cached: tuple[bytes, KeyTable, Identity] | None = None
+        self._reading = anyio.CancelScope()
+        self._writer_done = asyncio.Event()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Stop reading (graceful shutdown): answer what was accepted, then close 1001."""
+        self.stopping = True
+        self._reading.cancel()
+
+    async def serve(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, tg)
+                with self._reading:
+                    await self._reader(tg)
+                await self._queue.put(_END)
+                await self._writer_done.wait()
+                tg.cancel_scope.cancel()  # a watch pump, if any
+        except ConnectionClosed:
+            pass
+        if self.stopping:
+            await self.ws.close(1001, "server shutting down")
+
+    # -- reader --------------------------------------------------------------
+
+    async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
+        ws = self.ws
+        async for message in ws:
+            if isinstance(message, str):
+                await ws.close(1003, "binary messages only")
+                return
+            item = self._accept(message)
+            if isinstance(item, _Pending | bytes):
+                self._accepted += 1
+                await self._queue.put(item)
+                continue
+            # A barrier: it runs once everything before it is answered; stop() waits for it.
+            with anyio.CancelScope(shield=True):
+                await self._drain()
+                if self._writer_done.is_set():
+                    return
+                if isinstance(item, Subscriber):
+                    await self._start_watch(item, tg)
+                    break
+                packet = await self._run(item)
+                self._accepted += 1
+                await self._queue.put(packet)
+        else:
+            return
+        # Watching: any further message is a protocol violation.
+        async for _ in ws:
+            await ws.close(1008, "no requests after WATCH_METRICS")
+            return
+
+    def _accept(
+        self, message: bytes
+    ) -> "_Pending | bytes | Subscriber | tuple[Request, Identity, Coroutine[Any, Any, Response] | Response]":
+        """Decode, authenticate, dispatch. Errors become ready ERROR packets."""
+        opcode: Opcode | None = None
+        try:
+            req = decode_request(message)
+            opcode = req.OPCODE
+            self.metrics.requests.labels(opcode.name).inc()
+            who = self._identify(req.key_hash)
+            if not isinstance(req, LogMetric | LogMetrics | WatchMetrics):
+                self.ctx.limiter.check(who.user)
+            outcome = dispatch(self.ctx, who, req)
+            if isinstance(outcome, asyncio.Future):
+                return _Pending(outcome, opcode, req.count if isinstance(req, LogMetrics) else 1)
+            if isinstance(outcome, Subscriber):
+                return outcome
+            return (req, who, outcome)
+        except (ProtocolError, ServerError) as exc:
+            return self._error(opcode, exc)
+        except Exception:
+            logger.exception("internal error on %s from %s", opcode and opcode.name, self.peer)
+            return self._error(opcode, None)
+
+    def _identify(self, digest: bytes) -> Identity:
+        if self.bound is not None and not hmac.compare_digest(digest, self.bound):
+            self._auth_failed("request key differs from the handshake key")
+        keys = self.keys()
+        cached = self._cached
+        if cached is not None and cached[1] is keys and hmac.compare_digest(cached[0], digest):
+            return cached[2]
+        who = keys.lookup(digest)
+        if who is None:
+            self._auth_failed("unknown key")
+        assert who is not None
+        self._cached = (digest, keys, who)
+        return who
+
+    def _auth_failed(self, why: str) -> None:
+        self.metrics.auth_failures.inc()
+        logger.warning("authentication failed from %s: %s", self.peer, why)
+        self.ctx.audit("auth_failure", None, peer=self.peer, reason=why)
+        raise AuthenticationFailed("Invalid API key")
+
+    def _error(self, opcode: Opcode | None, exc: ProtocolError | ServerError | None) -> bytes:
+        code = exc.code if exc else ErrorCode.UNKNOWN_ERROR
+        message = exc.message if exc else "internal error"
+        details = exc.details if isinstance(exc, ServerError) else ""
+        self.metrics.errors.labels(opcode.name if opcode else "invalid", code.name).inc()
+        return error_packet(code, message, details)
+
+    async def _run(
+        self, item: "bytes | tuple[Request, Identity, Coroutine[Any, Any, Response] | Response]"
+    ) -> bytes:
+        if isinstance(item, bytes):
+            return item
+        req, who, outcome = item
+        started = time.perf_counter()
+        try:
+            response = outcome if not isinstance(outcome, Coroutine) else await outcome
+        except ServerError as exc:
+            logger.info(
+                "user=%s op=%s%s -> %s %s",
+                who.user,
+                req.OPCODE.name,
+                _commit(req),
+                exc.code.name,
+                exc.message,
+            )
+            return self._error(req.OPCODE, exc)
+        except Exception:
+            logger.exception(
+                "internal error: user=%s op=%s%s", who.user, req.OPCODE.name, _commit(req)
+            )
+            return self._error(req.OPCODE, None)
+        logger.info(
+            "user=%s op=%s%s ok %.1fms",
+            who.user,
+            req.OPCODE.name,
+            _commit(req),
+            (time.perf_counter() - started) * 1000,
+        )
+        return encode_response(response)
+
+    async def _drain(self) -> None:
+        while self._sent < self._accepted and not self._writer_done.is_set():
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _start_watch(self, sub: Subscriber, tg: anyio.abc.TaskGroup) -> None:
+        await self.ws.send(ACKS.get(None))
+        logger.info("watch %s from %d by %s", sub.commit, sub.next, self.peer)
+        tg.start_soon(self._watch, sub)
+
+    async def _watch(self, sub: Subscriber) -> None:
+        self.ctx.hub.add(sub)
+        self.metrics.watchers.inc()
+        try:
+            await sub.run(self.ctx.store, self.ws.send)
+        except SlowSubscriber:
+            logger.warning(
+                "closing slow subscriber %s of %s at %d", self.peer, sub.commit, sub.next
+            )
+            await self.ws.close(1008, "subscriber too slow")
+        finally:
+            self.ctx.hub.remove(sub)
+            self.metrics.watchers.dec()
+
+    # -- writer --------------------------------------------------------------
+
+    async def _writer(self, tg: anyio.abc.TaskGroup) -> None:
+        queue = self._queue
+        send = self.ws.send
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Pending):
+                    item = await self._complete(item)
+                try:
+                    await send(item)
+                except ConnectionClosed:
+                    tg.cancel_scope.cancel()
+                    return
+                self._sent += 1
+                if self._sent == self._accepted:
+                    self._idle.set()
+        finally:
+            self._writer_done.set()
+            self._idle.set()
+
+    async def _complete(self, pending: _Pending) -> bytes:
+        try:
+            await pending.future
+        except ServerError as exc:
+            return self._error(pending.opcode, exc)
+        except Exception:
+            logger.exception("internal error completing %s", pending.opcode.name)
+            return self._error(pending.opcode, None)
+        return ACKS.get(None if pending.opcode == Opcode.LOG_METRIC else pending.records)
+
+
+def _commit(req: Request) -> str:
+    commit: bytes | None = getattr(req, "commit_id", None)
+    return f" commit={commit.hex()}" if commit else ""

@@ -1,0 +1,148 @@
+"""WATCH_METRICS fan-out: backfill from disk, then each committed batch, in order.
+
+A subscriber is *live* once it has caught up with the file: from then on the
+store's commit hook queues ready-made packets for it (built once per batch
+and name filter, shared by every watcher). Queued bytes beyond the buffer
+limit make it a slow subscriber, which the connection closes with 1008.
+"""
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from protocol.enums import PacketType
+from protocol.records import RECORD_MIN
+from protocol.responses import HEADER, encode_metrics_payload, encode_uvarint
+
+from .query import _walk
+from .storage import ExperimentStore
+
+PAGE_BYTES = 256 << 10
+_DATA_TYPE = encode_uvarint(len(b"metrics")) + b"metrics"
+
+
+class SlowSubscriber(Exception):
+    """Queued push packets outgrew watch_buffer_bytes."""
+
+
+def metrics_packet(next_index: int, records: bytes, count: int) -> bytes:
+    """A DATA `metrics` response packet."""
+    payload = encode_metrics_payload(next_index, count, records)
+    return (
+        HEADER.pack(PacketType.DATA, int(time.time()))
+        + _DATA_TYPE
+        + encode_uvarint(len(payload))
+        + payload
+    )
+
+
+def filter_records(data: bytes, total: int, name: bytes | None, skip: int = 0) -> tuple[bytes, int]:
+    """The records of `data` (`total` of them) after the first `skip` named `name` (None: all)."""
+    if name is None and not skip:
+        return data, total
+    kept = [
+        data[start:end]
+        for start, end, _ in _walk(data)[skip:]
+        if name is None or data[start + RECORD_MIN : end] == name
+    ]
+    return b"".join(kept), len(kept)
+
+
+class Subscriber:
+    def __init__(self, commit: str, from_index: int, name: str, limit: int) -> None:
+        self.commit = commit
+        self.next = from_index
+        self.name = name.encode() if name else None
+        self.limit = limit
+        self.live = False
+        self.overflow = False
+        self.packets: deque[bytes] = deque()
+        self.queued = 0
+        self.wakeup = asyncio.Event()
+
+    def push(self, packet: bytes, next_index: int) -> None:
+        if self.queued + len(packet) > self.limit:
+            self.overflow = True
+        else:
+            self.packets.append(packet)
+            self.queued += len(packet)
+            self.next = next_index
+        self.wakeup.set()
+
+    async def run(self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send until cancelled; raises SlowSubscriber when the buffer overflows."""
+        while True:
+            while self.packets:
+                packet = self.packets.popleft()
+                self.queued -= len(packet)
+                await send(packet)
+            if self.overflow:
+                raise SlowSubscriber
+            if not self.live:
+                if self.next < await store.count(self.commit):
+                    await self._backfill(store, send)
+                    continue
+                self.live = True
+            self.wakeup.clear()
+            if not self.packets and self.live:
+                await self.wakeup.wait()
+
+    async def _backfill(
+        self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        chunk = await store.read(self.commit, self.next, PAGE_BYTES)
+        records, count = filter_records(chunk.data, chunk.records, self.name)
+        next_index = chunk.start + chunk.records
+        if count:
+            await send(metrics_packet(next_index, records, count))
+        self.next = next_index
+
+
+class WatchHub:
+    """Subscribers per experiment; `on_commit` is the store's commit hook."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscriber]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def add(self, sub: Subscriber) -> None:
+        self._subs.setdefault(sub.commit, set()).add(sub)
+
+    def remove(self, sub: Subscriber) -> None:
+        subs = self._subs.get(sub.commit)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.commit]
+
+    def on_commit(self, commit: str, first: int, data: bytes, count: int) -> None:
+        subs = self._subs.get(commit)
+        if not subs:
+            return
+        end = first + count
+        shared: dict[bytes | None, bytes | None] = {}
+        for sub in subs:
+            if not sub.live or first > sub.next:
+                sub.live = False  # behind, or a gap (another writer): read from disk
+                sub.wakeup.set()
+                continue
+            if end <= sub.next:
+                continue
+            if first < sub.next:
+                packet = self._packet(data, count, sub.name, end, sub.next - first)
+            else:
+                if sub.name not in shared:
+                    shared[sub.name] = self._packet(data, count, sub.name, end, 0)
+                packet = shared[sub.name]
+            if packet is None:
+                sub.next = end
+            else:
+                sub.push(packet, end)
+
+    @staticmethod
+    def _packet(data: bytes, total: int, name: bytes | None, end: int, skip: int) -> bytes | None:
+        records, kept = filter_records(data, total, name, skip)
+        return metrics_packet(end, records, kept) if kept else None

@@ -1,0 +1,532 @@
+"""SqliteJobQueue: order, claims (also racing across connections and processes), updates,
+cancels, persistence, the job JSON, file modes and database failures."""
+
+import dataclasses
+import json
+import logging
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from protocol.enums import ErrorCode, JobStatus
+from server import jobs
+from server.errors import DatabaseError, InvalidRequest, JobNotFound, PermissionDenied
+from server.jobs import Job, JobQueue, SqliteJobQueue
+
+REPO = Path(__file__).resolve().parents[2]
+C1 = "0123456789abcdef0123456789abcdef01234567"
+C2 = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+class Clock:
+    """Stands in for jobs._now; `t` is the current Unix second."""
+
+    def __init__(self, t: int = 1_764_000_000) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        return self.t
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(jobs, "_now", c)
+    return c
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "jobs.db"
+
+
+@pytest.fixture
+async def queue(db_path: Path) -> AsyncIterator[SqliteJobQueue]:
+    q = await SqliteJobQueue.open(db_path)
+    yield q
+    await q.close()
+
+
+async def add(q: JobQueue, name: str, user: str = "alice", priority: int = 5) -> Job:
+    return await q.enqueue(job_name=name, commit_id=C1, user=user, priority=priority)
+
+
+# --- enqueue, list, queue_length -------------------------------------------------------------
+
+
+async def test_enqueue_returns_a_queued_job(queue: SqliteJobQueue, clock: Clock) -> None:
+    job = await queue.enqueue(job_name="resnet", commit_id=C2, user="bob", priority=7)
+    assert uuid.UUID(job.id).version == 4
+    assert job == Job(
+        id=job.id,
+        job_name="resnet",
+        status=JobStatus.QUEUED,
+        priority=7,
+        created_at=clock.t,
+        commit_id=C2,
+        user="bob",
+    )
+    assert (job.args, job.datasets, job.started_at, job.ended_at) == ("", (), None, None)
+    assert (job.worker_id, job.error) == (None, None)
+    assert await queue.get(job.id) == job
+    assert await queue.get("no-such-id") is None
+
+
+@pytest.mark.parametrize(
+    ("commit_id", "priority"),
+    [(C1, -1), (C1, 256), (C1.upper(), 5), (C1[:-1], 5), (C1 + "0", 5), ("g" * 40, 5)],
+)
+async def test_enqueue_rejects_bad_priority_or_commit(
+    queue: SqliteJobQueue, commit_id: str, priority: int
+) -> None:
+    with pytest.raises(InvalidRequest):
+        await queue.enqueue(job_name="x", commit_id=commit_id, user="a", priority=priority)
+    assert await queue.list_jobs(None) == []
+
+
+async def test_enqueue_accepts_priority_bounds(queue: SqliteJobQueue) -> None:
+    assert (await add(queue, "low", priority=0)).priority == 0
+    assert (await add(queue, "high", priority=255)).priority == 255
+
+
+async def test_list_is_newest_first_ties_later_insertion_first(
+    queue: SqliteJobQueue, clock: Clock
+) -> None:
+    created = {}
+    for name, t, user in [
+        ("a", 100, "alice"),
+        ("b", 100, "bob"),
+        ("c", 200, "alice"),
+        ("d", 100, "alice"),
+        ("e", 50, "bob"),
+    ]:
+        clock.t = t
+        created[name] = await add(queue, name, user)
+    assert [j.job_name for j in await queue.list_jobs(None)] == ["c", "d", "b", "a", "e"]
+    assert [j.job_name for j in await queue.list_jobs("alice")] == ["c", "d", "a"]
+    assert [j.job_name for j in await queue.list_jobs("bob")] == ["b", "e"]
+    assert await queue.list_jobs("carol") == []
+    assert (await queue.list_jobs(None))[0] == created["c"]
+
+
+async def test_queue_length_counts_queued_jobs_of_all_users(queue: SqliteJobQueue) -> None:
+    assert await queue.queue_length() == 0
+    await add(queue, "a", "alice")
+    await add(queue, "b", "alice")
+    await add(queue, "c", "bob")
+    assert await queue.queue_length() == 3
+    await queue.claim("w1")
+    assert await queue.queue_length() == 2
+    await queue.cancel("c", None)
+    assert await queue.queue_length() == 1
+
+
+# --- claim -----------------------------------------------------------------------------------
+
+
+async def test_claim_highest_priority_first_then_fifo(queue: SqliteJobQueue, clock: Clock) -> None:
+    order = [
+        ("p5-first", 5),
+        ("p9-first", 9),
+        ("p1", 1),
+        ("p5-second", 5),
+        ("p9-second", 9),
+        ("p0", 0),
+        ("p255", 255),
+    ]
+    for i, (name, priority) in enumerate(order):
+        clock.t = 1000 - i  # FIFO follows insertion order, even when the clock steps back
+        await add(queue, name, priority=priority)
+    clock.t = 5000
+    claimed = []
+    while (job := await queue.claim("w1")) is not None:
+        assert job.status is JobStatus.RUNNING
+        assert (job.started_at, job.worker_id) == (5000, "w1")
+        assert await queue.get(job.id) == job
+        claimed.append(job.job_name)
+    assert claimed == ["p255", "p9-first", "p9-second", "p5-first", "p5-second", "p1", "p0"]
+
+
+async def test_claim_on_empty_queue_returns_none(queue: SqliteJobQueue) -> None:
+    assert await queue.claim("w1") is None
+    await add(queue, "only")
+    assert await queue.claim("w1") is not None
+    assert await queue.claim("w1") is None
+
+
+async def test_50_concurrent_claims_over_20_jobs(queue: SqliteJobQueue) -> None:
+    ids = {(await add(queue, f"job{i}", priority=i % 3)).id for i in range(20)}
+    results: list[Job | None] = []
+
+    async def claim(worker: int) -> None:
+        results.append(await queue.claim(f"w{worker}"))
+
+    async with anyio.create_task_group() as tg:
+        for worker in range(50):
+            tg.start_soon(claim, worker)
+    got = [job.id for job in results if job is not None]
+    assert len(got) == 20
+    assert set(got) == ids
+    assert results.count(None) == 30
+    assert await queue.queue_length() == 0
+
+
+async def test_claim_race_between_two_queues_on_one_file(db_path: Path) -> None:
+    q = await SqliteJobQueue.open(db_path)
+    ids = {(await add(q, f"job{i}")).id for i in range(100)}
+    await q.close()
+    barrier = threading.Barrier(2, timeout=30)
+    claimed: dict[str, list[str]] = {"t1": [], "t2": []}
+
+    def run(worker: str) -> None:
+        async def main() -> None:
+            mine = await SqliteJobQueue.open(db_path)
+            barrier.wait()
+            while (job := await mine.claim(worker)) is not None:
+                claimed[worker].append(job.id)
+            await mine.close()
+
+        anyio.run(main)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in claimed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    all_claimed = claimed["t1"] + claimed["t2"]
+    assert len(all_claimed) == len(set(all_claimed)) == 100
+    assert set(all_claimed) == ids
+
+
+CLAIMER = """
+import json, sys
+from pathlib import Path
+import anyio
+from server.jobs import SqliteJobQueue
+
+async def main() -> None:
+    q = await SqliteJobQueue.open(Path(sys.argv[1]))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    ids = []
+    while (job := await q.claim(sys.argv[2])) is not None:
+        ids.append(job.id)
+    await q.close()
+    print(json.dumps(ids), flush=True)
+
+anyio.run(main)
+"""
+
+
+def test_claim_race_between_two_processes(db_path: Path) -> None:
+    async def setup() -> set[str]:
+        q = await SqliteJobQueue.open(db_path)
+        ids = {(await add(q, f"job{i}", priority=i % 4)).id for i in range(150)}
+        await q.close()
+        return ids
+
+    ids = anyio.run(setup)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, str(db_path), f"proc{n}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for n in (1, 2)
+    ]
+    for p in procs:  # both have opened the database; now let them race
+        assert p.stdout is not None
+        assert p.stdout.readline() == "ready\n"
+    outputs = [p.communicate("go\n", timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    claimed = [job_id for out in outputs for job_id in json.loads(out)]
+    assert len(claimed) == len(set(claimed)) == 150
+    assert set(claimed) == ids
+
+
+# --- update ----------------------------------------------------------------------------------
+
+
+async def test_update_completed_and_failed(queue: SqliteJobQueue, clock: Clock) -> None:
+    await add(queue, "a")
+    await add(queue, "b")
+    a = await queue.claim("w1")
+    b = await queue.claim("w2")
+    assert a is not None and b is not None
+    clock.t += 60
+    done = await queue.update(a.id, JobStatus.COMPLETED, "", None)
+    assert done.status is JobStatus.COMPLETED
+    assert (done.ended_at, done.error, done.worker_id) == (clock.t, None, "w1")
+    assert await queue.get(a.id) == done
+    failed = await queue.update(b.id, JobStatus.FAILED, "CUDA out of memory", "alice")
+    assert (failed.status, failed.error, failed.ended_at) == (
+        JobStatus.FAILED,
+        "CUDA out of memory",
+        clock.t,
+    )
+    assert await queue.get(b.id) == failed
+
+
+async def test_update_running_keeps_it_running(queue: SqliteJobQueue, clock: Clock) -> None:
+    await add(queue, "a")
+    job = await queue.claim("w1")
+    assert job is not None
+    clock.t += 10
+    again = await queue.update(job.id, JobStatus.RUNNING, "", None)
+    assert again == job
+    assert await queue.get(job.id) == job
+
+
+async def test_update_errors(queue: SqliteJobQueue) -> None:
+    queued = await add(queue, "queued")
+    await add(queue, "run", priority=9)
+    running = await queue.claim("w1")
+    assert running is not None
+    with pytest.raises(JobNotFound):
+        await queue.update("no-such-id", JobStatus.COMPLETED, "", None)
+    with pytest.raises(InvalidRequest, match=r"not running.*queued"):
+        await queue.update(queued.id, JobStatus.COMPLETED, "", None)
+    with pytest.raises(PermissionDenied):
+        await queue.update(running.id, JobStatus.COMPLETED, "", "bob")
+    with pytest.raises(PermissionDenied):  # scope is checked before state
+        await queue.update(queued.id, JobStatus.COMPLETED, "", "bob")
+    for bad in (JobStatus.QUEUED, JobStatus.CANCELLED):
+        with pytest.raises(InvalidRequest):
+            await queue.update(running.id, bad, "", None)
+    assert await queue.get(running.id) == running  # nothing above changed it
+    await queue.update(running.id, JobStatus.COMPLETED, "", "alice")
+    with pytest.raises(InvalidRequest, match=r"not running.*completed"):
+        await queue.update(running.id, JobStatus.FAILED, "late", None)
+    with pytest.raises(InvalidRequest, match=r"not running"):
+        await queue.update(running.id, JobStatus.RUNNING, "", None)
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+
+async def test_cancel_own_jobs_only(queue: SqliteJobQueue, clock: Clock) -> None:
+    a1 = await add(queue, "train", "alice")
+    a2 = await add(queue, "train", "alice", priority=9)
+    b1 = await add(queue, "train", "bob")
+    other = await add(queue, "eval", "alice")
+    running = await queue.claim("w1")
+    assert running is not None and running.id == a2.id
+    clock.t += 5
+    assert await queue.cancel("train", "alice") == 2
+    for job_id in (a1.id, a2.id):
+        job = await queue.get(job_id)
+        assert job is not None
+        assert (job.status, job.ended_at) == (JobStatus.CANCELLED, clock.t)
+    assert (await queue.get(b1.id)) == b1
+    assert (await queue.get(other.id)) == other
+    with pytest.raises(PermissionDenied) as info:
+        await queue.cancel("train", "alice")  # only bob's is left
+    assert info.value.message == "You can only cancel your own jobs"
+    assert info.value.code is ErrorCode.PERMISSION_DENIED
+    with pytest.raises(InvalidRequest, match=r"not running.*cancelled"):
+        await queue.update(a2.id, JobStatus.COMPLETED, "", None)
+
+
+async def test_cancel_all_and_not_found(queue: SqliteJobQueue) -> None:
+    with pytest.raises(JobNotFound):
+        await queue.cancel("train", None)
+    await add(queue, "train", "alice")
+    await add(queue, "train", "bob")
+    await add(queue, "train", "carol")
+    done = await queue.claim("w1")
+    assert done is not None
+    await queue.update(done.id, JobStatus.COMPLETED, "", None)
+    assert await queue.cancel("train", None) == 2  # the completed one is not counted
+    assert await queue.claim("w1") is None  # cancelled jobs are never claimed
+    assert await queue.queue_length() == 0
+    with pytest.raises(JobNotFound):
+        await queue.cancel("train", None)
+    with pytest.raises(JobNotFound):  # not found wins over permission for other users
+        await queue.cancel("train", "dave")
+
+
+# --- persistence, JSON, files ----------------------------------------------------------------
+
+
+async def test_jobs_survive_reopen(db_path: Path, clock: Clock) -> None:
+    q = await SqliteJobQueue.open(db_path)
+    for i in range(4):
+        await add(q, f"job{i}", priority=i % 2)
+    running = await q.claim("w1")
+    before = await q.list_jobs(None)
+    await q.close()
+    q = await SqliteJobQueue.open(db_path)
+    try:
+        assert await q.list_jobs(None) == before
+        assert running is not None and await q.get(running.id) == running
+        assert [(await q.claim("w2")) is not None for _ in range(4)] == [True] * 3 + [False]
+    finally:
+        await q.close()
+
+
+async def test_to_json_exact_shape(queue: SqliteJobQueue, clock: Clock) -> None:
+    job = await queue.enqueue(job_name="resnet50-baseline", commit_id=C1, user="alice", priority=5)
+    assert job.to_json() == {
+        "id": job.id,
+        "job_name": "resnet50-baseline",
+        "args": "",
+        "status": "queued",
+        "priority": 5,
+        "created_at": clock.t,
+        "started_at": None,
+        "ended_at": None,
+        "worker_id": None,
+        "error": None,
+        "datasets": [],
+        "metadata": {"commit_id": C1, "user": "alice"},
+    }
+    clock.t += 1
+    claimed = await queue.claim("gpu-1")
+    assert claimed is not None
+    clock.t += 1
+    failed = await queue.update(job.id, JobStatus.FAILED, "boom", None)
+    data = failed.to_json()
+    assert json.loads(json.dumps(data)) == data
+    assert list(data) == [
+        "id",
+        "job_name",
+        "args",
+        "status",
+        "priority",
+        "created_at",
+        "started_at",
+        "ended_at",
+        "worker_id",
+        "error",
+        "datasets",
+        "metadata",
+    ]
+    assert (data["status"], data["started_at"], data["ended_at"]) == (
+        "failed",
+        clock.t - 1,
+        clock.t,
+    )
+    assert (data["worker_id"], data["error"]) == ("gpu-1", "boom")
+    statuses = {s: dataclasses.replace(job, status=s).to_json()["status"] for s in JobStatus}
+    assert statuses == {
+        JobStatus.QUEUED: "queued",
+        JobStatus.RUNNING: "running",
+        JobStatus.COMPLETED: "completed",
+        JobStatus.FAILED: "failed",
+        JobStatus.CANCELLED: "cancelled",
+    }
+    with_datasets = dataclasses.replace(job, datasets=("mnist", "cifar"))
+    assert with_datasets.to_json()["datasets"] == ["mnist", "cifar"]
+
+
+async def test_files_modes_wal_and_schema_version(queue: SqliteJobQueue, db_path: Path) -> None:
+    await add(queue, "a")
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o750
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs.SCHEMA_VERSION
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status = 0 ORDER BY priority DESC, seq"
+        ).fetchall()
+        assert "jobs_claim_order" in str(plan) and "TEMP B-TREE" not in str(plan)
+    finally:
+        conn.close()
+
+
+async def test_mode_is_0600_under_a_permissive_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        q = await SqliteJobQueue.open(tmp_path / "a" / "b" / "jobs.db")
+    finally:
+        os.umask(old)
+    await q.close()
+    assert stat.S_IMODE((tmp_path / "a" / "b" / "jobs.db").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o750
+
+
+# --- database failures -----------------------------------------------------------------------
+
+
+def _assert_clean(exc: DatabaseError, path: Path) -> None:
+    assert exc.code is ErrorCode.DATABASE_ERROR
+    assert exc.message == "database error"
+    assert str(path) not in exc.message + exc.details
+
+
+async def test_path_is_a_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="server.jobs")
+    with pytest.raises(DatabaseError) as info:
+        await SqliteJobQueue.open(tmp_path)
+    _assert_clean(info.value, tmp_path)
+    assert caplog.records and caplog.records[0].exc_info is not None
+
+
+async def test_corrupt_file(db_path: Path) -> None:
+    db_path.parent.mkdir()
+    db_path.write_bytes(b"this is not a sqlite database\n" * 200)
+    with pytest.raises(DatabaseError) as info:
+        await SqliteJobQueue.open(db_path)
+    _assert_clean(info.value, db_path)
+
+
+async def test_newer_schema_version_is_refused(db_path: Path) -> None:
+    await (await SqliteJobQueue.open(db_path)).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {jobs.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(DatabaseError):
+        await SqliteJobQueue.open(db_path)
+
+
+async def test_sqlite_errors_become_database_error(
+    queue: SqliteJobQueue, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await add(queue, "a")
+    conn = sqlite3.connect(db_path)
+    conn.execute("DROP TABLE jobs")
+    conn.close()
+    caplog.set_level(logging.ERROR, logger="server.jobs")
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: add(queue, "b"),
+        lambda: queue.list_jobs(None),
+        queue.queue_length,
+        lambda: queue.get(job.id),
+        lambda: queue.claim("w1"),
+        lambda: queue.cancel("a", None),
+        lambda: queue.update(job.id, JobStatus.COMPLETED, "", None),
+    ]
+    for call in calls:
+        with pytest.raises(DatabaseError) as info:
+            await call()
+        _assert_clean(info.value, db_path)
+        assert "jobs" not in info.value.message  # no SQL either
+    assert len(caplog.records) == len(calls)
+    assert all("no such table" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+async def test_closed_queue_refuses_calls(db_path: Path) -> None:
+    q = await SqliteJobQueue.open(db_path)
+    await q.close()
+    await q.close()  # idempotent
+    with pytest.raises(DatabaseError):
+        await q.claim("w1")
+
+
+def test_sqlite_queue_satisfies_the_protocol() -> None:
+    queue_type: type[JobQueue] = SqliteJobQueue  # checked by mypy
+    assert queue_type is SqliteJobQueue

@@ -1,0 +1,165 @@
+"""scripts/fetchml.service: the hardening settings, and systemd-analyze's verdict on them."""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "scripts" / "fetchml.service"
+CHECK_UNIT = ROOT / "scripts" / "check-unit"
+MAX_EXPOSURE = 2.0
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """Section -> key -> every value given (a key may repeat, e.g. SystemCallFilter=)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"setting outside a section: {line!r}"
+        assert "=" in line, f"not a KEY=VALUE line: {line!r}"
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+@pytest.fixture(scope="module")
+def service() -> dict[str, list[str]]:
+    return parse_unit(UNIT.read_text(encoding="utf-8"))["Service"]
+
+
+EXPECTED = {
+    "Type": "notify",
+    "NotifyAccess": "main",
+    "ExecStart": "/opt/fetchml/.venv/bin/fetchml-server serve --config /etc/fetchml/config.yaml",
+    "ExecReload": "/bin/kill -HUP $MAINPID",
+    "WatchdogSec": "30",
+    "Restart": "on-failure",
+    "TimeoutStopSec": "20",
+    "DynamicUser": "yes",
+    "StateDirectory": "fetchml",
+    "ConfigurationDirectory": "fetchml",
+    "LogsDirectory": "fetchml",
+    "UMask": "0077",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "SystemCallArchitectures": "native",
+    "MemoryDenyWriteExecute": "yes",
+    "LockPersonality": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "RestrictNamespaces": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "ProtectProc": "invisible",
+    "ProcSubset": "pid",
+    "PrivateUsers": "yes",
+    "RemoveIPC": "yes",
+    "DevicePolicy": "closed",
+    "LimitNOFILE": "65536",
+}
+
+
+@pytest.mark.parametrize(("key", "value"), EXPECTED.items(), ids=list(EXPECTED))
+def test_unit_setting(service: dict[str, list[str]], key: str, value: str) -> None:
+    assert service.get(key) == [value]
+
+
+def test_unit_system_call_filter(service: dict[str, list[str]]) -> None:
+    filters = service.get("SystemCallFilter", [])
+    assert "@system-service" in filters
+    denied = [f for f in filters if f.startswith("~")]
+    assert len(denied) == 1
+    assert set(denied[0][1:].split()) == {"@privileged", "@resources"}
+
+
+def test_unit_leaves_ip_filtering_to_the_operator(service: dict[str, list[str]]) -> None:
+    text = UNIT.read_text(encoding="utf-8")
+    assert "IPAddressDeny" not in service
+    assert "IPAddressAllow" not in service
+    assert "#IPAddressDeny=" in text
+    assert "#IPAddressAllow=" in text
+
+
+def test_unit_header_documents_install_and_wx() -> None:
+    text = UNIT.read_text(encoding="utf-8")
+    header = text.split("[Unit]")[0]
+    assert "Install" in header
+    assert "/etc/systemd/system/" in header
+    assert "/var/lib/fetchml" in header
+    assert re.search(r"#.*CPython.*JIT", text)
+
+
+def test_unit_install_section() -> None:
+    unit = parse_unit(UNIT.read_text(encoding="utf-8"))
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def _require_systemd_analyze() -> None:
+    if shutil.which("systemd-analyze") is not None:
+        return
+    reason = "systemd-analyze is not installed (apt-get install -y --no-install-recommends systemd)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {reason}")
+    pytest.skip(reason)
+
+
+def run_check_unit(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CHECK_UNIT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+def test_check_unit_passes() -> None:
+    _require_systemd_analyze()
+    result = run_check_unit()
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"exposure (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout
+    assert float(match.group(1)) <= MAX_EXPOSURE
+
+
+def test_check_unit_fails_a_weak_unit(tmp_path: Path) -> None:
+    _require_systemd_analyze()
+    weak = tmp_path / "weak.service"
+    weak.write_text("[Service]\nType=simple\nExecStart=/bin/true\n", encoding="utf-8")
+    result = run_check_unit(str(weak))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "above 2.0" in result.stdout
+
+
+def test_check_unit_without_systemd_analyze_exits_3(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname"):
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    result = run_check_unit(env={"PATH": str(bin_dir)})
+    assert result.returncode == 3
+    assert "systemd-analyze not found" in result.stderr
