@@ -36,7 +36,8 @@ class ScanResult(NamedTuple):
     records: int
     """Records in the valid prefix."""
     incomplete: bool
-    """The walk stopped at a record cut by the end of the buffer (more bytes may complete it)."""
+    """The walk reached the end of the buffer, or a record it cuts that more bytes could
+    complete: more bytes may extend the valid prefix."""
 
 
 def encode_record(timestamp: int, step: int, value: float, name: bytes) -> bytes:
@@ -64,7 +65,7 @@ def scan(buf: bytes | bytearray | memoryview, start: int = 0) -> ScanResult:
             low = int.from_bytes(head.ljust(8, b"\0"))
             high = int.from_bytes(head.ljust(8, b"\xff"))
             plausible = high >= MIN_TIMESTAMP and low < MAX_TIMESTAMP
-            return ScanResult(end, count, pos < size and plausible)
+            return ScanResult(end, count, pos == size or plausible)
         timestamp, length = unpack(data, pos)
         stop = pos + RECORD_MIN + length
         if not MIN_TIMESTAMP <= timestamp < MAX_TIMESTAMP:

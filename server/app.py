@@ -122,7 +122,9 @@ class App:
         context.load_cert_chain(tls.cert_file, tls.key_file)
         return context
 
-    async def run(self, on_ready: Callable[[int], None] | None = None) -> None:
+    async def run(
+        self, on_ready: Callable[[int], None] | None = None, handle_signals: bool = True
+    ) -> None:
         cfg = self.config
         lock = lock_data_dir(cfg.storage.base_path)
         audit = AuditLog(cfg.logging.audit_file)
@@ -144,7 +146,7 @@ class App:
                     )
                     store.hooks.append(self.hub.on_commit)
                     store.flush_hooks.append(self.metrics.on_flush)
-                    await self._serve(on_ready)
+                    await self._serve(on_ready, handle_signals)
                 finally:
                     await jobs.close()
         finally:
@@ -152,7 +154,7 @@ class App:
             os.close(lock)
         logger.info("stopped")
 
-    async def _serve(self, on_ready: Callable[[int], None] | None) -> None:
+    async def _serve(self, on_ready: Callable[[int], None] | None, handle_signals: bool) -> None:
         s = self.config.server
         gate = Gate(
             keys=lambda: self.keys,
@@ -179,7 +181,8 @@ class App:
         ):
             self.port = server.sockets[0].getsockname()[1]
             scheme = "wss" if s.tls.enabled else "ws"
-            tg.start_soon(self._signals, tg)
+            if handle_signals:
+                tg.start_soon(self._signals)
             tg.start_soon(self.notifier.watchdog_loop)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
@@ -198,7 +201,7 @@ class App:
                 logger.warning("shutdown timeout: closing %d connections", len(self.connections))
             tg.cancel_scope.cancel()
 
-    async def _signals(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:

@@ -5,7 +5,6 @@ No file I/O here: the store and the queue do that.
 """
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -242,4 +241,4 @@ async def update_job(ctx: Context, who: Identity, req: UpdateJob) -> Response:
 
 
 def whoami(who: Identity) -> Response:
-    return Data(timestamp=_now(), data_type="whoami", payload=json.dumps(who.whoami()).encode())
+    return _data("whoami", who.whoami())

@@ -31,7 +31,9 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.connections = Gauge("fetchml_connections_open", "Open WebSocket connections", registry=r)
+        self.connections = Gauge(
+            "fetchml_connections_open", "Open WebSocket connections", registry=r
+        )
         self.connections_total = Counter(
             "fetchml_connections", "WebSocket connections accepted", registry=r
         )

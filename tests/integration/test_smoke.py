@@ -1,0 +1,19 @@
+import json
+
+from protocol.requests import WhoAmI
+from protocol.responses import Data
+from tests.conftest import Daemon, hash_of
+
+
+async def test_whoami(daemon: Daemon) -> None:
+    client = await daemon.client()
+    response = await client.call(WhoAmI(key_hash=hash_of("alice")))
+    assert isinstance(response, Data)
+    assert response.data_type == "whoami"
+    assert json.loads(response.payload) == {
+        "user": "alice",
+        "role": "researcher",
+        "permissions": ["jobs:create", "jobs:read", "jobs:update"],
+        "scope": "own",
+    }
+    await client.ws.close()
