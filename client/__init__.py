@@ -1,0 +1,64 @@
+"""fetchml client: the async `Client`, the sync `MetricLogger`, and the `fetchml` CLI."""
+
+from .connection import Client
+from .errors import (
+    AlreadyExists,
+    AuthenticationFailed,
+    ConfigurationError,
+    ConnectFailed,
+    ConnectionLost,
+    FetchmlConnectionError,
+    FetchmlError,
+    InvalidRequest,
+    JobError,
+    JobNotFound,
+    NotFound,
+    PermissionDenied,
+    ProtocolViolation,
+    ServerOverloaded,
+    StorageError,
+)
+from .logger import LoggerStats, MetricLogger
+from .models import (
+    Experiment,
+    ExperimentSummary,
+    Job,
+    Metric,
+    MetricsPage,
+    Status,
+    WhoAmI,
+)
+from .settings import Settings, resolve_settings
+from .watch import MetricWatch, WatchOptions
+
+__all__ = [
+    "AlreadyExists",
+    "AuthenticationFailed",
+    "Client",
+    "ConfigurationError",
+    "ConnectFailed",
+    "ConnectionLost",
+    "Experiment",
+    "ExperimentSummary",
+    "FetchmlConnectionError",
+    "FetchmlError",
+    "InvalidRequest",
+    "Job",
+    "JobError",
+    "JobNotFound",
+    "LoggerStats",
+    "Metric",
+    "MetricLogger",
+    "MetricWatch",
+    "MetricsPage",
+    "NotFound",
+    "PermissionDenied",
+    "ProtocolViolation",
+    "ServerOverloaded",
+    "Settings",
+    "Status",
+    "StorageError",
+    "WatchOptions",
+    "WhoAmI",
+    "resolve_settings",
+]

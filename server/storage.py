@@ -30,11 +30,10 @@ import anyio.abc
 
 from protocol.errors import MalformedRecord
 from protocol.records import (
-    RECORD_MAX,
+    RECORD_MIN,
     Metadata,
     decode_metadata,
     encode_metadata,
-    iter_records,
     scan,
 )
 
@@ -125,8 +124,12 @@ def scan_file(
 
 
 def _extend_offsets(offsets: "array[int]", buf: bytes, end: int, base: int) -> None:
-    for offset, _ in iter_records(buf, 0, end):
-        offsets.append(base + offset)
+    """Append the start offset of each record in the valid prefix `buf[:end]`."""
+    append = offsets.append
+    pos = 0
+    while pos < end:
+        append(base + pos)
+        pos += RECORD_MIN + buf[pos + RECORD_MIN - 1]
 
 
 def torn_copy_path(metrics: Path) -> Path:
@@ -183,6 +186,8 @@ class Experiment:
     offsets: "array[int]" = field(default_factory=lambda: array("Q", [0]))
     """Start offsets of the records indexed so far, then the end of the last one."""
     pending: list[Pending] = field(default_factory=list)
+    writing: list[Pending] = field(default_factory=list)
+    """The batch of the flush in progress."""
     flushing: bool = False
 
     @property
@@ -251,18 +256,22 @@ class ExperimentStore:
         if exp is None:
             exp = Experiment(commit, self.base / check_commit(commit))
             self._experiments[commit] = exp
-            self._evict()
+            self._evict(keep=commit)
         else:
             self._experiments.move_to_end(commit)
         return exp
 
-    def _evict(self) -> None:
+    def _evict(self, keep: str = "") -> None:
+        """Forget idle experiments, oldest use first, until at most max_open are held."""
         excess = len(self._experiments) - self.max_open
-        for commit in list(self._experiments)[: max(excess, 0)]:
+        for commit in list(self._experiments):
+            if excess <= 0:
+                return
             exp = self._experiments[commit]
-            if not exp.busy:
+            if commit != keep and not exp.busy:
                 self._close(exp)
                 del self._experiments[commit]
+                excess -= 1
 
     @staticmethod
     def _close(exp: Experiment) -> None:
@@ -359,7 +368,7 @@ class ExperimentStore:
     async def _flush_loop(self, exp: Experiment) -> None:
         try:
             while exp.pending:
-                batch = _take_batch(exp.pending)
+                batch = exp.writing = _take_batch(exp.pending)
                 data = b"".join(p.data for p in batch)
                 count = sum(p.records for p in batch)
                 started = time.perf_counter()
@@ -384,6 +393,8 @@ class ExperimentStore:
                     hook(exp.commit, first, data, count)
         finally:
             exp.flushing = False
+            exp.writing = []
+        self._evict()
 
     def _write(self, exp: Experiment, data: bytes, count: int) -> int:
         """In a thread: lock, check the file's end, write, sync. Returns the first index."""
@@ -481,7 +492,9 @@ class ExperimentStore:
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is written."""
-        futures = [p.future for exp in self._experiments.values() for p in exp.pending]
+        futures = [
+            p.future for exp in self._experiments.values() for p in (*exp.writing, *exp.pending)
+        ]
         for future in futures:
             with contextlib.suppress(Exception):
                 await future
@@ -544,7 +557,7 @@ class ExperimentStore:
                 del offsets[total + 1 :]
             total = min(total, len(offsets) - 1)
             begin = offsets[start]
-            limit = begin + max(max_bytes, RECORD_MAX)
+            limit = begin + max_bytes
             stop_index = max(
                 bisect.bisect_right(offsets, limit, start + 1, total + 1) - 1, start + 1
             )

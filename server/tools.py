@@ -44,7 +44,8 @@ def _valid_prefix(path: Path) -> tuple[bytes, int, int]:
         os.close(fd)
 
 
-def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO = sys.stdout) -> int:
+def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     if not base.is_dir():
         print(f"error: {base} is not a directory", file=sys.stderr)
         return 2
@@ -84,8 +85,9 @@ def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO = sys.std
     return 0
 
 
-def fsck(base: Path, repair: bool, out: TextIO = sys.stdout) -> int:
+def fsck(base: Path, repair: bool, out: TextIO | None = None) -> int:
     """Report torn tails, corruption and unreadable metadata; exit 1 when any is found."""
+    out = out or sys.stdout
     if not base.is_dir():
         print(f"error: {base} is not a directory", file=sys.stderr)
         return 2

@@ -178,22 +178,39 @@ async def test_go_empty_names_followed_by_named_records_survive(tmp_path: Path) 
     assert [p.read_bytes() for p in torn_copies(path)] == [rec(b"", 5) + bytes(7)]
 
 
-@pytest.mark.parametrize("name_length", [11, 12])
-async def test_file_larger_than_the_read_chunk(tmp_path: Path, name_length: int) -> None:
-    """A record ending exactly on the 4 MiB scan chunk (32-byte records) is no torn tail:
-    the first append must not cut acknowledged records."""
-    record = rec(b"n" * name_length)
-    count = (4 << 20) // len(record) + 10
-    original = record * count
+CHUNK = 4 << 20  # storage.READ_CHUNK: scans read the file in pieces of this size
+
+
+def records_ending_on_chunk(boundary: str) -> tuple[list[bytes], int]:
+    """(records, how many) of a file a little over one scan chunk, with `boundary` at 4 MiB."""
+    if boundary == "named":  # 32-byte records: one ends exactly at 4 MiB
+        head = [rec(b"n" * 11)] * (CHUNK // 32)
+    elif boundary == "empty":  # a Go empty-name record ends exactly at 4 MiB
+        k = (CHUNK - 21 - 100) // 32
+        pad = CHUNK - 21 - 32 * k - 21  # name length of one odd record
+        head = [rec(b"n" * 11)] * k + [rec(b"p" * pad), rec(b"", 1)]
+    else:  # 33-byte records: no record ends at 4 MiB
+        head = [rec(b"n" * 12)] * (CHUNK // 33)
+    tail = [rec(b"t", i) for i in range(10)]
+    assert boundary == "none" or len(b"".join(head)) == CHUNK
+    return head + tail, len(head) + len(tail)
+
+
+@pytest.mark.parametrize("boundary", ["named", "empty", "none"])
+async def test_file_larger_than_the_read_chunk(tmp_path: Path, boundary: str) -> None:
+    """A record ending exactly on the 4 MiB scan chunk is no torn tail: counts and reads
+    see every record, and the first append cuts nothing."""
+    records, count = records_ending_on_chunk(boundary)
+    original = b"".join(records)
     path = make_experiment(tmp_path, commit(1), original)
     async with ExperimentStore(tmp_path) as reader:
         counted = await reader.count(commit(1))
     async with ExperimentStore(tmp_path) as store:
         first = await store.append(commit(1), NEW, 1)
-        last = await store.read(commit(1), count - 1)
+        last = await store.read(commit(1), count - 11, 1 << 20)
     cut = sum(p.stat().st_size for p in torn_copies(path))
     assert (counted, first, cut) == (count, count, 0)
-    assert last.data == record + NEW
+    assert last.data == b"".join(records[-11:]) + NEW
     assert path.read_bytes() == original + NEW
 
 

@@ -2,7 +2,9 @@
 group commit and chunked reads."""
 
 import asyncio
+import contextlib
 import math
+import os
 import stat
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from protocol.enums import ErrorCode
 from protocol.records import Metadata, decode_records, encode_record, scan
 from server.errors import AlreadyExists, NotFound
-from server.storage import MAX_FLUSH_BYTES, ExperimentStore
+from server.storage import MAX_FLUSH_BYTES, Durability, ExperimentStore
 
 TS = 1795735109
 
@@ -368,11 +370,11 @@ def check_file(data: bytes, sizes: dict[int, int], firsts: dict[int, int]) -> No
 
 
 @pytest.mark.parametrize("durability", ["write", "fsync"])
-async def test_group_commit_one_experiment(tmp_path: Path, durability: str) -> None:
+async def test_group_commit_one_experiment(tmp_path: Path, durability: Durability) -> None:
     c = commit(1)
     sizes = {owner: 1 + (owner * 7) % 50 for owner in range(400)}
     flushes: list[int] = []
-    async with ExperimentStore(tmp_path, durability=durability) as store:  # type: ignore[arg-type]
+    async with ExperimentStore(tmp_path, durability=durability) as store:
         store.flush_hooks.append(lambda n, _seconds: flushes.append(n))
         await store.create(meta(c))
         firsts = await asyncio.gather(
@@ -465,6 +467,41 @@ async def test_flush_waits_for_a_write_in_progress(tmp_path: Path) -> None:
         done = future.done()
         await future
     assert done, "flush() returned while the batch it should wait for was still being written"
+
+
+def open_metrics_files(base: Path) -> int:
+    """Descriptors of this process open on a metrics.bin under `base` (Linux /proc)."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sum(1 for link in links if link.startswith(str(base)) and link.endswith("metrics.bin"))
+
+
+async def test_open_files_are_bounded(tmp_path: Path) -> None:
+    commits = [commit(n) for n in range(1, 9)]
+    expected: dict[str, list[bytes]] = {c: [] for c in commits}
+    async with ExperimentStore(tmp_path, max_open_files=2) as store:
+        for c in commits:
+            await store.create(meta(c))
+        for wave in range(3):  # one at a time: each new experiment evicts an idle one
+            for n, c in enumerate(commits):
+                data = batch(wave * 10 + n, 2)
+                assert await store.append(c, data, 2) == len(expected[c])
+                expected[c] += [data[: len(data) // 2], data[len(data) // 2 :]]
+                assert open_metrics_files(tmp_path) <= 2
+        # all at once: busy experiments stay open while busy, but not once idle again
+        firsts = await asyncio.gather(*(store.append(c, record(c[-1:]), 1) for c in commits))
+        assert firsts == [6] * len(commits)
+        for c in commits:
+            expected[c].append(record(c[-1:]))
+            assert (await store.read(c, 0)).data == b"".join(expected[c])
+        assert await store.append(commits[0], record("after"), 1) == 7
+        expected[commits[0]].append(record("after"))
+        assert open_metrics_files(tmp_path) <= 2, "idle experiments beyond max_open_files stay open"
+    assert open_metrics_files(tmp_path) == 0
+    for c in commits:
+        assert metrics_bytes(tmp_path, c) == b"".join(expected[c])
 
 
 async def test_two_stores_on_one_tree_interleave_whole_requests(tmp_path: Path) -> None:

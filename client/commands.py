@@ -1,0 +1,258 @@
+"""The `fetchml` subcommands: each takes a connected Client and the parsed arguments."""
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .connection import Client
+from .errors import InvalidRequest
+from .export import ProgressBar, export_metrics, guess_format, load_optional
+from .models import Metric, json_value, metric_to_json
+from .output import dumps, emit, fmt_time, fmt_value, jobs_table, metric_json, metrics_table, table
+
+PROGRESS_MIN_RECORDS = 100_000
+REDRAW_S = 0.25
+CLEAR = "\x1b[H\x1b[2J"
+
+
+async def status(client: Client, args: argparse.Namespace) -> int:
+    shown = 0
+    while True:
+        report = await client.status()
+        if args.json:
+            emit(dumps(report.to_json()))
+        else:
+            head = (
+                f"user {report.user} ({report.role}): {len(report.jobs)} job(s) visible, "
+                f"{report.queue_length} queued in total"
+            )
+            text = head + "\n" + jobs_table(report.jobs)
+            emit((CLEAR if args.watch and sys.stdout.isatty() else "") + text)
+        shown += 1
+        if not args.watch or (args.count and shown >= args.count):
+            return 0
+        await asyncio.sleep(args.interval)
+
+
+async def queue(client: Client, args: argparse.Namespace) -> int:
+    job = await client.queue_job(args.job, args.commit, args.priority)
+    if args.json:
+        emit(dumps(job.to_json()))
+    else:
+        emit(
+            f"queued {job.job_name} as {job.id} "
+            f"(commit {job.commit_id}, priority {job.priority}, {job.status_name})"
+        )
+    return 0
+
+
+async def cancel(client: Client, args: argparse.Namespace) -> int:
+    count = await client.cancel_job(args.job)
+    emit(dumps({"cancelled": count}) if args.json else f"cancelled {count} job(s) named {args.job}")
+    return 0
+
+
+async def prune(client: Client, args: argparse.Namespace) -> int:
+    pruned = await client.prune(keep=args.keep, older_than_days=args.older_than)
+    if args.json:
+        emit(dumps({"pruned": pruned}))
+    else:
+        emit("\n".join([f"pruned {len(pruned)} experiment(s)", *pruned]))
+    return 0
+
+
+async def ls(client: Client, args: argparse.Namespace) -> int:
+    rows = await client.list_experiments()
+    if args.json:
+        emit(dumps([row.to_json() for row in rows]))
+        return 0
+    emit(
+        table(
+            ("COMMIT", "JOB", "USER", "CREATED", "METRICS"),
+            [
+                (r.commit_id, r.job_name, r.user, fmt_time(r.timestamp), r.metrics_count)
+                for r in rows
+            ],
+            right={4},
+        )
+    )
+    return 0
+
+
+async def show(client: Client, args: argparse.Namespace) -> int:
+    experiment, latest = await asyncio.gather(
+        client.get_experiment(args.commit), client.latest(args.commit)
+    )
+    if args.json:
+        doc: dict[str, Any] = experiment.to_json()
+        del doc["metrics"], doc["metrics_truncated"]
+        doc["latest"] = {name: metric_to_json(m) for name, m in latest.items()}
+        emit(dumps(doc))
+        return 0
+    head = "\n".join(
+        [
+            f"commit   {experiment.commit_id}",
+            f"job      {experiment.job_name or '-'}",
+            f"user     {experiment.user or '-'}",
+            f"created  {fmt_time(experiment.timestamp)}",
+            f"records  {experiment.metrics_count}",
+        ]
+    )
+    body = metrics_table(latest.values()) if latest else "(no metrics)"
+    emit(f"{head}\n\n{body}")
+    return 0
+
+
+async def log(client: Client, args: argparse.Namespace) -> int:
+    if args.create:
+        await client.create_experiment(args.commit, exist_ok=True)
+    await client.log_metric(args.commit, args.name, args.value, args.step)
+    if args.json:
+        emit(dumps({"name": args.name, "step": args.step, "value": json_value(args.value)}))
+    else:
+        emit(f"logged {args.name}={fmt_value(args.value)} at step {args.step}")
+    return 0
+
+
+async def _record_pages(
+    client: Client, args: argparse.Namespace, options: dict[str, Any]
+) -> AsyncIterator[Sequence[Metric]]:
+    if args.points:
+        yield await client.query(args.commit, max_points=args.points, **options)
+        return
+    async for page in client.query_pages(args.commit, **options):
+        yield page.records
+
+
+async def query(client: Client, args: argparse.Namespace) -> int:
+    step_from, step_to = args.steps
+    options: dict[str, Any] = {"name": args.name, "step_from": step_from, "step_to": step_to}
+    if args.json:  # a JSON array, streamed page by page
+        out = sys.stdout
+        out.write("[")
+        sep = ""
+        async for records in _record_pages(client, args, options):
+            for record in records:
+                out.write(sep + metric_json(record))
+                sep = ",\n"
+        out.write("]\n")
+        out.flush()
+        return 0
+    found: list[Metric] = []
+    async for records in _record_pages(client, args, options):
+        found.extend(records)
+    emit(metrics_table(found) if found else "(no matching metrics)")
+    return 0
+
+
+class _Live:
+    """The latest value per name, drawn as a table or a plotext chart."""
+
+    def __init__(self, commit: str, plot: bool) -> None:
+        self.commit = commit
+        self.latest: dict[str, Metric] = {}
+        self.series: dict[str, tuple[list[int], list[float]]] = {}
+        self.plt = load_optional("plotext", "plot", "watch --plot") if plot else None
+        self.tty = sys.stdout.isatty()
+        self.drawn = 0.0
+
+    def add(self, records: tuple[Metric, ...]) -> None:
+        for record in records:
+            self.latest[record.name] = record
+            if self.plt is not None:
+                steps, values = self.series.setdefault(record.name, ([], []))
+                steps.append(record.step)
+                values.append(record.value)
+                if len(steps) > 4000:
+                    del steps[:2000], values[:2000]
+
+    def draw(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.drawn < REDRAW_S:
+            return
+        self.drawn = now
+        if self.plt is not None:
+            plt = self.plt
+            plt.clear_figure()
+            for name, (steps, values) in self.series.items():
+                plt.plot(steps, values, label=name)
+            plt.title(f"{self.commit[:12]}: {len(self.latest)} metric(s)")
+            if self.tty:
+                plt.clear_terminal()
+            plt.show()
+            return
+        body = (
+            metrics_table(sorted(self.latest.values(), key=lambda r: r.name))
+            if self.latest
+            else "(waiting for metrics)"
+        )
+        emit((CLEAR if self.tty else "") + f"watching {self.commit}\n{body}")
+
+
+async def watch(client: Client, args: argparse.Namespace) -> int:
+    live = _Live(args.commit, args.plot)
+    seen = 0
+    async with client.watch(args.commit, from_index=args.from_index, name=args.name) as stream:
+        if not args.json:
+            live.draw(final=True)
+        async for batch in stream:
+            seen += len(batch.records)
+            if args.json:
+                emit("\n".join(metric_json(r) for r in batch.records))
+            else:
+                live.add(batch.records)
+                live.draw(final=bool(args.exit_after and seen >= args.exit_after))
+            if args.exit_after and seen >= args.exit_after:
+                break
+    return 0
+
+
+async def export(client: Client, args: argparse.Namespace) -> int:
+    path = Path(args.output)
+    fmt = args.format or guess_format(path)
+    if fmt is None:
+        raise InvalidRequest(f"cannot tell the format of {path}: pass --format csv|jsonl|parquet")
+    if fmt == "parquet":
+        load_optional("pyarrow", "parquet", "Parquet export")
+    progress = None
+    if args.progress is not False:
+        total = next(
+            (
+                e.metrics_count
+                for e in await client.list_experiments()
+                if e.commit_id == args.commit
+            ),
+            0,
+        )
+        if args.progress or (sys.stderr.isatty() and total >= PROGRESS_MIN_RECORDS):
+            progress = ProgressBar(sys.stderr, total)
+    step_from, step_to = args.steps
+    count = await export_metrics(
+        client,
+        args.commit,
+        path,
+        fmt,
+        name=args.name,
+        step_from=step_from,
+        step_to=step_to,
+        progress=progress,
+    )
+    emit(
+        dumps({"records": count, "file": str(path)})
+        if args.json
+        else f"wrote {count} records to {path}"
+    )
+    return 0
+
+
+async def whoami(client: Client, args: argparse.Namespace) -> int:
+    me = await client.whoami()
+    if args.json:
+        emit(dumps(me.to_json()))
+    else:
+        emit(f"{me.user} (role {me.role}, scope {me.scope}): {', '.join(me.permissions)}")
+    return 0

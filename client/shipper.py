@@ -1,0 +1,312 @@
+"""The background half of MetricLogger: batches, sends, acknowledges, reconnects.
+
+Runs on its own thread and event loop. The caller's thread only appends
+`(name, value, step)` tuples (and flush markers) to a deque; the shipper pops
+them, assigns default steps, validates, cuts batches of at most `batch_size`
+points (a partial batch leaves every `flush_interval`, or at once for a flush),
+and sends each batch as one LOG_METRICS, several in flight on one connection.
+
+Every batch stays in `unacked` (ordered by sequence number) until its SUCCESS
+arrives. When the connection drops, the shipper reconnects with exponential
+backoff and resends every unacknowledged batch in order before new ones, so
+nothing is lost; only a batch written just before the drop (its ack lost with
+the connection) can be stored twice.
+"""
+
+import asyncio
+import logging
+import random
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.enums import ErrorCode
+from protocol.errors import MalformedRequest
+from protocol.requests import MetricPoint, check_metric_name
+
+from .connection import Client
+from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
+from .models import MAX_STEP
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class FlushMarker:
+    """Put in the queue by flush(); set once every point queued before it is acknowledged."""
+
+    __slots__ = ("done", "threshold")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.threshold = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShipperConfig:
+    commit: bytes
+    settings: Settings
+    batch_size: int = 1000
+    flush_interval: float = 0.05
+    max_in_flight: int = 64
+    create_experiment: bool = True
+    job_name: str = ""
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    open_timeout: float = 10.0
+
+
+class Shipper:
+    def __init__(self, config: ShipperConfig, queue: "deque[Any]") -> None:
+        self.config = config
+        self.queue = queue
+        self.space = threading.Event()
+        """Set whenever acknowledged points leave the buffer (a blocked log() waits for it)."""
+        self.held = 0
+        """Points taken from the queue and not yet acknowledged or rejected."""
+        self.acknowledged = 0
+        self.rejected = 0
+        self.resent_batches = 0
+        self.reconnects = 0
+        self.last_error: FetchmlError | None = None
+        self.stop = False
+        self.abort = False
+        self._unacked: dict[int, tuple[MetricPoint, ...]] = {}
+        self._ready: deque[int] = deque()
+        self._markers: deque[FlushMarker] = deque()
+        self._partial: list[MetricPoint] = []
+        self._seq = 0
+        self._inflight = 0
+        self._next_step: dict[str, int] = {}
+        self._valid_names: set[str] = set()
+        self._bad_names: set[str] = set()
+        self._created = not config.create_experiment
+        self._wake: asyncio.Event | None = None
+        self._broken: asyncio.Event | None = None
+        self._last_partial = 0.0
+
+    # -- called from any thread via loop.call_soon_threadsafe ------------------
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- the worker ----------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not self._partial and not self._unacked
+
+    async def run(self) -> None:
+        self._wake = asyncio.Event()
+        failures = 0
+        connected_once = False
+        while not self.abort and not (self.stop and self.idle):
+            if failures:
+                await self._backoff(failures)
+                if self.abort:
+                    break
+            try:
+                client = await Client.connect(
+                    self.config.settings.url,
+                    self.config.settings.api_key,
+                    open_timeout=self.config.open_timeout,
+                )
+            except FetchmlError as exc:
+                failures += 1
+                self._note(exc, f"cannot connect (attempt {failures})")
+                continue
+            if connected_once:
+                self.reconnects += 1
+            connected_once = True
+            try:
+                if await self._session(client):
+                    failures = 0
+                else:
+                    failures += 1
+            finally:
+                await client.close()
+
+    async def _backoff(self, failures: int) -> None:
+        cfg = self.config
+        delay = (
+            0.0
+            if failures <= 1
+            else min(cfg.max_backoff, cfg.initial_backoff * 2.0 ** min(failures - 2, 30))
+        )
+        if delay:
+            assert self._wake is not None
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(delay * random.uniform(0.5, 1.0)):
+                    while not self.abort:
+                        self._wake.clear()
+                        await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _note(self, exc: FetchmlError, what: str) -> None:
+        self.last_error = exc
+        logger.warning("metric logger %s: %s: %s", self.config.commit.hex()[:12], what, exc)
+
+    async def _session(self, client: Client) -> bool:
+        """Send on one connection until done or broken. True if anything was acknowledged."""
+        assert self._wake is not None
+        broken = self._broken = asyncio.Event()
+        acked_before = self.acknowledged
+        if not self._created:
+            try:
+                await client.create_experiment(
+                    self.config.commit, self.config.job_name, exist_ok=True
+                )
+            except FetchmlConnectionError as exc:
+                self._note(exc, "connection lost")
+                return False
+            except FetchmlError as exc:
+                if exc.code in RETRYABLE:
+                    self._note(exc, "creating the experiment failed")
+                    return False
+                logger.error("metric logger: cannot create experiment: %s", exc)
+            self._created = True
+        self._ready = deque(self._unacked)
+        self.resent_batches += len(self._ready)
+        loop = asyncio.get_running_loop()
+        self._last_partial = loop.time()
+        async with asyncio.TaskGroup() as tg:
+            while not self.abort and not broken.is_set():
+                now = loop.time()
+                tick = now - self._last_partial >= self.config.flush_interval
+                if tick:
+                    self._last_partial = now
+                self._drain(emit_partial=tick or self.stop)
+                while self._ready and self._inflight < self.config.max_in_flight:
+                    seq = self._ready.popleft()
+                    self._inflight += 1
+                    tg.create_task(self._send(client, seq))
+                if self.stop and self.idle:
+                    break
+                self._wake.clear()
+                try:
+                    wait = self.config.flush_interval - (loop.time() - self._last_partial)
+                    async with asyncio.timeout(max(wait, 0.001)):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            if self.abort:
+                await client.close()  # fails what is in flight, so the task group can end
+        return self.acknowledged > acked_before
+
+    def _drain(self, emit_partial: bool) -> None:
+        """Move queued points into batches, within the in-flight budget.
+
+        `held` goes up before an item leaves the queue, so a point is always
+        counted in the queue or in `held` until it is settled.
+        """
+        cfg = self.config
+        size = cfg.batch_size
+        room = (cfg.max_in_flight - self._inflight - len(self._ready)) * size - len(self._partial)
+        queue = self.queue
+        while queue and (room > 0 or not isinstance(queue[0], tuple)):
+            self.held += 1
+            item = queue.popleft()
+            if not isinstance(item, tuple):
+                self.held -= 1
+                self._emit()
+                item.threshold = self._seq
+                self._markers.append(item)
+                continue
+            room -= 1
+            try:
+                point = self._point(*item)
+            except TypeError as exc:  # an unhashable name
+                point = self._reject(item, f"invalid point {item!r}: {exc}")
+            if point is None:
+                self.held -= 1
+                continue
+            self._partial.append(point)
+            if len(self._partial) >= size:
+                self._emit()
+        if emit_partial:
+            self._emit()
+        self._check_markers()
+
+    def _point(self, name: Any, value: Any, step: Any) -> MetricPoint | None:
+        if name not in self._valid_names:
+            if not isinstance(name, str):
+                return self._reject(name, f"metric name must be a str, got {name!r}")
+            try:
+                check_metric_name(name)
+            except MalformedRequest as exc:
+                return self._reject(name, f"invalid metric name {name!r}: {exc.message}")
+            self._valid_names.add(name)
+        if step is None:
+            step = self._next_step.get(name, 0)
+        try:
+            value = float(value)
+            step = int(step)
+        except (TypeError, ValueError) as exc:
+            return self._reject(name, f"{name!r}: not a number: {exc}")
+        if not 0 <= step <= MAX_STEP:
+            return self._reject(name, f"{name!r}: step {step} outside 0..{MAX_STEP}")
+        self._next_step[name] = step + 1
+        return MetricPoint(step, value, name)
+
+    def _reject(self, name: object, why: str) -> MetricPoint | None:
+        self.rejected += 1
+        key = repr(name)
+        if key not in self._bad_names:
+            self._bad_names.add(key)
+            logger.error("metric logger: dropping point: %s", why)
+        return None
+
+    def _emit(self) -> None:
+        if not self._partial:
+            return
+        self._seq += 1
+        self._unacked[self._seq] = tuple(self._partial)
+        self._ready.append(self._seq)
+        self._partial = []
+
+    async def _send(self, client: Client, seq: int) -> None:
+        points = self._unacked[seq]
+        try:
+            await client.log_points(self.config.commit, points)
+        except FetchmlError as exc:
+            if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
+                self._break(exc)
+                return
+            if exc.code == ErrorCode.RESOURCE_NOT_FOUND and self.config.create_experiment:
+                self._created = False  # pruned meanwhile: create it again, then resend
+                self._break(exc)
+                return
+            self.last_error = exc
+            self.rejected += len(points)
+            logger.error("metric logger: server rejected %d points: %s", len(points), exc)
+            self._settle(seq)
+        else:
+            self.acknowledged += len(points)
+            self._settle(seq)
+        finally:
+            self._inflight -= 1
+            self.wake()
+
+    def _break(self, exc: FetchmlError) -> None:
+        assert self._broken is not None
+        if not self._broken.is_set():
+            self._note(exc, "batch not acknowledged, will resend")
+            self._broken.set()
+
+    def _settle(self, seq: int) -> None:
+        points = self._unacked.pop(seq)
+        self.held -= len(points)
+        self.space.set()
+        self._check_markers()
+
+    def _check_markers(self) -> None:
+        markers = self._markers
+        if not markers:
+            return
+        lowest = next(iter(self._unacked), None)
+        while markers and (lowest is None or markers[0].threshold < lowest):
+            markers.popleft().done.set()

@@ -1,0 +1,58 @@
+"""Opening the WebSocket, with handshake failures turned into FetchmlErrors."""
+
+import logging
+from collections.abc import Callable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from protocol.enums import LogLevel
+from protocol.responses import Log, Progress
+
+from .errors import AuthenticationFailed, ConfigurationError, ConnectFailed, PermissionDenied
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "fetchml-client/0.1"
+
+EventHandler = Callable[[Progress | Log], None]
+"""Receives the PROGRESS and LOG packets that precede a final response."""
+
+_LEVELS = {
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARNING: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
+
+
+def log_event(event: Progress | Log) -> None:
+    """The default EventHandler: server LOG and PROGRESS packets go to this module's logger."""
+    if isinstance(event, Log):
+        logger.log(_LEVELS.get(event.level, logging.INFO), "server: %s", event.message)
+    else:
+        logger.info("progress %d/%d %s", event.value, event.total, event.message)
+
+
+async def open_websocket(url: str, open_timeout: float = 10.0) -> ClientConnection:
+    """Connect to the daemon's /ws endpoint; every failure is a FetchmlError."""
+    try:
+        return await connect(
+            url,
+            compression=None,
+            max_size=None,
+            open_timeout=open_timeout,
+            user_agent_header=USER_AGENT,
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status == 401:
+            raise AuthenticationFailed("Invalid API key") from None
+        if status == 403:
+            raise PermissionDenied(f"{url}: forbidden (HTTP 403, IP not allowed)") from None
+        raise ConnectFailed(f"cannot connect to {url}: HTTP {status}") from None
+    except InvalidURI as exc:
+        raise ConfigurationError(f"invalid server URL {url!r}: {exc}") from None
+    except (OSError, InvalidHandshake) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConnectFailed(f"cannot connect to {url}: {reason or type(exc).__name__}") from exc

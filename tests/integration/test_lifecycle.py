@@ -1,0 +1,582 @@
+"""The daemon as a process: signals, crashes, reloads, systemd notify, disk full, the lock.
+
+Every daemon here is `python -m server serve` in a subprocess (tests/integration/proc.py)
+and gets real signals; clients are real WebSocket connections.
+"""
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from protocol.enums import ErrorCode
+from protocol.records import encode_record, scan
+from protocol.requests import (
+    CreateExperiment,
+    GetExperiment,
+    ListExperiments,
+    LogMetric,
+    LogMetrics,
+    MetricPoint,
+    QueryMetrics,
+    Request,
+    WhoAmI,
+    encode_request,
+)
+from protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
+from server import storage
+from tests.conftest import DaemonFactory, RawClient, hash_of, key_hash
+from tests.integration.proc import (
+    DaemonProcess,
+    file_records,
+    key_entry,
+    metrics_path,
+    poll,
+    raw_config,
+    run_cli,
+    write_config,
+)
+
+ADMIN = hash_of("admin")
+COMMIT = bytes.fromhex("fe" * 20)
+Key = tuple[str, int]
+"""A record as the tests know it: (name, step); steps are unique per name."""
+
+Spawn = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Start daemon processes; any still running at the end is killed."""
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        proc = DaemonProcess(config, tmp_path / f"daemon-{len(started)}.log", env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.reap()
+
+
+async def started(spawn: Spawn, config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+    daemon = spawn(config, env)
+    await daemon.wait_ready()
+    return daemon
+
+
+async def create_experiment(daemon: DaemonProcess, commit: bytes = COMMIT) -> None:
+    client = await daemon.client()
+    response = await client.call(CreateExperiment(key_hash=ADMIN, commit_id=commit, job_name="j"))
+    assert isinstance(response, Success), response
+    await client.ws.close()
+
+
+def keys_of(path: Path) -> list[Key]:
+    return [(r.name, r.step) for r in file_records(path)]
+
+
+async def query_all(client: RawClient, commit: bytes = COMMIT) -> list[Key]:
+    """Every record, following QUERY_METRICS pages (`next` 0 = the end)."""
+    out: list[Key] = []
+    after = 0
+    while True:
+        response = await client.call(QueryMetrics(key_hash=ADMIN, commit_id=commit, after=after))
+        assert isinstance(response, Data), response
+        page = decode_metrics_payload(response.payload)
+        out += [(r.name, r.step) for r in page.records]
+        if page.next == 0:
+            return out
+        after = page.next
+
+
+# -- ingest clients that remember what was acknowledged ----------------------------------
+
+
+class Ingester:
+    """One connection pipelining LOG_METRIC and LOG_METRICS (a window of `window` unanswered
+    requests), recording which records were sent and which were acknowledged."""
+
+    def __init__(self, url: str, n: int, window: int = 128) -> None:
+        self.url = url
+        self.name = f"client{n}"
+        self.window = window
+        self.sent: list[Key] = []
+        self.acked: list[Key] = []
+        self.refused: list[Error] = []
+        self.close_code: int | None = None
+
+    def request(self, seq: int, i: int) -> tuple[Request, list[Key]]:
+        if i % 4 == 3:
+            keys = [(self.name, seq + j) for j in range(5)]
+            points = tuple(MetricPoint(step, float(step), name) for name, step in keys)
+            return LogMetrics(key_hash=ADMIN, commit_id=COMMIT, metrics=points), keys
+        request = LogMetric(key_hash=ADMIN, commit_id=COMMIT, step=seq, value=float(seq), name=self.name)
+        return request, [(self.name, seq)]
+
+    async def run(self) -> None:
+        ws = await connect(self.url, compression=None, max_size=None)
+        slots = asyncio.Semaphore(self.window)
+        unanswered: deque[list[Key]] = deque()
+
+        async def send_forever() -> None:
+            seq = i = 0
+            while True:
+                await slots.acquire()
+                request, keys = self.request(seq, i)
+                unanswered.append(keys)
+                self.sent += keys
+                await ws.send(encode_request(request))
+                seq, i = seq + len(keys), i + 1
+
+        sender = asyncio.create_task(send_forever())
+        try:
+            while True:
+                response = decode_response(await ws.recv())  # type: ignore[arg-type]
+                keys = unanswered.popleft()
+                slots.release()
+                if isinstance(response, Success):
+                    self.acked += keys
+                else:
+                    assert isinstance(response, Error), response
+                    self.refused.append(response)
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await sender
+
+
+@contextlib.asynccontextmanager
+async def ingesting(url: str, clients: int, window: int = 128) -> AsyncIterator[list[Ingester]]:
+    """Run `clients` ingesters for the body; on exit, wait (bounded) until all have ended."""
+    ingesters = [Ingester(url, n, window) for n in range(clients)]
+    tasks = [asyncio.create_task(i.run()) for i in ingesters]
+    try:
+        yield ingesters
+        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until_acked(ingesters: list[Ingester], at_least: int) -> None:
+    await poll(
+        lambda: all(len(i.acked) >= at_least for i in ingesters),
+        f"{at_least} acknowledged records per client",
+    )
+
+
+def check_acknowledged(path: Path, ingesters: list[Ingester]) -> Counter[Key]:
+    """Every acknowledged record is in the file exactly once; nothing there was never sent."""
+    counts = Counter(keys_of(path))
+    acked = [k for i in ingesters for k in i.acked]
+    sent = {k for i in ingesters for k in i.sent}
+    assert not [k for k in acked if counts[k] != 1], "acknowledged records missing or doubled"
+    assert [k for k, n in counts.items() if n > 1] == []
+    assert set(counts) <= sent
+    for i in ingesters:  # and each connection's records are in its send order
+        assert [s for name, s in keys_of(path) if name == i.name] == sorted(
+            s for name, s in counts if name == i.name
+        )
+    return counts
+
+
+# -- SIGTERM, kill -9 -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inflight", [4096, 4], ids=["inflight_4096", "inflight_4"])
+async def test_sigterm_during_ingest(spawn: Spawn, tmp_path: Path, inflight: int) -> None:
+    config = write_config(
+        tmp_path / "config.yaml",
+        raw_config(tmp_path, server={"max_inflight_requests": inflight}),
+    )
+    daemon = await started(spawn, config)
+    await create_experiment(daemon)
+    path = metrics_path(tmp_path / "experiments", COMMIT)
+
+    async with ingesting(daemon.url, clients=4) as ingesters:
+        await until_acked(ingesters, 500)
+        daemon.send_signal(signal.SIGTERM)
+        assert await daemon.wait_exit() == 0
+
+    assert [i.close_code for i in ingesters] == [1001] * 4
+    assert [i.refused for i in ingesters] == [[]] * 4
+    data = path.read_bytes()
+    assert scan(data).end == len(data), "a graceful stop left a torn tail"
+    counts = check_acknowledged(path, ingesters)
+    # A graceful drain answers every request it applied: nothing in the file is unacknowledged.
+    unanswered = set(counts) - {k for i in ingesters for k in i.acked}
+    assert sorted(unanswered) == []
+    log = daemon.log()
+    assert "received SIGTERM" in log
+    assert "stopped" in log
+
+
+async def test_kill_9_during_ingest_then_restart_recovers(spawn: Spawn, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", raw_config(tmp_path))
+    daemon = await started(spawn, config)
+    await create_experiment(daemon)
+    path = metrics_path(tmp_path / "experiments", COMMIT)
+
+    async with ingesting(daemon.url, clients=3) as ingesters:
+        await until_acked(ingesters, 1000)
+        daemon.send_signal(signal.SIGKILL)
+        assert await daemon.wait_exit() == -signal.SIGKILL
+
+    before = keys_of(path)
+    check_acknowledged(path, ingesters)
+    # Whatever the kill left past the valid prefix, plus a record torn mid-name.
+    with path.open("ab") as f:
+        f.write(encode_record(1795735109, 7, 1.0, b"torn-record-name")[:30])
+    data = path.read_bytes()
+    remainder = data[scan(data).end :]
+    assert remainder
+
+    again = await started(spawn, config)
+    client = await again.client()
+    assert await query_all(client) == before  # readers stop at the valid prefix
+    after = [("after", step) for step in range(3)]
+    points = tuple(MetricPoint(step, 0.5, name) for name, step in after)
+    response = await client.call(LogMetrics(key_hash=ADMIN, commit_id=COMMIT, metrics=points))
+    assert isinstance(response, Success) and response.message == "3"
+
+    copies = sorted(path.parent.glob("metrics.bin.torn-*"))
+    assert [c.read_bytes() for c in copies] == [remainder]
+    data = path.read_bytes()
+    assert scan(data).end == len(data)
+    assert keys_of(path) == before + after
+    assert await query_all(client) == before + after
+    assert "recovered" in again.log()
+    await client.ws.close()
+    again.send_signal(signal.SIGTERM)
+    assert await again.wait_exit() == 0
+
+
+# -- SIGHUP and systemd notify -------------------------------------------------------------
+
+CAROL = "fml_test_carol_key"
+
+
+async def whoami(client: RawClient, raw_key: str) -> Data | Error:
+    response = await client.call(WhoAmI(key_hash=key_hash(raw_key)))
+    assert isinstance(response, Data | Error), response
+    return response
+
+
+def user_of(response: Data | Error) -> str | ErrorCode:
+    if isinstance(response, Error):
+        return response.code
+    user: str = json.loads(response.payload)["user"]
+    return user
+
+
+async def test_sighup_reloads_keys_without_restart(spawn: Spawn, tmp_path: Path) -> None:
+    raw = raw_config(tmp_path)
+    config = write_config(tmp_path / "config.yaml", raw)
+    daemon = await started(spawn, config)
+    old = await daemon.client()
+    assert user_of(await whoami(old, "fml_test_admin_key")) == "admin"
+    assert user_of(await whoami(old, CAROL)) == ErrorCode.AUTHENTICATION_FAILED
+
+    raw["auth"]["api_keys"]["carol"] = key_entry(CAROL, "analyst")
+    write_config(config, raw)
+    daemon.send_signal(signal.SIGHUP)
+    await poll(lambda: "reloaded auth: 6 keys" in daemon.log(), "the reload")
+
+    fresh = await daemon.client(additional_headers={"X-API-Key": CAROL})
+    assert user_of(await whoami(fresh, CAROL)) == "carol"
+    assert user_of(await whoami(old, CAROL)) == "carol"  # the old connection stayed open
+    assert user_of(await whoami(old, "fml_test_admin_key")) == "admin"
+
+    config.write_text(config.read_text().replace("analyst", "no-such-role"))
+    daemon.send_signal(signal.SIGHUP)
+    await poll(lambda: "reload failed, keeping the current keys" in daemon.log(), "the failure")
+
+    assert daemon.running()
+    assert user_of(await whoami(fresh, CAROL)) == "carol"
+    assert user_of(await whoami(old, "fml_test_admin_key")) == "admin"
+    newest = await daemon.client(additional_headers={"X-API-Key": CAROL})
+    assert user_of(await whoami(newest, CAROL)) == "carol"
+    with pytest.raises(InvalidStatus) as refused:
+        await daemon.client(additional_headers={"X-API-Key": "fml_not_a_key"})
+    assert refused.value.response.status_code == 401
+    for client in (old, fresh, newest):
+        await client.ws.close()
+    daemon.send_signal(signal.SIGTERM)
+    assert await daemon.wait_exit() == 0
+
+
+class NotifySocket:
+    """A fake systemd: an AF_UNIX datagram socket whose path goes in NOTIFY_SOCKET."""
+
+    def __init__(self, directory: Path) -> None:
+        if len(str(directory)) > 90:  # sun_path holds 108 bytes
+            directory = Path(tempfile.mkdtemp(prefix="fml-", dir="/tmp"))
+        self.path = directory / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(30)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": str(self.path)}
+
+    async def next(self) -> list[str]:
+        """The next datagram as its `KEY=VALUE` lines (30 s at most)."""
+        data = await asyncio.to_thread(self.sock.recv, 4096)
+        return data.decode().split("\n")
+
+    async def next_then_signal(self, pid: int, signum: signal.Signals) -> list[str]:
+        """Receive a datagram and send `signum` to `pid` the moment it arrives."""
+
+        def recv_and_kill() -> bytes:
+            data = self.sock.recv(4096)
+            os.kill(pid, signum)
+            return data
+
+        return (await asyncio.to_thread(recv_and_kill)).decode().split("\n")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    sock = NotifySocket(tmp_path)
+    yield sock
+    sock.close()
+
+
+async def test_sd_notify_ready_reloading_stopping(
+    spawn: Spawn, tmp_path: Path, notify: NotifySocket
+) -> None:
+    config = write_config(tmp_path / "config.yaml", raw_config(tmp_path))
+    daemon = spawn(config, notify.env)
+
+    ready = await notify.next()
+    await daemon.wait_ready(timeout=0)  # the listening line was logged before READY=1
+    assert ready == ["READY=1", f"STATUS=listening on port {daemon.port}"]
+    client = await daemon.client()  # a round trip: startup is over
+    assert user_of(await whoami(client, "fml_test_admin_key")) == "admin"
+
+    daemon.send_signal(signal.SIGHUP)
+    reloading = await notify.next()
+    assert reloading[0] == "RELOADING=1"
+    assert len(reloading) == 2 and reloading[1].startswith("MONOTONIC_USEC=")
+    assert int(reloading[1].removeprefix("MONOTONIC_USEC=")) > 0
+    assert await notify.next() == ["READY=1"]
+    assert user_of(await whoami(client, "fml_test_admin_key")) == "admin"
+
+    daemon.send_signal(signal.SIGTERM)
+    assert await notify.next() == ["STOPPING=1"]
+    assert await daemon.wait_exit() == 0
+    with contextlib.suppress(ConnectionClosed):
+        await client.ws.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+async def test_signal_right_after_ready_is_handled(
+    spawn: Spawn, tmp_path: Path, notify: NotifySocket, signum: signal.Signals
+) -> None:
+    """READY=1 tells systemd the daemon is up: `systemctl reload` or `stop` may follow at once."""
+    config = write_config(tmp_path / "config.yaml", raw_config(tmp_path))
+    daemon = spawn(config, notify.env)
+
+    assert (await notify.next_then_signal(daemon.pid, signum))[0] == "READY=1"
+
+    if signum == signal.SIGHUP:
+        assert (await notify.next())[0] == "RELOADING=1", daemon.log()
+        assert await notify.next() == ["READY=1"]
+        assert daemon.running()
+        daemon.send_signal(signal.SIGTERM)
+    assert await notify.next() == ["STOPPING=1"]
+    assert await daemon.wait_exit() == 0, daemon.log()
+
+
+# -- disk full -------------------------------------------------------------------------------
+
+BIG = "x" * 235  # a 256-byte record: 16 of them fill one 4 KiB page exactly
+
+
+def mount_tmpfs(directory: Path, size: str) -> bool:
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+        capture_output=True,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem has no block left."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+async def disk_full_scenario(
+    client: RawClient, path: Path, make_full: Callable[[], None], free: Callable[[], None]
+) -> None:
+    created = await client.call(CreateExperiment(key_hash=ADMIN, commit_id=COMMIT, job_name="d"))
+    assert isinstance(created, Success), created
+    existing = tuple(MetricPoint(step, 1.0, BIG) for step in range(16))
+    logged = await client.call(LogMetrics(key_hash=ADMIN, commit_id=COMMIT, metrics=existing))
+    assert isinstance(logged, Success), logged
+    assert path.stat().st_size == 4096
+
+    make_full()
+    for request in (
+        LogMetric(key_hash=ADMIN, commit_id=COMMIT, step=16, value=2.0, name="loss"),
+        LogMetrics(key_hash=ADMIN, commit_id=COMMIT, metrics=(MetricPoint(17, 2.0, "loss"),)),
+    ):
+        refused = await client.call(request)
+        assert isinstance(refused, Error), refused
+        assert (refused.code, refused.message) == (ErrorCode.DISK_FULL, "disk full")
+    assert path.stat().st_size == 4096  # nothing of the failed writes stayed
+
+    # Reads go on.
+    assert await query_all(client) == [(BIG, step) for step in range(16)]
+    experiment = await client.call(GetExperiment(key_hash=ADMIN, commit_id=COMMIT))
+    assert isinstance(experiment, Data), experiment
+    assert json.loads(experiment.payload)["metrics_count"] == 16
+    listed = await client.call(ListExperiments(key_hash=ADMIN))
+    assert isinstance(listed, Data), listed
+    assert [e["metrics_count"] for e in json.loads(listed.payload)] == [16]
+
+    free()
+    again = await client.call(
+        LogMetric(key_hash=ADMIN, commit_id=COMMIT, step=18, value=3.0, name="loss")
+    )
+    assert isinstance(again, Success), again
+    assert keys_of(path) == [*((BIG, step) for step in range(16)), ("loss", 18)]
+    data = path.read_bytes()
+    assert scan(data).end == len(data)
+    assert await query_all(client) == keys_of(path)
+
+
+async def test_disk_full_refuses_appends_and_keeps_serving_reads(
+    spawn: Spawn,
+    tmp_path: Path,
+    start_daemon: DaemonFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if mount_tmpfs(disk, "256k"):
+        raw = raw_config(tmp_path, storage={"base_path": str(disk / "experiments")})
+        daemon = spawn(write_config(tmp_path / "config.yaml", raw))
+        try:
+            await daemon.wait_ready()
+            client = await daemon.client()
+            filler: list[Path] = []
+            await disk_full_scenario(
+                client,
+                metrics_path(disk / "experiments", COMMIT),
+                lambda: filler.append(fill(disk)),
+                lambda: filler.pop().unlink(),
+            )
+            assert "append to " + COMMIT.hex() + " failed" in daemon.log()
+            await client.ws.close()
+            daemon.send_signal(signal.SIGTERM)
+            assert await daemon.wait_exit() == 0
+        finally:
+            daemon.reap()
+            subprocess.run(["umount", str(disk)], capture_output=True, check=True)
+        return
+
+    # No mount here (not root, or no tmpfs): fake ENOSPC for metric appends in-process.
+    full = False
+    real_write_all = storage._write_all
+
+    def write_all(fd: int, data: bytes) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write_all(fd, data)
+
+    def set_full(value: bool) -> None:
+        nonlocal full
+        full = value
+
+    monkeypatch.setattr(storage, "_write_all", write_all)
+    inproc = await start_daemon()
+    client = await inproc.client()
+    await disk_full_scenario(
+        client,
+        metrics_path(inproc.config.storage.base_path, COMMIT),
+        lambda: set_full(True),
+        lambda: set_full(False),
+    )
+    await client.ws.close()
+
+
+# -- the data directory lock, check-config ------------------------------------------------------
+
+
+async def test_second_daemon_on_same_data_dir_fails(spawn: Spawn, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", raw_config(tmp_path))
+    first = await started(spawn, config)
+
+    second = spawn(config)
+    code = await second.wait_exit()
+
+    assert code != 0
+    assert f"is in use by another fetchml-server (pid {first.pid})" in second.log()
+    assert str(tmp_path / "experiments") in second.log()
+    assert "listening on" not in second.log()
+    assert first.running()
+    client = await first.client()
+    assert user_of(await whoami(client, "fml_test_admin_key")) == "admin"
+    await client.ws.close()
+    first.send_signal(signal.SIGTERM)
+    assert await first.wait_exit() == 0
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "good.yaml", raw_config(tmp_path))
+    result = run_cli("check-config", str(config))
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{config}: ok\n", "")
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"server": {"max_inflight": 5}}, "server.max_inflight: unknown key"),
+        ({"storage": {"durability": "sometimes"}}, "storage.durability"),
+        ({"server": {"max_message_bytes": 8 << 20}}, "server.max_message_bytes"),
+    ],
+    ids=["unknown_key", "bad_choice", "over_limit"],
+)
+def test_check_config_rejects_a_bad_file(
+    tmp_path: Path, change: dict[str, dict[str, Any]], named: str
+) -> None:
+    config = write_config(tmp_path / "bad.yaml", raw_config(tmp_path, **change))
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"{config}: ")
+    assert named in result.stderr

@@ -1,0 +1,370 @@
+"""Transport (PROTOCOL.md section 2): handshake auth, whitelist, HTTP endpoints, close
+codes, connection limits; and that keys never reach logs, the audit file or /metrics."""
+
+import asyncio
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from protocol.enums import ErrorCode, JobStatus, PruneType
+from protocol.requests import (
+    CancelJob,
+    ClaimJob,
+    GetExperiment,
+    ListExperiments,
+    Prune,
+    Status,
+    UpdateJob,
+    WatchMetrics,
+    WhoAmI,
+)
+from server import __version__
+from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, key_hash
+from tests.integration.test_opcodes import (
+    ADMIN,
+    UNKNOWN_KEY,
+    commit_id,
+    create,
+    data_of,
+    error_of,
+    log,
+    page_of,
+    queue,
+    success_of,
+    write_experiment,
+)
+
+WRONG_KEY = "fml_wrong_key_not_configured"
+
+
+class HttpResponse:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+async def http_get(daemon: Daemon, path: str) -> HttpResponse:
+    """A plain HTTP/1.1 GET on the daemon's port, over a raw asyncio TCP connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        await writer.drain()
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = head.split("\r\n")
+        headers = {}
+        for line in lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return HttpResponse(int(status_line.split()[1]), headers, body)
+
+
+async def refused(daemon: Daemon, path: str = "/ws", **kwargs: Any) -> int:
+    """The HTTP status of a WebSocket handshake that must not upgrade."""
+    url = f"ws://127.0.0.1:{daemon.app.port}{path}"
+    with pytest.raises(InvalidStatus) as info:
+        await connect(url, compression=None, **kwargs)
+    return info.value.response.status_code
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Prometheus text -> {(sample name, labels): value}."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def raw_key(user: str) -> str:
+    return KEYS[user][1]
+
+
+def secrets() -> list[str]:
+    """Every configured key, and the wrong one, in every form a leak could take."""
+    out = []
+    for key in [*(raw_key(user) for user in KEYS), WRONG_KEY]:
+        digest = hashlib.sha256(key.encode()).digest()
+        spaced = " ".join(f"{b:02x}" for b in digest[:8])  # as in a hex dump of a frame
+        out += [key, digest.hex(), digest[:16].hex(), repr(digest[:16]), repr(digest), spaced]
+    return out
+
+
+def leaks(text: str) -> list[str]:
+    """The lines of `text` holding a key or a key hash."""
+    found = secrets()
+    return [line for line in text.splitlines() if any(secret in line for secret in found)]
+
+
+# -- handshake authentication ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-API-Key": WRONG_KEY}, {"Authorization": f"Bearer {WRONG_KEY}"}],
+    ids=["x-api-key", "bearer"],
+)
+async def test_wrong_handshake_key_is_401_without_upgrade(
+    daemon: Daemon, headers: dict[str, str]
+) -> None:
+    assert await refused(daemon, additional_headers=headers) == 401
+    metrics = samples((await http_get(daemon, "/metrics")).body.decode())
+    assert metrics[("fetchml_auth_failures_total", frozenset())] == 1.0
+    assert metrics[("fetchml_connections_total", frozenset())] == 0.0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X-API-Key": raw_key("alice")}, {"Authorization": f"Bearer {raw_key('alice')}"}],
+    ids=["x-api-key", "bearer"],
+)
+async def test_handshake_key_binds_the_connection(daemon: Daemon, headers: dict[str, str]) -> None:
+    client = await daemon.client(additional_headers=headers)
+    assert (
+        data_of(await client.call(WhoAmI(key_hash=hash_of("alice"))), "whoami")["user"] == "alice"
+    )
+    for other in (hash_of("bob"), ADMIN, UNKNOWN_KEY):
+        error_of(
+            await client.call(WhoAmI(key_hash=other)),
+            ErrorCode.AUTHENTICATION_FAILED,
+            "Invalid API key",
+        )
+    # The errors left the connection open.
+    data_of(await client.call(ListExperiments(key_hash=hash_of("alice"))), "experiments")
+
+
+async def test_no_handshake_key_allows_any_valid_request_key(daemon: Daemon) -> None:
+    client = await daemon.client()
+    for user in KEYS:
+        assert data_of(await client.call(WhoAmI(key_hash=hash_of(user))), "whoami")["user"] == user
+
+
+# -- ip whitelist --------------------------------------------------------------------------
+
+
+async def test_peer_outside_the_whitelist_gets_403(start_daemon: DaemonFactory) -> None:
+    daemon = await start_daemon(auth={"ip_whitelist": ["10.0.0.0/8", "192.168.0.0/16"]})
+    assert await refused(daemon) == 403
+    assert await refused(daemon, additional_headers={"X-API-Key": raw_key("admin")}) == 403
+    for path in ("/health", "/metrics", "/ws", "/elsewhere"):
+        response = await http_get(daemon, path)
+        assert response.status == 403, path
+        assert b"fetchml" not in response.body
+
+
+async def test_peer_inside_the_whitelist_is_served(start_daemon: DaemonFactory) -> None:
+    daemon = await start_daemon(auth={"ip_whitelist": ["127.0.0.0/8"]})
+    client = await daemon.client()
+    data_of(await client.call(WhoAmI(key_hash=ADMIN)), "whoami")
+    assert (await http_get(daemon, "/health")).status == 200
+    assert (await http_get(daemon, "/metrics")).status == 200
+
+
+# -- HTTP endpoints ----------------------------------------------------------------------------
+
+
+async def test_health(start_daemon: DaemonFactory, tmp_path: Path) -> None:
+    for label in ("one", "two"):
+        write_experiment(tmp_path / "experiments", commit_id(label), timestamp=1_700_000_000)
+    daemon = await start_daemon()
+    response = await http_get(daemon, "/health")
+    assert response.status == 200
+    assert response.headers["content-type"] == "application/json"
+    health = json.loads(response.body)
+    assert health["status"] == "ok"
+    assert health["version"] == __version__
+    assert isinstance(health["uptime_s"], int | float) and health["uptime_s"] >= 0
+    assert health["experiments"] == 2
+
+    client = await daemon.client()
+    await create(client, "three")
+    assert json.loads((await http_get(daemon, "/health?verbose=1")).body)["experiments"] == 3
+
+
+async def test_prometheus_metrics(daemon: Daemon) -> None:
+    writer = await daemon.client()
+    cid = await create(writer, "prom")
+    await log(writer, cid, [(0, 1.0, "loss"), (0, 0.5, "acc"), (1, 0.9, "loss")])
+    await writer.call(Status(key_hash=ADMIN))
+    await writer.call(Status(key_hash=ADMIN))
+    error_of(await writer.call(Status(key_hash=UNKNOWN_KEY)), ErrorCode.AUTHENTICATION_FAILED)
+    watcher = await daemon.client()
+    success_of(await watcher.call(WatchMetrics(key_hash=ADMIN, commit_id=cid)), "")
+    assert page_of(await watcher.recv()).next == 3  # the backfill: the watch is running
+
+    response = await http_get(daemon, "/metrics")
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    metrics = samples(response.body.decode())
+
+    def value(name: str, **labels: str) -> float:
+        return metrics[(name, frozenset(labels.items()))]
+
+    assert value("fetchml_requests_total", opcode="STATUS") == 3.0
+    assert value("fetchml_requests_total", opcode="CREATE_EXPERIMENT") == 1.0
+    assert value("fetchml_requests_total", opcode="LOG_METRICS") == 1.0
+    assert value("fetchml_requests_total", opcode="WATCH_METRICS") == 1.0
+    assert value("fetchml_metrics_appended_total") == 3.0
+    assert value("fetchml_auth_failures_total") == 1.0
+    assert value("fetchml_connections_open") == 2.0
+    assert value("fetchml_watchers") == 1.0
+    assert value("fetchml_flush_records_count") == 1.0
+    assert value("fetchml_flush_records_sum") == 3.0
+    assert value("fetchml_flush_records_bucket", le="1.0") == 0.0
+    assert value("fetchml_flush_records_bucket", le="10.0") == 1.0
+    assert value("fetchml_flush_seconds_count") == 1.0
+    assert value("fetchml_flush_seconds_bucket", le="+Inf") == 1.0
+
+
+@pytest.mark.parametrize("path", ["/", "/ws/extra", "/wss", "/healthz", "/metrics/x"])
+async def test_other_paths_are_404(daemon: Daemon, path: str) -> None:
+    assert (await http_get(daemon, path)).status == 404
+    assert await refused(daemon, path) == 404
+
+
+@pytest.mark.parametrize("enabled", [False, True], ids=["default", "configured"])
+async def test_compression_only_when_configured(start_daemon: DaemonFactory, enabled: bool) -> None:
+    daemon = await start_daemon(server={"compression": enabled})
+    async with connect(daemon.url, compression="deflate") as ws:
+        assert ws.response is not None
+        negotiated = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert ("permessage-deflate" in negotiated) == enabled
+        data_of(await RawClient(ws).call(WhoAmI(key_hash=ADMIN)), "whoami")
+
+
+# -- frames and limits ---------------------------------------------------------------------------
+
+
+async def closed_with(client: RawClient) -> int:
+    """The close code the server sent, once the connection is closed."""
+    with pytest.raises(ConnectionClosed) as info:
+        while True:
+            await client.recv()
+    assert info.value.rcvd is not None
+    return info.value.rcvd.code
+
+
+async def test_text_frame_closes_with_1003(daemon: Daemon) -> None:
+    client = await daemon.client()
+    await client.ws.send("WHOAMI")
+    assert await closed_with(client) == 1003
+
+
+async def test_oversized_message_closes_with_1009(start_daemon: DaemonFactory) -> None:
+    daemon = await start_daemon(server={"max_message_bytes": 4096})
+    client = await daemon.client()
+    # Exactly the limit is read (and refused as a request with trailing bytes).
+    at_limit = bytes([0x13]) + ADMIN + b"\0" * (4096 - 17)
+    error_of(await client.call(at_limit), ErrorCode.INVALID_REQUEST)
+    await client.send(at_limit + b"\0")
+    assert await closed_with(client) == 1009
+
+
+async def test_max_connections_answers_503(start_daemon: DaemonFactory) -> None:
+    daemon = await start_daemon(server={"max_connections": 2})
+    first, second = await daemon.client(), await daemon.client()
+    for client in (first, second):  # both handlers are running
+        data_of(await client.call(WhoAmI(key_hash=ADMIN)), "whoami")
+    assert await refused(daemon) == 503
+    assert (await http_get(daemon, "/health")).status == 200
+    data_of(await first.call(WhoAmI(key_hash=ADMIN)), "whoami")
+
+
+# -- secrets stay out of logs, the audit file and /metrics ----------------------------------------
+
+
+async def test_keys_and_hashes_never_logged(
+    start_daemon: DaemonFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="websockets")
+    daemon = await start_daemon()
+
+    bound = await daemon.client(additional_headers={"X-API-Key": raw_key("alice")})
+    data_of(await bound.call(WhoAmI(key_hash=hash_of("alice"))), "whoami")
+    error_of(await bound.call(WhoAmI(key_hash=hash_of("bob"))), ErrorCode.AUTHENTICATION_FAILED)
+    bearer = await daemon.client(additional_headers={"Authorization": f"Bearer {raw_key('bob')}"})
+    await create(bearer, "secret-test", user="bob")
+    assert await refused(daemon, additional_headers={"X-API-Key": WRONG_KEY}) == 401
+    assert await refused(daemon, additional_headers={"Authorization": f"Bearer {WRONG_KEY}"}) == 401
+    plain = await daemon.client()
+    error_of(
+        await plain.call(Status(key_hash=key_hash(WRONG_KEY))), ErrorCode.AUTHENTICATION_FAILED
+    )
+    for user in KEYS:
+        await plain.call(Status(key_hash=hash_of(user)))
+    for client in (bound, bearer, plain):
+        await client.ws.close()
+
+    # Our own client logs the headers it sends; everything else is the daemon's.
+    server_side = [r for r in caplog.records if not r.name.startswith("websockets.client")]
+    assert any(r.name.startswith("websockets.server") for r in server_side), "debug logging is on"
+    logged = "\n".join(f"{r.name}: {r.getMessage()} {r.exc_text or ''}" for r in server_side)
+    leaked = leaks(logged)
+    assert not leaked, "\n".join(leaked)
+    assert leaks((tmp_path / "audit.jsonl").read_text()) == []
+    assert leaks((await http_get(daemon, "/metrics")).body.decode()) == []
+
+
+def read_audit(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_audit_has_one_line_per_mutation_and_auth_failure(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    client = await daemon.client()
+    alice = hash_of("alice")
+    cid = await create(client, "audited", user="alice", job="a")
+    first = await queue(client, "alice", cid, "first")
+    await queue(client, "alice", cid, "second")
+    success_of(await client.call(CancelJob(key_hash=alice, job_name="second")))
+    claimed = data_of(await client.call(ClaimJob(key_hash=hash_of("wendy"), worker_id="w1")), "job")
+    update = UpdateJob(key_hash=hash_of("wendy"), job_id=first["id"], status=JobStatus.COMPLETED)
+    success_of(await client.call(update))
+    prune = Prune(key_hash=ADMIN, prune_type=PruneType.KEEP_NEWEST, value=100)
+    data_of(await client.call(prune), "pruned")
+    error_of(await client.call(WhoAmI(key_hash=UNKNOWN_KEY)), ErrorCode.AUTHENTICATION_FAILED)
+    # Reads are not audited.
+    await client.call(Status(key_hash=alice))
+    await client.call(ListExperiments(key_hash=alice))
+    await client.call(GetExperiment(key_hash=alice, commit_id=cid))
+    await client.call(WhoAmI(key_hash=alice))
+
+    entries = read_audit(tmp_path / "audit.jsonl")
+    assert [(e["event"], e["user"]) for e in entries] == [
+        ("create_experiment", "alice"),
+        ("queue_job", "alice"),
+        ("queue_job", "alice"),
+        ("cancel_job", "alice"),
+        ("claim_job", "wendy"),
+        ("update_job", "wendy"),
+        ("prune", "admin"),
+        ("auth_failure", None),
+    ]
+    assert all(isinstance(e["ts"], int | float) for e in entries)
+    assert entries[0]["commit"] == cid.hex()
+    assert entries[1]["job_id"] == first["id"]
+    assert entries[4]["job_id"] == claimed["id"] == first["id"]
+    assert entries[5]["job_id"] == first["id"]
+
+
+async def test_audit_records_handshake_auth_failures(daemon: Daemon, tmp_path: Path) -> None:
+    assert await refused(daemon, additional_headers={"X-API-Key": WRONG_KEY}) == 401
+    assert await refused(daemon, additional_headers={"Authorization": f"Bearer {WRONG_KEY}"}) == 401
+    audit = tmp_path / "audit.jsonl"
+    entries = read_audit(audit)
+    assert [(e["event"], e["user"]) for e in entries] == [("auth_failure", None)] * 2
+    assert leaks(audit.read_text()) == []
