@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import math
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -163,7 +164,7 @@ class _Live:
     def add(self, records: tuple[Metric, ...]) -> None:
         for record in records:
             self.latest[record.name] = record
-            if self.plt is not None:
+            if self.plt is not None and math.isfinite(record.value):
                 steps, values = self.series.setdefault(record.name, ([], []))
                 steps.append(record.step)
                 values.append(record.value)
@@ -176,14 +177,9 @@ class _Live:
             return
         self.drawn = now
         if self.plt is not None:
-            plt = self.plt
-            plt.clear_figure()
-            for name, (steps, values) in self.series.items():
-                plt.plot(steps, values, label=name)
-            plt.title(f"{self.commit[:12]}: {len(self.latest)} metric(s)")
-            if self.tty:
-                plt.clear_terminal()
-            plt.show()
+            title = f"{self.commit[:12]}: {len(self.latest)} metric(s)"
+            chart = render_chart(self.plt, self.series, title, color=self.tty)
+            emit((CLEAR if self.tty else "") + chart)
             return
         body = (
             metrics_table(sorted(self.latest.values(), key=lambda r: r.name))
@@ -191,6 +187,26 @@ class _Live:
             else "(waiting for metrics)"
         )
         emit((CLEAR if self.tty else "") + f"watching {self.commit}\n{body}")
+
+
+def render_chart(
+    plt: Any, series: dict[str, tuple[list[int], list[float]]], title: str, color: bool
+) -> str:
+    """A line per metric (x = step) as text, with plotext 6 (plt.figure) or plotext 5."""
+    if hasattr(plt, "figure") and hasattr(plt.figure, "signal"):
+        fig = plt.figure
+        fig.clear.data()
+        fig.title(title)
+        for name, (steps, values) in series.items():
+            fig.draw(fig.signal(steps, values).label(name).lines())
+        return str(fig.build().string(colorless=not color))
+    plt.clear_data()
+    if not color:
+        plt.theme("clear")
+    plt.title(title)
+    for name, (steps, values) in series.items():
+        plt.plot(steps, values, label=name)
+    return str(plt.build())
 
 
 async def watch(client: Client, args: argparse.Namespace) -> int:

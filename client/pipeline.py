@@ -88,6 +88,10 @@ class Pipeline:
         await self._ws.close()
         await asyncio.shield(self._reader)
 
+    async def wait_closed(self) -> None:
+        """Return once the connection is gone (closed, dropped, or a protocol violation)."""
+        await asyncio.shield(self._reader)
+
     async def __aenter__(self) -> Self:
         return self
 

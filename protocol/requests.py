@@ -193,6 +193,11 @@ class LogMetric(_Request):
             pos + length
         )
 
+    def tails(self) -> list[bytes]:
+        """The metric as a metrics.bin record holds it after the timestamp."""
+        raw = self.name.encode()
+        return [POINT.pack(self.step, self.value, len(raw)) + raw]
+
 
 _LOG_METRIC = struct.Struct(">20sIdB")
 
@@ -248,11 +253,15 @@ class LogMetrics(_Request):
         return len(self.metrics)
 
     def encode_body(self) -> bytes:
-        parts = [self.commit_id, struct.pack(">H", len(self.metrics))]
+        return self.commit_id + struct.pack(">H", len(self.metrics)) + b"".join(self.tails())
+
+    def tails(self) -> list[bytes]:
+        """Each metric as a metrics.bin record holds it after the timestamp."""
+        out = []
         for step, value, name in self.metrics:
             raw = name.encode()
-            parts.append(POINT.pack(step, value, len(raw)) + raw)
-        return b"".join(parts)
+            out.append(POINT.pack(step, value, len(raw)) + raw)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -394,6 +403,55 @@ def decode_request(message: bytes) -> Request:
             f"minimum body length {cls.MIN_BODY}, actual {body}"
         )
     return request  # type: ignore[return-value]
+
+
+_TAILS_AT = HEADER_SIZE + COMMIT_SIZE
+
+
+def record_tails(message: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
+    """The metric-logging fast path, without building objects.
+
+    For a valid LOG_METRIC or LOG_METRICS: (key_hash, commit_id, tails), each tail
+    being one metric's step, value and name exactly as a metrics.bin record holds
+    them after its timestamp (the wire layout is the same). None for any other
+    message, or one that breaks a rule: decode_request then says which.
+    """
+    size = len(message)
+    opcode = message[0] if size else 0
+    if opcode == Opcode.LOG_METRIC:
+        if size <= _TAILS_AT + POINT.size:
+            return None
+        name = message[_TAILS_AT + POINT.size :]
+        if message[_TAILS_AT + POINT.size - 1] != len(name) or 0 in name:
+            return None
+        try:
+            name.decode()
+        except UnicodeDecodeError:
+            return None
+        return message[1:HEADER_SIZE], message[HEADER_SIZE:_TAILS_AT], [message[_TAILS_AT:]]
+    if opcode != Opcode.LOG_METRICS or size < _TAILS_AT + 2:
+        return None
+    count = int.from_bytes(message[_TAILS_AT : _TAILS_AT + 2])
+    pos = _TAILS_AT + 2
+    tails, names = [], []
+    for _ in range(count):
+        if pos + POINT.size > size:
+            return None
+        start = pos + POINT.size
+        pos = start + message[start - 1]
+        tails.append(message[start - POINT.size : pos])
+        names.append(message[start:pos])
+    if pos != size or not count:
+        return None
+    # Names: non-empty, no 0x00, valid UTF-8 (joined by 0x00, which no sequence spans).
+    joined = b"\0".join(names)
+    if joined.count(0) != len(names) - 1 or not all(names):
+        return None
+    try:
+        joined.decode()
+    except UnicodeDecodeError:
+        return None
+    return message[1:HEADER_SIZE], message[HEADER_SIZE:_TAILS_AT], tails
 
 
 def encode_request(request: Request) -> bytes:

@@ -20,7 +20,7 @@ from .auth import Identity, KeyTable, RateLimiter
 from .config import Config, ConfigError, load_config
 from .connection import Connection
 from .handlers import Context
-from .http import Gate, Metrics
+from .http import Gate, Metrics, QuietLogger
 from .jobs import SqliteJobQueue
 from .storage import ExperimentStore, list_commits
 from .systemd import Notifier
@@ -162,6 +162,7 @@ class App:
             health=self.health,
             max_connections=s.max_connections,
             open_connections=lambda: len(self.connections),
+            audit=self.ctx.audit if self.ctx else lambda *a, **k: None,
         )
         async with (
             serve(
@@ -176,6 +177,7 @@ class App:
                 ping_timeout=s.ping_timeout_s or None,
                 ssl=self._ssl(),
                 server_header=f"fetchml/{__version__}",
+                logger=QuietLogger(logging.getLogger("websockets.server")),
             ) as server,
             anyio.create_task_group() as tg,
         ):

@@ -10,6 +10,7 @@ reader stops reading and TCP pushes back.
 """
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -22,13 +23,20 @@ from websockets.exceptions import ConnectionClosed
 
 from protocol.enums import ErrorCode, Opcode
 from protocol.errors import ProtocolError
-from protocol.requests import LogMetric, LogMetrics, Request, WatchMetrics, decode_request
+from protocol.requests import (
+    LogMetric,
+    LogMetrics,
+    Request,
+    WatchMetrics,
+    decode_request,
+    record_tails,
+)
 from protocol.responses import Error, Response, Success, encode_response
 
 from .auth import Identity, KeyTable, key_hash
 from .dispatch import dispatch
 from .errors import AuthenticationFailed, ServerError
-from .handlers import Context
+from .handlers import Context, accept_log
 from .http import Metrics, handshake_key
 from .watch import SlowSubscriber, Subscriber
 
@@ -117,7 +125,16 @@ class Connection:
         except ConnectionClosed:
             pass
         if self.stopping:
-            await self.ws.close(1001, "server shutting down")
+            # Unread messages would hide the peer's close frame: discard them while closing.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._discard)
+                await self.ws.close(1001, "server shutting down")
+                tg.cancel_scope.cancel()
+
+    async def _discard(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in self.ws:
+                pass
 
     # -- reader --------------------------------------------------------------
 
@@ -130,7 +147,10 @@ class Connection:
             item = self._accept(message)
             if isinstance(item, _Pending | bytes):
                 self._accepted += 1
-                await self._queue.put(item)
+                if self._queue.full():
+                    await self._queue.put(item)  # backpressure: stop reading until it drains
+                else:
+                    self._queue.put_nowait(item)
                 continue
             # A barrier: it runs once everything before it is answered; stop() waits for it.
             with anyio.CancelScope(shield=True):
@@ -156,9 +176,19 @@ class Connection:
         """Decode, authenticate, dispatch. Errors become ready ERROR packets."""
         opcode: Opcode | None = None
         try:
+            fast = record_tails(message)
+            if fast is not None:
+                opcode = (
+                    Opcode.LOG_METRIC if message[0] == Opcode.LOG_METRIC else Opcode.LOG_METRICS
+                )
+                self.metrics.requests[opcode.name] += 1
+                key, commit, tails = fast
+                who = self._identify(key)
+                future = accept_log(self.ctx, who, commit.hex(), tails)
+                return _Pending(future, opcode, len(tails))
             req = decode_request(message)
             opcode = req.OPCODE
-            self.metrics.requests.labels(opcode.name).inc()
+            self.metrics.requests[opcode.name] += 1
             who = self._identify(req.key_hash)
             if not isinstance(req, LogMetric | LogMetrics | WatchMetrics):
                 self.ctx.limiter.check(who.user)
@@ -198,7 +228,7 @@ class Connection:
         code = exc.code if exc else ErrorCode.UNKNOWN_ERROR
         message = exc.message if exc else "internal error"
         details = exc.details if isinstance(exc, ServerError) else ""
-        self.metrics.errors.labels(opcode.name if opcode else "invalid", code.name).inc()
+        self.metrics.errors[opcode.name if opcode else "invalid", code.name] += 1
         return error_packet(code, message, details)
 
     async def _run(
@@ -265,7 +295,7 @@ class Connection:
         send = self.ws.send
         try:
             while True:
-                item = await queue.get()
+                item = queue.get_nowait() if queue.qsize() else await queue.get()
                 if item is _END:
                     return
                 if isinstance(item, _Pending):

@@ -36,7 +36,7 @@ def dispatch(
     a watch subscriber, or a ready response."""
     match req:
         case LogMetric() | LogMetrics():
-            return handlers.accept_log(ctx, who, req)
+            return handlers.accept_log(ctx, who, req.commit_hex, req.tails())
         case WatchMetrics():
             return handlers.watch_metrics(ctx, who, req)
         case WhoAmI():

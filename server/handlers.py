@@ -6,21 +6,20 @@ No file I/O here: the store and the queue do that.
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocol.enums import PruneType
-from protocol.records import RECORD_HEAD, Metadata, decode_records
+from protocol.records import Metadata, decode_records
 from protocol.requests import (
     CancelJob,
     ClaimJob,
     CreateExperiment,
     GetExperiment,
     ListExperiments,
-    LogMetric,
-    LogMetrics,
     Prune,
     QueryMetrics,
     QueueJob,
@@ -76,23 +75,21 @@ def _owner(ctx: Context, who: Identity, commit: str) -> Metadata | None:
 # -- metrics: the hot path -----------------------------------------------------
 
 
-def accept_log(ctx: Context, who: Identity, req: LogMetric | LogMetrics) -> "asyncio.Future[int]":
-    """Accept step: check, stamp, encode, queue for group commit. Synchronous."""
+def accept_log(
+    ctx: Context, who: Identity, commit: str, tails: list[bytes]
+) -> "asyncio.Future[int]":
+    """Accept step of LOG_METRIC(S): check, stamp, queue for group commit. Synchronous.
+
+    `tails` are the metrics as records hold them after the timestamp (see
+    protocol.requests.record_tails), so a record is the stamp plus a tail.
+    """
     who.require("jobs:update")
-    commit = req.commit_id.hex()
     _owner(ctx, who, commit)
-    now = _now()
-    pack = RECORD_HEAD.pack
-    if isinstance(req, LogMetric):
-        name = req.name.encode()
-        data = pack(now, req.step, req.value, len(name)) + name
-        return ctx.store.submit(commit, data, 1)
-    parts = []
-    for step, value, text in req.metrics:
-        name = text.encode()
-        parts.append(pack(now, step, value, len(name)))
-        parts.append(name)
-    return ctx.store.submit(commit, b"".join(parts), len(req.metrics))
+    stamp = _STAMP.pack(_now())
+    return ctx.store.submit(commit, stamp + stamp.join(tails), len(tails))
+
+
+_STAMP = struct.Struct(">Q")
 
 
 # -- experiments --------------------------------------------------------------

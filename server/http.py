@@ -1,9 +1,10 @@
 """Plain HTTP on the WebSocket port: /health, /metrics, and the handshake checks."""
 
+import collections
 import http
 import json
-import time
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -14,6 +15,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -37,13 +40,10 @@ class Metrics:
         self.connections_total = Counter(
             "fetchml_connections", "WebSocket connections accepted", registry=r
         )
-        self.requests = Counter("fetchml_requests", "Requests by opcode", ["opcode"], registry=r)
-        self.errors = Counter(
-            "fetchml_request_errors",
-            "ERROR responses by opcode and code",
-            ["opcode", "code"],
-            registry=r,
-        )
+        self.requests: collections.Counter[str] = collections.Counter()
+        """Requests by opcode name: a plain dict on the hot path, exported at scrape time."""
+        self.errors: collections.Counter[tuple[str, str]] = collections.Counter()
+        r.register(_RequestCollector(self))
         self.metrics_appended = Counter(
             "fetchml_metrics_appended", "Metric records written to metrics.bin", registry=r
         )
@@ -70,6 +70,33 @@ class Metrics:
         self.flush_seconds.observe(seconds)
 
 
+class _RequestCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        requests = CounterMetricFamily("fetchml_requests", "Requests by opcode", labels=["opcode"])
+        for opcode, n in sorted(self.metrics.requests.items()):
+            requests.add_metric([opcode], n)
+        yield requests
+        errors = CounterMetricFamily(
+            "fetchml_request_errors",
+            "ERROR responses by opcode and code",
+            labels=["opcode", "code"],
+        )
+        for (opcode, code), n in sorted(self.metrics.errors.items()):
+            errors.add_metric([opcode, code], n)
+        yield errors
+
+
+class QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """websockets' logger without its debug output, which prints handshake headers
+    (X-API-Key, Authorization) and the first bytes of frames (key hashes)."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and super().isEnabledFor(level)
+
+
 def handshake_key(headers: Headers) -> str | None:
     """The raw key of `X-API-Key` or `Authorization: Bearer`, if any."""
     key = headers.get("X-API-Key")
@@ -89,7 +116,7 @@ class Gate:
     health: Callable[[], dict[str, object]]
     max_connections: int
     open_connections: Callable[[], int]
-    started: float = field(default_factory=time.monotonic)
+    audit: Callable[..., None] = lambda *a, **k: None
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         keys = self.keys()
@@ -110,6 +137,7 @@ class Gate:
         raw = handshake_key(request.headers)
         if raw is not None and keys.lookup(key_hash(raw)) is None:
             self.metrics.auth_failures.inc()
+            self.audit("auth_failure", None, peer=peer, reason="invalid handshake key")
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid API key\n")
         return None
 

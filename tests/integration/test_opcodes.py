@@ -593,35 +593,16 @@ async def test_list_experiments_newest_first(start_daemon: DaemonFactory, base: 
 
     listed = data_of(await client.call(ListExperiments(key_hash=ADMIN)), "experiments")
     assert all(set(row) == EXPERIMENT_ROW_KEYS for row in listed)
+
+    def row(cid: bytes, timestamp: int, job: str, user: str, count: int) -> dict[str, Any]:
+        keys = ("commit_id", "timestamp", "job_name", "user", "metrics_count")
+        return dict(zip(keys, (cid.hex(), timestamp, job, user, count), strict=True))
+
     assert listed == [
-        {
-            "commit_id": late.hex(),
-            "timestamp": 1_700_000_900,
-            "job_name": "seeded",
-            "user": "alice",
-            "metrics_count": 0,
-        },
-        {
-            "commit_id": tie_a.hex(),
-            "timestamp": 1_700_000_500,
-            "job_name": "",
-            "user": "alice",
-            "metrics_count": 0,
-        },
-        {
-            "commit_id": tie_b.hex(),
-            "timestamp": 1_700_000_500,
-            "job_name": "seeded",
-            "user": "alice",
-            "metrics_count": 3,
-        },
-        {
-            "commit_id": early.hex(),
-            "timestamp": 1_700_000_000,
-            "job_name": "e",
-            "user": "bob",
-            "metrics_count": 0,
-        },
+        row(late, 1_700_000_900, "seeded", "alice", 0),
+        row(tie_a, 1_700_000_500, "", "alice", 0),
+        row(tie_b, 1_700_000_500, "seeded", "alice", 3),
+        row(early, 1_700_000_000, "e", "bob", 0),
     ]
 
 

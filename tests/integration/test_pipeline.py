@@ -54,7 +54,9 @@ async def create(client: RawClient, commit: bytes) -> None:
     response = await client.call(
         CreateExperiment(key_hash=ADMIN, commit_id=commit, job_name="pipeline")
     )
-    assert response == Success(timestamp=response.timestamp, message=f"experiment {commit.hex()} created")
+    assert response == Success(
+        timestamp=response.timestamp, message=f"experiment {commit.hex()} created"
+    )
 
 
 async def pipeline(client: RawClient, messages: list[bytes]) -> list[Response]:

@@ -171,9 +171,7 @@ async def test_from_index_past_the_end_waits(daemon: Daemon) -> None:
     stream = Stream(15)
     await stream.read_until(watcher, 18)
 
-    assert [(n, [r.step for r in records]) for n, records in stream.packets] == [
-        (18, [15, 16, 17])
-    ]
+    assert [(n, [r.step for r in records]) for n, records in stream.packets] == [(18, [15, 16, 17])]
     await watcher.ws.close()
     await writer.ws.close()
 
@@ -197,7 +195,8 @@ async def test_every_record_once_in_order_during_live_appends(
                 written += 1 + i % 17
             else:
                 await write(
-                    client, LogMetric(key_hash=ADMIN, commit_id=commit, step=written, value=0.0, name=name)
+                    client,
+                    LogMetric(key_hash=ADMIN, commit_id=commit, step=written, value=0.0, name=name),
                 )
                 written += 1
         return written

@@ -62,23 +62,24 @@ def test_record_layout():
 
 
 def test_scan_empty_buffer():
-    assert scan(b"") == ScanResult(0, 0, False)
+    # The walk is at the end of the buffer: more bytes may add records.
+    assert scan(b"") == ScanResult(0, 0, True)
 
 
 def test_scan_valid_records():
     buf = rec(b"loss") + rec(b"acc", step=1) + rec(b"x" * 255, step=2)
-    assert scan(buf) == ScanResult(len(buf), 3, False)
+    assert scan(buf) == ScanResult(len(buf), 3, True)
 
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
 def test_scan_accepts_buffer_types(kind):
     buf = rec() + rec()
-    assert scan(kind(buf)) == ScanResult(50, 2, False)
+    assert scan(kind(buf)) == ScanResult(50, 2, True)
 
 
 def test_scan_accepts_any_non_nul_name_bytes():
     buf = rec(b"\xff\xfe") + rec(b"\xc3")
-    assert scan(buf) == ScanResult(len(buf), 2, False)
+    assert scan(buf) == ScanResult(len(buf), 2, True)
 
 
 @pytest.mark.parametrize(
@@ -98,7 +99,7 @@ def test_scan_timestamp_bounds(timestamp, valid):
     good = rec(b"first")
     buf = good + rec(timestamp=timestamp) + rec(b"after")
     if valid:
-        assert scan(buf) == ScanResult(len(buf), 3, False)
+        assert scan(buf) == ScanResult(len(buf), 3, True)
     else:
         assert scan(buf) == ScanResult(len(good), 1, False)
 
@@ -111,15 +112,16 @@ def test_scan_name_with_nul_ends_prefix(name):
 
 def test_scan_empty_name_followed_by_valid_record_is_valid():
     buf = rec(b"a") + rec(b"") + rec(b"") + rec(b"b")
-    assert scan(buf) == ScanResult(len(buf), 4, False)
-    assert scan(rec(b"") + rec(b"b")) == ScanResult(43, 2, False)
+    assert scan(buf) == ScanResult(len(buf), 4, True)
+    assert scan(rec(b"") + rec(b"b")) == ScanResult(43, 2, True)
 
 
 def test_scan_trailing_empty_names_are_not_in_prefix():
+    # The walk ran to the end: a named record appended later would take them in.
     good = rec(b"a")
-    assert scan(good + rec(b"")) == ScanResult(len(good), 1, False)
-    assert scan(good + rec(b"") * 3) == ScanResult(len(good), 1, False)
-    assert scan(rec(b"") * 2) == ScanResult(0, 0, False)
+    assert scan(good + rec(b"")) == ScanResult(len(good), 1, True)
+    assert scan(good + rec(b"") * 3) == ScanResult(len(good), 1, True)
+    assert scan(rec(b"") * 2) == ScanResult(0, 0, True)
 
 
 @pytest.mark.parametrize(
@@ -166,7 +168,8 @@ def test_scan_cut_at_every_offset():
         complete = [i for i, b in enumerate(BOUNDARIES) if b <= cut][-1]
         while complete and RECORDS[complete - 1][20] == 0:
             complete -= 1
-        expected = ScanResult(BOUNDARIES[complete], complete, cut not in BOUNDARIES)
+        # Every cut either ends at a boundary or inside a record more bytes complete.
+        expected = ScanResult(BOUNDARIES[complete], complete, True)
         assert scan(BUF[:cut]) == expected, f"cut at {cut}"
 
 
@@ -203,8 +206,8 @@ def test_scan_cut_name_with_nul_is_not_incomplete():
 def test_scan_start():
     first, second = rec(b"a"), rec(b"b", step=1)
     buf = first + second + rec(b"")
-    assert scan(buf, start=len(first)) == ScanResult(len(buf) - 21, 1, False)
-    assert scan(buf, start=len(buf)) == ScanResult(len(buf), 0, False)
+    assert scan(buf, start=len(first)) == ScanResult(len(buf) - 21, 1, True)
+    assert scan(buf, start=len(buf)) == ScanResult(len(buf), 0, True)
     assert scan(buf + second[:10], start=len(buf)) == ScanResult(len(buf), 0, True)
     # A start inside a record reads garbage, which ends the prefix at once.
     assert scan(buf, start=1) == ScanResult(1, 0, False)
@@ -223,10 +226,13 @@ valid_records = st.builds(
 
 
 def expected_prefix(records: list[bytes]) -> ScanResult:
-    """Prefix of a list of valid records: up to the last one with a non-empty name."""
+    """Scan of a list of valid records: up to the last one with a non-empty name.
+
+    The walk reaches the end of the buffer, so the result is incomplete.
+    """
     named = [i for i, r in enumerate(records) if r[20] > 0]
     count = named[-1] + 1 if named else 0
-    return ScanResult(sum(len(r) for r in records[:count]), count, False)
+    return ScanResult(sum(len(r) for r in records[:count]), count, True)
 
 
 @FUZZ
@@ -261,7 +267,8 @@ STOPPERS = st.one_of(
 @FUZZ
 @given(records=st.lists(valid_records, max_size=8), stopper=STOPPERS, after=valid_records)
 def test_scan_stopper_property(records, stopper, after):
-    assert scan(b"".join(records) + stopper + after) == expected_prefix(records)
+    result = scan(b"".join(records) + stopper + after)
+    assert result == expected_prefix(records)._replace(incomplete=False)
 
 
 @FUZZ
@@ -281,8 +288,8 @@ def test_fuzz_scan_and_iter_records(buf, data):
     result = scan(buf, start)
     assert start <= result.end <= len(buf)
     assert result.end == start or result.records > 0
-    if result.incomplete:
-        assert result.end < len(buf)
+    if result.end == len(buf):
+        assert result.incomplete
     decoded = iter_records(buf, start, result.end)
     assert len(decoded) == result.records
     for _, record in decoded:

@@ -1,0 +1,106 @@
+"""`fetchml export` to CSV, JSON lines and Parquet, read back with pandas and pyarrow."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from client import MetricLogger, cli
+from tests.client.conftest import ADMIN_KEY, ServerProcess, commit_of
+
+pd = pytest.importorskip("pandas")
+np = pytest.importorskip("numpy")
+
+C = commit_of("export")
+TOTAL = 90_000  # several query pages
+SPECIAL = {7: math.nan, 8: math.inf, 9: -math.inf}
+
+
+def expected_points() -> list[tuple[str, int, float]]:
+    names = ("loss", "acc", "lr")
+    return [(names[i % 3], i // 3, SPECIAL.get(i, i / 8)) for i in range(TOTAL)]
+
+
+@pytest.fixture(scope="module")
+def logged(shared_server: ServerProcess) -> ServerProcess:
+    with MetricLogger(C, shared_server.url, ADMIN_KEY) as ml:
+        for name, step, value in expected_points():
+            ml.log(name, value, step=step)
+    return shared_server
+
+
+def export(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str, str]:
+    code = cli.main(["--url", server.url, "--api-key", ADMIN_KEY, "export", C, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def check_frame(frame: "pd.DataFrame", points: list[tuple[str, int, float]]) -> None:
+    assert list(frame.columns) == ["name", "step", "value", "timestamp"]
+    assert frame["name"].tolist() == [p[0] for p in points]
+    assert frame["step"].tolist() == [p[1] for p in points]
+    values = np.array([float(v) for v in frame["value"]])
+    assert np.array_equal(values, np.array([p[2] for p in points]), equal_nan=True)
+    assert (frame["timestamp"] > 1_700_000_000).all()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_export_reads_back_equal(
+    fmt: str, logged: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    path = tmp_path / f"metrics.{fmt}"
+    code, out, err = export(logged, capsys, "--format", fmt, "-o", str(path), "--progress")
+    assert code == 0, err
+    assert out == f"wrote {TOTAL} records to {path}\n"
+    assert "exporting [" in err and "100%" in err and err.endswith("\n")
+    if fmt == "csv":
+        frame = pd.read_csv(path)
+    elif fmt == "jsonl":
+        frame = pd.read_json(path, lines=True, dtype=False)
+        assert frame["value"].iloc[7] == "NaN" and frame["value"].iloc[8] == "Infinity"
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        assert [str(t) for t in table.schema.types] == ["string", "uint32", "double", "int64"]
+        frame = pd.read_parquet(path)
+    check_frame(frame, expected_points())
+    assert not path.with_name(path.name + ".partial").exists()
+
+
+def test_export_filters_and_guesses_the_format(
+    logged: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "lr.csv"
+    code, out, err = export(
+        logged, capsys, "-o", str(path), "--name", "lr", "--steps", "10:19", "--json"
+    )
+    assert code == 0, err
+    assert err == ""  # no progress bar when stderr is not a terminal
+    assert out == f'{{"records":10,"file":"{path}"}}\n'
+    wanted = [p for p in expected_points() if p[0] == "lr" and 10 <= p[1] <= 19]
+    check_frame(pd.read_csv(path), wanted)
+    code, _, err = export(logged, capsys, "-o", str(tmp_path / "x.unknown"))
+    assert code == 1 and err.startswith("error: cannot tell the format")
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(
+    logged: ServerProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    path = tmp_path / "m.parquet"
+    code, out, err = export(logged, capsys, "-o", str(path))
+    assert (code, out) == (1, "")
+    assert (
+        err
+        == "error: Parquet export needs the optional pyarrow package: pip install 'fetchml[parquet]'\n"
+    )
+    assert not path.exists()

@@ -1,0 +1,127 @@
+"""Pipeline edge cases the real daemon never produces on demand, against a scripted peer.
+
+The peer is a real websockets server speaking the protocol codec, scripted to
+send PROGRESS/LOG packets, to drop the connection with requests pending, or to
+answer what was never asked.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from client import Client, ConnectionLost
+from protocol.enums import LogLevel
+from protocol.requests import LogMetrics, MetricPoint, decode_request
+from protocol.responses import Log, Progress, Success, encode_response
+from tests.client.conftest import ADMIN_KEY, commit_of
+
+Script = Callable[[ServerConnection], Awaitable[None]]
+C = commit_of("pipeline")
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[str]]]:
+    servers: list[Server] = []
+
+    async def start(script: Script) -> str:
+        server = await serve(script, "127.0.0.1", 0, compression=None)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/ws"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_progress_and_log_go_to_the_callback(
+    scripted: Callable[[Script], Awaitable[str]],
+) -> None:
+    async def script(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, bytes)
+            decode_request(message)
+            await ws.send(encode_response(Log(timestamp=1, level=LogLevel.INFO, message="hello")))
+            await ws.send(encode_response(Progress(timestamp=1, progress_type=0, value=1, total=2)))
+            await ws.send(encode_response(Success(timestamp=1, message="")))
+
+    events: list[object] = []
+    url = await scripted(script)
+    async with Client.connect(url, api_key=ADMIN_KEY, on_event=events.append) as c:
+        await asyncio.gather(*(c.log_metric(C, "loss", float(i), i) for i in range(3)))
+    assert [type(e).__name__ for e in events] == ["Log", "Progress"] * 3
+
+
+async def test_connection_loss_fails_every_pending_call(
+    scripted: Callable[[Script], Awaitable[str]],
+) -> None:
+    received = asyncio.Event()
+
+    async def script(ws: ServerConnection) -> None:
+        count = 0
+        async for _ in ws:
+            count += 1
+            if count == 100:
+                received.set()
+                ws.transport.abort()  # no close frame: a crash
+                return
+
+    url = await scripted(script)
+    c = await Client.connect(url, api_key=ADMIN_KEY)
+    calls = [asyncio.ensure_future(c.log_metric(C, "x", 1.0, i)) for i in range(100)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert received.is_set()
+    assert all(isinstance(r, ConnectionLost) for r in results)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    assert "connection closed" in str(results[0])
+    assert c.closed and c.in_flight == 0
+    with pytest.raises(ConnectionLost):
+        await c.whoami()
+    await c.close()
+
+
+async def test_an_unsolicited_response_drops_the_connection(
+    scripted: Callable[[Script], Awaitable[str]],
+) -> None:
+    async def script(ws: ServerConnection) -> None:
+        await ws.send(encode_response(Success(timestamp=1, message="")))
+        await ws.wait_closed()
+
+    url = await scripted(script)
+    c = await Client.connect(url, api_key=ADMIN_KEY)
+    await c.wait_closed()
+    with pytest.raises(ConnectionLost, match="protocol violation"):
+        await c.whoami()
+    await c.close()
+
+
+async def test_a_cancelled_call_does_not_shift_the_others(
+    scripted: Callable[[Script], Awaitable[str]],
+) -> None:
+    """Each LOG_METRICS is answered with its step as the message: results must match."""
+    got_first = asyncio.Event()
+    gate = asyncio.Event()
+
+    async def script(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, bytes)
+            request = decode_request(message)
+            assert isinstance(request, LogMetrics)
+            if not got_first.is_set():
+                got_first.set()
+                await gate.wait()
+            step = request.metrics[0].step
+            await ws.send(encode_response(Success(timestamp=1, message=str(step))))
+
+    url = await scripted(script)
+    async with Client.connect(url, api_key=ADMIN_KEY) as c:
+        first = asyncio.ensure_future(c.log_points(C, [MetricPoint(1, 1.0, "x")]))
+        await got_first.wait()
+        first.cancel()
+        rest = asyncio.gather(*(c.log_points(C, [MetricPoint(s, 1.0, "x")]) for s in range(2, 50)))
+        gate.set()
+        assert await rest == list(range(2, 50))
+        assert first.cancelled() and c.in_flight == 0
