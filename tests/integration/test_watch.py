@@ -131,6 +131,25 @@ async def test_backfill_pages_then_live_batches(daemon: Daemon) -> None:
     await writer.ws.close()
 
 
+async def test_watch_pipelined_behind_logs_comes_after_their_answers(daemon: Daemon) -> None:
+    commit = commit_of(11)
+    writer = await create(daemon, commit)
+    client = await daemon.client()
+    for step in range(3):
+        await client.send(
+            LogMetric(key_hash=ADMIN, commit_id=commit, step=step, value=1.0, name="loss")
+        )
+    await client.send(watch(commit, from_index=1))
+
+    answers = [await recv(client) for _ in range(4)]  # three LOG_METRIC, then the WATCH
+    assert all(isinstance(r, Success) and r.message == "" for r in answers), answers
+    stream = Stream(1)
+    await stream.read_until(client, 3)
+    assert [(n, [r.step for r in records]) for n, records in stream.packets] == [(3, [1, 2])]
+    await client.ws.close()
+    await writer.ws.close()
+
+
 async def test_name_filter(daemon: Daemon) -> None:
     commit = commit_of(2)
     writer = await create(daemon, commit)
