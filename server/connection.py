@@ -280,10 +280,11 @@ class Connection:
         try:
             await sub.run(self.ctx.store, self.ws.send)
         except SlowSubscriber:
-            logger.warning(
-                "closing slow subscriber %s of %s at %d", self.peer, sub.commit, sub.next
-            )
+            logger.warning("closing slow subscriber %s of %s at %d", self.peer, sub.commit, sub.next)
             await self.ws.close(1008, "subscriber too slow")
+        except ServerError as exc:  # the experiment went away (pruned) or its file is unreadable
+            logger.warning("watch of %s ended: %s", sub.commit, exc.message)
+            await self.ws.close(1011, exc.message)
         finally:
             self.ctx.hub.remove(sub)
             self.metrics.watchers.dec()

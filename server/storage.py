@@ -171,6 +171,8 @@ class Experiment:
     commit: str
     path: Path
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    """Held while the file is opened, written or rescanned."""
+    read_lock: anyio.Lock = field(default_factory=anyio.Lock)
     meta: Metadata | None = None
     meta_loaded: bool = False
     fd: int | None = None
@@ -196,7 +198,7 @@ class Experiment:
 
     @property
     def busy(self) -> bool:
-        return self.flushing or bool(self.pending) or self.lock.locked()
+        return self.flushing or bool(self.pending) or self.lock.locked() or self.read_lock.locked()
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +235,8 @@ class ExperimentStore:
         self.flush_hooks: list[Callable[[int, float], None]] = []
         """Called with (records, seconds) after each flush; for metrics."""
         self._experiments: OrderedDict[str, Experiment] = OrderedDict()
+        self._known: dict[str, tuple[int, int, int]] = {}
+        """(size, valid end, records) of evicted experiments, so a LIST need not rescan."""
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> "ExperimentStore":
@@ -255,6 +259,10 @@ class ExperimentStore:
         exp = self._experiments.get(commit)
         if exp is None:
             exp = Experiment(commit, self.base / check_commit(commit))
+            known = self._known.pop(commit, None)
+            if known is not None:  # what a scan found before eviction; _refresh checks the size
+                exp.size, exp.end, exp.count = known
+                exp.scanned = True
             self._experiments[commit] = exp
             self._evict(keep=commit)
         else:
@@ -271,6 +279,8 @@ class ExperimentStore:
             if commit != keep and not exp.busy:
                 self._close(exp)
                 del self._experiments[commit]
+                if exp.scanned and not exp.corrupt:
+                    self._known[commit] = (exp.size, exp.end, exp.count)
                 excess -= 1
 
     @staticmethod
@@ -544,7 +554,7 @@ class ExperimentStore:
         total = exp.count
         if start >= total:
             return Chunk(b"", total, 0, total)
-        async with exp.lock:
+        async with exp.read_lock:  # guards the offsets index; appends go on meanwhile
             return await anyio.to_thread.run_sync(self._read_sync, exp, start, max_bytes, total)
 
     def _read_sync(self, exp: Experiment, start: int, max_bytes: int, total: int) -> Chunk:

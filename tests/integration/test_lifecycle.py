@@ -35,6 +35,7 @@ from protocol.requests import (
     MetricPoint,
     QueryMetrics,
     Request,
+    WatchMetrics,
     WhoAmI,
     encode_request,
 )
@@ -205,37 +206,63 @@ def check_acknowledged(path: Path, ingesters: list[Ingester]) -> Counter[Key]:
 # -- SIGTERM, kill -9 -------------------------------------------------------------------------
 
 
+class Watcher:
+    """A WATCH_METRICS connection from index 0 that records what it got and how it closed."""
+
+    def __init__(self) -> None:
+        self.records: list[Key] = []
+        self.close_code: int | None = None
+
+    async def run(self, client: RawClient) -> None:
+        response = await client.call(WatchMetrics(key_hash=ADMIN, commit_id=COMMIT))
+        assert isinstance(response, Success), response
+        try:
+            while True:
+                packet = await client.recv()
+                assert isinstance(packet, Data), packet
+                page = decode_metrics_payload(packet.payload)
+                self.records += [(r.name, r.step) for r in page.records]
+        except ConnectionClosed as exc:
+            self.close_code = exc.rcvd.code if exc.rcvd else None
+
+
 async def sigterm_while_ingesting(
     spawn: Spawn, tmp_path: Path, **server: int
-) -> tuple[DaemonProcess, list[Ingester], Path]:
-    """Four clients pipeline metrics; SIGTERM once each has 500 acknowledged; the exit code."""
+) -> tuple[DaemonProcess, list[Ingester], Watcher, Path]:
+    """Four clients pipeline metrics and one watches; SIGTERM once each client has 500
+    acknowledged records; the daemon must exit 0."""
     config = write_config(tmp_path / "config.yaml", raw_config(tmp_path, server=server))
     daemon = await started(spawn, config)
     await create_experiment(daemon)
+    watcher = Watcher()
+    watching = asyncio.create_task(watcher.run(await daemon.client()))
 
     async with ingesting(daemon.url, clients=4) as ingesters:
         await until_acked(ingesters, 500)
         daemon.send_signal(signal.SIGTERM)
         assert await daemon.wait_exit() == 0, daemon.log()
-    return daemon, ingesters, metrics_path(tmp_path / "experiments", COMMIT)
+    await asyncio.wait_for(watching, 30)
+    return daemon, ingesters, watcher, metrics_path(tmp_path / "experiments", COMMIT)
 
 
 async def test_sigterm_during_ingest(spawn: Spawn, tmp_path: Path) -> None:
-    daemon, ingesters, path = await sigterm_while_ingesting(spawn, tmp_path)
+    daemon, ingesters, watcher, path = await sigterm_while_ingesting(spawn, tmp_path)
 
     assert [i.close_code for i in ingesters] == [1001] * 4
     assert [i.refused for i in ingesters] == [[]] * 4
     data = path.read_bytes()
     assert scan(data).end == len(data), "a graceful stop left a torn tail"
     check_acknowledged(path, ingesters)
+    assert watcher.close_code == 1001
+    assert watcher.records == keys_of(path)[: len(watcher.records)]
     log = daemon.log()
     assert "received SIGTERM" in log
-    assert log.rstrip().endswith("server.app: stopped")
+    assert "server.app: stopped" in log
 
 
 async def test_sigterm_drain_closes_busy_connections_cleanly(spawn: Spawn, tmp_path: Path) -> None:
     """Clients still sending when the drain starts must not hold the shutdown to its timeout."""
-    daemon, ingesters, _ = await sigterm_while_ingesting(spawn, tmp_path, shutdown_timeout_s=5)
+    daemon, ingesters, _, _ = await sigterm_while_ingesting(spawn, tmp_path, shutdown_timeout_s=5)
 
     assert [i.close_code for i in ingesters] == [1001] * 4
     assert "shutdown timeout" not in daemon.log()
@@ -243,7 +270,7 @@ async def test_sigterm_drain_closes_busy_connections_cleanly(spawn: Spawn, tmp_p
 
 async def test_sigterm_answers_every_request_it_applied(spawn: Spawn, tmp_path: Path) -> None:
     """With a full in-flight queue, a request taken in must not be written yet left unanswered."""
-    _, ingesters, path = await sigterm_while_ingesting(spawn, tmp_path, max_inflight_requests=4)
+    _, ingesters, _, path = await sigterm_while_ingesting(spawn, tmp_path, max_inflight_requests=4)
 
     counts = check_acknowledged(path, ingesters)
     acked = {k for i in ingesters for k in i.acked}

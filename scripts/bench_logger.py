@@ -1,0 +1,143 @@
+"""Caller-thread cost of MetricLogger.log(), against appending the same tuples to a list.
+
+Starts its own daemon (a subprocess on a free port, temporary data directory),
+times N `logger.log("loss", v, step=i)` calls, closes the logger (which waits
+for every acknowledgement), checks that the daemon holds all N records, and
+prints a small table. Usage: python scripts/bench_logger.py [--points N]
+"""
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from client import Client, MetricLogger  # noqa: E402
+
+COMMIT = "be" * 20
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_daemon(base: Path, key: str) -> tuple["subprocess.Popen[bytes]", str]:
+    port = free_port()
+    config = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "storage": {"base_path": str(base / "experiments"), "jobs_db": str(base / "jobs.db")},
+        "auth": {
+            "api_keys": {
+                "bench": {"hash": hashlib.sha256(key.encode()).hexdigest(), "role": "admin"}
+            }
+        },
+        "logging": {"level": "info"},
+    }
+    path = base / "config.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "serve", "--config", str(path)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    ready = threading.Event()
+    lines: list[str] = []
+
+    def drain() -> None:  # wait for "listening on ws://...", then keep the pipe empty
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            lines.append(raw.decode(errors="replace").rstrip())
+            if "listening on ws://" in lines[-1]:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not ready.wait(60) or proc.poll() is not None:
+        proc.kill()
+        raise SystemExit("daemon did not start:\n" + "\n".join(lines[-20:]))
+    url = f"ws://127.0.0.1:{port}/ws"
+    return proc, url
+
+
+def baseline(n: int) -> float:
+    out: list[tuple[str, float, int]] = []
+    append = out.append
+    gc.collect()
+    start = time.perf_counter()
+    for i in range(n):
+        append(("loss", i * 0.5, i))
+    return time.perf_counter() - start
+
+
+def logged(n: int, url: str, key: str) -> tuple[float, float, MetricLogger]:
+    ml = MetricLogger(COMMIT, url, key)
+    log = ml.log
+    gc.collect()
+    start = time.perf_counter()
+    for i in range(n):
+        log("loss", i * 0.5, step=i)
+    elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    ok = ml.close(timeout=300)
+    drained = time.perf_counter() - start
+    if not ok:
+        raise SystemExit("MetricLogger.close() timed out")
+    return elapsed, drained, ml
+
+
+async def stored(url: str, key: str) -> int:
+    async with Client.connect(url, api_key=key) as client:
+        return (await client.get_experiment(COMMIT)).metrics_count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=1_000_000)
+    n = parser.parse_args().points
+    key = "bench_" + secrets.token_hex(16)
+    with tempfile.TemporaryDirectory(prefix="fetchml-bench-") as tmp:
+        proc, url = start_daemon(Path(tmp), key)
+        try:
+            base = baseline(n)
+            elapsed, drained, ml = logged(n, url, key)
+            count = asyncio.run(stored(url, key))
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    stats = ml.stats()
+    rows = [
+        ("list.append (baseline)", f"{base:.3f}", f"{base / n * 1e6:.3f}"),
+        ("MetricLogger.log", f"{elapsed:.3f}", f"{elapsed / n * 1e6:.3f}"),
+        ("overhead per call", "", f"{(elapsed - base) / n * 1e6:.3f}"),
+        ("close() after the loop", f"{drained:.3f}", ""),
+        ("end to end", f"{elapsed + drained:.3f}", f"{n / (elapsed + drained):,.0f} points/s"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':{width}}  {'seconds':>9}  {'us/call':>16}")
+    for label, seconds, per in rows:
+        print(f"{label:{width}}  {seconds:>9}  {per:>16}")
+    verdict = "ok" if count == n and stats.acknowledged == n else "MISSING RECORDS"
+    print(
+        f"daemon holds {count:,} of {n:,} records ({stats.acknowledged:,} acknowledged): {verdict}"
+    )
+    return 0 if verdict == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
