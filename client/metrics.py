@@ -1,9 +1,11 @@
 """The metric half of the Client API: logging, paged queries, latest values, watch."""
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 from protocol import requests as rq
+from protocol.enums import Opcode
 from protocol.errors import MalformedRequest, MalformedResponse
 from protocol.requests import MetricPoint
 from protocol.responses import decode_metrics_payload
@@ -16,6 +18,14 @@ from .watch import MetricWatch, WatchOptions
 QUERY_PAGE_SIZE = 100_000
 _LOG_METRICS_HEAD = 17 + 20 + 2
 _POINT_HEAD = 13
+_COUNT = struct.Struct(">H")
+
+
+def log_metrics_message(key_hash: bytes, commit: bytes, count: int, body: bytes) -> bytes:
+    """A LOG_METRICS request from an encoded body: the header and fields of protocol.requests."""
+    if not 1 <= count <= rq.LogMetrics.MAX_POINTS or len(commit) != rq.COMMIT_SIZE:
+        raise InvalidRequest(f"LOG_METRICS needs 1..65535 points and a 20-byte commit, got {count}")
+    return rq.HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit + _COUNT.pack(count) + body
 
 
 class MetricsAPI(Pipeline):
@@ -62,6 +72,15 @@ class MetricsAPI(Pipeline):
             raise InvalidRequest(exc.message) from None
         message = await self._success(request)
         return int(message) if message.isdigit() else len(points)
+
+    async def log_encoded(self, commit: bytes, count: int, body: bytes) -> int:
+        """One LOG_METRICS whose `count` points are already wire-encoded (MetricLogger's path).
+
+        `body` is the concatenation of `POINT.pack(step, value, len(name)) + name`
+        per point, exactly as LogMetrics.encode_body writes them.
+        """
+        message = await self._success(log_metrics_message(self._key, commit, count, body))
+        return int(message) if message.isdigit() else count
 
     async def query_page(
         self,

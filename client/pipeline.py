@@ -149,6 +149,10 @@ class Pipeline:
             message = rq.encode_request(request)
         except MalformedRequest as exc:
             raise InvalidRequest(exc.message) from None
+        return await self._roundtrip(message)
+
+    async def _roundtrip(self, message: bytes) -> Response:
+        """Send one encoded request and await its final response."""
         if self._lost is not None:
             raise self._lost_error()
         await self._slots.acquire()
@@ -175,8 +179,11 @@ class Pipeline:
     async def _json(self, request: rq.Request, data_type: str, parse: Callable[[Any], T]) -> T:
         return parse_json(await self._data(request, data_type), parse)
 
-    async def _success(self, request: rq.Request) -> str:
-        response = await self._call(request)
+    async def _success(self, request: rq.Request | bytes) -> str:
+        if isinstance(request, bytes):
+            response = await self._roundtrip(request)
+        else:
+            response = await self._call(request)
         if not isinstance(response, Success):
             raise ProtocolViolation(f"expected SUCCESS, got {describe_response(response)}")
         return response.message

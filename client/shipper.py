@@ -16,6 +16,7 @@ the connection) can be stored twice.
 import asyncio
 import logging
 import random
+import struct
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -23,11 +24,10 @@ from typing import Any
 
 from protocol.enums import ErrorCode
 from protocol.errors import MalformedRequest
-from protocol.requests import MetricPoint, check_metric_name
+from protocol.requests import POINT, check_metric_name
 
 from .connection import Client
 from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
-from .models import MAX_STEP
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -72,14 +72,16 @@ class Shipper:
         self.last_error: FetchmlError | None = None
         self.stop = False
         self.abort = False
-        self._unacked: dict[int, tuple[MetricPoint, ...]] = {}
+        self._unacked: dict[int, tuple[int, bytes]] = {}
+        """Batches sent or to send, by sequence number: (point count, LOG_METRICS body)."""
         self._ready: deque[int] = deque()
         self._markers: deque[FlushMarker] = deque()
-        self._partial: list[MetricPoint] = []
+        self._parts: list[bytes] = []
+        self._count = 0
         self._seq = 0
         self._inflight = 0
         self._next_step: dict[str, int] = {}
-        self._valid_names: set[str] = set()
+        self._names: dict[str, tuple[bytes, int]] = {}
         self._bad_names: set[str] = set()
         self._created = not config.create_experiment
         self._wake: asyncio.Event | None = None
@@ -96,7 +98,7 @@ class Shipper:
 
     @property
     def idle(self) -> bool:
-        return not self.queue and not self._partial and not self._unacked
+        return not self.queue and not self._count and not self._unacked
 
     async def run(self) -> None:
         self._wake = asyncio.Event()
@@ -198,80 +200,96 @@ class Shipper:
         return self.acknowledged > acked_before
 
     def _drain(self, emit_partial: bool) -> None:
-        """Move queued points into batches, within the in-flight budget.
+        """Encode queued points into batch bodies, within the in-flight budget.
 
-        `held` goes up before an item leaves the queue, so a point is always
-        counted in the queue or in `held` until it is settled.
+        Each point becomes its LOG_METRICS wire bytes at once (protocol.requests.POINT
+        and the encoded name, cached per name), so a batch is a ready body and a
+        resend costs nothing. `held` goes up before items leave the queue, so a
+        point is always counted in the queue or in `held` until it is settled.
         """
         cfg = self.config
         size = cfg.batch_size
-        room = (cfg.max_in_flight - self._inflight - len(self._ready)) * size - len(self._partial)
+        room = (cfg.max_in_flight - self._inflight - len(self._ready)) * size - self._count
         queue = self.queue
-        while queue and (room > 0 or not isinstance(queue[0], tuple)):
-            self.held += 1
-            item = queue.popleft()
-            if not isinstance(item, tuple):
-                self.held -= 1
-                self._emit()
-                item.threshold = self._seq
-                self._markers.append(item)
-                continue
-            room -= 1
-            try:
-                point = self._point(*item)
-            except TypeError as exc:  # an unhashable name
-                point = self._reject(item, f"invalid point {item!r}: {exc}")
-            if point is None:
-                self.held -= 1
-                continue
-            self._partial.append(point)
-            if len(self._partial) >= size:
-                self._emit()
+        take = min(len(queue), room)
+        if take > 0:
+            self.held += take
+            not_points = 0
+            parts = self._parts
+            names = self._names
+            next_step = self._next_step
+            pack = POINT.pack
+            popleft = queue.popleft
+            for _ in range(take):
+                item = popleft()
+                if item.__class__ is not tuple:
+                    not_points += 1
+                    self._emit()
+                    item.threshold = self._seq
+                    self._markers.append(item)
+                    continue
+                name, value, step = item
+                try:
+                    head = names.get(name)
+                    if head is None:
+                        head = self._name(name)
+                        if head is None:
+                            not_points += 1
+                            continue
+                    raw, length = head
+                    if step is None:
+                        step = next_step.get(name, 0)
+                    parts.append(pack(step, value, length))
+                except (struct.error, TypeError) as exc:
+                    not_points += 1
+                    self._reject(name, f"point ({name!r}, {value!r}, step {step!r}): {exc}")
+                    continue
+                parts.append(raw)
+                next_step[name] = step + 1
+                self._count += 1
+                if self._count >= size:
+                    self._emit()
+            self.held -= not_points
         if emit_partial:
             self._emit()
         self._check_markers()
 
-    def _point(self, name: Any, value: Any, step: Any) -> MetricPoint | None:
-        if name not in self._valid_names:
-            if not isinstance(name, str):
-                return self._reject(name, f"metric name must be a str, got {name!r}")
-            try:
-                check_metric_name(name)
-            except MalformedRequest as exc:
-                return self._reject(name, f"invalid metric name {name!r}: {exc.message}")
-            self._valid_names.add(name)
-        if step is None:
-            step = self._next_step.get(name, 0)
+    def _name(self, name: Any) -> tuple[bytes, int] | None:
+        """Check a new metric name and cache its encoding; None (and a log line) if invalid."""
+        if not isinstance(name, str):
+            self._reject(name, f"metric name must be a str, got {name!r}")
+            return None
         try:
-            value = float(value)
-            step = int(step)
-        except (TypeError, ValueError) as exc:
-            return self._reject(name, f"{name!r}: not a number: {exc}")
-        if not 0 <= step <= MAX_STEP:
-            return self._reject(name, f"{name!r}: step {step} outside 0..{MAX_STEP}")
-        self._next_step[name] = step + 1
-        return MetricPoint(step, value, name)
+            raw = check_metric_name(name)
+        except MalformedRequest as exc:
+            self._reject(name, f"invalid metric name {name!r}: {exc.message}")
+            return None
+        self._names[name] = (raw, len(raw))
+        return raw, len(raw)
 
-    def _reject(self, name: object, why: str) -> MetricPoint | None:
+    def _reject(self, name: object, why: str) -> None:
         self.rejected += 1
-        key = repr(name)
+        try:
+            key = repr(name)[:300]
+        except Exception:
+            key = "?"
         if key not in self._bad_names:
             self._bad_names.add(key)
-            logger.error("metric logger: dropping point: %s", why)
-        return None
+            logger.error("metric logger: dropping invalid %s", why)
 
     def _emit(self) -> None:
-        if not self._partial:
+        if not self._count:
             return
         self._seq += 1
-        self._unacked[self._seq] = tuple(self._partial)
+        self._unacked[self._seq] = (self._count, b"".join(self._parts))
         self._ready.append(self._seq)
-        self._partial = []
+        self._parts.clear()
+        self._count = 0
 
     async def _send(self, client: Client, seq: int) -> None:
-        points = self._unacked[seq]
+        count, body = self._unacked[seq]
         try:
-            await client.log_points(self.config.commit, points)
+            await client.log_encoded(self.config.commit, count, body)
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
                 self._break(exc)
@@ -281,11 +299,11 @@ class Shipper:
                 self._break(exc)
                 return
             self.last_error = exc
-            self.rejected += len(points)
-            logger.error("metric logger: server rejected %d points: %s", len(points), exc)
+            self.rejected += count
+            logger.error("metric logger: server rejected %d points: %s", count, exc)
             self._settle(seq)
         else:
-            self.acknowledged += len(points)
+            self.acknowledged += count
             self._settle(seq)
         finally:
             self._inflight -= 1
@@ -298,8 +316,8 @@ class Shipper:
             self._broken.set()
 
     def _settle(self, seq: int) -> None:
-        points = self._unacked.pop(seq)
-        self.held -= len(points)
+        count, _ = self._unacked.pop(seq)
+        self.held -= count
         self.space.set()
         self._check_markers()
 

@@ -295,7 +295,7 @@ def small_socket(daemon: Daemon) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    sock.connect(("127.0.0.1", int(daemon.url.rsplit(":", 1)[1].split("/")[0])))
+    sock.connect(("127.0.0.1", daemon.app.port))
     return sock
 
 

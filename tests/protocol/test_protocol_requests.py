@@ -36,6 +36,7 @@ from protocol.requests import (
     check_metric_name,
     decode_request,
     encode_request,
+    record_tails,
 )
 
 FUZZ = settings(max_examples=200, deadline=None)
@@ -629,3 +630,97 @@ def test_fuzz_valid_message_with_flipped_byte(request, data):
     index = data.draw(st.integers(0, len(wire) - 1), label="index")
     wire[index] = data.draw(st.integers(0, 255), label="byte")
     decode_or_protocol_error(bytes(wire))
+
+
+# --- record_tails: the LOG_METRIC / LOG_METRICS fast path ------------------------------------
+
+
+def check_record_tails(wire: bytes) -> None:
+    """record_tails answers exactly when decode_request gives a metric request, and agrees."""
+    fast = record_tails(wire)
+    try:
+        request = decode_request(wire)
+    except MalformedRequest:
+        request = None
+    if isinstance(request, LogMetric | LogMetrics):
+        assert fast == (request.key_hash, request.commit_id, request.tails())
+    else:
+        assert fast is None
+
+
+RECORD_TAILS_CASES = {
+    "empty": b"",
+    "other opcode": encode_request(VALID_REQUESTS[1]),
+    "log_metric opcode only": b"\x0a",
+    "log_metric no name": message(Opcode.LOG_METRIC, COMMIT + struct.pack(">IdB", 1, 1.0, 0)),
+    "log_metric valid": encode_request(VALID_REQUESTS[4]),
+    "log_metric length too long": message(
+        Opcode.LOG_METRIC, COMMIT + struct.pack(">IdB", 1, 1.0, 5) + b"loss"
+    ),
+    "log_metric length too short": message(
+        Opcode.LOG_METRIC, COMMIT + struct.pack(">IdB", 1, 1.0, 3) + b"loss"
+    ),
+    "log_metric nul in name": message(Opcode.LOG_METRIC, COMMIT + point(1, 1.0, b"lo\x00s")),
+    "log_metric bad utf-8": message(Opcode.LOG_METRIC, COMMIT + point(1, 1.0, b"ok\xe2\x82")),
+    "log_metrics opcode only": b"\x0c",
+    "log_metrics no count": message(Opcode.LOG_METRICS, COMMIT + b"\x00"),
+    "log_metrics valid": encode_request(VALID_REQUESTS[6]),
+    "log_metrics count zero": message(Opcode.LOG_METRICS, log_metrics_body(0)),
+    "log_metrics count zero, trailing": message(Opcode.LOG_METRICS, log_metrics_body(0, b"a")),
+    "log_metrics fewer points": message(Opcode.LOG_METRICS, log_metrics_body(2, b"a")),
+    "log_metrics more points": message(Opcode.LOG_METRICS, log_metrics_body(1, b"a", b"b")),
+    "log_metrics name past end": message(Opcode.LOG_METRICS, log_metrics_body(1, b"abc")[:-1]),
+    "log_metrics empty name": message(Opcode.LOG_METRICS, log_metrics_body(2, b"a", b"")),
+    "log_metrics nul in name": message(Opcode.LOG_METRICS, log_metrics_body(2, b"a", b"b\x00")),
+    "log_metrics bad utf-8": message(Opcode.LOG_METRICS, log_metrics_body(2, b"\xc3", b"\xa9")),
+    "log_metrics bad utf-8 last": message(
+        Opcode.LOG_METRICS, log_metrics_body(2, b"ok", b"\xed\xa0\x80")
+    ),
+}
+
+
+@pytest.mark.parametrize("wire", list(RECORD_TAILS_CASES.values()), ids=list(RECORD_TAILS_CASES))
+def test_record_tails_cases(wire):
+    check_record_tails(wire)
+
+
+def test_record_tails_vector():
+    wire = bytes.fromhex(
+        "0a5ba7dccf22514f45ae84bfb8b12cd02e0123456789abcdef0123456789abcdef01234567"
+        "000000073fd0000000000000046c6f7373"
+    )
+    assert wire == encode_request(VALID_REQUESTS[4])
+    assert record_tails(wire) == (
+        KEY,
+        COMMIT,
+        [bytes.fromhex("000000073fd0000000000000046c6f7373")],
+    )
+
+
+metric_wires = st.one_of(REQUEST_STRATEGIES[LogMetric], REQUEST_STRATEGIES[LogMetrics]).map(
+    encode_request
+)
+
+
+@st.composite
+def changed_metric_wires(draw):
+    """A valid LOG_METRIC / LOG_METRICS message cut, extended, or with one byte replaced."""
+    wire = bytearray(draw(metric_wires))
+    if draw(st.booleans()):
+        index = draw(st.integers(0, len(wire) - 1))
+        wire[index] = draw(u8)
+    cut = draw(st.integers(0, len(wire)))
+    return bytes(wire[:cut]) + draw(st.binary(max_size=64))
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.tuples(st.sampled_from([b"\x0a", b"\x0c"]), st.binary(max_size=400)).map(b"".join),
+        metric_wires,
+        changed_metric_wires(),
+    )
+)
+def test_record_tails_matches_decode_request(wire):
+    check_record_tails(wire)
