@@ -184,7 +184,7 @@ class App:
             self.port = server.sockets[0].getsockname()[1]
             scheme = "wss" if s.tls.enabled else "ws"
             if handle_signals:
-                tg.start_soon(self._signals)
+                await tg.start(self._signals)
             tg.start_soon(self.notifier.watchdog_loop)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
@@ -203,8 +203,9 @@ class App:
                 logger.warning("shutdown timeout: closing %d connections", len(self.connections))
             tg.cancel_scope.cancel()
 
-    async def _signals(self) -> None:
+    async def _signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.reload()

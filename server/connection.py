@@ -103,6 +103,7 @@ class Connection:
         self._accepted = 0
         self._sent = 0
         self._idle = asyncio.Event()
+        self._room = asyncio.Event()
         self._cached: tuple[bytes, KeyTable, Identity] | None = None
         self._reading = anyio.CancelScope()
         self._writer_done = asyncio.Event()
@@ -144,13 +145,13 @@ class Connection:
             if isinstance(message, str):
                 await ws.close(1003, "binary messages only")
                 return
+            while self._queue.full():  # backpressure: apply nothing more until answers go out
+                self._room.clear()
+                await self._room.wait()
             item = self._accept(message)
             if isinstance(item, _Pending | bytes):
                 self._accepted += 1
-                if self._queue.full():
-                    await self._queue.put(item)  # backpressure: stop reading until it drains
-                else:
-                    self._queue.put_nowait(item)
+                self._queue.put_nowait(item)
                 continue
             # A barrier: it runs once everything before it is answered; stop() waits for it.
             with anyio.CancelScope(shield=True):
@@ -162,7 +163,7 @@ class Connection:
                     break
                 packet = await self._run(item)
                 self._accepted += 1
-                await self._queue.put(packet)
+                self._queue.put_nowait(packet)
         else:
             return
         # Watching: any further message is a protocol violation.
@@ -280,7 +281,9 @@ class Connection:
         try:
             await sub.run(self.ctx.store, self.ws.send)
         except SlowSubscriber:
-            logger.warning("closing slow subscriber %s of %s at %d", self.peer, sub.commit, sub.next)
+            logger.warning(
+                "closing slow subscriber %s of %s at %d", self.peer, sub.commit, sub.next
+            )
             await self.ws.close(1008, "subscriber too slow")
         except ServerError as exc:  # the experiment went away (pruned) or its file is unreadable
             logger.warning("watch of %s ended: %s", sub.commit, exc.message)
@@ -297,6 +300,7 @@ class Connection:
         try:
             while True:
                 item = queue.get_nowait() if queue.qsize() else await queue.get()
+                self._room.set()
                 if item is _END:
                     return
                 if isinstance(item, _Pending):

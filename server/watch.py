@@ -62,7 +62,7 @@ class Subscriber:
         self.wakeup = asyncio.Event()
 
     def push(self, packet: bytes, next_index: int) -> None:
-        if self.queued + len(packet) > self.limit:
+        if self.packets and self.queued + len(packet) > self.limit:
             self.overflow = True
         else:
             self.packets.append(packet)
