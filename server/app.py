@@ -19,10 +19,11 @@ from . import __version__
 from .auth import Identity, KeyTable, RateLimiter
 from .config import Config, ConfigError, load_config
 from .connection import Connection
+from .files import list_commits
 from .handlers import Context
 from .http import Gate, Metrics, QuietLogger
 from .jobs import SqliteJobQueue
-from .storage import ExperimentStore, list_commits
+from .storage import ExperimentStore
 from .systemd import Notifier
 from .watch import WatchHub
 

@@ -14,7 +14,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import shutil
 import time
 from array import array
@@ -28,134 +27,35 @@ import aiofiles
 import anyio
 import anyio.abc
 
-from protocol.errors import MalformedRecord
-from protocol.records import (
-    RECORD_MIN,
-    Metadata,
-    decode_metadata,
-    encode_metadata,
-    scan,
-)
+from protocol.records import Metadata, encode_metadata
 
-from .errors import AlreadyExists, DiskFull, NotFound, ServerError, StorageFault
+from . import files
+from .errors import AlreadyExists, NotFound, StorageFault
+from .files import (
+    DIR_MODE,
+    FILE_MODE,
+    MAX_TORN_BYTES,
+    META,
+    METRICS,
+    READ_CHUNK,
+    check_commit,
+    cut_tail,
+    fsync_dir,
+    list_commits,
+    read_metadata,
+    scan_file,
+    storage_error,
+    write_file_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 MAX_FLUSH_BYTES = 8 << 20
 """A flush never writes more; so a crash tears at most this much."""
-MAX_TORN_BYTES = 8 << 20
-"""A remainder up to this size after the valid prefix is a torn tail; larger is corruption."""
-DIR_MODE = 0o750
-FILE_MODE = 0o600
-READ_CHUNK = 4 << 20
-META = "meta.bin"
-METRICS = "metrics.bin"
 
 Durability = Literal["write", "fsync"]
 CommitHook = Callable[[str, int, bytes, int], None]
 """Called after each flush with (commit hex, index of the first record, bytes, record count)."""
-
-
-def check_commit(commit: str) -> str:
-    """A commit's directory name: exactly 40 lowercase hex characters."""
-    if not COMMIT_RE.match(commit):
-        raise NotFound(f"invalid commit id {commit[:64]!r}")
-    return commit
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: old or new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class FileScan(NamedTuple):
-    end: int
-    """Bytes in the valid prefix."""
-    records: int
-    size: int
-    """Bytes in the file when scanned."""
-
-
-def scan_file(
-    fd: int, start: int = 0, count: int = 0, offsets: "array[int] | None" = None
-) -> FileScan:
-    """Find the valid prefix of an open metrics file, resuming at a known record boundary."""
-    size = os.fstat(fd).st_size
-    pos = start
-    carry = b""
-    while True:
-        chunk = os.pread(fd, READ_CHUNK, pos + len(carry)) if pos + len(carry) < size else b""
-        buf = carry + chunk
-        result = scan(buf)
-        if offsets is not None:
-            _extend_offsets(offsets, buf, result.end, pos)
-        count += result.records
-        pos += result.end
-        carry = buf[result.end :]
-        if not (result.incomplete and chunk):
-            return FileScan(pos, count, size)
-
-
-def _extend_offsets(offsets: "array[int]", buf: bytes, end: int, base: int) -> None:
-    """Append the start offset of each record in the valid prefix `buf[:end]`."""
-    append = offsets.append
-    pos = 0
-    while pos < end:
-        append(base + pos)
-        pos += RECORD_MIN + buf[pos + RECORD_MIN - 1]
-
-
-def torn_copy_path(metrics: Path) -> Path:
-    stem = f"{metrics.name}.torn-{int(time.time())}"
-    candidate = metrics.with_name(stem)
-    n = 2
-    while candidate.exists():
-        candidate = metrics.with_name(f"{stem}-{n}")
-        n += 1
-    return candidate
-
-
-def cut_tail(fd: int, metrics: Path, end: int, size: int) -> Path:
-    """Copy bytes past `end` beside the file, then truncate to `end` and fsync."""
-    removed = os.pread(fd, size - end, end)
-    copy = torn_copy_path(metrics)
-    cfd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        _write_all(cfd, removed)
-        os.fsync(cfd)
-    finally:
-        os.close(cfd)
-    os.ftruncate(fd, end)
-    os.fsync(fd)
-    fsync_dir(metrics.parent)
-    return copy
 
 
 class Pending(NamedTuple):
@@ -421,7 +321,7 @@ class ExperimentStore:
                 self._resync(exp, fd, size)
             first = exp.count
             try:
-                _write_all(fd, data)
+                files.write_all(fd, data)
                 if self.durability == "fsync":
                     os.fdatasync(fd)
             except OSError:
@@ -618,17 +518,6 @@ class ExperimentStore:
         return victims
 
 
-def list_commits(base: Path) -> list[str]:
-    """Experiment directories: only names of exactly 40 lowercase hex characters, sorted."""
-    try:
-        entries = list(os.scandir(base))
-    except FileNotFoundError:
-        return []
-    return sorted(
-        e.name for e in entries if COMMIT_RE.match(e.name) and e.is_dir(follow_symlinks=False)
-    )
-
-
 def select_prune(
     infos: list[tuple[str, Metadata]], kind: Literal["keep", "older"], value: int, now: float
 ) -> list[str]:
@@ -643,22 +532,6 @@ def sort_experiments(infos: list[ExperimentInfo]) -> list[ExperimentInfo]:
     readable = sorted((i for i in infos if i.meta), key=lambda i: (-i.meta.timestamp, i.commit))  # type: ignore[union-attr]
     unreadable = sorted((i for i in infos if not i.meta), key=lambda i: i.commit)
     return readable + unreadable
-
-
-def read_metadata(path: Path) -> Metadata | None:
-    """meta.bin of an experiment directory, None when missing or damaged."""
-    try:
-        return decode_metadata((path / META).read_bytes())
-    except (OSError, MalformedRecord):
-        return None
-
-
-def storage_error(exc: OSError) -> ServerError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull("disk full")
-    if isinstance(exc, FileNotFoundError):
-        return NotFound("experiment not found")
-    return StorageFault("storage error")
 
 
 def _take_batch(pending: list[Pending]) -> list[Pending]:

@@ -9,17 +9,16 @@ from typing import Any, TextIO
 
 from protocol.records import decode_records
 
-from .storage import (
+from .files import (
     COMMIT_RE,
     MAX_TORN_BYTES,
     METRICS,
-    ExperimentInfo,
     cut_tail,
     list_commits,
     read_metadata,
     scan_file,
-    sort_experiments,
 )
+from .storage import ExperimentInfo, sort_experiments
 from .views import experiment_json
 
 

@@ -40,7 +40,7 @@ from protocol.requests import (
     encode_request,
 )
 from protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
-from server import storage
+from server import files
 from tests.conftest import DaemonFactory, RawClient, hash_of, key_hash
 from tests.integration.proc import (
     DaemonProcess,
@@ -587,7 +587,7 @@ async def test_disk_full_refuses_appends_and_keeps_serving_reads(
 
     # No mount here (not root, or no tmpfs): fake ENOSPC for metric appends in-process.
     full = False
-    real_write_all = storage._write_all
+    real_write_all = files.write_all
 
     def write_all(fd: int, data: bytes) -> None:
         if full:
@@ -598,7 +598,7 @@ async def test_disk_full_refuses_appends_and_keeps_serving_reads(
         nonlocal full
         full = value
 
-    monkeypatch.setattr(storage, "_write_all", write_all)
+    monkeypatch.setattr(files, "write_all", write_all)
     inproc = await start_daemon()
     client = await inproc.client()
     await disk_full_scenario(

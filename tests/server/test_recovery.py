@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from protocol.enums import ErrorCode
 from protocol.records import Metadata, decode_records, encode_metadata, encode_record, scan
-from server import storage, tools
+from server import files, tools
 from server.errors import ServerError
 from server.storage import MAX_TORN_BYTES, ExperimentStore
 
@@ -178,7 +178,7 @@ async def test_go_empty_names_followed_by_named_records_survive(tmp_path: Path) 
     assert [p.read_bytes() for p in torn_copies(path)] == [rec(b"", 5) + bytes(7)]
 
 
-CHUNK = 4 << 20  # storage.READ_CHUNK: scans read the file in pieces of this size
+CHUNK = 4 << 20  # files.READ_CHUNK: scans read the file in pieces of this size
 
 
 def records_ending_on_chunk(boundary: str) -> tuple[list[bytes], int]:
@@ -268,7 +268,7 @@ async def test_more_than_8_mib_after_the_prefix_is_corruption(
 
 
 class FrozenClock:
-    """storage's view of the time module, with time.time() fixed."""
+    """server.files' view of the time module, with time.time() fixed."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -283,7 +283,7 @@ class FrozenClock:
 async def test_torn_copies_in_the_same_second_get_suffixes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(storage, "time", FrozenClock(1_800_000_000.5))
+    monkeypatch.setattr(files, "time", FrozenClock(1_800_000_000.5))
     c = commit(1)
     path = make_experiment(tmp_path, c, rec(b"a"))
     tails = [b"\x00" * 3, b"\x01" * 5, rec(b"x")[:10]]
@@ -324,7 +324,7 @@ async def test_failed_partial_write_leaves_nothing(
 ) -> None:
     c = commit(1)
     path = make_experiment(tmp_path, c, None)
-    real_write_all = storage._write_all
+    real_write_all = files.write_all
     failures = []
 
     def half_then_enospc(fd: int, data: bytes) -> None:
@@ -336,7 +336,7 @@ async def test_failed_partial_write_leaves_nothing(
 
     async with ExperimentStore(tmp_path) as store:
         assert await store.append(c, rec(b"kept"), 1) == 0
-        monkeypatch.setattr(storage, "_write_all", half_then_enospc)
+        monkeypatch.setattr(files, "write_all", half_then_enospc)
         # three requests in one flush: whole records sit in the half that got written
         futures = [store.submit(c, rec(b"lost", i) * 4, 4) for i in range(3)]
         results = await asyncio.gather(*futures, return_exceptions=True)

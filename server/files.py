@@ -1,0 +1,158 @@
+"""Files of the experiment tree: paths, atomic writes, the valid-prefix scan, torn tails.
+
+Plain synchronous functions, run in worker threads by the store and directly
+by the operator commands (inspect, fsck).
+"""
+
+import errno
+import logging
+import os
+import re
+import time
+from array import array
+from pathlib import Path
+from typing import NamedTuple
+
+from protocol.errors import MalformedRecord
+from protocol.records import RECORD_MIN, Metadata, decode_metadata, scan
+
+from .errors import DiskFull, NotFound, ServerError, StorageFault
+
+logger = logging.getLogger(__name__)
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+MAX_TORN_BYTES = 8 << 20
+"""A remainder up to this size after the valid prefix is a torn tail; larger is corruption."""
+DIR_MODE = 0o750
+FILE_MODE = 0o600
+READ_CHUNK = 4 << 20
+META = "meta.bin"
+METRICS = "metrics.bin"
+
+
+def check_commit(commit: str) -> str:
+    """A commit's directory name: exactly 40 lowercase hex characters."""
+    if not COMMIT_RE.match(commit):
+        raise NotFound(f"invalid commit id {commit[:64]!r}")
+    return commit
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename, fsync the directory: old or new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class FileScan(NamedTuple):
+    end: int
+    """Bytes in the valid prefix."""
+    records: int
+    size: int
+    """Bytes in the file when scanned."""
+
+
+def scan_file(
+    fd: int, start: int = 0, count: int = 0, offsets: "array[int] | None" = None
+) -> FileScan:
+    """Find the valid prefix of an open metrics file, resuming at a known record boundary."""
+    size = os.fstat(fd).st_size
+    pos = start
+    carry = b""
+    while True:
+        chunk = os.pread(fd, READ_CHUNK, pos + len(carry)) if pos + len(carry) < size else b""
+        buf = carry + chunk
+        result = scan(buf)
+        if offsets is not None:
+            _extend_offsets(offsets, buf, result.end, pos)
+        count += result.records
+        pos += result.end
+        carry = buf[result.end :]
+        if not (result.incomplete and chunk):
+            return FileScan(pos, count, size)
+
+
+def _extend_offsets(offsets: "array[int]", buf: bytes, end: int, base: int) -> None:
+    """Append the start offset of each record in the valid prefix `buf[:end]`."""
+    append = offsets.append
+    pos = 0
+    while pos < end:
+        append(base + pos)
+        pos += RECORD_MIN + buf[pos + RECORD_MIN - 1]
+
+
+def torn_copy_path(metrics: Path) -> Path:
+    stem = f"{metrics.name}.torn-{int(time.time())}"
+    candidate = metrics.with_name(stem)
+    n = 2
+    while candidate.exists():
+        candidate = metrics.with_name(f"{stem}-{n}")
+        n += 1
+    return candidate
+
+
+def cut_tail(fd: int, metrics: Path, end: int, size: int) -> Path:
+    """Copy bytes past `end` beside the file, then truncate to `end` and fsync."""
+    removed = os.pread(fd, size - end, end)
+    copy = torn_copy_path(metrics)
+    cfd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        write_all(cfd, removed)
+        os.fsync(cfd)
+    finally:
+        os.close(cfd)
+    os.ftruncate(fd, end)
+    os.fsync(fd)
+    fsync_dir(metrics.parent)
+    return copy
+
+
+def list_commits(base: Path) -> list[str]:
+    """Experiment directories: only names of exactly 40 lowercase hex characters, sorted."""
+    try:
+        entries = list(os.scandir(base))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        e.name for e in entries if COMMIT_RE.match(e.name) and e.is_dir(follow_symlinks=False)
+    )
+
+
+def read_metadata(path: Path) -> Metadata | None:
+    """meta.bin of an experiment directory, None when missing or damaged."""
+    try:
+        return decode_metadata((path / META).read_bytes())
+    except (OSError, MalformedRecord):
+        return None
+
+
+def storage_error(exc: OSError) -> ServerError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull("disk full")
+    if isinstance(exc, FileNotFoundError):
+        return NotFound("experiment not found")
+    return StorageFault("storage error")
