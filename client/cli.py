@@ -8,6 +8,7 @@ aligned tables (or JSON with `--json`), and exits 1 with one line
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -237,8 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        sys.stderr.close()
+    except BrokenPipeError:  # output piped into head and the like
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
 
 

@@ -113,7 +113,7 @@ class Pipeline:
                     raise ProtocolViolation("server sent a text message")
                 response = decode_response(message)
                 if isinstance(response, Progress | Log):
-                    self._on_event(response)
+                    self._event(response)
                     continue
                 if not self._calls:
                     raise ProtocolViolation(f"unsolicited {type(response).__name__} response")
@@ -127,8 +127,18 @@ class Pipeline:
             reason = f"protocol violation: {exc}"
             logger.error("%s: %s; closing", self.url, reason)
             await self._ws.close(1002, "protocol violation")
+        else:
+            code, why = self._ws.close_code, self._ws.close_reason
+            if code is not None:
+                reason = f"connection closed ({code} {why})".replace(" )", ")")
         finally:
             self._fail_all(ConnectionLost(f"{self.url}: {reason}"))
+
+    def _event(self, event: Progress | Log) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            logger.exception("on_event callback failed")
 
     def _fail_all(self, exc: ConnectionLost) -> None:
         self._lost = exc

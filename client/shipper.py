@@ -14,8 +14,8 @@ the connection) can be stored twice.
 """
 
 import asyncio
+import contextlib
 import logging
-import random
 import struct
 import threading
 from collections import deque
@@ -29,6 +29,7 @@ from protocol.requests import POINT, check_metric_name
 from .connection import Client
 from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
 from .settings import Settings
+from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +118,11 @@ class Shipper:
                 )
             except FetchmlError as exc:
                 failures += 1
-                self._note(exc, f"cannot connect (attempt {failures})")
+                self._note(exc, f"cannot connect (attempt {failures})", loud=failures == 1)
                 continue
             if connected_once:
                 self.reconnects += 1
+                logger.info("metric logger %s: reconnected", self.config.commit.hex()[:12])
             connected_once = True
             try:
                 if await self._session(client):
@@ -131,26 +133,21 @@ class Shipper:
                 await client.close()
 
     async def _backoff(self, failures: int) -> None:
+        """Wait before the next connection attempt (cut short only by an abort)."""
         cfg = self.config
-        delay = (
-            0.0
-            if failures <= 1
-            else min(cfg.max_backoff, cfg.initial_backoff * 2.0 ** min(failures - 2, 30))
-        )
-        if delay:
-            assert self._wake is not None
-            self._wake.clear()
-            try:
-                async with asyncio.timeout(delay * random.uniform(0.5, 1.0)):
-                    while not self.abort:
-                        self._wake.clear()
-                        await self._wake.wait()
-            except TimeoutError:
-                pass
+        delay = backoff_delay(failures, cfg.initial_backoff, cfg.max_backoff)
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                while not self.abort:
+                    self._wake.clear()
+                    await self._wake.wait()
 
-    def _note(self, exc: FetchmlError, what: str) -> None:
+    def _note(self, exc: FetchmlError, what: str, loud: bool = True) -> None:
+        """Remember and log a transient problem (repeated connect failures at debug level)."""
         self.last_error = exc
-        logger.warning("metric logger %s: %s: %s", self.config.commit.hex()[:12], what, exc)
+        level = logging.WARNING if loud else logging.DEBUG
+        logger.log(level, "metric logger %s: %s: %s", self.config.commit.hex()[:12], what, exc)
 
     async def _session(self, client: Client) -> bool:
         """Send on one connection until done or broken. True if anything was acknowledged."""
@@ -189,12 +186,10 @@ class Shipper:
                 if self.stop and self.idle:
                     break
                 self._wake.clear()
-                try:
-                    wait = self.config.flush_interval - (loop.time() - self._last_partial)
+                wait = self.config.flush_interval - (loop.time() - self._last_partial)
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(wait, 0.001)):
                         await self._wake.wait()
-                except TimeoutError:
-                    pass
             if self.abort:
                 await client.close()  # fails what is in flight, so the task group can end
         return self.acknowledged > acked_before
@@ -204,8 +199,8 @@ class Shipper:
 
         Each point becomes its LOG_METRICS wire bytes at once (protocol.requests.POINT
         and the encoded name, cached per name), so a batch is a ready body and a
-        resend costs nothing. `held` goes up before items leave the queue, so a
-        point is always counted in the queue or in `held` until it is settled.
+        resend costs nothing. `held` goes up once the items have left the queue
+        (the caller's bound may briefly undercount by one drain, never overcount).
         """
         cfg = self.config
         size = cfg.batch_size
@@ -213,7 +208,6 @@ class Shipper:
         queue = self.queue
         take = min(len(queue), room)
         if take > 0:
-            self.held += take
             not_points = 0
             parts = self._parts
             names = self._names
@@ -249,7 +243,7 @@ class Shipper:
                 self._count += 1
                 if self._count >= size:
                     self._emit()
-            self.held -= not_points
+            self.held += take - not_points
         if emit_partial:
             self._emit()
         self._check_markers()

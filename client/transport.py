@@ -1,6 +1,7 @@
 """Opening the WebSocket, with handshake failures turned into FetchmlErrors."""
 
 import logging
+import random
 from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -56,3 +57,13 @@ async def open_websocket(url: str, open_timeout: float = 10.0) -> ClientConnecti
     except (OSError, InvalidHandshake) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConnectFailed(f"cannot connect to {url}: {reason or type(exc).__name__}") from exc
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds to wait before connection attempt `attempt` (1-based) after a drop.
+
+    The first retry is immediate, then `initial` doubling up to `maximum`, with jitter.
+    """
+    if attempt <= 1:
+        return 0.0
+    return min(maximum, initial * 2.0 ** min(attempt - 2, 30)) * random.uniform(0.5, 1.0)

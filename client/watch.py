@@ -13,7 +13,6 @@ again from the last `next` it received, so it sees no gap and no duplicate.
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -38,7 +37,7 @@ from protocol.responses import (
 from .errors import RETRYABLE, FetchmlConnectionError, ProtocolViolation, error_from
 from .models import MetricsPage
 from .settings import Settings
-from .transport import EventHandler, log_event, open_websocket
+from .transport import EventHandler, backoff_delay, log_event, open_websocket
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +163,6 @@ class MetricWatch:
             self._ws = None
         await ws.close()
 
-    def _delay(self, attempt: int) -> float:
-        if attempt <= 1:
-            return 0.0
-        opts = self._options
-        delay = min(opts.max_backoff, opts.initial_backoff * 2.0 ** min(attempt - 2, 30))
-        return delay * random.uniform(0.5, 1.0)
-
     async def _subscribe(self) -> ClientConnection | None:
         """Open a connection and send WATCH_METRICS from `next`; None once closed.
 
@@ -179,7 +171,8 @@ class MetricWatch:
         attempt = 0
         while not self._closed:
             attempt += 1
-            await asyncio.sleep(self._delay(attempt))
+            opts = self._options
+            await asyncio.sleep(backoff_delay(attempt, opts.initial_backoff, opts.max_backoff))
             if self._closed:
                 break
             try:

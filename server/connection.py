@@ -123,8 +123,8 @@ class Connection:
                 await self._queue.put(_END)
                 await self._writer_done.wait()
                 tg.cancel_scope.cancel()  # a watch pump, if any
-        except ConnectionClosed:
-            pass
+        except* ConnectionClosed:
+            pass  # the peer went away: nothing left to answer
         if self.stopping:
             # Unread messages would hide the peer's close frame: discard them while closing.
             async with anyio.create_task_group() as tg:

@@ -1,14 +1,22 @@
 """`fetchml` subcommands through cli.main() against a daemon subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from client import cli
-from tests.client.conftest import ADMIN_KEY, ALICE_KEY, ServerProcess, commit_of, free_port
+from client import MetricLogger, cli
+from tests.client.conftest import (
+    ADMIN_KEY,
+    ALICE_KEY,
+    ROOT,
+    ServerProcess,
+    commit_of,
+    free_port,
+)
 
 C = commit_of("cli")
 SUBCOMMANDS = (
@@ -265,3 +273,49 @@ def test_prune(server_process: ServerProcess, capsys: pytest.CaptureFixture[str]
     assert out[0] == "pruned 2 experiment(s)" and len(out) == 3
     assert set(out[1:]) < set(commits)
     assert len(run.json("ls")) == 1  # type: ignore[arg-type]
+
+
+def test_as_a_process(shared_server: ServerProcess) -> None:
+    """`python -m client.cli`: exit codes, stdout, and a pipe closed early."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = [sys.executable, "-m", "client.cli", "--url", shared_server.url, "--api-key", ADMIN_KEY]
+    done = subprocess.run([*base, "whoami"], capture_output=True, text=True, env=env, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        "admin (role root, scope all): *\n",
+        "",
+    )
+    done = subprocess.run(
+        [*base, "show", commit_of("cli-none")], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: experiment ") and done.stderr.count("\n") == 1
+    commit = commit_of("cli-pipe")
+    assert (
+        cli.main(
+            [
+                "--url",
+                shared_server.url,
+                "--api-key",
+                ADMIN_KEY,
+                "log",
+                commit,
+                "x",
+                "1",
+                "--create",
+            ]
+        )
+        == 0
+    )
+    with MetricLogger(commit, shared_server.url, ADMIN_KEY) as ml:
+        for i in range(20_000):  # ~1 MB of table: far more than a pipe holds
+            ml.log("x", float(i), step=i)
+    proc = subprocess.Popen(
+        [*base, "query", commit], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # like `| head -1`
+    assert proc.wait(60) == 0 and first.split()[:2] == [b"NAME", b"STEP"]
+    assert proc.stderr.read() == b""
+    proc.stderr.close()

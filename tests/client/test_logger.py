@@ -1,16 +1,25 @@
 """MetricLogger against a daemon subprocess: delivery, steps, policies, restarts."""
 
 import logging
+import math
+import os
+import subprocess
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from client import MetricLogger, NotFound, PermissionDenied
+from client.metrics import log_metrics_message
+from client.settings import Settings, key_hash
+from client.shipper import Shipper, ShipperConfig
 from protocol.records import RECORD_HEAD, RECORD_MIN, scan
-from tests.client.conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, ServerProcess, commit_of
+from protocol.requests import LogMetrics, MetricPoint, encode_request
+from tests.client.conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, ROOT, ServerProcess, commit_of
 
 NAMES = (b"loss", b"acc", b"lr", b"grad_norm")
 INDEX = {name: i for i, name in enumerate(NAMES)}
@@ -206,3 +215,43 @@ def test_one_million_points_survive_a_daemon_kill(server_process: ServerProcess)
     assert wrong == 0
     assert seen.count(0) == 0, f"{seen.count(0)} points lost (acked at kill: {acked_at_kill})"
     assert records - total <= stats.resent_batches * 1000
+
+
+def test_points_are_flushed_at_exit(shared_server: ServerProcess) -> None:
+    """A script that never calls close(): the atexit hook delivers what it logged."""
+    commit = commit_of("logger-atexit")
+    script = (
+        "from client import MetricLogger\n"
+        f"ml = MetricLogger({commit!r}, {shared_server.url!r}, {ADMIN_KEY!r})\n"
+        "for i in range(5000):\n"
+        "    ml.log('loss', i / 2, step=i)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    got = [(step, value) for _, step, value in each_record(metrics_file(shared_server, commit))]
+    assert got == [(i, i / 2) for i in range(5000)]
+
+
+def test_batches_are_the_codec_bytes() -> None:
+    """The shipper's pre-encoded batch is byte for byte the codec's LogMetrics."""
+    commit = bytes(range(20))
+    queue: deque[object] = deque([("loss", 0.5, 3), ("acc", math.nan, None), ("é", 1, 7)])
+    ship = Shipper(ShipperConfig(commit=commit, settings=Settings("ws://x/ws", "k")), queue)
+    ship._drain(emit_partial=True)
+    ((count, body),) = ship._unacked.values()
+    expected = encode_request(
+        LogMetrics(
+            key_hash=key_hash("k"),
+            commit_id=commit,
+            metrics=(
+                MetricPoint(3, 0.5, "loss"),
+                MetricPoint(0, math.nan, "acc"),
+                MetricPoint(7, 1.0, "é"),
+            ),
+        )
+    )
+    assert log_metrics_message(key_hash("k"), commit, count, body) == expected
+    assert ship.held == 3 and not queue

@@ -81,22 +81,26 @@ async def test_watch_of_a_missing_experiment_raises(daemon: Daemon) -> None:
 async def test_slow_subscriber_resumes_without_gap_or_duplicate(
     start_daemon: DaemonFactory,
 ) -> None:
-    """With a 1 KiB watch buffer every live push (2.6 KB) overflows: the server closes
-    1008 and the watch resumes from its last `next`. Writes are paced by their own
-    acks, not by the watcher, so some land while the subscriber is live."""
+    """The consumer stops reading while ~22 MB of live pushes arrive: socket buffers
+    fill, the server's send blocks, queued pushes outgrow the 1 KiB watch buffer and
+    the server closes 1008. Once reading again, the watch resumes from its last
+    `next`: every record exactly once, in order."""
     d = await start_daemon(server={"watch_buffer_bytes": 1024})
+    name = "n" * 200  # 221-byte records: many bytes for few records
     async with Client.connect(d.url, api_key=ADMIN_KEY) as c:
         await c.create_experiment(C)
-        await c.log_metrics(C, batch(0, 10))
-        got = Collector(c.watch(C, options=WatchOptions(initial_backoff=0.01)))
-        await got.until(10)
-        for k in range(100):
-            await c.log_metrics(C, batch(10 + 100 * k, 100))
-        await got.until(10_010)
-        assert got.records == await c.query(C)
-        assert len(got.records) == 10_010
-        assert got.watch.reconnects >= 1
-        await got.close()
+        await c.log_metrics(C, batch(0, 10, name))
+        watch = c.watch(C, options=WatchOptions(initial_backoff=0.01))
+        records = list((await anext(watch)).records)
+        assert len(records) == 10
+        for k in range(1000):  # not reading meanwhile: 22 MB, one 21 KB push per request
+            await c.log_metrics(C, batch(10 + 100 * k, 100, name))
+        async with asyncio.timeout(60):
+            while len(records) < 100_010:
+                records.extend((await anext(watch)).records)
+        assert records == await c.query(C)
+        assert watch.reconnects >= 1
+        await watch.aclose()
 
 
 async def test_watch_survives_daemon_restarts(server_process: ServerProcess) -> None:
