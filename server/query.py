@@ -10,7 +10,8 @@ from protocol.responses import encode_metrics_payload
 from .errors import InvalidRequest
 from .storage import ExperimentStore
 
-DEFAULT_LIMIT = 10000
+DEFAULT_LIMIT = 100_000
+"""Records per page when the request says 0; max_message_bytes usually binds first."""
 PAGE_OVERHEAD = 64
 """Packet header, data type and length prefixes around a metrics payload."""
 READ_BYTES = 1 << 20
@@ -60,12 +61,22 @@ async def query_page(store: ExperimentStore, req: QueryMetrics, max_message_byte
     total = await store.count(commit)
     full = False
     while index < total and not full:
+        if plain:  # whole records straight from the file, up to the limit and the budget
+            if budget - size < RECORD_MIN + 255 and count:
+                break
+            chunk = await store.read(commit, index, budget - size, limit - count)
+            if size + len(chunk.data) > budget:
+                break  # a single record larger than what is left
+            parts.append(chunk.data)
+            size, count, index = (
+                size + len(chunk.data),
+                count + chunk.records,
+                index + chunk.records,
+            )
+            full = count == limit
+            continue
         chunk = await store.read(commit, index, READ_BYTES)
         data = chunk.data
-        if plain and count + chunk.records <= limit and size + len(data) <= budget:
-            parts.append(data)
-            size, count, index = size + len(data), count + chunk.records, index + chunk.records
-            continue
         for start, end, step in _walk(data):
             if step_ok(req, step) and (name is None or data[start + RECORD_MIN : end] == name):
                 if size + end - start > budget:

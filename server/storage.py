@@ -448,16 +448,24 @@ class ExperimentStore:
         finally:
             os.close(fd)
 
-    async def read(self, commit: str, start: int = 0, max_bytes: int = READ_CHUNK) -> Chunk:
-        """Whole records from index `start`, at most `max_bytes` (at least one record)."""
+    async def read(
+        self, commit: str, start: int = 0, max_bytes: int = READ_CHUNK, max_records: int = 0
+    ) -> Chunk:
+        """Whole records from index `start`: at least one, at most `max_bytes` and
+        `max_records` (0: no count limit)."""
         exp = await self._scanned(commit)
         total = exp.count
         if start >= total:
             return Chunk(b"", total, 0, total)
+        stop = min(total, start + max_records) if max_records else total
         async with exp.read_lock:  # guards the offsets index; appends go on meanwhile
-            return await anyio.to_thread.run_sync(self._read_sync, exp, start, max_bytes, total)
+            return await anyio.to_thread.run_sync(
+                self._read_sync, exp, start, max_bytes, stop, total
+            )
 
-    def _read_sync(self, exp: Experiment, start: int, max_bytes: int, total: int) -> Chunk:
+    def _read_sync(
+        self, exp: Experiment, start: int, max_bytes: int, stop: int, total: int
+    ) -> Chunk:
         fd = os.open(exp.metrics_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             offsets = exp.offsets  # record starts, then the end of the last one
@@ -466,10 +474,11 @@ class ExperimentStore:
                 offsets.append(result.end)
                 del offsets[total + 1 :]
             total = min(total, len(offsets) - 1)
+            stop = min(stop, total)
             begin = offsets[start]
             limit = begin + max_bytes
             stop_index = max(
-                bisect.bisect_right(offsets, limit, start + 1, total + 1) - 1, start + 1
+                bisect.bisect_right(offsets, limit, start + 1, stop + 1) - 1, start + 1
             )
             data = os.pread(fd, offsets[stop_index] - begin, begin)
         finally:

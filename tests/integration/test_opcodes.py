@@ -686,11 +686,15 @@ async def test_query_metrics_paging(
     assert page.next == next_index
 
 
-async def test_query_metrics_limit_zero_is_the_server_default(daemon: Daemon) -> None:
+async def test_query_metrics_limit_zero_is_the_server_default(start_daemon: DaemonFactory) -> None:
+    daemon = await start_daemon(server={"max_message_bytes": 4 << 20})  # the limit binds first
     client = await daemon.client()
     cid = await create(client, "default-limit")
     total = DEFAULT_LIMIT + 5
-    await log(client, cid, [(i, float(i), "x") for i in range(total)])
+    for first in range(0, total, 50_000):
+        await log(
+            client, cid, [(i, float(i), "x") for i in range(first, min(first + 50_000, total))]
+        )
 
     page = await query(client, cid, limit=0)
     assert len(page.records) == DEFAULT_LIMIT

@@ -1,0 +1,611 @@
+"""The benchmark's load generator, run by scripts/bench.py in its own process.
+
+Every mode drives one server URL (the daemon or the baseline echo server, the
+same way for both), prints one JSON object on the last line of stdout, and
+reports what went wrong in its "errors" list: ERROR responses, closed or
+refused connections, missing answers. Modes:
+
+  pipeline  LOG_METRIC(S) frames, pre-encoded, pipelined (a window in flight) on
+            one or more connections, for a number of messages or of seconds
+  paced     frames at a fixed rate on one connection: request-to-ack latency
+  reads     QUERY_METRICS: paging a whole experiment, latest per name, LTTB
+  watch     watchers plus a paced writer in this process: push latency
+  watchers  watchers that only receive, until stdin closes (prints "ready" first)
+  idle      idle connections, held until stdin closes (prints "ready" first)
+
+Times come from time.perf_counter(), within this process only.
+"""
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import resource
+import struct
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from hashlib import sha256
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from protocol.enums import PacketType
+from protocol.records import decode_records
+from protocol.requests import (
+    LogMetric,
+    LogMetrics,
+    MetricPoint,
+    QueryMetrics,
+    Request,
+    WatchMetrics,
+    encode_request,
+)
+from protocol.responses import Data, Error, decode_response
+
+NAMES = ["loss", "accuracy", "learning_rate", "grad_norm", "val_loss"]
+MAX_RESPONSE_BYTES = 4 << 20
+PAGE_HEAD = struct.Struct(">QI")
+"""A DATA `metrics` payload starts with [next:u64][count:u32]."""
+CONNECT_AT_ONCE = 64
+"""Handshakes in progress at a time when opening many connections."""
+DRAIN_TIMEOUT_S = 60.0
+
+Errors = collections.Counter[str]
+
+
+def raise_open_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def open_ws(url: str) -> Any:
+    """A client connection with the daemon's transport settings (no compression)."""
+    return connect(
+        url,
+        compression=None,
+        max_size=MAX_RESPONSE_BYTES,
+        ping_interval=None,
+        proxy=None,
+        open_timeout=30,
+    )
+
+
+def key_hash(raw_key: str) -> bytes:
+    return sha256(raw_key.encode()).digest()[:16]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50, p90, p99 and max, in milliseconds (nearest rank)."""
+    if not seconds:
+        return {}
+    ordered = sorted(seconds)
+    return {
+        "p50": nearest_rank(ordered, 0.50) * 1000,
+        "p90": nearest_rank(ordered, 0.90) * 1000,
+        "p99": nearest_rank(ordered, 0.99) * 1000,
+        "max": ordered[-1] * 1000,
+    }
+
+
+def nearest_rank(ordered: list[float], fraction: float) -> float:
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+# -- frames and answers --------------------------------------------------------
+
+
+def metric_frames(key: bytes, commit: bytes, per_message: int, count: int) -> list[bytes]:
+    """`count` distinct encoded frames: LOG_METRIC when per_message is 1, else LOG_METRICS."""
+    frames = []
+    for i in range(count):
+        if per_message == 1:
+            request: Request = LogMetric(
+                key_hash=key, commit_id=commit, step=i, value=i * 0.001, name=NAMES[i % 5]
+            )
+        else:
+            points = tuple(
+                MetricPoint(i, (i * per_message + j) * 0.001, NAMES[j % 5])
+                for j in range(per_message)
+            )
+            request = LogMetrics(key_hash=key, commit_id=commit, metrics=points)
+        frames.append(encode_request(request))
+    return frames
+
+
+def describe(message: bytes | str) -> str:
+    """An unexpected answer, as text for the errors list."""
+    if isinstance(message, str):
+        return "text message from the server"
+    try:
+        response = decode_response(message)
+    except Exception as exc:
+        return f"undecodable response: {exc}"
+    if isinstance(response, Error):
+        return f"ERROR {response.code.name}: {response.message} {response.details}".rstrip()
+    return f"unexpected {type(response).__name__} response"
+
+
+def is_success(message: bytes | str, errors: Errors) -> bool:
+    if isinstance(message, bytes) and message[:1] == bytes((PacketType.SUCCESS,)):
+        return True
+    errors[describe(message)] += 1
+    return False
+
+
+def closed_text(exc: ConnectionClosed) -> str:
+    return f"connection closed: {exc}"
+
+
+def exception_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- pipeline: throughput ------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """One connection's pipelined run."""
+
+    sent: int = 0
+    ok: int = 0
+    """Requests answered with SUCCESS."""
+    answered: int = 0
+    seconds: float = 0.0
+    """From the first send to the last answer."""
+
+
+async def pipeline(
+    ws: ClientConnection,
+    frames: list[bytes],
+    messages: int,
+    deadline: float,
+    window: int,
+    errors: Errors,
+) -> Stream:
+    """Send frames round-robin with at most `window` unanswered, until `messages`
+    are sent or `deadline` (perf_counter) passes; then wait for every answer."""
+    stream = Stream()
+    slots = asyncio.Semaphore(window)
+    started = time.perf_counter()
+
+    async def receive() -> None:
+        try:
+            async for message in ws:
+                stream.answered += 1
+                stream.seconds = time.perf_counter() - started
+                stream.ok += is_success(message, errors)
+                slots.release()
+        except ConnectionClosed as exc:
+            errors[closed_text(exc)] += 1
+        finally:
+            for _ in range(window):  # the connection is gone: do not leave the sender waiting
+                slots.release()
+
+    receiver = asyncio.create_task(receive())
+    try:
+        while stream.sent < messages and time.perf_counter() < deadline:
+            await slots.acquire()
+            await ws.send(frames[stream.sent % len(frames)])
+            stream.sent += 1
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            for _ in range(window):  # all slots back: every request answered
+                await slots.acquire()
+    except ConnectionClosed as exc:
+        errors[closed_text(exc)] += 1
+    finally:
+        receiver.cancel()
+    if stream.answered != stream.sent:
+        errors[f"{stream.sent - stream.answered} requests got no answer"] += 1
+    return stream
+
+
+async def run_pipeline(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+    """One connection per commit, all started together."""
+    key = key_hash(args.key)
+    commits = [bytes.fromhex(c) for c in args.commits.split(",")]
+    distinct = min(args.messages, args.distinct_frames)
+    frames = [metric_frames(key, c, args.per_message, distinct) for c in commits]
+    connections = [await open_ws(args.url) for _ in commits]
+    try:
+        deadline = time.perf_counter() + args.seconds if args.seconds else math.inf
+        streams = await asyncio.gather(
+            *(
+                pipeline(ws, f, args.messages, deadline, args.window, errors)
+                for ws, f in zip(connections, frames, strict=True)
+            )
+        )
+    finally:
+        await asyncio.gather(*(ws.close() for ws in connections))
+    return {"per_message": args.per_message, "streams": [asdict(s) for s in streams]}
+
+
+# -- paced: latency --------------------------------------------------------------
+
+
+@dataclass
+class Paced:
+    """A paced run: send and answer times, in request order."""
+
+    sends: list[float] = field(default_factory=list)
+    answers: list[float] = field(default_factory=list)
+    ok: int = 0
+    """Requests answered with SUCCESS."""
+
+
+async def paced(
+    ws: ClientConnection, frames: list[bytes], rate: float, count: int, errors: Errors
+) -> Paced:
+    """Send `count` frames at `rate` per second, timing each request and its answer."""
+    run = Paced()
+    sends, answers = run.sends, run.answers
+
+    async def receive() -> None:
+        while len(answers) < count:
+            message = await ws.recv()
+            answers.append(time.perf_counter())
+            run.ok += is_success(message, errors)
+
+    receiver = asyncio.create_task(receive())
+    started = time.perf_counter()
+    try:
+        for i in range(count):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sends.append(time.perf_counter())
+            await ws.send(frames[i % len(frames)])
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            await receiver
+    except ConnectionClosed as exc:
+        errors[closed_text(exc)] += 1
+    finally:
+        receiver.cancel()
+    if len(answers) != count:
+        errors[f"{count - len(answers)} requests got no answer"] += 1
+    return run
+
+
+async def run_paced(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+    key = key_hash(args.key)
+    count = max(1, round(args.rate * args.seconds))
+    frames = metric_frames(key, bytes.fromhex(args.commits), args.per_message, min(count, 100))
+    async with open_ws(args.url) as ws:
+        run = await paced(ws, frames, args.rate, count, errors)
+    sends = run.sends
+    return {
+        "per_message": args.per_message,
+        "sent": len(sends),
+        "ok": run.ok,
+        "rate": (len(sends) - 1) / (sends[-1] - sends[0]) if len(sends) > 1 else 0.0,
+        "latency_ms": percentiles(latencies(run)),
+    }
+
+
+def latencies(run: Paced) -> list[float]:
+    return [a - s for s, a in zip(run.sends, run.answers, strict=False)]
+
+
+# -- reads -------------------------------------------------------------------------
+
+
+async def query(ws: ClientConnection, request: QueryMetrics, errors: Errors) -> bytes | None:
+    """One QUERY_METRICS: the DATA payload, or None (and an error) when refused."""
+    await ws.send(encode_request(request))
+    message = await ws.recv()
+    response = decode_response(message) if isinstance(message, bytes) else None
+    if isinstance(response, Data) and response.data_type == "metrics":
+        return response.payload
+    errors[describe(message)] += 1
+    return None
+
+
+async def page_through(
+    ws: ClientConnection, key: bytes, commit: bytes, errors: Errors
+) -> dict[str, Any]:
+    """Every record, a server-default page at a time, following `next` until 0.
+    Counts records from each page's header (decoding them is the client's work)."""
+    records = pages = after = 0
+    started = time.perf_counter()
+    while True:
+        payload = await query(ws, QueryMetrics(key_hash=key, commit_id=commit, after=after), errors)
+        if payload is None:
+            break
+        after, count = PAGE_HEAD.unpack_from(payload)
+        records += count
+        pages += 1
+        if after == 0:
+            break
+    return {"records": records, "pages": pages, "seconds": time.perf_counter() - started}
+
+
+async def timed_points(
+    ws: ClientConnection, request: QueryMetrics, errors: Errors
+) -> tuple[float, list[list[Any]]]:
+    """(seconds, [[name, step, value]...]) of one downsampling query."""
+    started = time.perf_counter()
+    payload = await query(ws, request, errors)
+    seconds = time.perf_counter() - started
+    if payload is None:
+        return seconds, []
+    records = decode_records(payload[PAGE_HEAD.size :])
+    return seconds, [[r.name, r.step, r.value] for r in records]
+
+
+async def run_reads(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+    key = key_hash(args.key)
+    many, one = bytes.fromhex(args.many), bytes.fromhex(args.one)
+    latest = QueryMetrics(key_hash=key, commit_id=many, max_points=2)
+    lttb = QueryMetrics(key_hash=key, commit_id=one, name=args.name, max_points=args.points)
+    async with open_ws(args.url) as ws:
+        first_pass = await page_through(ws, key, many, errors)
+        second_pass = await page_through(ws, key, many, errors)
+        latest_s, latest_points = await timed_points(ws, latest, errors)
+        await timed_points(ws, lttb, errors)  # first read of that file: the daemon indexes it
+        lttb_runs = [await timed_points(ws, lttb, errors) for _ in range(args.repeat)]
+    return {
+        "first_pass": first_pass,
+        "second_pass": second_pass,
+        "latest_ms": latest_s * 1000,
+        "latest_points": latest_points,
+        "lttb_ms": sorted(s * 1000 for s, _ in lttb_runs)[len(lttb_runs) // 2],
+        "lttb_points": lttb_runs[-1][1],
+    }
+
+
+# -- watch: push latency -------------------------------------------------------
+
+
+async def start_watch(url: str, key: bytes, commit: bytes, from_index: int) -> ClientConnection:
+    """A connection whose WATCH_METRICS was accepted (ConnectionError otherwise)."""
+    ws = await open_ws(url)
+    await ws.send(
+        encode_request(WatchMetrics(key_hash=key, commit_id=commit, from_index=from_index))
+    )
+    answer = await ws.recv()
+    if not (isinstance(answer, bytes) and answer[:1] == bytes((PacketType.SUCCESS,))):
+        await ws.close()
+        raise ConnectionError(f"WATCH_METRICS refused: {describe(answer)}")
+    return ws
+
+
+def push_page(message: bytes | str) -> tuple[int, int]:
+    """(next, count) of a DATA `metrics` push."""
+    response = decode_response(message) if isinstance(message, bytes) else None
+    if not isinstance(response, Data) or response.data_type != "metrics":
+        raise ValueError(describe(message))
+    next_index, count = PAGE_HEAD.unpack_from(response.payload)
+    return next_index, count
+
+
+async def open_many(opener: Callable[[], Coroutine[Any, Any, Any]], count: int) -> list[Any]:
+    """`count` results of opener(), CONNECT_AT_ONCE at a time; exceptions are returned."""
+    gate = asyncio.Semaphore(CONNECT_AT_ONCE)
+
+    async def one() -> Any:
+        async with gate:
+            return await opener()
+
+    return await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
+
+
+@dataclass
+class Receipts:
+    """What one watcher got: (perf_counter, next) per push, and records in total."""
+
+    pushes: list[tuple[float, int]] = field(default_factory=list)
+    records: int = 0
+
+
+async def receive_pushes(ws: ClientConnection, receipts: Receipts, errors: Errors) -> None:
+    try:
+        async for message in ws:
+            now = time.perf_counter()
+            next_index, count = push_page(message)
+            receipts.pushes.append((now, next_index))
+            receipts.records += count
+    except ConnectionClosed as exc:
+        errors[f"watcher {closed_text(exc)}"] += 1
+    except ValueError as exc:
+        errors[f"watcher got {exc}"] += 1
+
+
+def push_latencies(receipts: Receipts, acks: list[float], ends: list[int]) -> list[float]:
+    """Per written message: its ack time to the first push reaching past its records."""
+    out = []
+    pushes = receipts.pushes
+    j = 0
+    for ack, end in zip(acks, ends, strict=False):
+        while j < len(pushes) and pushes[j][1] < end:
+            j += 1
+        if j == len(pushes):
+            break
+        out.append(pushes[j][0] - ack)
+    return out
+
+
+async def wait_caught_up(receipts: list[Receipts], end: int, timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if all(r.pushes and r.pushes[-1][1] >= end for r in receipts):
+            return
+        await asyncio.sleep(0.01)
+
+
+async def run_watch(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+    key, commit = key_hash(args.key), bytes.fromhex(args.commits)
+    opened = await open_many(
+        lambda: start_watch(args.url, key, commit, args.from_index), args.watchers
+    )
+    watchers = [ws for ws in opened if isinstance(ws, ClientConnection)]
+    for failure in (f for f in opened if not isinstance(f, ClientConnection)):
+        errors[f"watcher not opened: {exception_text(failure)}"] += 1
+    receipts = [Receipts() for _ in watchers]
+    tasks = [
+        asyncio.create_task(receive_pushes(ws, r, errors))
+        for ws, r in zip(watchers, receipts, strict=True)
+    ]
+    count = max(1, round(args.rate * args.seconds))
+    frames = metric_frames(key, commit, args.per_message, min(count, 100))
+    async with open_ws(args.url) as writer:
+        run = await paced(writer, frames, args.rate, count, errors)
+    acks = run.answers
+    ends = [args.from_index + (i + 1) * args.per_message for i in range(len(acks))]
+    end = ends[-1] if ends else args.from_index
+    await wait_caught_up(receipts, end, timeout=30)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*(ws.close() for ws in watchers))
+    expected = run.ok * args.per_message
+    wrong = [r.records for r in receipts if r.records != expected]
+    if wrong:
+        errors[f"{len(wrong)} watchers got other than {expected} records, e.g. {wrong[0]}"] += 1
+    pushes = [x for r in receipts for x in push_latencies(r, acks, ends)]
+    return {
+        "watchers": len(watchers),
+        "ok": run.ok,
+        "ack_latency_ms": percentiles(latencies(run)),
+        "push_latency_ms": percentiles(pushes),
+        "samples": len(pushes),
+    }
+
+
+# -- watchers: followers under max-speed ingest ---------------------------------------
+
+
+@dataclass
+class Follow:
+    records: int = 0
+    pushes: int = 0
+    slow_closes: int = 0
+
+
+async def follow(
+    url: str, key: bytes, commit: bytes, from_index: int, ready: asyncio.Event, stats: Follow
+) -> None:
+    """One watcher until cancelled; closed as too slow, it resumes from the last `next`."""
+    next_index = from_index
+    while True:
+        ws = await start_watch(url, key, commit, next_index)
+        ready.set()
+        try:
+            async for message in ws:
+                next_index, count = push_page(message)
+                stats.records += count
+                stats.pushes += 1
+        except ConnectionClosed as exc:
+            if exc.rcvd is None or exc.rcvd.reason != "subscriber too slow":
+                raise
+            stats.slow_closes += 1
+            continue
+        finally:
+            await ws.close()
+        raise ConnectionError(f"watch stream ended: {ws.close_code} {ws.close_reason}")
+
+
+async def wait_ready(ready: list[asyncio.Event], tasks: list["asyncio.Task[None]"]) -> None:
+    """Until each watcher is accepted, or has failed (its task then holds the error)."""
+    for event, task in zip(ready, tasks, strict=True):
+        accepted = asyncio.create_task(event.wait())
+        await asyncio.wait({accepted, task}, return_when=asyncio.FIRST_COMPLETED)
+        accepted.cancel()
+
+
+async def run_watchers(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+    key, commit = key_hash(args.key), bytes.fromhex(args.commits)
+    stats = [Follow() for _ in range(args.watchers)]
+    ready = [asyncio.Event() for _ in stats]
+    tasks = [
+        asyncio.create_task(follow(args.url, key, commit, args.from_index, r, s))
+        for r, s in zip(ready, stats, strict=True)
+    ]
+    await wait_ready(ready, tasks)
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.read)  # the bench closes our stdin when done
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except (WebSocketException, OSError, ConnectionError, ValueError) as exc:
+            errors[f"watcher failed: {exception_text(exc)}"] += 1
+    return {
+        "watchers": len(stats),
+        "records": sum(s.records for s in stats),
+        "pushes": sum(s.pushes for s in stats),
+        "slow_closes": sum(s.slow_closes for s in stats),
+    }
+
+
+# -- idle: memory per connection --------------------------------------------------------
+
+
+async def run_idle(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+    opened = await open_many(lambda: open_ws(args.url), args.connections)
+    connections = [ws for ws in opened if isinstance(ws, ClientConnection)]
+    for failure in (f for f in opened if not isinstance(f, ClientConnection)):
+        errors[f"connection not opened: {exception_text(failure)}"] += 1
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.read)  # the bench closes our stdin when done
+    await asyncio.gather(*(ws.close() for ws in connections))
+    return {"connections": len(connections)}
+
+
+# -- main ------------------------------------------------------------------------------------
+
+MODES = {
+    "pipeline": run_pipeline,
+    "paced": run_paced,
+    "reads": run_reads,
+    "watch": run_watch,
+    "watchers": run_watchers,
+    "idle": run_idle,
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=sorted(MODES))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--key", default="", help="raw API key")
+    parser.add_argument("--commits", default="", help="commit hex, comma-separated for pipeline")
+    parser.add_argument("--per-message", type=int, default=1, help="metrics per frame")
+    parser.add_argument("--messages", type=int, default=sys.maxsize, help="pipeline: frames")
+    parser.add_argument("--seconds", type=float, default=0.0, help="pipeline, paced, watch")
+    parser.add_argument("--window", type=int, default=1000, help="pipeline: unanswered at most")
+    parser.add_argument("--distinct-frames", type=int, default=100, help="sent round-robin")
+    parser.add_argument("--rate", type=float, default=10_000, help="paced, watch: frames/s")
+    parser.add_argument("--watchers", type=int, default=100)
+    parser.add_argument("--from-index", type=int, default=0)
+    parser.add_argument("--connections", type=int, default=1000, help="idle")
+    parser.add_argument("--many", default="", help="reads: commit hex with many names")
+    parser.add_argument("--one", default="", help="reads: commit hex with one long series")
+    parser.add_argument("--name", default="loss", help="reads: the long series' name")
+    parser.add_argument("--points", type=int, default=1000, help="reads: LTTB max_points")
+    parser.add_argument("--repeat", type=int, default=3, help="reads: LTTB runs (median)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_open_file_limit()
+    errors: Errors = collections.Counter()
+    try:
+        result = asyncio.run(MODES[args.mode](args, errors))
+    except (WebSocketException, OSError, ConnectionError, TimeoutError) as exc:
+        errors[exception_text(exc)] += 1
+        result = {}
+    result["errors"] = [f"{text} (x{n})" if n > 1 else text for text, n in errors.items()]
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
