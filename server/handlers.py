@@ -34,6 +34,7 @@ from .config import Config
 from .errors import InvalidRequest, NotFound, StorageFault
 from .jobs import JobQueue
 from .query import query_page
+from .series import SeriesCache
 from .storage import ExperimentStore
 from .views import dumps, experiment_json, metadata_json
 from .watch import Subscriber, WatchHub
@@ -53,6 +54,10 @@ class Context:
     hub: WatchHub
     limiter: RateLimiter
     audit: Audit = field(default=lambda *a, **k: None)
+    series: SeriesCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.series = SeriesCache(self.store)
 
 
 def _now() -> int:
@@ -153,7 +158,7 @@ async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) ->
 async def query_metrics(ctx: Context, who: Identity, req: QueryMetrics) -> Response:
     who.require("jobs:read")
     _owner(ctx, who, req.commit_hex)
-    payload = await query_page(ctx.store, req, ctx.config.server.max_message_bytes)
+    payload = await query_page(ctx.store, ctx.series, req, ctx.config.server.max_message_bytes)
     return Data(timestamp=_now(), data_type="metrics", payload=payload)
 
 

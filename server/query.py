@@ -1,13 +1,15 @@
 """QUERY_METRICS: filtered pages by record index, and LTTB downsampling per name."""
 
 import struct
+from array import array
 from collections.abc import Sequence
 
-from protocol.records import RECORD_HEAD, RECORD_MIN
+from protocol.records import RECORD_MIN
 from protocol.requests import QueryMetrics
 from protocol.responses import encode_metrics_payload
 
 from .errors import InvalidRequest
+from .series import SeriesCache, lttb
 from .storage import ExperimentStore
 
 DEFAULT_LIMIT = 100_000
@@ -18,18 +20,7 @@ READ_BYTES = 1 << 20
 ALL_STEPS = (0, 0xFFFFFFFF)
 
 
-def _select(
-    data: bytes, name: bytes | None, step_from: int, step_to: int
-) -> list[tuple[int, int, int]]:
-    """(start, end, step) of the records in `data` that match."""
-    return [
-        (start, end, step)
-        for start, end, step in _walk(data)
-        if step_from <= step <= step_to and (name is None or data[start + RECORD_MIN : end] == name)
-    ]
-
-
-def _walk(data: bytes) -> list[tuple[int, int, int]]:
+def walk(data: bytes) -> list[tuple[int, int, int]]:
     """(start, end, step) of every record in a buffer of whole records."""
     out = []
     pos = 0
@@ -46,10 +37,12 @@ def _walk(data: bytes) -> list[tuple[int, int, int]]:
 _STEP_LEN = struct.Struct(">8xI8xB")
 
 
-async def query_page(store: ExperimentStore, req: QueryMetrics, max_message_bytes: int) -> bytes:
+async def query_page(
+    store: ExperimentStore, cache: SeriesCache, req: QueryMetrics, max_message_bytes: int
+) -> bytes:
     """The DATA `metrics` payload for one QUERY_METRICS request."""
     if req.max_points:
-        return await downsample(store, req, max_message_bytes)
+        return await downsample(cache, req, max_message_bytes)
     commit = req.commit_hex
     limit = req.limit or DEFAULT_LIMIT
     budget = max_message_bytes - PAGE_OVERHEAD - 12
@@ -77,7 +70,7 @@ async def query_page(store: ExperimentStore, req: QueryMetrics, max_message_byte
             continue
         chunk = await store.read(commit, index, READ_BYTES)
         data = chunk.data
-        for start, end, step in _walk(data):
+        for start, end, step in walk(data):
             if step_ok(req, step) and (name is None or data[start + RECORD_MIN : end] == name):
                 if size + end - start > budget:
                     full = True
@@ -97,73 +90,27 @@ def step_ok(req: QueryMetrics, step: int) -> bool:
     return req.step_from <= step <= req.step_to
 
 
-async def downsample(store: ExperimentStore, req: QueryMetrics, max_message_bytes: int) -> bytes:
+async def downsample(cache: SeriesCache, req: QueryMetrics, max_message_bytes: int) -> bytes:
     """Per name, min(n, max_points) points chosen by LTTB; names in order of first appearance."""
-    commit = req.commit_hex
-    name = req.name.encode() if req.name else None
-    series: dict[bytes, list[tuple[int, int, float]]] = {}
-    chunks: list[bytes] = []
-    index = 0
-    total = await store.count(commit)
-    while index < total:
-        chunk = await store.read(commit, index, READ_BYTES)
-        base = len(chunks)
-        chunks.append(chunk.data)
-        data = chunk.data
-        for start, end, step in _select(data, name, req.step_from, req.step_to):
-            key = data[start + RECORD_MIN : end]
-            value = RECORD_HEAD.unpack_from(data, start)[2]
-            series.setdefault(key, []).append((base << 40 | start, step, value))
-        index += chunk.records
-    parts: list[bytes] = []
-    size = count = 0
+    columns = await cache.get(req.commit_hex)
+    names = [req.name.encode()] if req.name else list(columns)
     budget = max_message_bytes - PAGE_OVERHEAD - 12
-    for points in series.values():
-        for i in lttb([(step, value) for _, step, value in points], req.max_points):
-            ref = points[i][0]
-            data = chunks[ref >> 40]
-            start = ref & ((1 << 40) - 1)
-            record = data[start : start + RECORD_MIN + data[start + RECORD_MIN - 1]]
+    parts: list[bytes] = []
+    size = 0
+    for name in names:
+        series = columns.get(name)
+        if series is None:
+            continue
+        steps, values = series.steps, series.values
+        picked: Sequence[int] = range(len(steps))
+        if (req.step_from, req.step_to) != ALL_STEPS:
+            picked = [i for i, step in enumerate(steps) if req.step_from <= step <= req.step_to]
+            steps = array("I", [steps[i] for i in picked])
+            values = array("d", [values[i] for i in picked])
+        for k in lttb(steps, values, req.max_points):
+            record = series.record(picked[k], name)
             size += len(record)
             if size > budget:
                 raise InvalidRequest("too many points: lower max_points or filter by name")
             parts.append(record)
-            count += 1
-    return encode_metrics_payload(0, count, b"".join(parts))
-
-
-def lttb(points: Sequence[tuple[int, float]], threshold: int) -> list[int]:
-    """Largest-Triangle-Three-Buckets: indices of `threshold` points, first and last kept."""
-    n = len(points)
-    if threshold >= n:
-        return list(range(n))
-    if threshold == 1:
-        return [0]
-    if threshold == 2:
-        return [0, n - 1]
-    xs = [float(p[0]) for p in points]
-    ys = [p[1] for p in points]
-    every = (n - 2) / (threshold - 2)
-    chosen = [0]
-    a = 0
-    for i in range(threshold - 2):
-        start = int(i * every) + 1
-        stop = int((i + 1) * every) + 1
-        next_start, next_stop = stop, min(int((i + 2) * every) + 1, n)
-        if i == threshold - 3:
-            next_start, next_stop = n - 1, n
-        span = next_stop - next_start
-        avg_x = sum(xs[next_start:next_stop]) / span
-        avg_y = sum(ys[next_start:next_stop]) / span
-        ax, ay = xs[a], ys[a]
-        best = start
-        best_area = -1.0
-        dx, dy = ax - avg_x, avg_y - ay
-        for j in range(start, stop):
-            area = abs(dx * (ys[j] - ay) + dy * (xs[j] - ax))
-            if area > best_area:
-                best_area, best = area, j
-        chosen.append(best)
-        a = best
-    chosen.append(n - 1)
-    return chosen
+    return encode_metrics_payload(0, len(parts), b"".join(parts))

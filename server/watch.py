@@ -15,7 +15,7 @@ from protocol.enums import PacketType
 from protocol.records import RECORD_MIN
 from protocol.responses import HEADER, encode_metrics_payload, encode_uvarint
 
-from .query import _walk
+from .query import walk
 from .storage import ExperimentStore
 
 PAGE_BYTES = 256 << 10
@@ -43,7 +43,7 @@ def filter_records(data: bytes, total: int, name: bytes | None, skip: int = 0) -
         return data, total
     kept = [
         data[start:end]
-        for start, end, _ in _walk(data)[skip:]
+        for start, end, _ in walk(data)[skip:]
         if name is None or data[start + RECORD_MIN : end] == name
     ]
     return b"".join(kept), len(kept)
