@@ -50,6 +50,8 @@ from .files import (
 
 logger = logging.getLogger(__name__)
 
+INLINE_WRITE_BYTES = 256 << 10
+"""Flushes up to this size are written on the event loop in durability `write`."""
 MAX_FLUSH_BYTES = 8 << 20
 """A flush never writes more; so a crash tears at most this much."""
 
@@ -283,8 +285,11 @@ class ExperimentStore:
                 count = sum(p.records for p in batch)
                 started = time.perf_counter()
                 try:
-                    async with exp.lock:
-                        first = await anyio.to_thread.run_sync(self._write, exp, data, count)
+                    first = self._write_inline(exp, data, count)
+                    if first is None:
+                        async with exp.lock:
+                            first = await anyio.to_thread.run_sync(self._write, exp, data, count)
+                    assert first is not None  # a write that waits always gets the lock
                 except OSError as exc:
                     logger.error("append to %s failed: %s", exp.commit, exc)
                     _fail(batch, storage_error(exc))
@@ -306,15 +311,33 @@ class ExperimentStore:
             exp.writing = []
         self._evict()
 
-    def _write(self, exp: Experiment, data: bytes, count: int) -> int:
-        """In a thread: lock, check the file's end, write, sync. Returns the first index."""
+    def _write_inline(self, exp: Experiment, data: bytes, count: int) -> int | None:
+        """A small write to the page cache, on the event loop: a thread hop would cost more
+        than the write (and, under load, up to the interpreter's switch interval in latency).
+        None when it has to go to a thread: fsync, first open, a big batch, a busy lock."""
+        if (
+            self.durability != "write"
+            or exp.fd is None
+            or exp.corrupt
+            or len(data) > INLINE_WRITE_BYTES
+            or exp.lock.locked()
+        ):
+            return None
+        return self._write(exp, data, count, wait=False)
+
+    def _write(self, exp: Experiment, data: bytes, count: int, wait: bool = True) -> int | None:
+        """Lock, check the file's end, write, sync. Returns the first index (None when
+        `wait` is False and another process holds the file lock)."""
         if exp.fd is None:
             self._open_for_append(exp)
         if exp.corrupt:
             raise StorageFault("metrics file corrupt")
         fd = exp.fd
         assert fd is not None
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
         try:
             size = os.fstat(fd).st_size
             if size != exp.end:
