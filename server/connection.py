@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from protocol.enums import ErrorCode, Opcode
 from protocol.errors import ProtocolError
@@ -99,15 +99,27 @@ class Connection:
         raw = handshake_key(ws.request.headers) if ws.request else None
         self.bound = key_hash(raw) if raw else None
         self.peer = ws.remote_address[0] if ws.remote_address else "?"
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(ctx.config.server.max_inflight_requests)
-        self._accepted = 0
-        self._sent = 0
-        self._idle = asyncio.Event()
-        self._room = asyncio.Event()
         self._cached: tuple[bytes, KeyTable, Identity] | None = None
         self._reading = anyio.CancelScope()
-        self._writer_done = asyncio.Event()
+        self._queue: asyncio.Queue[Any] | None = None
+        """Accepted requests on their way to the writer; made with the first message."""
+        self._accepted = 0
+        self._sent = 0
         self.stopping = False
+
+    @property
+    def accepted(self) -> int:
+        """Requests accepted so far (applied or queued for group commit)."""
+        return self._accepted
+
+    @property
+    def answered(self) -> int:
+        return self._sent
+
+    @property
+    def queued(self) -> int:
+        """Accepted requests whose final response is not sent yet, up to max_inflight_requests."""
+        return self._queue.qsize() if self._queue else 0
 
     def stop(self) -> None:
         """Stop reading (graceful shutdown): answer what was accepted, then close 1001."""
@@ -115,22 +127,37 @@ class Connection:
         self._reading.cancel()
 
     async def serve(self) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer, tg)
-                with self._reading:
-                    await self._reader(tg)
-                await self._queue.put(_END)
-                await self._writer_done.wait()
-                tg.cancel_scope.cancel()  # a watch pump, if any
-        except* ConnectionClosed:
-            pass  # the peer went away: nothing left to answer
+        first: bytes | str | None = None
+        with self._reading, contextlib.suppress(ConnectionClosed):
+            first = await self.ws.recv()  # an idle connection waits here and holds little else
+        if first is not None:
+            await self._serve(first)
         if self.stopping:
             # Unread messages would hide the peer's close frame: discard them while closing.
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._discard)
                 await self.ws.close(1001, "server shutting down")
                 tg.cancel_scope.cancel()
+
+    async def _serve(self, first: bytes | str) -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue(self.ctx.config.server.max_inflight_requests)
+        self._queue = queue
+        self._idle = asyncio.Event()
+        self._room = asyncio.Event()
+        self._writer_done = asyncio.Event()
+        self._reading = anyio.CancelScope()  # a scope is entered once: a new one for this phase
+        if self.stopping:
+            self._reading.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, tg, queue)
+                with self._reading:
+                    await self._reader(tg, queue, first)
+                await queue.put(_END)
+                await self._writer_done.wait()
+                tg.cancel_scope.cancel()  # a watch pump, if any
+        except* ConnectionClosed:
+            pass  # the peer went away: nothing left to answer
 
     async def _discard(self) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -139,33 +166,37 @@ class Connection:
 
     # -- reader --------------------------------------------------------------
 
-    async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _reader(
+        self, tg: anyio.abc.TaskGroup, queue: "asyncio.Queue[Any]", message: bytes | str
+    ) -> None:
         ws = self.ws
-        async for message in ws:
+        while True:
             if isinstance(message, str):
                 await ws.close(1003, "binary messages only")
                 return
-            while self._queue.full():  # backpressure: apply nothing more until answers go out
+            while queue.full():  # backpressure: apply nothing more until answers go out
                 self._room.clear()
                 await self._room.wait()
             item = self._accept(message)
             if isinstance(item, _Pending | bytes):
                 self._accepted += 1
-                self._queue.put_nowait(item)
-                continue
-            # A barrier: it runs once everything before it is answered; stop() waits for it.
-            with anyio.CancelScope(shield=True):
-                await self._drain()
-                if self._writer_done.is_set():
-                    return
-                if isinstance(item, Subscriber):
-                    await self._start_watch(item, tg)
-                    break
-                packet = await self._run(item)
-                self._accepted += 1
-                self._queue.put_nowait(packet)
-        else:
-            return
+                queue.put_nowait(item)
+            else:
+                # A barrier: it runs once everything before it is answered; stop() waits for it.
+                with anyio.CancelScope(shield=True):
+                    await self._drain()
+                    if self._writer_done.is_set():
+                        return
+                    if isinstance(item, Subscriber):
+                        await self._start_watch(item, tg)
+                        break
+                    packet = await self._run(item)
+                    self._accepted += 1
+                    queue.put_nowait(packet)
+            try:
+                message = await ws.recv()
+            except ConnectionClosedOK:
+                return
         # Watching: any further message is a protocol violation.
         async for _ in ws:
             await ws.close(1008, "no requests after WATCH_METRICS")
@@ -294,8 +325,7 @@ class Connection:
 
     # -- writer --------------------------------------------------------------
 
-    async def _writer(self, tg: anyio.abc.TaskGroup) -> None:
-        queue = self._queue
+    async def _writer(self, tg: anyio.abc.TaskGroup, queue: "asyncio.Queue[Any]") -> None:
         send = self.ws.send
         try:
             while True:

@@ -258,9 +258,9 @@ async def test_backpressure_bounds_inflight_and_others_are_served(
     try:
         # The hog never reads: its responses fill the socket, the writer blocks, the
         # queue fills and the reader stops reading.
-        await poll(lambda: conn._queue.full() or sender.done(), "the hog's queue to fill")
+        await poll(lambda: conn.queued == limit or sender.done(), "the hog's queue to fill")
         assert not sender.done(), "all 50,000 requests were taken in while nobody read"
-        assert conn._accepted < total
+        assert conn.accepted < total
 
         # Meanwhile another connection is served normally.
         assert isinstance(await other.call(WhoAmI(key_hash=ADMIN)), Data)
@@ -268,7 +268,7 @@ async def test_backpressure_bounds_inflight_and_others_are_served(
         assert isinstance(logged, Success) and logged.message == ""
         other_page = page(await other.call(query(commit, name="other")))
         assert keys(other_page[1]) == [("other", 7, 7.0)]
-        assert not sender.done() and conn._accepted < total  # the hog is still held back
+        assert not sender.done() and conn.accepted < total  # the hog is still held back
 
         widen(hog)
         responses = [await hog.recv() for _ in range(total)]
@@ -325,8 +325,8 @@ class Peak:
         assert self.daemon.app.ctx is not None
         store = self.daemon.app.ctx.store
         while not self.stop:
-            self.queue = max(self.queue, self.conn._queue.qsize())
-            self.unanswered = max(self.unanswered, self.conn._accepted - self.conn._sent)
+            self.queue = max(self.queue, self.conn.queued)
+            self.unanswered = max(self.unanswered, self.conn.accepted - self.conn.answered)
             exp = store._experiments.get(self.commit)
             if exp is not None:
                 self.pending = max(self.pending, len(exp.pending))
