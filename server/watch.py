@@ -19,6 +19,8 @@ from .query import walk
 from .storage import ExperimentStore
 
 PAGE_BYTES = 256 << 10
+MERGE_BYTES = 1 << 20
+"""Queued batches merge into one push packet up to this size."""
 _DATA_TYPE = encode_uvarint(len(b"metrics")) + b"metrics"
 
 
@@ -57,26 +59,38 @@ class Subscriber:
         self.limit = limit
         self.live = False
         self.overflow = False
-        self.packets: deque[bytes] = deque()
+        self.batches: deque[tuple[bytes, int, int]] = deque()
+        """Committed records not yet sent: (records, count, index just past the batch)."""
         self.queued = 0
         self.wakeup = asyncio.Event()
 
-    def push(self, packet: bytes, next_index: int) -> None:
-        if self.packets and self.queued + len(packet) > self.limit:
+    def push(self, records: bytes, count: int, next_index: int) -> None:
+        if self.batches and self.queued + len(records) > self.limit:
             self.overflow = True
         else:
-            self.packets.append(packet)
-            self.queued += len(packet)
+            self.batches.append((records, count, next_index))
+            self.queued += len(records)
             self.next = next_index
         self.wakeup.set()
+
+    def _take(self) -> bytes:
+        """One packet of the queued batches: merged, so a watcher that lags a little
+        costs one send per wakeup, not one per flush."""
+        parts: list[bytes] = []
+        count = size = next_index = 0
+        while self.batches and (not parts or size + len(self.batches[0][0]) <= MERGE_BYTES):
+            records, n, next_index = self.batches.popleft()
+            parts.append(records)
+            count += n
+            size += len(records)
+        self.queued -= size
+        return metrics_packet(next_index, b"".join(parts), count)
 
     async def run(self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send until cancelled; raises SlowSubscriber when the buffer overflows."""
         while True:
-            while self.packets:
-                packet = self.packets.popleft()
-                self.queued -= len(packet)
-                await send(packet)
+            while self.batches:
+                await send(self._take())
             if self.overflow:
                 raise SlowSubscriber
             if not self.live:
@@ -85,7 +99,7 @@ class Subscriber:
                     continue
                 self.live = True
             self.wakeup.clear()
-            if not self.packets and self.live:
+            if not self.batches and self.live:
                 await self.wakeup.wait()
 
     async def _backfill(
@@ -123,7 +137,7 @@ class WatchHub:
         if not subs:
             return
         end = first + count
-        shared: dict[bytes | None, bytes | None] = {}
+        shared: dict[bytes | None, tuple[bytes, int]] = {}
         for sub in subs:
             if not sub.live or first > sub.next:
                 sub.live = False  # behind, or a gap (another writer): read from disk
@@ -132,17 +146,12 @@ class WatchHub:
             if end <= sub.next:
                 continue
             if first < sub.next:
-                packet = self._packet(data, count, sub.name, end, sub.next - first)
+                records, kept = filter_records(data, count, sub.name, sub.next - first)
             else:
                 if sub.name not in shared:
-                    shared[sub.name] = self._packet(data, count, sub.name, end, 0)
-                packet = shared[sub.name]
-            if packet is None:
-                sub.next = end
+                    shared[sub.name] = filter_records(data, count, sub.name)
+                records, kept = shared[sub.name]
+            if kept:
+                sub.push(records, kept, end)
             else:
-                sub.push(packet, end)
-
-    @staticmethod
-    def _packet(data: bytes, total: int, name: bytes | None, end: int, skip: int) -> bytes | None:
-        records, kept = filter_records(data, total, name, skip)
-        return metrics_packet(end, records, kept) if kept else None
+                sub.next = end
