@@ -123,6 +123,9 @@ def cut_tail(fd: int, metrics: Path, end: int, size: int) -> Path:
     try:
         write_all(cfd, removed)
         os.fsync(cfd)
+    except BaseException:
+        copy.unlink(missing_ok=True)  # no half copy beside the file
+        raise
     finally:
         os.close(cfd)
     os.ftruncate(fd, end)

@@ -364,17 +364,9 @@ class ExperimentStore:
             logger.error("%s shrank to %d bytes under us; rescanning", exp.metrics_path, size)
             exp.end = exp.count = 0
             exp.offsets = array("Q", [0])
-        result = scan_file(fd, exp.end, exp.count)
-        exp.end, exp.count, exp.size = result.end, result.records, result.size
-        if result.size > result.end:
-            copy = cut_tail(fd, exp.metrics_path, result.end, result.size)
-            logger.warning(
-                "cut %d unacknowledged bytes from %s (copy: %s)",
-                result.size - result.end,
-                exp.metrics_path,
-                copy.name,
-            )
-        del exp.offsets[len(exp.offsets) :]
+        self._settle(exp, fd, scan_file(fd, exp.end, exp.count))
+        if exp.corrupt:
+            raise StorageFault("metrics file corrupt")
 
     def _open_for_append(self, exp: Experiment) -> None:
         """First open: create if missing, recover a torn tail, refuse a corrupt file."""
@@ -388,40 +380,40 @@ class ExperimentStore:
                 fsync_dir(exp.path)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                result = scan_file(fd)
-                exp.end, exp.count, exp.size, exp.scanned = (
-                    result.end,
-                    result.records,
-                    result.size,
-                    True,
-                )
                 exp.offsets = array("Q", [0])
-                remainder = result.size - result.end
-                exp.corrupt = remainder > MAX_TORN_BYTES
-                if exp.corrupt:
-                    logger.error(
-                        "%s: %d unparseable bytes after the valid prefix (%d records): "
-                        "corrupt, appends refused; run fetchml-server fsck",
-                        path,
-                        remainder,
-                        result.records,
-                    )
-                elif remainder:
-                    copy = cut_tail(fd, path, result.end, result.size)
-                    exp.size = result.end
-                    logger.warning(
-                        "recovered %s: cut a torn tail of %d bytes after %d records (copy: %s)",
-                        path,
-                        remainder,
-                        result.records,
-                        copy.name,
-                    )
+                self._settle(exp, fd, scan_file(fd))
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except BaseException:
             os.close(fd)
             raise
         exp.fd = fd
+
+    @staticmethod
+    def _settle(exp: Experiment, fd: int, result: files.FileScan) -> None:
+        """Take a scan's valid prefix; cut a torn tail (keeping a copy), or mark a larger
+        remainder corrupt: appends are refused and only fsck --repair cuts it."""
+        exp.end, exp.count, exp.size, exp.scanned = result.end, result.records, result.size, True
+        remainder = result.size - result.end
+        exp.corrupt = remainder > MAX_TORN_BYTES
+        if exp.corrupt:
+            logger.error(
+                "%s: %d unparseable bytes after the valid prefix (%d records): "
+                "corrupt, appends refused; run fetchml-server fsck",
+                exp.metrics_path,
+                remainder,
+                result.records,
+            )
+        elif remainder:
+            copy = cut_tail(fd, exp.metrics_path, result.end, result.size)
+            exp.size = result.end
+            logger.warning(
+                "recovered %s: cut a torn tail of %d bytes after %d records (copy: %s)",
+                exp.metrics_path,
+                remainder,
+                result.records,
+                copy.name,
+            )
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is written."""
@@ -446,8 +438,12 @@ class ExperimentStore:
         if not exp.path.is_dir():
             self._experiments.pop(commit, None)
             raise NotFound(f"experiment {commit} not found")
-        async with exp.lock:
-            await anyio.to_thread.run_sync(self._refresh, exp)
+        try:
+            async with exp.lock:
+                await anyio.to_thread.run_sync(self._refresh, exp)
+        except OSError as exc:
+            logger.error("reading %s failed: %s", exp.metrics_path, exc)
+            raise storage_error(exc) from None
         return exp
 
     def _refresh(self, exp: Experiment) -> None:
@@ -481,10 +477,14 @@ class ExperimentStore:
         if start >= total:
             return Chunk(b"", total, 0, total)
         stop = min(total, start + max_records) if max_records else total
-        async with exp.read_lock:  # guards the offsets index; appends go on meanwhile
-            return await anyio.to_thread.run_sync(
-                self._read_sync, exp, start, max_bytes, stop, total
-            )
+        try:
+            async with exp.read_lock:  # guards the offsets index; appends go on meanwhile
+                return await anyio.to_thread.run_sync(
+                    self._read_sync, exp, start, max_bytes, stop, total
+                )
+        except OSError as exc:
+            logger.error("reading %s failed: %s", exp.metrics_path, exc)
+            raise storage_error(exc) from None
 
     def _read_sync(
         self, exp: Experiment, start: int, max_bytes: int, stop: int, total: int
