@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from protocol.responses import json_value
+
 from .connection import Client
 from .errors import InvalidRequest
 from .export import ProgressBar, export_metrics, guess_format, load_optional
-from .models import Metric, json_value, metric_to_json
+from .models import Metric, metric_to_json
 from .output import dumps, emit, fmt_time, fmt_value, jobs_table, metric_json, metrics_table, table
 
 PROGRESS_MIN_RECORDS = 100_000

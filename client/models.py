@@ -5,12 +5,12 @@ name): reads return millions of them, and a tuple costs a fraction of a
 dataclass. Everything else is a frozen dataclass built by `from_json`.
 """
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from protocol.enums import JobStatus
 from protocol.records import MetricRecord
+from protocol.responses import float_value, json_value
 
 from .errors import InvalidRequest
 
@@ -19,26 +19,6 @@ Metric = MetricRecord
 
 COMMIT_BYTES = 20
 MAX_STEP = 0xFFFFFFFF
-
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def float_value(raw: Any) -> float:
-    """A JSON metric value: a number, or "NaN" / "Infinity" / "-Infinity"."""
-    if isinstance(raw, str):
-        return _NON_FINITE[raw]
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise TypeError(f"metric value must be a number, got {raw!r}")
-    return float(raw)
-
-
-def json_value(value: float) -> float | str:
-    """The JSON form of a metric value (non-finite values as the protocol's strings)."""
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
 
 
 def parse_commit(commit: str | bytes) -> bytes:

@@ -7,7 +7,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from .models import Job, Metric, json_value
+from protocol.responses import json_value
+
+from .models import Job, Metric
 
 
 def fmt_time(ts: int | None) -> str:

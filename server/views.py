@@ -1,19 +1,10 @@
 """JSON shapes of PROTOCOL.md section 4, shared by handlers and operator commands."""
 
 import json
-import math
 from typing import Any
 
 from protocol.records import Metadata, MetricRecord
-
-
-def json_value(value: float) -> float | str:
-    """Non-finite values travel as the strings "NaN", "Infinity", "-Infinity"."""
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
+from protocol.responses import json_value
 
 
 def metadata_json(commit: str, meta: Metadata | None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Responses and the DATA `metrics` payload: round trips, decode errors, fuzzing."""
 
+import math
 import struct
 
 import pytest
@@ -23,6 +24,8 @@ from protocol.responses import (
     encode_metrics_payload,
     encode_response,
     encode_uvarint,
+    float_value,
+    json_value,
 )
 
 FUZZ = settings(max_examples=200, deadline=None)
@@ -348,3 +351,26 @@ def test_fuzz_metrics_payload_cut_and_tail(items, count, data):
     cut = data.draw(st.integers(0, len(payload)), label="cut")
     tail = data.draw(st.binary(max_size=40), label="tail")
     only_protocol_errors(decode_metrics_payload, payload[:cut] + tail)
+
+
+# --- JSON metric values -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(math.nan, "NaN"), (math.inf, "Infinity"), (-math.inf, "-Infinity"), (0.25, 0.25)],
+)
+def test_json_value_and_back(value: float, text: float | str) -> None:
+    assert json_value(value) == text or (math.isnan(value) and json_value(value) == "NaN")
+    back = float_value(json_value(value))
+    assert back == value or (math.isnan(back) and math.isnan(value))
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", None, True, [1.0], {"v": 1}])
+def test_float_value_rejects_what_is_not_a_metric_value(raw: object) -> None:
+    with pytest.raises(MalformedResponse, match="metric value must be a number"):
+        float_value(raw)
+
+
+def test_float_value_accepts_integers() -> None:
+    assert float_value(3) == 3.0 and isinstance(float_value(3), float)
