@@ -8,20 +8,17 @@ experiment writes everything pending with a single write (fsynced in
 """
 
 import asyncio
-import bisect
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import shutil
 import time
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import aiofiles
 import anyio
@@ -29,21 +26,16 @@ import anyio.abc
 
 from protocol.records import Metadata, encode_metadata
 
-from . import files
-from .errors import AlreadyExists, NotFound, StorageFault
+from .errors import AlreadyExists, NotFound
+from .experiment import Chunk, Experiment, Pending
 from .files import (
     DIR_MODE,
-    FILE_MODE,
-    MAX_TORN_BYTES,
     META,
-    METRICS,
     READ_CHUNK,
     check_commit,
-    cut_tail,
     fsync_dir,
     list_commits,
     read_metadata,
-    scan_file,
     storage_error,
     write_file_atomic,
 )
@@ -60,64 +52,12 @@ CommitHook = Callable[[str, int, bytes, int], None]
 """Called after each flush with (commit hex, index of the first record, bytes, record count)."""
 
 
-class Pending(NamedTuple):
-    data: bytes
-    records: int
-    future: "asyncio.Future[int]"
-
-
-@dataclass(eq=False)
-class Experiment:
-    """What the store knows of one experiment directory."""
-
-    commit: str
-    path: Path
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-    """Held while the file is opened, written or rescanned."""
-    read_lock: anyio.Lock = field(default_factory=anyio.Lock)
-    meta: Metadata | None = None
-    meta_loaded: bool = False
-    fd: int | None = None
-    """Append descriptor, open while the experiment is written to."""
-    scanned: bool = False
-    end: int = 0
-    """Bytes in the valid prefix."""
-    count: int = 0
-    """Records in the valid prefix."""
-    size: int = 0
-    """File size when last looked at."""
-    corrupt: bool = False
-    offsets: "array[int]" = field(default_factory=lambda: array("Q", [0]))
-    """Start offsets of the records indexed so far, then the end of the last one."""
-    pending: list[Pending] = field(default_factory=list)
-    writing: list[Pending] = field(default_factory=list)
-    """The batch of the flush in progress."""
-    flushing: bool = False
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def busy(self) -> bool:
-        return self.flushing or bool(self.pending) or self.lock.locked() or self.read_lock.locked()
-
-
 @dataclass(frozen=True, slots=True)
 class ExperimentInfo:
     commit: str
     meta: Metadata | None
     """None when meta.bin is unreadable."""
     metrics_count: int
-
-
-class Chunk(NamedTuple):
-    data: bytes
-    """Whole records, starting at record `start`."""
-    start: int
-    records: int
-    total: int
-    """Records in the valid prefix when read."""
 
 
 class ExperimentStore:
@@ -152,7 +92,7 @@ class ExperimentStore:
         await self._tg.__aexit__(None, None, None)
         self._tg = None
         for exp in self._experiments.values():
-            self._close(exp)
+            exp.close()
         self._experiments.clear()
 
     # -- paths and metadata ------------------------------------------------
@@ -162,7 +102,7 @@ class ExperimentStore:
         if exp is None:
             exp = Experiment(commit, self.base / check_commit(commit))
             known = self._known.pop(commit, None)
-            if known is not None:  # what a scan found before eviction; _refresh checks the size
+            if known is not None:  # what a scan found before eviction; refresh() checks the size
                 exp.size, exp.end, exp.count = known
                 exp.scanned = True
             self._experiments[commit] = exp
@@ -179,17 +119,11 @@ class ExperimentStore:
                 return
             exp = self._experiments[commit]
             if commit != keep and not exp.busy:
-                self._close(exp)
+                exp.close()
                 del self._experiments[commit]
                 if exp.scanned and not exp.corrupt:
                     self._known[commit] = (exp.size, exp.end, exp.count)
                 excess -= 1
-
-    @staticmethod
-    def _close(exp: Experiment) -> None:
-        if exp.fd is not None:
-            os.close(exp.fd)
-            exp.fd = None
 
     def exists(self, commit: str) -> bool:
         if commit in self._experiments and self._experiments[commit].meta_loaded:
@@ -288,7 +222,9 @@ class ExperimentStore:
                     first = self._write_inline(exp, data, count)
                     if first is None:
                         async with exp.lock:
-                            first = await anyio.to_thread.run_sync(self._write, exp, data, count)
+                            first = await anyio.to_thread.run_sync(
+                                exp.write, data, count, self.durability == "fsync"
+                            )
                     assert first is not None  # a write that waits always gets the lock
                 except OSError as exc:
                     logger.error("append to %s failed: %s", exp.commit, exc)
@@ -323,97 +259,7 @@ class ExperimentStore:
             or exp.lock.locked()
         ):
             return None
-        return self._write(exp, data, count, wait=False)
-
-    def _write(self, exp: Experiment, data: bytes, count: int, wait: bool = True) -> int | None:
-        """Lock, check the file's end, write, sync. Returns the first index (None when
-        `wait` is False and another process holds the file lock)."""
-        if exp.fd is None:
-            self._open_for_append(exp)
-        if exp.corrupt:
-            raise StorageFault("metrics file corrupt")
-        fd = exp.fd
-        assert fd is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            if size != exp.end:
-                self._resync(exp, fd, size)
-            first = exp.count
-            try:
-                files.write_all(fd, data)
-                if self.durability == "fsync":
-                    os.fdatasync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, exp.end)  # nothing of a failed write stays
-                raise
-            exp.end += len(data)
-            exp.size = exp.end
-            exp.count += count
-            return first
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _resync(self, exp: Experiment, fd: int, size: int) -> None:
-        """The file is not where we left it: another writer, or a failed partial write."""
-        if size < exp.end:
-            logger.error("%s shrank to %d bytes under us; rescanning", exp.metrics_path, size)
-            exp.end = exp.count = 0
-            exp.offsets = array("Q", [0])
-        self._settle(exp, fd, scan_file(fd, exp.end, exp.count))
-        if exp.corrupt:
-            raise StorageFault("metrics file corrupt")
-
-    def _open_for_append(self, exp: Experiment) -> None:
-        """First open: create if missing, recover a torn tail, refuse a corrupt file."""
-        if not exp.path.is_dir():
-            raise NotFound(f"experiment {exp.commit} not found")
-        path = exp.metrics_path
-        created = not path.exists()
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        try:
-            if created:
-                fsync_dir(exp.path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                exp.offsets = array("Q", [0])
-                self._settle(exp, fd, scan_file(fd))
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        except BaseException:
-            os.close(fd)
-            raise
-        exp.fd = fd
-
-    @staticmethod
-    def _settle(exp: Experiment, fd: int, result: files.FileScan) -> None:
-        """Take a scan's valid prefix; cut a torn tail (keeping a copy), or mark a larger
-        remainder corrupt: appends are refused and only fsck --repair cuts it."""
-        exp.end, exp.count, exp.size, exp.scanned = result.end, result.records, result.size, True
-        remainder = result.size - result.end
-        exp.corrupt = remainder > MAX_TORN_BYTES
-        if exp.corrupt:
-            logger.error(
-                "%s: %d unparseable bytes after the valid prefix (%d records): "
-                "corrupt, appends refused; run fetchml-server fsck",
-                exp.metrics_path,
-                remainder,
-                result.records,
-            )
-        elif remainder:
-            copy = cut_tail(fd, exp.metrics_path, result.end, result.size)
-            exp.size = result.end
-            logger.warning(
-                "recovered %s: cut a torn tail of %d bytes after %d records (copy: %s)",
-                exp.metrics_path,
-                remainder,
-                result.records,
-                copy.name,
-            )
+        return exp.write(data, count, False, wait=False)
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is written."""
@@ -440,32 +286,11 @@ class ExperimentStore:
             raise NotFound(f"experiment {commit} not found")
         try:
             async with exp.lock:
-                await anyio.to_thread.run_sync(self._refresh, exp)
+                await anyio.to_thread.run_sync(exp.refresh)
         except OSError as exc:
             logger.error("reading %s failed: %s", exp.metrics_path, exc)
             raise storage_error(exc) from None
         return exp
-
-    def _refresh(self, exp: Experiment) -> None:
-        """Read-only: extend what we know of a file written by someone else (or nobody)."""
-        try:
-            fd = os.open(exp.metrics_path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            exp.end = exp.count = exp.size = 0
-            exp.scanned = True
-            return
-        try:
-            size = os.fstat(fd).st_size
-            if exp.scanned and size == exp.size:
-                return
-            if size < exp.end:
-                exp.end = exp.count = 0
-                exp.offsets = array("Q", [0])
-            result = scan_file(fd, exp.end, exp.count)
-            exp.end, exp.count, exp.size, exp.scanned = result.end, result.records, size, True
-            exp.corrupt = size - result.end > MAX_TORN_BYTES
-        finally:
-            os.close(fd)
 
     async def read(
         self, commit: str, start: int = 0, max_bytes: int = READ_CHUNK, max_records: int = 0
@@ -479,34 +304,10 @@ class ExperimentStore:
         stop = min(total, start + max_records) if max_records else total
         try:
             async with exp.read_lock:  # guards the offsets index; appends go on meanwhile
-                return await anyio.to_thread.run_sync(
-                    self._read_sync, exp, start, max_bytes, stop, total
-                )
+                return await anyio.to_thread.run_sync(exp.read_range, start, max_bytes, stop, total)
         except OSError as exc:
             logger.error("reading %s failed: %s", exp.metrics_path, exc)
             raise storage_error(exc) from None
-
-    def _read_sync(
-        self, exp: Experiment, start: int, max_bytes: int, stop: int, total: int
-    ) -> Chunk:
-        fd = os.open(exp.metrics_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            offsets = exp.offsets  # record starts, then the end of the last one
-            if len(offsets) <= total:
-                result = scan_file(fd, offsets.pop(), 0, offsets)
-                offsets.append(result.end)
-                del offsets[total + 1 :]
-            total = min(total, len(offsets) - 1)
-            stop = min(stop, total)
-            begin = offsets[start]
-            limit = begin + max_bytes
-            stop_index = max(
-                bisect.bisect_right(offsets, limit, start + 1, stop + 1) - 1, start + 1
-            )
-            data = os.pread(fd, offsets[stop_index] - begin, begin)
-        finally:
-            os.close(fd)
-        return Chunk(data, start, stop_index - start, total)
 
     async def read_all(self, commit: str) -> bytes:
         """The whole valid prefix."""
@@ -541,7 +342,7 @@ class ExperimentStore:
         for commit in victims:
             exp = self._get(commit)
             async with exp.lock:
-                self._close(exp)
+                exp.close()
                 await anyio.to_thread.run_sync(shutil.rmtree, exp.path)
                 exp.meta_loaded = False
             self._experiments.pop(commit, None)

@@ -1275,7 +1275,7 @@ async def test_internal_errors_are_unknown_error_without_details(
 
     monkeypatch.setattr("server.handlers.whoami", fail)
     monkeypatch.setattr(daemon.app.ctx.jobs, "list_jobs", fail_async)
-    monkeypatch.setattr(daemon.app.ctx.store, "_write", fail)
+    monkeypatch.setattr("server.experiment.Experiment.write", fail)
     faulty = [
         WhoAmI(key_hash=ADMIN),
         Status(key_hash=ADMIN),

@@ -18,7 +18,8 @@ from protocol.enums import ErrorCode
 from protocol.records import Metadata, decode_records, encode_metadata, encode_record, scan
 from server import files, tools
 from server.errors import ServerError
-from server.storage import MAX_TORN_BYTES, ExperimentStore
+from server.files import MAX_TORN_BYTES
+from server.storage import ExperimentStore
 
 TS = 1795735109
 MIN_TS, MAX_TS = 946684800, 4294967296
