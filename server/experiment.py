@@ -188,8 +188,7 @@ class Experiment:
         try:
             offsets = self.offsets  # record starts, then the end of the last one
             if len(offsets) <= total:
-                result = scan_file(fd, offsets.pop(), 0, offsets)
-                offsets.append(result.end)
+                files.index_records(fd, offsets.pop(), self.end, offsets)
                 del offsets[total + 1 :]
             total = min(total, len(offsets) - 1)
             stop = min(stop, total)

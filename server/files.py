@@ -96,6 +96,23 @@ def scan_file(
             return FileScan(pos, count, size)
 
 
+def index_records(fd: int, start: int, end: int, offsets: "array[int]") -> None:
+    """Append the start of each record in `[start, end)`, a stretch of the valid prefix
+    beginning at a record boundary, then `end`. Lengths only: it is already validated."""
+    pos = start
+    append = offsets.append
+    while pos < end:
+        buf = os.pread(fd, min(READ_CHUNK, end - pos), pos)
+        i, size = 0, len(buf)
+        while i + RECORD_MIN <= size and i + RECORD_MIN + buf[i + RECORD_MIN - 1] <= size:
+            append(pos + i)
+            i += RECORD_MIN + buf[i + RECORD_MIN - 1]
+        if i == 0:
+            raise OSError(errno.EIO, f"short read indexing records at offset {pos}")
+        pos += i
+    append(pos)
+
+
 def _extend_offsets(offsets: "array[int]", buf: bytes, end: int, base: int) -> None:
     """Append the start offset of each record in the valid prefix `buf[:end]`."""
     append = offsets.append
