@@ -1,6 +1,5 @@
 """Build the parts, serve, handle signals, tell systemd, drain on shutdown."""
 
-import fcntl
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from . import __version__
 from .auth import Identity, KeyTable, RateLimiter
 from .config import Config, ConfigError, load_config
 from .connection import Connection
-from .files import list_commits
+from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
 from .http import Gate, Metrics, QuietLogger
 from .jobs import SqliteJobQueue
@@ -49,21 +48,6 @@ class AuditLog:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-
-
-def lock_data_dir(base: Path) -> int:
-    """One daemon per data directory: a second one fails at start, naming the first."""
-    base.mkdir(mode=0o750, parents=True, exist_ok=True)
-    fd = os.open(base / ".fetchml-server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ConfigError(f"{base} is in use by another fetchml-server (pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 class App:
@@ -201,7 +185,9 @@ class App:
                 while self.connections:
                     await anyio.sleep(0.01)
             if scope.cancelled_caught:
-                logger.warning("shutdown timeout: closing %d connections", len(self.connections))
+                logger.warning("shutdown timeout: aborting %d connections", len(self.connections))
+                for conn in list(self.connections):
+                    conn.ws.transport.abort()  # a peer that stopped reading would hold us
             tg.cancel_scope.cancel()
 
     async def _signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -252,7 +238,7 @@ def run(config_path: Path) -> int:
     setup_logging(config.logging.level, config.logging.format)
     try:
         anyio.run(App(config, config_path).run)
-    except ConfigError as exc:
+    except DataDirBusy as exc:
         logger.error("%s", exc)
         return 1
     return 0

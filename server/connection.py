@@ -43,6 +43,8 @@ from .watch import SlowSubscriber, Subscriber
 logger = logging.getLogger(__name__)
 
 _END = object()
+LOGGED_AUTH_FAILURES = 10
+"""Bad-key requests logged per connection; the audit file and /metrics count every one."""
 
 
 class _Pending:
@@ -105,6 +107,7 @@ class Connection:
         """Accepted requests on their way to the writer; made with the first message."""
         self._accepted = 0
         self._sent = 0
+        self._auth_failures = 0
         self.stopping = False
 
     @property
@@ -151,11 +154,14 @@ class Connection:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._writer, tg, queue)
+                close: tuple[int, str] | None = None
                 with self._reading:
-                    await self._reader(tg, queue, first)
+                    close = await self._reader(tg, queue, first)
                 await queue.put(_END)
-                await self._writer_done.wait()
+                await self._writer_done.wait()  # every accepted request answered first
                 tg.cancel_scope.cancel()  # a watch pump, if any
+                if close:
+                    await self.ws.close(*close)
         except* ConnectionClosed:
             pass  # the peer went away: nothing left to answer
 
@@ -168,12 +174,13 @@ class Connection:
 
     async def _reader(
         self, tg: anyio.abc.TaskGroup, queue: "asyncio.Queue[Any]", message: bytes | str
-    ) -> None:
+    ) -> tuple[int, str] | None:
+        """Accept requests until the peer closes; returns the close code and reason when
+        the peer broke the protocol (sent once earlier requests are answered)."""
         ws = self.ws
         while True:
             if isinstance(message, str):
-                await ws.close(1003, "binary messages only")
-                return
+                return (1003, "binary messages only")
             while queue.full():  # backpressure: apply nothing more until answers go out
                 self._room.clear()
                 await self._room.wait()
@@ -186,7 +193,7 @@ class Connection:
                 with anyio.CancelScope(shield=True):
                     await self._drain()
                     if self._writer_done.is_set():
-                        return
+                        return None
                     if isinstance(item, Subscriber):
                         await self._start_watch(item, tg)
                         break
@@ -196,11 +203,11 @@ class Connection:
             try:
                 message = await ws.recv()
             except ConnectionClosedOK:
-                return
+                return None
         # Watching: any further message is a protocol violation.
         async for _ in ws:
-            await ws.close(1008, "no requests after WATCH_METRICS")
-            return
+            return (1008, "no requests after WATCH_METRICS")
+        return None
 
     def _accept(
         self, message: bytes
@@ -251,8 +258,17 @@ class Connection:
         return who
 
     def _auth_failed(self, why: str) -> None:
+        self._auth_failures += 1
         self.metrics.auth_failures.inc()
-        logger.warning("authentication failed from %s: %s", self.peer, why)
+        if self._auth_failures <= LOGGED_AUTH_FAILURES:
+            logger.warning(
+                "authentication failed from %s: %s%s",
+                self.peer,
+                why,
+                " (further failures on this connection are not logged)"
+                if self._auth_failures == LOGGED_AUTH_FAILURES
+                else "",
+            )
         self.ctx.audit("auth_failure", None, peer=self.peer, reason=why)
         raise AuthenticationFailed("Invalid API key")
 

@@ -58,6 +58,8 @@ class Experiment:
     writing: list[Pending] = field(default_factory=list)
     """The batch of the flush in progress."""
     flushing: bool = False
+    removed: bool = False
+    """Pruned: this object no longer stands for the directory."""
 
     @property
     def metrics_path(self) -> Path:
@@ -79,8 +81,12 @@ class Experiment:
                 fsync_dir(self.path)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                self.offsets = array("Q", [0])
-                self.settle(fd, scan_file(fd))
+                # Resume after a prefix already known valid (an evicted experiment coming
+                # back); anything after it is still checked: a torn tail is cut either way.
+                if not (self.scanned and not self.corrupt and os.fstat(fd).st_size >= self.end):
+                    self.end = self.count = 0
+                    self.offsets = array("Q", [0])
+                self.settle(fd, scan_file(fd, self.end, self.count))
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         except BaseException:
@@ -121,6 +127,8 @@ class Experiment:
     def write(self, data: bytes, count: int, fsync: bool, wait: bool = True) -> int | None:
         """Lock, check the file's end, write, sync. Returns the first index (None when
         `wait` is False and another process holds the file lock)."""
+        if self.removed:
+            raise NotFound(f"experiment {self.commit} not found")
         if self.fd is None:
             self.open_for_append()
         if self.corrupt:

@@ -5,6 +5,7 @@ by the operator commands (inspect, fsck).
 """
 
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -176,3 +177,22 @@ def storage_error(exc: OSError) -> ServerError:
     if isinstance(exc, FileNotFoundError):
         return NotFound("experiment not found")
     return StorageFault("storage error")
+
+
+class DataDirBusy(Exception):
+    """Another process holds the data directory."""
+
+
+def lock_data_dir(base: Path) -> int:
+    """One daemon per data directory: a second one fails at start, naming the first."""
+    base.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd = os.open(base / ".fetchml-server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DataDirBusy(f"{base} is in use by another fetchml-server (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd

@@ -174,6 +174,9 @@ async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
     kind: Literal["keep", "older"] = "keep" if req.prune_type == PruneType.KEEP_NEWEST else "older"
     owner = None if who.scope == "all" else who.user
     pruned = await ctx.store.prune(kind, req.value, owner=owner)
+    for commit in pruned:
+        ctx.hub.end(commit)
+        ctx.series.drop(commit)
     ctx.audit("prune", who, prune_type=kind, value=req.value, pruned=pruned)
     return _data("pruned", {"pruned": pruned})
 
@@ -227,7 +230,7 @@ async def cancel_job(ctx: Context, who: Identity, req: CancelJob) -> Response:
 
 async def claim_job(ctx: Context, who: Identity, req: ClaimJob) -> Response:
     who.require("jobs:claim")
-    job = await ctx.jobs.claim(req.worker_id)
+    job = await ctx.jobs.claim(req.worker_id, None if who.scope == "all" else who.user)
     if job is not None:
         ctx.audit("claim_job", who, job_id=job.id, worker_id=req.worker_id)
     return _data("job", job.to_json() if job else None)

@@ -120,8 +120,9 @@ class JobQueue(Protocol):
         """Cancel the queued/running jobs of that name the caller may update; return the count."""
         ...
 
-    async def claim(self, worker_id: str) -> Job | None:
-        """Atomically take the next queued job (highest priority, then FIFO)."""
+    async def claim(self, worker_id: str, user: str | None = None) -> Job | None:
+        """Atomically take the next queued job (highest priority, then FIFO); with `user`,
+        only that user's jobs (scope own)."""
         ...
 
     async def update(self, job_id: str, status: JobStatus, error: str, user: str | None) -> Job:
@@ -191,8 +192,8 @@ class SqliteJobQueue:
     async def cancel(self, job_name: str, user: str | None) -> int:
         return await self._run(lambda conn: _cancel(conn, job_name, user))
 
-    async def claim(self, worker_id: str) -> Job | None:
-        return await self._run(lambda conn: _claim(conn, worker_id))
+    async def claim(self, worker_id: str, user: str | None = None) -> Job | None:
+        return await self._run(lambda conn: _claim(conn, worker_id, user))
 
     async def update(self, job_id: str, status: JobStatus, error: str, user: str | None) -> Job:
         if status not in UPDATABLE_JOB_STATUSES:
@@ -305,11 +306,12 @@ def _cancel(conn: sqlite3.Connection, job_name: str, user: str | None) -> int:
         return cursor.rowcount
 
 
-def _claim(conn: sqlite3.Connection, worker_id: str) -> Job | None:
+def _claim(conn: sqlite3.Connection, worker_id: str, user: str | None) -> Job | None:
+    mine = "" if user is None else " AND user = ?"
     with _transaction(conn):
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY priority DESC, seq LIMIT 1",
-            (int(JobStatus.QUEUED),),
+            f"SELECT {_COLUMNS} FROM jobs WHERE status = ?{mine} ORDER BY priority DESC, seq LIMIT 1",
+            (int(JobStatus.QUEUED),) if user is None else (int(JobStatus.QUEUED), user),
         ).fetchone()
         if row is None:
             return None

@@ -55,13 +55,17 @@ class SeriesCache:
             self._entries.popitem(last=False)
         async with entry.lock:
             total = await self.store.count(commit)
-            if total < entry.records:  # pruned and made anew
+            if total < entry.records:  # the file was replaced from outside
                 entry.series, entry.records = {}, 0
             while entry.records < total:
                 chunk = await self.store.read(commit, entry.records, READ_BYTES)
                 _add(entry.series, chunk.data)
                 entry.records += chunk.records
         return entry.series
+
+    def drop(self, commit: str) -> None:
+        """Forget an experiment (pruned): a new one under the same commit starts empty."""
+        self._entries.pop(commit, None)
 
 
 def _add(series: dict[bytes, Series], data: bytes) -> None:

@@ -30,12 +30,15 @@ from .errors import AlreadyExists, NotFound
 from .experiment import Chunk, Experiment, Pending
 from .files import (
     DIR_MODE,
+    MAX_TORN_BYTES,
     META,
+    METRICS,
     READ_CHUNK,
     check_commit,
     fsync_dir,
     list_commits,
     read_metadata,
+    scan_file,
     storage_error,
     write_file_atomic,
 )
@@ -188,12 +191,36 @@ class ExperimentStore:
         infos = []
         for commit in self.commits():
             try:
-                meta = self.metadata(commit)
-                count = await self.count(commit)
+                if commit in self._experiments:
+                    meta, count = self.metadata(commit), await self.count(commit)
+                else:  # without taking a slot of the open-experiment LRU
+                    meta = read_metadata(self.base / commit)
+                    count = await anyio.to_thread.run_sync(self._count_unheld, commit)
             except NotFound:
                 continue
+            except OSError as exc:
+                raise storage_error(exc) from None
             infos.append(ExperimentInfo(commit, meta, count))
         return sort_experiments(infos)
+
+    def _count_unheld(self, commit: str) -> int:
+        """Records of an experiment the store does not hold, from `_known` when current."""
+        known = self._known.get(commit)
+        try:
+            fd = os.open(self.base / commit / METRICS, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            size = os.fstat(fd).st_size
+            if known is None or size != known[0]:
+                start, count = (known[1], known[2]) if known and size > known[1] else (0, 0)
+                result = scan_file(fd, start, count)
+                known = (size, result.end, result.records)
+                if size - result.end <= MAX_TORN_BYTES:
+                    self._known[commit] = known
+            return known[2]
+        finally:
+            os.close(fd)
 
     # -- appends -----------------------------------------------------------
 
@@ -241,7 +268,10 @@ class ExperimentStore:
                 for flush_hook in self.flush_hooks:
                     flush_hook(count, time.perf_counter() - started)
                 for hook in self.hooks:
-                    hook(exp.commit, first, data, count)
+                    try:
+                        hook(exp.commit, first, data, count)
+                    except Exception:  # a watcher's fault must not stop appends
+                        logger.exception("commit hook failed for %s", exp.commit)
         finally:
             exp.flushing = False
             exp.writing = []
@@ -281,8 +311,10 @@ class ExperimentStore:
         exp = self._get(commit)
         if exp.fd is not None and exp.scanned:
             return exp
-        if not exp.path.is_dir():
+        if not exp.path.is_dir():  # removed from outside
             self._experiments.pop(commit, None)
+            if not exp.busy:
+                exp.close()
             raise NotFound(f"experiment {commit} not found")
         try:
             async with exp.lock:
@@ -343,9 +375,10 @@ class ExperimentStore:
             exp = self._get(commit)
             async with exp.lock:
                 exp.close()
+                exp.removed = True  # a flush still holding it fails instead of writing
                 await anyio.to_thread.run_sync(shutil.rmtree, exp.path)
-                exp.meta_loaded = False
             self._experiments.pop(commit, None)
+            self._known.pop(commit, None)
         if victims:
             await anyio.to_thread.run_sync(fsync_dir, self.base)
         return victims

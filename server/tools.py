@@ -13,8 +13,10 @@ from .files import (
     COMMIT_RE,
     MAX_TORN_BYTES,
     METRICS,
+    DataDirBusy,
     cut_tail,
     list_commits,
+    lock_data_dir,
     read_metadata,
     scan_file,
 )
@@ -90,6 +92,21 @@ def fsck(base: Path, repair: bool, out: TextIO | None = None) -> int:
     if not base.is_dir():
         print(f"error: {base} is not a directory", file=sys.stderr)
         return 2
+    lock = None
+    if repair:  # never cut a file a running daemon appends to
+        try:
+            lock = lock_data_dir(base)
+        except DataDirBusy as exc:
+            print(f"error: {exc}: stop it before --repair", file=sys.stderr)
+            return 2
+    try:
+        return _fsck(base, repair, out)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _fsck(base: Path, repair: bool, out: TextIO) -> int:
     problems = 0
     commits = list_commits(base)
     for commit in commits:

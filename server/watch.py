@@ -15,6 +15,7 @@ from protocol.enums import PacketType
 from protocol.records import RECORD_MIN
 from protocol.responses import HEADER, encode_metrics_payload, encode_uvarint
 
+from .errors import NotFound
 from .query import walk
 from .storage import ExperimentStore
 
@@ -59,6 +60,8 @@ class Subscriber:
         self.limit = limit
         self.live = False
         self.overflow = False
+        self.gone = False
+        """The experiment was pruned: the stream ends."""
         self.batches: deque[tuple[bytes, int, int]] = deque()
         """Committed records not yet sent: (records, count, index just past the batch)."""
         self.queued = 0
@@ -93,6 +96,8 @@ class Subscriber:
                 await send(self._take())
             if self.overflow:
                 raise SlowSubscriber
+            if self.gone:
+                raise NotFound(f"experiment {self.commit} was pruned")
             if not self.live:
                 if self.next < await store.count(self.commit):
                     await self._backfill(store, send)
@@ -131,6 +136,12 @@ class WatchHub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.commit]
+
+    def end(self, commit: str) -> None:
+        """The experiment is gone (pruned): its watchers are closed, never fed a successor."""
+        for sub in self._subs.pop(commit, ()):
+            sub.gone = True
+            sub.wakeup.set()
 
     def on_commit(self, commit: str, first: int, data: bytes, count: int) -> None:
         subs = self._subs.get(commit)
