@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from .files import (
 
 logger = logging.getLogger(__name__)
 
+INDEX_BUDGET_BYTES = 512 << 20
+"""Memory for record-offset indexes across experiments (64 M records)."""
 INLINE_WRITE_BYTES = 256 << 10
 """Flushes up to this size are written on the event loop in durability `write`."""
 MAX_FLUSH_BYTES = 8 << 20
@@ -127,6 +130,18 @@ class ExperimentStore:
                 if exp.scanned and not exp.corrupt:
                     self._known[commit] = (exp.size, exp.end, exp.count)
                 excess -= 1
+
+    def _trim_indexes(self) -> None:
+        """Keep the record-offset indexes (8 bytes a record) within INDEX_BUDGET_BYTES:
+        drop those of the least recently used idle experiments; they rebuild on demand."""
+        held = list(self._experiments.values())
+        total = sum(len(exp.offsets) for exp in held) * 8
+        for exp in held[:-1]:  # never the one in use now: it would rebuild on every read
+            if total <= INDEX_BUDGET_BYTES:
+                return
+            if len(exp.offsets) > 1 and not exp.read_lock.locked():
+                total -= (len(exp.offsets) - 1) * 8
+                exp.offsets = array("Q", [0])
 
     def exists(self, commit: str) -> bool:
         if commit in self._experiments and self._experiments[commit].meta_loaded:
@@ -336,10 +351,14 @@ class ExperimentStore:
         stop = min(total, start + max_records) if max_records else total
         try:
             async with exp.read_lock:  # guards the offsets index; appends go on meanwhile
-                return await anyio.to_thread.run_sync(exp.read_range, start, max_bytes, stop, total)
+                chunk = await anyio.to_thread.run_sync(
+                    exp.read_range, start, max_bytes, stop, total
+                )
         except OSError as exc:
             logger.error("reading %s failed: %s", exp.metrics_path, exc)
             raise storage_error(exc) from None
+        self._trim_indexes()
+        return chunk
 
     async def read_all(self, commit: str) -> bytes:
         """The whole valid prefix."""

@@ -1,0 +1,33 @@
+"""Record-offset indexes stay within the store's memory budget and rebuild on demand."""
+
+from pathlib import Path
+
+import pytest
+
+from protocol.records import Metadata, decode_records, encode_record
+from server import storage
+from server.storage import ExperimentStore
+
+TS = 1795735109
+
+
+async def test_indexes_beyond_the_budget_are_dropped_oldest_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "INDEX_BUDGET_BYTES", 8 * 1500)
+    commits = [f"{n:040x}" for n in (1, 2)]
+    async with ExperimentStore(tmp_path) as store:
+        for commit in commits:
+            await store.create(Metadata(commit_id=commit, timestamp=TS))
+            data = b"".join(encode_record(TS, i, float(i), b"loss") for i in range(1000))
+            await store.append(commit, data, 1000)
+        first, second = (store._experiments[c] for c in commits)
+
+        await store.read(commits[0], 990)
+        assert len(first.offsets) == 1001  # indexed in full
+        await store.read(commits[1], 990)
+        assert len(second.offsets) == 1001  # the one in use keeps its index
+        assert len(first.offsets) == 1  # the older one gave its up
+
+        chunk = await store.read(commits[0], 995, max_records=3)  # and rebuilds it
+        assert [r.step for r in decode_records(chunk.data)] == [995, 996, 997]
