@@ -372,11 +372,6 @@ REQUEST_TYPES: dict[int, type[_Request]] = {
 }
 
 
-def peek_opcode(message: bytes) -> int | None:
-    """The opcode byte of a message, or None when it is empty."""
-    return message[0] if message else None
-
-
 def decode_request(message: bytes) -> Request:
     """Decode one request message; every defect raises MalformedRequest."""
     if len(message) < HEADER_SIZE:

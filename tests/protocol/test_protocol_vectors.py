@@ -32,7 +32,6 @@ from protocol.requests import (
     WhoAmI,
     decode_request,
     encode_request,
-    peek_opcode,
 )
 from protocol.responses import (
     Data,
@@ -201,7 +200,6 @@ def test_request_vector_decodes(request_, wire):
     decoded = decode_request(unhex(wire))
     assert type(decoded) is type(request_)
     assert decoded == request_
-    assert peek_opcode(unhex(wire)) == request_.OPCODE
 
 
 def test_request_vectors_cover_every_opcode():
@@ -223,10 +221,6 @@ def test_log_metrics_count_and_commit_hex():
     assert request.count == 2
     assert request.commit_hex == "0123456789abcdef0123456789abcdef01234567"
     assert Status(key_hash=KEY).commit_hex == ""
-
-
-def test_peek_opcode_of_empty_message():
-    assert peek_opcode(b"") is None
 
 
 @pytest.mark.parametrize(("response", "wire"), RESPONSE_VECTORS)
