@@ -126,14 +126,14 @@ class DaemonProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def wait_ready(self, timeout: float = DEADLINE_S) -> int:
+    async def wait_ready(self, timeout: float = DEADLINE_S) -> "DaemonProcess":
         """Wait for the `listening on` line; its port is the real one (config port 0)."""
         deadline = time.monotonic() + timeout
         while True:
             match = LISTENING.search(self.log())
             if match:
                 self.port = int(match.group(2))
-                return self.port
+                return self
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
@@ -150,6 +150,15 @@ class DaemonProcess:
 
     def running(self) -> bool:
         return self.proc.poll() is None
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=DEADLINE_S)
+
+    async def stop(self) -> None:
+        """SIGTERM; the daemon must exit 0."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert await self.wait_exit() == 0, self.log()
 
     def reap(self) -> None:
         """Kill it if it still runs (test cleanup)."""

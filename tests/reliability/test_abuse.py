@@ -45,15 +45,13 @@ from protocol.requests import (
 from protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
 from server.connection import Connection
 from tests.conftest import Daemon, DaemonFactory, RawClient, make_config
+from tests.integration.proc import poll, raw_config, write_config
 from tests.reliability.support import (
     ADMIN,
     call_json,
     daemons,
     keys,
-    poll,
     query_all,
-    raw_config,
-    write_config,
 )
 
 COMMIT = bytes.fromhex("ab" * 20)

@@ -35,6 +35,7 @@ from protocol.responses import Data, Success, decode_metrics_payload
 from server import files
 from server.tools import fsck
 from tests.conftest import DaemonFactory, RawClient, hash_of
+from tests.integration.proc import raw_config, run_cli, write_config
 from tests.reliability.support import (
     ADMIN,
     DaemonProcess,
@@ -48,12 +49,9 @@ from tests.reliability.support import (
     meta_bytes,
     mount_tmpfs,
     query_all,
-    raw_config,
     record,
-    run_cli,
     torn_copies,
     unmount,
-    write_config,
 )
 
 MAX_TORN_BYTES = 8 << 20

@@ -45,15 +45,13 @@ from protocol.requests import (
 )
 from protocol.responses import Success, decode_response
 from server.tools import fsck
+from tests.integration.proc import raw_config, run_cli, write_config
 from tests.reliability.support import (
     ADMIN,
     DaemonProcess,
     daemons,
-    raw_config,
     record,
-    run_cli,
     torn_copies,
-    write_config,
 )
 
 LONG = os.environ.get("FETCHML_LONG") == "1"
