@@ -33,34 +33,27 @@ def _commit(text: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-def _priority(text: str) -> int:
+def _int_in(text: str, low: int, high: int, message: str) -> int:
+    """An integer in low..high, else an argparse error: `message` then the text given."""
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if not 1 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"priority must be an integer 1..10, got {text!r}")
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
     return value
+
+
+def _priority(text: str) -> int:
+    return _int_in(text, 1, 10, "priority must be an integer 1..10")
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    return _int_in(text, 1, sys.maxsize, "expected a positive integer")
 
 
 def _step(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_STEP:
-        raise argparse.ArgumentTypeError(f"step must be an integer 0..{MAX_STEP}, got {text!r}")
-    return value
+    return _int_in(text, 0, MAX_STEP, f"step must be an integer 0..{MAX_STEP}")
 
 
 def _steps(text: str) -> tuple[int, int]:

@@ -61,6 +61,7 @@ from protocol.responses import (
 )
 from server.query import DEFAULT_LIMIT
 from tests.conftest import Daemon, DaemonFactory, RawClient, hash_of, key_hash
+from tests.protocol.test_protocol_requests import MIN_BODY
 
 ADMIN = hash_of("admin")
 UNKNOWN_KEY = key_hash("fml_not_a_configured_key")
@@ -80,22 +81,6 @@ JOB_KEYS = {
 }
 EXPERIMENT_ROW_KEYS = {"commit_id", "timestamp", "job_name", "user", "metrics_count"}
 RECORD_KEYS = {"name", "value", "step", "timestamp"}
-MIN_BODY = {
-    Opcode.QUEUE_JOB: 22,
-    Opcode.STATUS: 0,
-    Opcode.CANCEL_JOB: 1,
-    Opcode.PRUNE: 5,
-    Opcode.LOG_METRIC: 33,
-    Opcode.GET_EXPERIMENT: 20,
-    Opcode.LOG_METRICS: 22,
-    Opcode.CREATE_EXPERIMENT: 21,
-    Opcode.LIST_EXPERIMENTS: 0,
-    Opcode.QUERY_METRICS: 45,
-    Opcode.WATCH_METRICS: 29,
-    Opcode.CLAIM_JOB: 1,
-    Opcode.UPDATE_JOB: 4,
-    Opcode.WHOAMI: 0,
-}
 """Minimum body lengths of PROTOCOL.md section 3 (every string empty, every count zero)."""
 
 
