@@ -44,6 +44,9 @@ class ServerConfig:
     ping_timeout_s: float = 20.0
     shutdown_timeout_s: float = 10.0
     watch_buffer_bytes: int = 8 << 20
+    auth_timeout_s: float = 10.0
+    max_connections_per_ip: int = 256
+    heavy_queries_per_user: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class StorageConfig:
     jobs_db: Path = Path("./data/jobs.sqlite3")
     durability: str = "write"
     max_open_files: int = 256
+    cache_bytes: int = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class AuthConfig:
     api_keys: dict[str, ApiKey]
     roles: dict[str, Role] = field(default_factory=lambda: dict(BUILTIN_ROLES))
     ip_whitelist: tuple[Network, ...] = ()
+    require_handshake_key: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,13 @@ class LoggingConfig:
     level: str = "info"
     format: str = "text"
     audit_file: str = ""
+    audit_max_bytes: int = 10 << 20
+    audit_keep: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class JobsConfig:
+    keep_days: float = 90.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +112,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -227,19 +240,38 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(
             f"server.max_message_bytes: must be at most {MAX_MESSAGE_LIMIT}, got {server.max_message_bytes}"
         )
-    for name in ("max_connections", "max_inflight_requests", "watch_buffer_bytes"):
+    for name in (
+        "max_connections",
+        "max_inflight_requests",
+        "watch_buffer_bytes",
+        "max_connections_per_ip",
+        "heavy_queries_per_user",
+    ):
         _positive(f"server.{name}", getattr(server, name))
-    for name in ("open_timeout_s", "ping_interval_s", "ping_timeout_s", "shutdown_timeout_s"):
+    for name in (
+        "open_timeout_s",
+        "ping_interval_s",
+        "ping_timeout_s",
+        "shutdown_timeout_s",
+        "auth_timeout_s",
+    ):
         _positive(f"server.{name}", getattr(server, name), 0)
     storage: StorageConfig = _section(StorageConfig, data.get("storage"), "storage")
     _choice("storage.durability", storage.durability, {"write", "fsync"})
     _positive("storage.max_open_files", storage.max_open_files)
+    _positive("storage.cache_bytes", storage.cache_bytes, 1 << 20)
     rate: RateLimitConfig = _section(RateLimitConfig, data.get("rate_limit"), "rate_limit")
     _positive("rate_limit.control_requests_per_minute", rate.control_requests_per_minute)
     log: LoggingConfig = _section(LoggingConfig, data.get("logging"), "logging")
     _choice("logging.level", log.level, {"debug", "info", "warning", "error"})
     _choice("logging.format", log.format, {"text", "json"})
-    return Config(auth=auth, server=server, storage=storage, rate_limit=rate, logging=log)
+    _positive("logging.audit_max_bytes", log.audit_max_bytes, 4096)
+    _positive("logging.audit_keep", log.audit_keep, 0)
+    jobs: JobsConfig = _section(JobsConfig, data.get("jobs"), "jobs")
+    _positive("jobs.keep_days", jobs.keep_days, 0)
+    return Config(
+        auth=auth, server=server, storage=storage, rate_limit=rate, logging=log, jobs=jobs
+    )
 
 
 def load_config(path: Path) -> Config:
