@@ -119,7 +119,7 @@ class App:
                 durability="fsync" if cfg.storage.durability == "fsync" else "write",
                 max_open_files=cfg.storage.max_open_files,
             ) as store:
-                jobs = await SqliteJobQueue.open(cfg.storage.jobs_db)
+                jobs = await SqliteJobQueue.open(cfg.storage.jobs_db, cfg.jobs.keep_days)
                 try:
                     self.ctx = Context(
                         cfg,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from protocol.enums import PruneType
+from protocol.enums import JobStatus, PruneType
 from protocol.records import Metadata, decode_records
 from protocol.requests import (
     CancelJob,
@@ -32,7 +32,7 @@ from protocol.responses import Data, Response, StatusReport, Success
 from .auth import Identity, RateLimiter
 from .config import Config
 from .errors import InvalidRequest, NotFound, StorageFault
-from .jobs import JobQueue
+from .jobs import Job, JobQueue
 from .query import query_page
 from .series import SeriesCache
 from .storage import ExperimentStore
@@ -209,15 +209,38 @@ async def queue_job(ctx: Context, who: Identity, req: QueueJob) -> Response:
     return _data("job", job.to_json())
 
 
+_SMALLEST_JOB = Job(
+    id="0" * 36,
+    job_name="",
+    status=JobStatus.QUEUED,
+    priority=0,
+    created_at=0,
+    commit_id="",
+    user="",
+)
+_MIN_JOB_BYTES = len(dumps(_SMALLEST_JOB.to_json()))
+
+
 async def status(ctx: Context, who: Identity, req: Status) -> Response:
+    """The newest jobs the caller may read that fit in max_message_bytes, and their `total`."""
     who.require("jobs:read")
-    jobs = await ctx.jobs.list_jobs(None if who.scope == "all" else who.user)
-    doc = {
+    owner = None if who.scope == "all" else who.user
+    budget = ctx.config.server.max_message_bytes - 256
+    jobs = await ctx.jobs.list_jobs(owner, limit=budget // _MIN_JOB_BYTES)
+    doc: dict[str, Any] = {
         "user": who.user,
         "role": who.role,
-        "jobs": [job.to_json() for job in jobs],
+        "jobs": [],
         "queue_length": await ctx.jobs.queue_length(),
+        "total": await ctx.jobs.count_jobs(owner),
     }
+    room = budget - len(dumps(doc).encode())
+    for job in jobs:
+        item = job.to_json()
+        room -= len(dumps(item).encode()) + 1  # and a comma
+        if room < 0:
+            break
+        doc["jobs"].append(item)
     return StatusReport(timestamp=_now(), status_json=dumps(doc))
 
 
@@ -230,7 +253,9 @@ async def cancel_job(ctx: Context, who: Identity, req: CancelJob) -> Response:
 
 async def claim_job(ctx: Context, who: Identity, req: ClaimJob) -> Response:
     who.require("jobs:claim")
-    job = await ctx.jobs.claim(req.worker_id, None if who.scope == "all" else who.user)
+    job = await ctx.jobs.claim(
+        req.worker_id, None if who.scope == "all" else who.user, claimer=who.user
+    )
     if job is not None:
         ctx.audit("claim_job", who, job_id=job.id, worker_id=req.worker_id)
     return _data("job", job.to_json() if job else None)
@@ -239,7 +264,11 @@ async def claim_job(ctx: Context, who: Identity, req: ClaimJob) -> Response:
 async def update_job(ctx: Context, who: Identity, req: UpdateJob) -> Response:
     who.require("jobs:claim")
     job = await ctx.jobs.update(
-        req.job_id, req.status, req.error, None if who.scope == "all" else who.user
+        req.job_id,
+        req.status,
+        req.error,
+        None if who.scope == "all" else who.user,
+        caller=None if "*" in who.permissions else who.user,
     )
     ctx.audit("update_job", who, job_id=job.id, status=job.status.name.lower())
     return Success(timestamp=_now(), message=f"job {job.id} {job.status.name.lower()}")

@@ -5,7 +5,8 @@ connection is used from worker threads, one call at a time (an anyio.Lock).
 Every read-modify-write runs in a `BEGIN IMMEDIATE` transaction, which takes
 SQLite's write lock before reading, so a claim is atomic even against another
 process using the same file. Queue order: higher priority first, then
-insertion order (FIFO).
+insertion order (FIFO). Completed, failed and cancelled jobs that ended more
+than `keep_days` ago are deleted at open and then at most once an hour.
 """
 
 import json
@@ -25,18 +26,24 @@ import anyio
 
 from protocol.enums import UPDATABLE_JOB_STATUSES, JobStatus
 
-from .errors import DatabaseError, InvalidRequest, JobNotFound, PermissionDenied
+from .errors import DatabaseError, DiskFull, InvalidRequest, JobNotFound, PermissionDenied
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DIR_MODE = 0o750
 FILE_MODE = 0o600
 BUSY_TIMEOUT_S = 30.0
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 CANCEL_DENIED = "You can only cancel your own jobs"
+CLAIMED_DENIED = "job claimed by another user"
+MAX_ERROR_BYTES = 4096
+"""UPDATE_JOB's error text is kept to this many bytes (cut at a UTF-8 boundary)."""
+PURGE_INTERVAL_S = 3600
+"""Old finished jobs are deleted at open and then at most this often."""
+DAY_S = 86400
 
 _SCHEMA = (
     """CREATE TABLE jobs (
@@ -53,11 +60,18 @@ _SCHEMA = (
         error      TEXT,
         datasets   TEXT    NOT NULL DEFAULT '[]',
         commit_id  TEXT    NOT NULL,
-        user       TEXT    NOT NULL
+        user       TEXT    NOT NULL,
+        claimed_by TEXT
     )""",
     "CREATE INDEX jobs_claim_order ON jobs (status, priority DESC, seq)",
     "CREATE INDEX jobs_by_name ON jobs (job_name, status)",
 )
+_V2_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_at, seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user, created_at, seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (ended_at)",
+)
+_FINISHED = (int(JobStatus.COMPLETED), int(JobStatus.FAILED), int(JobStatus.CANCELLED))
 _ACTIVE = (int(JobStatus.QUEUED), int(JobStatus.RUNNING))
 
 
@@ -80,6 +94,8 @@ class Job:
     datasets: tuple[str, ...] = ()
     commit_id: str
     user: str
+    claimed_by: str | None = None
+    """The user whose key claimed the job (None until claimed)."""
 
     def to_json(self) -> dict[str, Any]:
         """The `job` JSON object of PROTOCOL.md section 4."""
@@ -93,6 +109,7 @@ class Job:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "worker_id": self.worker_id,
+            "claimed_by": self.claimed_by,
             "error": self.error,
             "datasets": list(self.datasets),
             "metadata": {"commit_id": self.commit_id, "user": self.user},
@@ -108,8 +125,13 @@ class JobQueue(Protocol):
 
     async def enqueue(self, *, job_name: str, commit_id: str, user: str, priority: int) -> Job: ...
 
-    async def list_jobs(self, user: str | None) -> list[Job]:
-        """The user's jobs (every job for None), newest first, ties later insertion first."""
+    async def list_jobs(self, user: str | None, limit: int | None = None) -> list[Job]:
+        """The user's jobs (every job for None), newest first, ties later insertion first;
+        at most `limit` of them."""
+        ...
+
+    async def count_jobs(self, user: str | None) -> int:
+        """How many jobs `list_jobs` would return without a limit."""
         ...
 
     async def queue_length(self) -> int:
@@ -120,13 +142,24 @@ class JobQueue(Protocol):
         """Cancel the queued/running jobs of that name the caller may update; return the count."""
         ...
 
-    async def claim(self, worker_id: str, user: str | None = None) -> Job | None:
+    async def claim(
+        self, worker_id: str, user: str | None = None, *, claimer: str | None = None
+    ) -> Job | None:
         """Atomically take the next queued job (highest priority, then FIFO); with `user`,
-        only that user's jobs (scope own)."""
+        only that user's jobs (scope own). `claimer` becomes the job's `claimed_by`."""
         ...
 
-    async def update(self, job_id: str, status: JobStatus, error: str, user: str | None) -> Job:
-        """A worker's report on a running job: RUNNING, COMPLETED or FAILED."""
+    async def update(
+        self,
+        job_id: str,
+        status: JobStatus,
+        error: str,
+        user: str | None,
+        *,
+        caller: str | None = None,
+    ) -> Job:
+        """A worker's report on a running job: RUNNING, COMPLETED or FAILED. With `caller`
+        (a user without `*`), a job claimed by another user is PERMISSION_DENIED."""
         ...
 
     async def get(self, job_id: str) -> Job | None: ...
@@ -137,18 +170,23 @@ class JobQueue(Protocol):
 class SqliteJobQueue:
     """JobQueue on the standard-library sqlite3; open it with `await SqliteJobQueue.open(path)`."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, keep_days: float = 90.0) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._lock = anyio.Lock()
+        self._keep_s = int(keep_days * DAY_S)
+        self._purged_at = _now()
 
     @classmethod
-    async def open(cls, path: Path) -> Self:
+    async def open(cls, path: Path, keep_days: float = 90.0) -> Self:
+        """Open (create, or migrate from schema 1) the database; delete old finished jobs."""
         try:
             conn = await anyio.to_thread.run_sync(_connect, path)
         except (OSError, sqlite3.Error) as exc:
             logger.exception("cannot open job database %s", path)
             raise DatabaseError("database error") from exc
-        return cls(conn)
+        queue = cls(conn, keep_days)
+        await anyio.to_thread.run_sync(_purge, conn, queue._purged_at - queue._keep_s)
+        return queue
 
     async def close(self) -> None:
         async with self._lock:
@@ -176,10 +214,18 @@ class SqliteJobQueue:
         await self._run(lambda conn: _insert(conn, job))
         return job
 
-    async def list_jobs(self, user: str | None) -> list[Job]:
+    async def list_jobs(self, user: str | None, limit: int | None = None) -> list[Job]:
         where, params = ("", ()) if user is None else ("WHERE user = ?", (user,))
-        sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, seq DESC"
-        return await self._run(lambda conn: [_to_job(row) for row in conn.execute(sql, params)])
+        sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, seq DESC LIMIT ?"
+        args = (*params, -1 if limit is None else limit)
+        return await self._run(lambda conn: [_to_job(row) for row in conn.execute(sql, args)])
+
+    async def count_jobs(self, user: str | None) -> int:
+        where, params = ("", ()) if user is None else ("WHERE user = ?", (user,))
+        row = await self._run(
+            lambda conn: conn.execute(f"SELECT COUNT(*) FROM jobs {where}", params).fetchone()
+        )
+        return int(row[0])
 
     async def queue_length(self) -> int:
         sql = "SELECT COUNT(*) FROM jobs WHERE status = ?"
@@ -192,25 +238,59 @@ class SqliteJobQueue:
     async def cancel(self, job_name: str, user: str | None) -> int:
         return await self._run(lambda conn: _cancel(conn, job_name, user))
 
-    async def claim(self, worker_id: str, user: str | None = None) -> Job | None:
-        return await self._run(lambda conn: _claim(conn, worker_id, user))
+    async def claim(
+        self, worker_id: str, user: str | None = None, *, claimer: str | None = None
+    ) -> Job | None:
+        return await self._run(lambda conn: _claim(conn, worker_id, user, claimer))
 
-    async def update(self, job_id: str, status: JobStatus, error: str, user: str | None) -> Job:
+    async def update(
+        self,
+        job_id: str,
+        status: JobStatus,
+        error: str,
+        user: str | None,
+        *,
+        caller: str | None = None,
+    ) -> Job:
         if status not in UPDATABLE_JOB_STATUSES:
             raise InvalidRequest(f"invalid job status {int(status)}: expected 1, 2 or 3")
-        return await self._run(lambda conn: _update(conn, job_id, status, error, user))
+        error = cap_error(error)
+        return await self._run(lambda conn: _update(conn, job_id, status, error, user, caller))
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` on the connection in a worker thread, one call at a time."""
+        """Run `fn` on the connection in a worker thread, one call at a time; first delete
+        old finished jobs when the last time was PURGE_INTERVAL_S ago (or the clock stepped
+        back). A full disk is DISK_FULL, any other SQLite error DATABASE_ERROR."""
         async with self._lock:
             conn = self._conn
             if conn is None:
                 raise DatabaseError("job queue is closed")
+            now = _now()
+            purge = not 0 <= now - self._purged_at < PURGE_INTERVAL_S
+            if purge:
+                self._purged_at = now
+
+            def call(conn: sqlite3.Connection) -> T:
+                if purge:
+                    _purge(conn, now - self._keep_s)
+                return fn(conn)
+
             try:
-                return await anyio.to_thread.run_sync(fn, conn)
+                return await anyio.to_thread.run_sync(call, conn)
             except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+                    logger.error("job database: disk full (%s)", exc)
+                    raise DiskFull("disk full") from exc
                 logger.exception("job database error")
                 raise DatabaseError("database error") from exc
+
+
+def cap_error(text: str) -> str:
+    """The first MAX_ERROR_BYTES bytes of `text` in UTF-8, never cutting a character."""
+    raw = text.encode()
+    if len(raw) <= MAX_ERROR_BYTES:
+        return text
+    return raw[:MAX_ERROR_BYTES].decode(errors="ignore")
 
 
 # Everything below runs in a worker thread.
@@ -234,17 +314,44 @@ def _connect(path: Path) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"cannot enable WAL (journal_mode is {mode})")
         with _transaction(conn):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"unsupported job schema version {version}")
+            _migrate(conn, conn.execute("PRAGMA user_version").fetchone()[0])
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Create the schema (version 0) or bring a schema 1 file (before `claimed_by`) up to date."""
+    if version == 0:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+    elif version == 1:
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "claimed_by" not in columns:
+            conn.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
+    elif version != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"unsupported job schema version {version}")
+    if version != SCHEMA_VERSION:
+        for statement in _V2_INDEXES:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _purge(conn: sqlite3.Connection, before: int) -> None:
+    """Delete completed, failed and cancelled jobs that ended before `before`. A failure is
+    logged, not raised: the request that triggered it goes on."""
+    try:
+        cursor = conn.execute(
+            # `+status`: search by the ended_at index, not by status (most rows are finished)
+            "DELETE FROM jobs WHERE ended_at < ? AND +status IN (?, ?, ?)",
+            (before, *_FINISHED),
+        )
+    except sqlite3.Error:
+        logger.exception("cannot delete old jobs")
+        return
+    if cursor.rowcount:
+        logger.info("deleted %d finished jobs that ended before %d", cursor.rowcount, before)
 
 
 def _make_dirs(directory: Path) -> None:
@@ -306,7 +413,9 @@ def _cancel(conn: sqlite3.Connection, job_name: str, user: str | None) -> int:
         return cursor.rowcount
 
 
-def _claim(conn: sqlite3.Connection, worker_id: str, user: str | None) -> Job | None:
+def _claim(
+    conn: sqlite3.Connection, worker_id: str, user: str | None, claimer: str | None
+) -> Job | None:
     mine = "" if user is None else " AND user = ?"
     with _transaction(conn):
         row = conn.execute(
@@ -316,16 +425,27 @@ def _claim(conn: sqlite3.Connection, worker_id: str, user: str | None) -> Job | 
         if row is None:
             return None
         job = _to_job(row)
-        job = replace(job, status=JobStatus.RUNNING, started_at=_now(), worker_id=worker_id)
+        job = replace(
+            job,
+            status=JobStatus.RUNNING,
+            started_at=_now(),
+            worker_id=worker_id,
+            claimed_by=claimer,
+        )
         conn.execute(
-            "UPDATE jobs SET status = ?, started_at = ?, worker_id = ? WHERE id = ?",
-            (int(job.status), job.started_at, worker_id, job.id),
+            "UPDATE jobs SET status = ?, started_at = ?, worker_id = ?, claimed_by = ? WHERE id = ?",
+            (int(job.status), job.started_at, worker_id, claimer, job.id),
         )
         return job
 
 
 def _update(
-    conn: sqlite3.Connection, job_id: str, status: JobStatus, error: str, user: str | None
+    conn: sqlite3.Connection,
+    job_id: str,
+    status: JobStatus,
+    error: str,
+    user: str | None,
+    caller: str | None,
 ) -> Job:
     with _transaction(conn):
         job = _get(conn, job_id)
@@ -333,6 +453,8 @@ def _update(
             raise JobNotFound(f"job {job_id} not found")
         if user is not None and job.user != user:
             raise PermissionDenied("You can only update your own jobs")
+        if caller is not None and job.claimed_by not in (None, caller):
+            raise PermissionDenied(CLAIMED_DENIED)
         if job.status != JobStatus.RUNNING:
             raise InvalidRequest(f"job {job_id} is not running (it is {job.status.name.lower()})")
         if status == JobStatus.RUNNING:

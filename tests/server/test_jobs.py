@@ -1,5 +1,6 @@
 """SqliteJobQueue: order, claims (also racing across connections and processes), updates,
-cancels, persistence, the job JSON, file modes and database failures."""
+cancels, persistence, the job JSON, file modes, database failures, the claimer rule, the
+error cap, deletion of old jobs and the schema 1 migration."""
 
 import dataclasses
 import json
@@ -19,7 +20,7 @@ import pytest
 
 from protocol.enums import ErrorCode, JobStatus
 from server import jobs
-from server.errors import DatabaseError, InvalidRequest, JobNotFound, PermissionDenied
+from server.errors import DatabaseError, DiskFull, InvalidRequest, JobNotFound, PermissionDenied
 from server.jobs import Job, JobQueue, SqliteJobQueue
 
 REPO = Path(__file__).resolve().parents[2]
@@ -388,12 +389,13 @@ async def test_to_json_exact_shape(queue: SqliteJobQueue, clock: Clock) -> None:
         "started_at": None,
         "ended_at": None,
         "worker_id": None,
+        "claimed_by": None,
         "error": None,
         "datasets": [],
         "metadata": {"commit_id": C1, "user": "alice"},
     }
     clock.t += 1
-    claimed = await queue.claim("gpu-1")
+    claimed = await queue.claim("gpu-1", claimer="wendy")
     assert claimed is not None
     clock.t += 1
     failed = await queue.update(job.id, JobStatus.FAILED, "boom", None)
@@ -409,6 +411,7 @@ async def test_to_json_exact_shape(queue: SqliteJobQueue, clock: Clock) -> None:
         "started_at",
         "ended_at",
         "worker_id",
+        "claimed_by",
         "error",
         "datasets",
         "metadata",
@@ -418,7 +421,7 @@ async def test_to_json_exact_shape(queue: SqliteJobQueue, clock: Clock) -> None:
         clock.t - 1,
         clock.t,
     )
-    assert (data["worker_id"], data["error"]) == ("gpu-1", "boom")
+    assert (data["worker_id"], data["claimed_by"], data["error"]) == ("gpu-1", "wendy", "boom")
     statuses = {s: dataclasses.replace(job, status=s).to_json()["status"] for s in JobStatus}
     assert statuses == {
         JobStatus.QUEUED: "queued",
@@ -530,3 +533,214 @@ async def test_closed_queue_refuses_calls(db_path: Path) -> None:
 def test_sqlite_queue_satisfies_the_protocol() -> None:
     queue_type: type[JobQueue] = SqliteJobQueue  # checked by mypy
     assert queue_type is SqliteJobQueue
+
+
+# --- the claimer, the error cap, listing limits ----------------------------------------------
+
+
+async def test_claimed_by_is_set_and_only_the_claimer_may_update(
+    queue: SqliteJobQueue,
+) -> None:
+    done = await add(queue, "done", priority=9)
+    await add(queue, "run")
+    legacy = await add(queue, "legacy", priority=0)
+    first = await queue.claim("w1", claimer="wendy")
+    second = await queue.claim("w2", claimer="wendy")
+    unnamed = await queue.claim("w3")  # no claimer given: nobody in particular
+    assert first is not None and second is not None and unnamed is not None
+    assert (first.id, first.claimed_by) == (done.id, "wendy")
+    assert await queue.get(first.id) == first
+    assert (unnamed.id, unnamed.claimed_by) == (legacy.id, None)
+
+    with pytest.raises(PermissionDenied) as info:
+        await queue.update(first.id, JobStatus.COMPLETED, "", None, caller="walt")
+    assert info.value.message == "job claimed by another user"
+    assert await queue.get(first.id) == first  # unchanged
+    with pytest.raises(JobNotFound):  # not found is checked first
+        await queue.update("no-such-id", JobStatus.COMPLETED, "", None, caller="walt")
+    finished = await queue.update(first.id, JobStatus.COMPLETED, "", None, caller="wendy")
+    assert (finished.status, finished.claimed_by) == (JobStatus.COMPLETED, "wendy")
+    with pytest.raises(PermissionDenied, match="claimed by another user"):  # before not-running
+        await queue.update(first.id, JobStatus.FAILED, "", None, caller="walt")
+    with pytest.raises(InvalidRequest, match="not running"):
+        await queue.update(first.id, JobStatus.FAILED, "", None, caller="wendy")
+
+    # caller None (a role with `*`) may update any job; so may anyone a job nobody claimed.
+    assert (await queue.update(second.id, JobStatus.FAILED, "x", None)).status is JobStatus.FAILED
+    updated = await queue.update(unnamed.id, JobStatus.COMPLETED, "", None, caller="walt")
+    assert updated.status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("error", "kept"),
+    [
+        ("x" * 4096, "x" * 4096),
+        ("x" * 4097, "x" * 4096),
+        ("x" + "é" * 2500, "x" + "é" * 2047),  # byte 4096 is the first half of an é
+        ("€" * 2000, "€" * 1365),  # 3-byte characters: 1365 * 3 = 4095
+        ("short", "short"),
+    ],
+    ids=["exact", "one-over", "2-byte-cut", "3-byte-cut", "short"],
+)
+async def test_update_keeps_the_first_4096_bytes_of_the_error(
+    queue: SqliteJobQueue, error: str, kept: str
+) -> None:
+    await add(queue, "a")
+    job = await queue.claim("w1")
+    assert job is not None
+    failed = await queue.update(job.id, JobStatus.FAILED, error, None)
+    assert failed.error == kept
+    assert await queue.get(job.id) == failed
+    assert len(kept.encode()) <= jobs.MAX_ERROR_BYTES
+
+
+async def test_list_limit_and_count(queue: SqliteJobQueue, clock: Clock) -> None:
+    for i, user in enumerate(["alice", "bob", "alice", "alice"]):
+        clock.t = 100 + i
+        await add(queue, f"j{i}", user)
+    assert [j.job_name for j in await queue.list_jobs(None, limit=2)] == ["j3", "j2"]
+    assert [j.job_name for j in await queue.list_jobs("alice", limit=2)] == ["j3", "j2"]
+    assert [j.job_name for j in await queue.list_jobs("bob", limit=5)] == ["j1"]
+    assert await queue.list_jobs(None, limit=0) == []
+    assert (await queue.count_jobs(None), await queue.count_jobs("alice")) == (4, 3)
+    assert await queue.count_jobs("carol") == 0
+
+
+# --- deleting old finished jobs --------------------------------------------------------------
+
+
+async def finished_jobs(q: SqliteJobQueue, clock: Clock) -> dict[str, Job]:
+    """One job in each state; the finished ones end at clock.t."""
+    made = {name: await add(q, name) for name in ("completed", "failed", "cancelled")}
+    for name in ("completed", "failed"):
+        job = await q.claim("w")
+        assert job is not None and job.job_name == name
+        await q.update(job.id, JobStatus[name.upper()], "", None)
+    await q.cancel("cancelled", None)
+    made["queued"] = await add(q, "queued")
+    made["running"] = await add(q, "running", priority=9)
+    assert (await q.claim("w")) is not None
+    return made
+
+
+async def test_old_finished_jobs_are_deleted_at_open(db_path: Path, clock: Clock) -> None:
+    q = await SqliteJobQueue.open(db_path, keep_days=90)
+    made = await finished_jobs(q, clock)
+    await q.close()
+    clock.t += 90 * 86400  # exactly keep_days: kept
+    q = await SqliteJobQueue.open(db_path, keep_days=90)
+    assert len(await q.list_jobs(None)) == 5
+    await q.close()
+    clock.t += 1
+    q = await SqliteJobQueue.open(db_path, keep_days=90)
+    try:
+        left = {job.job_name for job in await q.list_jobs(None)}
+        assert left == {"queued", "running"}  # never deleted, however old
+        assert await q.get(made["completed"].id) is None
+    finally:
+        await q.close()
+
+
+async def test_old_finished_jobs_are_deleted_at_most_once_an_hour(
+    db_path: Path, clock: Clock
+) -> None:
+    q = await SqliteJobQueue.open(db_path, keep_days=1)
+    try:
+        await finished_jobs(q, clock)
+        ended = clock.t
+        clock.t = ended + 86400 - 10  # not old enough yet; the last deletion was a day ago
+        assert await q.count_jobs(None) == 5  # this call deleted (nothing)
+        clock.t = ended + 86400 + 10  # old enough, but the last deletion was 20 s ago
+        assert await q.count_jobs(None) == 5
+        clock.t = ended + 86400 - 10 + jobs.PURGE_INTERVAL_S
+        assert await q.count_jobs(None) == 2
+    finally:
+        await q.close()
+
+
+# --- the schema 1 file made by earlier versions ----------------------------------------------
+
+SCHEMA_1 = (
+    """CREATE TABLE jobs (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT    NOT NULL UNIQUE,
+        job_name   TEXT    NOT NULL,
+        args       TEXT    NOT NULL DEFAULT '',
+        status     INTEGER NOT NULL CHECK (status BETWEEN 0 AND 4),
+        priority   INTEGER NOT NULL CHECK (priority BETWEEN 0 AND 255),
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        ended_at   INTEGER,
+        worker_id  TEXT,
+        error      TEXT,
+        datasets   TEXT    NOT NULL DEFAULT '[]',
+        commit_id  TEXT    NOT NULL,
+        user       TEXT    NOT NULL
+    )""",
+    "CREATE INDEX jobs_claim_order ON jobs (status, priority DESC, seq)",
+    "CREATE INDEX jobs_by_name ON jobs (job_name, status)",
+    "PRAGMA user_version = 1",
+)
+
+
+async def test_a_schema_1_file_is_migrated(db_path: Path, clock: Clock) -> None:
+    db_path.parent.mkdir()
+    conn = sqlite3.connect(db_path)
+    for statement in SCHEMA_1:
+        conn.execute(statement)
+    row = "INSERT INTO jobs (id, job_name, status, priority, created_at, started_at, worker_id,"
+    conn.execute(
+        row + " commit_id, user) VALUES (?, 'old', 1, 5, 1000, 1001, 'w0', ?, 'alice')", ("j1", C1)
+    )
+    conn.execute(
+        row + " commit_id, user) VALUES (?, 'waiting', 0, 5, 1002, NULL, NULL, ?, 'bob')",
+        ("j2", C1),
+    )
+    conn.commit()
+    conn.close()
+
+    for _ in range(2):  # and opening it again changes nothing
+        q = await SqliteJobQueue.open(db_path)
+        try:
+            old = await q.get("j1")
+            assert old is not None
+            assert (old.status, old.worker_id, old.claimed_by) == (JobStatus.RUNNING, "w0", None)
+            assert [job.id for job in await q.list_jobs(None)] == ["j2", "j1"]
+        finally:
+            await q.close()
+    q = await SqliteJobQueue.open(db_path)
+    try:
+        claimed = await q.claim("w1", claimer="wendy")
+        assert claimed is not None and (claimed.id, claimed.claimed_by) == ("j2", "wendy")
+        # A job claimed before the upgrade has no claimer: any worker may finish it.
+        done = await q.update("j1", JobStatus.COMPLETED, "", None, caller="walt")
+        assert done.status is JobStatus.COMPLETED
+    finally:
+        await q.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs.SCHEMA_VERSION == 2
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"jobs_by_time", "jobs_by_user", "jobs_by_end"} <= indexes
+    finally:
+        conn.close()
+
+
+# --- a full disk -----------------------------------------------------------------------------
+
+
+async def test_a_full_database_is_disk_full(queue: SqliteJobQueue, db_path: Path) -> None:
+    """SQLite's own SQLITE_FULL (here from max_page_count, as from ENOSPC on a full disk)."""
+    assert queue._conn is not None
+    pages = queue._conn.execute("PRAGMA page_count").fetchone()[0]
+    queue._conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+    added = []
+    with pytest.raises(DiskFull) as info:
+        for i in range(100):  # a 4 KiB page holds a few dozen jobs
+            added.append(await add(queue, f"job{i}"))
+    assert (info.value.code, info.value.message) == (ErrorCode.DISK_FULL, "disk full")
+    assert 0 < len(added) < 100
+    assert {job.id for job in await queue.list_jobs(None)} == {job.id for job in added}
+    queue._conn.execute("PRAGMA max_page_count = 1073741823")
+    added.append(await add(queue, "after"))
+    assert await queue.count_jobs(None) == len(added)
