@@ -20,6 +20,7 @@ from .config import Config, ConfigError, load_config
 from .connection import Connection
 from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
+from .health import CachedCount
 from .http import Gate, Metrics, QuietLogger
 from .jobs import SqliteJobQueue
 from .storage import ExperimentStore
@@ -63,13 +64,17 @@ class App:
         self.stop_requested = anyio.Event()
         self.notifier = Notifier()
         self.ctx: Context | None = None
+        self.experiment_count = CachedCount(lambda: len(list_commits(config.storage.base_path)))
 
     def health(self) -> dict[str, object]:
+        """O(1): the experiment count is cached; "degraded" while the data directory
+        cannot be listed (the count is then the last one that could be made)."""
+        experiments = self.experiment_count.get()
         return {
-            "status": "ok",
+            "status": "ok" if self.experiment_count.ok else "degraded",
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "experiments": len(list_commits(self.config.storage.base_path)),
+            "experiments": experiments,
             "connections": len(self.connections),
             "watchers": len(self.hub),
         }
