@@ -2,14 +2,18 @@
 
 import argparse
 import hashlib
+import json
+import re
 import secrets
 import sys
 from pathlib import Path
 
+import yaml
+
 EXAMPLES = """examples:
   fetchml-server serve --config configs/dev.yaml
   fetchml-server check-config /etc/fetchml/config.yaml
-  fetchml-server keygen --user alice --role researcher
+  fetchml-server keygen --user alice --role researcher [--config /etc/fetchml/config.yaml]
   echo -n "$KEY" | fetchml-server hash-key
   fetchml-server inspect --base-path data/experiments --json
   fetchml-server fsck --base-path data/experiments --repair
@@ -18,6 +22,42 @@ EXAMPLES = """examples:
 
 def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def yaml_scalar(text: str) -> str:
+    """`text` as a YAML flow scalar: plain when YAML reads it back as that very string
+    (not `yes`, `null`, `123`...), else double-quoted (a JSON string is valid YAML)."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.@-]*", text) and yaml.safe_load(text) == text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def keygen(user: str, role: str, config_path: Path | None) -> int:
+    """Print a new key and its line for `auth.api_keys` (indented as in configs/example.yaml)."""
+    from .config import BUILTIN_ROLES, ConfigError, load_config
+
+    roles = BUILTIN_ROLES
+    if config_path is not None:
+        try:
+            roles = load_config(config_path).auth.roles
+        except ConfigError as exc:
+            print(f"{config_path}: {exc}", file=sys.stderr)
+            return 1
+    if not user:
+        print("error: --user must not be empty", file=sys.stderr)
+        return 2
+    if role not in roles:
+        hint = "" if config_path else " (custom roles need --config FILE)"
+        print(
+            f"error: unknown role {role!r}; roles: {', '.join(sorted(roles))}{hint}",
+            file=sys.stderr,
+        )
+        return 2
+    key = "fml_" + secrets.token_urlsafe(32)
+    print(f"API key for {user} (shown once, keep it secret):\n  {key}\n")
+    print("Add this line under auth.api_keys in the config:")
+    print(f'    {yaml_scalar(user)}: {{hash: "{hash_key(key)}", role: {yaml_scalar(role)}}}')
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="make a new API key and print its config entry")
     keygen.add_argument("--user", required=True)
     keygen.add_argument("--role", required=True)
+    keygen.add_argument("--config", type=Path, help="config file whose custom roles are allowed")
     sub.add_parser("hash-key", help="read a raw key on stdin, print its SHA-256 (64 hex)")
     inspect = sub.add_parser("inspect", help="print experiments of a data directory")
     inspect.add_argument("--base-path", required=True, type=Path)
@@ -54,21 +95,19 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(args.config)
         case "check-config":
-            from .config import ConfigError, load_config
+            from .config import ConfigError, config_warnings, load_config
 
             try:
-                load_config(args.config)
+                config = load_config(args.config)
             except ConfigError as exc:
                 print(f"{args.config}: {exc}", file=sys.stderr)
                 return 1
+            for warning in config_warnings(config):
+                print(f"{args.config}: warning: {warning}", file=sys.stderr)
             print(f"{args.config}: ok")
             return 0
         case "keygen":
-            key = "fml_" + secrets.token_urlsafe(32)
-            print(f"API key for {args.user} (shown once, keep it secret):\n  {key}\n")
-            print("Add to the config under auth.api_keys:")
-            print(f'  {args.user}: {{hash: "{hash_key(key)}", role: {args.role}}}')
-            return 0
+            return keygen(args.user, args.role, args.config)
         case "hash-key":
             raw = sys.stdin.read().strip()
             if not raw:

@@ -16,7 +16,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from . import __version__
 from .auth import Identity, KeyTable, RateLimiter
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, config_warnings, load_config
 from .connection import Connection
 from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
@@ -241,6 +241,8 @@ def run(config_path: Path) -> int:
         print(f"{config_path}: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.logging.level, config.logging.format)
+    for warning in config_warnings(config):
+        logger.warning("%s: %s", config_path, warning)
     try:
         anyio.run(App(config, config_path).run)
     except DataDirBusy as exc:

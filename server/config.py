@@ -284,3 +284,34 @@ def load_config(path: Path) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}") from None
     return parse_config(raw)
+
+
+PLACEHOLDER_HASH = "0" * 64
+"""The key hash of configs/example.yaml: it stands for no key anyone has."""
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but unsafe: `check-config` prints these, `serve` logs them."""
+    found = []
+    server = config.server
+    if not (_loopback(server.host) or server.tls.enabled or config.auth.require_handshake_key):
+        found.append(
+            f"server.host {server.host!r} is not loopback and neither server.tls.enabled nor"
+            " auth.require_handshake_key is on: keys and data cross the network in the clear"
+        )
+    for user, entry in sorted(config.auth.api_keys.items()):
+        if entry.hash == PLACEHOLDER_HASH:
+            found.append(
+                f"auth.api_keys.{user}.hash is the example's placeholder (64 zeros);"
+                " make a key with `fetchml-server keygen`"
+            )
+    return found
