@@ -75,6 +75,7 @@ JOB_KEYS = {
     "started_at",
     "ended_at",
     "worker_id",
+    "claimed_by",
     "error",
     "datasets",
     "metadata",
@@ -298,6 +299,7 @@ async def test_queue_job_returns_the_job_and_creates_the_experiment(daemon: Daem
         "started_at": None,
         "ended_at": None,
         "worker_id": None,
+        "claimed_by": None,
         "error": None,
         "datasets": [],
         "metadata": {"commit_id": cid.hex(), "user": "alice"},
@@ -321,9 +323,21 @@ async def test_status_lists_readable_jobs_newest_first(daemon: Daemon) -> None:
     b1 = await queue(client, "bob", commit_id("b"), "bobs")
 
     alice = status_of(await client.call(Status(key_hash=hash_of("alice"))))
-    assert alice == {"user": "alice", "role": "researcher", "jobs": [a2, a1], "queue_length": 3}
+    assert alice == {
+        "user": "alice",
+        "role": "researcher",
+        "jobs": [a2, a1],
+        "queue_length": 3,
+        "total": 2,
+    }
     admin = status_of(await client.call(Status(key_hash=ADMIN)))
-    assert admin == {"user": "admin", "role": "root", "jobs": [b1, a2, a1], "queue_length": 3}
+    assert admin == {
+        "user": "admin",
+        "role": "root",
+        "jobs": [b1, a2, a1],
+        "queue_length": 3,
+        "total": 3,
+    }
 
 
 async def test_cancel_job_cancels_queued_and_running_jobs_by_name(daemon: Daemon) -> None:

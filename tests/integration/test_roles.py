@@ -437,3 +437,45 @@ async def test_redefined_builtin_role(custom: Daemon) -> None:
     resp: Response = await client.call(GetExperiment(key_hash=ana, commit_id=by_byte(3)))
     assert isinstance(resp, Error)
     assert resp.code == ErrorCode.PERMISSION_DENIED
+
+
+# -- the claimer of a job ------------------------------------------------------------------
+
+
+async def test_update_job_only_by_the_user_who_claimed_it_or_a_star_role(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    """wendy and wes are both workers (scope all); a job wendy claimed is hers to report on,
+    and an admin's (`*`)."""
+    api_keys = {
+        user: {"hash": hashlib.sha256(key.encode()).hexdigest(), "role": role}
+        for user, (role, key) in {**KEYS, "wes": ("worker", "fml_test_wes_key")}.items()
+    }
+    roles = {"root": {"permissions": ["*"], "scope": "all"}}
+    daemon = await start_daemon(make_config(tmp_path, auth={"api_keys": api_keys, "roles": roles}))
+    client = await daemon.client()
+    wendy, wes = hash_of("wendy"), hashlib.sha256(b"fml_test_wes_key").digest()[:16]
+    cid = commit_id("claimed")
+    queued = await queue(client, "alice", cid, "train")
+    assert queued["claimed_by"] is None
+    job = data_of(await client.call(ClaimJob(key_hash=wendy, worker_id="gpu-1")), "job")
+    assert (job["id"], job["claimed_by"], job["worker_id"]) == (queued["id"], "wendy", "gpu-1")
+
+    def update(key: bytes, status: JobStatus, job_id: str = job["id"]) -> UpdateJob:
+        return UpdateJob(key_hash=key, job_id=job_id, status=status, error="from elsewhere")
+
+    denied = "job claimed by another user"
+    error_of(await client.call(update(wes, JobStatus.FAILED)), ErrorCode.PERMISSION_DENIED, denied)
+    error_of(
+        await client.call(update(wes, JobStatus.RUNNING, "no-such-job")), ErrorCode.JOB_NOT_FOUND
+    )
+    (shown,) = status_of(await client.call(Status(key_hash=ADMIN)))["jobs"]
+    assert (shown["status"], shown["error"], shown["claimed_by"]) == ("running", None, "wendy")
+
+    success_of(await client.call(update(wendy, JobStatus.RUNNING)))  # her heartbeat
+    success_of(await client.call(update(ADMIN, JobStatus.COMPLETED)))  # `*` may
+    # On a finished job the claimer rule still comes before "not running".
+    error_of(await client.call(update(wes, JobStatus.FAILED)), ErrorCode.PERMISSION_DENIED, denied)
+    error_of(await client.call(update(wendy, JobStatus.FAILED)), ErrorCode.INVALID_REQUEST)
+    (shown,) = status_of(await client.call(Status(key_hash=ADMIN)))["jobs"]
+    assert (shown["status"], shown["claimed_by"]) == ("completed", "wendy")
