@@ -1,4 +1,5 @@
-"""scripts/fetchml.service: the hardening settings, and systemd-analyze's verdict on them."""
+"""scripts/fetchml.service: the hardening settings, systemd-analyze's verdict on them, and
+the README's install steps agreeing with the unit."""
 
 import os
 import re
@@ -45,7 +46,8 @@ EXPECTED = {
     "WatchdogSec": "30",
     "Restart": "on-failure",
     "TimeoutStopSec": "20",
-    "DynamicUser": "yes",
+    "User": "fetchml",
+    "Group": "fetchml",
     "StateDirectory": "fetchml",
     "ConfigurationDirectory": "fetchml",
     "LogsDirectory": "fetchml",
@@ -81,6 +83,12 @@ EXPECTED = {
 @pytest.mark.parametrize(("key", "value"), EXPECTED.items(), ids=list(EXPECTED))
 def test_unit_setting(service: dict[str, list[str]], key: str, value: str) -> None:
     assert service.get(key) == [value]
+
+
+def test_unit_runs_as_a_static_user(service: dict[str, list[str]]) -> None:
+    """systemd refuses a dynamic user named like a static group (so Group=fetchml beside
+    DynamicUser= would not start); the install steps make a static user and group."""
+    assert "DynamicUser" not in service
 
 
 def test_unit_system_call_filter(service: dict[str, list[str]]) -> None:
@@ -163,3 +171,53 @@ def test_check_unit_without_systemd_analyze_exits_3(tmp_path: Path) -> None:
     result = run_check_unit(env={"PATH": str(bin_dir)})
     assert result.returncode == 3
     assert "systemd-analyze not found" in result.stderr
+
+
+def test_check_unit_fails_an_unknown_setting(tmp_path: Path) -> None:
+    _require_systemd_analyze()
+    typo = tmp_path / "typo.service"
+    typo.write_text(UNIT.read_text(encoding="utf-8").replace("\nUser=", "\nUsr="))
+    result = run_check_unit(str(typo))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Unknown key 'Usr'" in result.stderr
+    assert "verify reported problems" in result.stderr
+
+
+# -- the README's install steps -----------------------------------------------------------------
+
+
+def install_steps() -> list[str]:
+    """The commands of the first sh block under README.md's "## Operating it"."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Operating it\n", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_install_steps_agree_with_the_unit(service: dict[str, list[str]]) -> None:
+    steps = install_steps()
+    (user,) = service["User"]
+    (exec_start,) = service["ExecStart"]
+    program, _, args = exec_start.partition(" ")
+    config = args.split("--config ", 1)[1].split()[0]
+    venv = program.rsplit("/bin/", 1)[0]
+
+    assert f"python3 -m venv {venv} && {venv}/bin/pip install /path/to/fetchml" in steps
+    useradd = [s for s in steps if s.startswith("useradd ")]
+    assert useradd == [
+        "useradd --system --user-group --no-create-home --home-dir /var/lib/fetchml"
+        f" --shell /usr/sbin/nologin {user}"
+    ]
+    assert service["Group"] == [user]  # --user-group makes the group of the same name
+    assert "install -D -m 0644 scripts/fetchml.service /etc/systemd/system/fetchml.service" in steps
+    # The config: readable by root and the service's group, by nobody else.
+    config_step = f"install -D -o root -g {user} -m 0640 configs/example.yaml {config}"
+    assert config_step in steps
+    assert f"{program} check-config {config}" in steps
+    assert steps.index(useradd[0]) < steps.index(config_step)  # -g needs the group
+    assert steps[-1] == "systemctl daemon-reload && systemctl enable --now fetchml"
+    # The unit's own header gives the same commands.
+    header = UNIT.read_text(encoding="utf-8").split("[Unit]")[0]
+    assert config_step in header
+    assert f"{program} check-config {config}" in header
+    assert f"--shell /usr/sbin/nologin {user}" in header
