@@ -226,7 +226,7 @@ async def status(ctx: Context, who: Identity, req: Status) -> Response:
     who.require("jobs:read")
     owner = None if who.scope == "all" else who.user
     budget = ctx.config.server.max_message_bytes - 256
-    jobs = await ctx.jobs.list_jobs(owner, limit=budget // _MIN_JOB_BYTES)
+    jobs = await ctx.jobs.list_jobs(owner, limit=max(0, budget // _MIN_JOB_BYTES))
     doc: dict[str, Any] = {
         "user": who.user,
         "role": who.role,
