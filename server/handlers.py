@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from protocol.enums import JobStatus, PruneType
+from protocol.enums import PruneType
 from protocol.records import Metadata, decode_records
 from protocol.requests import (
     CancelJob,
@@ -32,7 +32,7 @@ from protocol.responses import Data, Response, StatusReport, Success
 from .auth import Identity, RateLimiter
 from .config import Config
 from .errors import InvalidRequest, NotFound, StorageFault
-from .jobs import Job, JobQueue
+from .jobs import MIN_JOB_JSON_BYTES, JobQueue
 from .query import query_page
 from .series import SeriesCache
 from .storage import ExperimentStore
@@ -209,24 +209,12 @@ async def queue_job(ctx: Context, who: Identity, req: QueueJob) -> Response:
     return _data("job", job.to_json())
 
 
-_SMALLEST_JOB = Job(
-    id="0" * 36,
-    job_name="",
-    status=JobStatus.QUEUED,
-    priority=0,
-    created_at=0,
-    commit_id="",
-    user="",
-)
-_MIN_JOB_BYTES = len(dumps(_SMALLEST_JOB.to_json()))
-
-
 async def status(ctx: Context, who: Identity, req: Status) -> Response:
     """The newest jobs the caller may read that fit in max_message_bytes, and their `total`."""
     who.require("jobs:read")
     owner = None if who.scope == "all" else who.user
     budget = ctx.config.server.max_message_bytes - 256
-    jobs = await ctx.jobs.list_jobs(owner, limit=max(0, budget // _MIN_JOB_BYTES))
+    jobs = await ctx.jobs.list_jobs(owner, limit=max(0, budget // MIN_JOB_JSON_BYTES))
     doc: dict[str, Any] = {
         "user": who.user,
         "role": who.role,

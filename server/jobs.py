@@ -116,6 +116,22 @@ class Job:
         }
 
 
+MIN_JOB_JSON_BYTES = len(
+    json.dumps(
+        Job(
+            id="0" * 36,
+            job_name="",
+            status=JobStatus.QUEUED,
+            priority=0,
+            created_at=0,
+            commit_id="",
+            user="",
+        ).to_json(),
+        separators=(",", ":"),
+    )
+)
+"""No job's compact JSON is shorter: STATUS reads no more jobs than could fit."""
+
 _FIELDS = tuple(f.name for f in fields(Job))
 _COLUMNS = ", ".join(_FIELDS)  # the jobs table has a column per Job field
 
