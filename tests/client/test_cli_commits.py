@@ -72,6 +72,9 @@ def test_head_is_the_current_directory_s_git_commit(
     code, out, err = run("show", "HEAD")
     assert (code, out) == (1, "")
     assert err.startswith("error: HEAD given and `git rev-parse HEAD` failed: ")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git at all
+    code, _, err = run("show", "HEAD")
+    assert code == 1 and err.startswith("error: HEAD given and git is not available: ")
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

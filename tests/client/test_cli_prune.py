@@ -4,9 +4,12 @@ import os
 import pty
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
+from client import InvalidRequest
+from client.models import prune_selection
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
 from tests.client.test_cli import Cli
 
@@ -57,8 +60,14 @@ def test_without_a_terminal_it_needs_yes(run: Cli) -> None:
     assert code == 2 and "not allowed with argument" in err
 
 
-def prune_on_a_terminal(server: ServerProcess, answer: bytes, *flags: str) -> tuple[int, str, str]:
-    """`fetchml prune --keep 1` with a pseudo-terminal as stdin, answering `answer`."""
+def prune_on_a_terminal(
+    server: ServerProcess,
+    answer: bytes,
+    *flags: str,
+    meanwhile: Callable[[], None] = lambda: None,
+) -> tuple[int, str, str]:
+    """`fetchml prune --keep 1` with a pseudo-terminal as stdin, answering `answer`
+    (after calling `meanwhile`)."""
     master, slave = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "client.cli", "--url", server.url, "--api-key", ADMIN_KEY]
@@ -76,6 +85,7 @@ def prune_on_a_terminal(server: ServerProcess, answer: bytes, *flags: str) -> tu
             chunk = os.read(proc.stderr.fileno(), 4096)
             assert chunk, err
             err += chunk
+        meanwhile()
         os.write(master, answer)
         out, rest = proc.communicate(timeout=60)
         os.close(master)
@@ -105,3 +115,30 @@ def test_json_asks_on_stderr(run: Cli) -> None:
     assert code == 0, err
     assert err.startswith("will remove 2 experiment(s):\n") and err.endswith("[y/N] ")
     assert out == '{"pruned":["' + '","'.join(sorted(set(COMMITS) - listed(run))) + '"]}\n'
+
+
+def test_prints_what_was_actually_removed(run: Cli) -> None:
+    """Another prune runs while the question is open: the answer prunes what is left."""
+    gone: list[str] = []
+
+    def meanwhile() -> None:
+        gone.extend(run.ok("prune", "--keep", "2", "--yes").splitlines()[1:])
+
+    code, out, err = prune_on_a_terminal(run.server, b"y\n", meanwhile=meanwhile)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "will remove 2 experiment(s):" and len(gone) == 1
+    assert set(gone) < set(lines[1:3])
+    assert lines[3:] == ["pruned 1 experiment(s)", *(set(lines[1:3]) - set(gone))]
+    assert err.endswith(
+        "[y/N] note: the experiments changed since the preview; the list above is what was removed\n"
+    )
+    assert len(listed(run)) == 1
+
+
+@pytest.mark.parametrize(
+    ("keep", "older"), [(None, None), (1, 1), (0, None), (None, 0), (1 << 32, None)]
+)
+def test_prune_arguments_checked_before_sending(keep: int | None, older: int | None) -> None:
+    with pytest.raises(InvalidRequest):
+        prune_selection(keep, older)

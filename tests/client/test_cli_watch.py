@@ -170,3 +170,5 @@ def test_exit_after_cuts_the_last_push(run: Cli) -> None:
     assert rows(text.split(f"watching {commit}\n")[-1]) == [["loss", "2", "1.5"]]
     code, _, err = run("watch", commit, "--exit-after", "-1")
     assert code == 2 and "expected an integer >= 0" in err
+    code, _, err = run("watch", commit, "--interval", "-0.5")
+    assert code == 2 and "expected seconds 0..3600" in err
