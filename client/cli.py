@@ -22,14 +22,13 @@ from . import commands
 from .connection import Client
 from .errors import FetchmlError, InvalidRequest
 from .export import FORMATS
+from .live import REDRAW_S
 from .models import MAX_STEP, commit_hex
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 C = "0123456789abcdef0123456789abcdef01234567"
 DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
-
-
 HEAD = "HEAD"
 MIN_PREFIX = 6
 
@@ -37,9 +36,11 @@ MIN_PREFIX = 6
 def _commit(text: str) -> str:
     """40 hex characters (lowercased), HEAD, or a lowercase prefix of 6..39 hex characters;
     main() resolves the last two."""
+    if text == HEAD:
+        return text
     low = text.strip().lower()
-    if text == HEAD or (MIN_PREFIX <= len(low) < 40 and all(c in string.hexdigits for c in low)):
-        return text if text == HEAD else low
+    if MIN_PREFIX <= len(low) < 40 and all(c in string.hexdigits for c in low):
+        return low
     try:
         return commit_hex(text)
     except InvalidRequest:
@@ -243,9 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument(
         "--interval",
         type=_seconds,
-        default=commands.REDRAW_S,
+        default=REDRAW_S,
         metavar="SECONDS",
-        help=f"redraw at most this often (default {commands.REDRAW_S})",
+        help=f"redraw at most this often (default {REDRAW_S})",
     )
 
     cmd = add(

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from client.commands import REDRAW_S, WAIT_POLL_S
+from client.commands import WAIT_POLL_S
+from client.live import REDRAW_S
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
 from tests.client.test_cli import Cli
 
