@@ -3,34 +3,51 @@
 Every subcommand connects with `--url` / `--api-key` (else FETCHML_URL /
 FETCHML_API_KEY, else `api_url` / `api_key` in ~/.ml/config.toml), prints
 aligned tables (or JSON with `--json`), and exits 1 with one line
-`error: <the server's message>` on failure (2 for usage errors).
+`error: <the server's message>` on failure (2 for usage errors). A COMMIT is
+40 hex characters, a unique prefix of 6 or more, or HEAD (`git rev-parse HEAD`).
 """
 
 import argparse
 import asyncio
 import os
+import string
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from server import __version__
+
 from . import commands
 from .connection import Client
 from .errors import FetchmlError, InvalidRequest
 from .export import FORMATS
+from .live import REDRAW_S
 from .models import MAX_STEP, commit_hex
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 C = "0123456789abcdef0123456789abcdef01234567"
 DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
+HEAD = "HEAD"
+MIN_PREFIX = 6
 
 
 def _commit(text: str) -> str:
+    """40 hex characters (lowercased), HEAD, or a lowercase prefix of 6..39 hex characters;
+    main() resolves the last two."""
+    if text == HEAD:
+        return text
+    low = text.strip().lower()
+    if MIN_PREFIX <= len(low) < 40 and all(c in string.hexdigits for c in low):
+        return low
     try:
         return commit_hex(text)
-    except InvalidRequest as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
+    except InvalidRequest:
+        raise argparse.ArgumentTypeError(
+            f"commit must be 40 hex characters, a unique prefix of {MIN_PREFIX} or more, "
+            f"or HEAD; got {text!r}"
+        ) from None
 
 
 def _int_in(text: str, low: int, high: int, message: str) -> int:
@@ -50,6 +67,21 @@ def _priority(text: str) -> int:
 
 def _positive(text: str) -> int:
     return _int_in(text, 1, sys.maxsize, "expected a positive integer")
+
+
+def _count(text: str) -> int:
+    return _int_in(text, 0, sys.maxsize, "expected an integer >= 0")
+
+
+def _prune_value(text: str) -> int:
+    return _int_in(text, 1, 0xFFFFFFFF, "expected an integer 1..4294967295")
+
+
+def _seconds(text: str) -> float:
+    seconds = _value(text)
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds 0..3600, got {text!r}")
+    return seconds
 
 
 def _step(text: str) -> int:
@@ -73,16 +105,17 @@ def _value(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
-def _git_head() -> str:
+def _git_head(context: str) -> str:
+    """`git rev-parse HEAD` in the current directory; errors start with `context`."""
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
         )
     except OSError as exc:
-        raise InvalidRequest(f"no --commit given and git is not available: {exc}") from None
+        raise InvalidRequest(f"{context} and git is not available: {exc}") from None
     if done.returncode != 0:
         why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
-        raise InvalidRequest(f"no --commit given and `git rev-parse HEAD` failed: {why}")
+        raise InvalidRequest(f"{context} and `git rev-parse HEAD` failed: {why}")
     return commit_hex(done.stdout.strip())
 
 
@@ -99,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _connection_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"fetchml {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
@@ -125,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "queue", commands.queue, "queue a job", f"fetchml queue train --commit {C} --priority 7"
     )
     cmd.add_argument("job", help="job name")
-    cmd.add_argument("--commit", type=_commit, help="40-hex commit (default: git rev-parse HEAD)")
+    cmd.add_argument("--commit", type=_commit, help="COMMIT (default: HEAD)")
     cmd.add_argument(
         "--priority", type=_priority, default=5, help="1..10, higher first (default 5)"
     )
@@ -135,12 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("job", help="job name")
 
-    cmd = add("prune", commands.prune, "remove old experiments", "fetchml prune --keep 20")
-    which = cmd.add_mutually_exclusive_group(required=True)
-    which.add_argument("--keep", type=_positive, metavar="N", help="keep the newest N experiments")
-    which.add_argument(
-        "--older-than", type=_positive, metavar="DAYS", help="remove experiments older than DAYS"
+    cmd = add(
+        "prune",
+        commands.prune,
+        "remove old experiments: shows what goes and asks first",
+        "fetchml prune --keep 20 --dry-run",
     )
+    which = cmd.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--keep", type=_prune_value, metavar="N", help="keep the newest N experiments"
+    )
+    which.add_argument(
+        "--older-than",
+        type=_prune_value,
+        metavar="DAYS",
+        help="remove experiments older than DAYS",
+    )
+    how = cmd.add_mutually_exclusive_group()
+    how.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a tty)")
+    how.add_argument("--dry-run", action="store_true", help="only print what would be removed")
 
     add("ls", commands.ls, "list experiments, newest first", "fetchml ls --json")
 
@@ -187,8 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("commit", type=_commit)
     cmd.add_argument("--name", default="", help="only this metric")
     cmd.add_argument("--plot", action="store_true", help="terminal chart (needs plotext)")
-    cmd.add_argument("--from-index", type=int, default=0, metavar="N", help="start at record N")
-    cmd.add_argument("--exit-after", type=int, default=0, metavar="N", help="stop after N records")
+    cmd.add_argument("--from-index", type=_count, default=0, metavar="N", help="start at record N")
+    cmd.add_argument(
+        "--exit-after", type=_count, default=0, metavar="N", help="stop after N records"
+    )
+    cmd.add_argument(
+        "--wait", action="store_true", help="wait for an experiment that does not exist yet"
+    )
+    cmd.add_argument(
+        "--interval",
+        type=_seconds,
+        default=REDRAW_S,
+        metavar="SECONDS",
+        help=f"redraw at most this often (default {REDRAW_S})",
+    )
 
     cmd = add(
         "export",
@@ -214,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
     async with Client.connect(args.url, args.api_key) as client:
+        if getattr(args, "commit", None):
+            args.commit = await commands.resolve_commit(client, args.commit)
         return await handler(client, args)
 
 
@@ -224,7 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         if args.command == "queue" and args.commit is None:
-            args.commit = _git_head()
+            args.commit = _git_head("no --commit given")
+        elif getattr(args, "commit", None) == HEAD:
+            args.commit = _git_head("HEAD given")
         return asyncio.run(_run(args))
     except FetchmlError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -2,9 +2,8 @@
 
 import argparse
 import asyncio
-import math
+import os
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,28 @@ from protocol.responses import json_value
 from .connection import Client
 from .errors import InvalidRequest
 from .export import ProgressBar, export_metrics, guess_format, load_optional
+from .live import CLEAR, LiveView
 from .models import Metric, metric_to_json
 from .output import dumps, emit, fmt_time, fmt_value, jobs_table, metric_json, metrics_table, table
+from .watch import WatchOptions
 
 PROGRESS_MIN_RECORDS = 100_000
-REDRAW_S = 0.25
-CLEAR = "\x1b[H\x1b[2J"
+WAIT_POLL_S = 1.0
+"""`watch --wait`: how often to ask again for an experiment that does not exist yet."""
+
+
+async def resolve_commit(client: Client, commit: str) -> str:
+    """A full 40-hex commit as is; a prefix: the one experiment in the listing it starts."""
+    if len(commit) == 40:
+        return commit
+    matches = [
+        e.commit_id for e in await client.list_experiments() if e.commit_id.startswith(commit)
+    ]
+    if not matches:
+        raise InvalidRequest(f"no experiment matches commit prefix {commit}")
+    if len(matches) > 1:
+        raise InvalidRequest(f"commit prefix {commit} is ambiguous: {', '.join(sorted(matches))}")
+    return matches[0]
 
 
 async def status(client: Client, args: argparse.Namespace) -> int:
@@ -60,12 +75,55 @@ async def cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 async def prune(client: Client, args: argparse.Namespace) -> int:
-    pruned = await client.prune(keep=args.keep, older_than_days=args.older_than)
+    """Preview, print, ask (unless --yes), prune, print what was actually removed."""
+    which = {"keep": args.keep, "older_than_days": args.older_than}
+    victims = await client.prune_preview(**which)
+    if args.dry_run:
+        emit(dumps({"would_prune": victims}) if args.json else _listing("would remove", victims))
+        return 0
+    if victims and not args.yes:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise InvalidRequest("stdin is not a terminal: pass --yes to prune without asking")
+        emit(_listing("will remove", victims), sys.stderr if args.json else None)
+        if not await _confirm(f"remove these {len(victims)} experiment(s)? [y/N] "):
+            raise InvalidRequest("not confirmed: nothing removed")
+    pruned = await client.prune(**which) if victims else []
     if args.json:
         emit(dumps({"pruned": pruned}))
     else:
         emit("\n".join([f"pruned {len(pruned)} experiment(s)", *pruned]))
+    if sorted(pruned) != sorted(victims):
+        emit(
+            "note: the experiments changed since the preview; the list above is what was removed",
+            sys.stderr,
+        )
     return 0
+
+
+def _listing(verb: str, commits: list[str]) -> str:
+    return "\n".join([f"{verb} {len(commits)} experiment(s)" + (":" if commits else ""), *commits])
+
+
+async def _confirm(question: str) -> bool:
+    """Ask on stderr, read one line from the terminal on stdin; True for y or yes.
+    The event loop keeps running meanwhile (the connection answers pings; Ctrl-C works)."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+    fd = sys.stdin.fileno()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(fd)
+    answer = os.read(fd, 1024).decode(errors="replace").strip().lower()
+    return answer in ("y", "yes")
 
 
 async def ls(client: Client, args: argparse.Namespace) -> int:
@@ -152,80 +210,31 @@ async def query(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-class _Live:
-    """The latest value per name, drawn as a table or a plotext chart."""
-
-    def __init__(self, commit: str, plot: bool) -> None:
-        self.commit = commit
-        self.latest: dict[str, Metric] = {}
-        self.series: dict[str, tuple[list[int], list[float]]] = {}
-        self.plt = load_optional("plotext", "plot", "watch --plot") if plot else None
-        self.tty = sys.stdout.isatty()
-        self.drawn = 0.0
-
-    def add(self, records: tuple[Metric, ...]) -> None:
-        for record in records:
-            self.latest[record.name] = record
-            if self.plt is not None and math.isfinite(record.value):
-                steps, values = self.series.setdefault(record.name, ([], []))
-                steps.append(record.step)
-                values.append(record.value)
-                if len(steps) > 4000:
-                    del steps[:2000], values[:2000]
-
-    def draw(self, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.drawn < REDRAW_S:
-            return
-        self.drawn = now
-        if self.plt is not None:
-            title = f"{self.commit[:12]}: {len(self.latest)} metric(s)"
-            chart = render_chart(self.plt, self.series, title, color=self.tty)
-            emit((CLEAR if self.tty else "") + chart)
-            return
-        body = (
-            metrics_table(sorted(self.latest.values(), key=lambda r: r.name))
-            if self.latest
-            else "(waiting for metrics)"
-        )
-        emit((CLEAR if self.tty else "") + f"watching {self.commit}\n{body}")
-
-
-def render_chart(
-    plt: Any, series: dict[str, tuple[list[int], list[float]]], title: str, color: bool
-) -> str:
-    """A line per metric (x = step) as text, with plotext 6 (plt.figure) or plotext 5."""
-    if hasattr(plt, "figure") and hasattr(plt.figure, "signal"):
-        fig = plt.figure
-        fig.clear.data()
-        fig.title(title)
-        for name, (steps, values) in series.items():
-            fig.draw(fig.signal(steps, values).label(name).lines())
-        return str(fig.build().string(colorless=not color))
-    plt.clear_data()
-    if not color:
-        plt.theme("clear")
-    plt.title(title)
-    for name, (steps, values) in series.items():
-        plt.plot(steps, values, label=name)
-    return str(plt.build())
-
-
 async def watch(client: Client, args: argparse.Namespace) -> int:
-    live = _Live(args.commit, args.plot)
-    seen = 0
-    async with client.watch(args.commit, from_index=args.from_index, name=args.name) as stream:
-        if not args.json:
-            live.draw(final=True)
-        async for batch in stream:
-            seen += len(batch.records)
-            if args.json:
-                emit("\n".join(metric_json(r) for r in batch.records))
-            else:
-                live.add(batch.records)
-                live.draw(final=bool(args.exit_after and seen >= args.exit_after))
-            if args.exit_after and seen >= args.exit_after:
-                break
+    live = None if args.json else LiveView(args.commit, args.plot, args.interval)
+    shown = 0
+    options = WatchOptions(wait_for_experiment=WAIT_POLL_S if args.wait else 0.0)
+    stream = client.watch(args.commit, args.from_index, args.name, options=options)
+    async with stream:
+        if live is not None:
+            live.draw()
+        try:
+            async for batch in stream:
+                records = batch.records
+                if args.exit_after:  # exactly that many: the last batch is cut
+                    records = records[: args.exit_after - shown]
+                shown += len(records)
+                done = bool(args.exit_after) and shown >= args.exit_after
+                if live is None:
+                    emit("\n".join(metric_json(r) for r in records))
+                else:
+                    live.add(records)
+                    live.update(final=done)
+                if done:
+                    break
+        finally:
+            if live is not None:
+                live.cancel()
     return 0
 
 

@@ -151,6 +151,16 @@ class Client(MetricsAPI):
             request, "experiments", lambda rows: [ExperimentSummary.from_json(r) for r in rows]
         )
 
+    async def prune_preview(
+        self, *, keep: int | None = None, older_than_days: int | None = None
+    ) -> list[str]:
+        """The commits `prune()` with the same arguments would remove now; removes nothing."""
+        from .models import prune_selection
+
+        kind, value = prune_selection(keep, older_than_days)
+        request = rq.PrunePreview(key_hash=self._key, prune_type=kind, value=value)
+        return await self._json(request, "pruned", lambda o: [str(c) for c in o["pruned"]])
+
 
 class _Connect:
     """What `Client.connect()` returns: awaitable, and an async context manager."""

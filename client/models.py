@@ -8,7 +8,7 @@ dataclass. Everything else is a frozen dataclass built by `from_json`.
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.enums import JobStatus
+from protocol.enums import JobStatus, PruneType
 from protocol.records import MetricRecord
 from protocol.responses import float_value, json_value
 
@@ -38,6 +38,18 @@ def parse_commit(commit: str | bytes) -> bytes:
 
 def commit_hex(commit: str | bytes) -> str:
     return parse_commit(commit).hex()
+
+
+def prune_selection(keep: int | None, older_than_days: int | None) -> tuple[PruneType, int]:
+    """PRUNE's (and PRUNE_PREVIEW's) type and value: exactly one of the two, 1..2^32-1."""
+    if (keep is None) == (older_than_days is None):
+        raise InvalidRequest("prune needs exactly one of keep= or older_than_days=")
+    value = keep if keep is not None else older_than_days
+    assert value is not None
+    if not 1 <= value <= 0xFFFFFFFF:
+        raise InvalidRequest(f"prune value must be 1..4294967295, got {value}")
+    kind = PruneType.KEEP_NEWEST if keep is not None else PruneType.OLDER_THAN_DAYS
+    return kind, value
 
 
 def metric_from_json(obj: dict[str, Any]) -> Metric:

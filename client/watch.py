@@ -34,7 +34,7 @@ from protocol.responses import (
     decode_response,
 )
 
-from .errors import RETRYABLE, FetchmlConnectionError, ProtocolViolation, error_from
+from .errors import RETRYABLE, FetchmlConnectionError, NotFound, ProtocolViolation, error_from
 from .models import MetricsPage
 from .settings import Settings
 from .transport import EventHandler, backoff_delay, log_event, open_websocket
@@ -52,6 +52,9 @@ class WatchOptions:
     """Failed reconnect attempts in a row before giving up (None: keep trying)."""
     skip_empty: bool = True
     """Do not yield packets that carry no records (their `next` is still taken)."""
+    wait_for_experiment: float = 0.0
+    """While the experiment does not exist yet, subscribe again every so many seconds
+    (0: raise NotFound at once). Only before the first subscription succeeds."""
 
 
 class MetricWatch:
@@ -166,7 +169,8 @@ class MetricWatch:
     async def _subscribe(self) -> ClientConnection | None:
         """Open a connection and send WATCH_METRICS from `next`; None once closed.
 
-        The first subscription fails at once; later ones retry with backoff.
+        The first subscription fails at once (or, for a missing experiment, waits with
+        `wait_for_experiment`); later ones retry with backoff.
         """
         attempt = 0
         while not self._closed:
@@ -177,6 +181,13 @@ class MetricWatch:
                 break
             try:
                 ws = await self._try_subscribe()
+            except NotFound:
+                if self._subscribed_once or opts.wait_for_experiment <= 0:
+                    raise
+                logger.info("watch %s: no such experiment yet, waiting", self.commit)
+                await asyncio.sleep(opts.wait_for_experiment)
+                attempt = 0
+                continue
             except FetchmlConnectionError as exc:
                 limit = self._options.max_retries
                 if (

@@ -18,6 +18,7 @@ class Opcode(IntEnum):
     CLAIM_JOB = 0x11
     UPDATE_JOB = 0x12
     WHOAMI = 0x13
+    PRUNE_PREVIEW = 0x18
 
 
 RESERVED_OPCODES = frozenset(range(0x05, 0x0A))

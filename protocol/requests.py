@@ -334,6 +334,20 @@ class WhoAmI(_Request):
     OPCODE = Opcode.WHOAMI
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrunePreview(_Request):
+    """PRUNE's selection without removing anything."""
+
+    OPCODE = Opcode.PRUNE_PREVIEW
+    LAYOUT = Prune.LAYOUT
+    prune_type: PruneType
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.value == 0:
+            raise MalformedRequest("PRUNE_PREVIEW value must be at least 1")
+
+
 Request = (
     QueueJob
     | Status
@@ -349,6 +363,7 @@ Request = (
     | ClaimJob
     | UpdateJob
     | WhoAmI
+    | PrunePreview
 )
 
 REQUEST_TYPES: dict[int, type[_Request]] = {
@@ -368,6 +383,7 @@ REQUEST_TYPES: dict[int, type[_Request]] = {
         ClaimJob,
         UpdateJob,
         WhoAmI,
+        PrunePreview,
     )
 }
 

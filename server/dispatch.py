@@ -13,6 +13,7 @@ from protocol.requests import (
     LogMetric,
     LogMetrics,
     Prune,
+    PrunePreview,
     QueryMetrics,
     QueueJob,
     Request,
@@ -49,6 +50,8 @@ def dispatch(
             return handlers.cancel_job(ctx, who, req)
         case Prune():
             return handlers.prune(ctx, who, req)
+        case PrunePreview():
+            return handlers.prune_preview(ctx, who, req)
         case GetExperiment():
             return handlers.get_experiment(ctx, who, req)
         case CreateExperiment():

@@ -21,6 +21,7 @@ from protocol.requests import (
     GetExperiment,
     ListExperiments,
     Prune,
+    PrunePreview,
     QueryMetrics,
     QueueJob,
     Status,
@@ -169,16 +170,29 @@ def watch_metrics(ctx: Context, who: Identity, req: WatchMetrics) -> Subscriber:
     return Subscriber(commit, req.from_index, req.name, ctx.config.server.watch_buffer_bytes)
 
 
-async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
+def _prune_target(
+    who: Identity, req: Prune | PrunePreview
+) -> tuple[Literal["keep", "older"], str | None]:
+    """PRUNE's and PRUNE_PREVIEW's selection: its kind, and the owner it is limited to."""
     who.require("jobs:delete")
     kind: Literal["keep", "older"] = "keep" if req.prune_type == PruneType.KEEP_NEWEST else "older"
-    owner = None if who.scope == "all" else who.user
+    return kind, None if who.scope == "all" else who.user
+
+
+async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
+    kind, owner = _prune_target(who, req)
     pruned = await ctx.store.prune(kind, req.value, owner=owner)
     for commit in pruned:
         ctx.hub.end(commit)
         ctx.series.drop(commit)
     ctx.audit("prune", who, prune_type=kind, value=req.value, pruned=pruned)
     return _data("pruned", {"pruned": pruned})
+
+
+def prune_preview(ctx: Context, who: Identity, req: PrunePreview) -> Response:
+    """PRUNE's selection, removing nothing (so not audited)."""
+    kind, owner = _prune_target(who, req)
+    return _data("pruned", {"pruned": ctx.store.prune_selection(kind, req.value, owner=owner)})
 
 
 # -- jobs -----------------------------------------------------------------------

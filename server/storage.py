@@ -381,15 +381,7 @@ class ExperimentStore:
         """Remove experiments (Go PruneExperiments): keep the newest `value`, or
         remove those older than `value` days. Unreadable metadata is never pruned.
         With `owner`, only that user's experiments are considered."""
-        infos = []
-        for commit in self.commits():
-            try:
-                meta = self.metadata(commit)
-            except NotFound:
-                continue
-            if meta is not None and owner in (None, meta.user):
-                infos.append((commit, meta))
-        victims = select_prune(infos, kind, value, time.time() if now is None else now)
+        victims = self.prune_selection(kind, value, now, owner)
         for commit in victims:
             exp = self._get(commit)
             async with exp.lock:
@@ -401,6 +393,24 @@ class ExperimentStore:
         if victims:
             await anyio.to_thread.run_sync(fsync_dir, self.base)
         return victims
+
+    def prune_selection(
+        self,
+        kind: Literal["keep", "older"],
+        value: int,
+        now: float | None = None,
+        owner: str | None = None,
+    ) -> list[str]:
+        """What `prune` with these arguments removes, removing nothing."""
+        infos = []
+        for commit in self.commits():
+            try:
+                meta = self.metadata(commit)
+            except NotFound:
+                continue
+            if meta is not None and owner in (None, meta.user):
+                infos.append((commit, meta))
+        return select_prune(infos, kind, value, time.time() if now is None else now)
 
 
 def select_prune(

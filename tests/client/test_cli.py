@@ -269,7 +269,7 @@ def test_prune(server_process: ServerProcess, capsys: pytest.CaptureFixture[str]
     for commit in commits:
         run.ok("log", commit, "x", "1", "--create")
     assert run.json("prune", "--older-than", "1") == {"pruned": []}
-    out = run.ok("prune", "--keep", "1").splitlines()
+    out = run.ok("prune", "--keep", "1", "--yes").splitlines()
     assert out[0] == "pruned 2 experiment(s)" and len(out) == 3
     assert set(out[1:]) < set(commits)
     assert len(run.json("ls")) == 1  # type: ignore[arg-type]

@@ -40,6 +40,7 @@ from protocol.requests import (
     LogMetrics,
     MetricPoint,
     Prune,
+    PrunePreview,
     QueryMetrics,
     QueueJob,
     Request,
@@ -131,6 +132,9 @@ def sample_request(op: Opcode, key: bytes, cid: bytes, job_id: str = "no-such-jo
             key_hash=key, job_id=job_id, status=JobStatus.COMPLETED
         ),
         Opcode.WHOAMI: lambda: WhoAmI(key_hash=key),
+        Opcode.PRUNE_PREVIEW: lambda: PrunePreview(
+            key_hash=key, prune_type=PruneType.KEEP_NEWEST, value=1000
+        ),
     }
     return builders[op]()
 

@@ -76,7 +76,7 @@ def assert_allowed(op: Opcode, resp: Response, user: str, cid: bytes) -> None:
             assert status_of(resp)["user"] == user
         case Opcode.CANCEL_JOB:
             success_of(resp, "cancelled 1 job(s)")
-        case Opcode.PRUNE:
+        case Opcode.PRUNE | Opcode.PRUNE_PREVIEW:
             assert data_of(resp, "pruned") == {"pruned": []}
         case Opcode.LOG_METRIC | Opcode.WATCH_METRICS:
             success_of(resp, "")

@@ -27,6 +27,7 @@ from protocol.requests import (
     LogMetrics,
     MetricPoint,
     Prune,
+    PrunePreview,
     QueryMetrics,
     QueueJob,
     Status,
@@ -149,6 +150,12 @@ REQUEST_STRATEGIES = {
         error=str16s,
     ),
     WhoAmI: st.builds(WhoAmI, key_hash=key_hashes),
+    PrunePreview: st.builds(
+        PrunePreview,
+        key_hash=key_hashes,
+        prune_type=st.sampled_from(PruneType),
+        value=st.integers(1, 0xFFFFFFFF),
+    ),
 }
 any_request = st.one_of(list(REQUEST_STRATEGIES.values()))
 
@@ -245,6 +252,7 @@ MIN_BODY = {
     Opcode.CLAIM_JOB: 1,
     Opcode.UPDATE_JOB: 4,
     Opcode.WHOAMI: 0,
+    Opcode.PRUNE_PREVIEW: 5,
 }
 
 
@@ -308,6 +316,7 @@ VALID_REQUESTS = [
     ClaimJob(key_hash=KEY, worker_id="gpu-01"),
     UpdateJob(key_hash=KEY, job_id="job-1", status=JobStatus.FAILED, error="boom"),
     WhoAmI(key_hash=KEY),
+    PrunePreview(key_hash=KEY, prune_type=PruneType.OLDER_THAN_DAYS, value=30),
 ]
 
 
@@ -453,22 +462,34 @@ def test_log_metrics_count_matching_body():
 # --- enum and value rules --------------------------------------------------------------------
 
 
+PRUNES = [Opcode.PRUNE, Opcode.PRUNE_PREVIEW]
+
+
+@pytest.mark.parametrize("opcode", PRUNES, ids=lambda op: op.name)
 @pytest.mark.parametrize("prune_type", [0, 1])
-def test_prune_value_zero(prune_type):
+def test_prune_value_zero(opcode, prune_type):
     body = struct.pack(">BI", prune_type, 0)
-    assert rejected(message(Opcode.PRUNE, body)) == "PRUNE value must be at least 1"
+    assert rejected(message(opcode, body)) == f"{opcode.name} value must be at least 1"
 
 
+@pytest.mark.parametrize("opcode", PRUNES, ids=lambda op: op.name)
 @pytest.mark.parametrize("prune_type", [2, 3, 0x7F, 0xFF])
-def test_prune_unknown_type(prune_type):
+def test_prune_unknown_type(opcode, prune_type):
     body = struct.pack(">BI", prune_type, 10)
-    assert rejected(message(Opcode.PRUNE, body)) == f"PRUNE: invalid prune_type {prune_type}"
+    assert rejected(message(opcode, body)) == f"{opcode.name}: invalid prune_type {prune_type}"
 
 
 @pytest.mark.parametrize("value", [1, 0xFFFFFFFF])
 def test_prune_value_bounds_accepted(value):
     decoded = decode_request(message(Opcode.PRUNE, struct.pack(">BI", 1, value)))
     assert decoded == Prune(key_hash=KEY, prune_type=PruneType.OLDER_THAN_DAYS, value=value)
+    preview = decode_request(message(Opcode.PRUNE_PREVIEW, struct.pack(">BI", 0, value)))
+    assert preview == PrunePreview(key_hash=KEY, prune_type=PruneType.KEEP_NEWEST, value=value)
+
+
+def test_prune_preview_short_body_is_prunes_error():
+    text = rejected(message(Opcode.PRUNE_PREVIEW, b"\x00\x00\x00\x0a"))
+    assert text == "PRUNE_PREVIEW (0x18): body too short; minimum body length 5, actual 4"
 
 
 def update_job_body(status: int) -> bytes:
@@ -585,6 +606,8 @@ def test_log_metrics_count_bounds_at_construction(count):
 def test_construction_rules():
     with pytest.raises(MalformedRequest, match="PRUNE value must be at least 1"):
         Prune(key_hash=KEY, prune_type=PruneType.KEEP_NEWEST, value=0)
+    with pytest.raises(MalformedRequest, match="PRUNE_PREVIEW value must be at least 1"):
+        PrunePreview(key_hash=KEY, prune_type=PruneType.KEEP_NEWEST, value=0)
     for status in set(JobStatus) - UPDATABLE_JOB_STATUSES:
         with pytest.raises(MalformedRequest, match="UPDATE_JOB status must be"):
             UpdateJob(key_hash=KEY, job_id="j", status=status)

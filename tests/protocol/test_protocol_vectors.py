@@ -24,6 +24,7 @@ from protocol.requests import (
     LogMetrics,
     MetricPoint,
     Prune,
+    PrunePreview,
     QueryMetrics,
     QueueJob,
     Status,
@@ -147,6 +148,11 @@ REQUEST_VECTORS = [
         id="UPDATE_JOB",
     ),
     pytest.param(WhoAmI(key_hash=KEY), "13 5ba7dccf22514f45ae84bfb8b12cd02e", id="WHOAMI"),
+    pytest.param(
+        PrunePreview(key_hash=KEY, prune_type=PruneType.KEEP_NEWEST, value=10),
+        "18 5ba7dccf22514f45ae84bfb8b12cd02e 00 0000000a",
+        id="PRUNE_PREVIEW",
+    ),
 ]
 
 RESPONSE_VECTORS = [
