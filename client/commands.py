@@ -45,8 +45,9 @@ async def status(client: Client, args: argparse.Namespace) -> int:
             emit(dumps(report.to_json()))
         else:
             head = (
-                f"user {report.user} ({report.role}): {len(report.jobs)} job(s) visible, "
-                f"{report.queue_length} queued in total"
+                f"user {report.user} ({report.role}): {report.total} job(s) visible"
+                + (f", newest {len(report.jobs)} shown" if len(report.jobs) < report.total else "")
+                + f", {report.queue_length} queued in total"
             )
             text = head + "\n" + jobs_table(report.jobs)
             emit((CLEAR if args.watch and sys.stdout.isatty() else "") + text)

@@ -108,6 +108,7 @@ class Job:
     worker_id: str | None = None
     error: str | None = None
     datasets: tuple[str, ...] = ()
+    claimed_by: str | None = None
 
     @property
     def status_name(self) -> str:
@@ -130,6 +131,7 @@ class Job:
             worker_id=_opt_str(obj.get("worker_id")),
             error=_opt_str(obj.get("error")),
             datasets=tuple(str(d) for d in obj.get("datasets") or ()),
+            claimed_by=_opt_str(obj.get("claimed_by")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -143,6 +145,7 @@ class Job:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "worker_id": self.worker_id,
+            "claimed_by": self.claimed_by,
             "error": self.error,
             "datasets": list(self.datasets),
             "metadata": {"commit_id": self.commit_id, "user": self.user},
@@ -151,12 +154,14 @@ class Job:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Status:
-    """STATUS: who is asking, the jobs they may read (newest first), all users' queue length."""
+    """STATUS: who is asking, the newest jobs they may read that fit in one message,
+    how many they may read in all (`total`), all users' queue length."""
 
     user: str
     role: str
     jobs: tuple[Job, ...]
     queue_length: int
+    total: int
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "Status":
@@ -165,6 +170,7 @@ class Status:
             role=str(obj["role"]),
             jobs=tuple(Job.from_json(j) for j in obj["jobs"]),
             queue_length=int(obj["queue_length"]),
+            total=int(obj.get("total", len(obj["jobs"]))),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -173,6 +179,7 @@ class Status:
             "role": self.role,
             "jobs": [job.to_json() for job in self.jobs],
             "queue_length": self.queue_length,
+            "total": self.total,
         }
 
 

@@ -155,11 +155,13 @@ async def test_jobs(daemon: Daemon) -> None:
         assert (low.commit_id, low.user, low.priority) == (C1, "alice", 2)
         status = await alice.status()
         assert (status.user, status.role, status.queue_length) == ("alice", "researcher", 2)
+        assert status.total == 2
         assert [j.id for j in status.jobs] == [high.id, low.id]
 
         claimed = await worker.claim_job("gpu-0")
         assert claimed is not None and claimed.id == high.id
         assert claimed.status == JobStatus.RUNNING and claimed.worker_id == "gpu-0"
+        assert claimed.claimed_by == "wendy" and low.claimed_by is None
         assert "completed" in await worker.update_job(high.id, "completed")
         with pytest.raises(InvalidRequest):
             await worker.update_job(high.id, JobStatus.FAILED, "too late")
