@@ -4,11 +4,13 @@ Plain synchronous functions, run in worker threads by the store and directly
 by the operator commands (inspect, fsck).
 """
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
 import re
+import stat
 import time
 from array import array
 from pathlib import Path
@@ -29,6 +31,20 @@ FILE_MODE = 0o600
 READ_CHUNK = 4 << 20
 META = "meta.bin"
 METRICS = "metrics.bin"
+META_MAX_BYTES = 1024
+"""meta.bin holds a version, a timestamp and three short strings; a larger one is damaged."""
+UNREADABLE = "metadata unreadable"
+SAFE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+"""On every open in the tree: never through a symlink, never waiting on a FIFO."""
+KINDS = {
+    stat.S_IFLNK: "a symlink",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFREG: "a regular file",
+}
 
 
 def check_commit(commit: str) -> str:
@@ -36,6 +52,93 @@ def check_commit(commit: str) -> str:
     if not COMMIT_RE.match(commit):
         raise NotFound(f"invalid commit id {commit[:64]!r}")
     return commit
+
+
+class Damaged(StorageFault):
+    """An entry of the tree that is not what belongs there: a symlink, FIFO, device, socket
+    or directory where a file belongs, a non-directory where an experiment belongs, an
+    oversized meta.bin. It is reported, never followed, read, written or waited on."""
+
+
+def kind(mode: int) -> str:
+    return KINDS.get(stat.S_IFMT(mode), "of an unknown type")
+
+
+def _kind_at(name: str | Path, dir_fd: int | None = None) -> str:
+    try:
+        return kind(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError as exc:
+        return f"unusable ({exc.strerror})"
+
+
+def open_regular(name: str | Path, flags: int, *, dir_fd: int | None = None, limit: int = 0) -> int:
+    """Open a regular file (of at most `limit` bytes when given) without following a
+    symlink or waiting on a FIFO; Damaged naming what is there instead."""
+    try:
+        fd = os.open(name, flags | SAFE_FLAGS, FILE_MODE, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENODEV):
+            raise Damaged(f"{Path(name).name} is {_kind_at(name, dir_fd)}") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Damaged(f"{Path(name).name} is {kind(st.st_mode)}")
+        if limit and st.st_size > limit:
+            raise Damaged(f"{Path(name).name} is too large ({st.st_size} bytes)")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_dir(directory: Path) -> int:
+    """An experiment directory, never through a symlink: a descriptor for opens inside it."""
+    try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | SAFE_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Damaged(f"experiment directory is {_kind_at(directory)}") from None
+        raise
+
+
+def open_entry(directory: Path, name: str, flags: int, limit: int = 0) -> int:
+    """`open_regular` of a file in an experiment directory, the directory itself unfollowed."""
+    dir_fd = open_dir(directory)
+    try:
+        return open_regular(name, flags, dir_fd=dir_fd, limit=limit)
+    finally:
+        os.close(dir_fd)
+
+
+def damage(directory: Path) -> str | None:
+    """Why an experiment directory, its meta.bin or its metrics.bin is not what belongs
+    there (every reason, joined by "; "), None when all are. Nothing but the directory is
+    opened: the files are looked at with lstat."""
+    try:
+        dir_fd = open_dir(directory)
+    except Damaged as exc:
+        return exc.message
+    except OSError as exc:
+        return f"experiment directory is unusable ({exc.strerror})"
+    reasons = []
+    try:
+        for name, limit in ((META, META_MAX_BYTES), (METRICS, 0)):
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                reasons.append(f"{name} is unusable ({exc.strerror})")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                reasons.append(f"{name} is {kind(st.st_mode)}")
+            elif limit and st.st_size > limit:
+                reasons.append(f"{name} is too large ({st.st_size} bytes)")
+    finally:
+        os.close(dir_fd)
+    return "; ".join(reasons) or None
 
 
 def fsync_dir(path: Path) -> None:
@@ -47,9 +150,16 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: old or new, never half."""
+    """Temp file, fsync, rename, fsync the directory: old or new, never half. Only a
+    regular file is replaced, and never through a symlinked directory (Damaged)."""
+    if os.path.islink(path.parent):
+        raise Damaged(f"{path.parent.name} is a symlink")
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise Damaged(f"{path.name} is {kind(mode)}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | SAFE_FLAGS, FILE_MODE)
     try:
         write_all(fd, data)
         os.fsync(fd)
@@ -127,7 +237,7 @@ def torn_copy_path(metrics: Path) -> Path:
     stem = f"{metrics.name}.torn-{int(time.time())}"
     candidate = metrics.with_name(stem)
     n = 2
-    while candidate.exists():
+    while os.path.lexists(candidate):
         candidate = metrics.with_name(f"{stem}-{n}")
         n += 1
     return candidate
@@ -137,7 +247,7 @@ def cut_tail(fd: int, metrics: Path, end: int, size: int) -> Path:
     """Copy bytes past `end` beside the file, then truncate to `end` and fsync."""
     removed = os.pread(fd, size - end, end)
     copy = torn_copy_path(metrics)
-    cfd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    cfd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | SAFE_FLAGS, FILE_MODE)
     try:
         write_all(cfd, removed)
         os.fsync(cfd)
@@ -153,22 +263,35 @@ def cut_tail(fd: int, metrics: Path, end: int, size: int) -> Path:
 
 
 def list_commits(base: Path) -> list[str]:
-    """Experiment directories: only names of exactly 40 lowercase hex characters, sorted."""
+    """Experiments: every entry named with exactly 40 lowercase hex characters, sorted;
+    one that is not a directory (or is a symlink) is there to be reported as damaged."""
     try:
         entries = list(os.scandir(base))
     except FileNotFoundError:
         return []
-    return sorted(
-        e.name for e in entries if COMMIT_RE.match(e.name) and e.is_dir(follow_symlinks=False)
-    )
+    return sorted(e.name for e in entries if COMMIT_RE.match(e.name))
 
 
 def read_metadata(path: Path) -> Metadata | None:
-    """meta.bin of an experiment directory, None when missing or damaged."""
+    """meta.bin of an experiment directory, None when missing, damaged or undecodable."""
     try:
-        return decode_metadata((path / META).read_bytes())
+        fd = open_entry(path, META, os.O_RDONLY, META_MAX_BYTES)
+    except (OSError, Damaged):
+        return None
+    try:
+        return decode_metadata(os.read(fd, META_MAX_BYTES))
     except (OSError, MalformedRecord):
         return None
+    finally:
+        os.close(fd)
+
+
+def load_metadata(path: Path) -> tuple[Metadata | None, str | None]:
+    """(meta.bin, why the experiment is damaged). A damaged experiment has no metadata,
+    so no owner; a meta.bin that is missing or does not decode is "metadata unreadable"."""
+    reason = damage(path)
+    meta = None if reason else read_metadata(path)
+    return meta, reason or (None if meta else UNREADABLE)
 
 
 def storage_error(exc: OSError) -> ServerError:
@@ -180,13 +303,16 @@ def storage_error(exc: OSError) -> ServerError:
 
 
 class DataDirBusy(Exception):
-    """Another process holds the data directory."""
+    """Another process holds the data directory (or its lock file is damaged)."""
 
 
 def lock_data_dir(base: Path) -> int:
     """One daemon per data directory: a second one fails at start, naming the first."""
     base.mkdir(mode=0o750, parents=True, exist_ok=True)
-    fd = os.open(base / ".fetchml-server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = open_regular(base / ".fetchml-server.lock", os.O_RDWR | os.O_CREAT)
+    except Damaged as exc:
+        raise DataDirBusy(f"{base} cannot be locked: {exc.message}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

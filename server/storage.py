@@ -27,7 +27,7 @@ import anyio.abc
 
 from protocol.records import Metadata, encode_metadata
 
-from .errors import AlreadyExists, NotFound
+from .errors import AlreadyExists, NotFound, ServerError
 from .experiment import Chunk, Experiment, Pending
 from .files import (
     DIR_MODE,
@@ -38,7 +38,8 @@ from .files import (
     check_commit,
     fsync_dir,
     list_commits,
-    read_metadata,
+    load_metadata,
+    open_entry,
     scan_file,
     storage_error,
     write_file_atomic,
@@ -62,8 +63,10 @@ CommitHook = Callable[[str, int, bytes, int], None]
 class ExperimentInfo:
     commit: str
     meta: Metadata | None
-    """None when meta.bin is unreadable."""
+    """None when meta.bin is unreadable or the experiment damaged."""
     metrics_count: int
+    damaged: str | None = None
+    """Why not, when `meta` is None (files.load_metadata)."""
 
 
 class ExperimentStore:
@@ -146,24 +149,30 @@ class ExperimentStore:
     def exists(self, commit: str) -> bool:
         if commit in self._experiments and self._experiments[commit].meta_loaded:
             return True
-        return (self.base / check_commit(commit)).is_dir()
+        return os.path.lexists(self.base / check_commit(commit))
 
     def metadata(self, commit: str) -> Metadata | None:
-        """meta.bin of an existing experiment, None when unreadable; NotFound when absent."""
+        """meta.bin of an existing experiment, None when unreadable or the experiment is
+        damaged (see `damaged`); NotFound when absent."""
         exp = self._get(commit)
         if not exp.meta_loaded:
-            if not exp.path.is_dir():
+            if not os.path.lexists(exp.path):
                 del self._experiments[commit]
                 raise NotFound(f"experiment {commit} not found")
-            exp.meta = read_metadata(exp.path)
+            exp.meta, exp.damaged = load_metadata(exp.path)
             exp.meta_loaded = True
         return exp.meta
+
+    def damaged(self, commit: str) -> str | None:
+        """Why an experiment has no metadata: a damaged entry, or "metadata unreadable"."""
+        self.metadata(commit)
+        return self._experiments[commit].damaged
 
     async def create(self, meta: Metadata) -> None:
         """Make the directory, files/ and meta.bin in one rename; AlreadyExists if present."""
         commit = check_commit(meta.commit_id)
         final = self.base / commit
-        if final.exists():
+        if os.path.lexists(final):
             raise AlreadyExists(f"experiment {commit} already exists")
         await anyio.to_thread.run_sync(self._create_sync, final, meta)
         exp = self._get(commit)
@@ -202,27 +211,37 @@ class ExperimentStore:
         return list_commits(self.base)
 
     async def list_experiments(self) -> list[ExperimentInfo]:
-        """Newest first (ties: commit ascending); unreadable metadata last, by commit."""
+        """Newest first (ties: commit ascending); unreadable metadata last, by commit.
+        A damaged experiment is listed with its reason; it never fails the listing."""
         infos = []
         for commit in self.commits():
             try:
                 if commit in self._experiments:
-                    meta, count = self.metadata(commit), await self.count(commit)
+                    meta, damaged = self.metadata(commit), self.damaged(commit)
                 else:  # without taking a slot of the open-experiment LRU
-                    meta = read_metadata(self.base / commit)
+                    meta, damaged = load_metadata(self.base / commit)
+            except NotFound:
+                continue
+            try:
+                if commit in self._experiments:
+                    count = await self.count(commit)
+                else:
                     count = await anyio.to_thread.run_sync(self._count_unheld, commit)
             except NotFound:
                 continue
+            except ServerError as exc:  # listed as damaged; the rest go on
+                meta, damaged, count = None, damaged or exc.message, 0
             except OSError as exc:
-                raise storage_error(exc) from None
-            infos.append(ExperimentInfo(commit, meta, count))
+                logger.error("listing %s: %s", commit, exc)
+                meta, damaged, count = None, damaged or "storage error", 0
+            infos.append(ExperimentInfo(commit, meta, count, damaged))
         return sort_experiments(infos)
 
     def _count_unheld(self, commit: str) -> int:
         """Records of an experiment the store does not hold, from `_known` when current."""
         known = self._known.get(commit)
         try:
-            fd = os.open(self.base / commit / METRICS, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_entry(self.base / commit, METRICS, os.O_RDONLY)
         except FileNotFoundError:
             return 0
         try:
@@ -326,7 +345,7 @@ class ExperimentStore:
         exp = self._get(commit)
         if exp.fd is not None and exp.scanned:
             return exp
-        if not exp.path.is_dir():  # removed from outside
+        if not os.path.lexists(exp.path):  # removed from outside
             self._experiments.pop(commit, None)
             if not exp.busy:
                 exp.close()
