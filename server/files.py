@@ -71,21 +71,31 @@ def _kind_at(name: str | Path, dir_fd: int | None = None) -> str:
         return f"unusable ({exc.strerror})"
 
 
+def _check(name: str, st: os.stat_result, limit: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise Damaged(f"{name} is {kind(st.st_mode)}")
+    if limit and st.st_size > limit:
+        raise Damaged(f"{name} is too large ({st.st_size} bytes)")
+
+
 def open_regular(name: str | Path, flags: int, *, dir_fd: int | None = None, limit: int = 0) -> int:
     """Open a regular file (of at most `limit` bytes when given) without following a
-    symlink or waiting on a FIFO; Damaged naming what is there instead."""
+    symlink, waiting on a FIFO or opening a device (it is looked at first, then checked
+    again once open); Damaged naming what is there instead."""
+    label = Path(name).name
+    try:
+        _check(label, os.stat(name, dir_fd=dir_fd, follow_symlinks=False), limit)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
     try:
         fd = os.open(name, flags | SAFE_FLAGS, FILE_MODE, dir_fd=dir_fd)
-    except OSError as exc:
+    except OSError as exc:  # replaced since it was looked at
         if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENODEV):
-            raise Damaged(f"{Path(name).name} is {_kind_at(name, dir_fd)}") from None
+            raise Damaged(f"{label} is {_kind_at(name, dir_fd)}") from None
         raise
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Damaged(f"{Path(name).name} is {kind(st.st_mode)}")
-        if limit and st.st_size > limit:
-            raise Damaged(f"{Path(name).name} is too large ({st.st_size} bytes)")
+        _check(label, os.fstat(fd), limit)
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -126,16 +136,13 @@ def damage(directory: Path) -> str | None:
     try:
         for name, limit in ((META, META_MAX_BYTES), (METRICS, 0)):
             try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                _check(name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False), limit)
             except FileNotFoundError:
                 continue
+            except Damaged as exc:
+                reasons.append(exc.message)
             except OSError as exc:
                 reasons.append(f"{name} is unusable ({exc.strerror})")
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                reasons.append(f"{name} is {kind(st.st_mode)}")
-            elif limit and st.st_size > limit:
-                reasons.append(f"{name} is too large ({st.st_size} bytes)")
     finally:
         os.close(dir_fd)
     return "; ".join(reasons) or None
@@ -153,11 +160,9 @@ def write_file_atomic(path: Path, data: bytes) -> None:
     """Temp file, fsync, rename, fsync the directory: old or new, never half. Only a
     regular file is replaced, and never through a symlinked directory (Damaged)."""
     if os.path.islink(path.parent):
-        raise Damaged(f"{path.parent.name} is a symlink")
+        raise Damaged("experiment directory is a symlink")
     with contextlib.suppress(FileNotFoundError):
-        mode = os.lstat(path).st_mode
-        if not stat.S_ISREG(mode):
-            raise Damaged(f"{path.name} is {kind(mode)}")
+        _check(path.name, os.lstat(path), 0)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | SAFE_FLAGS, FILE_MODE)
     try:
