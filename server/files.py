@@ -130,6 +130,8 @@ def damage(directory: Path) -> str | None:
         dir_fd = open_dir(directory)
     except Damaged as exc:
         return exc.message
+    except FileNotFoundError:  # gone meanwhile: nothing there is damaged
+        return None
     except OSError as exc:
         return f"experiment directory is unusable ({exc.strerror})"
     reasons = []

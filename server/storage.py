@@ -35,6 +35,7 @@ from .files import (
     META,
     METRICS,
     READ_CHUNK,
+    Damaged,
     check_commit,
     fsync_dir,
     list_commits,
@@ -217,25 +218,32 @@ class ExperimentStore:
         for commit in self.commits():
             try:
                 if commit in self._experiments:
-                    meta, damaged = self.metadata(commit), self.damaged(commit)
-                else:  # without taking a slot of the open-experiment LRU
-                    meta, damaged = load_metadata(self.base / commit)
+                    info = await self._list_held(commit)
+                else:  # in a worker thread, without taking a slot of the open-experiment LRU
+                    info = await anyio.to_thread.run_sync(self._list_unheld, commit)
             except NotFound:
                 continue
-            try:
-                if commit in self._experiments:
-                    count = await self.count(commit)
-                else:
-                    count = await anyio.to_thread.run_sync(self._count_unheld, commit)
-            except NotFound:
-                continue
-            except ServerError as exc:  # listed as damaged; the rest go on
-                meta, damaged, count = None, damaged or exc.message, 0
             except OSError as exc:
                 logger.error("listing %s: %s", commit, exc)
-                meta, damaged, count = None, damaged or "storage error", 0
-            infos.append(ExperimentInfo(commit, meta, count, damaged))
+                info = ExperimentInfo(commit, None, 0, "storage error")
+            infos.append(info)
         return sort_experiments(infos)
+
+    async def _list_held(self, commit: str) -> ExperimentInfo:
+        meta, damaged = self.metadata(commit), self.damaged(commit)
+        try:
+            return ExperimentInfo(commit, meta, await self.count(commit), damaged)
+        except NotFound:
+            raise
+        except ServerError as exc:
+            return ExperimentInfo(commit, None, 0, damaged or exc.message)
+
+    def _list_unheld(self, commit: str) -> ExperimentInfo:
+        meta, damaged = load_metadata(self.base / commit)
+        try:
+            return ExperimentInfo(commit, meta, self._count_unheld(commit), damaged)
+        except Damaged as exc:
+            return ExperimentInfo(commit, None, 0, damaged or exc.message)
 
     def _count_unheld(self, commit: str) -> int:
         """Records of an experiment the store does not hold, from `_known` when current."""
