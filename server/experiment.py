@@ -19,6 +19,7 @@ import anyio
 from protocol.records import Metadata
 
 from . import files
+from .entries import open_entry
 from .errors import NotFound, StorageFault
 from .files import MAX_TORN_BYTES, METRICS, cut_tail, fsync_dir, scan_file
 
@@ -76,7 +77,7 @@ class Experiment:
         path = self.metrics_path
         created = not os.path.lexists(path)
         try:
-            fd = files.open_entry(self.path, METRICS, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+            fd = open_entry(self.path, METRICS, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         except FileNotFoundError:
             raise NotFound(f"experiment {self.commit} not found") from None
         try:
@@ -175,7 +176,7 @@ class Experiment:
     def refresh(self) -> None:
         """Read-only: extend what we know of a file written by someone else (or nobody)."""
         try:
-            fd = files.open_entry(self.path, METRICS, os.O_RDONLY)
+            fd = open_entry(self.path, METRICS, os.O_RDONLY)
         except FileNotFoundError:
             self.end = self.count = self.size = 0
             self.scanned = True
@@ -195,7 +196,7 @@ class Experiment:
 
     def read_range(self, start: int, max_bytes: int, stop: int, total: int) -> "Chunk":
         """Whole records from index `start` (at least one, at most `max_bytes`), below `stop`."""
-        fd = files.open_entry(self.path, METRICS, os.O_RDONLY)
+        fd = open_entry(self.path, METRICS, os.O_RDONLY)
         try:
             offsets = self.offsets  # record starts, then the end of the last one
             if len(offsets) <= total:

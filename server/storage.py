@@ -27,6 +27,7 @@ import anyio.abc
 
 from protocol.records import Metadata, encode_metadata
 
+from .entries import Damaged, open_entry
 from .errors import AlreadyExists, NotFound, ServerError
 from .experiment import Chunk, Experiment, Pending
 from .files import (
@@ -35,12 +36,10 @@ from .files import (
     META,
     METRICS,
     READ_CHUNK,
-    Damaged,
     check_commit,
     fsync_dir,
     list_commits,
     load_metadata,
-    open_entry,
     scan_file,
     storage_error,
     write_file_atomic,

@@ -13,18 +13,17 @@ from typing import TextIO
 
 from protocol.records import decode_records
 
+from .entries import Damaged, open_entry
 from .files import (
     COMMIT_RE,
     MAX_TORN_BYTES,
     METRICS,
     UNREADABLE,
-    Damaged,
     DataDirBusy,
     cut_tail,
     list_commits,
     load_metadata,
     lock_data_dir,
-    open_entry,
     scan_file,
 )
 from .storage import ExperimentInfo, sort_experiments

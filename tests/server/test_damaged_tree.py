@@ -40,8 +40,9 @@ from protocol.requests import (
 )
 from protocol.responses import Data, Error, Response, Success
 from server.__main__ import main
-from server.files import Damaged, lock_data_dir
+from server.entries import Damaged
 from server.files import DataDirBusy as Busy
+from server.files import lock_data_dir
 from server.storage import ExperimentStore
 from tests.conftest import RawClient, hash_of
 from tests.integration.proc import LISTENING, DaemonProcess, raw_config, run_cli, write_config
