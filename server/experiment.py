@@ -214,6 +214,13 @@ class Experiment:
             os.close(fd)
         return Chunk(data, start, stop_index - start, total)
 
+    def read_prefix(self, end: int) -> bytes:
+        fd = open_entry(self.path, METRICS, os.O_RDONLY)
+        try:
+            return os.pread(fd, end, 0)
+        finally:
+            os.close(fd)
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)

@@ -18,7 +18,8 @@ from typing import NamedTuple
 from protocol.errors import MalformedRecord
 from protocol.records import RECORD_MIN, Metadata, decode_metadata, scan
 
-from .entries import FILE_MODE, SAFE_FLAGS, Damaged, check, open_dir, open_entry, open_regular
+from .entries import FILE_MODE as FILE_MODE
+from .entries import SAFE_FLAGS, Damaged, check, open_dir, open_entry, open_regular
 from .errors import DiskFull, NotFound, ServerError, StorageFault
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import aiofiles
 import anyio
 import anyio.abc
 
@@ -392,8 +391,7 @@ class ExperimentStore:
         end = exp.end
         if not end:
             return b""
-        async with aiofiles.open(exp.metrics_path, "rb") as f:
-            return await f.read(end)
+        return await anyio.to_thread.run_sync(exp.read_prefix, end)
 
     # -- prune ---------------------------------------------------------------
 
