@@ -24,6 +24,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 import server.files
+import server.tools
 from protocol.enums import ErrorCode
 from protocol.records import Metadata, encode_metadata, encode_record
 from protocol.requests import (
@@ -451,4 +452,12 @@ def test_a_failure_of_the_tool_itself_exits_2(
     monkeypatch.setattr(server.files.os, "scandir", denied)
     for argv in (["fsck", "--base-path", str(base)], ["inspect", "--base-path", str(base)]):
         assert main(argv) == 2
-        assert "Permission denied" in capsys.readouterr().err
+        assert "failed: [Errno 13] Permission denied" in capsys.readouterr().err
+
+    def bug(base: Path) -> list[str]:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(server.tools, "list_commits", bug)
+    assert main(["fsck", "--base-path", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("error: fsck failed: a bug\n")
