@@ -65,7 +65,7 @@ class ExperimentInfo:
     """None when meta.bin is unreadable or the experiment damaged."""
     metrics_count: int
     damaged: str | None = None
-    """Why not, when `meta` is None (files.load_metadata)."""
+    """Why `meta` is None: a damaged entry, or "metadata unreadable" (files.load_metadata)."""
 
 
 class ExperimentStore:
