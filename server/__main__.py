@@ -6,6 +6,7 @@ import json
 import re
 import secrets
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
@@ -115,15 +116,26 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(hash_key(raw))
             return 0
-        case "inspect":
-            from .tools import inspect as run_inspect
-
-            return run_inspect(args.base_path, args.commit, args.json)
-        case "fsck":
-            from .tools import fsck as run_fsck
-
-            return run_fsck(args.base_path, args.repair)
+        case "inspect" | "fsck":
+            return _tool(args)
     return 2
+
+
+def _tool(args: argparse.Namespace) -> int:
+    """inspect and fsck: 0 clean, 1 problems found, 2 the tool itself failed."""
+    from . import tools
+
+    try:
+        if args.command == "inspect":
+            return tools.inspect(args.base_path, args.commit, args.json)
+        return tools.fsck(args.base_path, args.repair)
+    except BrokenPipeError:
+        raise
+    except Exception as exc:  # not 1: that would read as "problems found"
+        if not isinstance(exc, OSError):
+            traceback.print_exc()
+        print(f"error: {args.command} failed: {exc}", file=sys.stderr)
+        return 2
 
 
 def entry() -> None:

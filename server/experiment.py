@@ -19,8 +19,9 @@ import anyio
 from protocol.records import Metadata
 
 from . import files
+from .entries import open_entry
 from .errors import NotFound, StorageFault
-from .files import FILE_MODE, MAX_TORN_BYTES, METRICS, cut_tail, fsync_dir, scan_file
+from .files import MAX_TORN_BYTES, METRICS, cut_tail, fsync_dir, scan_file
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Experiment:
     """Held while the file is opened, written or rescanned."""
     read_lock: anyio.Lock = field(default_factory=anyio.Lock)
     meta: Metadata | None = None
+    damaged: str | None = None
+    """Why it is listed as damaged (files.load_metadata), with `meta`."""
     meta_loaded: bool = False
     fd: int | None = None
     """Append descriptor, open while the experiment is written to."""
@@ -71,11 +74,12 @@ class Experiment:
 
     def open_for_append(self) -> None:
         """First open: create if missing, recover a torn tail, refuse a corrupt file."""
-        if not self.path.is_dir():
-            raise NotFound(f"experiment {self.commit} not found")
         path = self.metrics_path
-        created = not path.exists()
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        created = not os.path.lexists(path)
+        try:
+            fd = open_entry(self.path, METRICS, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+        except FileNotFoundError:
+            raise NotFound(f"experiment {self.commit} not found") from None
         try:
             if created:
                 fsync_dir(self.path)
@@ -172,7 +176,7 @@ class Experiment:
     def refresh(self) -> None:
         """Read-only: extend what we know of a file written by someone else (or nobody)."""
         try:
-            fd = os.open(self.metrics_path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_entry(self.path, METRICS, os.O_RDONLY)
         except FileNotFoundError:
             self.end = self.count = self.size = 0
             self.scanned = True
@@ -192,7 +196,7 @@ class Experiment:
 
     def read_range(self, start: int, max_bytes: int, stop: int, total: int) -> "Chunk":
         """Whole records from index `start` (at least one, at most `max_bytes`), below `stop`."""
-        fd = os.open(self.metrics_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_entry(self.path, METRICS, os.O_RDONLY)
         try:
             offsets = self.offsets  # record starts, then the end of the last one
             if len(offsets) <= total:
@@ -209,6 +213,13 @@ class Experiment:
         finally:
             os.close(fd)
         return Chunk(data, start, stop_index - start, total)
+
+    def read_prefix(self, end: int) -> bytes:
+        fd = open_entry(self.path, METRICS, os.O_RDONLY)
+        try:
+            return os.pread(fd, end, 0)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self.fd is not None:

@@ -4,6 +4,7 @@ Plain synchronous functions, run in worker threads by the store and directly
 by the operator commands (inspect, fsck).
 """
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -17,6 +18,8 @@ from typing import NamedTuple
 from protocol.errors import MalformedRecord
 from protocol.records import RECORD_MIN, Metadata, decode_metadata, scan
 
+from .entries import FILE_MODE as FILE_MODE
+from .entries import SAFE_FLAGS, Damaged, check, open_dir, open_entry, open_regular
 from .errors import DiskFull, NotFound, ServerError, StorageFault
 
 logger = logging.getLogger(__name__)
@@ -25,10 +28,12 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 MAX_TORN_BYTES = 8 << 20
 """A remainder up to this size after the valid prefix is a torn tail; larger is corruption."""
 DIR_MODE = 0o750
-FILE_MODE = 0o600
 READ_CHUNK = 4 << 20
 META = "meta.bin"
 METRICS = "metrics.bin"
+META_MAX_BYTES = 1024
+"""meta.bin holds a version, a timestamp and three short strings; a larger one is damaged."""
+UNREADABLE = "metadata unreadable"
 
 
 def check_commit(commit: str) -> str:
@@ -36,6 +41,34 @@ def check_commit(commit: str) -> str:
     if not COMMIT_RE.match(commit):
         raise NotFound(f"invalid commit id {commit[:64]!r}")
     return commit
+
+
+def damage(directory: Path) -> str | None:
+    """Why an experiment directory, its meta.bin or its metrics.bin is not what belongs
+    there (every reason, joined by "; "), None when all are. Nothing but the directory is
+    opened: the files are looked at with lstat."""
+    try:
+        dir_fd = open_dir(directory)
+    except Damaged as exc:
+        return exc.message
+    except FileNotFoundError:  # gone meanwhile: nothing there is damaged
+        return None
+    except OSError as exc:
+        return f"experiment directory is unusable ({exc.strerror})"
+    reasons = []
+    try:
+        for name, limit in ((META, META_MAX_BYTES), (METRICS, 0)):
+            try:
+                check(name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False), limit)
+            except FileNotFoundError:
+                continue
+            except Damaged as exc:
+                reasons.append(exc.message)
+            except OSError as exc:
+                reasons.append(f"{name} is unusable ({exc.strerror})")
+    finally:
+        os.close(dir_fd)
+    return "; ".join(reasons) or None
 
 
 def fsync_dir(path: Path) -> None:
@@ -47,9 +80,14 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the directory: old or new, never half."""
+    """Temp file, fsync, rename, fsync the directory: old or new, never half. Only a
+    regular file is replaced, and never through a symlinked directory (Damaged)."""
+    if os.path.islink(path.parent):
+        raise Damaged("experiment directory is a symlink")
+    with contextlib.suppress(FileNotFoundError):
+        check(path.name, os.lstat(path), 0)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | SAFE_FLAGS, FILE_MODE)
     try:
         write_all(fd, data)
         os.fsync(fd)
@@ -127,7 +165,7 @@ def torn_copy_path(metrics: Path) -> Path:
     stem = f"{metrics.name}.torn-{int(time.time())}"
     candidate = metrics.with_name(stem)
     n = 2
-    while candidate.exists():
+    while os.path.lexists(candidate):
         candidate = metrics.with_name(f"{stem}-{n}")
         n += 1
     return candidate
@@ -137,7 +175,7 @@ def cut_tail(fd: int, metrics: Path, end: int, size: int) -> Path:
     """Copy bytes past `end` beside the file, then truncate to `end` and fsync."""
     removed = os.pread(fd, size - end, end)
     copy = torn_copy_path(metrics)
-    cfd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    cfd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | SAFE_FLAGS, FILE_MODE)
     try:
         write_all(cfd, removed)
         os.fsync(cfd)
@@ -153,22 +191,35 @@ def cut_tail(fd: int, metrics: Path, end: int, size: int) -> Path:
 
 
 def list_commits(base: Path) -> list[str]:
-    """Experiment directories: only names of exactly 40 lowercase hex characters, sorted."""
+    """Experiments: every entry named with exactly 40 lowercase hex characters, sorted;
+    one that is not a directory (or is a symlink) is there to be reported as damaged."""
     try:
         entries = list(os.scandir(base))
     except FileNotFoundError:
         return []
-    return sorted(
-        e.name for e in entries if COMMIT_RE.match(e.name) and e.is_dir(follow_symlinks=False)
-    )
+    return sorted(e.name for e in entries if COMMIT_RE.match(e.name))
 
 
 def read_metadata(path: Path) -> Metadata | None:
-    """meta.bin of an experiment directory, None when missing or damaged."""
+    """meta.bin of an experiment directory, None when missing, damaged or undecodable."""
     try:
-        return decode_metadata((path / META).read_bytes())
+        fd = open_entry(path, META, os.O_RDONLY, META_MAX_BYTES)
+    except (OSError, Damaged):
+        return None
+    try:
+        return decode_metadata(os.read(fd, META_MAX_BYTES))
     except (OSError, MalformedRecord):
         return None
+    finally:
+        os.close(fd)
+
+
+def load_metadata(path: Path) -> tuple[Metadata | None, str | None]:
+    """(meta.bin, why the experiment is damaged). A damaged experiment has no metadata,
+    so no owner; a meta.bin that is missing or does not decode is "metadata unreadable"."""
+    reason = damage(path)
+    meta = None if reason else read_metadata(path)
+    return meta, reason or (None if meta else UNREADABLE)
 
 
 def storage_error(exc: OSError) -> ServerError:
@@ -180,13 +231,16 @@ def storage_error(exc: OSError) -> ServerError:
 
 
 class DataDirBusy(Exception):
-    """Another process holds the data directory."""
+    """Another process holds the data directory (or its lock file is damaged)."""
 
 
 def lock_data_dir(base: Path) -> int:
     """One daemon per data directory: a second one fails at start, naming the first."""
     base.mkdir(mode=0o750, parents=True, exist_ok=True)
-    fd = os.open(base / ".fetchml-server.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = open_regular(base / ".fetchml-server.lock", os.O_RDWR | os.O_CREAT)
+    except Damaged as exc:
+        raise DataDirBusy(f"{base} cannot be locked: {exc.message}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

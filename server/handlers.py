@@ -116,7 +116,7 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
     commit = req.commit_id.hex()
     meta = _owner(ctx, who, commit)
     if meta is None:
-        raise StorageFault("metadata unreadable")
+        raise StorageFault(ctx.store.damaged(commit) or "metadata unreadable")
     total = await ctx.store.count(commit)
     budget = ctx.config.server.max_message_bytes - 256
     # Each record's JSON takes at least ~50 bytes: read no more than could fit.
@@ -152,6 +152,7 @@ async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) ->
         if who.sees(info.meta.user if info.meta else None):
             row = metadata_json(info.commit, info.meta)
             row["metrics_count"] = info.metrics_count
+            row["damaged"] = info.damaged
             out.append(row)
     return _data("experiments", out)
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import aiofiles
 import anyio
 import anyio.abc
 
 from protocol.records import Metadata, encode_metadata
 
-from .errors import AlreadyExists, NotFound
+from .entries import Damaged, open_entry
+from .errors import AlreadyExists, NotFound, ServerError
 from .experiment import Chunk, Experiment, Pending
 from .files import (
     DIR_MODE,
@@ -38,7 +38,7 @@ from .files import (
     check_commit,
     fsync_dir,
     list_commits,
-    read_metadata,
+    load_metadata,
     scan_file,
     storage_error,
     write_file_atomic,
@@ -62,8 +62,10 @@ CommitHook = Callable[[str, int, bytes, int], None]
 class ExperimentInfo:
     commit: str
     meta: Metadata | None
-    """None when meta.bin is unreadable."""
+    """None when meta.bin is unreadable or the experiment damaged."""
     metrics_count: int
+    damaged: str | None = None
+    """Why `meta` is None: a damaged entry, or "metadata unreadable" (files.load_metadata)."""
 
 
 class ExperimentStore:
@@ -146,24 +148,30 @@ class ExperimentStore:
     def exists(self, commit: str) -> bool:
         if commit in self._experiments and self._experiments[commit].meta_loaded:
             return True
-        return (self.base / check_commit(commit)).is_dir()
+        return os.path.lexists(self.base / check_commit(commit))
 
     def metadata(self, commit: str) -> Metadata | None:
-        """meta.bin of an existing experiment, None when unreadable; NotFound when absent."""
+        """meta.bin of an existing experiment, None when unreadable or the experiment is
+        damaged (see `damaged`); NotFound when absent."""
         exp = self._get(commit)
         if not exp.meta_loaded:
-            if not exp.path.is_dir():
+            if not os.path.lexists(exp.path):
                 del self._experiments[commit]
                 raise NotFound(f"experiment {commit} not found")
-            exp.meta = read_metadata(exp.path)
+            exp.meta, exp.damaged = load_metadata(exp.path)
             exp.meta_loaded = True
         return exp.meta
+
+    def damaged(self, commit: str) -> str | None:
+        """Why an experiment has no metadata: a damaged entry, or "metadata unreadable"."""
+        self.metadata(commit)
+        return self._experiments[commit].damaged
 
     async def create(self, meta: Metadata) -> None:
         """Make the directory, files/ and meta.bin in one rename; AlreadyExists if present."""
         commit = check_commit(meta.commit_id)
         final = self.base / commit
-        if final.exists():
+        if os.path.lexists(final):
             raise AlreadyExists(f"experiment {commit} already exists")
         await anyio.to_thread.run_sync(self._create_sync, final, meta)
         exp = self._get(commit)
@@ -202,27 +210,44 @@ class ExperimentStore:
         return list_commits(self.base)
 
     async def list_experiments(self) -> list[ExperimentInfo]:
-        """Newest first (ties: commit ascending); unreadable metadata last, by commit."""
+        """Newest first (ties: commit ascending); unreadable metadata last, by commit.
+        A damaged experiment is listed with its reason; it never fails the listing."""
         infos = []
         for commit in self.commits():
             try:
                 if commit in self._experiments:
-                    meta, count = self.metadata(commit), await self.count(commit)
-                else:  # without taking a slot of the open-experiment LRU
-                    meta = read_metadata(self.base / commit)
-                    count = await anyio.to_thread.run_sync(self._count_unheld, commit)
+                    info = await self._list_held(commit)
+                else:  # in a worker thread, without taking a slot of the open-experiment LRU
+                    info = await anyio.to_thread.run_sync(self._list_unheld, commit)
             except NotFound:
                 continue
             except OSError as exc:
-                raise storage_error(exc) from None
-            infos.append(ExperimentInfo(commit, meta, count))
+                logger.error("listing %s: %s", commit, exc)
+                info = ExperimentInfo(commit, None, 0, "storage error")
+            infos.append(info)
         return sort_experiments(infos)
+
+    async def _list_held(self, commit: str) -> ExperimentInfo:
+        meta, damaged = self.metadata(commit), self.damaged(commit)
+        try:
+            return ExperimentInfo(commit, meta, await self.count(commit), damaged)
+        except NotFound:
+            raise
+        except ServerError as exc:
+            return ExperimentInfo(commit, None, 0, damaged or exc.message)
+
+    def _list_unheld(self, commit: str) -> ExperimentInfo:
+        meta, damaged = load_metadata(self.base / commit)
+        try:
+            return ExperimentInfo(commit, meta, self._count_unheld(commit), damaged)
+        except Damaged as exc:
+            return ExperimentInfo(commit, None, 0, damaged or exc.message)
 
     def _count_unheld(self, commit: str) -> int:
         """Records of an experiment the store does not hold, from `_known` when current."""
         known = self._known.get(commit)
         try:
-            fd = os.open(self.base / commit / METRICS, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_entry(self.base / commit, METRICS, os.O_RDONLY)
         except FileNotFoundError:
             return 0
         try:
@@ -326,7 +351,7 @@ class ExperimentStore:
         exp = self._get(commit)
         if exp.fd is not None and exp.scanned:
             return exp
-        if not exp.path.is_dir():  # removed from outside
+        if not os.path.lexists(exp.path):  # removed from outside
             self._experiments.pop(commit, None)
             if not exp.busy:
                 exp.close()
@@ -366,8 +391,7 @@ class ExperimentStore:
         end = exp.end
         if not end:
             return b""
-        async with aiofiles.open(exp.metrics_path, "rb") as f:
-            return await f.read(end)
+        return await anyio.to_thread.run_sync(exp.read_prefix, end)
 
     # -- prune ---------------------------------------------------------------
 

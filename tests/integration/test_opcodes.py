@@ -81,7 +81,7 @@ JOB_KEYS = {
     "datasets",
     "metadata",
 }
-EXPERIMENT_ROW_KEYS = {"commit_id", "timestamp", "job_name", "user", "metrics_count"}
+EXPERIMENT_ROW_KEYS = {"commit_id", "timestamp", "job_name", "user", "metrics_count", "damaged"}
 RECORD_KEYS = {"name", "value", "step", "timestamp"}
 """Minimum body lengths of PROTOCOL.md section 3 (every string empty, every count zero)."""
 
@@ -598,8 +598,8 @@ async def test_list_experiments_newest_first(start_daemon: DaemonFactory, base: 
     assert all(set(row) == EXPERIMENT_ROW_KEYS for row in listed)
 
     def row(cid: bytes, timestamp: int, job: str, user: str, count: int) -> dict[str, Any]:
-        keys = ("commit_id", "timestamp", "job_name", "user", "metrics_count")
-        return dict(zip(keys, (cid.hex(), timestamp, job, user, count), strict=True))
+        keys = ("commit_id", "timestamp", "job_name", "user", "metrics_count", "damaged")
+        return dict(zip(keys, (cid.hex(), timestamp, job, user, count, None), strict=True))
 
     assert listed == [
         row(late, 1_700_000_900, "seeded", "alice", 0),
@@ -1175,6 +1175,7 @@ async def test_unreadable_metadata(start_daemon: DaemonFactory, base: Path) -> N
         "job_name": None,
         "user": None,
         "metrics_count": 0,
+        "damaged": "metadata unreadable",
     }
     assert [row["commit_id"] for row in listed] == [good.hex(), broken.hex()]
     alice_get = GetExperiment(key_hash=hash_of("alice"), commit_id=broken)

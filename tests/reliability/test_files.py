@@ -298,7 +298,9 @@ def damage(directory: Path, kind: str) -> None:
             meta.mkdir()
 
 
-def row(commit: str, timestamp: int | None, user: str | None, count: int) -> dict[str, object]:
+def row(
+    commit: str, timestamp: int | None, user: str | None, count: int, damaged: str | None = None
+) -> dict[str, object]:
     job = None if user is None else "job"
     return {
         "commit_id": commit,
@@ -306,6 +308,7 @@ def row(commit: str, timestamp: int | None, user: str | None, count: int) -> dic
         "job_name": job,
         "user": user,
         "metrics_count": count,
+        "damaged": damaged,
     }
 
 
@@ -321,20 +324,18 @@ async def test_unreadable_meta_is_reported_listed_last_and_never_pruned(
     path = make_experiment(base, DAMAGED, b"".join(record(step) for step in range(3)))
     damage(path.parent, kind)
     damaged = bytes.fromhex(DAMAGED)
+    reason = "meta.bin is a directory" if kind == "directory" else "metadata unreadable"
     daemon = await start_daemon()
     admin = await daemon.client()
     alice = await daemon.client()
 
     await expect_error(
-        admin,
-        GetExperiment(key_hash=ADMIN, commit_id=damaged),
-        ErrorCode.STORAGE_ERROR,
-        "metadata unreadable",
+        admin, GetExperiment(key_hash=ADMIN, commit_id=damaged), ErrorCode.STORAGE_ERROR, reason
     )
     assert await call_json(admin, ListExperiments(key_hash=ADMIN)) == [
         row(NEWER, 1764000100, "alice", 0),
         row(OLDER, 1764000000, "admin", 0),
-        row(DAMAGED, None, None, 3),
+        row(DAMAGED, None, None, 3, reason),
     ]
     # No owner: outside every `own` scope.
     assert await call_json(alice, ListExperiments(key_hash=ALICE)) == [
@@ -357,7 +358,10 @@ async def test_unreadable_meta_is_reported_listed_last_and_never_pruned(
 
     code, report = fsck_in_process(base)
     assert code == 1
-    assert f"{DAMAGED}: meta.bin unreadable" in report
+    if kind == "directory":
+        assert f"{DAMAGED}: damaged: meta.bin is a directory (left as it is)" in report
+    else:
+        assert f"{DAMAGED}: meta.bin unreadable" in report
     await admin.ws.close()
     await alice.ws.close()
 

@@ -43,6 +43,7 @@ COMMIT_B = "b" * 40
 COMMIT_C = "c" * 40
 COMMIT_D = "d" * 40
 COMMIT_E = "0" * 40
+COMMIT_F = "f" * 40
 
 # PROTOCOL.md section 1 examples, verbatim.
 META_A_HEX = (
@@ -55,7 +56,7 @@ LOSS_RECORD_HEX = "000000006b08be45000000003ff0000000000000046c6f7373"
 class GoTree(NamedTuple):
     base: Path
     expected: dict[str, Any]
-    """What `inspect --json` must print, in order (newest first, unreadable last)."""
+    """What `inspect --json` must print, in order (newest first, unreadable and damaged last)."""
 
 
 def _metric(name: str, value: float | str, step: int, timestamp: int) -> dict[str, Any]:
@@ -63,7 +64,10 @@ def _metric(name: str, value: float | str, step: int, timestamp: int) -> dict[st
 
 
 def _experiment(
-    commit: str, meta: tuple[int, str, str] | None, metrics: list[dict[str, Any]]
+    commit: str,
+    meta: tuple[int, str, str] | None,
+    metrics: list[dict[str, Any]],
+    damaged: str | None = None,
 ) -> dict[str, Any]:
     if meta is None:
         metadata = {"commit_id": commit, "timestamp": None, "job_name": None, "user": None}
@@ -74,6 +78,7 @@ def _experiment(
         "metrics": metrics,
         "metrics_count": len(metrics),
         "metrics_truncated": False,
+        "damaged": damaged,
     }
 
 
@@ -128,7 +133,8 @@ def go_tree(tmp_path: Path) -> GoTree:
     (base / "NOTES").mkdir()
     (base / ("A" * 40)).mkdir()
     (base / ("a" * 39)).mkdir()
-    (base / ("f" * 40)).write_bytes(go_meta(1764000000, "f" * 40))
+    # F: a file named like an experiment is one, damaged.
+    (base / COMMIT_F).write_bytes(go_meta(1764000000, COMMIT_F))
 
     expected = {
         COMMIT_B: _experiment(
@@ -152,7 +158,10 @@ def go_tree(tmp_path: Path) -> GoTree:
                 _metric("ünïcode", 1e300, 7, 1795735116),
             ],
         ),
-        COMMIT_E: _experiment(COMMIT_E, None, []),
-        COMMIT_D: _experiment(COMMIT_D, None, [_metric("d", 1.25, 0, 1764001000)]),
+        COMMIT_E: _experiment(COMMIT_E, None, [], "metadata unreadable"),
+        COMMIT_D: _experiment(
+            COMMIT_D, None, [_metric("d", 1.25, 0, 1764001000)], "metadata unreadable"
+        ),
+        COMMIT_F: _experiment(COMMIT_F, None, [], "experiment directory is a regular file"),
     }
     return GoTree(base, expected)

@@ -12,7 +12,7 @@ import pytest
 
 from protocol.enums import ErrorCode
 from protocol.records import Metadata, decode_records, encode_record, scan
-from server.errors import AlreadyExists, NotFound
+from server.errors import AlreadyExists, NotFound, StorageFault
 from server.storage import MAX_FLUSH_BYTES, Durability, ExperimentStore
 
 TS = 1795735109
@@ -109,7 +109,7 @@ async def test_invalid_commit_never_becomes_a_path(tmp_path: Path, bad: str) -> 
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_list_counts_only_lowercase_hex_directories(tmp_path: Path) -> None:
+async def test_list_counts_only_lowercase_hex_names(tmp_path: Path) -> None:
     good = [commit(5), "abcdef" + "0" * 34]
     async with ExperimentStore(tmp_path) as store:
         for c in good:
@@ -119,10 +119,11 @@ async def test_list_counts_only_lowercase_hex_directories(tmp_path: Path) -> Non
     (tmp_path / ("ABCDEF" + "0" * 34)).mkdir()
     (tmp_path / ("a" * 39)).mkdir()
     (tmp_path / ("a" * 41)).mkdir()
-    (tmp_path / ("e" * 40)).write_bytes(b"a file named like a commit")
+    (tmp_path / ("e" * 40)).write_bytes(b"a file named like a commit: listed, damaged")
     async with ExperimentStore(tmp_path) as store:
-        assert store.commits() == sorted(good)
-        assert sorted(i.commit for i in await store.list_experiments()) == sorted(good)
+        assert store.commits() == sorted([*good, "e" * 40])
+        listed = {i.commit: i.damaged for i in await store.list_experiments()}
+    assert listed == {**dict.fromkeys(good), "e" * 40: "experiment directory is a regular file"}
 
 
 async def test_list_experiments_order(tmp_path: Path) -> None:
@@ -189,7 +190,7 @@ async def test_reads_a_go_tree(go_tree) -> None:
         assert [i.commit for i in infos] == list(go_tree.expected)
         for info in infos:
             want = go_tree.expected[info.commit]
-            assert info.metrics_count == want["metrics_count"]
+            assert (info.metrics_count, info.damaged) == (want["metrics_count"], want["damaged"])
             if info.meta is None:
                 assert want["metadata"]["timestamp"] is None
             else:
@@ -199,6 +200,10 @@ async def test_reads_a_go_tree(go_tree) -> None:
                     "job_name": info.meta.job_name,
                     "user": info.meta.user,
                 }
+            if not os.path.isdir(go_tree.base / info.commit):  # damaged: never opened
+                with pytest.raises(StorageFault, match=want["damaged"]):
+                    await store.read(info.commit, 0)
+                continue
             got = [
                 {
                     "name": r.name,

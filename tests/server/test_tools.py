@@ -62,9 +62,9 @@ def fsck(base: Path, repair: bool = False) -> tuple[int, str]:
 
 def test_inspect_json_reads_a_go_tree_exactly(go_tree) -> None:
     result = cli("inspect", "--base-path", str(go_tree.base), "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # unreadable metadata, a damaged entry
     doc = json.loads(result.stdout)
-    assert list(doc) == list(go_tree.expected)  # newest first, unreadable last
+    assert list(doc) == list(go_tree.expected)  # newest first, unreadable and damaged last
     assert doc == go_tree.expected
     for key in ("NaN", "Infinity", "-Infinity"):
         assert f'"value": "{key}"' in result.stdout
@@ -78,12 +78,15 @@ def test_inspect_json_one_commit(go_tree) -> None:
 
 def test_inspect_text(go_tree) -> None:
     out = io.StringIO()
-    assert tools.inspect(go_tree.base, None, False, out=out) == 0
+    assert tools.inspect(go_tree.base, None, False, out=out) == 1
     text = out.getvalue()
     headers = [line.split()[1] for line in text.splitlines() if line.startswith("experiment ")]
     assert headers == list(go_tree.expected)
     assert "job: resnet50-baseline  user: alice" in text
     assert text.count("metadata: unreadable") == 2
+    assert text.endswith(
+        f"experiment {'f' * 40}\n  damaged: experiment directory is a regular file\n  metrics: 0\n"
+    )
 
 
 @pytest.mark.parametrize("missing", ["e" * 40, "A" * 40, "../x", "README"])
@@ -126,7 +129,9 @@ def test_fsck_reports_go_tree_problems_and_repairs_the_tail(go_tree) -> None:
     )
     unreadable = [line for line in lines if "meta.bin unreadable" in line]
     assert [line.split(":")[0] for line in unreadable] == ["0" * 40, "d" * 40]
-    assert lines[-1] == "5 experiments checked, 3 problem(s) found"
+    damaged = f"{'f' * 40}: damaged: experiment directory is a regular file (left as it is)"
+    assert damaged in lines
+    assert lines[-1] == "6 experiments checked, 4 problem(s) found"
     assert b_metrics.read_bytes() == before  # reporting changes nothing
     assert not list(b_metrics.parent.glob("metrics.bin.torn-*"))
 
@@ -137,11 +142,12 @@ def test_fsck_reports_go_tree_problems_and_repairs_the_tail(go_tree) -> None:
     [copy] = b_metrics.parent.glob("metrics.bin.torn-*")
     assert copy.read_bytes() == before[44:]
 
-    # What is left is the unreadable metadata, which fsck cannot repair.
+    # What is left is the unreadable metadata and the damaged entry, which fsck leaves.
     code, text = fsck(go_tree.base)
     assert code == 1
     assert "torn" not in text
-    assert text.endswith("5 experiments checked, 2 problem(s) found\n")
+    assert text.endswith("6 experiments checked, 3 problem(s) found\n")
+    assert (go_tree.base / ("f" * 40)).is_file()
 
 
 def test_fsck_repair_then_clean(tmp_path: Path) -> None:
