@@ -136,7 +136,13 @@ async def ls(client: Client, args: argparse.Namespace) -> int:
         table(
             ("COMMIT", "JOB", "USER", "CREATED", "METRICS"),
             [
-                (r.commit_id, r.job_name, r.user, fmt_time(r.timestamp), r.metrics_count)
+                (
+                    r.commit_id,
+                    f"damaged: {r.damaged}" if r.damaged else r.job_name,
+                    r.user,
+                    fmt_time(r.timestamp),
+                    r.metrics_count,
+                )
                 for r in rows
             ],
             right={4},

@@ -210,13 +210,15 @@ class WhoAmI:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExperimentSummary:
-    """One LIST_EXPERIMENTS row; timestamp, job_name and user are None when meta.bin is unreadable."""
+    """One LIST_EXPERIMENTS row; timestamp, job_name and user are None when meta.bin is
+    unreadable; `damaged` says why an entry of the data directory cannot be used."""
 
     commit_id: str
     timestamp: int | None
     job_name: str | None
     user: str | None
     metrics_count: int
+    damaged: str | None = None
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "ExperimentSummary":
@@ -226,6 +228,7 @@ class ExperimentSummary:
             job_name=_opt_str(obj.get("job_name")),
             user=_opt_str(obj.get("user")),
             metrics_count=int(obj["metrics_count"]),
+            damaged=_opt_str(obj.get("damaged")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -235,6 +238,7 @@ class ExperimentSummary:
             "job_name": self.job_name,
             "user": self.user,
             "metrics_count": self.metrics_count,
+            "damaged": self.damaged,
         }
 
 

@@ -137,6 +137,7 @@ def test_log_show_query_ls(run: Cli) -> None:
             "job_name": "",
             "user": "admin",
             "metrics_count": 4,
+            "damaged": None,
         }
     ]
     lines = run.ok("ls").splitlines()
@@ -273,6 +274,22 @@ def test_prune(server_process: ServerProcess, capsys: pytest.CaptureFixture[str]
     assert out[0] == "pruned 2 experiment(s)" and len(out) == 3
     assert set(out[1:]) < set(commits)
     assert len(run.json("ls")) == 1  # type: ignore[arg-type]
+
+
+def test_ls_shows_damaged_entries(
+    server_process: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server_process.data.mkdir(parents=True)
+    bad = "d" * 40
+    os.mkfifo(server_process.data / bad)
+    server_process.start()
+    run = Cli(server_process, capsys)
+    run.ok("log", C, "x", "1", "--create")
+    rows = run.json("ls")
+    assert isinstance(rows, list) and [r["commit_id"] for r in rows] == [C, bad]
+    assert rows[0]["damaged"] is None and "FIFO" in rows[1]["damaged"]
+    lines = run.ok("ls").splitlines()
+    assert lines[2].startswith(bad) and "damaged: " in lines[2] and "FIFO" in lines[2]
 
 
 def test_as_a_process(shared_server: ServerProcess) -> None:
