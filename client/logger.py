@@ -18,12 +18,22 @@ it is full, `log()` blocks until the daemon acknowledges (`on_full="block"`,
 the default) or drops the new point (`on_full="drop"`), and says so once.
 A point without `step` gets one more than the previous step of that name
 (0 for its first point).
+
+Nothing is lost silently. The constructor waits for the start check of the
+first connection (startcheck.py): a wrong key, a key that may not write to
+the experiment, or a clock far ahead raises there; an unreachable daemon is
+not an error (points buffer until it answers). `log()` raises InvalidRequest
+for a bad name or step, in the caller's thread, before buffering anything.
+`flush()` and `close()` raise MetricsRejected for points the daemon refused
+(or whose value cannot be encoded) and DeliveryTimeout when `close_timeout`
+runs out; with `on_error="warn"` they log that instead and return False.
 """
 
 import asyncio
 import atexit
 import contextlib
 import logging
+import operator
 import threading
 import time
 import warnings
@@ -34,16 +44,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from .errors import FetchmlError, InvalidRequest
-from .models import parse_commit
+from protocol.errors import MalformedRequest
+from protocol.requests import check_metric_name
+
+from .errors import DeliveryTimeout, FetchmlError, InvalidRequest, MetricsRejected
+from .models import MAX_STEP, parse_commit
 from .settings import resolve_settings
 from .shipper import FlushMarker, Shipper, ShipperConfig
 
 logger = logging.getLogger(__name__)
 
 OnFull = Literal["block", "drop"]
+OnError = Literal["raise", "warn"]
 _POLL_S = 0.5
 """How often a blocked caller re-checks that the worker thread is alive (it is woken sooner)."""
+_START_WAIT_S = 10.0
+"""How long the constructor waits for the start check (at most close_timeout)."""
+_ABORT_WAIT_S = 0.5
+"""How long close() waits for the worker to stop once its time is up."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,7 +72,7 @@ class LoggerStats:
     dropped: int
     """Points dropped because the buffer was full (on_full="drop")."""
     rejected: int
-    """Points refused: invalid name, step or value, or rejected by the server."""
+    """Points refused by the daemon, or whose value the client could not encode."""
     resent_batches: int
     reconnects: int
     last_error: FetchmlError | None
@@ -71,19 +89,31 @@ class MetricLogger:
         flush_interval: float = 0.05,
         max_buffer: int = 1_000_000,
         on_full: OnFull = "block",
+        on_error: OnError = "raise",
         create_experiment: bool = True,
         job_name: str = "",
         max_in_flight: int = 64,
         close_timeout: float | None = 60.0,
         config_path: Path | None = None,
     ) -> None:
-        """`url`/`api_key` default as for Client.connect. `close_timeout` bounds the flush at exit."""
+        """`url`/`api_key` default as for Client.connect.
+
+        `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
+        interpreter exit (None: no bound). Raises AuthenticationFailed, PermissionDenied
+        or ConfigurationError when the start check fails, InvalidRequest for bad arguments.
+        """
         if not 1 <= batch_size <= 0xFFFF:
             raise InvalidRequest(f"batch_size must be 1..65535, got {batch_size}")
         if flush_interval <= 0 or max_buffer < 1 or max_in_flight < 1:
             raise InvalidRequest("flush_interval, max_buffer and max_in_flight must be positive")
         if on_full not in ("block", "drop"):
             raise InvalidRequest(f'on_full must be "block" or "drop", got {on_full!r}')
+        if on_error not in ("raise", "warn"):
+            raise InvalidRequest(f'on_error must be "raise" or "warn", got {on_error!r}')
+        if close_timeout is not None and not close_timeout > 0:
+            raise InvalidRequest(f"close_timeout must be positive or None, got {close_timeout}")
+        if not isinstance(commit, str | bytes):
+            raise InvalidRequest(f"commit must be 40 hex characters, got {commit!r}")
         settings = resolve_settings(url, api_key, config_path=config_path)
         config = ShipperConfig(
             commit=parse_commit(commit),
@@ -96,28 +126,49 @@ class MetricLogger:
         )
         self.commit = config.commit.hex()
         self._queue: deque[Any] = deque()
-        self._ship = Shipper(config, self._queue)
+        self._names: dict[str, tuple[bytes, int]] = {}
         self._limit = max_buffer
+        self._ship = Shipper(config, self._queue, self._names, self._stopped)
         self._max_buffer = max_buffer
         self._batch_size = batch_size
         self._nudge_at = batch_size - 1
         self._on_full = on_full
+        self._on_error = on_error
         self._close_timeout = close_timeout
         self._closed = False
+        self._result = False
         self._warned = False
         self._dropped = 0
+        self._reported: dict[str, int] = {}
         self._crash: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._run, name=f"fetchml-logger-{self.commit[:8]}", daemon=True
         )
         self._thread.start()
+        wait = _START_WAIT_S if close_timeout is None else min(_START_WAIT_S, close_timeout)
+        self._ship.started.wait(wait)
+        if self._ship.fatal is not None:
+            self._closed = True
+            self._thread.join(wait)
+            raise self._ship.fatal
         atexit.register(self._at_exit)
 
     # -- the caller's side: cheap ----------------------------------------------
 
     def log(self, name: str, value: float, step: int | None = None) -> None:
-        """Record one point; returns at once (unless the buffer is full and on_full="block")."""
+        """Record one point; returns at once (unless the buffer is full and on_full="block").
+
+        Raises InvalidRequest for a bad name or step (nothing is buffered then).
+        """
+        try:
+            if name not in self._names:
+                self._add_name(name)
+        except TypeError:
+            raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
+        if step is not None and (step.__class__ is not int or not 0 <= step <= MAX_STEP):
+            step = _check_step(step)
         queue = self._queue
         n = len(queue)
         if n + self._ship.held >= self._limit and not self._full():
@@ -127,21 +178,54 @@ class MetricLogger:
             self._nudge()
 
     def log_dict(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Record several names at one step."""
+        """Record several names at one step (all or none: every name is checked first)."""
+        for name in metrics:
+            self._check_name(name)
+        if step is not None:
+            step = _check_step(step)
         log = self.log
         for name, value in metrics.items():
             log(name, value, step)
 
     # -- slow paths ---------------------------------------------------------------
 
+    def _check_name(self, name: str) -> None:
+        try:
+            if name not in self._names:
+                self._add_name(name)
+        except TypeError:
+            raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
+
+    def _add_name(self, name: str) -> None:
+        """Check a name seen for the first time and cache its encoding for the shipper."""
+        if not isinstance(name, str):
+            raise InvalidRequest(f"metric name must be a str, got {name!r}")
+        try:
+            raw = check_metric_name(name)
+        except MalformedRequest as exc:
+            raise InvalidRequest(f"invalid metric name {name!r}: {exc.message}") from None
+        self._names[name] = (raw, len(raw))
+
     def _nudge(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has stopped
             self._loop.call_soon_threadsafe(self._ship.wake)
 
-    def _full(self) -> bool:
-        """The buffer is full (or the logger closed): block, drop, or raise. True to append."""
+    def _stopped(self) -> None:
+        """Called by the worker when it stops for good: every later log() takes the slow path."""
+        self._limit = -1
+
+    def _check_open(self) -> None:
+        fatal = self._ship.fatal
+        if fatal is not None:
+            raise type(fatal)(f"MetricLogger stopped: {fatal.message}", fatal.details, fatal.code)
         if self._closed:
             raise RuntimeError("MetricLogger is closed")
+        if not self._thread.is_alive():
+            raise RuntimeError(f"MetricLogger worker stopped: {self._crash!r}")
+
+    def _full(self) -> bool:
+        """The buffer is full (or the logger stopped): block, drop, or raise. True to append."""
+        self._check_open()
         if self._on_full == "drop":
             self._dropped += 1
             if not self._warned:
@@ -163,63 +247,105 @@ class MetricLogger:
         self._nudge()
         ship = self._ship
         while len(self._queue) + ship.held >= self._limit:
-            if self._closed:
-                raise RuntimeError("MetricLogger is closed")
-            self._check_worker()
+            self._check_open()
             ship.space.clear()
             if len(self._queue) + ship.held < self._limit:
                 break
             ship.space.wait(_POLL_S)
         return True
 
-    def _check_worker(self) -> None:
-        if not self._thread.is_alive():
-            raise RuntimeError(f"MetricLogger worker stopped: {self._crash!r}")
-
     # -- flush and close -------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until every point logged so far is acknowledged (or rejected). False on timeout."""
-        if not self._thread.is_alive():
-            return not self._queue and self._ship.held == 0
-        marker = FlushMarker()
-        self._queue.append(marker)
-        self._nudge()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return marker.done.is_set()
-            if marker.done.wait(_POLL_S if left is None else min(left, _POLL_S)):
-                return True
-            self._check_worker()
+        """Block until every point logged so far is acknowledged or rejected; True if all were
+        acknowledged. `timeout` defaults to close_timeout. Raises MetricsRejected for points
+        rejected since the last report, DeliveryTimeout when time runs out (on_error="raise").
+        """
+        limit = self._close_timeout if timeout is None else timeout
+        in_time = True
+        if self._thread.is_alive():
+            marker = FlushMarker()
+            self._queue.append(marker)
+            self._nudge()
+            deadline = None if limit is None else time.monotonic() + limit
+            while not marker.done.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    in_time = False
+                    break
+                if not self._thread.is_alive():
+                    break
+                marker.done.wait(_POLL_S if left is None else min(left, _POLL_S))
+        return self._report(in_time, limit)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush, then stop the worker. True if everything logged was acknowledged."""
+        """Flush, then stop the worker; True if everything logged was acknowledged.
+
+        `timeout` defaults to close_timeout. Raises like flush(); a second close() returns
+        the first one's result.
+        """
         if self._closed:
-            self._thread.join(timeout)
-            return not self._thread.is_alive() and self._ship.held == 0
+            return self._result
+        limit = self._close_timeout if timeout is None else timeout
         self._closed = True
         self._limit = -1  # every further log() takes the slow path, which raises
         atexit.unregister(self._at_exit)
         self._ship.stop = True
         self._nudge()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            left = len(self._queue) + self._ship.held
-            logger.error(
-                "MetricLogger %s: close timed out with %d points not acknowledged; giving up",
-                self.commit[:12],
-                left,
-            )
-            self._ship.abort = True
-            self._nudge()
-            self._thread.join(_POLL_S * 4)
-            return False
-        return self._crash is None and self._ship.idle
+        self._thread.join(limit)
+        in_time = not self._thread.is_alive()
+        if not in_time:
+            self._abort()
+        self._result = self._report(in_time, limit)
+        return self._result
+
+    def _abort(self) -> None:
+        """Time is up: cancel whatever the worker awaits (a connect, a reply) and let it go."""
+        self._ship.abort = True
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._cancel)
+        self._thread.join(_ABORT_WAIT_S)
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _undelivered(self) -> int:
+        return self._ship.held + sum(1 for item in self._queue if item.__class__ is tuple)
+
+    def _report(self, in_time: bool, limit: float | None) -> bool:
+        """Raise (or, with on_error="warn", log) what went wrong since the last report."""
+        ship = self._ship
+        fatal = ship.fatal
+        if fatal is not None and not self._thread.is_alive() and (late := self._undelivered()):
+            ship.held = 0  # points logged while the worker was stopping
+            self._queue.clear()
+            ship.note_rejected(late, str(fatal), fatal.code)
+        rejections = {
+            why: n - self._reported.get(why, 0)
+            for why, n in ship.rejections.items()
+            if n > self._reported.get(why, 0)
+        }
+        self._reported = dict(ship.rejections)
+        rejected = MetricsRejected(rejections, ship.rejected_code) if rejections else None
+        error: Exception | None = rejected
+        if not in_time:
+            assert limit is not None
+            error = DeliveryTimeout(self._undelivered(), limit, ship.last_error, rejected)
+        elif self._crash is not None:
+            error = RuntimeError(f"MetricLogger worker crashed: {self._crash!r}")
+        if error is None:
+            return True
+        if self._on_error == "raise":
+            raise error
+        logger.warning("MetricLogger %s: %s", self.commit[:12], error)
+        return False
 
     def _at_exit(self) -> None:
-        self.close(self._close_timeout)
+        try:
+            self.close()
+        except Exception as exc:
+            logger.error("MetricLogger %s at exit: %s", self.commit[:12], exc)
 
     def __enter__(self) -> Self:
         return self
@@ -230,7 +356,13 @@ class MetricLogger:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the block's own exception goes on; what close() says is logged
+            self.close()
+        except Exception as problem:
+            logger.error("MetricLogger %s: %s", self.commit[:12], problem)
 
     @property
     def closed(self) -> bool:
@@ -259,7 +391,10 @@ class MetricLogger:
         loop = self._loop
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._ship.run())
+            self._task = loop.create_task(self._ship.run())
+            loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass  # close() ran out of time
         except BaseException as exc:
             self._crash = exc
             logger.exception("MetricLogger %s: worker crashed", self.commit[:12])
@@ -268,4 +403,15 @@ class MetricLogger:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
+                self._ship.started.set()
                 self._ship.space.set()
+
+
+def _check_step(step: object) -> int:
+    """A step as the int the wire carries; InvalidRequest unless an integer 0..2**32 - 1."""
+    if not isinstance(step, bool):
+        with contextlib.suppress(TypeError):
+            value = operator.index(step)  # type: ignore[arg-type]
+            if 0 <= value <= MAX_STEP:
+                return value
+    raise InvalidRequest(f"step must be an integer 0..{MAX_STEP}, got {step!r}")

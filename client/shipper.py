@@ -7,10 +7,17 @@ points (a partial batch leaves every `flush_interval`, or at once for a flush),
 and sends each batch as one LOG_METRICS, several in flight on one connection.
 
 Every batch stays in `unacked` (ordered by sequence number) until its SUCCESS
-arrives. When the connection drops, the shipper reconnects with exponential
-backoff and resends every unacknowledged batch in order before new ones, so
-nothing is lost; only a batch written just before the drop (its ack lost with
-the connection) can be stored twice.
+arrives. When the connection drops, or the daemon answers with a transient
+error (RETRYABLE), the shipper reconnects with exponential backoff and resends
+every unacknowledged batch in order before new ones, so nothing is lost; only
+a batch written just before the drop (its ack lost with the connection) can be
+stored twice. Any other error rejects the batch for good: its points are
+counted in `rejections` by the server's message and never resent.
+
+The first connection runs the start check (startcheck.py). A failed check, or
+a handshake the daemon refuses (wrong key, address not allowed), is `fatal`:
+the shipper stops and every point not yet acknowledged counts as rejected.
+Each distinct problem is logged once; repeats are only counted.
 """
 
 import asyncio
@@ -19,16 +26,17 @@ import logging
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from protocol.enums import ErrorCode
-from protocol.errors import MalformedRequest
-from protocol.requests import POINT, check_metric_name
+from protocol.requests import POINT
 
 from .connection import Client
 from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
 from .settings import Settings
+from .startcheck import check_start
 from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
@@ -59,20 +67,37 @@ class ShipperConfig:
 
 
 class Shipper:
-    def __init__(self, config: ShipperConfig, queue: "deque[Any]") -> None:
+    def __init__(
+        self,
+        config: ShipperConfig,
+        queue: "deque[Any]",
+        names: dict[str, tuple[bytes, int]],
+        on_fatal: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config = config
         self.queue = queue
         self.space = threading.Event()
         """Set whenever acknowledged points leave the buffer (a blocked log() waits for it)."""
+        self.started = threading.Event()
+        """Set once the start check passed or failed, or the first connection attempt failed."""
         self.held = 0
         """Points taken from the queue and not yet acknowledged or rejected."""
         self.acknowledged = 0
         self.rejected = 0
+        self.rejections: dict[str, int] = {}
+        """Rejected points by reason (the server's message, or why the client refused)."""
+        self.rejected_code = ErrorCode.UNKNOWN_ERROR
+        """The code of the first rejection."""
         self.resent_batches = 0
         self.reconnects = 0
         self.last_error: FetchmlError | None = None
+        self.fatal: FetchmlError | None = None
+        self.notes: dict[str, int] = {}
+        """Each distinct problem logged so far, with how often it happened."""
         self.stop = False
         self.abort = False
+        self._on_fatal = on_fatal
+        self._checked = False
         self._unacked: dict[int, tuple[int, bytes]] = {}
         """Batches sent or to send, by sequence number: (point count, LOG_METRICS body)."""
         self._ready: deque[int] = deque()
@@ -82,8 +107,8 @@ class Shipper:
         self._seq = 0
         self._inflight = 0
         self._next_step: dict[str, int] = {}
-        self._names: dict[str, tuple[bytes, int]] = {}
-        self._bad_names: set[str] = set()
+        self._names = names
+        """Metric names checked by MetricLogger.log(), with their encoding and length."""
         self._created = not config.create_experiment
         self._wake: asyncio.Event | None = None
         self._broken: asyncio.Event | None = None
@@ -105,32 +130,69 @@ class Shipper:
         self._wake = asyncio.Event()
         failures = 0
         connected_once = False
-        while not self.abort and not (self.stop and self.idle):
-            if failures:
-                await self._backoff(failures)
-                if self.abort:
-                    break
-            try:
-                client = await Client.connect(
-                    self.config.settings.url,
-                    self.config.settings.api_key,
-                    open_timeout=self.config.open_timeout,
-                )
-            except FetchmlError as exc:
-                failures += 1
-                self._note(exc, f"cannot connect (attempt {failures})", loud=failures == 1)
-                continue
-            if connected_once:
-                self.reconnects += 1
-                logger.info("metric logger %s: reconnected", self.config.commit.hex()[:12])
-            connected_once = True
-            try:
-                if await self._session(client):
-                    failures = 0
-                else:
+        try:
+            while not self.abort and self.fatal is None and not (self.stop and self.idle):
+                if failures:
+                    await self._backoff(failures)
+                    if self.abort:
+                        break
+                try:
+                    client = await Client.connect(
+                        self.config.settings.url,
+                        self.config.settings.api_key,
+                        open_timeout=self.config.open_timeout,
+                    )
+                except FetchmlConnectionError as exc:
                     failures += 1
-            finally:
+                    self._note(exc, "cannot connect")
+                    self.started.set()
+                    continue
+                except FetchmlError as exc:  # refused handshake (key, address) or bad URL
+                    self._fail(exc)
+                    break
+                if connected_once:
+                    self.reconnects += 1
+                    logger.info("metric logger %s: reconnected", self.config.commit.hex()[:12])
+                connected_once = True
+                try:
+                    if await self._session(client):
+                        failures = 0
+                    else:
+                        failures += 1
+                finally:
+                    await self._close(client)
+        finally:
+            self.started.set()
+
+    async def _close(self, client: Client) -> None:
+        """Close a connection; when aborting, give the daemon a moment, not its full timeout."""
+        if not self.abort:
+            await client.close()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.2):
                 await client.close()
+
+    def _fail(self, exc: FetchmlError) -> None:
+        """Stop for good: every point logged and not acknowledged is rejected for `exc`."""
+        self.fatal = self.last_error = exc
+        self._on_fatal()
+        logger.error("metric logger %s: %s", self.config.commit.hex()[:12], exc)
+        self._parts.clear()
+        self._unacked.clear()
+        self._ready.clear()
+        lost, self.held, self._count = self.held, 0, 0
+        while self.queue:
+            item = self.queue.popleft()
+            if item.__class__ is tuple:
+                lost += 1
+            else:
+                self._markers.append(item)
+        while self._markers:
+            self._markers.popleft().done.set()
+        if lost:
+            self.note_rejected(lost, str(exc), exc.code)
+        self.space.set()
 
     async def _backoff(self, failures: int) -> None:
         """Wait before the next connection attempt (cut short only by an abort)."""
@@ -143,17 +205,38 @@ class Shipper:
                     self._wake.clear()
                     await self._wake.wait()
 
-    def _note(self, exc: FetchmlError, what: str, loud: bool = True) -> None:
-        """Remember and log a transient problem (repeated connect failures at debug level)."""
+    def _note(self, exc: FetchmlError, what: str) -> None:
+        """Remember a transient problem; log it the first time it happens (repeats are counted)."""
         self.last_error = exc
-        level = logging.WARNING if loud else logging.DEBUG
-        logger.log(level, "metric logger %s: %s: %s", self.config.commit.hex()[:12], what, exc)
+        message = f"metric logger {self.config.commit.hex()[:12]}: {what}: {exc}"
+        seen = self.notes.get(message, 0)
+        self.notes[message] = seen + 1
+        logger.log(logging.DEBUG if seen else logging.WARNING, "%s", message)
+
+    def note_rejected(self, count: int, why: str, code: ErrorCode) -> None:
+        if not self.rejected:
+            self.rejected_code = code
+        self.rejected += count
+        self.rejections[why] = self.rejections.get(why, 0) + count
 
     async def _session(self, client: Client) -> bool:
         """Send on one connection until done or broken. True if anything was acknowledged."""
         assert self._wake is not None
         broken = self._broken = asyncio.Event()
         acked_before = self.acknowledged
+        if not self._checked:
+            try:
+                await check_start(client, self.config.commit, self.config.create_experiment)
+            except FetchmlConnectionError as exc:
+                self._note(exc, "connection lost")
+                return False
+            except FetchmlError as exc:
+                if exc.code not in RETRYABLE:
+                    self._fail(exc)
+                    return False
+                self._note(exc, "start check inconclusive")  # the daemon decides per batch
+            self._checked = True
+            self.started.set()
         if not self._created:
             try:
                 await client.create_experiment(
@@ -166,7 +249,7 @@ class Shipper:
                 if exc.code in RETRYABLE:
                     self._note(exc, "creating the experiment failed")
                     return False
-                logger.error("metric logger: cannot create experiment: %s", exc)
+                self._note(exc, "cannot create the experiment")
             self._created = True
         self._ready = deque(self._unacked)
         self.resent_batches += len(self._ready)
@@ -223,20 +306,14 @@ class Shipper:
                     self._markers.append(item)
                     continue
                 name, value, step = item
+                raw, length = names[name]
+                if step is None:
+                    step = next_step.get(name, 0)
                 try:
-                    head = names.get(name)
-                    if head is None:
-                        head = self._name(name)
-                        if head is None:
-                            not_points += 1
-                            continue
-                    raw, length = head
-                    if step is None:
-                        step = next_step.get(name, 0)
                     parts.append(pack(step, value, length))
                 except (struct.error, TypeError) as exc:
                     not_points += 1
-                    self._reject(name, f"point ({name!r}, {value!r}, step {step!r}): {exc}")
+                    self._refuse(name, value, step, exc)
                     continue
                 parts.append(raw)
                 next_step[name] = step + 1
@@ -248,28 +325,12 @@ class Shipper:
             self._emit()
         self._check_markers()
 
-    def _name(self, name: Any) -> tuple[bytes, int] | None:
-        """Check a new metric name and cache its encoding; None (and a log line) if invalid."""
-        if not isinstance(name, str):
-            self._reject(name, f"metric name must be a str, got {name!r}")
-            return None
-        try:
-            raw = check_metric_name(name)
-        except MalformedRequest as exc:
-            self._reject(name, f"invalid metric name {name!r}: {exc.message}")
-            return None
-        self._names[name] = (raw, len(raw))
-        return raw, len(raw)
-
-    def _reject(self, name: object, why: str) -> None:
-        self.rejected += 1
-        try:
-            key = repr(name)[:300]
-        except Exception:
-            key = "?"
-        if key not in self._bad_names:
-            self._bad_names.add(key)
-            logger.error("metric logger: dropping invalid %s", why)
+    def _refuse(self, name: str, value: object, step: int, exc: Exception) -> None:
+        """A point the client cannot encode (its value, or a default step past 2**32 - 1)."""
+        why = f"metric {name!r} not sent: {exc}"
+        if why not in self.rejections:
+            logger.error("metric logger: %s (value %r, step %d)", why, value, step)
+        self.note_rejected(1, why, ErrorCode.INVALID_REQUEST)
 
     def _emit(self) -> None:
         if not self._count:
@@ -293,8 +354,16 @@ class Shipper:
                 self._break(exc)
                 return
             self.last_error = exc
-            self.rejected += count
-            logger.error("metric logger: server rejected %d points: %s", count, exc)
+            why = str(exc)
+            if why not in self.rejections:
+                logger.error(
+                    "metric logger %s: the daemon rejected %d points: %s (further rejections "
+                    "are counted, not logged)",
+                    self.config.commit.hex()[:12],
+                    count,
+                    why,
+                )
+            self.note_rejected(count, why, exc.code)
             self._settle(seq)
         else:
             self.acknowledged += count
