@@ -165,13 +165,14 @@ class Shipper:
             self.started.set()
 
     async def _close(self, client: Client) -> None:
-        """Close a connection; when aborting, give the daemon a moment, not its full timeout."""
+        """Close a connection; when aborting, drop it without waiting for the daemon."""
         if not self.abort:
             await client.close()
             return
+        client.abort()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.2):
-                await client.close()
+            async with asyncio.timeout(0.1):
+                await client.wait_closed()
 
     def _fail(self, exc: FetchmlError) -> None:
         """Stop for good: every point logged and not acknowledged is rejected for `exc`."""
@@ -274,7 +275,7 @@ class Shipper:
                     async with asyncio.timeout(max(wait, 0.001)):
                         await self._wake.wait()
             if self.abort:
-                await client.close()  # fails what is in flight, so the task group can end
+                client.abort()  # fails what is in flight, so the task group can end
         return self.acknowledged > acked_before
 
     def _drain(self, emit_partial: bool) -> None:
