@@ -20,7 +20,8 @@ from .errors import (
     ServerOverloaded,
     StorageError,
 )
-from .logger import LoggerStats, MetricLogger
+from .ledger import LoggerStats
+from .logger import MetricLogger
 from .models import (
     Experiment,
     ExperimentSummary,

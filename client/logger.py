@@ -29,28 +29,23 @@ for a bad name or step, in the caller's thread, before buffering anything.
 runs out; with `on_error="warn"` they log that instead and return False.
 """
 
-import asyncio
 import atexit
-import contextlib
 import logging
-import operator
-import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from protocol.errors import MalformedRequest
-from protocol.requests import check_metric_name
-
-from .errors import DeliveryTimeout, FetchmlError, InvalidRequest, MetricsRejected
+from .batches import FlushMarker, check_step, encode_name
+from .errors import DeliveryTimeout, InvalidRequest
+from .ledger import LoggerStats
 from .models import MAX_STEP, parse_commit
 from .settings import resolve_settings
-from .shipper import FlushMarker, Shipper, ShipperConfig
+from .shipper import Shipper, ShipperConfig
+from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -60,22 +55,6 @@ _POLL_S = 0.5
 """How often a blocked caller re-checks that the worker thread is alive (it is woken sooner)."""
 _START_WAIT_S = 10.0
 """How long the constructor waits for the start check (at most close_timeout)."""
-_ABORT_WAIT_S = 0.5
-"""How long close() waits for the worker to stop once its time is up."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoggerStats:
-    buffered: int
-    """Points logged and not yet acknowledged (queued or in flight)."""
-    acknowledged: int
-    dropped: int
-    """Points dropped because the buffer was full (on_full="drop")."""
-    rejected: int
-    """Points refused by the daemon, or whose value the client could not encode."""
-    resent_batches: int
-    reconnects: int
-    last_error: FetchmlError | None
 
 
 class MetricLogger:
@@ -126,9 +105,11 @@ class MetricLogger:
         )
         self.commit = config.commit.hex()
         self._queue: deque[Any] = deque()
-        self._names: dict[str, tuple[bytes, int]] = {}
         self._limit = max_buffer
-        self._ship = Shipper(config, self._queue, self._names, self._stopped)
+        self._ship = ship = Shipper(config, self._queue, self._stopped)
+        self._ledger = ship.ledger
+        self._batches = ship.batches
+        self._names = ship.batches.names
         self._max_buffer = max_buffer
         self._batch_size = batch_size
         self._nudge_at = batch_size - 1
@@ -139,20 +120,13 @@ class MetricLogger:
         self._result = False
         self._warned = False
         self._dropped = 0
-        self._reported: dict[str, int] = {}
-        self._crash: BaseException | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._run, name=f"fetchml-logger-{self.commit[:8]}", daemon=True
-        )
-        self._thread.start()
+        self._worker = Worker(ship, f"fetchml-logger-{self.commit[:8]}")
         wait = _START_WAIT_S if close_timeout is None else min(_START_WAIT_S, close_timeout)
-        self._ship.started.wait(wait)
-        if self._ship.fatal is not None:
+        ship.started.wait(wait)
+        if ship.fatal is not None:
             self._closed = True
-            self._thread.join(wait)
-            raise self._ship.fatal
+            self._worker.join(wait)
+            raise ship.fatal
         atexit.register(self._at_exit)
 
     # -- the caller's side: cheap ----------------------------------------------
@@ -164,25 +138,25 @@ class MetricLogger:
         """
         try:
             if name not in self._names:
-                self._add_name(name)
+                self._names[name] = encode_name(name)
         except TypeError:
             raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
         if step is not None and (step.__class__ is not int or not 0 <= step <= MAX_STEP):
-            step = _check_step(step)
+            step = check_step(step)
         queue = self._queue
         n = len(queue)
-        if n + self._ship.held >= self._limit and not self._full():
+        if n + self._batches.held >= self._limit and not self._full():
             return
         queue.append((name, value, step))
         if n % self._batch_size == self._nudge_at:
-            self._nudge()
+            self._worker.nudge()
 
     def log_dict(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Record several names at one step (all or none: every name is checked first)."""
         for name in metrics:
             self._check_name(name)
         if step is not None:
-            step = _check_step(step)
+            step = check_step(step)
         log = self.log
         for name, value in metrics.items():
             log(name, value, step)
@@ -192,23 +166,9 @@ class MetricLogger:
     def _check_name(self, name: str) -> None:
         try:
             if name not in self._names:
-                self._add_name(name)
+                self._names[name] = encode_name(name)
         except TypeError:
             raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
-
-    def _add_name(self, name: str) -> None:
-        """Check a name seen for the first time and cache its encoding for the shipper."""
-        if not isinstance(name, str):
-            raise InvalidRequest(f"metric name must be a str, got {name!r}")
-        try:
-            raw = check_metric_name(name)
-        except MalformedRequest as exc:
-            raise InvalidRequest(f"invalid metric name {name!r}: {exc.message}") from None
-        self._names[name] = (raw, len(raw))
-
-    def _nudge(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has stopped
-            self._loop.call_soon_threadsafe(self._ship.wake)
 
     def _stopped(self) -> None:
         """Called by the worker when it stops for good: every later log() takes the slow path."""
@@ -220,38 +180,33 @@ class MetricLogger:
             raise type(fatal)(f"MetricLogger stopped: {fatal.message}", fatal.details, fatal.code)
         if self._closed:
             raise RuntimeError("MetricLogger is closed")
-        if not self._thread.is_alive():
-            raise RuntimeError(f"MetricLogger worker stopped: {self._crash!r}")
+        if not self._worker.alive:
+            raise RuntimeError(f"MetricLogger worker stopped: {self._worker.crash!r}")
 
     def _full(self) -> bool:
         """The buffer is full (or the logger stopped): block, drop, or raise. True to append."""
         self._check_open()
-        if self._on_full == "drop":
-            self._dropped += 1
-            if not self._warned:
-                self._warned = True
-                message = (
-                    f"MetricLogger buffer full ({self._max_buffer} points not yet acknowledged): "
-                    "dropping new points"
-                )
-                logger.warning("%s", message)
-                warnings.warn(message, RuntimeWarning, stacklevel=3)
-            return False
+        drop = self._on_full == "drop"
         if not self._warned:
             self._warned = True
-            logger.warning(
-                "MetricLogger buffer full (%d points not yet acknowledged): log() blocks "
-                "until the daemon acknowledges",
-                self._max_buffer,
+            what = "dropping new points" if drop else "log() blocks until the daemon acknowledges"
+            message = (
+                f"MetricLogger buffer full ({self._max_buffer} points not yet acknowledged): {what}"
             )
-        self._nudge()
-        ship = self._ship
-        while len(self._queue) + ship.held >= self._limit:
+            logger.warning("%s", message)
+            if drop:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if drop:
+            self._dropped += 1
+            return False
+        self._worker.nudge()
+        batches = self._batches
+        while len(self._queue) + batches.held >= self._limit:
             self._check_open()
-            ship.space.clear()
-            if len(self._queue) + ship.held < self._limit:
+            batches.space.clear()
+            if len(self._queue) + batches.held < self._limit:
                 break
-            ship.space.wait(_POLL_S)
+            batches.space.wait(_POLL_S)
         return True
 
     # -- flush and close -------------------------------------------------------
@@ -263,17 +218,17 @@ class MetricLogger:
         """
         limit = self._close_timeout if timeout is None else timeout
         in_time = True
-        if self._thread.is_alive():
+        if self._worker.alive:
             marker = FlushMarker()
             self._queue.append(marker)
-            self._nudge()
+            self._worker.nudge()
             deadline = None if limit is None else time.monotonic() + limit
             while not marker.done.is_set():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     in_time = False
                     break
-                if not self._thread.is_alive():
+                if not self._worker.alive:
                     break
                 marker.done.wait(_POLL_S if left is None else min(left, _POLL_S))
         return self._report(in_time, limit)
@@ -291,49 +246,29 @@ class MetricLogger:
         self._limit = -1  # every further log() takes the slow path, which raises
         atexit.unregister(self._at_exit)
         self._ship.stop = True
-        self._nudge()
-        self._thread.join(limit)
-        in_time = not self._thread.is_alive()
+        self._worker.nudge()
+        in_time = self._worker.join(limit)
         if not in_time:
-            self._abort()
+            self._worker.abort()
         self._result = self._report(in_time, limit)
         return self._result
 
-    def _abort(self) -> None:
-        """Time is up: cancel whatever the worker awaits (a connect, a reply) and let it go."""
-        self._ship.abort = True
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._cancel)
-        self._thread.join(_ABORT_WAIT_S)
-
-    def _cancel(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
     def _undelivered(self) -> int:
-        return self._ship.held + sum(1 for item in self._queue if item.__class__ is tuple)
+        return self._batches.held + sum(1 for item in self._queue if item.__class__ is tuple)
 
     def _report(self, in_time: bool, limit: float | None) -> bool:
         """Raise (or, with on_error="warn", log) what went wrong since the last report."""
-        ship = self._ship
-        fatal = ship.fatal
-        if fatal is not None and not self._thread.is_alive() and (late := self._undelivered()):
-            ship.held = 0  # points logged while the worker was stopping
-            self._queue.clear()
-            ship.note_rejected(late, str(fatal), fatal.code)
-        rejections = {
-            why: n - self._reported.get(why, 0)
-            for why, n in ship.rejections.items()
-            if n > self._reported.get(why, 0)
-        }
-        self._reported = dict(ship.rejections)
-        rejected = MetricsRejected(rejections, ship.rejected_code) if rejections else None
+        fatal = self._ship.fatal
+        if fatal is not None and not self._worker.alive and (late := self._undelivered()):
+            self._batches.drop_all()  # points logged while the worker was stopping
+            self._ledger.reject(late, str(fatal), fatal.code)
+        rejected = self._ledger.unreported()
         error: Exception | None = rejected
         if not in_time:
             assert limit is not None
-            error = DeliveryTimeout(self._undelivered(), limit, ship.last_error, rejected)
-        elif self._crash is not None:
-            error = RuntimeError(f"MetricLogger worker crashed: {self._crash!r}")
+            error = DeliveryTimeout(self._undelivered(), limit, self._ledger.last_error, rejected)
+        elif self._worker.crash is not None:
+            error = RuntimeError(f"MetricLogger worker crashed: {self._worker.crash!r}")
         if error is None:
             return True
         if self._on_error == "raise":
@@ -371,47 +306,7 @@ class MetricLogger:
     @property
     def acknowledged(self) -> int:
         """Points the daemon has acknowledged so far."""
-        return self._ship.acknowledged
+        return self._ledger.acknowledged
 
     def stats(self) -> LoggerStats:
-        ship = self._ship
-        return LoggerStats(
-            buffered=len(self._queue) + ship.held,
-            acknowledged=ship.acknowledged,
-            dropped=self._dropped,
-            rejected=ship.rejected,
-            resent_batches=ship.resent_batches,
-            reconnects=ship.reconnects,
-            last_error=ship.last_error,
-        )
-
-    # -- the worker thread -------------------------------------------------------
-
-    def _run(self) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        try:
-            self._task = loop.create_task(self._ship.run())
-            loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass  # close() ran out of time
-        except BaseException as exc:
-            self._crash = exc
-            logger.exception("MetricLogger %s: worker crashed", self.commit[:12])
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-                self._ship.started.set()
-                self._ship.space.set()
-
-
-def _check_step(step: object) -> int:
-    """A step as the int the wire carries; InvalidRequest unless an integer 0..2**32 - 1."""
-    if not isinstance(step, bool):
-        with contextlib.suppress(TypeError):
-            value = operator.index(step)  # type: ignore[arg-type]
-            if 0 <= value <= MAX_STEP:
-                return value
-    raise InvalidRequest(f"step must be an integer 0..{MAX_STEP}, got {step!r}")
+        return self._ledger.stats(len(self._queue) + self._batches.held, self._dropped)

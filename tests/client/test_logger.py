@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
+from client.batches import Batches, encode_name
+from client.ledger import Ledger
 from client.metrics import log_metrics_message
-from client.settings import Settings, key_hash
-from client.shipper import Shipper, ShipperConfig
+from client.settings import key_hash
 from protocol.enums import ErrorCode
 from protocol.records import RECORD_HEAD, RECORD_MIN, scan
 from protocol.requests import LogMetrics, MetricPoint, encode_request
@@ -277,13 +278,13 @@ def test_points_are_flushed_at_exit(shared_server: ServerProcess) -> None:
 
 
 def test_batches_are_the_codec_bytes() -> None:
-    """The shipper's pre-encoded batch is byte for byte the codec's LogMetrics."""
+    """The pre-encoded batch is byte for byte the codec's LogMetrics."""
     commit = bytes(range(20))
     queue: deque[object] = deque([("loss", 0.5, 3), ("acc", math.nan, None), ("é", 1, 7)])
-    names = {name: (name.encode(), len(name.encode())) for name in ("loss", "acc", "é")}
-    ship = Shipper(ShipperConfig(commit=commit, settings=Settings("ws://x/ws", "k")), queue, names)
-    ship._drain(emit_partial=True)
-    ((count, body),) = ship._unacked.values()
+    batches = Batches(queue, 1000, Ledger("test"))
+    batches.names.update((name, encode_name(name)) for name in ("loss", "acc", "é"))
+    batches.drain(slots=1, emit_partial=True)
+    ((count, body),) = batches.unacked.values()
     expected = encode_request(
         LogMetrics(
             key_hash=key_hash("k"),
@@ -296,4 +297,4 @@ def test_batches_are_the_codec_bytes() -> None:
         )
     )
     assert log_metrics_message(key_hash("k"), commit, count, body) == expected
-    assert ship.held == 3 and not queue
+    assert batches.held == 3 and not queue
