@@ -58,7 +58,9 @@ def check_step(step: object) -> int:
 
 
 class Batches:
-    def __init__(self, queue: "deque[Any]", batch_size: int, ledger: Ledger) -> None:
+    def __init__(
+        self, queue: "deque[Any]", batch_size: int, ledger: Ledger, limit: int = 1 << 62
+    ) -> None:
         self.queue = queue
         self.names: dict[str, tuple[bytes, int]] = {}
         """Names checked by the caller's thread, with their encoding and length."""
@@ -66,6 +68,10 @@ class Batches:
         """Set whenever points leave the buffer (a blocked log() waits for it)."""
         self.held = 0
         """Points taken from the queue and not yet settled."""
+        self.limit = limit
+        """At most this many points buffered (queued or held); -1 once the logger stopped."""
+        self.room = limit
+        """`limit - held`: how long the queue may grow (log() compares it with the queue)."""
         self.unacked: dict[int, tuple[int, bytes]] = {}
         """Bodies cut and not yet settled, by sequence number: (point count, body)."""
         self.ready: deque[int] = deque()
@@ -123,6 +129,7 @@ class Batches:
                 if self._count >= size:
                     self.emit()
             self.held += take - not_points
+            self.room = self.limit - self.held
         if emit_partial:
             self.emit()
         self._check_markers()
@@ -141,11 +148,17 @@ class Batches:
         """A body acknowledged or rejected: its points leave the buffer."""
         count, _ = self.unacked.pop(seq)
         self.held -= count
+        self.room = self.limit - self.held
         self.space.set()
         self._check_markers()
 
+    def stop(self) -> None:
+        """No more points: every later log() takes its slow path (which raises)."""
+        self.limit = self.room = -1
+
     def drop_all(self) -> int:
-        """Forget every point not yet settled (the logger stopped for good); how many."""
+        """Stop, and forget every point not yet settled; how many there were."""
+        self.stop()
         self._parts.clear()
         self.unacked.clear()
         self.ready.clear()

@@ -42,7 +42,7 @@ from typing import Any, Literal, Self
 from .batches import FlushMarker, check_step, encode_name
 from .errors import DeliveryTimeout, InvalidRequest
 from .ledger import LoggerStats
-from .models import MAX_STEP, parse_commit
+from .models import parse_commit
 from .settings import resolve_settings
 from .shipper import Shipper, ShipperConfig
 from .worker import Worker
@@ -105,14 +105,13 @@ class MetricLogger:
         )
         self.commit = config.commit.hex()
         self._queue: deque[Any] = deque()
-        self._limit = max_buffer
-        self._ship = ship = Shipper(config, self._queue, self._stopped)
+        self._ship = ship = Shipper(config, self._queue, max_buffer)
         self._ledger = ship.ledger
         self._batches = ship.batches
         self._names = ship.batches.names
         self._max_buffer = max_buffer
-        self._batch_size = batch_size
         self._nudge_at = batch_size - 1
+        """log() wakes the worker when the queue reaches a batch (it drains all of it)."""
         self._on_full = on_full
         self._on_error = on_error
         self._close_timeout = close_timeout
@@ -139,16 +138,19 @@ class MetricLogger:
         try:
             if name not in self._names:
                 self._names[name] = encode_name(name)
-        except TypeError:
-            raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
-        if step is not None and (step.__class__ is not int or not 0 <= step <= MAX_STEP):
-            step = check_step(step)
+            if step is not None and not 0 <= step <= 0xFFFFFFFF:
+                check_step(step)  # raises
+        except TypeError:  # an unhashable name, or a step that is not a number
+            if not isinstance(name, str):
+                raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
+            check_step(step)
+            raise
         queue = self._queue
         n = len(queue)
-        if n + self._batches.held >= self._limit and not self._full():
+        if n >= self._batches.room and not self._full():
             return
         queue.append((name, value, step))
-        if n % self._batch_size == self._nudge_at:
+        if n == self._nudge_at:
             self._worker.nudge()
 
     def log_dict(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -169,10 +171,6 @@ class MetricLogger:
                 self._names[name] = encode_name(name)
         except TypeError:
             raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
-
-    def _stopped(self) -> None:
-        """Called by the worker when it stops for good: every later log() takes the slow path."""
-        self._limit = -1
 
     def _check_open(self) -> None:
         fatal = self._ship.fatal
@@ -201,10 +199,10 @@ class MetricLogger:
             return False
         self._worker.nudge()
         batches = self._batches
-        while len(self._queue) + batches.held >= self._limit:
+        while len(self._queue) >= batches.room:
             self._check_open()
             batches.space.clear()
-            if len(self._queue) + batches.held < self._limit:
+            if len(self._queue) < batches.room:
                 break
             batches.space.wait(_POLL_S)
         return True
@@ -243,13 +241,14 @@ class MetricLogger:
             return self._result
         limit = self._close_timeout if timeout is None else timeout
         self._closed = True
-        self._limit = -1  # every further log() takes the slow path, which raises
+        self._batches.stop()  # every further log() takes the slow path, which raises
         atexit.unregister(self._at_exit)
         self._ship.stop = True
         self._worker.nudge()
         in_time = self._worker.join(limit)
         if not in_time:
             self._worker.abort()
+        self._batches.stop()  # again: the worker may have set room meanwhile
         self._result = self._report(in_time, limit)
         return self._result
 

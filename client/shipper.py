@@ -23,7 +23,6 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,17 +58,16 @@ class Shipper:
         self,
         config: ShipperConfig,
         queue: "deque[Any]",
-        on_fatal: Callable[[], None] = lambda: None,
+        max_buffer: int = 1 << 62,
     ) -> None:
         self.config = config
         self.ledger = Ledger(config.commit.hex()[:12])
-        self.batches = Batches(queue, config.batch_size, self.ledger)
+        self.batches = Batches(queue, config.batch_size, self.ledger, max_buffer)
         self.started = threading.Event()
         """Set once the start check passed or failed, or the first connection attempt failed."""
         self.fatal: FetchmlError | None = None
         self.stop = False
         self.abort = False
-        self._on_fatal = on_fatal
         self._checked = False
         self._created = not config.create_experiment
         self._inflight = 0
@@ -135,7 +133,6 @@ class Shipper:
     def _fail(self, exc: FetchmlError) -> None:
         """Stop for good: every point logged and not acknowledged is rejected for `exc`."""
         self.fatal = self.ledger.last_error = exc
-        self._on_fatal()
         if lost := self.batches.drop_all():
             self.ledger.reject(lost, str(exc), exc.code)
 
