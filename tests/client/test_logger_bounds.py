@@ -29,12 +29,10 @@ def silent_url() -> Iterator[str]:
     def serve() -> None:
         server.settimeout(0.05)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 peer, _ = server.accept()
-            except TimeoutError:
-                continue
-            peer.setblocking(False)
-            peers.append(peer)
+                peer.setblocking(False)
+                peers.append(peer)
             for sock in peers:
                 with contextlib.suppress(BlockingIOError, OSError):
                     sock.recv(65536)
