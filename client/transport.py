@@ -42,9 +42,12 @@ async def open_websocket(
 
     With `api_key`, the raw key goes in the handshake (`X-API-Key`): a wrong key
     fails here with AuthenticationFailed, and a daemon that requires handshake
-    keys lets the connection in.
+    keys lets the connection in. A key a header cannot carry as it is (control
+    characters, spaces at either end) goes only in the requests.
     """
-    headers = {"X-API-Key": api_key} if api_key else None
+    headers = None
+    if api_key and api_key.isprintable() and api_key == api_key.strip():
+        headers = {"X-API-Key": api_key}
     try:
         return await connect(
             url,

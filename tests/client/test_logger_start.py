@@ -1,6 +1,7 @@
 """MetricLogger's start check and the key in the handshake, against real daemons."""
 
 import asyncio
+import hashlib
 import time
 
 import pytest
@@ -24,7 +25,7 @@ from tests.client.conftest import (
     ServerProcess,
     commit_of,
 )
-from tests.conftest import Daemon
+from tests.conftest import Daemon, DaemonFactory
 
 
 async def test_a_wrong_key_fails_at_connect(daemon: Daemon) -> None:
@@ -113,3 +114,20 @@ def test_the_check_runs_when_the_daemon_comes_up_later(server_process: ServerPro
         ml.close()
     assert rejected.value.count == 10 and "bob may not log" in str(rejected.value)
     assert not (server_process.data / commit / "metrics.bin").exists()
+
+
+async def test_keys_a_header_cannot_carry_go_only_in_requests(
+    start_daemon: DaemonFactory,
+) -> None:
+    keys = {"spaced": " spaced key ", "tabbed": "tab\tkey", "uni": "clé-ünïcode"}
+    daemon = await start_daemon(
+        auth={
+            "api_keys": {
+                user: {"hash": hashlib.sha256(key.encode()).hexdigest(), "role": "researcher"}
+                for user, key in keys.items()
+            }
+        }
+    )
+    for user, key in keys.items():
+        async with Client.connect(daemon.url, api_key=key) as c:
+            assert (await c.whoami()).user == user
