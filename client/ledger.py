@@ -59,9 +59,10 @@ class Ledger:
         report the counts."""
         if why not in self.rejections:
             logger.error(
-                "metric logger %s: %d points rejected: %s (further ones are counted)",
+                "metric logger %s: %d point%s rejected: %s (further ones are counted)",
                 self.label,
                 count,
+                "" if count == 1 else "s",
                 why,
             )
         if not self.rejected:
