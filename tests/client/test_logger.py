@@ -135,7 +135,7 @@ def test_invalid_arguments_raise_at_the_call_site(
     with pytest.raises(InvalidRequest, match="step must be"):
         ml.log_dict({"fine": 1.0}, step=-2)
     assert ml.stats().buffered <= 1
-    with caplog.at_level(logging.ERROR, logger="client.shipper"):
+    with caplog.at_level(logging.ERROR, logger="client"):
         for step in (2, 3, 4):
             ml.log("ok", "not a number", step=step)  # type: ignore[arg-type]
         ml.log("ok", 2.0, step=5)
