@@ -7,18 +7,21 @@ from .errors import (
     ConfigurationError,
     ConnectFailed,
     ConnectionLost,
+    DeliveryTimeout,
     FetchmlConnectionError,
     FetchmlError,
     InvalidRequest,
     JobError,
     JobNotFound,
+    MetricsRejected,
     NotFound,
     PermissionDenied,
     ProtocolViolation,
     ServerOverloaded,
     StorageError,
 )
-from .logger import LoggerStats, MetricLogger
+from .ledger import LoggerStats
+from .logger import MetricLogger
 from .models import (
     Experiment,
     ExperimentSummary,
@@ -38,6 +41,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectFailed",
     "ConnectionLost",
+    "DeliveryTimeout",
     "Experiment",
     "ExperimentSummary",
     "FetchmlConnectionError",
@@ -51,6 +55,7 @@ __all__ = [
     "MetricLogger",
     "MetricWatch",
     "MetricsPage",
+    "MetricsRejected",
     "NotFound",
     "PermissionDenied",
     "ProtocolViolation",

@@ -95,6 +95,44 @@ class ProtocolViolation(FetchmlConnectionError):
     """The server sent something the protocol does not allow; the connection is dropped."""
 
 
+class MetricsRejected(FetchmlError):
+    """Points that will never be stored: refused by the daemon or not encodable. Never resent.
+
+    `count` is how many points; `reasons` maps each distinct message to its point count.
+    """
+
+    def __init__(self, reasons: dict[str, int], code: ErrorCode) -> None:
+        self.count = sum(reasons.values())
+        self.reasons = dict(reasons)
+        parts = "; ".join(f"{why} ({_points(n, '')})" for why, n in reasons.items())
+        super().__init__(f"{_points(self.count)} rejected: {parts}", code=code)
+
+
+class DeliveryTimeout(FetchmlError, TimeoutError):
+    """flush() or close() ran out of time with `undelivered` points not acknowledged.
+
+    `rejected` holds the points rejected meanwhile, if any.
+    """
+
+    default_code = ErrorCode.TIMEOUT
+
+    def __init__(
+        self,
+        undelivered: int,
+        timeout: float,
+        last_error: FetchmlError | None = None,
+        rejected: MetricsRejected | None = None,
+    ) -> None:
+        self.undelivered = undelivered
+        self.rejected = rejected
+        message = f"{_points(undelivered)} not delivered within {timeout:g} s"
+        if last_error is not None:
+            message += f" (last error: {last_error})"
+        if rejected is not None:
+            message += f"; {rejected}"
+        super().__init__(message)
+
+
 _BY_CODE: dict[ErrorCode, type[FetchmlError]] = {
     ErrorCode.INVALID_REQUEST: InvalidRequest,
     ErrorCode.AUTHENTICATION_FAILED: AuthenticationFailed,
@@ -130,6 +168,10 @@ RETRYABLE = frozenset(
     }
 )
 """Codes after which the same request may succeed later (used by MetricLogger)."""
+
+
+def _points(n: int, kind: str = "metric ") -> str:
+    return f"{n} {kind}point" if n == 1 else f"{n} {kind}points"
 
 
 def error_from(code: ErrorCode, message: str, details: str = "") -> FetchmlError:

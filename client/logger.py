@@ -18,46 +18,43 @@ it is full, `log()` blocks until the daemon acknowledges (`on_full="block"`,
 the default) or drops the new point (`on_full="drop"`), and says so once.
 A point without `step` gets one more than the previous step of that name
 (0 for its first point).
+
+Nothing is lost silently. The constructor waits for the start check of the
+first connection (startcheck.py): a wrong key, a key that may not write to
+the experiment, or a clock far ahead raises there; an unreachable daemon is
+not an error (points buffer until it answers). `log()` raises InvalidRequest
+for a bad name or step, in the caller's thread, before buffering anything.
+`flush()` and `close()` raise MetricsRejected for points the daemon refused
+(or whose value cannot be encoded) and DeliveryTimeout when `close_timeout`
+runs out; with `on_error="warn"` they log that instead and return False.
 """
 
-import asyncio
 import atexit
-import contextlib
 import logging
-import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from .errors import FetchmlError, InvalidRequest
+from .batches import FlushMarker, check_step, encode_name
+from .errors import DeliveryTimeout, InvalidRequest
+from .ledger import LoggerStats
 from .models import parse_commit
 from .settings import resolve_settings
-from .shipper import FlushMarker, Shipper, ShipperConfig
+from .shipper import Shipper, ShipperConfig
+from .worker import Worker
 
 logger = logging.getLogger(__name__)
 
 OnFull = Literal["block", "drop"]
+OnError = Literal["raise", "warn"]
 _POLL_S = 0.5
 """How often a blocked caller re-checks that the worker thread is alive (it is woken sooner)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoggerStats:
-    buffered: int
-    """Points logged and not yet acknowledged (queued or in flight)."""
-    acknowledged: int
-    dropped: int
-    """Points dropped because the buffer was full (on_full="drop")."""
-    rejected: int
-    """Points refused: invalid name, step or value, or rejected by the server."""
-    resent_batches: int
-    reconnects: int
-    last_error: FetchmlError | None
+_START_WAIT_S = 10.0
+"""How long the constructor waits for the start check (at most close_timeout)."""
 
 
 class MetricLogger:
@@ -71,19 +68,31 @@ class MetricLogger:
         flush_interval: float = 0.05,
         max_buffer: int = 1_000_000,
         on_full: OnFull = "block",
+        on_error: OnError = "raise",
         create_experiment: bool = True,
         job_name: str = "",
         max_in_flight: int = 64,
         close_timeout: float | None = 60.0,
         config_path: Path | None = None,
     ) -> None:
-        """`url`/`api_key` default as for Client.connect. `close_timeout` bounds the flush at exit."""
+        """`url`/`api_key` default as for Client.connect.
+
+        `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
+        interpreter exit (None: no bound). Raises AuthenticationFailed, PermissionDenied
+        or ConfigurationError when the start check fails, InvalidRequest for bad arguments.
+        """
         if not 1 <= batch_size <= 0xFFFF:
             raise InvalidRequest(f"batch_size must be 1..65535, got {batch_size}")
         if flush_interval <= 0 or max_buffer < 1 or max_in_flight < 1:
             raise InvalidRequest("flush_interval, max_buffer and max_in_flight must be positive")
         if on_full not in ("block", "drop"):
             raise InvalidRequest(f'on_full must be "block" or "drop", got {on_full!r}')
+        if on_error not in ("raise", "warn"):
+            raise InvalidRequest(f'on_error must be "raise" or "warn", got {on_error!r}')
+        if close_timeout is not None and not close_timeout > 0:
+            raise InvalidRequest(f"close_timeout must be positive or None, got {close_timeout}")
+        if not isinstance(commit, str | bytes):
+            raise InvalidRequest(f"commit must be 40 hex characters, got {commit!r}")
         settings = resolve_settings(url, api_key, config_path=config_path)
         config = ShipperConfig(
             commit=parse_commit(commit),
@@ -96,130 +105,181 @@ class MetricLogger:
         )
         self.commit = config.commit.hex()
         self._queue: deque[Any] = deque()
-        self._ship = Shipper(config, self._queue)
-        self._limit = max_buffer
+        self._ship = ship = Shipper(config, self._queue, max_buffer)
+        self._ledger = ship.ledger
+        self._batches = ship.batches
+        self._names = ship.batches.names
         self._max_buffer = max_buffer
-        self._batch_size = batch_size
         self._nudge_at = batch_size - 1
+        """log() wakes the worker when the queue reaches a batch (it drains all of it)."""
         self._on_full = on_full
+        self._on_error = on_error
         self._close_timeout = close_timeout
         self._closed = False
+        self._result = False
         self._warned = False
         self._dropped = 0
-        self._crash: BaseException | None = None
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._run, name=f"fetchml-logger-{self.commit[:8]}", daemon=True
-        )
-        self._thread.start()
+        self._worker = Worker(ship, f"fetchml-logger-{self.commit[:8]}")
+        wait = _START_WAIT_S if close_timeout is None else min(_START_WAIT_S, close_timeout)
+        ship.started.wait(wait)
+        if ship.fatal is not None:
+            self._closed = True
+            self._worker.join(wait)
+            raise ship.fatal
         atexit.register(self._at_exit)
 
     # -- the caller's side: cheap ----------------------------------------------
 
     def log(self, name: str, value: float, step: int | None = None) -> None:
-        """Record one point; returns at once (unless the buffer is full and on_full="block")."""
+        """Record one point; returns at once (unless the buffer is full and on_full="block").
+
+        Raises InvalidRequest for a bad name or step (nothing is buffered then).
+        """
+        try:
+            if name not in self._names:
+                self._names[name] = encode_name(name)
+            if step is not None and not 0 <= step <= 0xFFFFFFFF:
+                check_step(step)  # raises
+        except TypeError:  # an unhashable name, or a step that is not a number
+            if not isinstance(name, str):
+                raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
+            check_step(step)
+            raise
         queue = self._queue
         n = len(queue)
-        if n + self._ship.held >= self._limit and not self._full():
+        if n >= self._batches.room and not self._full():
             return
         queue.append((name, value, step))
-        if n % self._batch_size == self._nudge_at:
-            self._nudge()
+        if n == self._nudge_at:
+            self._worker.nudge()
 
     def log_dict(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Record several names at one step."""
+        """Record several names at one step (all or none: every name is checked first)."""
+        for name in metrics:
+            self._check_name(name)
+        if step is not None:
+            step = check_step(step)
         log = self.log
         for name, value in metrics.items():
             log(name, value, step)
 
     # -- slow paths ---------------------------------------------------------------
 
-    def _nudge(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has stopped
-            self._loop.call_soon_threadsafe(self._ship.wake)
+    def _check_name(self, name: str) -> None:
+        try:
+            if name not in self._names:
+                self._names[name] = encode_name(name)
+        except TypeError:
+            raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
 
-    def _full(self) -> bool:
-        """The buffer is full (or the logger closed): block, drop, or raise. True to append."""
+    def _check_open(self) -> None:
+        fatal = self._ship.fatal
+        if fatal is not None:
+            raise type(fatal)(f"MetricLogger stopped: {fatal.message}", fatal.details, fatal.code)
         if self._closed:
             raise RuntimeError("MetricLogger is closed")
-        if self._on_full == "drop":
-            self._dropped += 1
-            if not self._warned:
-                self._warned = True
-                message = (
-                    f"MetricLogger buffer full ({self._max_buffer} points not yet acknowledged): "
-                    "dropping new points"
-                )
-                logger.warning("%s", message)
-                warnings.warn(message, RuntimeWarning, stacklevel=3)
-            return False
+        if not self._worker.alive:
+            raise RuntimeError(f"MetricLogger worker stopped: {self._worker.crash!r}")
+
+    def _full(self) -> bool:
+        """The buffer is full (or the logger stopped): block, drop, or raise. True to append."""
+        self._check_open()
+        drop = self._on_full == "drop"
         if not self._warned:
             self._warned = True
-            logger.warning(
-                "MetricLogger buffer full (%d points not yet acknowledged): log() blocks "
-                "until the daemon acknowledges",
-                self._max_buffer,
+            what = "dropping new points" if drop else "log() blocks until the daemon acknowledges"
+            message = (
+                f"MetricLogger buffer full ({self._max_buffer} points not yet acknowledged): {what}"
             )
-        self._nudge()
-        ship = self._ship
-        while len(self._queue) + ship.held >= self._limit:
-            if self._closed:
-                raise RuntimeError("MetricLogger is closed")
-            self._check_worker()
-            ship.space.clear()
-            if len(self._queue) + ship.held < self._limit:
+            logger.warning("%s", message)
+            if drop:
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+        if drop:
+            self._dropped += 1
+            return False
+        self._worker.nudge()
+        batches = self._batches
+        while len(self._queue) >= batches.room:
+            self._check_open()
+            batches.space.clear()
+            if len(self._queue) < batches.room:
                 break
-            ship.space.wait(_POLL_S)
+            batches.space.wait(_POLL_S)
         return True
-
-    def _check_worker(self) -> None:
-        if not self._thread.is_alive():
-            raise RuntimeError(f"MetricLogger worker stopped: {self._crash!r}")
 
     # -- flush and close -------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until every point logged so far is acknowledged (or rejected). False on timeout."""
-        if not self._thread.is_alive():
-            return not self._queue and self._ship.held == 0
-        marker = FlushMarker()
-        self._queue.append(marker)
-        self._nudge()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return marker.done.is_set()
-            if marker.done.wait(_POLL_S if left is None else min(left, _POLL_S)):
-                return True
-            self._check_worker()
+        """Block until every point logged so far is acknowledged or rejected; True if all were
+        acknowledged. `timeout` defaults to close_timeout. Raises MetricsRejected for points
+        rejected since the last report, DeliveryTimeout when time runs out (on_error="raise").
+        """
+        limit = self._close_timeout if timeout is None else timeout
+        in_time = True
+        if self._worker.alive:
+            marker = FlushMarker()
+            self._queue.append(marker)
+            self._worker.nudge()
+            deadline = None if limit is None else time.monotonic() + limit
+            while not marker.done.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    in_time = False
+                    break
+                if not self._worker.alive:
+                    break
+                marker.done.wait(_POLL_S if left is None else min(left, _POLL_S))
+        return self._report(in_time, limit)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush, then stop the worker. True if everything logged was acknowledged."""
+        """Flush, then stop the worker; True if everything logged was acknowledged.
+
+        `timeout` defaults to close_timeout. Raises like flush(); a second close() returns
+        the first one's result.
+        """
         if self._closed:
-            self._thread.join(timeout)
-            return not self._thread.is_alive() and self._ship.held == 0
+            return self._result
+        limit = self._close_timeout if timeout is None else timeout
         self._closed = True
-        self._limit = -1  # every further log() takes the slow path, which raises
+        self._batches.stop()  # every further log() takes the slow path, which raises
         atexit.unregister(self._at_exit)
         self._ship.stop = True
-        self._nudge()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            left = len(self._queue) + self._ship.held
-            logger.error(
-                "MetricLogger %s: close timed out with %d points not acknowledged; giving up",
-                self.commit[:12],
-                left,
-            )
-            self._ship.abort = True
-            self._nudge()
-            self._thread.join(_POLL_S * 4)
-            return False
-        return self._crash is None and self._ship.idle
+        self._worker.nudge()
+        in_time = self._worker.join(limit)
+        if not in_time:
+            self._worker.abort()
+        self._batches.stop()  # again: the worker may have set room meanwhile
+        self._result = self._report(in_time, limit)
+        return self._result
+
+    def _undelivered(self) -> int:
+        return self._batches.held + sum(1 for item in self._queue if item.__class__ is tuple)
+
+    def _report(self, in_time: bool, limit: float | None) -> bool:
+        """Raise (or, with on_error="warn", log) what went wrong since the last report."""
+        fatal = self._ship.fatal
+        if fatal is not None and not self._worker.alive and (late := self._undelivered()):
+            self._batches.drop_all()  # points logged while the worker was stopping
+            self._ledger.reject(late, str(fatal), fatal.code)
+        rejected = self._ledger.unreported()
+        error: Exception | None = rejected
+        if not in_time:
+            assert limit is not None
+            error = DeliveryTimeout(self._undelivered(), limit, self._ledger.last_error, rejected)
+        elif self._worker.crash is not None:
+            error = RuntimeError(f"MetricLogger worker crashed: {self._worker.crash!r}")
+        if error is None:
+            return True
+        if self._on_error == "raise":
+            raise error
+        logger.warning("MetricLogger %s: %s", self.commit[:12], error)
+        return False
 
     def _at_exit(self) -> None:
-        self.close(self._close_timeout)
+        try:
+            self.close()
+        except Exception as exc:
+            logger.error("MetricLogger %s at exit: %s", self.commit[:12], exc)
 
     def __enter__(self) -> Self:
         return self
@@ -230,7 +290,13 @@ class MetricLogger:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the block's own exception goes on; what close() says is logged
+            self.close()
+        except Exception as problem:
+            logger.error("MetricLogger %s: %s", self.commit[:12], problem)
 
     @property
     def closed(self) -> bool:
@@ -239,33 +305,7 @@ class MetricLogger:
     @property
     def acknowledged(self) -> int:
         """Points the daemon has acknowledged so far."""
-        return self._ship.acknowledged
+        return self._ledger.acknowledged
 
     def stats(self) -> LoggerStats:
-        ship = self._ship
-        return LoggerStats(
-            buffered=len(self._queue) + ship.held,
-            acknowledged=ship.acknowledged,
-            dropped=self._dropped,
-            rejected=ship.rejected,
-            resent_batches=ship.resent_batches,
-            reconnects=ship.reconnects,
-            last_error=ship.last_error,
-        )
-
-    # -- the worker thread -------------------------------------------------------
-
-    def _run(self) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(self._ship.run())
-        except BaseException as exc:
-            self._crash = exc
-            logger.exception("MetricLogger %s: worker crashed", self.commit[:12])
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            finally:
-                loop.close()
-                self._ship.space.set()
+        return self._ledger.stats(len(self._queue) + self._batches.held, self._dropped)

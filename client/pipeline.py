@@ -88,6 +88,10 @@ class Pipeline:
         await self._ws.close()
         await asyncio.shield(self._reader)
 
+    def abort(self) -> None:
+        """Drop the connection at once, with no closing handshake (a daemon that hangs)."""
+        self._ws.transport.abort()
+
     async def wait_closed(self) -> None:
         """Return once the connection is gone (closed, dropped, or a protocol violation)."""
         await asyncio.shield(self._reader)

@@ -1,47 +1,42 @@
-"""The background half of MetricLogger: batches, sends, acknowledges, reconnects.
+"""The background half of MetricLogger: sends batches, reconnects, resends.
 
-Runs on its own thread and event loop. The caller's thread only appends
-`(name, value, step)` tuples (and flush markers) to a deque; the shipper pops
-them, assigns default steps, validates, cuts batches of at most `batch_size`
-points (a partial batch leaves every `flush_interval`, or at once for a flush),
-and sends each batch as one LOG_METRICS, several in flight on one connection.
+Runs on its own thread and event loop (worker.py). Batches (batches.py) turns
+the caller's queue into encoded LOG_METRICS bodies: a partial batch leaves
+every `flush_interval`, or at once for a flush or close. The shipper sends
+each body as one LOG_METRICS, several in flight on one connection.
 
-Every batch stays in `unacked` (ordered by sequence number) until its SUCCESS
-arrives. When the connection drops, the shipper reconnects with exponential
-backoff and resends every unacknowledged batch in order before new ones, so
-nothing is lost; only a batch written just before the drop (its ack lost with
-the connection) can be stored twice.
+A body stays unacknowledged until its SUCCESS arrives. When the connection
+drops, or the daemon answers with a transient error (RETRYABLE), the shipper
+reconnects with exponential backoff and resends every unacknowledged body in
+order before new ones, so nothing is lost; only a batch written just before
+the drop (its ack lost with the connection) can be stored twice. Any other
+error rejects the batch for good: its points are counted in the ledger by the
+server's message and never resent.
+
+The first connection runs the start check (startcheck.py). A failed check, or
+a handshake the daemon refuses (wrong key, address not allowed), is `fatal`:
+the shipper stops and every point not yet acknowledged counts as rejected.
 """
 
 import asyncio
 import contextlib
 import logging
-import struct
 import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from protocol.enums import ErrorCode
-from protocol.errors import MalformedRequest
-from protocol.requests import POINT, check_metric_name
 
+from .batches import Batches
 from .connection import Client
 from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
+from .ledger import Ledger
 from .settings import Settings
+from .startcheck import check_start
 from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
-
-
-class FlushMarker:
-    """Put in the queue by flush(); set once every point queued before it is acknowledged."""
-
-    __slots__ = ("done", "threshold")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.threshold = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,32 +54,23 @@ class ShipperConfig:
 
 
 class Shipper:
-    def __init__(self, config: ShipperConfig, queue: "deque[Any]") -> None:
+    def __init__(
+        self,
+        config: ShipperConfig,
+        queue: "deque[Any]",
+        max_buffer: int = 1 << 62,
+    ) -> None:
         self.config = config
-        self.queue = queue
-        self.space = threading.Event()
-        """Set whenever acknowledged points leave the buffer (a blocked log() waits for it)."""
-        self.held = 0
-        """Points taken from the queue and not yet acknowledged or rejected."""
-        self.acknowledged = 0
-        self.rejected = 0
-        self.resent_batches = 0
-        self.reconnects = 0
-        self.last_error: FetchmlError | None = None
+        self.ledger = Ledger(config.commit.hex()[:12])
+        self.batches = Batches(queue, config.batch_size, self.ledger, max_buffer)
+        self.started = threading.Event()
+        """Set once the start check passed or failed, or the first connection attempt failed."""
+        self.fatal: FetchmlError | None = None
         self.stop = False
         self.abort = False
-        self._unacked: dict[int, tuple[int, bytes]] = {}
-        """Batches sent or to send, by sequence number: (point count, LOG_METRICS body)."""
-        self._ready: deque[int] = deque()
-        self._markers: deque[FlushMarker] = deque()
-        self._parts: list[bytes] = []
-        self._count = 0
-        self._seq = 0
-        self._inflight = 0
-        self._next_step: dict[str, int] = {}
-        self._names: dict[str, tuple[bytes, int]] = {}
-        self._bad_names: set[str] = set()
+        self._checked = False
         self._created = not config.create_experiment
+        self._inflight = 0
         self._wake: asyncio.Event | None = None
         self._broken: asyncio.Event | None = None
         self._last_partial = 0.0
@@ -97,40 +83,58 @@ class Shipper:
 
     # -- the worker ----------------------------------------------------------
 
-    @property
-    def idle(self) -> bool:
-        return not self.queue and not self._count and not self._unacked
-
     async def run(self) -> None:
         self._wake = asyncio.Event()
         failures = 0
         connected_once = False
-        while not self.abort and not (self.stop and self.idle):
-            if failures:
-                await self._backoff(failures)
-                if self.abort:
+        try:
+            while not self.abort and self.fatal is None:
+                if self.stop and self.batches.idle:
                     break
-            try:
-                client = await Client.connect(
-                    self.config.settings.url,
-                    self.config.settings.api_key,
-                    open_timeout=self.config.open_timeout,
-                )
-            except FetchmlError as exc:
-                failures += 1
-                self._note(exc, f"cannot connect (attempt {failures})", loud=failures == 1)
-                continue
-            if connected_once:
-                self.reconnects += 1
-                logger.info("metric logger %s: reconnected", self.config.commit.hex()[:12])
-            connected_once = True
-            try:
-                if await self._session(client):
-                    failures = 0
-                else:
+                if failures:
+                    await self._backoff(failures)
+                    if self.abort:
+                        break
+                try:
+                    client = await Client.connect(
+                        self.config.settings.url,
+                        self.config.settings.api_key,
+                        open_timeout=self.config.open_timeout,
+                    )
+                except FetchmlConnectionError as exc:
                     failures += 1
-            finally:
-                await client.close()
+                    self.ledger.note(exc, "cannot connect")
+                    self.started.set()
+                    continue
+                except FetchmlError as exc:  # refused handshake (key, address) or bad URL
+                    self._fail(exc)
+                    break
+                if connected_once:
+                    self.ledger.reconnects += 1
+                    logger.info("metric logger %s: reconnected", self.ledger.label)
+                connected_once = True
+                try:
+                    failures = 0 if await self._session(client) else failures + 1
+                finally:
+                    await self._close(client)
+        finally:
+            self.started.set()
+
+    async def _close(self, client: Client) -> None:
+        """Close a connection; when aborting, drop it without waiting for the daemon."""
+        if not self.abort:
+            await client.close()
+            return
+        client.abort()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await client.wait_closed()
+
+    def _fail(self, exc: FetchmlError) -> None:
+        """Stop for good: every point logged and not acknowledged is rejected for `exc`."""
+        self.fatal = self.ledger.last_error = exc
+        if lost := self.batches.drop_all():
+            self.ledger.reject(lost, str(exc), exc.code)
 
     async def _backoff(self, failures: int) -> None:
         """Wait before the next connection attempt (cut short only by an abort)."""
@@ -143,145 +147,70 @@ class Shipper:
                     self._wake.clear()
                     await self._wake.wait()
 
-    def _note(self, exc: FetchmlError, what: str, loud: bool = True) -> None:
-        """Remember and log a transient problem (repeated connect failures at debug level)."""
-        self.last_error = exc
-        level = logging.WARNING if loud else logging.DEBUG
-        logger.log(level, "metric logger %s: %s: %s", self.config.commit.hex()[:12], what, exc)
+    async def _prepare(self, client: Client) -> bool:
+        """The start check (first connection only), then the experiment. False to reconnect."""
+        try:
+            if not self._checked:
+                try:
+                    await check_start(client, self.config.commit, self.config.create_experiment)
+                except FetchmlConnectionError:
+                    raise
+                except FetchmlError as exc:
+                    if exc.code not in RETRYABLE:
+                        self._fail(exc)
+                        return False
+                    self.ledger.note(exc, "start check inconclusive")  # batches will tell
+                self._checked = True
+                self.started.set()
+            if not self._created:
+                await client.create_experiment(
+                    self.config.commit, self.config.job_name, exist_ok=True
+                )
+        except FetchmlError as exc:
+            if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
+                self.ledger.note(exc, "connection lost before sending")
+                return False
+            self.ledger.note(exc, "cannot create the experiment")
+        self._created = True
+        return True
 
     async def _session(self, client: Client) -> bool:
         """Send on one connection until done or broken. True if anything was acknowledged."""
         assert self._wake is not None
         broken = self._broken = asyncio.Event()
-        acked_before = self.acknowledged
-        if not self._created:
-            try:
-                await client.create_experiment(
-                    self.config.commit, self.config.job_name, exist_ok=True
-                )
-            except FetchmlConnectionError as exc:
-                self._note(exc, "connection lost")
-                return False
-            except FetchmlError as exc:
-                if exc.code in RETRYABLE:
-                    self._note(exc, "creating the experiment failed")
-                    return False
-                logger.error("metric logger: cannot create experiment: %s", exc)
-            self._created = True
-        self._ready = deque(self._unacked)
-        self.resent_batches += len(self._ready)
+        ledger, batches, cfg = self.ledger, self.batches, self.config
+        acked_before = ledger.acknowledged
+        if not await self._prepare(client):
+            return False
+        batches.ready = deque(batches.unacked)
+        ledger.resent_batches += len(batches.ready)
         loop = asyncio.get_running_loop()
         self._last_partial = loop.time()
         async with asyncio.TaskGroup() as tg:
             while not self.abort and not broken.is_set():
                 now = loop.time()
-                tick = now - self._last_partial >= self.config.flush_interval
+                tick = now - self._last_partial >= cfg.flush_interval
                 if tick:
                     self._last_partial = now
-                self._drain(emit_partial=tick or self.stop)
-                while self._ready and self._inflight < self.config.max_in_flight:
-                    seq = self._ready.popleft()
+                slots = cfg.max_in_flight - self._inflight - len(batches.ready)
+                batches.drain(slots, emit_partial=tick or self.stop)
+                while batches.ready and self._inflight < cfg.max_in_flight:
+                    seq = batches.ready.popleft()
                     self._inflight += 1
                     tg.create_task(self._send(client, seq))
-                if self.stop and self.idle:
+                if self.stop and batches.idle:
                     break
                 self._wake.clear()
-                wait = self.config.flush_interval - (loop.time() - self._last_partial)
+                wait = cfg.flush_interval - (loop.time() - self._last_partial)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(wait, 0.001)):
                         await self._wake.wait()
             if self.abort:
-                await client.close()  # fails what is in flight, so the task group can end
-        return self.acknowledged > acked_before
-
-    def _drain(self, emit_partial: bool) -> None:
-        """Encode queued points into batch bodies, within the in-flight budget.
-
-        Each point becomes its LOG_METRICS wire bytes at once (protocol.requests.POINT
-        and the encoded name, cached per name), so a batch is a ready body and a
-        resend costs nothing. `held` goes up once the items have left the queue
-        (the caller's bound may briefly undercount by one drain, never overcount).
-        """
-        cfg = self.config
-        size = cfg.batch_size
-        room = (cfg.max_in_flight - self._inflight - len(self._ready)) * size - self._count
-        queue = self.queue
-        take = min(len(queue), room)
-        if take > 0:
-            not_points = 0
-            parts = self._parts
-            names = self._names
-            next_step = self._next_step
-            pack = POINT.pack
-            popleft = queue.popleft
-            for _ in range(take):
-                item = popleft()
-                if item.__class__ is not tuple:
-                    not_points += 1
-                    self._emit()
-                    item.threshold = self._seq
-                    self._markers.append(item)
-                    continue
-                name, value, step = item
-                try:
-                    head = names.get(name)
-                    if head is None:
-                        head = self._name(name)
-                        if head is None:
-                            not_points += 1
-                            continue
-                    raw, length = head
-                    if step is None:
-                        step = next_step.get(name, 0)
-                    parts.append(pack(step, value, length))
-                except (struct.error, TypeError) as exc:
-                    not_points += 1
-                    self._reject(name, f"point ({name!r}, {value!r}, step {step!r}): {exc}")
-                    continue
-                parts.append(raw)
-                next_step[name] = step + 1
-                self._count += 1
-                if self._count >= size:
-                    self._emit()
-            self.held += take - not_points
-        if emit_partial:
-            self._emit()
-        self._check_markers()
-
-    def _name(self, name: Any) -> tuple[bytes, int] | None:
-        """Check a new metric name and cache its encoding; None (and a log line) if invalid."""
-        if not isinstance(name, str):
-            self._reject(name, f"metric name must be a str, got {name!r}")
-            return None
-        try:
-            raw = check_metric_name(name)
-        except MalformedRequest as exc:
-            self._reject(name, f"invalid metric name {name!r}: {exc.message}")
-            return None
-        self._names[name] = (raw, len(raw))
-        return raw, len(raw)
-
-    def _reject(self, name: object, why: str) -> None:
-        self.rejected += 1
-        try:
-            key = repr(name)[:300]
-        except Exception:
-            key = "?"
-        if key not in self._bad_names:
-            self._bad_names.add(key)
-            logger.error("metric logger: dropping invalid %s", why)
-
-    def _emit(self) -> None:
-        if not self._count:
-            return
-        self._seq += 1
-        self._unacked[self._seq] = (self._count, b"".join(self._parts))
-        self._ready.append(self._seq)
-        self._parts.clear()
-        self._count = 0
+                client.abort()  # fails what is in flight, so the task group can end
+        return ledger.acknowledged > acked_before
 
     async def _send(self, client: Client, seq: int) -> None:
-        count, body = self._unacked[seq]
+        count, body = self.batches.unacked[seq]
         try:
             await client.log_encoded(self.config.commit, count, body)
         except FetchmlError as exc:
@@ -292,13 +221,12 @@ class Shipper:
                 self._created = False  # pruned meanwhile: create it again, then resend
                 self._break(exc)
                 return
-            self.last_error = exc
-            self.rejected += count
-            logger.error("metric logger: server rejected %d points: %s", count, exc)
-            self._settle(seq)
+            self.ledger.last_error = exc
+            self.ledger.reject(count, str(exc), exc.code)
+            self.batches.settle(seq)
         else:
-            self.acknowledged += count
-            self._settle(seq)
+            self.ledger.acknowledged += count
+            self.batches.settle(seq)
         finally:
             self._inflight -= 1
             self.wake()
@@ -306,19 +234,5 @@ class Shipper:
     def _break(self, exc: FetchmlError) -> None:
         assert self._broken is not None
         if not self._broken.is_set():
-            self._note(exc, "batch not acknowledged, will resend")
+            self.ledger.note(exc, "batch not acknowledged, will resend")
             self._broken.set()
-
-    def _settle(self, seq: int) -> None:
-        count, _ = self._unacked.pop(seq)
-        self.held -= count
-        self.space.set()
-        self._check_markers()
-
-    def _check_markers(self) -> None:
-        markers = self._markers
-        if not markers:
-            return
-        lowest = next(iter(self._unacked), None)
-        while markers and (lowest is None or markers[0].threshold < lowest):
-            markers.popleft().done.set()

@@ -35,11 +35,23 @@ def log_event(event: Progress | Log) -> None:
         logger.info("progress %d/%d %s", event.value, event.total, event.message)
 
 
-async def open_websocket(url: str, open_timeout: float = 10.0) -> ClientConnection:
-    """Connect to the daemon's /ws endpoint; every failure is a FetchmlError."""
+async def open_websocket(
+    url: str, open_timeout: float = 10.0, api_key: str | None = None
+) -> ClientConnection:
+    """Connect to the daemon's /ws endpoint; every failure is a FetchmlError.
+
+    With `api_key`, the raw key goes in the handshake (`X-API-Key`): a wrong key
+    fails here with AuthenticationFailed, and a daemon that requires handshake
+    keys lets the connection in. A key a header cannot carry as it is (control
+    characters, spaces at either end) goes only in the requests.
+    """
+    headers = None
+    if api_key and api_key.isprintable() and api_key == api_key.strip():
+        headers = {"X-API-Key": api_key}
     try:
         return await connect(
             url,
+            additional_headers=headers,
             compression=None,
             max_size=None,
             open_timeout=open_timeout,

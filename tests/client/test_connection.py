@@ -194,7 +194,7 @@ async def test_prune(daemon: Daemon) -> None:
 
 
 async def test_server_errors_carry_code_and_message(daemon: Daemon) -> None:
-    async with Client.connect(daemon.url, api_key="not-a-key") as c:
+    async with Client.connect(daemon.url, api_key="not-a-key", handshake_key=False) as c:
         with pytest.raises(AuthenticationFailed) as auth:
             await c.whoami()
         assert auth.value.code == ErrorCode.AUTHENTICATION_FAILED

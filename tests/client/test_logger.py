@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -13,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from client import MetricLogger, NotFound, PermissionDenied
+from client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
+from client.batches import Batches, encode_name
+from client.ledger import Ledger
 from client.metrics import log_metrics_message
-from client.settings import Settings, key_hash
-from client.shipper import Shipper, ShipperConfig
+from client.settings import key_hash
+from protocol.enums import ErrorCode
 from protocol.records import RECORD_HEAD, RECORD_MIN, scan
 from protocol.requests import LogMetrics, MetricPoint, encode_request
-from tests.client.conftest import ADMIN_KEY, ALICE_KEY, BOB_KEY, ROOT, ServerProcess, commit_of
+from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
 
 NAMES = (b"loss", b"acc", b"lr", b"grad_norm")
 INDEX = {name: i for i, name in enumerate(NAMES)}
@@ -106,42 +109,79 @@ def test_default_steps_log_dict_and_flush(shared_server: ServerProcess) -> None:
         ml.log("a", 1.0)
 
 
-def test_invalid_points_are_reported_not_sent(
+def test_invalid_arguments_raise_at_the_call_site(
     shared_server: ServerProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Bad names and steps raise in log() and buffer nothing; values the wire cannot carry
+    are counted in MetricsRejected at close, with one log line per distinct problem."""
     commit = commit_of("logger-invalid")
-    with (
-        caplog.at_level(logging.ERROR, logger="client.shipper"),
-        MetricLogger(commit, shared_server.url, ADMIN_KEY) as ml,
-    ):
-        ml.log("ok", 1.0, step=1)
-        ml.log("", 1.0, step=1)
-        ml.log("n" * 256, 1.0, step=1)
-        ml.log("ok", 1.0, step=-1)
-        ml.log("ok", "not a number", step=2)  # type: ignore[arg-type]
-        ml.log(["no"], 1.0)  # type: ignore[arg-type]
-        ml.log("ok", 2.0, step=2)
-    assert ml.stats().rejected == 5 and ml.stats().acknowledged == 2
-    assert "invalid metric name" in caplog.text and "step -1" in caplog.text
+    ml = MetricLogger(commit, shared_server.url, ADMIN_KEY)
+    ml.log("ok", 1.0, step=1)
+    bad_calls = [
+        ("", 1.0, 1, "invalid metric name ''"),
+        ("n" * 256, 1.0, 1, "256 bytes"),
+        ("a\x00b", 1.0, 1, "0x00"),
+        (["no"], 1.0, 1, "must be a str"),
+        (7, 1.0, 1, "must be a str"),
+        ("ok", 1.0, -1, "step must be an integer"),
+        ("ok", 1.0, 2**32, "step must be an integer"),
+        ("ok", 1.0, "3", "step must be an integer"),
+    ]
+    for name, value, step, words in bad_calls:
+        with pytest.raises(InvalidRequest, match=re.escape(words)):
+            ml.log(name, value, step=step)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="invalid metric name"):
+        ml.log_dict({"fine": 1.0, "": 2.0}, step=3)  # all or nothing
+    with pytest.raises(InvalidRequest, match="step must be"):
+        ml.log_dict({"fine": 1.0}, step=-2)
+    assert ml.stats().buffered <= 1
+    with caplog.at_level(logging.ERROR, logger="client"):
+        for step in (2, 3, 4):
+            ml.log("ok", "not a number", step=step)  # type: ignore[arg-type]
+        ml.log("ok", 2.0, step=5)
+        with pytest.raises(MetricsRejected) as rejected:
+            ml.close()
+    assert rejected.value.count == 3 and "'ok' not sent" in str(rejected.value)
+    assert len(rejected.value.reasons) == 1
+    assert caplog.text.count("not sent") == 1 and "invalid invalid" not in caplog.text
+    assert ml.stats().rejected == 3 and ml.stats().acknowledged == 2
     steps = [step for _, step, _ in each_record(metrics_file(shared_server, commit))]
-    assert steps == [1, 2]
+    assert steps == [1, 5]
 
 
-def test_server_rejections_are_counted_and_logged(shared_server: ServerProcess) -> None:
+def test_server_rejections_raise_once_with_a_count(
+    shared_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Points the daemon refuses are never resent; leaving the `with` raises MetricsRejected
+    with their number and the server's message, which is logged once however many batches."""
     missing = commit_of("logger-missing")
-    with MetricLogger(missing, shared_server.url, ADMIN_KEY, create_experiment=False) as ml:
-        ml.log("loss", 1.0)
-        assert ml.flush(timeout=60)
-    assert ml.stats().rejected == 1 and isinstance(ml.stats().last_error, NotFound)
+    with (
+        caplog.at_level(logging.WARNING, logger="client"),
+        pytest.raises(MetricsRejected) as rejected,
+        MetricLogger(
+            missing, shared_server.url, ADMIN_KEY, create_experiment=False, batch_size=10
+        ) as ml,
+    ):
+        for step in range(100):
+            ml.log("loss", 1.0, step=step)
+    assert rejected.value.count == 100 and rejected.value.code == ErrorCode.RESOURCE_NOT_FOUND
+    assert rejected.value.reasons == {f"experiment {missing} not found": 100}
+    assert caplog.text.count("not found") == 1
+    stats = ml.stats()
+    assert (stats.rejected, stats.acknowledged, stats.resent_batches) == (100, 0, 0)
+    assert isinstance(stats.last_error, NotFound)
+    assert not metrics_file(shared_server, missing).exists()
 
-    owned = commit_of("logger-owned")
-    with MetricLogger(owned, shared_server.url, ALICE_KEY) as mine:
-        mine.log("loss", 1.0)
-    with MetricLogger(owned, shared_server.url, BOB_KEY) as theirs:
-        theirs.log("loss", 2.0)
-    assert mine.stats().acknowledged == 1
-    assert isinstance(theirs.stats().last_error, PermissionDenied)
-    assert theirs.stats().rejected == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="client"):
+        quiet = MetricLogger(
+            missing, shared_server.url, ADMIN_KEY, create_experiment=False, on_error="warn"
+        )
+        quiet.log("loss", 1.0)
+        assert quiet.flush() is False
+        quiet.log("loss", 2.0)
+        assert quiet.close() is False
+    assert caplog.text.count("1 metric point rejected") == 2
 
 
 def test_drop_policy_warns_once_then_delivers_after_late_start(
@@ -236,12 +276,13 @@ def test_points_are_flushed_at_exit(shared_server: ServerProcess) -> None:
 
 
 def test_batches_are_the_codec_bytes() -> None:
-    """The shipper's pre-encoded batch is byte for byte the codec's LogMetrics."""
+    """The pre-encoded batch is byte for byte the codec's LogMetrics."""
     commit = bytes(range(20))
     queue: deque[object] = deque([("loss", 0.5, 3), ("acc", math.nan, None), ("é", 1, 7)])
-    ship = Shipper(ShipperConfig(commit=commit, settings=Settings("ws://x/ws", "k")), queue)
-    ship._drain(emit_partial=True)
-    ((count, body),) = ship._unacked.values()
+    batches = Batches(queue, 1000, Ledger("test"))
+    batches.names.update((name, encode_name(name)) for name in ("loss", "acc", "é"))
+    batches.drain(slots=1, emit_partial=True)
+    ((count, body),) = batches.unacked.values()
     expected = encode_request(
         LogMetrics(
             key_hash=key_hash("k"),
@@ -254,4 +295,4 @@ def test_batches_are_the_codec_bytes() -> None:
         )
     )
     assert log_metrics_message(key_hash("k"), commit, count, body) == expected
-    assert ship.held == 3 and not queue
+    assert batches.held == 3 and not queue
