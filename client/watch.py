@@ -206,7 +206,9 @@ class MetricWatch:
         return None
 
     async def _try_subscribe(self) -> ClientConnection:
-        ws = await open_websocket(self._settings.url, self._options.open_timeout)
+        ws = await open_websocket(
+            self._settings.url, self._options.open_timeout, self._settings.api_key
+        )
         request = rq.WatchMetrics(
             key_hash=self._settings.key_hash,
             commit_id=self._commit,
