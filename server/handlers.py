@@ -32,8 +32,9 @@ from protocol.responses import Data, Response, StatusReport, Success
 from .auth import Identity, RateLimiter
 from .config import Config
 from .errors import InvalidRequest, NotFound, StorageFault
+from .heavy import HeavyLimiter
 from .jobs import JobQueue
-from .query import query_page
+from .query import is_heavy, query_page
 from .series import SeriesCache
 from .storage import ExperimentStore
 from .views import dumps, experiment_json, metadata_json
@@ -55,9 +56,11 @@ class Context:
     limiter: RateLimiter
     audit: Audit = field(default=lambda *a, **k: None)
     series: SeriesCache = field(init=False)
+    heavy: HeavyLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.series = SeriesCache(self.store)
+        self.heavy = HeavyLimiter(self.config.server.heavy_queries_per_user)
 
 
 def _now() -> int:
@@ -158,7 +161,12 @@ async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) ->
 async def query_metrics(ctx: Context, who: Identity, req: QueryMetrics) -> Response:
     who.require("jobs:read")
     _owner(ctx, who, req.commit_hex)
-    payload = await query_page(ctx.store, ctx.series, req, ctx.config.server.max_message_bytes)
+    limit = ctx.config.server.max_message_bytes
+    if is_heavy(req):
+        async with ctx.heavy.slot(who.user):
+            payload = await query_page(ctx.store, ctx.series, req, limit)
+    else:
+        payload = await query_page(ctx.store, ctx.series, req, limit)
     return Data(timestamp=_now(), data_type="metrics", payload=payload)
 
 

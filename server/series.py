@@ -1,36 +1,57 @@
 """Per-name columns of an experiment's metrics, for downsampling and latest values.
 
-Built on the first downsampling query of an experiment and extended from the
-file as it grows, so a repeated query costs the LTTB pass alone. Only the
-most recently used experiments are kept.
+Built in a worker thread on the first downsampling query of an experiment and
+extended from the file as it grows, so a repeated query costs the LTTB pass
+alone. Columns are numpy arrays (20 bytes a record) charged to the store's
+cache budget (`storage.cache_bytes`); the least recently used are dropped
+first, and an experiment whose columns alone exceed the budget is not kept
+after the query that built them.
 """
 
-import struct
+import contextlib
+import errno
+import os
 from array import array
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
+import numpy as np
+import numpy.typing as npt
 
 from protocol.records import RECORD_HEAD, RECORD_MIN
 
+from .files import storage_error
 from .storage import ExperimentStore
 
-READ_BYTES = 4 << 20
-_COLUMNS = struct.Struct(">QIdB")
+READ_BYTES = 1 << 20
+"""File bytes parsed at a time; the gather's index is 80 bytes a record of it."""
+_HEAD = np.dtype([("timestamp", ">u8"), ("step", ">u4"), ("value", ">f8")])
+_HEAD_BYTES = np.arange(_HEAD.itemsize, dtype=np.int32)
+
+U64 = npt.NDArray[np.uint64]
+U32 = npt.NDArray[np.uint32]
+F64 = npt.NDArray[np.float64]
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Series:
-    """One metric name's records, in file order."""
+    """One metric name's records, in file order. Never changed: growing makes a new one."""
 
-    timestamps: "array[int]" = field(default_factory=lambda: array("Q"))
-    steps: "array[int]" = field(default_factory=lambda: array("I"))
-    values: "array[float]" = field(default_factory=lambda: array("d"))
+    timestamps: U64
+    steps: U32
+    values: F64
+
+    @property
+    def nbytes(self) -> int:
+        return self.timestamps.nbytes + self.steps.nbytes + self.values.nbytes
 
     def record(self, i: int, name: bytes) -> bytes:
-        return RECORD_HEAD.pack(self.timestamps[i], self.steps[i], self.values[i], len(name)) + name
+        head = RECORD_HEAD.pack(
+            int(self.timestamps[i]), int(self.steps[i]), float(self.values[i]), len(name)
+        )
+        return head + name
 
 
 @dataclass(eq=False)
@@ -38,55 +59,135 @@ class _Entry:
     series: dict[bytes, Series] = field(default_factory=dict)
     """Names in order of first appearance."""
     records: int = 0
+    end: int = 0
+    """File bytes parsed so far."""
+    users: int = 0
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes + len(name) + 200 for name, s in self.series.items())
 
 
 class SeriesCache:
-    def __init__(self, store: ExperimentStore, max_experiments: int = 4) -> None:
+    def __init__(self, store: ExperimentStore) -> None:
         self.store = store
-        self.max_experiments = max_experiments
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: dict[str, _Entry] = {}
 
-    async def get(self, commit: str) -> dict[bytes, Series]:
-        """Every name's columns, current with the file's valid prefix."""
-        entry = self._entries.pop(commit, None) or _Entry()
-        self._entries[commit] = entry
-        while len(self._entries) > self.max_experiments:
-            self._entries.popitem(last=False)
-        async with entry.lock:
-            total = await self.store.count(commit)
-            if total < entry.records:  # the file was replaced from outside
-                entry.series, entry.records = {}, 0
-            while entry.records < total:
-                chunk = await self.store.read(commit, entry.records, READ_BYTES)
-                _add(entry.series, chunk.data)
-                entry.records += chunk.records
-        return entry.series
+    @contextlib.asynccontextmanager
+    async def columns(self, commit: str) -> AsyncIterator[dict[bytes, Series]]:
+        """Every name's columns, current with the file's valid prefix; kept while in use."""
+        entry = self._entries.get(commit)
+        if entry is None:
+            entry = self._entries[commit] = _Entry()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                await self._update(commit, entry)
+            yield dict(entry.series)
+        finally:
+            entry.users -= 1
+            self._charge(commit, entry, keep=False)
+
+    async def _update(self, commit: str, entry: _Entry) -> None:
+        path, total, end = await self.store.prefix(commit)
+        if total < entry.records:  # the file was replaced from outside
+            entry.series, entry.records, entry.end = {}, 0, 0
+        if entry.records < total:
+            # Make room first: columns take fewer bytes than the records they hold.
+            self._charge(commit, entry, entry.nbytes + end - entry.end)
+            try:
+                await anyio.to_thread.run_sync(_extend, entry, path, end)
+            except OSError as exc:
+                raise storage_error(exc) from None
+            entry.records = total
+
+    def _charge(self, commit: str, entry: _Entry, nbytes: int = -1, keep: bool = True) -> None:
+        def drop() -> bool:
+            if entry.users:
+                return False
+            if self._entries.get(commit) is entry:
+                del self._entries[commit]
+            return True
+
+        key = ("columns", commit)
+        if self._entries.get(commit) is not entry:  # dropped while in use: nothing to keep
+            return
+        self.store.budget.charge(key, entry.nbytes if nbytes < 0 else nbytes, drop)
+        if not keep:
+            self.store.budget.trim()
 
     def drop(self, commit: str) -> None:
         """Forget an experiment (pruned): a new one under the same commit starts empty."""
         self._entries.pop(commit, None)
+        self.store.budget.forget(("columns", commit))
 
 
-def _add(series: dict[bytes, Series], data: bytes) -> None:
-    unpack = _COLUMNS.unpack_from
-    get = series.get
-    pos = 0
-    size = len(data)
-    while pos < size:
-        timestamp, step, value, length = unpack(data, pos)
-        end = pos + RECORD_MIN + length
-        name = data[pos + RECORD_MIN : end]
-        s = get(name)
-        if s is None:
-            s = series[name] = Series()
-        s.timestamps.append(timestamp)
-        s.steps.append(step)
-        s.values.append(value)
-        pos = end
+def _extend(entry: _Entry, path: Path, end: int) -> None:
+    """Parse the file from where the entry stopped up to `end` into its columns."""
+    pieces: dict[bytes, list[tuple[U64, U32, F64]]] = {}
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pos = entry.end
+        while pos < end:
+            data = os.pread(fd, min(READ_BYTES, end - pos), pos)
+            used = _parse(data, pieces)
+            if used == 0:
+                raise OSError(errno.EIO, f"short read of {path} at offset {pos}")
+            pos += used
+    finally:
+        os.close(fd)
+    series = dict(entry.series)
+    for name in list(pieces):
+        parts = pieces.pop(name)  # freed name by name: at most one name's copy extra
+        old = series.get(name)
+        if old is not None:
+            parts.insert(0, (old.timestamps, old.steps, old.values))
+        series[name] = Series(*(np.concatenate([p[k] for p in parts]) for k in range(3)))
+        del parts
+    entry.series, entry.end = series, end
 
 
-def lttb(xs: Sequence[float], ys: Sequence[float], threshold: int) -> list[int]:
+def _parse(data: bytes, pieces: dict[bytes, list[tuple[U64, U32, F64]]]) -> int:
+    """Add the whole records at the start of `data` to `pieces`; returns their bytes."""
+    starts = array("i")
+    which = array("i")
+    ids: dict[bytes, int] = {}
+    get = ids.get
+    pos, size = 0, len(data)
+    while pos + RECORD_MIN <= size:
+        stop = pos + RECORD_MIN + data[pos + RECORD_MIN - 1]
+        if stop > size:
+            break
+        name = data[pos + RECORD_MIN : stop]
+        k = get(name)
+        if k is None:
+            k = ids[name] = len(ids)
+        starts.append(pos)
+        which.append(k)
+        pos = stop
+    if not starts:
+        return 0
+    offsets = np.frombuffer(starts, dtype=np.int32)
+    heads = np.frombuffer(data, np.uint8)[offsets[:, None] + _HEAD_BYTES].view(_HEAD)[:, 0]
+    if len(ids) > 1:
+        group = np.frombuffer(which, dtype=np.int32)
+        order = np.argsort(group, kind="stable")
+        cuts = np.cumsum(np.bincount(group))[:-1]
+        runs = np.split(heads[order], cuts)
+    else:
+        runs = [heads]
+    for name, rows in zip(ids, runs, strict=True):
+        columns = (
+            rows["timestamp"].astype(np.uint64),
+            rows["step"].astype(np.uint32),
+            rows["value"].astype(np.float64),
+        )
+        pieces.setdefault(name, []).append(columns)
+    return pos
+
+
+def lttb(xs: npt.NDArray[np.generic], ys: F64, threshold: int) -> list[int]:
     """Largest-Triangle-Three-Buckets: indices of `threshold` points, first and last kept."""
     n = len(xs)
     if threshold >= n:
@@ -95,27 +196,23 @@ def lttb(xs: Sequence[float], ys: Sequence[float], threshold: int) -> list[int]:
         return [0]
     if threshold == 2:
         return [0, n - 1]
+    x = xs.astype(np.float64)
+    y = ys.astype(np.float64)
     every = (n - 2) / (threshold - 2)
+    # Bucket i holds [bounds[i], bounds[i + 1]); after the last one, the last point alone.
+    bounds = [int(i * every) + 1 for i in range(threshold - 1)]
+    spans = np.diff(bounds)
+    avg_x = [*(np.add.reduceat(x, bounds)[:-1] / spans), x[-1]]
+    avg_y = [*(np.add.reduceat(y, bounds)[:-1] / spans), y[-1]]
     chosen = [0]
     a = 0
     for i in range(threshold - 2):
-        start = int(i * every) + 1
-        stop = int((i + 1) * every) + 1
-        next_start, next_stop = stop, min(int((i + 2) * every) + 1, n)
-        if i == threshold - 3:
-            next_start, next_stop = n - 1, n
-        span = next_stop - next_start
-        avg_x = sum(xs[next_start:next_stop]) / span
-        avg_y = sum(ys[next_start:next_stop]) / span
-        ax, ay = xs[a], ys[a]
+        start, stop = bounds[i], bounds[i + 1]
+        ax, ay = x[a], y[a]
         # Twice the triangle's area is |dx * (y - ay) + dy * (x - ax)|.
-        dx, dy = ax - avg_x, avg_y - ay
-        best, best_area = start, -1.0
-        for j, x, y in zip(range(start, stop), xs[start:stop], ys[start:stop], strict=True):
-            area = abs(dx * (y - ay) + dy * (x - ax))
-            if area > best_area:
-                best_area, best = area, j
-        chosen.append(best)
-        a = best
+        dx, dy = ax - avg_x[i + 1], avg_y[i + 1] - ay
+        area = np.abs(dx * (y[start:stop] - ay) + dy * (x[start:stop] - ax))
+        a = start + int(np.argmax(area))
+        chosen.append(a)
     chosen.append(n - 1)
     return chosen
