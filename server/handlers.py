@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
+
 from protocol.enums import PruneType
 from protocol.records import Metadata, decode_records
 from protocol.requests import (
@@ -129,21 +131,26 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
         chunk = await ctx.store.read(commit, index, 4 << 20)
         data += chunk.data
         index += chunk.records
-    records = decode_records(data)
-    doc = experiment_json(commit, meta, records, total, False)
-    text = dumps(doc)
-    if len(text) > budget or start > 0:
-        sizes = [len(dumps(m)) + 1 for m in doc["metrics"]]
-        room = budget - len(dumps(experiment_json(commit, meta, [], total, True)))
-        keep = 0
-        for size in reversed(sizes):
-            if room < size:
-                break
-            room -= size
-            keep += 1
-        truncated = keep < total
-        doc = experiment_json(commit, meta, records[len(records) - keep :], total, truncated)
+    def document() -> str:  # decoding and JSON of up to max_message_bytes: off the event loop
+        records = decode_records(data)
+        doc = experiment_json(commit, meta, records, total, False)
         text = dumps(doc)
+        if len(text) > budget or start > 0:
+            sizes = [len(dumps(m)) + 1 for m in doc["metrics"]]
+            room = budget - len(dumps(experiment_json(commit, meta, [], total, True)))
+            keep = 0
+            for size in reversed(sizes):
+                if room < size:
+                    break
+                room -= size
+                keep += 1
+            truncated = keep < total
+            doc = experiment_json(commit, meta, records[len(records) - keep :], total, truncated)
+            text = dumps(doc)
+        return text
+
+    async with ctx.heavy.slot(who.user):
+        text = await anyio.to_thread.run_sync(document)
     return Data(timestamp=_now(), data_type="experiment", payload=text.encode())
 
 

@@ -3,15 +3,20 @@ over several connections, another user's LOG_METRIC acks stay fast.
 
 The daemon is a separate process, so the test's own clients do not share its
 event loop. 1,000,000 records and 6 queries show the stall of downsampling on
-the event loop; FETCHML_LONG=1 runs 10,000,000 records and 30 queries.
+the event loop; FETCHML_LONG=1 runs 10,000,000 records and 30 queries, and the same with
+GET_EXPERIMENT (the newest records that fit in a message, as JSON).
 """
 
 import asyncio
+import json
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from protocol.requests import CreateExperiment, LogMetric, QueryMetrics
+import pytest
+
+from protocol.requests import CreateExperiment, GetExperiment, LogMetric, QueryMetrics
 from protocol.responses import Data, Success, decode_metrics_payload
 from tests.conftest import RawClient, hash_of
 from tests.integration.proc import raw_config, write_config
@@ -59,7 +64,20 @@ async def downsample(client: RawClient) -> float:
     return time.perf_counter() - started
 
 
-async def test_downsampling_does_not_stall_another_users_acks(tmp_path: Path) -> None:
+async def get_experiment(client: RawClient) -> float:
+    started = time.perf_counter()
+    request = GetExperiment(key_hash=hash_of("bob"), commit_id=bytes.fromhex(HEAVY))
+    response = await client.call(request)
+    assert isinstance(response, Data), response
+    doc = json.loads(response.payload)
+    assert doc["metrics_truncated"] and doc["metrics"][-1]["step"] == RECORDS - 1
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("heavy_request", [downsample, get_experiment] if LONG else [downsample])
+async def test_large_experiment_requests_do_not_stall_another_users_acks(
+    tmp_path: Path, heavy_request: Callable[[RawClient], Awaitable[float]]
+) -> None:
     raw = raw_config(tmp_path)
     big_experiment(Path(raw["storage"]["base_path"]), HEAVY, RECORDS, user="bob")
     with daemons(tmp_path) as start:
@@ -72,14 +90,14 @@ async def test_downsampling_does_not_stall_another_users_acks(tmp_path: Path) ->
         done = asyncio.Event()
         acks = asyncio.create_task(honest_acks(honest, done))
         started = time.perf_counter()
-        durations = await asyncio.gather(*(downsample(c) for c in heavy))
+        durations = await asyncio.gather(*(heavy_request(c) for c in heavy))
         elapsed = time.perf_counter() - started
         done.set()
         latencies = sorted(await acks)
 
         p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
         print(
-            f"{QUERIES} downsampling queries of {RECORDS:,} records ({POINTS} points a name) "
+            f"{QUERIES} {heavy_request.__name__} requests on {RECORDS:,} records "
             f"took {elapsed:.2f} s (each {min(durations):.2f}-{max(durations):.2f} s); "
             f"{len(latencies)} LOG_METRIC acks meanwhile: p50 {p50 * 1000:.1f} ms, "
             f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"

@@ -1,13 +1,22 @@
-"""Heavy queries: at most `server.heavy_queries_per_user` at once per user, the rest wait
+"""Heavy requests: at most `server.heavy_queries_per_user` at once per user, the rest wait
 in FIFO order and are never refused; other users and light requests do not wait."""
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 
-from protocol.requests import CreateExperiment, LogMetrics, MetricPoint, QueryMetrics
-from protocol.responses import Data, Success, decode_metrics_payload
+from protocol.requests import (
+    CreateExperiment,
+    GetExperiment,
+    LogMetrics,
+    MetricPoint,
+    QueryMetrics,
+    Request,
+)
+from protocol.responses import Data, Success
 from server.heavy import HeavyLimiter
 from tests.conftest import DaemonFactory, RawClient, hash_of
 
@@ -83,17 +92,26 @@ async def experiment(client: RawClient, key: bytes, commit: bytes) -> None:
     assert isinstance(await client.call(log), Success)
 
 
+def query_metrics(key: bytes, commit: bytes, **fields: Any) -> Request:
+    return QueryMetrics(key_hash=key, commit_id=commit, **fields)
+
+
+def get_experiment(key: bytes, commit: bytes) -> Request:
+    return GetExperiment(key_hash=key, commit_id=commit)
+
+
 @pytest.mark.parametrize(
-    "query",
+    "request_of",
     [
-        {"max_points": 10},
-        {"name": "loss"},
-        {"step_from": 5, "step_to": 9},
+        partial(query_metrics, max_points=10),
+        partial(query_metrics, name="loss"),
+        partial(query_metrics, step_from=5, step_to=9),
+        get_experiment,
     ],
-    ids=["downsampling", "name filter", "step filter"],
+    ids=["downsampling", "name filter", "step filter", "GET_EXPERIMENT"],
 )
-async def test_heavy_queries_wait_for_a_slot_in_the_daemon(
-    start_daemon: DaemonFactory, query: dict[str, Any]
+async def test_heavy_requests_wait_for_a_slot_in_the_daemon(
+    start_daemon: DaemonFactory, request_of: Callable[[bytes, bytes], Request]
 ) -> None:
     daemon = await start_daemon(server={"heavy_queries_per_user": 1})
     bob, alice = await daemon.client(), await daemon.client()
@@ -103,18 +121,18 @@ async def test_heavy_queries_wait_for_a_slot_in_the_daemon(
     limiter = daemon.app.ctx.heavy
 
     async with limiter.slot("bob"):  # bob's only slot is taken
-        await bob.send(QueryMetrics(key_hash=BOB, commit_id=mine, **query))
+        await bob.send(request_of(BOB, mine))
         await anyio.wait_all_tasks_blocked()
         with anyio.move_on_after(0.3):
             await bob.recv()
-            pytest.fail("a heavy query ran beyond the user's limit")
-        # Another user's heavy query, and bob's own light ones on other connections, run.
+            pytest.fail("a heavy request ran beyond the user's limit")
+        # Another user's heavy request, and bob's own light ones on other connections, run.
         with anyio.fail_after(5):
-            other = await alice.call(QueryMetrics(key_hash=ALICE, commit_id=hers, **query))
+            other = await alice.call(request_of(ALICE, hers))
             assert isinstance(other, Data)
             page = await (await daemon.client()).call(QueryMetrics(key_hash=BOB, commit_id=mine))
             assert isinstance(page, Data)
     with anyio.fail_after(5):
         answer = await bob.recv()  # once the slot is free, the waiting query runs
     assert isinstance(answer, Data), answer
-    assert decode_metrics_payload(answer.payload).records
+    assert answer.payload
