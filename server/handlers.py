@@ -131,6 +131,7 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
         chunk = await ctx.store.read(commit, index, 4 << 20)
         data += chunk.data
         index += chunk.records
+
     def document() -> str:  # decoding and JSON of up to max_message_bytes: off the event loop
         records = decode_records(data)
         doc = experiment_json(commit, meta, records, total, False)

@@ -9,12 +9,14 @@ after the query that built them.
 """
 
 import contextlib
+import ctypes
 import errno
 import os
 from array import array
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -27,8 +29,22 @@ from .storage import ExperimentStore
 
 READ_BYTES = 1 << 20
 """File bytes parsed at a time; the gather's index is 80 bytes a record of it."""
+RECORD_BYTES = 20
+"""Column bytes a record: timestamp, step, value."""
+TRIM_BYTES = 16 << 20
 _HEAD = np.dtype([("timestamp", ">u8"), ("step", ">u4"), ("value", ">f8")])
 _HEAD_BYTES = np.arange(_HEAD.itemsize, dtype=np.int32)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except AttributeError:  # not glibc
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 U64 = npt.NDArray[np.uint64]
 U32 = npt.NDArray[np.uint32]
@@ -139,13 +155,41 @@ def _extend(entry: _Entry, path: Path, end: int) -> None:
         os.close(fd)
     series = dict(entry.series)
     for name in list(pieces):
-        parts = pieces.pop(name)  # freed name by name: at most one name's copy extra
+        parts = pieces.pop(name)
         old = series.get(name)
         if old is not None:
             parts.insert(0, (old.timestamps, old.steps, old.values))
-        series[name] = Series(*(np.concatenate([p[k] for p in parts]) for k in range(3)))
-        del parts
+        series[name] = _join(parts)
     entry.series, entry.end = series, end
+    release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Give the pages of freed buffers back to the system (glibc keeps them otherwise)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _join(parts: list[tuple[U64, U32, F64]]) -> Series:
+    """One series from its pieces, each freed once copied. The new arrays' pages are
+    touched only as the pieces go (and the freed ones are given back every TRIM_BYTES),
+    so memory grows by about TRIM_BYTES, not by a second copy of the series."""
+    size = sum(len(part[0]) for part in parts)
+    out: list[npt.NDArray[Any]] = [np.empty(size, t) for t in (np.uint64, np.uint32, np.float64)]
+    pos = freed = 0
+    parts.reverse()
+    while parts:
+        piece = parts.pop()
+        n = len(piece[0])
+        for column, values in zip(out, piece, strict=True):
+            column[pos : pos + n] = values
+        pos += n
+        freed += n * RECORD_BYTES
+        del piece
+        if freed >= TRIM_BYTES:
+            release_free_memory()
+            freed = 0
+    return Series(out[0], out[1], out[2])
 
 
 def _parse(data: bytes, pieces: dict[bytes, list[tuple[U64, U32, F64]]]) -> int:

@@ -57,12 +57,14 @@ async def test_downsampling_many_experiments_stays_within_the_cache_budget(
         for commit in commits:
             await downsample(commit)
             rss, peak = memory(daemon.pid)
-            print(f"after {commit[:4]}: VmRSS +{(rss - baseline) / MIB:.1f} MiB")
+            print(
+                f"after {commit[:4]}: VmRSS +{(rss - baseline) / MIB:.1f} MiB, "
+                f"peak +{(peak - baseline) / MIB:.1f} MiB"
+            )
         # Beside what the budget keeps, the query in progress holds its experiment's
-        # columns (and, while merging a name's pieces, a second copy of that name's: half
-        # of them here), the scan's and the parser's buffers (a few MiB), and the
-        # allocator keeps some of what was freed: 16 MiB for those.
-        in_use = RECORDS * COLUMN_BYTES * 3 // 2 + 16 * MIB
+        # columns, the scan's and the parser's buffers (a few MiB), and the allocator
+        # keeps some of what was freed: 16 MiB for those.
+        in_use = RECORDS * COLUMN_BYTES + 16 * MIB
         limit = BUDGET + in_use
         print(
             f"{EXPERIMENTS} experiments of {RECORDS:,} records, cache_bytes "
