@@ -32,6 +32,9 @@ READ_BYTES = 1 << 20
 RECORD_BYTES = 20
 """Column bytes a record: timestamp, step, value."""
 TRIM_BYTES = 16 << 20
+"""While joining pieces, freed pages are given back every this many bytes."""
+SMALL_BUCKET = 32
+"""LTTB buckets of fewer points are searched in Python: numpy's cost per call is larger."""
 _HEAD = np.dtype([("timestamp", ">u8"), ("step", ">u4"), ("value", ">f8")])
 _HEAD_BYTES = np.arange(_HEAD.itemsize, dtype=np.int32)
 
@@ -82,6 +85,7 @@ class _Entry:
 
     @property
     def nbytes(self) -> int:
+        # Beside the arrays: the name, its Series and the arrays' headers, about 200 bytes.
         return sum(s.nbytes + len(name) + 200 for name, s in self.series.items())
 
 
@@ -103,7 +107,7 @@ class SeriesCache:
             yield dict(entry.series)
         finally:
             entry.users -= 1
-            self._charge(commit, entry, keep=False)
+            self._charge(commit, entry, idle=True)
 
     async def _update(self, commit: str, entry: _Entry) -> None:
         path, total, end = await self.store.prefix(commit)
@@ -118,7 +122,10 @@ class SeriesCache:
                 raise storage_error(exc) from None
             entry.records = total
 
-    def _charge(self, commit: str, entry: _Entry, nbytes: int = -1, keep: bool = True) -> None:
+    def _charge(self, commit: str, entry: _Entry, nbytes: int = -1, idle: bool = False) -> None:
+        """Charge the entry's bytes (or `nbytes`, about to be needed) to the budget; once
+        `idle`, an entry that alone is over the budget goes at once."""
+
         def drop() -> bool:
             if entry.users:
                 return False
@@ -130,7 +137,7 @@ class SeriesCache:
         if self._entries.get(commit) is not entry:  # dropped while in use: nothing to keep
             return
         self.store.budget.charge(key, entry.nbytes if nbytes < 0 else nbytes, drop)
-        if not keep:
+        if idle:
             self.store.budget.trim()
 
     def drop(self, commit: str) -> None:
@@ -232,7 +239,8 @@ def _parse(data: bytes, pieces: dict[bytes, list[tuple[U64, U32, F64]]]) -> int:
 
 
 def lttb(xs: npt.NDArray[np.generic], ys: F64, threshold: int) -> list[int]:
-    """Largest-Triangle-Three-Buckets: indices of `threshold` points, first and last kept."""
+    """Largest-Triangle-Three-Buckets: indices of `threshold` points, first and last kept.
+    A point whose area is NaN is never picked over one whose area is a number."""
     n = len(xs)
     if threshold >= n:
         return list(range(n))
@@ -246,17 +254,26 @@ def lttb(xs: npt.NDArray[np.generic], ys: F64, threshold: int) -> list[int]:
     # Bucket i holds [bounds[i], bounds[i + 1]); after the last one, the last point alone.
     bounds = [int(i * every) + 1 for i in range(threshold - 1)]
     spans = np.diff(bounds)
-    avg_x = [*(np.add.reduceat(x, bounds)[:-1] / spans), x[-1]]
-    avg_y = [*(np.add.reduceat(y, bounds)[:-1] / spans), y[-1]]
+    avg_x = [*(np.add.reduceat(x, bounds)[:-1] / spans).tolist(), float(x[-1])]
+    avg_y = [*(np.add.reduceat(y, bounds)[:-1] / spans).tolist(), float(y[-1])]
+    small = every < SMALL_BUCKET
+    xl, yl = (x.tolist(), y.tolist()) if small else (x, y)
     chosen = [0]
     a = 0
     for i in range(threshold - 2):
         start, stop = bounds[i], bounds[i + 1]
-        ax, ay = x[a], y[a]
+        ax, ay = float(xl[a]), float(yl[a])
         # Twice the triangle's area is |dx * (y - ay) + dy * (x - ax)|.
         dx, dy = ax - avg_x[i + 1], avg_y[i + 1] - ay
-        area = np.abs(dx * (y[start:stop] - ay) + dy * (x[start:stop] - ax))
-        a = start + int(np.argmax(area))
+        if small:
+            a, best = start, -1.0
+            for j in range(start, stop):
+                area = abs(dx * (yl[j] - ay) + dy * (xl[j] - ax))
+                if area > best:
+                    a, best = j, area
+        else:
+            areas = np.abs(dx * (y[start:stop] - ay) + dy * (x[start:stop] - ax))
+            a = start + int(np.argmax(np.fmax(areas, -1.0)))  # NaN: -1
         chosen.append(a)
     chosen.append(n - 1)
     return chosen

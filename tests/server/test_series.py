@@ -42,16 +42,26 @@ def test_lttb_one_or_two_points_are_the_first_and_the_last() -> None:
     assert run_lttb([3.0, 1.0, 4.0, 1.0, 5.0], 2) == [0, 4]
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_lttb_matches_the_reference(seed: int) -> None:
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("buckets", ["small", "large"])  # searched in Python, or with numpy
+def test_lttb_matches_the_reference(seed: int, buckets: str) -> None:
     rng = random.Random(seed)
-    n = rng.randrange(3, 3000)
+    n = rng.randrange(200, 3000)
     steps = sorted(rng.sample(range(10 * n), n))
     ys = [rng.gauss(0, 1) for _ in range(n)]
-    threshold = rng.randrange(3, n + 1)
+    threshold = rng.randrange(n // 8, n) if buckets == "small" else rng.randrange(3, n // 40)
     got = lttb(np.array(steps, dtype=np.uint32), np.array(ys), threshold)
     assert got == reference_lttb(list(zip(steps, ys, strict=True)), threshold)
     assert got[0] == 0 and got[-1] == n - 1 and len(got) == threshold
+
+
+@pytest.mark.parametrize("n", [10, 100])  # one bucket of 8 points (Python) or 98 (numpy)
+def test_lttb_never_prefers_a_nan(n: int) -> None:
+    nan = float("nan")
+    ys = [0.0] * n
+    ys[1], ys[5] = nan, 5.0
+    assert run_lttb(ys, 3) == [0, 5, n - 1]
+    assert run_lttb([0.0] + [nan] * (n - 2) + [0.0], 3) == [0, 1, n - 1]  # all NaN: the first
 
 
 # -- the budget --------------------------------------------------------------------------------
