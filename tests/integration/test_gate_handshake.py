@@ -16,7 +16,7 @@ from protocol.requests import WhoAmI
 from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, key_hash
 from tests.integration.proc import poll
 from tests.integration.test_opcodes import UNKNOWN_KEY, data_of, error_of
-from tests.integration.test_transport import closed_with, http_get
+from tests.integration.test_transport import closed_with, http_get, samples
 
 ALICE = KEYS["alice"][1]
 BOB = KEYS["bob"][1]
@@ -200,6 +200,13 @@ async def test_wrong_key_handshakes_count_towards_the_throttle(daemon: Daemon) -
         assert await status(daemon, [("Authorization", f"Bearer {WRONG}")]) == 401
     assert await status(daemon) == 429
     assert await status(daemon, [("X-API-Key", WRONG)]) == 401  # still 401, never 429
+    metrics = samples((await http_get(daemon, "/metrics")).body.decode())
+    refused = {
+        dict(labels)["status"]: value
+        for (name, labels), value in metrics.items()
+        if name == "fetchml_handshakes_refused_total"
+    }
+    assert refused == {"401": 11.0, "429": 1.0}
 
 
 async def test_connection_lines_are_debug_level(

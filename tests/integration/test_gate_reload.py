@@ -1,5 +1,6 @@
 """SIGHUP closes what the reloaded auth section no longer admits: connections bound to a
-removed key, watchers whose role lost jobs:read, peers outside a new ip_whitelist."""
+removed key, watchers whose role lost jobs:read, connections without a handshake key once
+one is required, peers outside a new ip_whitelist."""
 
 import asyncio
 import signal
@@ -7,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from protocol.requests import CreateExperiment, LogMetric, WatchMetrics
 from protocol.responses import Data, Success
@@ -49,7 +50,7 @@ async def reload_and_wait(
     return closed
 
 
-async def test_reload_closes_revoked_keys_watchers_and_addresses(tmp_path: Path) -> None:
+async def test_reload_closes_what_the_new_auth_section_no_longer_admits(tmp_path: Path) -> None:
     raw = raw_config(tmp_path)
     auth = raw["auth"]
     auth["roles"]["viewer"] = {"permissions": ["jobs:read"], "scope": "all"}
@@ -78,8 +79,16 @@ async def test_reload_closes_revoked_keys_watchers_and_addresses(tmp_path: Path)
         assert isinstance(await admin.call(logged), Success)
         assert isinstance(await admin_watch.recv(), Data)  # still watching
 
+        auth["require_handshake_key"] = True
+        closed = await reload_and_wait(daemon, config, raw, admin_watch, admin)
+        assert closed == [(1008, "handshake key required")] * 2
+        with pytest.raises(InvalidStatus) as refused:
+            await daemon.client()
+        assert refused.value.response.status_code == 401
+        assert await user(alice, KEYS["alice"][1]) == "alice"
+
         auth["ip_whitelist"] = ["10.0.0.0/8"]
-        closed = await reload_and_wait(daemon, config, raw, alice, admin_watch, admin)
-        assert closed == [(1008, "address not allowed")] * 3
+        closed = await reload_and_wait(daemon, config, raw, alice)
+        assert closed == [(1008, "address not allowed")]
         assert " connection open" not in daemon.log()  # per-connection lines are debug level
         await daemon.stop()
