@@ -221,6 +221,8 @@ class Connection:
                     packet = await self._run(item)
                     self._accepted += 1
                     queue.put_nowait(packet)
+            if self._shut:  # recv() returns buffered messages without a chance to cancel it
+                return None
             try:
                 message = await ws.recv()
             except ConnectionClosedOK:

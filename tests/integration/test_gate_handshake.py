@@ -9,6 +9,7 @@ import time
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from protocol.enums import ErrorCode
@@ -193,6 +194,19 @@ async def test_ten_failures_close_the_connection_and_throttle_the_address_with_g
     assert await closed_with(again) == 1008
     code, headers = await handshake(daemon)
     assert (code, headers["retry-after"]) == (429, "2")  # the backoff grew
+
+
+async def test_pipelined_bad_keys_get_ten_answers_then_the_close(daemon: Daemon) -> None:
+    plain = await daemon.client()
+    for _ in range(500):  # all sent before the daemon answers the first
+        await plain.send(WhoAmI(key_hash=UNKNOWN_KEY))
+    answers = 0
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            error_of(await plain.recv(), ErrorCode.AUTHENTICATION_FAILED)
+            answers += 1
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert answers == 10
 
 
 async def test_wrong_key_handshakes_count_towards_the_throttle(daemon: Daemon) -> None:
