@@ -7,8 +7,8 @@ SECONDS` prints what it managed to send as JSON.
 """
 
 import asyncio
+import base64
 import collections
-import contextlib
 import json
 import os
 import statistics
@@ -45,11 +45,28 @@ async def flood(url: str, frames: int, seconds: float) -> dict[str, object]:
     counts: collections.Counter[str] = collections.Counter()
 
     async def firehose() -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async with connect(url, compression=None, close_timeout=1) as ws:
-                while counts["firehose frames"] < frames and time.monotonic() < deadline:
-                    await ws.send(frame)
-                    counts["firehose frames"] += 1
+        """Masked frames written straight to the socket: it never reads, so it never
+        learns that the daemon closed the connection (until the socket fails)."""
+        host, port = url.removeprefix("ws://").removesuffix("/ws").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        masked = bytes([0x82, 0x80 | len(frame)]) + bytes(4) + frame  # mask key 0
+        chunk = masked * 1000
+        try:
+            while counts["firehose frames"] < frames and time.monotonic() < deadline:
+                writer.write(chunk)
+                await writer.drain()
+                counts["firehose frames"] += 1000
+        except OSError as exc:
+            counts[f"firehose {type(exc).__name__}"] += 1
+        writer.close()
 
     async def reconnecting() -> None:
         while time.monotonic() < deadline:
