@@ -5,7 +5,6 @@ FETCHML_API_KEY), then `~/.ml/config.toml` (keys `api_url`, `api_key`), then
 the default URL ws://127.0.0.1:9103/ws. There is no default key.
 """
 
-import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -14,21 +13,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from protocol.keys import key_hash
+
 from .errors import ConfigurationError
 
 DEFAULT_URL = "ws://127.0.0.1:9103/ws"
 URL_ENV = "FETCHML_URL"
 KEY_ENV = "FETCHML_API_KEY"
-KEY_HASH_SIZE = 16
 
 
 def default_config_path() -> Path:
     return Path.home() / ".ml" / "config.toml"
-
-
-def key_hash(api_key: str) -> bytes:
-    """What every request carries: the first 16 bytes of SHA-256 of the raw key."""
-    return hashlib.sha256(api_key.encode()).digest()[:KEY_HASH_SIZE]
 
 
 def normalize_url(url: str) -> str:

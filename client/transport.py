@@ -8,6 +8,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from protocol.enums import LogLevel
+from protocol.keys import handshake_key_ok
 from protocol.responses import Log, Progress
 
 from .errors import AuthenticationFailed, ConfigurationError, ConnectFailed, PermissionDenied
@@ -42,11 +43,11 @@ async def open_websocket(
 
     With `api_key`, the raw key goes in the handshake (`X-API-Key`): a wrong key
     fails here with AuthenticationFailed, and a daemon that requires handshake
-    keys lets the connection in. A key a header cannot carry as it is (control
-    characters, spaces at either end) goes only in the requests.
+    keys lets the connection in. A key that is not visible ASCII (see
+    protocol.keys) goes only in the requests, as its hash.
     """
     headers = None
-    if api_key and api_key.isprintable() and api_key == api_key.strip():
+    if api_key and handshake_key_ok(api_key):
         headers = {"X-API-Key": api_key}
     try:
         return await connect(

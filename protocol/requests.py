@@ -10,10 +10,10 @@ from typing import Any, ClassVar, NamedTuple
 
 from .enums import RESERVED_OPCODES, UPDATABLE_JOB_STATUSES, JobStatus, Opcode, PruneType
 from .errors import MalformedRequest
+from .keys import KEY_HASH_SIZE
 
 HEADER = struct.Struct(">B16s")
 HEADER_SIZE = HEADER.size
-KEY_HASH_SIZE = 16
 COMMIT_SIZE = 20
 MAX_NAME_BYTES = 255
 

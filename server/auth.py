@@ -1,15 +1,14 @@
 """API keys, roles, permissions and scope; the handshake checks; control-request limits."""
 
-import hashlib
 import hmac
 import ipaddress
 import time
 from dataclasses import dataclass
 
+from protocol.keys import KEY_HASH_SIZE
+
 from .config import AuthConfig, Network
 from .errors import Overloaded, PermissionDenied
-
-KEY_HASH_SIZE = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +42,6 @@ class Identity:
             "permissions": sorted(self.permissions),
             "scope": self.scope,
         }
-
-
-def key_hash(raw_key: str | bytes) -> bytes:
-    """What a request carries: the first 16 bytes of SHA-256 of the raw key."""
-    raw = raw_key.encode() if isinstance(raw_key, str) else raw_key
-    return hashlib.sha256(raw).digest()[:KEY_HASH_SIZE]
 
 
 class KeyTable:

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from protocol.enums import ErrorCode, Opcode
 from protocol.errors import ProtocolError
+from protocol.keys import key_hash
 from protocol.requests import (
     LogMetrics,
     Request,
@@ -31,7 +32,7 @@ from protocol.requests import (
 )
 from protocol.responses import Error, Response, Success, encode_response
 
-from .auth import Identity, KeyTable, key_hash
+from .auth import Identity, KeyTable
 from .dispatch import dispatch, rate_limited
 from .errors import AuthenticationFailed, ServerError
 from .handlers import Context, accept_log

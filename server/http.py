@@ -26,15 +26,17 @@ from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from protocol.keys import KEY_TOKEN_PREFIX, handshake_key_ok, key_hash
+from protocol.keys import SUBPROTOCOL as _SUBPROTOCOL
+
 from .audit import AuthFailures
-from .auth import KeyTable, key_hash
+from .auth import KeyTable
 from .throttle import Throttle, Unverified
 
 logger = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
-SUBPROTOCOL = Subprotocol("fetchml")
-KEY_TOKEN = "fetchml.key."
+SUBPROTOCOL = Subprotocol(_SUBPROTOCOL)
 
 
 @dataclass
@@ -157,14 +159,16 @@ def handshake_key(headers: Headers) -> str | None:
             tokens = parse_subprotocol(value)
         except InvalidHeader:
             raise BadHandshakeKey(http.HTTPStatus.BAD_REQUEST, "malformed subprotocol") from None
-        keys += [_raw(t.removeprefix(KEY_TOKEN)) for t in tokens if t.startswith(KEY_TOKEN)]
+        keys += [
+            _raw(t.removeprefix(KEY_TOKEN_PREFIX)) for t in tokens if t.startswith(KEY_TOKEN_PREFIX)
+        ]
     if len(set(keys)) > 1:
         raise BadHandshakeKey(http.HTTPStatus.UNAUTHORIZED, "different keys in one handshake")
     return keys[0] if keys else None
 
 
 def _raw(key: str) -> str:
-    if not key or not all("!" <= c <= "~" for c in key):
+    if not handshake_key_ok(key):
         raise BadHandshakeKey(http.HTTPStatus.BAD_REQUEST, "malformed key")
     return key
 

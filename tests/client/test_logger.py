@@ -18,8 +18,8 @@ from client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
 from client.batches import Batches, encode_name
 from client.ledger import Ledger
 from client.metrics import log_metrics_message
-from client.settings import key_hash
 from protocol.enums import ErrorCode
+from protocol.keys import key_hash
 from protocol.records import RECORD_HEAD, RECORD_MIN, scan
 from protocol.requests import LogMetrics, MetricPoint, encode_request
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of

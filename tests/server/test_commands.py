@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from protocol.keys import key_hash
 from protocol.requests import WhoAmI
 from server.__main__ import main
-from server.auth import key_hash
 from server.config import ApiKey, config_warnings, load_config, parse_config
 from tests.conftest import KEYS, DaemonFactory, make_config
 from tests.integration.proc import DaemonProcess, raw_config, write_config
