@@ -123,6 +123,7 @@ class App:
                 cfg.storage.base_path,
                 durability="fsync" if cfg.storage.durability == "fsync" else "write",
                 max_open_files=cfg.storage.max_open_files,
+                cache_bytes=cfg.storage.cache_bytes,
             ) as store:
                 jobs = await SqliteJobQueue.open(cfg.storage.jobs_db, cfg.jobs.keep_days)
                 try:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
+
 from protocol.enums import PruneType
 from protocol.records import Metadata, decode_records
 from protocol.requests import (
@@ -33,8 +35,9 @@ from protocol.responses import Data, Response, StatusReport, Success
 from .auth import Identity, RateLimiter
 from .config import Config
 from .errors import InvalidRequest, NotFound, StorageFault
+from .heavy import HeavyLimiter
 from .jobs import MIN_JOB_JSON_BYTES, JobQueue
-from .query import query_page
+from .query import is_heavy, query_page
 from .series import SeriesCache
 from .storage import ExperimentStore
 from .views import dumps, experiment_json, metadata_json
@@ -56,9 +59,11 @@ class Context:
     limiter: RateLimiter
     audit: Audit = field(default=lambda *a, **k: None)
     series: SeriesCache = field(init=False)
+    heavy: HeavyLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         self.series = SeriesCache(self.store)
+        self.heavy = HeavyLimiter(self.config.server.heavy_queries_per_user)
 
 
 def _now() -> int:
@@ -127,21 +132,27 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
         chunk = await ctx.store.read(commit, index, 4 << 20)
         data += chunk.data
         index += chunk.records
-    records = decode_records(data)
-    doc = experiment_json(commit, meta, records, total, False)
-    text = dumps(doc)
-    if len(text) > budget or start > 0:
-        sizes = [len(dumps(m)) + 1 for m in doc["metrics"]]
-        room = budget - len(dumps(experiment_json(commit, meta, [], total, True)))
-        keep = 0
-        for size in reversed(sizes):
-            if room < size:
-                break
-            room -= size
-            keep += 1
-        truncated = keep < total
-        doc = experiment_json(commit, meta, records[len(records) - keep :], total, truncated)
+
+    def document() -> str:  # decoding and JSON of up to max_message_bytes: off the event loop
+        records = decode_records(data)
+        doc = experiment_json(commit, meta, records, total, False)
         text = dumps(doc)
+        if len(text) > budget or start > 0:
+            sizes = [len(dumps(m)) + 1 for m in doc["metrics"]]
+            room = budget - len(dumps(experiment_json(commit, meta, [], total, True)))
+            keep = 0
+            for size in reversed(sizes):
+                if room < size:
+                    break
+                room -= size
+                keep += 1
+            truncated = keep < total
+            doc = experiment_json(commit, meta, records[len(records) - keep :], total, truncated)
+            text = dumps(doc)
+        return text
+
+    async with ctx.heavy.slot(who.user):
+        text = await anyio.to_thread.run_sync(document)
     return Data(timestamp=_now(), data_type="experiment", payload=text.encode())
 
 
@@ -160,7 +171,12 @@ async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) ->
 async def query_metrics(ctx: Context, who: Identity, req: QueryMetrics) -> Response:
     who.require("jobs:read")
     _owner(ctx, who, req.commit_hex)
-    payload = await query_page(ctx.store, ctx.series, req, ctx.config.server.max_message_bytes)
+    limit = ctx.config.server.max_message_bytes
+    if is_heavy(req):
+        async with ctx.heavy.slot(who.user):
+            payload = await query_page(ctx.store, ctx.series, req, limit)
+    else:
+        payload = await query_page(ctx.store, ctx.series, req, limit)
     return Data(timestamp=_now(), data_type="metrics", payload=payload)
 
 

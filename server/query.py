@@ -1,15 +1,16 @@
 """QUERY_METRICS: filtered pages by record index, and LTTB downsampling per name."""
 
 import struct
-from array import array
-from collections.abc import Sequence
+
+import anyio
+import numpy as np
 
 from protocol.records import RECORD_MIN
 from protocol.requests import QueryMetrics
 from protocol.responses import encode_metrics_payload
 
 from .errors import InvalidRequest
-from .series import SeriesCache, lttb
+from .series import Series, SeriesCache, lttb
 from .storage import ExperimentStore
 
 DEFAULT_LIMIT = 100_000
@@ -69,30 +70,50 @@ async def query_page(
             full = count == limit
             continue
         chunk = await store.read(commit, index, READ_BYTES)
-        data = chunk.data
-        for start, end, step in walk(data):
-            if step_ok(req, step) and (name is None or data[start + RECORD_MIN : end] == name):
-                if size + end - start > budget:
-                    full = True
-                    break
-                parts.append(data[start:end])
-                size += end - start
-                count += 1
-            index += 1
-            if count == limit:
-                full = True
-                break
+        picked, index, full = await anyio.to_thread.run_sync(
+            _filter, req, name, chunk.data, index, limit - count, budget - size
+        )
+        parts += picked
+        size += sum(map(len, picked))
+        count += len(picked)
     next_index = index if index < total else 0
     return encode_metrics_payload(next_index, count, b"".join(parts))
+
+
+def _filter(
+    req: QueryMetrics, name: bytes | None, data: bytes, index: int, room: int, budget: int
+) -> tuple[list[bytes], int, bool]:
+    """The matching records of a chunk starting at record `index`, up to `room` records
+    and `budget` bytes: (records, index after the last one looked at, page full)."""
+    out: list[bytes] = []
+    for start, end, step in walk(data):
+        if step_ok(req, step) and (name is None or data[start + RECORD_MIN : end] == name):
+            if end - start > budget:
+                return out, index, True
+            out.append(data[start:end])
+            budget -= end - start
+        index += 1
+        if len(out) == room:
+            return out, index, True
+    return out, index, False
 
 
 def step_ok(req: QueryMetrics, step: int) -> bool:
     return req.step_from <= step <= req.step_to
 
 
+def is_heavy(req: QueryMetrics) -> bool:
+    """Downsampling, and filtered pages (they may scan the whole experiment)."""
+    return bool(req.max_points or req.name or (req.step_from, req.step_to) != ALL_STEPS)
+
+
 async def downsample(cache: SeriesCache, req: QueryMetrics, max_message_bytes: int) -> bytes:
     """Per name, min(n, max_points) points chosen by LTTB; names in order of first appearance."""
-    columns = await cache.get(req.commit_hex)
+    async with cache.columns(req.commit_hex) as columns:
+        return await anyio.to_thread.run_sync(_downsample, columns, req, max_message_bytes)
+
+
+def _downsample(columns: dict[bytes, Series], req: QueryMetrics, max_message_bytes: int) -> bytes:
     names = [req.name.encode()] if req.name else list(columns)
     budget = max_message_bytes - PAGE_OVERHEAD - 12
     parts: list[bytes] = []
@@ -102,13 +123,12 @@ async def downsample(cache: SeriesCache, req: QueryMetrics, max_message_bytes: i
         if series is None:
             continue
         steps, values = series.steps, series.values
-        picked: Sequence[int] = range(len(steps))
+        picked = None
         if (req.step_from, req.step_to) != ALL_STEPS:
-            picked = [i for i, step in enumerate(steps) if req.step_from <= step <= req.step_to]
-            steps = array("I", [steps[i] for i in picked])
-            values = array("d", [values[i] for i in picked])
+            picked = np.flatnonzero((steps >= req.step_from) & (steps <= req.step_to))
+            steps, values = steps[picked], values[picked]
         for k in lttb(steps, values, req.max_points):
-            record = series.record(picked[k], name)
+            record = series.record(k if picked is None else int(picked[k]), name)
             size += len(record)
             if size > budget:
                 raise InvalidRequest("too many points: lower max_points or filter by name")

@@ -26,6 +26,7 @@ import anyio.abc
 
 from protocol.records import Metadata, encode_metadata
 
+from .budget import CacheBudget
 from .entries import Damaged, open_entry
 from .errors import AlreadyExists, NotFound, ServerError
 from .experiment import Chunk, Experiment, Pending
@@ -46,8 +47,8 @@ from .files import (
 
 logger = logging.getLogger(__name__)
 
-INDEX_BUDGET_BYTES = 512 << 20
-"""Memory for record-offset indexes across experiments (64 M records)."""
+CACHE_BYTES = 256 << 20
+"""Default memory for the caches (record-offset indexes, metric columns): storage.cache_bytes."""
 INLINE_WRITE_BYTES = 256 << 10
 """Flushes up to this size are written on the event loop in durability `write`."""
 MAX_FLUSH_BYTES = 8 << 20
@@ -77,8 +78,11 @@ class ExperimentStore:
         *,
         durability: Durability = "write",
         max_open_files: int = 256,
+        cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.base = Path(base_path)
+        self.budget = CacheBudget(cache_bytes)
+        """Shared by the record-offset indexes and the metric columns (server.series)."""
         self.durability = durability
         self.max_open = max_open_files
         self.hooks: list[CommitHook] = []
@@ -133,17 +137,17 @@ class ExperimentStore:
                     self._known[commit] = (exp.size, exp.end, exp.count)
                 excess -= 1
 
-    def _trim_indexes(self) -> None:
-        """Keep the record-offset indexes (8 bytes a record) within INDEX_BUDGET_BYTES:
-        drop those of the least recently used idle experiments; they rebuild on demand."""
-        held = list(self._experiments.values())
-        total = sum(len(exp.offsets) for exp in held) * 8
-        for exp in held[:-1]:  # never the one in use now: it would rebuild on every read
-            if total <= INDEX_BUDGET_BYTES:
-                return
-            if len(exp.offsets) > 1 and not exp.read_lock.locked():
-                total -= (len(exp.offsets) - 1) * 8
-                exp.offsets = array("Q", [0])
+    def _charge_index(self, exp: Experiment) -> None:
+        """Charge an experiment's record-offset index (8 bytes a record) to the budget; when
+        dropped it is rebuilt on demand."""
+
+        def drop() -> bool:
+            if exp.read_lock.locked():
+                return False
+            exp.offsets = array("Q", [0])
+            return True
+
+        self.budget.charge(("offsets", exp.commit), len(exp.offsets) * 8, drop)
 
     def exists(self, commit: str) -> bool:
         if commit in self._experiments and self._experiments[commit].meta_loaded:
@@ -382,8 +386,13 @@ class ExperimentStore:
         except OSError as exc:
             logger.error("reading %s failed: %s", exp.metrics_path, exc)
             raise storage_error(exc) from None
-        self._trim_indexes()
+        self._charge_index(exp)
         return chunk
+
+    async def prefix(self, commit: str) -> tuple[Path, int, int]:
+        """The metrics file and its valid prefix now: (path, records, bytes)."""
+        exp = await self._scanned(commit)
+        return exp.metrics_path, exp.count, exp.end
 
     async def read_all(self, commit: str) -> bytes:
         """The whole valid prefix."""

@@ -2,21 +2,15 @@
 
 from pathlib import Path
 
-import pytest
-
 from protocol.records import Metadata, decode_records, encode_record
-from server import storage
 from server.storage import ExperimentStore
 
 TS = 1795735109
 
 
-async def test_indexes_beyond_the_budget_are_dropped_oldest_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(storage, "INDEX_BUDGET_BYTES", 8 * 1500)
+async def test_indexes_beyond_the_budget_are_dropped_oldest_first(tmp_path: Path) -> None:
     commits = [f"{n:040x}" for n in (1, 2)]
-    async with ExperimentStore(tmp_path) as store:
+    async with ExperimentStore(tmp_path, cache_bytes=8 * 1500) as store:
         for commit in commits:
             await store.create(Metadata(commit_id=commit, timestamp=TS))
             data = b"".join(encode_record(TS, i, float(i), b"loss") for i in range(1000))
