@@ -8,6 +8,7 @@ must decode to its fields and its fields must encode to its bytes. The JSON exam
 daemon sends.
 """
 
+import hashlib
 import json
 import re
 import subprocess
@@ -222,6 +223,7 @@ def test_doc_covers_every_opcode_and_packet_type() -> None:
 def test_doc_states_the_example_key_and_its_hash() -> None:
     text = doc_text()
     assert EXAMPLE_KEY in text
+    assert hashlib.sha256(EXAMPLE_KEY.encode()).hexdigest() in text
     assert KEY.hex() in text
 
 
