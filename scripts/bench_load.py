@@ -63,10 +63,12 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def open_ws(url: str) -> Any:
-    """A client connection with the daemon's transport settings (no compression)."""
+def open_ws(url: str, key: str = "") -> Any:
+    """A client connection with the daemon's transport settings (no compression); with a
+    raw key in the handshake (X-API-Key) when given."""
     return connect(
         url,
+        additional_headers={"X-API-Key": key} if key else None,
         compression=None,
         max_size=MAX_RESPONSE_BYTES,
         ping_interval=None,
@@ -548,7 +550,9 @@ async def run_watchers(args: argparse.Namespace, errors: Errors) -> dict[str, An
 
 
 async def run_idle(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
-    opened = await open_many(lambda: open_ws(args.url), args.connections)
+    # With the key in the handshake: idle connections without one are capped per address
+    # (server.max_connections_per_ip) and closed after server.auth_timeout_s.
+    opened = await open_many(lambda: open_ws(args.url, args.key), args.connections)
     connections = [ws for ws in opened if isinstance(ws, ClientConnection)]
     for failure in (f for f in opened if not isinstance(f, ClientConnection)):
         errors[f"connection not opened: {exception_text(failure)}"] += 1

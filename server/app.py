@@ -9,46 +9,25 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
 
 import anyio
 from websockets.asyncio.server import ServerConnection, serve
 
 from . import __version__
-from .auth import Identity, KeyTable, RateLimiter
+from .audit import AuditLog
+from .auth import KeyTable, RateLimiter
 from .config import Config, ConfigError, config_warnings, load_config
 from .connection import Connection
 from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
 from .health import CachedCount
-from .http import Gate, Metrics, QuietLogger
+from .http import Gate, Metrics, QuietLogger, select_subprotocol
 from .jobs import SqliteJobQueue
 from .storage import ExperimentStore
 from .systemd import Notifier
 from .watch import WatchHub
 
 logger = logging.getLogger(__name__)
-
-
-class AuditLog:
-    """JSON lines of mutations and auth failures (config logging.audit_file)."""
-
-    def __init__(self, path: str) -> None:
-        self._file: TextIO | None = None
-        if path:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._file = os.fdopen(fd, "a", buffering=1)
-
-    def __call__(self, event: str, who: Identity | None, **fields: Any) -> None:
-        if self._file is None:
-            return
-        entry = {"ts": round(time.time(), 3), "event": event, "user": who.user if who else None}
-        entry.update(fields)
-        self._file.write(json.dumps(entry, default=str) + "\n")
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
 
 
 class App:
@@ -65,6 +44,7 @@ class App:
         self.notifier = Notifier()
         self.ctx: Context | None = None
         self.experiment_count = CachedCount(lambda: len(list_commits(config.storage.base_path)))
+        self.gate: Gate | None = None
 
     def health(self) -> dict[str, object]:
         """O(1): the experiment count is cached; "degraded" while the data directory
@@ -88,21 +68,47 @@ class App:
             fresh = load_config(self.config_path)
             self.keys = KeyTable(fresh.auth)
             logger.info("reloaded auth: %d keys", len(fresh.auth.api_keys))
+            self._revoke()
         except ConfigError as exc:
             logger.error("reload failed, keeping the current keys: %s", exc)
         self.notifier.ready()
 
+    def _revoke(self) -> None:
+        """Close the connections the new keys no longer admit (1008, with the reason)."""
+        closed = 0
+        for conn in list(self.connections):
+            why = conn.revoked(self.keys)
+            if why:
+                conn.shut(1008, why)
+                closed += 1
+        if closed:
+            logger.info("closed %d connections the reloaded auth section no longer admits", closed)
+
     async def _handle(self, ws: ServerConnection) -> None:
-        assert self.ctx is not None
-        conn = Connection(ws, self.ctx, lambda: self.keys, self.metrics)
+        assert self.ctx is not None and self.gate is not None
+        conn = Connection(ws, self.ctx, lambda: self.keys, self.metrics, self.gate)
         self.connections.add(conn)
+        if conn.bound is None:
+            self.gate.unverified.add(conn, conn.peer, time.monotonic())
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
         try:
             await conn.serve()
         finally:
             self.connections.discard(conn)
+            self.gate.unverified.discard(conn)
             self.metrics.connections.dec()
+
+    async def _sweep(self, gate: Gate) -> None:
+        """Close connections that showed no valid key within auth_timeout_s; report the
+        authentication failures whose minute is over."""
+        timeout = self.config.server.auth_timeout_s
+        while True:
+            await anyio.sleep(min(1.0, timeout / 4))
+            for conn in gate.unverified.expired(time.monotonic(), timeout):
+                gate.unverified.discard(conn)
+                conn.shut(1008, "authentication timeout")
+            gate.failures.flush()
 
     def _ssl(self) -> ssl.SSLContext | None:
         tls = self.config.server.tls
@@ -117,7 +123,13 @@ class App:
     ) -> None:
         cfg = self.config
         lock = lock_data_dir(cfg.storage.base_path)
-        audit = AuditLog(cfg.logging.audit_file)
+        log = cfg.logging
+        audit = AuditLog(
+            log.audit_file,
+            log.audit_max_bytes,
+            log.audit_keep,
+            on_error=self.metrics.audit_write_errors.inc,
+        )
         try:
             async with ExperimentStore(
                 cfg.storage.base_path,
@@ -147,13 +159,14 @@ class App:
 
     async def _serve(self, on_ready: Callable[[int], None] | None, handle_signals: bool) -> None:
         s = self.config.server
-        gate = Gate(
+        self.gate = gate = Gate(
             keys=lambda: self.keys,
             metrics=self.metrics,
             health=self.health,
             max_connections=s.max_connections,
             open_connections=lambda: len(self.connections),
             audit=self.ctx.audit if self.ctx else lambda *a, **k: None,
+            max_per_ip=s.max_connections_per_ip,
         )
         async with (
             serve(
@@ -161,6 +174,7 @@ class App:
                 s.host,
                 s.port,
                 process_request=gate,
+                select_subprotocol=select_subprotocol,
                 max_size=s.max_message_bytes,
                 compression="deflate" if s.compression else None,
                 open_timeout=s.open_timeout_s,
@@ -177,6 +191,7 @@ class App:
             if handle_signals:
                 await tg.start(self._signals)
             tg.start_soon(self.notifier.watchdog_loop)
+            tg.start_soon(self._sweep, gate)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
             if on_ready:
@@ -195,6 +210,7 @@ class App:
                 for conn in list(self.connections):
                     conn.ws.transport.abort()  # a peer that stopped reading would hold us
             tg.cancel_scope.cancel()
+            gate.failures.flush(force=True)
 
     async def _signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

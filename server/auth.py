@@ -61,6 +61,8 @@ class KeyTable:
             identity = Identity(user, entry.role, role.permissions, role.scope)
             self._entries.append((bytes.fromhex(entry.hash)[:KEY_HASH_SIZE], identity))
         self._networks: tuple[Network, ...] = config.ip_whitelist
+        self.require_key = config.require_handshake_key
+        """A /ws upgrade needs a valid raw key (auth.require_handshake_key)."""
 
     def lookup(self, digest: bytes) -> Identity | None:
         found = None

@@ -37,14 +37,12 @@ from .auth import Identity, KeyTable, key_hash
 from .dispatch import dispatch
 from .errors import AuthenticationFailed, ServerError
 from .handlers import Context, accept_log
-from .http import Metrics, handshake_key
+from .http import Gate, Metrics, handshake_key
 from .watch import SlowSubscriber, Subscriber
 
 logger = logging.getLogger(__name__)
 
 _END = object()
-LOGGED_AUTH_FAILURES = 10
-"""Bad-key requests logged per connection; the audit file and /metrics count every one."""
 
 
 class _Pending:
@@ -93,22 +91,26 @@ class Connection:
         ctx: Context,
         keys: Callable[[], KeyTable],
         metrics: Metrics,
+        gate: Gate,
     ) -> None:
         self.ws = ws
         self.ctx = ctx
         self.keys = keys
         self.metrics = metrics
-        raw = handshake_key(ws.request.headers) if ws.request else None
+        self.gate = gate
+        raw = handshake_key(ws.request.headers) if ws.request else None  # the gate checked it
         self.bound = key_hash(raw) if raw else None
+        """The handshake's valid key: every request must carry it."""
         self.peer = ws.remote_address[0] if ws.remote_address else "?"
+        self.watching: tuple[bytes, str] | None = None
+        """The key of an accepted WATCH_METRICS and the commit it watches."""
         self._cached: tuple[bytes, KeyTable, Identity] | None = None
         self._reading = anyio.CancelScope()
         self._queue: asyncio.Queue[Any] | None = None
         """Accepted requests on their way to the writer; made with the first message."""
         self._accepted = 0
         self._sent = 0
-        self._auth_failures = 0
-        self.stopping = False
+        self._shut: tuple[int, str] | None = None
 
     @property
     def accepted(self) -> int:
@@ -126,8 +128,27 @@ class Connection:
 
     def stop(self) -> None:
         """Stop reading (graceful shutdown): answer what was accepted, then close 1001."""
-        self.stopping = True
+        self.shut(1001, "server shutting down")
+
+    def shut(self, code: int, reason: str) -> None:
+        """Stop reading, answer what was accepted, then close with `code` (first call wins)."""
+        if self._shut is None:
+            self._shut = (code, reason)
         self._reading.cancel()
+
+    def revoked(self, keys: KeyTable) -> str | None:
+        """Why this connection may not stay open under `keys` (SIGHUP), if so."""
+        if not keys.allows_peer(self.peer):
+            return "address not allowed"
+        if self.bound is None and keys.require_key:
+            return "handshake key required"
+        if self.bound is not None and keys.lookup(self.bound) is None:
+            return "key revoked"
+        if self.watching is not None:
+            who = keys.lookup(self.watching[0])
+            if who is None or not who.can("jobs:read"):
+                return "key revoked"
+        return None
 
     async def serve(self) -> None:
         first: bytes | str | None = None
@@ -135,11 +156,11 @@ class Connection:
             first = await self.ws.recv()  # an idle connection waits here and holds little else
         if first is not None:
             await self._serve(first)
-        if self.stopping:
+        if self._shut:
             # Unread messages would hide the peer's close frame: discard them while closing.
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._discard)
-                await self.ws.close(1001, "server shutting down")
+                await self.ws.close(*self._shut)
                 tg.cancel_scope.cancel()
 
     async def _serve(self, first: bytes | str) -> None:
@@ -149,7 +170,7 @@ class Connection:
         self._room = asyncio.Event()
         self._writer_done = asyncio.Event()
         self._reading = anyio.CancelScope()  # a scope is entered once: a new one for this phase
-        if self.stopping:
+        if self._shut:
             self._reading.cancel()
         try:
             async with anyio.create_task_group() as tg:
@@ -160,7 +181,7 @@ class Connection:
                 await queue.put(_END)
                 await self._writer_done.wait()  # every accepted request answered first
                 tg.cancel_scope.cancel()  # a watch pump, if any
-                if close:
+                if close and not self._shut:
                     await self.ws.close(*close)
         except* ConnectionClosed:
             pass  # the peer went away: nothing left to answer
@@ -200,6 +221,8 @@ class Connection:
                     packet = await self._run(item)
                     self._accepted += 1
                     queue.put_nowait(packet)
+            if self._shut:  # recv() returns buffered messages without a chance to cancel it
+                return None
             try:
                 message = await ws.recv()
             except ConnectionClosedOK:
@@ -235,6 +258,7 @@ class Connection:
             if isinstance(outcome, asyncio.Future):
                 return _Pending(outcome, opcode, req.count if isinstance(req, LogMetrics) else 1)
             if isinstance(outcome, Subscriber):
+                self.watching = (req.key_hash, outcome.commit)
                 return outcome
             return (req, who, outcome)
         except (ProtocolError, ServerError) as exc:
@@ -254,22 +278,16 @@ class Connection:
         if who is None:
             self._auth_failed("unknown key")
         assert who is not None
+        if self._cached is None and self.bound is None:
+            self.gate.unverified.discard(self)  # a valid key at last: no auth timeout
         self._cached = (digest, keys, who)
         return who
 
     def _auth_failed(self, why: str) -> None:
-        self._auth_failures += 1
-        self.metrics.auth_failures.inc()
-        if self._auth_failures <= LOGGED_AUTH_FAILURES:
-            logger.warning(
-                "authentication failed from %s: %s%s",
-                self.peer,
-                why,
-                " (further failures on this connection are not logged)"
-                if self._auth_failures == LOGGED_AUTH_FAILURES
-                else "",
-            )
-        self.ctx.audit("auth_failure", None, peer=self.peer, reason=why)
+        """Counted per address; on a connection without a valid handshake key, the failure
+        that throttles the address (and any while it is throttled) closes it."""
+        if self.gate.failed(self.peer, why, counts=self.bound is None):
+            self.shut(1008, "too many authentication failures")
         raise AuthenticationFailed("Invalid API key")
 
     def _error(self, opcode: Opcode | None, exc: ProtocolError | ServerError | None) -> bytes:

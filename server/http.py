@@ -4,8 +4,10 @@ import collections
 import http
 import json
 import logging
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -19,11 +21,20 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
+from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
+from .audit import AuthFailures
 from .auth import KeyTable, key_hash
+from .throttle import Throttle, Unverified
+
+logger = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
+SUBPROTOCOL = Subprotocol("fetchml")
+KEY_TOKEN = "fetchml.key."
 
 
 @dataclass
@@ -63,6 +74,15 @@ class Metrics:
         self.auth_failures = Counter(
             "fetchml_auth_failures", "Rejected keys (handshake and requests)", registry=r
         )
+        self.refused = Counter(
+            "fetchml_handshakes_refused",
+            "WebSocket handshakes refused, by HTTP status",
+            ["status"],
+            registry=r,
+        )
+        self.audit_write_errors = Counter(
+            "fetchml_audit_write_errors", "Audit lines that could not be written", registry=r
+        )
 
     def on_flush(self, records: int, seconds: float) -> None:
         self.metrics_appended.inc(records)
@@ -91,25 +111,79 @@ class _RequestCollector(Collector):
 
 class QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """websockets' logger without its debug output, which prints handshake headers
-    (X-API-Key, Authorization) and the first bytes of frames (key hashes)."""
+    (X-API-Key, Authorization) and the first bytes of frames (key hashes). Its routine
+    per-connection lines (open, closed, rejected) go to our debug level: a flood of
+    connections must not become a flood of log lines."""
 
     def isEnabledFor(self, level: int) -> bool:
         return level > logging.DEBUG and super().isEnabledFor(level)
 
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level == logging.INFO and msg in _ROUTINE:
+            logger.debug(msg, *args)
+        else:
+            super().log(level, msg, *args, **kwargs)
+
+
+_ROUTINE = frozenset(
+    {
+        "connection open",
+        "connection closed",
+        "connection rejected (%d %s)",
+        "HTTP response sent (%d %s)",
+    }
+)
+
+
+class BadHandshakeKey(Exception):
+    """A handshake's keys are malformed (400) or not all the same (401)."""
+
+    def __init__(self, status: http.HTTPStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
 
 def handshake_key(headers: Headers) -> str | None:
-    """The raw key of `X-API-Key` or `Authorization: Bearer`, if any."""
-    key = headers.get("X-API-Key")
-    if key:
-        return key.strip()
-    auth = headers.get("Authorization", "")
-    scheme, _, value = auth.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    """The raw key a handshake carries in `X-API-Key`, `Authorization: Bearer` or a
+    `fetchml.key.<key>` subprotocol token, if any. Every key given must be the same."""
+    keys = [_raw(value.strip()) for value in headers.get_all("X-API-Key")]
+    for value in headers.get_all("Authorization"):
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            keys.append(_raw(token.strip()))
+    for value in headers.get_all("Sec-WebSocket-Protocol"):
+        try:
+            tokens = parse_subprotocol(value)
+        except InvalidHeader:
+            raise BadHandshakeKey(http.HTTPStatus.BAD_REQUEST, "malformed subprotocol") from None
+        keys += [_raw(t.removeprefix(KEY_TOKEN)) for t in tokens if t.startswith(KEY_TOKEN)]
+    if len(set(keys)) > 1:
+        raise BadHandshakeKey(http.HTTPStatus.UNAUTHORIZED, "different keys in one handshake")
+    return keys[0] if keys else None
+
+
+def _raw(key: str) -> str:
+    if not key or not all("!" <= c <= "~" for c in key):
+        raise BadHandshakeKey(http.HTTPStatus.BAD_REQUEST, "malformed key")
+    return key
+
+
+def select_subprotocol(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """`fetchml` when offered, else none; never a key token, never a refusal."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+class Shuttable(Protocol):
+    def shut(self, code: int, reason: str) -> None: ...
 
 
 @dataclass
 class Gate:
-    """websockets' process_request: routes, limits and the pre-upgrade auth checks."""
+    """websockets' process_request: routes, limits and the pre-upgrade auth checks; the
+    bad-key throttle and the connections without a valid key yet, per address."""
 
     keys: Callable[[], KeyTable]
     metrics: Metrics
@@ -117,12 +191,19 @@ class Gate:
     max_connections: int
     open_connections: Callable[[], int]
     audit: Callable[..., None] = lambda *a, **k: None
+    max_per_ip: int = 256
+    throttle: Throttle = field(default_factory=Throttle)
+    unverified: Unverified[Shuttable] = field(default_factory=Unverified)
+    failures: AuthFailures = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.failures = AuthFailures(self.audit)
 
     def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         keys = self.keys()
-        peer = connection.remote_address[0] if connection.remote_address else None
+        peer = connection.remote_address[0] if connection.remote_address else "?"
         if not keys.allows_peer(peer):
-            return connection.respond(http.HTTPStatus.FORBIDDEN, "forbidden\n")
+            return self._refuse(connection, http.HTTPStatus.FORBIDDEN, "forbidden")
         path = request.path.split("?", 1)[0]
         if path == "/health":
             return _response(connection, json.dumps(self.health()) + "\n", "application/json")
@@ -132,14 +213,68 @@ class Gate:
             )
         if path != WS_PATH:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+        try:
+            raw = handshake_key(request.headers)
+        except BadHandshakeKey as exc:
+            if exc.status == http.HTTPStatus.UNAUTHORIZED:
+                self.failed(peer, exc.reason)
+            return self._refuse(connection, exc.status, exc.reason)
+        if raw is not None:
+            if keys.lookup(key_hash(raw)) is None:
+                self.failed(peer, "invalid handshake key")
+                return self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, "invalid API key")
+            if self.open_connections() >= self.max_connections and not self._make_room():
+                return self._refuse(connection, SERVICE_UNAVAILABLE, "too many connections")
+            return None
+        if keys.require_key:
+            self.failed(peer, "no handshake key")
+            return self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, "API key required")
+        retry = self.throttle.retry_after(peer)
+        if retry:
+            response = self._refuse(connection, TOO_MANY, "too many authentication failures")
+            response.headers["Retry-After"] = str(math.ceil(retry))
+            return response
+        if self.unverified.count(peer) >= self.max_per_ip:
+            return self._refuse(connection, TOO_MANY, "too many connections without a key")
         if self.open_connections() >= self.max_connections:
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
-        raw = handshake_key(request.headers)
-        if raw is not None and keys.lookup(key_hash(raw)) is None:
-            self.metrics.auth_failures.inc()
-            self.audit("auth_failure", None, peer=peer, reason="invalid handshake key")
-            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid API key\n")
+            return self._refuse(connection, SERVICE_UNAVAILABLE, "too many connections")
         return None
+
+    def failed(self, peer: str, reason: str, counts: bool = True) -> bool:
+        """An authentication failure from `peer`: counted and reported, and when it
+        `counts` towards the throttle, True when the address is throttled now."""
+        self.metrics.auth_failures.inc()
+        self.failures.add(peer, reason)
+        if not counts:
+            return False
+        before = self.throttle.retry_after(peer)
+        throttled = self.throttle.failure(peer)
+        if throttled and not before:
+            logger.warning(
+                "throttling %s for %.0f s: %d authentication failures within %.0f s",
+                peer,
+                throttled,
+                self.throttle.failures,
+                self.throttle.window_s,
+            )
+        return throttled > 0
+
+    def _make_room(self) -> bool:
+        """Close the oldest connection without a valid key, for one that has one."""
+        oldest = self.unverified.oldest()
+        if oldest is None:
+            return False
+        self.unverified.discard(oldest)
+        oldest.shut(1008, "too many connections")
+        return True
+
+    def _refuse(self, connection: ServerConnection, status: int, text: str) -> Response:
+        self.metrics.refused.labels(str(status)).inc()
+        return connection.respond(status, text + "\n")
+
+
+SERVICE_UNAVAILABLE = http.HTTPStatus.SERVICE_UNAVAILABLE
+TOO_MANY = http.HTTPStatus.TOO_MANY_REQUESTS
 
 
 def _response(connection: ServerConnection, body: str, content_type: str) -> Response:

@@ -27,6 +27,7 @@ from protocol.requests import (
 )
 from server import __version__
 from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, key_hash
+from tests.integration.proc import poll
 from tests.integration.test_opcodes import (
     ADMIN,
     UNKNOWN_KEY,
@@ -357,10 +358,27 @@ async def test_audit_has_one_line_per_mutation_and_auth_failure(
     assert entries[5]["job_id"] == first["id"]
 
 
-async def test_audit_records_handshake_auth_failures(daemon: Daemon, tmp_path: Path) -> None:
+async def test_audit_counts_auth_failures_per_address_not_per_attempt(
+    daemon: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="server")
     assert await refused(daemon, additional_headers={"X-API-Key": WRONG_KEY}) == 401
     assert await refused(daemon, additional_headers={"Authorization": f"Bearer {WRONG_KEY}"}) == 401
+    plain = await daemon.client(additional_headers={"X-API-Key": raw_key("alice")})
+    for _ in range(30):  # on a connection with a valid key: answered, reported, not throttled
+        error_of(await plain.call(WhoAmI(key_hash=UNKNOWN_KEY)), ErrorCode.AUTHENTICATION_FAILED)
     audit = tmp_path / "audit.jsonl"
+    # The first failure is reported at once; the rest wait for the end of the minute.
+    assert [(e["event"], e["user"], e["count"]) for e in read_audit(audit)] == [
+        ("auth_failure", None, 1)
+    ]
+    await plain.ws.close()
+    daemon.app.stop_requested.set()  # stopping reports what is pending
+    await poll(lambda: len(read_audit(audit)) == 2, "the pending report")
     entries = read_audit(audit)
-    assert [(e["event"], e["user"]) for e in entries] == [("auth_failure", None)] * 2
+    assert [e["peer"] for e in entries] == ["127.0.0.1"] * 2
+    assert sum(e["count"] for e in entries) == 32
+    assert entries[1]["reason"] == "request key differs from the handshake key"
     assert leaks(audit.read_text()) == []
+    reports = [r for r in caplog.records if "authentication failed" in r.getMessage()]
+    assert len(reports) == 2, [r.getMessage() for r in reports]
