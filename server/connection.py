@@ -24,17 +24,15 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from protocol.enums import ErrorCode, Opcode
 from protocol.errors import ProtocolError
 from protocol.requests import (
-    LogMetric,
     LogMetrics,
     Request,
-    WatchMetrics,
     decode_request,
     record_tails,
 )
 from protocol.responses import Error, Response, Success, encode_response
 
 from .auth import Identity, KeyTable, key_hash
-from .dispatch import dispatch
+from .dispatch import dispatch, rate_limited
 from .errors import AuthenticationFailed, ServerError
 from .handlers import Context, accept_log
 from .http import Gate, Metrics, handshake_key
@@ -252,7 +250,7 @@ class Connection:
             opcode = req.OPCODE
             self.metrics.requests[opcode.name] += 1
             who = self._identify(req.key_hash)
-            if not isinstance(req, LogMetric | LogMetrics | WatchMetrics):
+            if rate_limited(req):
                 self.ctx.limiter.check(who.user)
             outcome = dispatch(self.ctx, who, req)
             if isinstance(outcome, asyncio.Future):

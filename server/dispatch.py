@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, assert_never
 
+from protocol.enums import JobStatus
 from protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -27,6 +28,7 @@ from protocol.responses import Response
 from . import handlers
 from .auth import Identity
 from .handlers import Context
+from .query import is_heavy
 from .watch import Subscriber
 
 
@@ -66,3 +68,18 @@ def dispatch(
             return handlers.update_job(ctx, who, req)
         case _:
             assert_never(req)
+
+
+def rate_limited(req: Request) -> bool:
+    """Control requests count toward `rate_limit.control_requests_per_minute`; ingest,
+    watches, heartbeats and claims (clients bound them with backoff) and heavy queries
+    (they wait for a per-user slot instead) never do."""
+    match req:
+        case LogMetric() | LogMetrics() | WatchMetrics() | ClaimJob() | GetExperiment():
+            return False
+        case UpdateJob():
+            return req.status != JobStatus.RUNNING
+        case QueryMetrics():
+            return not is_heavy(req)
+        case _:
+            return True

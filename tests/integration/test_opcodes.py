@@ -1155,6 +1155,38 @@ async def test_rate_limit_is_server_overloaded_for_control_requests_only(
     error_of(await client.call(WhoAmI(key_hash=alice)), ErrorCode.SERVER_OVERLOADED)
     assert isinstance(await client.call(Status(key_hash=ADMIN)), StatusReport)
 
+    # Heavy queries wait for a slot instead; claims and heartbeats are bounded by clients.
+    heavy = [
+        QueryMetrics(key_hash=alice, commit_id=cid, max_points=2),
+        QueryMetrics(key_hash=alice, commit_id=cid, name="loss"),
+        QueryMetrics(key_hash=alice, commit_id=cid, step_from=3, step_to=9),
+        GetExperiment(key_hash=alice, commit_id=cid),
+    ]
+    for request in heavy:
+        assert isinstance(await client.call(request), Data), request
+    error_of(
+        await client.call(QueryMetrics(key_hash=alice, commit_id=cid)), ErrorCode.SERVER_OVERLOADED
+    )
+
+
+async def test_claims_and_heartbeats_are_not_rate_limited(
+    start_daemon: DaemonFactory, base: Path
+) -> None:
+    cid = commit_id("limited")
+    write_experiment(base, cid, timestamp=1_700_000_000, user="alice")
+    daemon = await start_daemon(rate_limit={"control_requests_per_minute": 1})
+    worker = await daemon.client()
+    wendy = hash_of("wendy")
+    await worker.call(QueueJob(key_hash=ADMIN, commit_id=cid, priority=5, job_name="j"))
+    assert isinstance(await worker.call(WhoAmI(key_hash=wendy)), Data)  # wendy's one request
+    claim = data_of(await worker.call(ClaimJob(key_hash=wendy, worker_id="w")), "job")
+    for _ in range(3):
+        beat = UpdateJob(key_hash=wendy, job_id=claim["id"], status=JobStatus.RUNNING)
+        assert not isinstance(await worker.call(beat), Error)
+    assert data_of(await worker.call(ClaimJob(key_hash=wendy, worker_id="w")), "job") is None
+    done = UpdateJob(key_hash=wendy, job_id=claim["id"], status=JobStatus.COMPLETED)
+    error_of(await worker.call(done), ErrorCode.SERVER_OVERLOADED)
+
 
 async def test_unreadable_metadata(start_daemon: DaemonFactory, base: Path) -> None:
     good, broken = by_byte(0x01), by_byte(0x02)
