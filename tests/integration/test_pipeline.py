@@ -1,4 +1,4 @@
-"""Pipelining on a real in-process daemon (PROTOCOL.md section 2, DESIGN.md section 3).
+"""Pipelining on a real in-process daemon (docs/PROTOCOL.md section 2).
 
 Clients send many requests without waiting; every request gets exactly one final
 response, in request order, and metrics.bin holds the records in request order.

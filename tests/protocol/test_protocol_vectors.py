@@ -1,6 +1,6 @@
-"""Golden bytes from VECTORS.md and PROTOCOL.md section 1, checked in both directions.
+"""Golden bytes of docs/PROTOCOL.md, checked in both directions.
 
-The hex is copied here on purpose: the tests never read the shared documents.
+The hex is copied here on purpose, so these tests do not depend on the document.
 """
 
 import pytest

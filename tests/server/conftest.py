@@ -1,7 +1,7 @@
 """Fixtures for the store tests: a fixed umask and an experiment tree written "by Go".
 
-The Go tree is built from raw bytes following PROTOCOL.md section 1 (copied here,
-never read from the shared documents), so it does not depend on protocol.records.
+The Go tree is built from raw bytes following docs/PROTOCOL.md section 1 (copied
+here, never read from the document), so it does not depend on protocol.records.
 """
 
 import os
