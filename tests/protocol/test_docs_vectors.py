@@ -19,6 +19,7 @@ import pytest
 
 from protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PacketType, PruneType
 from protocol.errors import MalformedRequest
+from protocol.keys import key_hash
 from protocol.records import (
     Metadata,
     MetricRecord,
@@ -58,7 +59,6 @@ from protocol.responses import (
     encode_response,
     encode_uvarint,
 )
-from server.auth import key_hash
 from server.views import dumps
 from tests.conftest import hash_of
 
