@@ -38,9 +38,9 @@ import websockets
 import yaml
 from websockets.sync.client import connect
 
-from protocol.records import Metadata, encode_metadata, encode_record, iter_records
-from protocol.requests import ListExperiments, encode_request
-from protocol.responses import Data, decode_response
+from fetchml.protocol.records import Metadata, encode_metadata, encode_record, iter_records
+from fetchml.protocol.requests import ListExperiments, encode_request
+from fetchml.protocol.responses import Data, decode_response
 
 ROOT = Path(__file__).resolve().parent.parent
 LOAD = ROOT / "scripts" / "bench_load.py"
@@ -355,7 +355,7 @@ class Bench:
             make_experiment(home / "experiments", label, records)
         config = home / "config.yaml"
         config.write_text(yaml.safe_dump(daemon_config(home, durability)))
-        argv = [sys.executable, "-m", "server", "serve", "--config", str(config)]
+        argv = [sys.executable, "-m", "fetchml.server", "serve", "--config", str(config)]
         server = Server(name, argv, home / "daemon.log", is_daemon=True)
         self.servers.append(server)
         return server

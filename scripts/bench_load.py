@@ -33,9 +33,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from protocol.enums import PacketType
-from protocol.records import decode_records
-from protocol.requests import (
+from fetchml.protocol.enums import PacketType
+from fetchml.protocol.records import decode_records
+from fetchml.protocol.requests import (
     LogMetric,
     LogMetrics,
     MetricPoint,
@@ -44,7 +44,7 @@ from protocol.requests import (
     WatchMetrics,
     encode_request,
 )
-from protocol.responses import Data, Error, decode_response
+from fetchml.protocol.responses import Data, Error, decode_response
 
 NAMES = ["loss", "accuracy", "learning_rate", "grad_norm", "val_loss"]
 MAX_RESPONSE_BYTES = 4 << 20

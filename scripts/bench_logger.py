@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client import Client, MetricLogger  # noqa: E402
+from fetchml.client import Client, MetricLogger  # noqa: E402
 
 COMMIT = "be" * 20
 CHUNK = 1000
@@ -54,7 +54,7 @@ def start_daemon(base: Path, key: str) -> tuple["subprocess.Popen[bytes]", str]:
     path = base / "config.yaml"
     path.write_text(json.dumps(config))  # JSON is YAML
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--config", str(path)],
+        [sys.executable, "-m", "fetchml.server", "serve", "--config", str(path)],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.records import Metadata, encode_record
-from server.storage import Durability, ExperimentStore
+from fetchml.protocol.records import Metadata, encode_record
+from fetchml.server.storage import Durability, ExperimentStore
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TIMESTAMP = 1795735109

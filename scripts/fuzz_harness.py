@@ -25,9 +25,9 @@ import atheris
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 with atheris.instrument_imports():
-    from protocol.enums import ErrorCode, JobStatus
-    from protocol.errors import ProtocolError
-    from protocol.records import (
+    from fetchml.protocol.enums import ErrorCode, JobStatus
+    from fetchml.protocol.errors import ProtocolError
+    from fetchml.protocol.records import (
         Metadata,
         decode_metadata,
         encode_metadata,
@@ -35,7 +35,7 @@ with atheris.instrument_imports():
         iter_records,
         scan,
     )
-    from protocol.requests import (
+    from fetchml.protocol.requests import (
         LogMetric,
         LogMetrics,
         MetricPoint,
@@ -48,7 +48,7 @@ with atheris.instrument_imports():
         encode_request,
         record_tails,
     )
-    from protocol.responses import (
+    from fetchml.protocol.responses import (
         Data,
         Error,
         Success,

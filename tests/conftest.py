@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from protocol.requests import Request, encode_request
-from protocol.responses import Response, decode_response
-from server.app import App
-from server.config import Config, parse_config
+from fetchml.protocol.requests import Request, encode_request
+from fetchml.protocol.responses import Response, decode_response
+from fetchml.server.app import App
+from fetchml.server.config import Config, parse_config
 
 KEYS = {
     "admin": ("root", "fml_test_admin_key"),

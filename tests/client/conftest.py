@@ -74,7 +74,7 @@ class ServerProcess:
         self._release()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "fetchml.server", "serve", "--config", str(self.config_path)],
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client import MetricLogger, cli
+from fetchml.client import MetricLogger, cli
 from tests.client.conftest import (
     ADMIN_KEY,
     ALICE_KEY,
@@ -295,7 +295,15 @@ def test_ls_shows_damaged_entries(
 def test_as_a_process(shared_server: ServerProcess) -> None:
     """`python -m client.cli`: exit codes, stdout, and a pipe closed early."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    base = [sys.executable, "-m", "client.cli", "--url", shared_server.url, "--api-key", ADMIN_KEY]
+    base = [
+        sys.executable,
+        "-m",
+        "fetchml.client.cli",
+        "--url",
+        shared_server.url,
+        "--api-key",
+        ADMIN_KEY,
+    ]
     done = subprocess.run([*base, "whoami"], capture_output=True, text=True, env=env, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (
         0,

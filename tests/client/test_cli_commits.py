@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from client import cli
-from server import __version__
+from fetchml import __version__
+from fetchml.client import cli
 from tests.client.conftest import ROOT, ServerProcess
 from tests.client.test_cli import Cli
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from client import InvalidRequest
-from client.models import prune_selection
+from fetchml.client import InvalidRequest
+from fetchml.client.models import prune_selection
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
 from tests.client.test_cli import Cli
 
@@ -70,7 +70,7 @@ def prune_on_a_terminal(
     (after calling `meanwhile`)."""
     master, slave = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "client.cli", "--url", server.url, "--api-key", ADMIN_KEY]
+    argv = [sys.executable, "-m", "fetchml.client.cli", "--url", server.url, "--api-key", ADMIN_KEY]
     with subprocess.Popen(
         [*argv, "prune", "--keep", "1", *flags],
         stdin=slave,

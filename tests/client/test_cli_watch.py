@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from client.commands import WAIT_POLL_S
-from client.live import REDRAW_S
+from fetchml.client.commands import WAIT_POLL_S
+from fetchml.client.live import REDRAW_S
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
 from tests.client.test_cli import Cli
 
@@ -27,7 +27,15 @@ class Watcher:
     """`fetchml watch ...` as a process; its stdout is collected as it comes."""
 
     def __init__(self, server: ServerProcess, *argv: str) -> None:
-        base = [sys.executable, "-m", "client.cli", "--url", server.url, "--api-key", ADMIN_KEY]
+        base = [
+            sys.executable,
+            "-m",
+            "fetchml.client.cli",
+            "--url",
+            server.url,
+            "--api-key",
+            ADMIN_KEY,
+        ]
         self.proc = subprocess.Popen(
             [*base, "watch", *argv],
             stdin=subprocess.DEVNULL,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from client import (
+from fetchml.client import (
     AlreadyExists,
     AuthenticationFailed,
     Client,
@@ -21,8 +21,8 @@ from client import (
     PermissionDenied,
     ServerOverloaded,
 )
-from protocol.enums import ErrorCode, JobStatus
-from protocol.requests import MetricPoint
+from fetchml.protocol.enums import ErrorCode, JobStatus
+from fetchml.protocol.requests import MetricPoint
 from tests.client.conftest import (
     ADMIN_KEY,
     ALICE_KEY,
@@ -292,7 +292,7 @@ async def test_settings_from_env_and_config_file(
 def test_missing_key_is_a_configuration_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from client import ConfigurationError, resolve_settings
+    from fetchml.client import ConfigurationError, resolve_settings
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("FETCHML_URL", raising=False)

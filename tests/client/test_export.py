@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from client import MetricLogger, cli
+from fetchml.client import MetricLogger, cli
 from tests.client.conftest import ADMIN_KEY, ServerProcess, commit_of
 
 pd = pytest.importorskip("pandas")

@@ -6,7 +6,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from client import Client, MetricLogger, cli
+from fetchml.client import Client, MetricLogger, cli
 from tests.client.conftest import ADMIN_KEY, commit_of
 from tests.conftest import DaemonFactory
 

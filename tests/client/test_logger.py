@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
-from client.batches import Batches, encode_name
-from client.ledger import Ledger
-from client.metrics import log_metrics_message
-from protocol.enums import ErrorCode
-from protocol.keys import key_hash
-from protocol.records import RECORD_HEAD, RECORD_MIN, scan
-from protocol.requests import LogMetrics, MetricPoint, encode_request
+from fetchml.client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
+from fetchml.client.batches import Batches, encode_name
+from fetchml.client.ledger import Ledger
+from fetchml.client.metrics import log_metrics_message
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.keys import key_hash
+from fetchml.protocol.records import RECORD_HEAD, RECORD_MIN, scan
+from fetchml.protocol.requests import LogMetrics, MetricPoint, encode_request
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
 
 NAMES = (b"loss", b"acc", b"lr", b"grad_norm")
@@ -211,7 +211,7 @@ def test_block_policy_waits_for_the_daemon(
         for i in range(300):
             ml.log("loss", float(i), step=i)
 
-    with caplog.at_level(logging.WARNING, logger="client.logger"):
+    with caplog.at_level(logging.WARNING, logger="fetchml.client.logger"):
         producer = threading.Thread(target=produce)
         producer.start()
         producer.join(0.2)
@@ -261,7 +261,7 @@ def test_points_are_flushed_at_exit(shared_server: ServerProcess) -> None:
     """A script that never calls close(): the atexit hook delivers what it logged."""
     commit = commit_of("logger-atexit")
     script = (
-        "from client import MetricLogger\n"
+        "from fetchml import MetricLogger\n"
         f"ml = MetricLogger({commit!r}, {shared_server.url!r}, {ADMIN_KEY!r})\n"
         "for i in range(5000):\n"
         "    ml.log('loss', i / 2, step=i)\n"

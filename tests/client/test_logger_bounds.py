@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from client import DeliveryTimeout, MetricLogger
+from fetchml.client import DeliveryTimeout, MetricLogger
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of, free_port
 
 CLOSE_TIMEOUT = 0.5
@@ -114,7 +114,7 @@ def run_script(body: str) -> tuple[int, str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-c", "from client import MetricLogger\n" + body],
+        [sys.executable, "-c", "from fetchml import MetricLogger\n" + body],
         env=env,
         capture_output=True,
         text=True,

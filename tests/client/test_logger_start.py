@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from client import (
+from fetchml.client import (
     AuthenticationFailed,
     Client,
     ConfigurationError,

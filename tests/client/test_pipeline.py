@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from client import Client, ConnectionLost
-from protocol.enums import LogLevel
-from protocol.requests import LogMetrics, MetricPoint, decode_request
-from protocol.responses import Log, Progress, Success, encode_response
+from fetchml.client import Client, ConnectionLost
+from fetchml.protocol.enums import LogLevel
+from fetchml.protocol.requests import LogMetrics, MetricPoint, decode_request
+from fetchml.protocol.responses import Log, Progress, Success, encode_response
 from tests.client.conftest import ADMIN_KEY, commit_of
 
 Script = Callable[[ServerConnection], Awaitable[None]]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from client import Client
+from fetchml.client import Client
 from tests.conftest import KEYS, Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ async def test_cli_tour(daemon: Daemon, tmp_path: Path) -> None:
         assert args[0] == "fetchml"
         result = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "client.cli", *args[1:]],
+            [sys.executable, "-m", "fetchml.client.cli", *args[1:]],
             env=env_for(daemon),
             cwd=tmp_path,
             capture_output=True,

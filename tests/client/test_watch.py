@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from client import Client, Metric, MetricWatch, NotFound, WatchOptions, resolve_settings
+from fetchml.client import Client, Metric, MetricWatch, NotFound, WatchOptions, resolve_settings
 from tests.client.conftest import ADMIN_KEY, ServerProcess, commit_of
 from tests.conftest import Daemon, DaemonFactory
 

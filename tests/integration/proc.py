@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from websockets.asyncio.client import connect
 
-from protocol.records import MetricRecord, decode_records, scan
+from fetchml.protocol.records import MetricRecord, decode_records, scan
 from tests.conftest import KEYS, RawClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ class DaemonProcess:
         full_env.update(env or {})
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "server", "serve", "--config", str(config)],
+                [sys.executable, "-m", "fetchml.server", "serve", "--config", str(config)],
                 cwd=ROOT,
                 env=full_env,
                 stdin=subprocess.DEVNULL,
@@ -174,7 +174,7 @@ class DaemonProcess:
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`python -m server ARGS...` to completion, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", "fetchml.server", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdin=subprocess.DEVNULL,

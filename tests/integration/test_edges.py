@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from protocol.enums import PruneType
-from protocol.requests import (
+from fetchml.protocol.enums import PruneType
+from fetchml.protocol.requests import (
     ClaimJob,
     CreateExperiment,
     LogMetric,
@@ -18,8 +18,8 @@ from protocol.requests import (
     WatchMetrics,
     encode_request,
 )
-from protocol.responses import Success
-from server.tools import fsck
+from fetchml.protocol.responses import Success
+from fetchml.server.tools import fsck
 from tests.conftest import Daemon, DaemonFactory, hash_of
 from tests.integration.test_opcodes import (
     create,
@@ -107,7 +107,7 @@ async def test_claim_in_scope_own_takes_only_own_jobs(start_daemon: DaemonFactor
 
 
 def test_fsck_repair_refuses_while_a_daemon_holds_the_directory(tmp_path: Path) -> None:
-    from server.files import lock_data_dir
+    from fetchml.server.files import lock_data_dir
 
     held = lock_data_dir(tmp_path)
     try:

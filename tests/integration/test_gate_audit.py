@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.requests import CancelJob, GetExperiment
+from fetchml.protocol.requests import CancelJob, GetExperiment
 from tests.conftest import DaemonFactory, hash_of
 from tests.integration.test_opcodes import ADMIN, create, data_of, queue, success_of
 from tests.integration.test_transport import http_get, read_audit, samples

@@ -12,8 +12,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from protocol.enums import ErrorCode
-from protocol.requests import WhoAmI
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.requests import WhoAmI
 from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, key_hash
 from tests.integration.proc import poll
 from tests.integration.test_opcodes import UNKNOWN_KEY, data_of, error_of

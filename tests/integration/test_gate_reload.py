@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from protocol.requests import CreateExperiment, LogMetric, WatchMetrics
-from protocol.responses import Data, Success
+from fetchml.protocol.requests import CreateExperiment, LogMetric, WatchMetrics
+from fetchml.protocol.responses import Data, Success
 from tests.conftest import KEYS, RawClient, hash_of
 from tests.integration.proc import DaemonProcess, raw_config, write_config
 from tests.integration.test_gate_handshake import user

@@ -4,8 +4,8 @@ room made for a client with a key when they fill the server."""
 import asyncio
 import time
 
-from protocol.enums import ErrorCode
-from protocol.requests import WhoAmI
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.requests import WhoAmI
 from tests.conftest import KEYS, DaemonFactory
 from tests.integration.test_gate_handshake import status, user
 from tests.integration.test_opcodes import UNKNOWN_KEY, error_of

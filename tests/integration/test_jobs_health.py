@@ -5,7 +5,7 @@ listed at most every 10 s, not on every call) and the status is "degraded", stil
 import json
 from pathlib import Path
 
-from server.health import REFRESH_S
+from fetchml.server.health import REFRESH_S
 from tests.conftest import Daemon, DaemonFactory
 from tests.integration.test_opcodes import commit_id, write_experiment
 from tests.integration.test_transport import http_get

@@ -24,9 +24,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from protocol.enums import ErrorCode
-from protocol.records import encode_record, scan
-from protocol.requests import (
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.records import encode_record, scan
+from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     ListExperiments,
@@ -39,8 +39,8 @@ from protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
-from server import files
+from fetchml.protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
+from fetchml.server import files
 from tests.conftest import DaemonFactory, RawClient, hash_of, key_hash
 from tests.integration.proc import (
     DaemonProcess,

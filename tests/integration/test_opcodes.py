@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
-from protocol.records import (
+from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
+from fetchml.protocol.records import (
     Metadata,
     MetricRecord,
     decode_metadata,
@@ -30,7 +30,7 @@ from protocol.records import (
     encode_metadata,
     encode_record,
 )
-from protocol.requests import (
+from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
     CreateExperiment,
@@ -50,7 +50,7 @@ from protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from protocol.responses import (
+from fetchml.protocol.responses import (
     Data,
     Error,
     MetricsPage,
@@ -60,7 +60,7 @@ from protocol.responses import (
     decode_metrics_payload,
     decode_response,
 )
-from server.query import DEFAULT_LIMIT
+from fetchml.server.query import DEFAULT_LIMIT
 from tests.conftest import Daemon, DaemonFactory, RawClient, hash_of, key_hash
 from tests.protocol.test_protocol_requests import MIN_BODY
 
@@ -1309,9 +1309,9 @@ async def test_internal_errors_are_unknown_error_without_details(
     async def fail_async(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(secret)
 
-    monkeypatch.setattr("server.handlers.whoami", fail)
+    monkeypatch.setattr("fetchml.server.handlers.whoami", fail)
     monkeypatch.setattr(daemon.app.ctx.jobs, "list_jobs", fail_async)
-    monkeypatch.setattr("server.experiment.Experiment.write", fail)
+    monkeypatch.setattr("fetchml.server.experiment.Experiment.write", fail)
     faulty = [
         WhoAmI(key_hash=ADMIN),
         Status(key_hash=ADMIN),

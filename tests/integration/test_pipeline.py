@@ -10,9 +10,9 @@ import socket
 import time
 from collections import Counter
 
-from protocol.enums import ErrorCode
-from protocol.records import MetricRecord
-from protocol.requests import (
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.records import MetricRecord
+from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     LogMetric,
@@ -23,8 +23,8 @@ from protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from protocol.responses import Data, Error, Response, Success, decode_metrics_payload
-from server.connection import Connection
+from fetchml.protocol.responses import Data, Error, Response, Success, decode_metrics_payload
+from fetchml.server.connection import Connection
 from tests.conftest import Daemon, DaemonFactory, RawClient, hash_of
 from tests.integration.proc import file_records, metrics_path, poll
 

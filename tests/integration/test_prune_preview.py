@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.enums import ErrorCode, PruneType
-from protocol.requests import ListExperiments, Prune, PrunePreview, Status
-from protocol.responses import StatusReport
+from fetchml.protocol.enums import ErrorCode, PruneType
+from fetchml.protocol.requests import ListExperiments, Prune, PrunePreview, Status
+from fetchml.protocol.responses import StatusReport
 from tests.conftest import DaemonFactory, hash_of
 from tests.integration.test_opcodes import (
     ADMIN,

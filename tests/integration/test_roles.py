@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
-from protocol.requests import (
+from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
+from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
     CreateExperiment,
@@ -24,8 +24,8 @@ from protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from protocol.responses import Error, Response, StatusReport
-from server.config import Config
+from fetchml.protocol.responses import Error, Response, StatusReport
+from fetchml.server.config import Config
 from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, make_config
 from tests.integration.test_opcodes import (
     ADMIN,

@@ -1,7 +1,7 @@
 import json
 
-from protocol.requests import WhoAmI
-from protocol.responses import Data
+from fetchml.protocol.requests import WhoAmI
+from fetchml.protocol.responses import Data
 from tests.conftest import Daemon, hash_of
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from protocol.requests import WhoAmI, encode_request
-from protocol.responses import Data, decode_response
+from fetchml.protocol.requests import WhoAmI, encode_request
+from fetchml.protocol.responses import Data, decode_response
 from tests.conftest import DaemonFactory, hash_of
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

@@ -13,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from protocol.enums import ErrorCode, JobStatus, PruneType
-from protocol.requests import (
+from fetchml import __version__
+from fetchml.protocol.enums import ErrorCode, JobStatus, PruneType
+from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
     GetExperiment,
@@ -25,7 +26,6 @@ from protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from server import __version__
 from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, key_hash
 from tests.integration.proc import poll
 from tests.integration.test_opcodes import (

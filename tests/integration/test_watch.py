@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from protocol.enums import ErrorCode
-from protocol.records import MetricRecord
-from protocol.requests import (
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.records import MetricRecord
+from fetchml.protocol.requests import (
     CreateExperiment,
     LogMetric,
     LogMetrics,
@@ -22,8 +22,8 @@ from protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from protocol.responses import Data, Error, Response, Success, decode_metrics_payload
-from server.watch import Subscriber
+from fetchml.protocol.responses import Data, Error, Response, Success, decode_metrics_payload
+from fetchml.server.watch import Subscriber
 from tests.conftest import Daemon, DaemonFactory, RawClient, hash_of
 from tests.integration.proc import file_records, metrics_path, poll
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PacketType, PruneType
-from protocol.errors import MalformedRequest
-from protocol.keys import key_hash
-from protocol.records import (
+from fetchml.protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PacketType, PruneType
+from fetchml.protocol.errors import MalformedRequest
+from fetchml.protocol.keys import key_hash
+from fetchml.protocol.records import (
     Metadata,
     MetricRecord,
     decode_metadata,
@@ -28,7 +28,7 @@ from protocol.records import (
     encode_metadata,
     encode_record,
 )
-from protocol.requests import (
+from fetchml.protocol.requests import (
     REQUEST_TYPES,
     ClaimJob,
     CreateExperiment,
@@ -44,7 +44,7 @@ from protocol.requests import (
     encode_request,
     record_tails,
 )
-from protocol.responses import (
+from fetchml.protocol.responses import (
     Data,
     Error,
     Log,
@@ -59,7 +59,7 @@ from protocol.responses import (
     encode_response,
     encode_uvarint,
 )
-from server.views import dumps
+from fetchml.server.views import dumps
 from tests.conftest import hash_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from protocol.keys import KEY_HASH_SIZE, handshake_key_ok, key_hash
+from fetchml.protocol.keys import KEY_HASH_SIZE, handshake_key_ok, key_hash
 
 
 def test_key_hash_is_the_sha256_prefix() -> None:

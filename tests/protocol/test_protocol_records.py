@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.enums import ErrorCode
-from protocol.errors import MalformedRecord, ProtocolError
-from protocol.records import (
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.errors import MalformedRecord, ProtocolError
+from fetchml.protocol.records import (
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
     RECORD_MAX,

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.enums import (
+from fetchml.protocol.enums import (
     RESERVED_OPCODES,
     UPDATABLE_JOB_STATUSES,
     ErrorCode,
@@ -15,8 +15,8 @@ from protocol.enums import (
     Opcode,
     PruneType,
 )
-from protocol.errors import MalformedRequest, ProtocolError
-from protocol.requests import (
+from fetchml.protocol.errors import MalformedRequest, ProtocolError
+from fetchml.protocol.requests import (
     REQUEST_TYPES,
     CancelJob,
     ClaimJob,

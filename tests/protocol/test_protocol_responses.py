@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.enums import ErrorCode, LogLevel, PacketType
-from protocol.errors import MalformedResponse, ProtocolError
-from protocol.records import MetricRecord, encode_record
-from protocol.responses import (
+from fetchml.protocol.enums import ErrorCode, LogLevel, PacketType
+from fetchml.protocol.errors import MalformedResponse, ProtocolError
+from fetchml.protocol.records import MetricRecord, encode_record
+from fetchml.protocol.responses import (
     Data,
     Error,
     Log,

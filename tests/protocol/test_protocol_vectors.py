@@ -5,8 +5,8 @@ The hex is copied here on purpose, so these tests do not depend on the document.
 
 import pytest
 
-from protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PruneType
-from protocol.records import (
+from fetchml.protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PruneType
+from fetchml.protocol.records import (
     Metadata,
     MetricRecord,
     decode_metadata,
@@ -14,7 +14,7 @@ from protocol.records import (
     encode_metadata,
     encode_record,
 )
-from protocol.requests import (
+from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
     CreateExperiment,
@@ -34,7 +34,7 @@ from protocol.requests import (
     decode_request,
     encode_request,
 )
-from protocol.responses import (
+from fetchml.protocol.responses import (
     Data,
     Error,
     Log,

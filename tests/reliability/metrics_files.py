@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from protocol.records import encode_record
+from fetchml.protocol.records import encode_record
 
 from .support import STAMP, make_experiment, meta_bytes
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from protocol.enums import ErrorCode
-from protocol.records import Metadata, MetricRecord, encode_metadata, encode_record
-from protocol.requests import QueryMetrics, Request
-from protocol.responses import Data, Error, decode_metrics_payload
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.records import Metadata, MetricRecord, encode_metadata, encode_record
+from fetchml.protocol.requests import QueryMetrics, Request
+from fetchml.protocol.responses import Data, Error, decode_metrics_payload
 from tests.conftest import RawClient, hash_of
 from tests.integration.proc import (
     DaemonProcess,

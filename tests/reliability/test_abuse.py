@@ -20,9 +20,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
-from protocol.errors import ProtocolError
-from protocol.requests import (
+from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
+from fetchml.protocol.errors import ProtocolError
+from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
     CreateExperiment,
@@ -42,8 +42,8 @@ from protocol.requests import (
     decode_request,
     encode_request,
 )
-from protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
-from server.connection import Connection
+from fetchml.protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
+from fetchml.server.connection import Connection
 from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, make_config
 from tests.integration.proc import poll, raw_config, write_config
 from tests.reliability.support import (

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.enums import ErrorCode, PruneType
-from protocol.records import decode_records, scan
-from protocol.requests import (
+from fetchml.protocol.enums import ErrorCode, PruneType
+from fetchml.protocol.records import decode_records, scan
+from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     ListExperiments,
@@ -31,9 +31,9 @@ from protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from protocol.responses import Data, Success, decode_metrics_payload
-from server import files
-from server.tools import fsck
+from fetchml.protocol.responses import Data, Success, decode_metrics_payload
+from fetchml.server import files
+from fetchml.server.tools import fsck
 from tests.conftest import DaemonFactory, RawClient, hash_of
 from tests.integration.proc import raw_config, run_cli, write_config
 from tests.reliability.support import (

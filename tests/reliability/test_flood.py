@@ -20,8 +20,8 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from protocol.requests import CreateExperiment, LogMetric, encode_request
-from protocol.responses import Success
+from fetchml.protocol.requests import CreateExperiment, LogMetric, encode_request
+from fetchml.protocol.responses import Success
 from tests.conftest import KEYS, RawClient, key_hash
 from tests.integration.proc import ROOT, raw_config, write_config
 from tests.reliability.support import ADMIN, daemons

@@ -34,8 +34,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from protocol.records import decode_records, scan
-from protocol.requests import (
+from fetchml.protocol.records import decode_records, scan
+from fetchml.protocol.requests import (
     CreateExperiment,
     LogMetric,
     LogMetrics,
@@ -43,8 +43,8 @@ from protocol.requests import (
     Request,
     encode_request,
 )
-from protocol.responses import Success, decode_response
-from server.tools import fsck
+from fetchml.protocol.responses import Success, decode_response
+from fetchml.server.tools import fsck
 from tests.integration.proc import raw_config, run_cli, write_config
 from tests.reliability.support import (
     ADMIN,

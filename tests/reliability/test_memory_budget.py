@@ -5,8 +5,8 @@ the budget plus what the query in progress needs."""
 import os
 from pathlib import Path
 
-from protocol.requests import QueryMetrics
-from protocol.responses import Data, decode_metrics_payload
+from fetchml.protocol.requests import QueryMetrics
+from fetchml.protocol.responses import Data, decode_metrics_payload
 from tests.conftest import hash_of
 from tests.integration.proc import raw_config, write_config
 

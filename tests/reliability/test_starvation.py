@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from protocol.requests import CreateExperiment, GetExperiment, LogMetric, QueryMetrics
-from protocol.responses import Data, Success, decode_metrics_payload
+from fetchml.protocol.requests import CreateExperiment, GetExperiment, LogMetric, QueryMetrics
+from fetchml.protocol.responses import Data, Success, decode_metrics_payload
 from tests.conftest import RawClient, hash_of
 from tests.integration.proc import raw_config, write_config
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from server.audit import REPORT_EVERY_S, AuditLog, AuthFailures
-from server.auth import Identity
+from fetchml.server.audit import REPORT_EVERY_S, AuditLog, AuthFailures
+from fetchml.server.auth import Identity
 
 
 class Clock:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from protocol.keys import key_hash
-from protocol.requests import WhoAmI
-from server.__main__ import main
-from server.config import ApiKey, config_warnings, load_config, parse_config
+from fetchml.protocol.keys import key_hash
+from fetchml.protocol.requests import WhoAmI
+from fetchml.server.__main__ import main
+from fetchml.server.config import ApiKey, config_warnings, load_config, parse_config
 from tests.conftest import KEYS, DaemonFactory, make_config
 from tests.integration.proc import DaemonProcess, raw_config, write_config
 from tests.integration.test_opcodes import data_of
@@ -26,7 +26,7 @@ ZEROS = "0" * 64
 
 def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", "fetchml.server", *args],
         input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
 
@@ -232,4 +232,4 @@ async def test_serve_logs_the_warnings(tmp_path: Path) -> None:
         daemon.reap()
     log = daemon.log()
     for warning in (OPEN.format("0.0.0.0"), PLACEHOLDER.format("placeholder")):
-        assert f"WARNING server.app: {config}: {warning}" in log
+        assert f"WARNING fetchml.server.app: {config}: {warning}" in log

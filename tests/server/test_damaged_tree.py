@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-import server.files
-import server.tools
-from protocol.enums import ErrorCode
-from protocol.records import Metadata, encode_metadata, encode_record
-from protocol.requests import (
+import fetchml.server.files
+import fetchml.server.tools
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.records import Metadata, encode_metadata, encode_record
+from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     ListExperiments,
@@ -39,12 +39,12 @@ from protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from protocol.responses import Data, Error, Response, Success
-from server.__main__ import main
-from server.entries import Damaged
-from server.files import DataDirBusy as Busy
-from server.files import lock_data_dir
-from server.storage import ExperimentStore
+from fetchml.protocol.responses import Data, Error, Response, Success
+from fetchml.server.__main__ import main
+from fetchml.server.entries import Damaged
+from fetchml.server.files import DataDirBusy as Busy
+from fetchml.server.files import lock_data_dir
+from fetchml.server.storage import ExperimentStore
 from tests.conftest import RawClient, hash_of
 from tests.integration.proc import LISTENING, DaemonProcess, raw_config, run_cli, write_config
 
@@ -449,7 +449,7 @@ def test_a_failure_of_the_tool_itself_exits_2(
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(server.files.os, "scandir", denied)
+    monkeypatch.setattr(fetchml.server.files.os, "scandir", denied)
     for argv in (["fsck", "--base-path", str(base)], ["inspect", "--base-path", str(base)]):
         assert main(argv) == 2
         assert "failed: [Errno 13] Permission denied" in capsys.readouterr().err
@@ -457,7 +457,7 @@ def test_a_failure_of_the_tool_itself_exits_2(
     def bug(base: Path) -> list[str]:
         raise ValueError("a bug")
 
-    monkeypatch.setattr(server.tools, "list_commits", bug)
+    monkeypatch.setattr(fetchml.server.tools, "list_commits", bug)
     assert main(["fsck", "--base-path", str(base)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.endswith("error: fsck failed: a bug\n")

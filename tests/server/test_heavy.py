@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from protocol.requests import (
+from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     LogMetrics,
@@ -16,8 +16,8 @@ from protocol.requests import (
     QueryMetrics,
     Request,
 )
-from protocol.responses import Data, Success
-from server.heavy import HeavyLimiter
+from fetchml.protocol.responses import Data, Success
+from fetchml.server.heavy import HeavyLimiter
 from tests.conftest import DaemonFactory, RawClient, hash_of
 
 

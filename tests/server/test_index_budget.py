@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from protocol.records import Metadata, decode_records, encode_record
-from server.storage import ExperimentStore
+from fetchml.protocol.records import Metadata, decode_records, encode_record
+from fetchml.server.storage import ExperimentStore
 
 TS = 1795735109
 

@@ -18,10 +18,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from protocol.enums import ErrorCode, JobStatus
-from server import jobs
-from server.errors import DatabaseError, DiskFull, InvalidRequest, JobNotFound, PermissionDenied
-from server.jobs import Job, JobQueue, SqliteJobQueue
+from fetchml.protocol.enums import ErrorCode, JobStatus
+from fetchml.server import jobs
+from fetchml.server.errors import (
+    DatabaseError,
+    DiskFull,
+    InvalidRequest,
+    JobNotFound,
+    PermissionDenied,
+)
+from fetchml.server.jobs import Job, JobQueue, SqliteJobQueue
 
 REPO = Path(__file__).resolve().parents[2]
 C1 = "0123456789abcdef0123456789abcdef01234567"
@@ -212,7 +218,7 @@ CLAIMER = """
 import json, sys
 from pathlib import Path
 import anyio
-from server.jobs import SqliteJobQueue
+from fetchml.server.jobs import SqliteJobQueue
 
 async def main() -> None:
     q = await SqliteJobQueue.open(Path(sys.argv[1]))
@@ -472,7 +478,7 @@ def _assert_clean(exc: DatabaseError, path: Path) -> None:
 
 
 async def test_path_is_a_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="server.jobs")
+    caplog.set_level(logging.ERROR, logger="fetchml.server.jobs")
     with pytest.raises(DatabaseError) as info:
         await SqliteJobQueue.open(tmp_path)
     _assert_clean(info.value, tmp_path)
@@ -503,7 +509,7 @@ async def test_sqlite_errors_become_database_error(
     conn = sqlite3.connect(db_path)
     conn.execute("DROP TABLE jobs")
     conn.close()
-    caplog.set_level(logging.ERROR, logger="server.jobs")
+    caplog.set_level(logging.ERROR, logger="fetchml.server.jobs")
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: add(queue, "b"),
         lambda: queue.list_jobs(None),

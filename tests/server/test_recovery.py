@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.enums import ErrorCode
-from protocol.records import Metadata, decode_records, encode_metadata, encode_record, scan
-from server import files, tools
-from server.errors import ServerError
-from server.files import MAX_TORN_BYTES
-from server.storage import ExperimentStore
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.records import Metadata, decode_records, encode_metadata, encode_record, scan
+from fetchml.server import files, tools
+from fetchml.server.errors import ServerError
+from fetchml.server.files import MAX_TORN_BYTES
+from fetchml.server.storage import ExperimentStore
 
 TS = 1795735109
 MIN_TS, MAX_TS = 946684800, 4294967296

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol.records import Metadata, decode_records, encode_record
-from server.budget import CacheBudget
-from server.series import SeriesCache, lttb
-from server.storage import ExperimentStore
+from fetchml.protocol.records import Metadata, decode_records, encode_record
+from fetchml.server.budget import CacheBudget
+from fetchml.server.series import SeriesCache, lttb
+from fetchml.server.storage import ExperimentStore
 from tests.integration.test_opcodes import reference_lttb
 
 TS = 1795735109

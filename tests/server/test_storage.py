@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from protocol.enums import ErrorCode
-from protocol.records import Metadata, decode_records, encode_record, scan
-from server.errors import AlreadyExists, NotFound, StorageFault
-from server.storage import MAX_FLUSH_BYTES, Durability, ExperimentStore
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.records import Metadata, decode_records, encode_record, scan
+from fetchml.server.errors import AlreadyExists, NotFound, StorageFault
+from fetchml.server.storage import MAX_FLUSH_BYTES, Durability, ExperimentStore
 
 TS = 1795735109
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from server.systemd import Notifier
+from fetchml.server.systemd import Notifier
 
 
 @pytest.fixture

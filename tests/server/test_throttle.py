@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.throttle import BACKOFF_S, FORGET_S, MAX_BACKOFF_S, Throttle, Unverified
+from fetchml.server.throttle import BACKOFF_S, FORGET_S, MAX_BACKOFF_S, Throttle, Unverified
 
 
 class Clock:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.records import Metadata, encode_metadata, encode_record
-from server import tools
-from server.storage import ExperimentStore
+from fetchml.protocol.records import Metadata, encode_metadata, encode_record
+from fetchml.server import tools
+from fetchml.server.storage import ExperimentStore
 
 ROOT = Path(__file__).resolve().parents[2]
 TS = 1795735109
@@ -23,7 +23,7 @@ COMMIT_B = "b" * 40
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "server", *args],
+        [sys.executable, "-m", "fetchml.server", *args],
         env=env,
         capture_output=True,
         text=True,

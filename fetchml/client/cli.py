@@ -1,0 +1,303 @@
+"""`fetchml`: the command-line client.
+
+Every subcommand connects with `--url` / `--api-key` (else FETCHML_URL /
+FETCHML_API_KEY, else `api_url` / `api_key` in ~/.ml/config.toml), prints
+aligned tables (or JSON with `--json`), and exits 1 with one line
+`error: <the server's message>` on failure (2 for usage errors). A COMMIT is
+40 hex characters, a unique prefix of 6 or more, or HEAD (`git rev-parse HEAD`).
+"""
+
+import argparse
+import asyncio
+import os
+import string
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from .. import __version__
+from . import commands
+from .connection import Client
+from .errors import FetchmlError, InvalidRequest
+from .export import FORMATS
+from .live import REDRAW_S
+from .models import MAX_STEP, commit_hex
+
+Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+C = "0123456789abcdef0123456789abcdef01234567"
+DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
+HEAD = "HEAD"
+MIN_PREFIX = 6
+
+
+def _commit(text: str) -> str:
+    """40 hex characters (lowercased), HEAD, or a lowercase prefix of 6..39 hex characters;
+    main() resolves the last two."""
+    if text == HEAD:
+        return text
+    low = text.strip().lower()
+    if MIN_PREFIX <= len(low) < 40 and all(c in string.hexdigits for c in low):
+        return low
+    try:
+        return commit_hex(text)
+    except InvalidRequest:
+        raise argparse.ArgumentTypeError(
+            f"commit must be 40 hex characters, a unique prefix of {MIN_PREFIX} or more, "
+            f"or HEAD; got {text!r}"
+        ) from None
+
+
+def _int_in(text: str, low: int, high: int, message: str) -> int:
+    """An integer in low..high, else an argparse error: `message` then the text given."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
+    return value
+
+
+def _priority(text: str) -> int:
+    return _int_in(text, 1, 10, "priority must be an integer 1..10")
+
+
+def _positive(text: str) -> int:
+    return _int_in(text, 1, sys.maxsize, "expected a positive integer")
+
+
+def _count(text: str) -> int:
+    return _int_in(text, 0, sys.maxsize, "expected an integer >= 0")
+
+
+def _prune_value(text: str) -> int:
+    return _int_in(text, 1, 0xFFFFFFFF, "expected an integer 1..4294967295")
+
+
+def _seconds(text: str) -> float:
+    seconds = _value(text)
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds 0..3600, got {text!r}")
+    return seconds
+
+
+def _step(text: str) -> int:
+    return _int_in(text, 0, MAX_STEP, f"step must be an integer 0..{MAX_STEP}")
+
+
+def _steps(text: str) -> tuple[int, int]:
+    """A:B, A: (to the end), :B (from 0), or A (exactly A)."""
+    low, sep, high = text.partition(":")
+    start = _step(low) if low else 0
+    end = (_step(high) if high else MAX_STEP) if sep else start
+    if start > end:
+        raise argparse.ArgumentTypeError(f"empty step range {text!r}")
+    return start, end
+
+
+def _value(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _git_head(context: str) -> str:
+    """`git rev-parse HEAD` in the current directory; errors start with `context`."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        raise InvalidRequest(f"{context} and git is not available: {exc}") from None
+    if done.returncode != 0:
+        why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        raise InvalidRequest(f"{context} and `git rev-parse HEAD` failed: {why}")
+    return commit_hex(done.stdout.strip())
+
+
+def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--url", default=default, help="ws://HOST:PORT/ws (env FETCHML_URL)")
+    parser.add_argument("--api-key", default=default, help="raw API key (env FETCHML_API_KEY)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fetchml",
+        description=DESCRIPTION,
+        epilog=f"example:\n  fetchml --url ws://127.0.0.1:9103/ws show {C}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _connection_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"fetchml {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help: str, example: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(
+            name,
+            parents=[common],
+            help=help,
+            description=help,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        cmd.set_defaults(handler=handler)
+        return cmd
+
+    cmd = add("status", commands.status, "show jobs and queue length", "fetchml status --watch")
+    cmd.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    cmd.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    cmd.add_argument("--count", type=int, default=0, help="with --watch: stop after N refreshes")
+
+    cmd = add(
+        "queue", commands.queue, "queue a job", f"fetchml queue train --commit {C} --priority 7"
+    )
+    cmd.add_argument("job", help="job name")
+    cmd.add_argument("--commit", type=_commit, help="COMMIT (default: HEAD)")
+    cmd.add_argument(
+        "--priority", type=_priority, default=5, help="1..10, higher first (default 5)"
+    )
+
+    cmd = add(
+        "cancel", commands.cancel, "cancel queued or running jobs by name", "fetchml cancel train"
+    )
+    cmd.add_argument("job", help="job name")
+
+    cmd = add(
+        "prune",
+        commands.prune,
+        "remove old experiments: shows what goes and asks first",
+        "fetchml prune --keep 20 --dry-run",
+    )
+    which = cmd.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--keep", type=_prune_value, metavar="N", help="keep the newest N experiments"
+    )
+    which.add_argument(
+        "--older-than",
+        type=_prune_value,
+        metavar="DAYS",
+        help="remove experiments older than DAYS",
+    )
+    how = cmd.add_mutually_exclusive_group()
+    how.add_argument("-y", "--yes", action="store_true", help="do not ask (needed without a tty)")
+    how.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+
+    add("ls", commands.ls, "list experiments, newest first", "fetchml ls --json")
+
+    cmd = add(
+        "show",
+        commands.show,
+        "experiment metadata and the latest value per metric",
+        f"fetchml show {C}",
+    )
+    cmd.add_argument("commit", type=_commit)
+
+    cmd = add("log", commands.log, "log one metric value", f"fetchml log {C} loss 0.25 --step 100")
+    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("name")
+    cmd.add_argument("value", type=_value)
+    cmd.add_argument("--step", type=_step, default=0, help="step (default 0)")
+    cmd.add_argument("--create", action="store_true", help="create the experiment if missing")
+
+    cmd = add(
+        "query",
+        commands.query,
+        "print metrics, optionally filtered and downsampled",
+        f"fetchml query {C} --name loss --steps 1000:2000 --points 100",
+    )
+    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("--name", default="", help="only this metric")
+    cmd.add_argument(
+        "--steps", type=_steps, default=(0, MAX_STEP), metavar="A:B", help="step range"
+    )
+    cmd.add_argument(
+        "--points",
+        type=_positive,
+        default=0,
+        metavar="N",
+        help="at most N points per metric (LTTB)",
+    )
+
+    cmd = add(
+        "watch",
+        commands.watch,
+        "live table (or chart) of the latest values",
+        f"fetchml watch {C} --name loss --plot",
+    )
+    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("--name", default="", help="only this metric")
+    cmd.add_argument("--plot", action="store_true", help="terminal chart (needs plotext)")
+    cmd.add_argument("--from-index", type=_count, default=0, metavar="N", help="start at record N")
+    cmd.add_argument(
+        "--exit-after", type=_count, default=0, metavar="N", help="stop after N records"
+    )
+    cmd.add_argument(
+        "--wait", action="store_true", help="wait for an experiment that does not exist yet"
+    )
+    cmd.add_argument(
+        "--interval",
+        type=_seconds,
+        default=REDRAW_S,
+        metavar="SECONDS",
+        help=f"redraw at most this often (default {REDRAW_S})",
+    )
+
+    cmd = add(
+        "export",
+        commands.export,
+        "write metrics to a file",
+        f"fetchml export {C} --format parquet -o metrics.parquet",
+    )
+    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("--format", choices=FORMATS, help="default: from the file extension")
+    cmd.add_argument("-o", "--output", required=True, metavar="FILE")
+    cmd.add_argument("--name", default="", help="only this metric")
+    cmd.add_argument(
+        "--steps", type=_steps, default=(0, MAX_STEP), metavar="A:B", help="step range"
+    )
+    bar = cmd.add_mutually_exclusive_group()
+    bar.add_argument("--progress", action="store_true", default=None, help="always show progress")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show it")
+
+    add("whoami", commands.whoami, "show your user, role and permissions", "fetchml whoami")
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    handler: Handler = args.handler
+    async with Client.connect(args.url, args.api_key) as client:
+        if getattr(args, "commit", None):
+            args.commit = await commands.resolve_commit(client, args.commit)
+        return await handler(client, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        if args.command == "queue" and args.commit is None:
+            args.commit = _git_head("no --commit given")
+        elif getattr(args, "commit", None) == HEAD:
+            args.commit = _git_head("HEAD given")
+        return asyncio.run(_run(args))
+    except FetchmlError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into head and the like
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The `fetchml` subcommands: each takes a connected Client and the parsed arguments."""
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fetchml.protocol.responses import json_value
+
+from .connection import Client
+from .errors import InvalidRequest
+from .export import ProgressBar, export_metrics, guess_format, load_optional
+from .live import CLEAR, LiveView
+from .models import Metric, metric_to_json
+from .output import dumps, emit, fmt_time, fmt_value, jobs_table, metric_json, metrics_table, table
+from .watch import WatchOptions
+
+PROGRESS_MIN_RECORDS = 100_000
+WAIT_POLL_S = 1.0
+"""`watch --wait`: how often to ask again for an experiment that does not exist yet."""
+
+
+async def resolve_commit(client: Client, commit: str) -> str:
+    """A full 40-hex commit as is; a prefix: the one experiment in the listing it starts."""
+    if len(commit) == 40:
+        return commit
+    matches = [
+        e.commit_id for e in await client.list_experiments() if e.commit_id.startswith(commit)
+    ]
+    if not matches:
+        raise InvalidRequest(f"no experiment matches commit prefix {commit}")
+    if len(matches) > 1:
+        raise InvalidRequest(f"commit prefix {commit} is ambiguous: {', '.join(sorted(matches))}")
+    return matches[0]
+
+
+async def status(client: Client, args: argparse.Namespace) -> int:
+    shown = 0
+    while True:
+        report = await client.status()
+        if args.json:
+            emit(dumps(report.to_json()))
+        else:
+            head = (
+                f"user {report.user} ({report.role}): {report.total} job(s) visible"
+                + (f", newest {len(report.jobs)} shown" if len(report.jobs) < report.total else "")
+                + f", {report.queue_length} queued in total"
+            )
+            text = head + "\n" + jobs_table(report.jobs)
+            emit((CLEAR if args.watch and sys.stdout.isatty() else "") + text)
+        shown += 1
+        if not args.watch or (args.count and shown >= args.count):
+            return 0
+        await asyncio.sleep(args.interval)
+
+
+async def queue(client: Client, args: argparse.Namespace) -> int:
+    job = await client.queue_job(args.job, args.commit, args.priority)
+    if args.json:
+        emit(dumps(job.to_json()))
+    else:
+        emit(
+            f"queued {job.job_name} as {job.id} "
+            f"(commit {job.commit_id}, priority {job.priority}, {job.status_name})"
+        )
+    return 0
+
+
+async def cancel(client: Client, args: argparse.Namespace) -> int:
+    count = await client.cancel_job(args.job)
+    emit(dumps({"cancelled": count}) if args.json else f"cancelled {count} job(s) named {args.job}")
+    return 0
+
+
+async def prune(client: Client, args: argparse.Namespace) -> int:
+    """Preview, print, ask (unless --yes), prune, print what was actually removed."""
+    which = {"keep": args.keep, "older_than_days": args.older_than}
+    victims = await client.prune_preview(**which)
+    if args.dry_run:
+        emit(dumps({"would_prune": victims}) if args.json else _listing("would remove", victims))
+        return 0
+    if victims and not args.yes:
+        if sys.stdin is None or not sys.stdin.isatty():
+            raise InvalidRequest("stdin is not a terminal: pass --yes to prune without asking")
+        emit(_listing("will remove", victims), sys.stderr if args.json else None)
+        if not await _confirm(f"remove these {len(victims)} experiment(s)? [y/N] "):
+            raise InvalidRequest("not confirmed: nothing removed")
+    pruned = await client.prune(**which) if victims else []
+    if args.json:
+        emit(dumps({"pruned": pruned}))
+    else:
+        emit("\n".join([f"pruned {len(pruned)} experiment(s)", *pruned]))
+    if sorted(pruned) != sorted(victims):
+        emit(
+            "note: the experiments changed since the preview; the list above is what was removed",
+            sys.stderr,
+        )
+    return 0
+
+
+def _listing(verb: str, commits: list[str]) -> str:
+    return "\n".join([f"{verb} {len(commits)} experiment(s)" + (":" if commits else ""), *commits])
+
+
+async def _confirm(question: str) -> bool:
+    """Ask on stderr, read one line from the terminal on stdin; True for y or yes.
+    The event loop keeps running meanwhile (the connection answers pings; Ctrl-C works)."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+    fd = sys.stdin.fileno()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(fd)
+    answer = os.read(fd, 1024).decode(errors="replace").strip().lower()
+    return answer in ("y", "yes")
+
+
+async def ls(client: Client, args: argparse.Namespace) -> int:
+    rows = await client.list_experiments()
+    if args.json:
+        emit(dumps([row.to_json() for row in rows]))
+        return 0
+    emit(
+        table(
+            ("COMMIT", "JOB", "USER", "CREATED", "METRICS"),
+            [
+                (
+                    r.commit_id,
+                    f"damaged: {r.damaged}" if r.damaged else r.job_name,
+                    r.user,
+                    fmt_time(r.timestamp),
+                    r.metrics_count,
+                )
+                for r in rows
+            ],
+            right={4},
+        )
+    )
+    return 0
+
+
+async def show(client: Client, args: argparse.Namespace) -> int:
+    experiment, latest = await asyncio.gather(
+        client.get_experiment(args.commit), client.latest(args.commit)
+    )
+    if args.json:
+        doc: dict[str, Any] = experiment.to_json()
+        del doc["metrics"], doc["metrics_truncated"]
+        doc["latest"] = {name: metric_to_json(m) for name, m in latest.items()}
+        emit(dumps(doc))
+        return 0
+    head = "\n".join(
+        [
+            f"commit   {experiment.commit_id}",
+            f"job      {experiment.job_name or '-'}",
+            f"user     {experiment.user or '-'}",
+            f"created  {fmt_time(experiment.timestamp)}",
+            f"records  {experiment.metrics_count}",
+        ]
+    )
+    body = metrics_table(latest.values()) if latest else "(no metrics)"
+    emit(f"{head}\n\n{body}")
+    return 0
+
+
+async def log(client: Client, args: argparse.Namespace) -> int:
+    if args.create:
+        await client.create_experiment(args.commit, exist_ok=True)
+    await client.log_metric(args.commit, args.name, args.value, args.step)
+    if args.json:
+        emit(dumps({"name": args.name, "step": args.step, "value": json_value(args.value)}))
+    else:
+        emit(f"logged {args.name}={fmt_value(args.value)} at step {args.step}")
+    return 0
+
+
+async def _record_pages(
+    client: Client, args: argparse.Namespace, options: dict[str, Any]
+) -> AsyncIterator[Sequence[Metric]]:
+    if args.points:
+        yield await client.query(args.commit, max_points=args.points, **options)
+        return
+    async for page in client.query_pages(args.commit, **options):
+        yield page.records
+
+
+async def query(client: Client, args: argparse.Namespace) -> int:
+    step_from, step_to = args.steps
+    options: dict[str, Any] = {"name": args.name, "step_from": step_from, "step_to": step_to}
+    if args.json:  # a JSON array, streamed page by page
+        out = sys.stdout
+        out.write("[")
+        sep = ""
+        async for records in _record_pages(client, args, options):
+            for record in records:
+                out.write(sep + metric_json(record))
+                sep = ",\n"
+        out.write("]\n")
+        out.flush()
+        return 0
+    found: list[Metric] = []
+    async for records in _record_pages(client, args, options):
+        found.extend(records)
+    emit(metrics_table(found) if found else "(no matching metrics)")
+    return 0
+
+
+async def watch(client: Client, args: argparse.Namespace) -> int:
+    live = None if args.json else LiveView(args.commit, args.plot, args.interval)
+    shown = 0
+    options = WatchOptions(wait_for_experiment=WAIT_POLL_S if args.wait else 0.0)
+    stream = client.watch(args.commit, args.from_index, args.name, options=options)
+    async with stream:
+        if live is not None:
+            live.draw()
+        try:
+            async for batch in stream:
+                records = batch.records
+                if args.exit_after:  # exactly that many: the last batch is cut
+                    records = records[: args.exit_after - shown]
+                shown += len(records)
+                done = bool(args.exit_after) and shown >= args.exit_after
+                if live is None:
+                    emit("\n".join(metric_json(r) for r in records))
+                else:
+                    live.add(records)
+                    live.update(final=done)
+                if done:
+                    break
+        finally:
+            if live is not None:
+                live.cancel()
+    return 0
+
+
+async def export(client: Client, args: argparse.Namespace) -> int:
+    path = Path(args.output)
+    fmt = args.format or guess_format(path)
+    if fmt is None:
+        raise InvalidRequest(f"cannot tell the format of {path}: pass --format csv|jsonl|parquet")
+    if fmt == "parquet":
+        load_optional("pyarrow", "parquet", "Parquet export")
+    progress = None
+    if args.progress is not False:
+        total = next(
+            (
+                e.metrics_count
+                for e in await client.list_experiments()
+                if e.commit_id == args.commit
+            ),
+            0,
+        )
+        if args.progress or (sys.stderr.isatty() and total >= PROGRESS_MIN_RECORDS):
+            progress = ProgressBar(sys.stderr, total)
+    step_from, step_to = args.steps
+    count = await export_metrics(
+        client,
+        args.commit,
+        path,
+        fmt,
+        name=args.name,
+        step_from=step_from,
+        step_to=step_to,
+        progress=progress,
+    )
+    emit(
+        dumps({"records": count, "file": str(path)})
+        if args.json
+        else f"wrote {count} records to {path}"
+    )
+    return 0
+
+
+async def whoami(client: Client, args: argparse.Namespace) -> int:
+    me = await client.whoami()
+    if args.json:
+        emit(dumps(me.to_json()))
+    else:
+        emit(f"{me.user} (role {me.role}, scope {me.scope}): {', '.join(me.permissions)}")
+    return 0

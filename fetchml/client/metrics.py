@@ -1,0 +1,217 @@
+"""The metric half of the Client API: logging, paged queries, latest values, watch."""
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+from fetchml.protocol import requests as rq
+from fetchml.protocol.enums import Opcode
+from fetchml.protocol.errors import MalformedRequest, MalformedResponse
+from fetchml.protocol.requests import MetricPoint
+from fetchml.protocol.responses import decode_metrics_payload
+
+from .errors import InvalidRequest, ProtocolViolation
+from .models import MAX_STEP, Metric, MetricsPage, parse_commit
+from .pipeline import Pipeline
+from .watch import MetricWatch, WatchOptions
+
+QUERY_PAGE_SIZE = 100_000
+_LOG_METRICS_HEAD = 17 + 20 + 2
+_POINT_HEAD = 13
+_COUNT = struct.Struct(">H")
+
+
+def log_metrics_message(key_hash: bytes, commit: bytes, count: int, body: bytes) -> bytes:
+    """A LOG_METRICS request from an encoded body: the header and fields of protocol.requests."""
+    if not 1 <= count <= rq.LogMetrics.MAX_POINTS or len(commit) != rq.COMMIT_SIZE:
+        raise InvalidRequest(f"LOG_METRICS needs 1..65535 points and a 20-byte commit, got {count}")
+    return rq.HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit + _COUNT.pack(count) + body
+
+
+class MetricsAPI(Pipeline):
+    """LOG_METRIC, LOG_METRICS, QUERY_METRICS and WATCH_METRICS as typed methods."""
+
+    async def log_metric(self, commit: str | bytes, name: str, value: float, step: int = 0) -> None:
+        request = rq.LogMetric(
+            key_hash=self._key,
+            commit_id=parse_commit(commit),
+            step=_check_step(step),
+            value=float(value),
+            name=_check_name(name),
+        )
+        await self._success(request)
+
+    async def log_metrics(
+        self, commit: str | bytes, metrics: Iterable[tuple[str, float, int]]
+    ) -> int:
+        """Log (name, value, step) triples; split into as many LOG_METRICS as needed, pipelined.
+
+        Returns the number of records the server acknowledged.
+        """
+        commit_id = parse_commit(commit)
+        points = [
+            MetricPoint(_check_step(step), float(value), _check_name(name))
+            for name, value, step in metrics
+        ]
+        chunks = list(_chunks(points, self._max_message_bytes))
+        results = await asyncio.gather(
+            *(self.log_points(commit_id, chunk) for chunk in chunks), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return sum(r for r in results if isinstance(r, int))
+
+    async def log_points(self, commit: str | bytes, points: Sequence[MetricPoint]) -> int:
+        """One LOG_METRICS request of protocol MetricPoints (step, value, name): 1..65535 of them."""
+        try:
+            request = rq.LogMetrics(
+                key_hash=self._key, commit_id=parse_commit(commit), metrics=tuple(points)
+            )
+        except MalformedRequest as exc:
+            raise InvalidRequest(exc.message) from None
+        message = await self._success(request)
+        return int(message) if message.isdigit() else len(points)
+
+    async def log_encoded(self, commit: bytes, count: int, body: bytes) -> int:
+        """One LOG_METRICS whose `count` points are already wire-encoded (MetricLogger's path).
+
+        `body` is the concatenation of `POINT.pack(step, value, len(name)) + name`
+        per point, exactly as LogMetrics.encode_body writes them.
+        """
+        message = await self._success(log_metrics_message(self._key, commit, count, body))
+        return int(message) if message.isdigit() else count
+
+    async def query_page(
+        self,
+        commit: str | bytes,
+        *,
+        name: str = "",
+        step_from: int = 0,
+        step_to: int = MAX_STEP,
+        max_points: int = 0,
+        after: int = 0,
+        limit: int = 0,
+    ) -> MetricsPage:
+        """One QUERY_METRICS request (see PROTOCOL.md); `next` 0 means the end of the file."""
+        request = rq.QueryMetrics(
+            key_hash=self._key,
+            commit_id=parse_commit(commit),
+            name=name,
+            step_from=_check_step(step_from),
+            step_to=_check_step(step_to),
+            max_points=max_points,
+            after=after,
+            limit=limit,
+        )
+        payload = await self._data(request, "metrics")
+        try:
+            page = decode_metrics_payload(payload)
+        except MalformedResponse as exc:
+            raise ProtocolViolation(exc.message) from None
+        return MetricsPage(next=page.next, records=tuple(page.records))
+
+    async def query_pages(
+        self,
+        commit: str | bytes,
+        *,
+        name: str = "",
+        step_from: int = 0,
+        step_to: int = MAX_STEP,
+        after: int = 0,
+        page_size: int = QUERY_PAGE_SIZE,
+    ) -> AsyncIterator[MetricsPage]:
+        """Every matching record, page by page, following `next` until the end of the file."""
+        commit_id = parse_commit(commit)
+        while True:
+            page = await self.query_page(
+                commit_id,
+                name=name,
+                step_from=step_from,
+                step_to=step_to,
+                after=after,
+                limit=page_size,
+            )
+            if page.records:
+                yield page
+            if page.next == 0:
+                return
+            if page.next <= after:
+                raise ProtocolViolation(f"query page did not advance past record {after}")
+            after = page.next
+
+    async def query(
+        self,
+        commit: str | bytes,
+        *,
+        name: str = "",
+        step_from: int = 0,
+        step_to: int = MAX_STEP,
+        max_points: int = 0,
+    ) -> list[Metric]:
+        """All matching records (all pages), or per name `max_points` chosen by LTTB."""
+        if max_points:
+            page = await self.query_page(
+                commit, name=name, step_from=step_from, step_to=step_to, max_points=max_points
+            )
+            return list(page.records)
+        out: list[Metric] = []
+        async for page in self.query_pages(commit, name=name, step_from=step_from, step_to=step_to):
+            out.extend(page.records)
+        return out
+
+    async def latest(self, commit: str | bytes, name: str = "") -> dict[str, Metric]:
+        """The last record logged under each name (one request: LTTB keeps first and last)."""
+        page = await self.query_page(commit, name=name, max_points=2)
+        return {record.name: record for record in page.records}
+
+    def watch(
+        self,
+        commit: str | bytes,
+        from_index: int = 0,
+        name: str = "",
+        *,
+        options: WatchOptions | None = None,
+    ) -> MetricWatch:
+        """Stream metric batches on a new connection that reconnects and resumes (see MetricWatch)."""
+        watch = MetricWatch(
+            self._settings,
+            parse_commit(commit),
+            from_index,
+            name,
+            options=options or WatchOptions(open_timeout=self._open_timeout),
+            on_event=self._on_event,
+            on_close=self._watches.discard,
+        )
+        self._watches.add(watch)
+        return watch
+
+
+def _check_step(step: int) -> int:
+    if not 0 <= step <= MAX_STEP:
+        raise InvalidRequest(f"step must be 0..{MAX_STEP}, got {step}")
+    return int(step)
+
+
+def _check_name(name: str) -> str:
+    try:
+        rq.check_metric_name(name)
+    except MalformedRequest as exc:
+        raise InvalidRequest(exc.message) from None
+    return name
+
+
+def _chunks(points: list[MetricPoint], max_message_bytes: int) -> Iterable[list[MetricPoint]]:
+    """Split into LOG_METRICS bodies of at most 65535 points and max_message_bytes."""
+    budget = max_message_bytes - _LOG_METRICS_HEAD
+    chunk: list[MetricPoint] = []
+    size = 0
+    for point in points:
+        cost = _POINT_HEAD + len(point.name.encode())
+        if chunk and (len(chunk) == rq.LogMetrics.MAX_POINTS or size + cost > budget):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(point)
+        size += cost
+    if chunk:
+        yield chunk

@@ -1,0 +1,224 @@
+"""The request pipeline under Client: one WebSocket, many requests in flight.
+
+The daemon answers every request exactly once and in request order, so the
+pipeline keeps a FIFO of futures: each request appends its future and writes
+its frame with no await in between (websockets writes an unfragmented frame
+to the transport before `send` first suspends), and the reader pops the oldest
+future for each final response. PROGRESS and LOG packets before a final
+response go to the `on_event` callback. A semaphore bounds the requests in
+flight. When the connection drops, every pending future fails with
+ConnectionLost, and so does every later request.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from fetchml.protocol import requests as rq
+from fetchml.protocol.errors import MalformedRequest, MalformedResponse
+from fetchml.protocol.responses import (
+    Data,
+    Error,
+    Log,
+    Progress,
+    Response,
+    Success,
+    decode_response,
+)
+
+from .errors import ConnectionLost, InvalidRequest, ProtocolViolation, error_from
+from .settings import Settings
+from .transport import EventHandler, log_event
+from .watch import MetricWatch
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_IN_FLIGHT = 1024
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class Pipeline:
+    """Ordered request/response matching on one connection; Client adds the API."""
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        settings: Settings,
+        *,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        on_event: EventHandler | None = None,
+        open_timeout: float = 10.0,
+    ) -> None:
+        self._ws = ws
+        self._settings = settings
+        self._key = settings.key_hash
+        self._max_message_bytes = max_message_bytes
+        self._on_event = on_event or log_event
+        self._open_timeout = open_timeout
+        self._calls: deque[asyncio.Future[Response]] = deque()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._lost: ConnectionLost | None = None
+        self._watches: set[MetricWatch] = set()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @property
+    def url(self) -> str:
+        return self._settings.url
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._calls)
+
+    async def close(self) -> None:
+        """Close the watches opened through this client, then the connection."""
+        for watch in list(self._watches):
+            await watch.aclose()
+        await self._ws.close()
+        await asyncio.shield(self._reader)
+
+    def abort(self) -> None:
+        """Drop the connection at once, with no closing handshake (a daemon that hangs)."""
+        self._ws.transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is gone (closed, dropped, or a protocol violation)."""
+        await asyncio.shield(self._reader)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the pipeline ----------------------------------------------------------
+
+    async def _read(self) -> None:
+        reason = "connection closed"
+        try:
+            async for message in self._ws:
+                if isinstance(message, str):
+                    raise ProtocolViolation("server sent a text message")
+                response = decode_response(message)
+                if isinstance(response, Progress | Log):
+                    self._event(response)
+                    continue
+                if not self._calls:
+                    raise ProtocolViolation(f"unsolicited {type(response).__name__} response")
+                future = self._calls.popleft()
+                self._slots.release()
+                if not future.done():
+                    future.set_result(response)
+        except ConnectionClosed as exc:
+            reason = f"connection closed ({exc})"
+        except (ProtocolViolation, MalformedResponse) as exc:
+            reason = f"protocol violation: {exc}"
+            logger.error("%s: %s; closing", self.url, reason)
+            await self._ws.close(1002, "protocol violation")
+        else:
+            code, why = self._ws.close_code, self._ws.close_reason
+            if code is not None:
+                reason = f"connection closed ({code} {why})".replace(" )", ")")
+        finally:
+            self._fail_all(ConnectionLost(f"{self.url}: {reason}"))
+
+    def _event(self, event: Progress | Log) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            logger.exception("on_event callback failed")
+
+    def _fail_all(self, exc: ConnectionLost) -> None:
+        self._lost = exc
+        while self._calls:
+            future = self._calls.popleft()
+            self._slots.release()
+            if not future.done():
+                future.set_exception(ConnectionLost(exc.message))
+                future.exception()  # a cancelled caller must not leave it unretrieved
+
+    def _lost_error(self) -> ConnectionLost:
+        assert self._lost is not None
+        return ConnectionLost(self._lost.message)
+
+    async def _call(self, request: rq.Request) -> Response:
+        """Send one request and await its final response; ERROR raises its FetchmlError."""
+        try:
+            message = rq.encode_request(request)
+        except MalformedRequest as exc:
+            raise InvalidRequest(exc.message) from None
+        return await self._roundtrip(message)
+
+    async def _roundtrip(self, message: bytes) -> Response:
+        """Send one encoded request and await its final response."""
+        if self._lost is not None:
+            raise self._lost_error()
+        await self._slots.acquire()
+        if self._lost is not None:
+            self._slots.release()
+            raise self._lost_error()
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._calls.append(future)
+        with contextlib.suppress(ConnectionClosed):  # if it closed, the reader fails the future
+            await self._ws.send(message)
+        response = await future
+        if isinstance(response, Error):
+            raise error_from(response.code, response.message, response.details)
+        return response
+
+    async def _data(self, request: rq.Request, data_type: str) -> bytes:
+        response = await self._call(request)
+        if not isinstance(response, Data) or response.data_type != data_type:
+            raise ProtocolViolation(
+                f"expected DATA {data_type!r}, got {describe_response(response)}"
+            )
+        return response.payload
+
+    async def _json(self, request: rq.Request, data_type: str, parse: Callable[[Any], T]) -> T:
+        return parse_json(await self._data(request, data_type), parse)
+
+    async def _success(self, request: rq.Request | bytes) -> str:
+        if isinstance(request, bytes):
+            response = await self._roundtrip(request)
+        else:
+            response = await self._call(request)
+        if not isinstance(response, Success):
+            raise ProtocolViolation(f"expected SUCCESS, got {describe_response(response)}")
+        return response.message
+
+
+def describe_response(response: Response) -> str:
+    if isinstance(response, Data):
+        return f"DATA {response.data_type!r}"
+    return type(response).__name__.upper()
+
+
+def parse_json(payload: bytes, parse: Callable[[Any], T]) -> T:
+    try:
+        return parse(json.loads(payload))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolViolation(f"unexpected JSON payload: {exc!r}") from None

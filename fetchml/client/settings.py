@@ -1,0 +1,87 @@
+"""Where the client finds its URL and API key.
+
+Order, first found wins: explicit arguments, the environment (FETCHML_URL,
+FETCHML_API_KEY), then `~/.ml/config.toml` (keys `api_url`, `api_key`), then
+the default URL ws://127.0.0.1:9103/ws. There is no default key.
+"""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from fetchml.protocol.keys import key_hash
+
+from .errors import ConfigurationError
+
+DEFAULT_URL = "ws://127.0.0.1:9103/ws"
+URL_ENV = "FETCHML_URL"
+KEY_ENV = "FETCHML_API_KEY"
+
+
+def default_config_path() -> Path:
+    return Path.home() / ".ml" / "config.toml"
+
+
+def normalize_url(url: str) -> str:
+    """Accept ws(s)://, http(s):// (mapped to ws(s)) or bare HOST:PORT; default path /ws."""
+    text = url.strip()
+    if "://" not in text:
+        text = "ws://" + text
+    parts = urlsplit(text)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.netloc:
+        raise ConfigurationError(f"invalid server URL {url!r}: expected ws://HOST:PORT/ws")
+    path = parts.path if parts.path not in ("", "/") else "/ws"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    url: str
+    api_key: str
+
+    @property
+    def key_hash(self) -> bytes:
+        return key_hash(self.api_key)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"invalid TOML in {path}: {exc}") from None
+
+
+def resolve_settings(
+    url: str | None = None,
+    api_key: str | None = None,
+    *,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """URL and key from the arguments, the environment, then the config file."""
+    env = os.environ if environ is None else environ
+    url = url or env.get(URL_ENV) or None
+    api_key = api_key or env.get(KEY_ENV) or None
+    if url is None or api_key is None:
+        config = _read_config(config_path or default_config_path())
+        file_url, file_key = config.get("api_url"), config.get("api_key")
+        if url is None and isinstance(file_url, str) and file_url:
+            url = file_url
+        if api_key is None and isinstance(file_key, str) and file_key:
+            api_key = file_key
+    if api_key is None:
+        raise ConfigurationError(
+            f"no API key: pass --api-key (api_key=...), set {KEY_ENV}, "
+            "or put api_key in ~/.ml/config.toml"
+        )
+    return Settings(normalize_url(url or DEFAULT_URL), api_key)

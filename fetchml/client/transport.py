@@ -1,0 +1,82 @@
+"""Opening the WebSocket, with handshake failures turned into FetchmlErrors."""
+
+import logging
+import random
+from collections.abc import Callable
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+from fetchml.protocol.enums import LogLevel
+from fetchml.protocol.keys import handshake_key_ok
+from fetchml.protocol.responses import Log, Progress
+
+from .errors import AuthenticationFailed, ConfigurationError, ConnectFailed, PermissionDenied
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "fetchml-client/0.1"
+
+EventHandler = Callable[[Progress | Log], None]
+"""Receives the PROGRESS and LOG packets that precede a final response."""
+
+_LEVELS = {
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARNING: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
+
+
+def log_event(event: Progress | Log) -> None:
+    """The default EventHandler: server LOG and PROGRESS packets go to this module's logger."""
+    if isinstance(event, Log):
+        logger.log(_LEVELS.get(event.level, logging.INFO), "server: %s", event.message)
+    else:
+        logger.info("progress %d/%d %s", event.value, event.total, event.message)
+
+
+async def open_websocket(
+    url: str, open_timeout: float = 10.0, api_key: str | None = None
+) -> ClientConnection:
+    """Connect to the daemon's /ws endpoint; every failure is a FetchmlError.
+
+    With `api_key`, the raw key goes in the handshake (`X-API-Key`): a wrong key
+    fails here with AuthenticationFailed, and a daemon that requires handshake
+    keys lets the connection in. A key that is not visible ASCII (see
+    protocol.keys) goes only in the requests, as its hash.
+    """
+    headers = None
+    if api_key and handshake_key_ok(api_key):
+        headers = {"X-API-Key": api_key}
+    try:
+        return await connect(
+            url,
+            additional_headers=headers,
+            compression=None,
+            max_size=None,
+            open_timeout=open_timeout,
+            user_agent_header=USER_AGENT,
+        )
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status == 401:
+            raise AuthenticationFailed("Invalid API key") from None
+        if status == 403:
+            raise PermissionDenied(f"{url}: forbidden (HTTP 403, IP not allowed)") from None
+        raise ConnectFailed(f"cannot connect to {url}: HTTP {status}") from None
+    except InvalidURI as exc:
+        raise ConfigurationError(f"invalid server URL {url!r}: {exc}") from None
+    except (OSError, InvalidHandshake) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConnectFailed(f"cannot connect to {url}: {reason or type(exc).__name__}") from exc
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds to wait before connection attempt `attempt` (1-based) after a drop.
+
+    The first retry is immediate, then `initial` doubling up to `maximum`, with jitter.
+    """
+    if attempt <= 1:
+        return 0.0
+    return min(maximum, initial * 2.0 ** min(attempt - 2, 30)) * random.uniform(0.5, 1.0)

@@ -1,0 +1,268 @@
+"""Build the parts, serve, handle signals, tell systemd, drain on shutdown."""
+
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+from websockets.asyncio.server import ServerConnection, serve
+
+from .. import __version__
+from .audit import AuditLog
+from .auth import KeyTable, RateLimiter
+from .config import Config, ConfigError, config_warnings, load_config
+from .connection import Connection
+from .files import DataDirBusy, list_commits, lock_data_dir
+from .handlers import Context
+from .health import CachedCount
+from .http import Gate, Metrics, QuietLogger, select_subprotocol
+from .jobs import SqliteJobQueue
+from .storage import ExperimentStore
+from .systemd import Notifier
+from .watch import WatchHub
+
+logger = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.keys = KeyTable(config.auth)
+        self.metrics = Metrics()
+        self.hub = WatchHub()
+        self.connections: set[Connection] = set()
+        self.started = time.monotonic()
+        self.port = 0
+        self.stop_requested = anyio.Event()
+        self.notifier = Notifier()
+        self.ctx: Context | None = None
+        self.experiment_count = CachedCount(lambda: len(list_commits(config.storage.base_path)))
+        self.gate: Gate | None = None
+
+    def health(self) -> dict[str, object]:
+        """O(1): the experiment count is cached; "degraded" while the data directory
+        cannot be listed (the count is then the last one that could be made)."""
+        experiments = self.experiment_count.get()
+        return {
+            "status": "ok" if self.experiment_count.ok else "degraded",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "experiments": experiments,
+            "connections": len(self.connections),
+            "watchers": len(self.hub),
+        }
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the auth section (keys, roles, whitelist); keep the rest."""
+        self.notifier.reloading()
+        try:
+            if self.config_path is None:
+                raise ConfigError("no config file to reload")
+            fresh = load_config(self.config_path)
+            self.keys = KeyTable(fresh.auth)
+            logger.info("reloaded auth: %d keys", len(fresh.auth.api_keys))
+            self._revoke()
+        except ConfigError as exc:
+            logger.error("reload failed, keeping the current keys: %s", exc)
+        self.notifier.ready()
+
+    def _revoke(self) -> None:
+        """Close the connections the new keys no longer admit (1008, with the reason)."""
+        closed = 0
+        for conn in list(self.connections):
+            why = conn.revoked(self.keys)
+            if why:
+                conn.shut(1008, why)
+                closed += 1
+        if closed:
+            logger.info("closed %d connections the reloaded auth section no longer admits", closed)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert self.ctx is not None and self.gate is not None
+        conn = Connection(ws, self.ctx, lambda: self.keys, self.metrics, self.gate)
+        self.connections.add(conn)
+        if conn.bound is None:
+            self.gate.unverified.add(conn, conn.peer, time.monotonic())
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+        try:
+            await conn.serve()
+        finally:
+            self.connections.discard(conn)
+            self.gate.unverified.discard(conn)
+            self.metrics.connections.dec()
+
+    async def _sweep(self, gate: Gate) -> None:
+        """Close connections that showed no valid key within auth_timeout_s; report the
+        authentication failures whose minute is over."""
+        timeout = self.config.server.auth_timeout_s
+        while True:
+            await anyio.sleep(min(1.0, timeout / 4))
+            for conn in gate.unverified.expired(time.monotonic(), timeout):
+                gate.unverified.discard(conn)
+                conn.shut(1008, "authentication timeout")
+            gate.failures.flush()
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        tls = self.config.server.tls
+        if not tls.enabled:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        return context
+
+    async def run(
+        self, on_ready: Callable[[int], None] | None = None, handle_signals: bool = True
+    ) -> None:
+        cfg = self.config
+        lock = lock_data_dir(cfg.storage.base_path)
+        log = cfg.logging
+        audit = AuditLog(
+            log.audit_file,
+            log.audit_max_bytes,
+            log.audit_keep,
+            on_error=self.metrics.audit_write_errors.inc,
+        )
+        try:
+            async with ExperimentStore(
+                cfg.storage.base_path,
+                durability="fsync" if cfg.storage.durability == "fsync" else "write",
+                max_open_files=cfg.storage.max_open_files,
+                cache_bytes=cfg.storage.cache_bytes,
+            ) as store:
+                jobs = await SqliteJobQueue.open(cfg.storage.jobs_db, cfg.jobs.keep_days)
+                try:
+                    self.ctx = Context(
+                        cfg,
+                        store,
+                        jobs,
+                        self.hub,
+                        RateLimiter(cfg.rate_limit.control_requests_per_minute),
+                        audit,
+                    )
+                    store.hooks.append(self.hub.on_commit)
+                    store.flush_hooks.append(self.metrics.on_flush)
+                    await self._serve(on_ready, handle_signals)
+                finally:
+                    await jobs.close()
+        finally:
+            audit.close()
+            os.close(lock)
+        logger.info("stopped")
+
+    async def _serve(self, on_ready: Callable[[int], None] | None, handle_signals: bool) -> None:
+        s = self.config.server
+        self.gate = gate = Gate(
+            keys=lambda: self.keys,
+            metrics=self.metrics,
+            health=self.health,
+            max_connections=s.max_connections,
+            open_connections=lambda: len(self.connections),
+            audit=self.ctx.audit if self.ctx else lambda *a, **k: None,
+            max_per_ip=s.max_connections_per_ip,
+        )
+        async with (
+            serve(
+                self._handle,
+                s.host,
+                s.port,
+                process_request=gate,
+                select_subprotocol=select_subprotocol,
+                max_size=s.max_message_bytes,
+                compression="deflate" if s.compression else None,
+                open_timeout=s.open_timeout_s,
+                ping_interval=s.ping_interval_s or None,
+                ping_timeout=s.ping_timeout_s or None,
+                ssl=self._ssl(),
+                server_header=f"fetchml/{__version__}",
+                logger=QuietLogger(logging.getLogger("websockets.server")),
+            ) as server,
+            anyio.create_task_group() as tg,
+        ):
+            self.port = server.sockets[0].getsockname()[1]
+            scheme = "wss" if s.tls.enabled else "ws"
+            if handle_signals:
+                await tg.start(self._signals)
+            tg.start_soon(self.notifier.watchdog_loop)
+            tg.start_soon(self._sweep, gate)
+            logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
+            self.notifier.ready(f"listening on port {self.port}")
+            if on_ready:
+                on_ready(self.port)
+            await self.stop_requested.wait()
+            self.notifier.stopping()
+            logger.info("shutting down: finishing in-flight requests")
+            server.close(close_connections=False)
+            with anyio.move_on_after(s.shutdown_timeout_s) as scope:
+                for conn in list(self.connections):
+                    conn.stop()
+                while self.connections:
+                    await anyio.sleep(0.01)
+            if scope.cancelled_caught:
+                logger.warning("shutdown timeout: aborting %d connections", len(self.connections))
+                for conn in list(self.connections):
+                    conn.ws.transport.abort()  # a peer that stopped reading would hold us
+            tg.cancel_scope.cancel()
+            gate.failures.flush(force=True)
+
+    async def _signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    logger.info("received %s", signal.Signals(signum).name)
+                    self.stop_requested.set()
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    elif os.environ.get("JOURNAL_STREAM"):  # journald adds its own timestamps
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # websockets' debug log prints handshake headers, X-API-Key included: never below INFO.
+    logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
+
+
+def run(config_path: Path) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.logging.level, config.logging.format)
+    for warning in config_warnings(config):
+        logger.warning("%s: %s", config_path, warning)
+    try:
+        anyio.run(App(config, config_path).run)
+    except DataDirBusy as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0

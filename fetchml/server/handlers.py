@@ -1,0 +1,297 @@
+"""One function per opcode: the rules, after decode and authentication.
+
+Permission first, then existence, scope and state (PROTOCOL.md section 3).
+No file I/O here: the store and the queue do that.
+"""
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from fetchml.protocol.enums import PruneType
+from fetchml.protocol.records import Metadata, decode_records
+from fetchml.protocol.requests import (
+    CancelJob,
+    ClaimJob,
+    CreateExperiment,
+    GetExperiment,
+    ListExperiments,
+    Prune,
+    PrunePreview,
+    QueryMetrics,
+    QueueJob,
+    Status,
+    UpdateJob,
+    WatchMetrics,
+)
+from fetchml.protocol.responses import Data, Response, StatusReport, Success
+
+from .auth import Identity, RateLimiter
+from .config import Config
+from .errors import InvalidRequest, NotFound, StorageFault
+from .heavy import HeavyLimiter
+from .jobs import MIN_JOB_JSON_BYTES, JobQueue
+from .query import is_heavy, query_page
+from .series import SeriesCache
+from .storage import ExperimentStore
+from .views import dumps, experiment_json, metadata_json
+from .watch import Subscriber, WatchHub
+
+logger = logging.getLogger(__name__)
+
+Audit = Callable[..., None]
+
+
+@dataclass
+class Context:
+    """What handlers work with; built once by the app."""
+
+    config: Config
+    store: ExperimentStore
+    jobs: JobQueue
+    hub: WatchHub
+    limiter: RateLimiter
+    audit: Audit = field(default=lambda *a, **k: None)
+    series: SeriesCache = field(init=False)
+    heavy: HeavyLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.series = SeriesCache(self.store)
+        self.heavy = HeavyLimiter(self.config.server.heavy_queries_per_user)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _data(data_type: str, obj: Any) -> Data:
+    return Data(timestamp=_now(), data_type=data_type, payload=dumps(obj).encode())
+
+
+def _owner(ctx: Context, who: Identity, commit: str) -> Metadata | None:
+    """The metadata of an experiment the caller may see; NotFound / PermissionDenied."""
+    if not ctx.store.exists(commit):
+        raise NotFound(f"experiment {commit} not found")
+    meta = ctx.store.metadata(commit)
+    who.require_scope(meta.user if meta else None)
+    return meta
+
+
+# -- metrics: the hot path -----------------------------------------------------
+
+
+def accept_log(
+    ctx: Context, who: Identity, commit: str, tails: list[bytes]
+) -> "asyncio.Future[int]":
+    """Accept step of LOG_METRIC(S): check, stamp, queue for group commit. Synchronous.
+
+    `tails` are the metrics as records hold them after the timestamp (see
+    protocol.requests.record_tails), so a record is the stamp plus a tail.
+    """
+    who.require("jobs:update")
+    _owner(ctx, who, commit)
+    stamp = _STAMP.pack(_now())
+    return ctx.store.submit(commit, stamp + stamp.join(tails), len(tails))
+
+
+_STAMP = struct.Struct(">Q")
+
+
+# -- experiments --------------------------------------------------------------
+
+
+async def create_experiment(ctx: Context, who: Identity, req: CreateExperiment) -> Response:
+    who.require("jobs:create")
+    commit = req.commit_id.hex()
+    await ctx.store.create(
+        Metadata(commit_id=commit, timestamp=_now(), job_name=req.job_name, user=who.user)
+    )
+    ctx.audit("create_experiment", who, commit=commit, job_name=req.job_name)
+    return Success(timestamp=_now(), message=f"experiment {commit} created")
+
+
+async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Response:
+    who.require("jobs:read")
+    commit = req.commit_id.hex()
+    meta = _owner(ctx, who, commit)
+    if meta is None:
+        raise StorageFault(ctx.store.damaged(commit) or "metadata unreadable")
+    total = await ctx.store.count(commit)
+    budget = ctx.config.server.max_message_bytes - 256
+    # Each record's JSON takes at least ~50 bytes: read no more than could fit.
+    start = max(0, total - budget // 50)
+    data = b""
+    index = start
+    while index < total:
+        chunk = await ctx.store.read(commit, index, 4 << 20)
+        data += chunk.data
+        index += chunk.records
+
+    def document() -> str:  # decoding and JSON of up to max_message_bytes: off the event loop
+        records = decode_records(data)
+        doc = experiment_json(commit, meta, records, total, False)
+        text = dumps(doc)
+        if len(text) > budget or start > 0:
+            sizes = [len(dumps(m)) + 1 for m in doc["metrics"]]
+            room = budget - len(dumps(experiment_json(commit, meta, [], total, True)))
+            keep = 0
+            for size in reversed(sizes):
+                if room < size:
+                    break
+                room -= size
+                keep += 1
+            truncated = keep < total
+            doc = experiment_json(commit, meta, records[len(records) - keep :], total, truncated)
+            text = dumps(doc)
+        return text
+
+    async with ctx.heavy.slot(who.user):
+        text = await anyio.to_thread.run_sync(document)
+    return Data(timestamp=_now(), data_type="experiment", payload=text.encode())
+
+
+async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) -> Response:
+    who.require("jobs:read")
+    out = []
+    for info in await ctx.store.list_experiments():
+        if who.sees(info.meta.user if info.meta else None):
+            row = metadata_json(info.commit, info.meta)
+            row["metrics_count"] = info.metrics_count
+            row["damaged"] = info.damaged
+            out.append(row)
+    return _data("experiments", out)
+
+
+async def query_metrics(ctx: Context, who: Identity, req: QueryMetrics) -> Response:
+    who.require("jobs:read")
+    _owner(ctx, who, req.commit_hex)
+    limit = ctx.config.server.max_message_bytes
+    if is_heavy(req):
+        async with ctx.heavy.slot(who.user):
+            payload = await query_page(ctx.store, ctx.series, req, limit)
+    else:
+        payload = await query_page(ctx.store, ctx.series, req, limit)
+    return Data(timestamp=_now(), data_type="metrics", payload=payload)
+
+
+def watch_metrics(ctx: Context, who: Identity, req: WatchMetrics) -> Subscriber:
+    who.require("jobs:read")
+    commit = req.commit_hex
+    _owner(ctx, who, commit)
+    return Subscriber(commit, req.from_index, req.name, ctx.config.server.watch_buffer_bytes)
+
+
+def _prune_target(
+    who: Identity, req: Prune | PrunePreview
+) -> tuple[Literal["keep", "older"], str | None]:
+    """PRUNE's and PRUNE_PREVIEW's selection: its kind, and the owner it is limited to."""
+    who.require("jobs:delete")
+    kind: Literal["keep", "older"] = "keep" if req.prune_type == PruneType.KEEP_NEWEST else "older"
+    return kind, None if who.scope == "all" else who.user
+
+
+async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
+    kind, owner = _prune_target(who, req)
+    pruned = await ctx.store.prune(kind, req.value, owner=owner)
+    for commit in pruned:
+        ctx.hub.end(commit)
+        ctx.series.drop(commit)
+    ctx.audit("prune", who, prune_type=kind, value=req.value, pruned=pruned)
+    return _data("pruned", {"pruned": pruned})
+
+
+def prune_preview(ctx: Context, who: Identity, req: PrunePreview) -> Response:
+    """PRUNE's selection, removing nothing (so not audited)."""
+    kind, owner = _prune_target(who, req)
+    return _data("pruned", {"pruned": ctx.store.prune_selection(kind, req.value, owner=owner)})
+
+
+# -- jobs -----------------------------------------------------------------------
+
+
+async def queue_job(ctx: Context, who: Identity, req: QueueJob) -> Response:
+    who.require("jobs:create")
+    if not req.job_name:
+        raise InvalidRequest("job name must not be empty")
+    commit = req.commit_id.hex()
+    if ctx.store.exists(commit):
+        meta = ctx.store.metadata(commit)
+        who.require_scope(meta.user if meta else None)
+    else:
+        meta = Metadata(commit_id=commit, timestamp=_now(), job_name=req.job_name, user=who.user)
+        try:
+            await ctx.store.create(meta)
+        except Exception as exc:
+            if not ctx.store.exists(commit):
+                raise
+            logger.debug("experiment %s appeared meanwhile: %s", commit, exc)
+            existing = ctx.store.metadata(commit)
+            who.require_scope(existing.user if existing else None)
+    job = await ctx.jobs.enqueue(
+        job_name=req.job_name, commit_id=commit, user=who.user, priority=req.priority
+    )
+    ctx.audit("queue_job", who, commit=commit, job_name=req.job_name, job_id=job.id)
+    return _data("job", job.to_json())
+
+
+async def status(ctx: Context, who: Identity, req: Status) -> Response:
+    """The newest jobs the caller may read that fit in max_message_bytes, and their `total`."""
+    who.require("jobs:read")
+    owner = None if who.scope == "all" else who.user
+    budget = ctx.config.server.max_message_bytes - 256
+    jobs = await ctx.jobs.list_jobs(owner, limit=max(0, budget // MIN_JOB_JSON_BYTES))
+    doc: dict[str, Any] = {
+        "user": who.user,
+        "role": who.role,
+        "jobs": [],
+        "queue_length": await ctx.jobs.queue_length(),
+        "total": await ctx.jobs.count_jobs(owner),
+    }
+    room = budget - len(dumps(doc).encode())
+    for job in jobs:
+        item = job.to_json()
+        room -= len(dumps(item).encode()) + 1  # and a comma
+        if room < 0:
+            break
+        doc["jobs"].append(item)
+    return StatusReport(timestamp=_now(), status_json=dumps(doc))
+
+
+async def cancel_job(ctx: Context, who: Identity, req: CancelJob) -> Response:
+    who.require("jobs:update")
+    n = await ctx.jobs.cancel(req.job_name, None if who.scope == "all" else who.user)
+    ctx.audit("cancel_job", who, job_name=req.job_name, cancelled=n)
+    return Success(timestamp=_now(), message=f"cancelled {n} job(s)")
+
+
+async def claim_job(ctx: Context, who: Identity, req: ClaimJob) -> Response:
+    who.require("jobs:claim")
+    job = await ctx.jobs.claim(
+        req.worker_id, None if who.scope == "all" else who.user, claimer=who.user
+    )
+    if job is not None:
+        ctx.audit("claim_job", who, job_id=job.id, worker_id=req.worker_id)
+    return _data("job", job.to_json() if job else None)
+
+
+async def update_job(ctx: Context, who: Identity, req: UpdateJob) -> Response:
+    who.require("jobs:claim")
+    job = await ctx.jobs.update(
+        req.job_id,
+        req.status,
+        req.error,
+        None if who.scope == "all" else who.user,
+        caller=None if "*" in who.permissions else who.user,
+    )
+    ctx.audit("update_job", who, job_id=job.id, status=job.status.name.lower())
+    return Success(timestamp=_now(), message=f"job {job.id} {job.status.name.lower()}")
+
+
+def whoami(who: Identity) -> Response:
+    return _data("whoami", who.whoami())

@@ -1,0 +1,483 @@
+"""The job queue behind QUEUE_JOB, STATUS, CANCEL_JOB, CLAIM_JOB and UPDATE_JOB.
+
+`SqliteJobQueue` keeps jobs in one SQLite file (WAL mode). Its single
+connection is used from worker threads, one call at a time (an anyio.Lock).
+Every read-modify-write runs in a `BEGIN IMMEDIATE` transaction, which takes
+SQLite's write lock before reading, so a claim is atomic even against another
+process using the same file. Queue order: higher priority first, then
+insertion order (FIFO). Completed, failed and cancelled jobs that ended more
+than `keep_days` ago are deleted at open and then at most once an hour.
+"""
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar
+
+import anyio
+
+from fetchml.protocol.enums import UPDATABLE_JOB_STATUSES, JobStatus
+
+from .errors import DatabaseError, DiskFull, InvalidRequest, JobNotFound, PermissionDenied
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 2
+DIR_MODE = 0o750
+FILE_MODE = 0o600
+BUSY_TIMEOUT_S = 30.0
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+CANCEL_DENIED = "You can only cancel your own jobs"
+CLAIMED_DENIED = "job claimed by another user"
+MAX_ERROR_BYTES = 4096
+"""UPDATE_JOB's error text is kept to this many bytes (cut at a UTF-8 boundary)."""
+PURGE_INTERVAL_S = 3600
+"""Old finished jobs are deleted at open and then at most this often."""
+DAY_S = 86400
+
+_SCHEMA = (
+    """CREATE TABLE jobs (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         TEXT    NOT NULL UNIQUE,
+        job_name   TEXT    NOT NULL,
+        args       TEXT    NOT NULL DEFAULT '',
+        status     INTEGER NOT NULL CHECK (status BETWEEN 0 AND 4),
+        priority   INTEGER NOT NULL CHECK (priority BETWEEN 0 AND 255),
+        created_at INTEGER NOT NULL,
+        started_at INTEGER,
+        ended_at   INTEGER,
+        worker_id  TEXT,
+        error      TEXT,
+        datasets   TEXT    NOT NULL DEFAULT '[]',
+        commit_id  TEXT    NOT NULL,
+        user       TEXT    NOT NULL,
+        claimed_by TEXT
+    )""",
+    "CREATE INDEX jobs_claim_order ON jobs (status, priority DESC, seq)",
+    "CREATE INDEX jobs_by_name ON jobs (job_name, status)",
+)
+_V2_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_at, seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user, created_at, seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (ended_at)",
+)
+_FINISHED = (int(JobStatus.COMPLETED), int(JobStatus.FAILED), int(JobStatus.CANCELLED))
+_ACTIVE = (int(JobStatus.QUEUED), int(JobStatus.RUNNING))
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    id: str
+    job_name: str
+    args: str = ""
+    status: JobStatus
+    priority: int
+    created_at: int
+    started_at: int | None = None
+    ended_at: int | None = None
+    worker_id: str | None = None
+    error: str | None = None
+    datasets: tuple[str, ...] = ()
+    commit_id: str
+    user: str
+    claimed_by: str | None = None
+    """The user whose key claimed the job (None until claimed)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The `job` JSON object of PROTOCOL.md section 4."""
+        return {
+            "id": self.id,
+            "job_name": self.job_name,
+            "args": self.args,
+            "status": self.status.name.lower(),
+            "priority": self.priority,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "worker_id": self.worker_id,
+            "claimed_by": self.claimed_by,
+            "error": self.error,
+            "datasets": list(self.datasets),
+            "metadata": {"commit_id": self.commit_id, "user": self.user},
+        }
+
+
+MIN_JOB_JSON_BYTES = len(
+    json.dumps(
+        Job(
+            id="0" * 36,
+            job_name="",
+            status=JobStatus.QUEUED,
+            priority=0,
+            created_at=0,
+            commit_id="",
+            user="",
+        ).to_json(),
+        separators=(",", ":"),
+    )
+)
+"""No job's compact JSON is shorter: STATUS reads no more jobs than could fit."""
+
+_FIELDS = tuple(f.name for f in fields(Job))
+_COLUMNS = ", ".join(_FIELDS)  # the jobs table has a column per Job field
+
+
+class JobQueue(Protocol):
+    """What the daemon needs from a job store. `user=None` means scope `all`."""
+
+    async def enqueue(self, *, job_name: str, commit_id: str, user: str, priority: int) -> Job: ...
+
+    async def list_jobs(self, user: str | None, limit: int | None = None) -> list[Job]:
+        """The user's jobs (every job for None), newest first, ties later insertion first;
+        at most `limit` of them."""
+        ...
+
+    async def count_jobs(self, user: str | None) -> int:
+        """How many jobs `list_jobs` would return without a limit."""
+        ...
+
+    async def queue_length(self) -> int:
+        """Queued jobs of all users."""
+        ...
+
+    async def cancel(self, job_name: str, user: str | None) -> int:
+        """Cancel the queued/running jobs of that name the caller may update; return the count."""
+        ...
+
+    async def claim(
+        self, worker_id: str, user: str | None = None, *, claimer: str | None = None
+    ) -> Job | None:
+        """Atomically take the next queued job (highest priority, then FIFO); with `user`,
+        only that user's jobs (scope own). `claimer` becomes the job's `claimed_by`."""
+        ...
+
+    async def update(
+        self,
+        job_id: str,
+        status: JobStatus,
+        error: str,
+        user: str | None,
+        *,
+        caller: str | None = None,
+    ) -> Job:
+        """A worker's report on a running job: RUNNING, COMPLETED or FAILED. With `caller`
+        (a user without `*`), a job claimed by another user is PERMISSION_DENIED."""
+        ...
+
+    async def get(self, job_id: str) -> Job | None: ...
+
+    async def close(self) -> None: ...
+
+
+class SqliteJobQueue:
+    """JobQueue on the standard-library sqlite3; open it with `await SqliteJobQueue.open(path)`."""
+
+    def __init__(self, conn: sqlite3.Connection, keep_days: float = 90.0) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = anyio.Lock()
+        self._keep_s = int(keep_days * DAY_S)
+        self._purged_at = _now()
+
+    @classmethod
+    async def open(cls, path: Path, keep_days: float = 90.0) -> Self:
+        """Open (create, or migrate from schema 1) the database; delete old finished jobs."""
+        try:
+            conn = await anyio.to_thread.run_sync(_connect, path)
+        except (OSError, sqlite3.Error) as exc:
+            logger.exception("cannot open job database %s", path)
+            raise DatabaseError("database error") from exc
+        queue = cls(conn, keep_days)
+        await anyio.to_thread.run_sync(_purge, conn, queue._purged_at - queue._keep_s)
+        return queue
+
+    async def close(self) -> None:
+        async with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    await anyio.to_thread.run_sync(conn.close)
+                except sqlite3.Error:
+                    logger.exception("error closing job database")
+
+    async def enqueue(self, *, job_name: str, commit_id: str, user: str, priority: int) -> Job:
+        if not 0 <= priority <= 255:
+            raise InvalidRequest(f"priority must be 0..255, got {priority}")
+        if not COMMIT_RE.fullmatch(commit_id):
+            raise InvalidRequest("commit_id must be 40 lowercase hex characters")
+        job = Job(
+            id=str(uuid.uuid4()),
+            job_name=job_name,
+            status=JobStatus.QUEUED,
+            priority=priority,
+            created_at=_now(),
+            commit_id=commit_id,
+            user=user,
+        )
+        await self._run(lambda conn: _insert(conn, job))
+        return job
+
+    async def list_jobs(self, user: str | None, limit: int | None = None) -> list[Job]:
+        where, params = ("", ()) if user is None else ("WHERE user = ?", (user,))
+        sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, seq DESC LIMIT ?"
+        args = (*params, -1 if limit is None else limit)
+        return await self._run(lambda conn: [_to_job(row) for row in conn.execute(sql, args)])
+
+    async def count_jobs(self, user: str | None) -> int:
+        where, params = ("", ()) if user is None else ("WHERE user = ?", (user,))
+        row = await self._run(
+            lambda conn: conn.execute(f"SELECT COUNT(*) FROM jobs {where}", params).fetchone()
+        )
+        return int(row[0])
+
+    async def queue_length(self) -> int:
+        sql = "SELECT COUNT(*) FROM jobs WHERE status = ?"
+        row = await self._run(lambda conn: conn.execute(sql, (int(JobStatus.QUEUED),)).fetchone())
+        return int(row[0])
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._run(lambda conn: _get(conn, job_id))
+
+    async def cancel(self, job_name: str, user: str | None) -> int:
+        return await self._run(lambda conn: _cancel(conn, job_name, user))
+
+    async def claim(
+        self, worker_id: str, user: str | None = None, *, claimer: str | None = None
+    ) -> Job | None:
+        return await self._run(lambda conn: _claim(conn, worker_id, user, claimer))
+
+    async def update(
+        self,
+        job_id: str,
+        status: JobStatus,
+        error: str,
+        user: str | None,
+        *,
+        caller: str | None = None,
+    ) -> Job:
+        if status not in UPDATABLE_JOB_STATUSES:
+            raise InvalidRequest(f"invalid job status {int(status)}: expected 1, 2 or 3")
+        error = cap_error(error)
+        return await self._run(lambda conn: _update(conn, job_id, status, error, user, caller))
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on the connection in a worker thread, one call at a time; first delete
+        old finished jobs when the last time was PURGE_INTERVAL_S ago (or the clock stepped
+        back). A full disk is DISK_FULL, any other SQLite error DATABASE_ERROR."""
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise DatabaseError("job queue is closed")
+            now = _now()
+            purge = not 0 <= now - self._purged_at < PURGE_INTERVAL_S
+            if purge:
+                self._purged_at = now
+
+            def call(conn: sqlite3.Connection) -> T:
+                if purge:
+                    _purge(conn, now - self._keep_s)
+                return fn(conn)
+
+            try:
+                return await anyio.to_thread.run_sync(call, conn)
+            except sqlite3.Error as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+                    logger.error("job database: disk full (%s)", exc)
+                    raise DiskFull("disk full") from exc
+                logger.exception("job database error")
+                raise DatabaseError("database error") from exc
+
+
+def cap_error(text: str) -> str:
+    """The first MAX_ERROR_BYTES bytes of `text` in UTF-8, never cutting a character."""
+    raw = text.encode()
+    if len(raw) <= MAX_ERROR_BYTES:
+        return text
+    return raw[:MAX_ERROR_BYTES].decode(errors="ignore")
+
+
+# Everything below runs in a worker thread.
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    _make_dirs(path.parent)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        pass
+    else:
+        os.fchmod(fd, FILE_MODE)
+        os.close(fd)
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.row_factory = sqlite3.Row
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot enable WAL (journal_mode is {mode})")
+        with _transaction(conn):
+            _migrate(conn, conn.execute("PRAGMA user_version").fetchone()[0])
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Create the schema (version 0) or bring a schema 1 file (before `claimed_by`) up to date."""
+    if version == 0:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+    elif version == 1:
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "claimed_by" not in columns:
+            conn.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
+    elif version != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"unsupported job schema version {version}")
+    if version != SCHEMA_VERSION:
+        for statement in _V2_INDEXES:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _purge(conn: sqlite3.Connection, before: int) -> None:
+    """Delete completed, failed and cancelled jobs that ended before `before`. A failure is
+    logged, not raised: the request that triggered it goes on."""
+    try:
+        cursor = conn.execute(
+            # `+status`: search by the ended_at index, not by status (most rows are finished)
+            "DELETE FROM jobs WHERE ended_at < ? AND +status IN (?, ?, ?)",
+            (before, *_FINISHED),
+        )
+    except sqlite3.Error:
+        logger.exception("cannot delete old jobs")
+        return
+    if cursor.rowcount:
+        logger.info("deleted %d finished jobs that ended before %d", cursor.rowcount, before)
+
+
+def _make_dirs(directory: Path) -> None:
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir(DIR_MODE)
+        except FileExistsError:
+            continue
+        new.chmod(DIR_MODE)  # exactly 0750, whatever the umask
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (take the write lock now), COMMIT on success, else ROLLBACK."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def _to_job(row: sqlite3.Row) -> Job:
+    values = {name: row[name] for name in _FIELDS}
+    values.update(status=JobStatus(row["status"]), datasets=tuple(json.loads(row["datasets"])))
+    return Job(**values)
+
+
+def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return None if row is None else _to_job(row)
+
+
+def _insert(conn: sqlite3.Connection, job: Job) -> None:
+    values = {name: getattr(job, name) for name in _FIELDS}
+    values.update(status=int(job.status), datasets=json.dumps(job.datasets))
+    placeholders = ", ".join(f":{name}" for name in values)
+    conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({placeholders})", values)
+
+
+def _cancel(conn: sqlite3.Connection, job_name: str, user: str | None) -> int:
+    active = "job_name = ? AND status IN (?, ?)"
+    with _transaction(conn):
+        rows = conn.execute(f"SELECT user FROM jobs WHERE {active}", (job_name, *_ACTIVE))
+        owners = {row["user"] for row in rows}
+        if not owners:
+            raise JobNotFound(f"no queued or running job named {job_name!r}")
+        if user is not None and user not in owners:
+            raise PermissionDenied(CANCEL_DENIED)
+        cursor = conn.execute(
+            f"UPDATE jobs SET status = ?, ended_at = ? WHERE {active} AND (? IS NULL OR user = ?)",
+            (int(JobStatus.CANCELLED), _now(), job_name, *_ACTIVE, user, user),
+        )
+        return cursor.rowcount
+
+
+def _claim(
+    conn: sqlite3.Connection, worker_id: str, user: str | None, claimer: str | None
+) -> Job | None:
+    mine = "" if user is None else " AND user = ?"
+    with _transaction(conn):
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE status = ?{mine} ORDER BY priority DESC, seq LIMIT 1",
+            (int(JobStatus.QUEUED),) if user is None else (int(JobStatus.QUEUED), user),
+        ).fetchone()
+        if row is None:
+            return None
+        job = _to_job(row)
+        job = replace(
+            job,
+            status=JobStatus.RUNNING,
+            started_at=_now(),
+            worker_id=worker_id,
+            claimed_by=claimer,
+        )
+        conn.execute(
+            "UPDATE jobs SET status = ?, started_at = ?, worker_id = ?, claimed_by = ? WHERE id = ?",
+            (int(job.status), job.started_at, worker_id, claimer, job.id),
+        )
+        return job
+
+
+def _update(
+    conn: sqlite3.Connection,
+    job_id: str,
+    status: JobStatus,
+    error: str,
+    user: str | None,
+    caller: str | None,
+) -> Job:
+    with _transaction(conn):
+        job = _get(conn, job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} not found")
+        if user is not None and job.user != user:
+            raise PermissionDenied("You can only update your own jobs")
+        if caller is not None and job.claimed_by not in (None, caller):
+            raise PermissionDenied(CLAIMED_DENIED)
+        if job.status != JobStatus.RUNNING:
+            raise InvalidRequest(f"job {job_id} is not running (it is {job.status.name.lower()})")
+        if status == JobStatus.RUNNING:
+            return job
+        job = replace(job, status=status, ended_at=_now(), error=error or None)
+        conn.execute(
+            "UPDATE jobs SET status = ?, ended_at = ?, error = ? WHERE id = ?",
+            (int(status), job.ended_at, job.error, job_id),
+        )
+        return job

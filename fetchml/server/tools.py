@@ -1,0 +1,163 @@
+"""Operator commands that work on a data directory without the daemon: inspect, fsck.
+
+Both report every bad entry and go on; they return 0 when everything is clean, 1 when
+they found problems (`__main__` makes a failure of the tool itself 2).
+"""
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from fetchml.protocol.records import decode_records
+
+from .entries import Damaged, open_entry
+from .files import (
+    COMMIT_RE,
+    MAX_TORN_BYTES,
+    METRICS,
+    UNREADABLE,
+    DataDirBusy,
+    cut_tail,
+    list_commits,
+    load_metadata,
+    lock_data_dir,
+    scan_file,
+)
+from .storage import ExperimentInfo, sort_experiments
+from .views import experiment_json
+
+
+def _valid_prefix(directory: Path) -> tuple[bytes, int]:
+    """(valid prefix bytes, record count) of metrics.bin; empty when there is no file."""
+    try:
+        fd = open_entry(directory, METRICS, os.O_RDONLY)
+    except FileNotFoundError:
+        return b"", 0
+    try:
+        result = scan_file(fd)
+        return os.pread(fd, result.end, 0), result.records
+    finally:
+        os.close(fd)
+
+
+def _load(directory: Path) -> tuple[ExperimentInfo, bytes]:
+    meta, damaged = load_metadata(directory)
+    try:
+        data, count = _valid_prefix(directory)
+    except (Damaged, OSError) as exc:
+        data, count = b"", 0
+        if not damaged:
+            damaged = (
+                exc.message
+                if isinstance(exc, Damaged)
+                else f"metrics.bin unreadable ({exc.strerror})"
+            )
+    return ExperimentInfo(directory.name, meta, count, damaged), data
+
+
+def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO | None = None) -> int:
+    """Print experiments; 1 when one is damaged or its metadata unreadable."""
+    out = out or sys.stdout
+    if not base.is_dir():
+        print(f"error: {base} is not a directory", file=sys.stderr)
+        return 2
+    if commit and (not COMMIT_RE.match(commit) or not os.path.lexists(base / commit)):
+        print(f"error: no experiment {commit} in {base}", file=sys.stderr)
+        return 1
+    loaded = [_load(base / c) for c in ([commit] if commit else list_commits(base))]
+    data_of = {info.commit: data for info, data in loaded}
+    infos = sort_experiments([info for info, _ in loaded])
+    code = 1 if any(i.damaged for i in infos) else 0
+    if as_json:
+        doc = {
+            i.commit: experiment_json(
+                i.commit, i.meta, decode_records(data_of[i.commit]), i.metrics_count, False
+            )
+            | {"damaged": i.damaged}
+            for i in infos
+        }
+        json.dump(doc, out, indent=2, allow_nan=False)
+        out.write("\n")
+        return code
+    for i in infos:
+        out.write(f"experiment {i.commit}\n")
+        if i.meta is not None:
+            created = datetime.fromtimestamp(i.meta.timestamp, UTC).isoformat()
+            out.write(f"  job: {i.meta.job_name}  user: {i.meta.user}  created: {created}\n")
+        if i.damaged == UNREADABLE:
+            out.write("  metadata: unreadable\n")
+        elif i.damaged:
+            out.write(f"  damaged: {i.damaged}\n")
+        out.write(f"  metrics: {i.metrics_count}\n")
+        for index, r in enumerate(decode_records(data_of[i.commit])):
+            out.write(
+                f"  {index:>8}  step {r.step:<10} {r.name:<24} {r.value!r:<24} t={r.timestamp}\n"
+            )
+    return code
+
+
+def fsck(base: Path, repair: bool, out: TextIO | None = None) -> int:
+    """Report damaged entries, torn tails, corruption and unreadable metadata; 1 when any
+    is found. `repair` cuts torn and corrupt tails (keeping a copy), nothing else."""
+    out = out or sys.stdout
+    if not base.is_dir():
+        print(f"error: {base} is not a directory", file=sys.stderr)
+        return 2
+    lock = None
+    if repair:  # never cut a file a running daemon appends to
+        try:
+            lock = lock_data_dir(base)
+        except DataDirBusy as exc:
+            print(f"error: {exc}: stop it before --repair", file=sys.stderr)
+            return 2
+    try:
+        commits = list_commits(base)
+        problems = sum(_check(base / commit, repair, out) for commit in commits)
+        out.write(f"{len(commits)} experiments checked, {problems} problem(s) found\n")
+        return 1 if problems else 0
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _check(directory: Path, repair: bool, out: TextIO) -> int:
+    """Report what is wrong with one experiment; returns how many problems."""
+    commit = directory.name
+    problems = 0
+    _, damaged = load_metadata(directory)
+    if damaged == UNREADABLE:
+        problems += 1
+        out.write(f"{commit}: meta.bin unreadable (never pruned; not repairable here)\n")
+    elif damaged:
+        problems += 1
+        out.write(f"{commit}: damaged: {damaged} (left as it is)\n")
+    path = directory / METRICS
+    try:
+        fd = open_entry(directory, METRICS, os.O_RDWR if repair else os.O_RDONLY)
+    except (FileNotFoundError, Damaged):  # no metrics yet, or reported above
+        return problems
+    except OSError as exc:
+        out.write(f"{commit}: metrics.bin cannot be opened: {exc.strerror}\n")
+        return problems + 1
+    try:
+        result = scan_file(fd)
+        remainder = result.size - result.end
+        if not remainder:
+            return problems
+        kind = "corrupt" if remainder > MAX_TORN_BYTES else "torn tail"
+        out.write(
+            f"{commit}: metrics.bin {kind}: {remainder} bytes after {result.records} "
+            f"valid records ({result.end} bytes)\n"
+        )
+        if repair:
+            copy = cut_tail(fd, path, result.end, result.size)
+            out.write(f"{commit}: repaired: truncated to {result.end} bytes, copy in {copy.name}\n")
+        return problems + 1
+    except OSError as exc:
+        out.write(f"{commit}: metrics.bin cannot be read or repaired: {exc.strerror}\n")
+        return problems + 1
+    finally:
+        os.close(fd)

@@ -1,0 +1,168 @@
+"""WATCH_METRICS fan-out: backfill from disk, then each committed batch, in order.
+
+A subscriber is *live* once it has caught up with the file: from then on the
+store's commit hook queues ready-made packets for it (built once per batch
+and name filter, shared by every watcher). Queued bytes beyond the buffer
+limit make it a slow subscriber, which the connection closes with 1008.
+"""
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from fetchml.protocol.enums import PacketType
+from fetchml.protocol.records import RECORD_MIN
+from fetchml.protocol.responses import HEADER, encode_metrics_payload, encode_uvarint
+
+from .errors import NotFound
+from .query import walk
+from .storage import ExperimentStore
+
+PAGE_BYTES = 256 << 10
+MERGE_BYTES = 1 << 20
+"""Queued batches merge into one push packet up to this size."""
+_DATA_TYPE = encode_uvarint(len(b"metrics")) + b"metrics"
+
+
+class SlowSubscriber(Exception):
+    """Queued push packets outgrew watch_buffer_bytes."""
+
+
+def metrics_packet(next_index: int, records: bytes, count: int) -> bytes:
+    """A DATA `metrics` response packet."""
+    payload = encode_metrics_payload(next_index, count, records)
+    return (
+        HEADER.pack(PacketType.DATA, int(time.time()))
+        + _DATA_TYPE
+        + encode_uvarint(len(payload))
+        + payload
+    )
+
+
+def filter_records(data: bytes, total: int, name: bytes | None, skip: int = 0) -> tuple[bytes, int]:
+    """The records of `data` (`total` of them) after the first `skip` named `name` (None: all)."""
+    if name is None and not skip:
+        return data, total
+    kept = [
+        data[start:end]
+        for start, end, _ in walk(data)[skip:]
+        if name is None or data[start + RECORD_MIN : end] == name
+    ]
+    return b"".join(kept), len(kept)
+
+
+class Subscriber:
+    def __init__(self, commit: str, from_index: int, name: str, limit: int) -> None:
+        self.commit = commit
+        self.next = from_index
+        self.name = name.encode() if name else None
+        self.limit = limit
+        self.live = False
+        self.overflow = False
+        self.gone = False
+        """The experiment was pruned: the stream ends."""
+        self.batches: deque[tuple[bytes, int, int]] = deque()
+        """Committed records not yet sent: (records, count, index just past the batch)."""
+        self.queued = 0
+        self.wakeup = asyncio.Event()
+
+    def push(self, records: bytes, count: int, next_index: int) -> None:
+        if self.batches and self.queued + len(records) > self.limit:
+            self.overflow = True
+        else:
+            self.batches.append((records, count, next_index))
+            self.queued += len(records)
+            self.next = next_index
+        self.wakeup.set()
+
+    def _take(self) -> bytes:
+        """One packet of the queued batches: merged, so a watcher that lags a little
+        costs one send per wakeup, not one per flush."""
+        parts: list[bytes] = []
+        count = size = next_index = 0
+        while self.batches and (not parts or size + len(self.batches[0][0]) <= MERGE_BYTES):
+            records, n, next_index = self.batches.popleft()
+            parts.append(records)
+            count += n
+            size += len(records)
+        self.queued -= size
+        return metrics_packet(next_index, b"".join(parts), count)
+
+    async def run(self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Send until cancelled; raises SlowSubscriber when the buffer overflows."""
+        while True:
+            while self.batches:
+                await send(self._take())
+            if self.overflow:
+                raise SlowSubscriber
+            if self.gone:
+                raise NotFound(f"experiment {self.commit} was pruned")
+            if not self.live:
+                if self.next < await store.count(self.commit):
+                    await self._backfill(store, send)
+                    continue
+                self.live = True
+            self.wakeup.clear()
+            if not self.batches and self.live:
+                await self.wakeup.wait()
+
+    async def _backfill(
+        self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        chunk = await store.read(self.commit, self.next, PAGE_BYTES)
+        records, count = filter_records(chunk.data, chunk.records, self.name)
+        next_index = chunk.start + chunk.records
+        if count:
+            await send(metrics_packet(next_index, records, count))
+        self.next = next_index
+
+
+class WatchHub:
+    """Subscribers per experiment; `on_commit` is the store's commit hook."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscriber]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def add(self, sub: Subscriber) -> None:
+        self._subs.setdefault(sub.commit, set()).add(sub)
+
+    def remove(self, sub: Subscriber) -> None:
+        subs = self._subs.get(sub.commit)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.commit]
+
+    def end(self, commit: str) -> None:
+        """The experiment is gone (pruned): its watchers are closed, never fed a successor."""
+        for sub in self._subs.pop(commit, ()):
+            sub.gone = True
+            sub.wakeup.set()
+
+    def on_commit(self, commit: str, first: int, data: bytes, count: int) -> None:
+        subs = self._subs.get(commit)
+        if not subs:
+            return
+        end = first + count
+        shared: dict[bytes | None, tuple[bytes, int]] = {}
+        for sub in subs:
+            if not sub.live or first > sub.next:
+                sub.live = False  # behind, or a gap (another writer): read from disk
+                sub.wakeup.set()
+                continue
+            if end <= sub.next:
+                continue
+            if first < sub.next:
+                records, kept = filter_records(data, count, sub.name, sub.next - first)
+            else:
+                if sub.name not in shared:
+                    shared[sub.name] = filter_records(data, count, sub.name)
+                records, kept = shared[sub.name]
+            if kept:
+                sub.push(records, kept, end)
+            else:
+                sub.next = end

@@ -1,3 +1,0 @@
-"""The fetchml daemon."""
-
-__version__ = "0.1.0"
