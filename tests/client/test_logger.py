@@ -135,7 +135,7 @@ def test_invalid_arguments_raise_at_the_call_site(
     with pytest.raises(InvalidRequest, match="step must be"):
         ml.log_dict({"fine": 1.0}, step=-2)
     assert ml.stats().buffered <= 1
-    with caplog.at_level(logging.ERROR, logger="client"):
+    with caplog.at_level(logging.ERROR, logger="fetchml.client"):
         for step in (2, 3, 4):
             ml.log("ok", "not a number", step=step)  # type: ignore[arg-type]
         ml.log("ok", 2.0, step=5)
@@ -156,7 +156,7 @@ def test_server_rejections_raise_once_with_a_count(
     with their number and the server's message, which is logged once however many batches."""
     missing = commit_of("logger-missing")
     with (
-        caplog.at_level(logging.WARNING, logger="client"),
+        caplog.at_level(logging.WARNING, logger="fetchml.client"),
         pytest.raises(MetricsRejected) as rejected,
         MetricLogger(
             missing, shared_server.url, ADMIN_KEY, create_experiment=False, batch_size=10
@@ -173,7 +173,7 @@ def test_server_rejections_raise_once_with_a_count(
     assert not metrics_file(shared_server, missing).exists()
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="client"):
+    with caplog.at_level(logging.WARNING, logger="fetchml.client"):
         quiet = MetricLogger(
             missing, shared_server.url, ADMIN_KEY, create_experiment=False, on_error="warn"
         )

@@ -15,7 +15,7 @@ from tests.integration.test_transport import http_get, read_audit, samples
 async def test_a_failing_audit_write_is_counted_and_the_mutation_answered_success(
     start_daemon: DaemonFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="server")
+    caplog.set_level(logging.INFO, logger="fetchml.server")
     daemon = await start_daemon(logging={"audit_file": "/dev/full"})  # every write: ENOSPC
     client = await daemon.client()
     cid = await create(client, "audit-on-a-full-disk", user="alice")  # asserts SUCCESS

@@ -238,7 +238,7 @@ async def test_connection_lines_are_debug_level(
     ]
     assert not [m for m in server_side if m.startswith(("connection ", "HTTP response"))]
     caplog.clear()
-    caplog.set_level(logging.DEBUG, logger="server")
+    caplog.set_level(logging.DEBUG, logger="fetchml.server")
     client = await daemon.client()
     await client.ws.close()
     await poll(

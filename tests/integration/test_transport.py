@@ -361,7 +361,7 @@ async def test_audit_has_one_line_per_mutation_and_auth_failure(
 async def test_audit_counts_auth_failures_per_address_not_per_attempt(
     daemon: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="server")
+    caplog.set_level(logging.INFO, logger="fetchml.server")
     assert await refused(daemon, additional_headers={"X-API-Key": WRONG_KEY}) == 401
     assert await refused(daemon, additional_headers={"Authorization": f"Bearer {WRONG_KEY}"}) == 401
     plain = await daemon.client(additional_headers={"X-API-Key": raw_key("alice")})
