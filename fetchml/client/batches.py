@@ -4,9 +4,10 @@ The caller's thread checks each name once (`encode_name`, cached in `names`)
 and every step (`check_step`), then appends Points and FlushTokens to the
 queue. `drain` pops them, assigns default steps and encodes each point as its
 wire bytes (protocol.requests.POINT and the cached name), cutting a Batch,
-one complete LOG_METRICS message, at `batch_size` points or before the next
-point would make it longer than `max_message_bytes`. A value the wire cannot
-carry is rejected here.
+one complete LOG_METRICS message, at `batch_size` points or once one more
+point with the longest name (255 bytes) might make it longer than
+`max_message_bytes`: the batch is measured only when that might happen, not
+per point. A value the wire cannot carry is rejected here.
 
 Every Batch stays in `unacked` until it is acknowledged or rejected (its
 points are then counted in the ledger and never sent again); `resend_all`
@@ -17,6 +18,7 @@ settled, acknowledged or rejected. The I/O loop (shipper.py) sends what
 """
 
 import contextlib
+import itertools
 import operator
 import struct
 import threading
@@ -125,6 +127,8 @@ class Batcher:
         self._parts: list[bytes] = [b""]
         self._count = 0
         self._bytes = 0
+        """The length of the batch's first `_measured` parts (the head's place counts 0)."""
+        self._measured = 1
         self._seq = 0
         self._next_step: dict[str, int] = {}
 
@@ -138,12 +142,15 @@ class Batcher:
         `held` goes up once the items have left the queue (the caller's bound may
         briefly undercount by one drain, never overcount).
         """
-        size, budget = self._size, self._budget
+        size = self._size
         queue = self.queue
         take = min(len(queue), slots * size - self._count)
         if take > 0:
             not_points = 0
+            count = self._count  # a local in the loop, stored before a cut
+            stop = self._stop(count)
             parts = self._parts
+            append = parts.append
             names = self.names
             next_step = self._next_step
             pack = POINT.pack
@@ -152,7 +159,9 @@ class Batcher:
                 item = popleft()
                 if item.__class__ is not tuple:
                     not_points += 1
+                    self._count = count
                     self.cut()
+                    count, stop = 0, self._stop(0)
                     item.after = self._seq  # type: ignore[union-attr]
                     self._tokens.append(item)  # type: ignore[arg-type]
                     continue
@@ -161,21 +170,23 @@ class Batcher:
                 if step is None:
                     step = next_step.get(name, 0)
                 try:
-                    head = pack(step, value, length)
+                    append(pack(step, value, length))
                 except (struct.error, TypeError) as exc:
                     not_points += 1
                     why = f"metric {name!r} not sent: {exc}"
                     self.ledger.reject(1, why, ErrorCode.INVALID_REQUEST)
                     continue
-                if self._bytes + length + 13 > budget:
-                    self.cut()
-                parts.append(head)
-                parts.append(raw)
-                self._bytes += length + 13
+                append(raw)
                 next_step[name] = step + 1
-                self._count += 1
-                if self._count >= size:
-                    self.cut()
+                count += 1
+                if count == stop:
+                    if count < size:
+                        stop = self._stop(count)
+                    if count == stop:
+                        self._count = count
+                        self.cut()
+                        count, stop = 0, self._stop(0)
+            self._count = count
             self.held += take - not_points
             self.room = self.limit - self.held
         if cut:
@@ -193,6 +204,15 @@ class Batcher:
         self.ready.append(self._seq)
         del parts[1:]
         self._count = self._bytes = 0
+        self._measured = 1
+
+    def _stop(self, count: int) -> int:
+        """The count at which drain looks again: batch_size, or sooner when points of the
+        longest name could make the batch longer than max_message_bytes from here on."""
+        parts = self._parts
+        self._bytes += sum(map(len, itertools.islice(parts, self._measured, None)))
+        self._measured = len(parts)
+        return min(self._size, count + (self._budget - self._bytes) // MAX_POINT)
 
     def next_batch(self) -> Batch | None:
         """The next batch to send on this connection (None: nothing is waiting)."""
@@ -204,11 +224,13 @@ class Batcher:
 
     def acknowledged(self, seq: int) -> None:
         """The daemon stored batch `seq`."""
-        self.ledger.acknowledged += self._settle(seq)
+        self.ledger.acknowledged += self.unacked[seq].count  # counted before a token is done
+        self._settle(seq)
 
     def rejected(self, seq: int, why: str, code: ErrorCode) -> None:
         """The daemon refused batch `seq` for good: its points are counted, never resent."""
-        self.ledger.reject(self._settle(seq), why, code)
+        self.ledger.reject(self.unacked[seq].count, why, code)  # before a token is done
+        self._settle(seq)
 
     def resend_all(self) -> None:
         """A new connection: every unacknowledged batch goes again, in order, before new ones."""
@@ -223,6 +245,7 @@ class Batcher:
         """Stop, and forget every point not yet settled; how many there were."""
         self.stop()
         del self._parts[1:]
+        self._measured = 1
         self.unacked.clear()
         self.ready.clear()
         lost, self.held, self._count, self._bytes = self.held, 0, 0, 0
@@ -236,12 +259,10 @@ class Batcher:
             self._tokens.popleft().done.set()
         return lost
 
-    def _settle(self, seq: int) -> int:
-        count = self.unacked.pop(seq).count
-        self.held -= count
+    def _settle(self, seq: int) -> None:
+        self.held -= self.unacked.pop(seq).count
         self.room = self.limit - self.held
         self._release_tokens()
-        return count
 
     def _release_tokens(self) -> None:
         tokens = self._tokens

@@ -1,6 +1,7 @@
 """The MetricLogger's batcher alone: no socket, no thread, exact bytes."""
 
 import math
+import threading
 from collections import deque
 
 import pytest
@@ -76,21 +77,31 @@ def test_drain_takes_no_more_than_the_slots_allow() -> None:
     assert [b.count for b in sent(batcher)] == [10, 10] and len(queue) == 15
 
 
-def test_split_before_a_point_would_pass_the_message_size() -> None:
-    """100-byte names cost 113 bytes a point: 8 fit in 1,000 bytes, the 9th would not."""
+def test_split_before_a_point_could_pass_the_message_size() -> None:
+    """100-byte names cost 113 bytes a point: after 7 (830 bytes), one more point of the
+    longest name (268 bytes) might not fit in 1,000, so the batch is cut there."""
     names = [f"{i:03d}" + "n" * 97 for i in range(20)]
     points = [(name, float(i), i) for i, name in enumerate(names)]
     batcher = make(deque(points), batch_size=1000, max_message_bytes=1000)
     batcher.drain(slots=64, cut=True)
     batches = sent(batcher)
-    assert [b.count for b in batches] == [8, 8, 4]
+    assert [b.count for b in batches] == [7, 7, 6]
     assert [b.message for b in batches] == [
-        codec(*points[:8]),
-        codec(*points[8:16]),
-        codec(*points[16:]),
+        codec(*points[:7]),
+        codec(*points[7:14]),
+        codec(*points[14:]),
     ]
-    assert all(len(b.message) <= 1000 for b in batches)
-    assert len(batches[0].message) == MESSAGE_HEAD + 8 * 113
+    assert len(batches[0].message) == MESSAGE_HEAD + 7 * 113 == 830
+    # Short names fill a large batch up to the size, in several drains.
+    short = [("ab", float(i), i) for i in range(200)]
+    queue: deque[Item] = deque(short[:50])
+    filled = make(queue, batch_size=65535, max_message_bytes=1000)
+    filled.drain(slots=64, cut=False)
+    queue.extend(short[50:])
+    filled.drain(slots=64, cut=True)
+    counts = [b.count for b in sent(filled)]
+    # 47 points make 39 + 47 * 15 = 744 bytes; 268 more might not fit in 1,000, 46 points would.
+    assert counts == [47, 47, 47, 47, 12]
     # The smallest size still carries the longest point; below it is refused.
     smallest = make(
         deque([("x" * 255, 1.0, 0), ("y" * 255, 2.0, 0)]),
@@ -175,8 +186,18 @@ def test_flush_tokens_wait_for_every_earlier_point() -> None:
     batcher.acknowledged(partial.seq)
     batcher.acknowledged(after.seq)
     assert not token.done.is_set() and not later.done.is_set()
+    counts_when_done: list[tuple[int, int]] = []
+    ledger = batcher.ledger
+
+    class Seen(threading.Event):
+        def set(self) -> None:  # flush() reads the counts as soon as this is set
+            counts_when_done.append((ledger.acknowledged, ledger.rejected))
+            super().set()
+
+    token.done = Seen()
     batcher.rejected(first.seq, "bad", ErrorCode.INVALID_REQUEST)
     assert token.done.is_set() and later.done.is_set()
+    assert counts_when_done == [(10, 10)]
     # Nothing pending: a token is done as soon as it is drained.
     idle = FlushToken()
     queue.append(idle)
