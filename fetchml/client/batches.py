@@ -137,7 +137,8 @@ class Batcher:
         return not self.queue and not self._count and not self.unacked
 
     def drain(self, slots: int, cut: bool) -> None:
-        """Encode queued points into at most `slots` more batches; `cut` the last partial one.
+        """Encode up to `slots` batches' worth of queued points (`slots * batch_size`, fewer
+        batches than that only when cut short by size); `cut` the last partial one.
 
         `held` goes up once the items have left the queue (the caller's bound may
         briefly undercount by one drain, never overcount).
