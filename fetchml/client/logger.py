@@ -15,20 +15,21 @@ exit for loggers still open.
 
 Who owns what (C: the caller's thread, W: the worker's):
 
-    state                        written by              read by
-    queue of Point / FlushToken  C appends               W pops (Batcher.drain)
-    Batcher.names                C (first use of a name)  W
-    Batcher batches, steps, held W                       C (stats, close)
-    Batcher.room                 W per batch; C at close C, every log()
-    Shipper.space (Event)        W per settled batch     C, when log() blocks
-    FlushToken.done (Event)      W                       C, in flush()
-    Ledger counts                W                       C (flush, close, stats)
-    Shipper.stop / .abort        C                       W
-    Shipper.fatal, .started      W                       C
+    state                         written by                read by
+    queue of Point / FlushToken   C appends                 W pops (Batcher.drain)
+    Batcher.names                 C, a name's first use     W
+    Batcher batches, steps, held  W                         C (stats, close)
+    Batcher.room                  W per batch; C at close   C, every log()
+    Shipper.space (Event)         W per settled batch       C, while log() blocks
+    FlushToken.done (Event)       W                         C, in flush()
+    Ledger counts                 W                         C (flush, close, stats)
+    Shipper.stop / .abort         C                         W
+    Shipper.fatal, .started       W                         C
 
-Per point only a plain tuple crosses; typed objects cross once per batch or
-per call (room, space, a FlushToken), so log() stays a dict lookup, a
-compare and a deque append.
+Per point only a plain tuple crosses; typed objects cross once per batch
+(room, space) or per call (a FlushToken), so log() stays a dict lookup, a
+compare and a deque append. The worker counts a batch's answer in the Ledger
+before it can complete a FlushToken, so flush() sees every count.
 
 Memory is bounded by `max_buffer` points (queued plus unacknowledged): when
 it is full, `log()` blocks until the daemon acknowledges (`on_full="block"`,
