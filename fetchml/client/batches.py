@@ -18,7 +18,6 @@ settled, acknowledged or rejected. The I/O loop (shipper.py) sends what
 """
 
 import contextlib
-import itertools
 import operator
 import struct
 import threading
@@ -211,7 +210,7 @@ class Batcher:
         """The count at which drain looks again: batch_size, or sooner when points of the
         longest name could make the batch longer than max_message_bytes from here on."""
         parts = self._parts
-        self._bytes += sum(map(len, itertools.islice(parts, self._measured, None)))
+        self._bytes += sum(map(len, parts[self._measured :]))
         self._measured = len(parts)
         return min(self._size, count + (self._budget - self._bytes) // MAX_POINT)
 
