@@ -1,13 +1,20 @@
-"""MetricLogger's points on their way from the caller's queue to LOG_METRICS bodies.
+"""The MetricLogger's batcher, without sockets or threads: points in, LOG_METRICS out.
 
 The caller's thread checks each name once (`encode_name`, cached in `names`)
-and every step (`check_step`), then appends `(name, value, step)` tuples and
-flush markers to a deque. On the worker thread, `drain` pops them, assigns
-default steps and encodes each point as its LOG_METRICS wire bytes
-(protocol.requests.POINT and the cached name), cutting bodies of at most
-`batch_size` points, so a resend costs nothing. A body stays in `unacked`
-(by sequence number) until `settle`; a flush marker is set once every point
-queued before it is settled. A value the wire cannot carry is rejected here.
+and every step (`check_step`), then appends Points and FlushTokens to the
+queue. `drain` pops them, assigns default steps and encodes each point as its
+wire bytes (protocol.requests.POINT and the cached name), cutting a Batch,
+one complete LOG_METRICS message, at `batch_size` points or once one more
+point with the longest name (255 bytes) might make it longer than
+`max_message_bytes`: the batch is measured only when that might happen, not
+per point. A value the wire cannot carry is rejected here.
+
+Every Batch stays in `unacked` until it is acknowledged or rejected (its
+points are then counted in the ledger and never sent again); `resend_all`
+puts every unacknowledged batch back in line, in order, for a new
+connection. A FlushToken is done once every point queued before it is
+settled, acknowledged or rejected. The I/O loop (shipper.py) sends what
+`next_batch` gives and reports what the daemon answered.
 """
 
 import contextlib
@@ -15,25 +22,47 @@ import operator
 import struct
 import threading
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
 
-from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.enums import ErrorCode, Opcode
 from fetchml.protocol.errors import MalformedRequest
-from fetchml.protocol.requests import POINT, check_metric_name
+from fetchml.protocol.requests import COMMIT_SIZE, HEADER, POINT, LogMetrics, check_metric_name
 
 from .errors import InvalidRequest
 from .ledger import Ledger
 from .models import MAX_STEP
 
+Point = tuple[str, float, int | None]
+"""One log() call as the caller's thread queues it: a plain tuple, no object per point."""
 
-class FlushMarker:
-    """Put in the queue by flush(); set once every point queued before it is settled."""
+MESSAGE_HEAD = HEADER.size + COMMIT_SIZE + 2
+"""LOG_METRICS bytes before the points: opcode, key hash, commit, count."""
+MAX_POINT = POINT.size + 255
+"""The longest encoded point (a 255-byte name)."""
+_COUNT = struct.Struct(">H")
 
-    __slots__ = ("done", "threshold")
+
+class FlushToken:
+    """Queued by flush(); `done` is set once every point queued before it is settled."""
+
+    __slots__ = ("after", "done")
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.threshold = 0
+        self.after = 0
+        """The last batch cut before it: done once no batch up to this one is unsettled."""
+
+
+Item = Point | FlushToken
+"""What crosses from the caller's thread to the worker's, through the queue."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    seq: int
+    count: int
+    message: bytes
+    """The whole LOG_METRICS request, as sent (a resend costs nothing)."""
 
 
 def encode_name(name: object) -> tuple[bytes, int]:
@@ -57,30 +86,48 @@ def check_step(step: object) -> int:
     raise InvalidRequest(f"step must be an integer 0..{MAX_STEP}, got {step!r}")
 
 
-class Batches:
+class Batcher:
     def __init__(
-        self, queue: "deque[Any]", batch_size: int, ledger: Ledger, limit: int = 1 << 62
+        self,
+        queue: "deque[Item]",
+        ledger: Ledger,
+        *,
+        key_hash: bytes,
+        commit: bytes,
+        batch_size: int = 1000,
+        max_message_bytes: int = 1 << 20,
+        limit: int = 1 << 62,
     ) -> None:
+        if not 1 <= batch_size <= LogMetrics.MAX_POINTS:
+            raise InvalidRequest(f"batch_size must be 1..65535, got {batch_size}")
+        if max_message_bytes < MESSAGE_HEAD + MAX_POINT:
+            raise InvalidRequest(
+                f"max_message_bytes must be at least {MESSAGE_HEAD + MAX_POINT}, "
+                f"got {max_message_bytes}"
+            )
         self.queue = queue
+        self.ledger = ledger
         self.names: dict[str, tuple[bytes, int]] = {}
         """Names checked by the caller's thread, with their encoding and length."""
-        self.space = threading.Event()
-        """Set whenever points leave the buffer (a blocked log() waits for it)."""
         self.held = 0
         """Points taken from the queue and not yet settled."""
         self.limit = limit
         """At most this many points buffered (queued or held); -1 once the logger stopped."""
         self.room = limit
         """`limit - held`: how long the queue may grow (log() compares it with the queue)."""
-        self.unacked: dict[int, tuple[int, bytes]] = {}
-        """Bodies cut and not yet settled, by sequence number: (point count, body)."""
+        self.unacked: dict[int, Batch] = {}
+        """Batches cut and not yet settled, by sequence number (in order)."""
         self.ready: deque[int] = deque()
-        """Sequence numbers of bodies to send on the current connection, in order."""
+        """Sequence numbers of batches to send on the current connection, in order."""
+        self._head = HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit
         self._size = batch_size
-        self._ledger = ledger
-        self._markers: deque[FlushMarker] = deque()
-        self._parts: list[bytes] = []
+        self._budget = max_message_bytes - MESSAGE_HEAD
+        self._tokens: deque[FlushToken] = deque()
+        self._parts: list[bytes] = [b""]
         self._count = 0
+        self._bytes = 0
+        """The length of the batch's first `_measured` parts (the head's place counts 0)."""
+        self._measured = 1
         self._seq = 0
         self._next_step: dict[str, int] = {}
 
@@ -88,8 +135,9 @@ class Batches:
     def idle(self) -> bool:
         return not self.queue and not self._count and not self.unacked
 
-    def drain(self, slots: int, emit_partial: bool) -> None:
-        """Encode queued points into at most `slots` more bodies (the in-flight budget).
+    def drain(self, slots: int, cut: bool) -> None:
+        """Encode up to `slots` batches' worth of queued points (`slots * batch_size`, fewer
+        batches than that only when cut short by size); `cut` the last partial one.
 
         `held` goes up once the items have left the queue (the caller's bound may
         briefly undercount by one drain, never overcount).
@@ -99,7 +147,10 @@ class Batches:
         take = min(len(queue), slots * size - self._count)
         if take > 0:
             not_points = 0
+            count = self._count  # a local in the loop, stored before a cut
+            stop = self._stop(count)
             parts = self._parts
+            append = parts.append
             names = self.names
             next_step = self._next_step
             pack = POINT.pack
@@ -108,49 +159,83 @@ class Batches:
                 item = popleft()
                 if item.__class__ is not tuple:
                     not_points += 1
-                    self.emit()
-                    item.threshold = self._seq
-                    self._markers.append(item)
+                    self._count = count
+                    self.cut()
+                    count, stop = 0, self._stop(0)
+                    item.after = self._seq  # type: ignore[union-attr]
+                    self._tokens.append(item)  # type: ignore[arg-type]
                     continue
                 name, value, step = item
                 raw, length = names[name]
                 if step is None:
                     step = next_step.get(name, 0)
                 try:
-                    parts.append(pack(step, value, length))
+                    append(pack(step, value, length))
                 except (struct.error, TypeError) as exc:
                     not_points += 1
                     why = f"metric {name!r} not sent: {exc}"
-                    self._ledger.reject(1, why, ErrorCode.INVALID_REQUEST)
+                    self.ledger.reject(1, why, ErrorCode.INVALID_REQUEST)
                     continue
-                parts.append(raw)
+                append(raw)
                 next_step[name] = step + 1
-                self._count += 1
-                if self._count >= size:
-                    self.emit()
+                count += 1
+                if count == stop:
+                    if count < size:
+                        stop = self._stop(count)
+                    if count == stop:
+                        self._count = count
+                        self.cut()
+                        count, stop = 0, self._stop(0)
+            self._count = count
             self.held += take - not_points
             self.room = self.limit - self.held
-        if emit_partial:
-            self.emit()
-        self._check_markers()
+        if cut:
+            self.cut()
+        self._release_tokens()
 
-    def emit(self) -> None:
-        """Cut the points encoded so far into a body."""
+    def cut(self) -> None:
+        """Make the points encoded so far one batch."""
         if not self._count:
             return
         self._seq += 1
-        self.unacked[self._seq] = (self._count, b"".join(self._parts))
+        parts = self._parts
+        parts[0] = self._head + _COUNT.pack(self._count)
+        self.unacked[self._seq] = Batch(self._seq, self._count, b"".join(parts))
         self.ready.append(self._seq)
-        self._parts.clear()
-        self._count = 0
+        del parts[1:]
+        self._count = self._bytes = 0
+        self._measured = 1
 
-    def settle(self, seq: int) -> None:
-        """A body acknowledged or rejected: its points leave the buffer."""
-        count, _ = self.unacked.pop(seq)
-        self.held -= count
-        self.room = self.limit - self.held
-        self.space.set()
-        self._check_markers()
+    def _stop(self, count: int) -> int:
+        """The count at which drain looks again: batch_size, or sooner when points of the
+        longest name could make the batch longer than max_message_bytes from here on."""
+        parts = self._parts
+        self._bytes += sum(map(len, parts[self._measured :]))
+        self._measured = len(parts)
+        return min(self._size, count + (self._budget - self._bytes) // MAX_POINT)
+
+    def next_batch(self) -> Batch | None:
+        """The next batch to send on this connection (None: nothing is waiting)."""
+        while self.ready:
+            batch = self.unacked.get(self.ready.popleft())
+            if batch is not None:
+                return batch
+        return None
+
+    def acknowledged(self, seq: int) -> None:
+        """The daemon stored batch `seq`."""
+        self.ledger.acknowledged += self.unacked[seq].count  # counted before a token is done
+        self._settle(seq)
+
+    def rejected(self, seq: int, why: str, code: ErrorCode) -> None:
+        """The daemon refused batch `seq` for good: its points are counted, never resent."""
+        self.ledger.reject(self.unacked[seq].count, why, code)  # before a token is done
+        self._settle(seq)
+
+    def resend_all(self) -> None:
+        """A new connection: every unacknowledged batch goes again, in order, before new ones."""
+        self.ready = deque(self.unacked)
+        self.ledger.resent_batches += len(self.ready)
 
     def stop(self) -> None:
         """No more points: every later log() takes its slow path (which raises)."""
@@ -159,25 +244,30 @@ class Batches:
     def drop_all(self) -> int:
         """Stop, and forget every point not yet settled; how many there were."""
         self.stop()
-        self._parts.clear()
+        del self._parts[1:]
+        self._measured = 1
         self.unacked.clear()
         self.ready.clear()
-        lost, self.held, self._count = self.held, 0, 0
+        lost, self.held, self._count, self._bytes = self.held, 0, 0, 0
         while self.queue:
             item = self.queue.popleft()
             if item.__class__ is tuple:
                 lost += 1
             else:
-                self._markers.append(item)
-        while self._markers:
-            self._markers.popleft().done.set()
-        self.space.set()
+                self._tokens.append(item)  # type: ignore[arg-type]
+        while self._tokens:
+            self._tokens.popleft().done.set()
         return lost
 
-    def _check_markers(self) -> None:
-        markers = self._markers
-        if not markers:
+    def _settle(self, seq: int) -> None:
+        self.held -= self.unacked.pop(seq).count
+        self.room = self.limit - self.held
+        self._release_tokens()
+
+    def _release_tokens(self) -> None:
+        tokens = self._tokens
+        if not tokens:
             return
         lowest = next(iter(self.unacked), None)
-        while markers and (lowest is None or markers[0].threshold < lowest):
-            markers.popleft().done.set()
+        while tokens and (lowest is None or tokens[0].after < lowest):
+            tokens.popleft().done.set()

@@ -6,12 +6,30 @@
             ml.log_dict({"lr": lr, "acc": acc}, step=step)
 
 `log()` only appends a tuple to an in-memory deque: no network, no lock, no
-encoding on the caller's thread. A background thread with its own event loop
-(see shipper.py) batches the points into pipelined LOG_METRICS requests,
-reconnects with backoff after a drop or a daemon restart, and resends every
-batch that was not acknowledged. `flush()` waits until everything logged so
-far is acknowledged; `close()` flushes and stops the thread, and runs at exit
-for loggers still open.
+encoding on the caller's thread. A worker thread with its own event loop
+(worker.py) runs the shipper (shipper.py: connect, send, back off), which
+feeds the batcher (batches.py: points in, LOG_METRICS messages out, answers
+in, flush tokens done). `flush()` waits until everything logged so far is
+acknowledged or rejected; `close()` flushes and stops the thread, and runs at
+exit for loggers still open.
+
+Who owns what (C: the caller's thread, W: the worker's):
+
+    state                         written by                read by
+    queue of Point / FlushToken   C appends                 W pops (Batcher.drain)
+    Batcher.names                 C, a name's first use     W
+    Batcher batches, steps, held  W                         C (stats, close)
+    Batcher.room                  W per batch; C at close   C, every log()
+    Shipper.space (Event)         W per settled batch       C, while log() blocks
+    FlushToken.done (Event)       W                         C, in flush()
+    Ledger counts                 W                         C (flush, close, stats)
+    Shipper.stop / .abort         C                         W
+    Shipper.fatal, .started       W                         C
+
+Per point only a plain tuple crosses; typed objects cross once per batch
+(room, space) or per call (a FlushToken), so log() stays a dict lookup, a
+compare and a deque append. The worker counts a batch's answer in the Ledger
+before it can complete a FlushToken, so flush() sees every count.
 
 Memory is bounded by `max_buffer` points (queued plus unacknowledged): when
 it is full, `log()` blocks until the daemon acknowledges (`on_full="block"`,
@@ -37,12 +55,13 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
-from .batches import FlushMarker, check_step, encode_name
+from .batches import FlushToken, Item, check_step, encode_name
 from .errors import DeliveryTimeout, InvalidRequest
 from .ledger import LoggerStats
 from .models import parse_commit
+from .pipeline import MAX_MESSAGE_BYTES
 from .settings import resolve_settings
 from .shipper import Shipper, ShipperConfig
 from .worker import Worker
@@ -65,6 +84,7 @@ class MetricLogger:
         api_key: str | None = None,
         *,
         batch_size: int = 1000,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         flush_interval: float = 0.05,
         max_buffer: int = 1_000_000,
         on_full: OnFull = "block",
@@ -77,12 +97,11 @@ class MetricLogger:
     ) -> None:
         """`url`/`api_key` default as for Client.connect.
 
-        `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
+        A batch is cut at `batch_size` points or `max_message_bytes` (the daemon's
+        server.max_message_bytes), whichever comes first. `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
         interpreter exit (None: no bound). Raises AuthenticationFailed, PermissionDenied
         or ConfigurationError when the start check fails, InvalidRequest for bad arguments.
         """
-        if not 1 <= batch_size <= 0xFFFF:
-            raise InvalidRequest(f"batch_size must be 1..65535, got {batch_size}")
         if flush_interval <= 0 or max_buffer < 1 or max_in_flight < 1:
             raise InvalidRequest("flush_interval, max_buffer and max_in_flight must be positive")
         if on_full not in ("block", "drop"):
@@ -98,17 +117,18 @@ class MetricLogger:
             commit=parse_commit(commit),
             settings=settings,
             batch_size=batch_size,
+            max_message_bytes=max_message_bytes,
             flush_interval=flush_interval,
             max_in_flight=max_in_flight,
             create_experiment=create_experiment,
             job_name=job_name,
         )
         self.commit = config.commit.hex()
-        self._queue: deque[Any] = deque()
+        self._queue: deque[Item] = deque()
         self._ship = ship = Shipper(config, self._queue, max_buffer)
         self._ledger = ship.ledger
-        self._batches = ship.batches
-        self._names = ship.batches.names
+        self._batcher = ship.batcher
+        self._names = ship.batcher.names
         self._max_buffer = max_buffer
         self._nudge_at = batch_size - 1
         """log() wakes the worker when the queue reaches a batch (it drains all of it)."""
@@ -147,7 +167,7 @@ class MetricLogger:
             raise
         queue = self._queue
         n = len(queue)
-        if n >= self._batches.room and not self._full():
+        if n >= self._batcher.room and not self._full():
             return
         queue.append((name, value, step))
         if n == self._nudge_at:
@@ -198,13 +218,13 @@ class MetricLogger:
             self._dropped += 1
             return False
         self._worker.nudge()
-        batches = self._batches
-        while len(self._queue) >= batches.room:
+        batcher, space = self._batcher, self._ship.space
+        while len(self._queue) >= batcher.room:
             self._check_open()
-            batches.space.clear()
-            if len(self._queue) < batches.room:
+            space.clear()
+            if len(self._queue) < batcher.room:
                 break
-            batches.space.wait(_POLL_S)
+            space.wait(_POLL_S)
         return True
 
     # -- flush and close -------------------------------------------------------
@@ -217,18 +237,18 @@ class MetricLogger:
         limit = self._close_timeout if timeout is None else timeout
         in_time = True
         if self._worker.alive:
-            marker = FlushMarker()
-            self._queue.append(marker)
+            token = FlushToken()
+            self._queue.append(token)
             self._worker.nudge()
             deadline = None if limit is None else time.monotonic() + limit
-            while not marker.done.is_set():
+            while not token.done.is_set():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     in_time = False
                     break
                 if not self._worker.alive:
                     break
-                marker.done.wait(_POLL_S if left is None else min(left, _POLL_S))
+                token.done.wait(_POLL_S if left is None else min(left, _POLL_S))
         return self._report(in_time, limit)
 
     def close(self, timeout: float | None = None) -> bool:
@@ -241,25 +261,25 @@ class MetricLogger:
             return self._result
         limit = self._close_timeout if timeout is None else timeout
         self._closed = True
-        self._batches.stop()  # every further log() takes the slow path, which raises
+        self._batcher.stop()  # every further log() takes the slow path, which raises
         atexit.unregister(self._at_exit)
         self._ship.stop = True
         self._worker.nudge()
         in_time = self._worker.join(limit)
         if not in_time:
             self._worker.abort()
-        self._batches.stop()  # again: the worker may have set room meanwhile
+        self._batcher.stop()  # again: the worker may have set room meanwhile
         self._result = self._report(in_time, limit)
         return self._result
 
     def _undelivered(self) -> int:
-        return self._batches.held + sum(1 for item in self._queue if item.__class__ is tuple)
+        return self._batcher.held + sum(1 for item in self._queue if item.__class__ is tuple)
 
     def _report(self, in_time: bool, limit: float | None) -> bool:
         """Raise (or, with on_error="warn", log) what went wrong since the last report."""
         fatal = self._ship.fatal
         if fatal is not None and not self._worker.alive and (late := self._undelivered()):
-            self._batches.drop_all()  # points logged while the worker was stopping
+            self._batcher.drop_all()  # points logged while the worker was stopping
             self._ledger.reject(late, str(fatal), fatal.code)
         rejected = self._ledger.unreported()
         error: Exception | None = rejected
@@ -308,4 +328,4 @@ class MetricLogger:
         return self._ledger.acknowledged
 
     def stats(self) -> LoggerStats:
-        return self._ledger.stats(len(self._queue) + self._batches.held, self._dropped)
+        return self._ledger.stats(len(self._queue) + self._batcher.held, self._dropped)

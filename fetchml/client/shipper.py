@@ -1,17 +1,16 @@
-"""The background half of MetricLogger: sends batches, reconnects, resends.
+"""The I/O half of MetricLogger: connect, send, back off; the Batcher decides the rest.
 
-Runs on its own thread and event loop (worker.py). Batches (batches.py) turns
-the caller's queue into encoded LOG_METRICS bodies: a partial batch leaves
-every `flush_interval`, or at once for a flush or close. The shipper sends
-each body as one LOG_METRICS, several in flight on one connection.
+Runs on the worker thread's event loop (worker.py). Every `flush_interval`,
+or at once for a flush or close, it lets the Batcher (batches.py) turn the
+caller's queue into LOG_METRICS messages and sends them, several in flight
+on one connection, reporting each answer back: SUCCESS acknowledges a batch;
+an error other than a transient one (RETRYABLE) rejects it for good.
 
-A body stays unacknowledged until its SUCCESS arrives. When the connection
-drops, or the daemon answers with a transient error (RETRYABLE), the shipper
-reconnects with exponential backoff and resends every unacknowledged body in
-order before new ones, so nothing is lost; only a batch written just before
-the drop (its ack lost with the connection) can be stored twice. Any other
-error rejects the batch for good: its points are counted in the ledger by the
-server's message and never resent.
+When the connection drops, or the daemon answers with a transient error,
+the shipper reconnects with exponential backoff and the Batcher puts every
+unacknowledged batch back in line, in order, before new ones, so nothing is
+lost; only a batch written just before the drop (its ack lost with the
+connection) can be stored twice.
 
 The first connection runs the start check (startcheck.py). A failed check, or
 a handshake the daemon refuses (wrong key, address not allowed), is `fatal`:
@@ -24,14 +23,14 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 from fetchml.protocol.enums import ErrorCode
 
-from .batches import Batches
+from .batches import Batch, Batcher, Item
 from .connection import Client
 from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
 from .ledger import Ledger
+from .pipeline import MAX_MESSAGE_BYTES
 from .settings import Settings
 from .startcheck import check_start
 from .transport import backoff_delay
@@ -46,6 +45,7 @@ class ShipperConfig:
     batch_size: int = 1000
     flush_interval: float = 0.05
     max_in_flight: int = 64
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     create_experiment: bool = True
     job_name: str = ""
     initial_backoff: float = 0.05
@@ -57,12 +57,22 @@ class Shipper:
     def __init__(
         self,
         config: ShipperConfig,
-        queue: "deque[Any]",
+        queue: "deque[Item]",
         max_buffer: int = 1 << 62,
     ) -> None:
         self.config = config
         self.ledger = Ledger(config.commit.hex()[:12])
-        self.batches = Batches(queue, config.batch_size, self.ledger, max_buffer)
+        self.batcher = Batcher(
+            queue,
+            self.ledger,
+            key_hash=config.settings.key_hash,
+            commit=config.commit,
+            batch_size=config.batch_size,
+            max_message_bytes=config.max_message_bytes,
+            limit=max_buffer,
+        )
+        self.space = threading.Event()
+        """Set whenever points leave the buffer (a blocked log() waits for it)."""
         self.started = threading.Event()
         """Set once the start check passed or failed, or the first connection attempt failed."""
         self.fatal: FetchmlError | None = None
@@ -89,7 +99,7 @@ class Shipper:
         connected_once = False
         try:
             while not self.abort and self.fatal is None:
-                if self.stop and self.batches.idle:
+                if self.stop and self.batcher.idle:
                     break
                 if failures:
                     await self._backoff(failures)
@@ -133,8 +143,9 @@ class Shipper:
     def _fail(self, exc: FetchmlError) -> None:
         """Stop for good: every point logged and not acknowledged is rejected for `exc`."""
         self.fatal = self.ledger.last_error = exc
-        if lost := self.batches.drop_all():
+        if lost := self.batcher.drop_all():
             self.ledger.reject(lost, str(exc), exc.code)
+        self.space.set()
 
     async def _backoff(self, failures: int) -> None:
         """Wait before the next connection attempt (cut short only by an abort)."""
@@ -178,12 +189,11 @@ class Shipper:
         """Send on one connection until done or broken. True if anything was acknowledged."""
         assert self._wake is not None
         broken = self._broken = asyncio.Event()
-        ledger, batches, cfg = self.ledger, self.batches, self.config
+        ledger, batcher, cfg = self.ledger, self.batcher, self.config
         acked_before = ledger.acknowledged
         if not await self._prepare(client):
             return False
-        batches.ready = deque(batches.unacked)
-        ledger.resent_batches += len(batches.ready)
+        batcher.resend_all()
         loop = asyncio.get_running_loop()
         self._last_partial = loop.time()
         async with asyncio.TaskGroup() as tg:
@@ -192,13 +202,12 @@ class Shipper:
                 tick = now - self._last_partial >= cfg.flush_interval
                 if tick:
                     self._last_partial = now
-                slots = cfg.max_in_flight - self._inflight - len(batches.ready)
-                batches.drain(slots, emit_partial=tick or self.stop)
-                while batches.ready and self._inflight < cfg.max_in_flight:
-                    seq = batches.ready.popleft()
+                slots = cfg.max_in_flight - self._inflight - len(batcher.ready)
+                batcher.drain(slots, cut=tick or self.stop)
+                while self._inflight < cfg.max_in_flight and (batch := batcher.next_batch()):
                     self._inflight += 1
-                    tg.create_task(self._send(client, seq))
-                if self.stop and batches.idle:
+                    tg.create_task(self._send(client, batch))
+                if self.stop and batcher.idle:
                     break
                 self._wake.clear()
                 wait = cfg.flush_interval - (loop.time() - self._last_partial)
@@ -209,10 +218,9 @@ class Shipper:
                 client.abort()  # fails what is in flight, so the task group can end
         return ledger.acknowledged > acked_before
 
-    async def _send(self, client: Client, seq: int) -> None:
-        count, body = self.batches.unacked[seq]
+    async def _send(self, client: Client, batch: Batch) -> None:
         try:
-            await client.log_encoded(self.config.commit, count, body)
+            await client._success(batch.message)
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
                 self._break(exc)
@@ -222,13 +230,12 @@ class Shipper:
                 self._break(exc)
                 return
             self.ledger.last_error = exc
-            self.ledger.reject(count, str(exc), exc.code)
-            self.batches.settle(seq)
+            self.batcher.rejected(batch.seq, str(exc), exc.code)
         else:
-            self.ledger.acknowledged += count
-            self.batches.settle(seq)
+            self.batcher.acknowledged(batch.seq)
         finally:
             self._inflight -= 1
+            self.space.set()
             self.wake()
 
     def _break(self, exc: FetchmlError) -> None:

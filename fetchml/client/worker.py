@@ -67,4 +67,4 @@ class Worker:
             finally:
                 loop.close()
                 self.ship.started.set()
-                self.ship.batches.space.set()
+                self.ship.space.set()

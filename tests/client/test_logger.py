@@ -1,27 +1,20 @@
 """MetricLogger against a daemon subprocess: delivery, steps, policies, restarts."""
 
 import logging
-import math
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fetchml.client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
-from fetchml.client.batches import Batches, encode_name
-from fetchml.client.ledger import Ledger
-from fetchml.client.metrics import log_metrics_message
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.keys import key_hash
 from fetchml.protocol.records import RECORD_HEAD, RECORD_MIN, scan
-from fetchml.protocol.requests import LogMetrics, MetricPoint, encode_request
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
 
 NAMES = (b"loss", b"acc", b"lr", b"grad_norm")
@@ -275,24 +268,18 @@ def test_points_are_flushed_at_exit(shared_server: ServerProcess) -> None:
     assert got == [(i, i / 2) for i in range(5000)]
 
 
-def test_batches_are_the_codec_bytes() -> None:
-    """The pre-encoded batch is byte for byte the codec's LogMetrics."""
-    commit = bytes(range(20))
-    queue: deque[object] = deque([("loss", 0.5, 3), ("acc", math.nan, None), ("é", 1, 7)])
-    batches = Batches(queue, 1000, Ledger("test"))
-    batches.names.update((name, encode_name(name)) for name in ("loss", "acc", "é"))
-    batches.drain(slots=1, emit_partial=True)
-    ((count, body),) = batches.unacked.values()
-    expected = encode_request(
-        LogMetrics(
-            key_hash=key_hash("k"),
-            commit_id=commit,
-            metrics=(
-                MetricPoint(3, 0.5, "loss"),
-                MetricPoint(0, math.nan, "acc"),
-                MetricPoint(7, 1.0, "é"),
-            ),
-        )
-    )
-    assert log_metrics_message(key_hash("k"), commit, count, body) == expected
-    assert batches.held == 3 and not queue
+def test_batches_are_cut_at_the_message_size(shared_server: ServerProcess) -> None:
+    """10,000 points with 255-byte names are 2.7 MB: with batch_size 65535 they are cut
+    at max_message_bytes (the daemon's 1 MiB), never sent as one message it closes on."""
+    commit = commit_of("logger-message-size")
+    names = ["a" * 255, "b" * 255]
+    ml = MetricLogger(commit, shared_server.url, ADMIN_KEY, batch_size=65535, close_timeout=10)
+    for i in range(10_000):
+        ml.log(names[i % 2], float(i), step=i)
+    assert ml.close()
+    stats = ml.stats()
+    assert (stats.acknowledged, stats.reconnects, stats.resent_batches) == (10_000, 0, 0)
+    steps = [step for _, step, _ in each_record(metrics_file(shared_server, commit))]
+    assert steps == list(range(10_000))
+    with pytest.raises(InvalidRequest, match="max_message_bytes must be at least 307"):
+        MetricLogger(commit, shared_server.url, ADMIN_KEY, max_message_bytes=306)

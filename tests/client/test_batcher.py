@@ -1,0 +1,230 @@
+"""The MetricLogger's batcher alone: no socket, no thread, exact bytes."""
+
+import math
+import threading
+from collections import deque
+
+import pytest
+
+from fetchml.client import InvalidRequest
+from fetchml.client.batches import (
+    MAX_POINT,
+    MESSAGE_HEAD,
+    Batch,
+    Batcher,
+    FlushToken,
+    Item,
+    encode_name,
+)
+from fetchml.client.ledger import Ledger
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.keys import key_hash
+from fetchml.protocol.requests import LogMetrics, MetricPoint, encode_request
+
+KEY = key_hash("k")
+COMMIT = bytes(range(20))
+
+
+def make(queue: "deque[Item]", **kwargs: int) -> Batcher:
+    batcher = Batcher(queue, Ledger("test"), key_hash=KEY, commit=COMMIT, **kwargs)
+    for item in queue:
+        if isinstance(item, tuple):
+            batcher.names.setdefault(item[0], encode_name(item[0]))
+    return batcher
+
+
+def codec(*points: tuple[str, float, int]) -> bytes:
+    """The codec's own LOG_METRICS for (name, value, step) points."""
+    metrics = tuple(MetricPoint(step, value, name) for name, value, step in points)
+    return encode_request(LogMetrics(key_hash=KEY, commit_id=COMMIT, metrics=metrics))
+
+
+def sent(batcher: Batcher) -> list[Batch]:
+    out = []
+    while (batch := batcher.next_batch()) is not None:
+        out.append(batch)
+    return out
+
+
+def test_points_in_codec_bytes_out() -> None:
+    """Default steps follow the previous step of each name; the bytes are the codec's."""
+    queue: deque[Item] = deque(
+        [("loss", 0.5, 3), ("acc", math.nan, None), ("é", 1, 7), ("loss", 2.0, None)]
+    )
+    batcher = make(queue)
+    batcher.drain(slots=1, cut=True)
+    (batch,) = sent(batcher)
+    assert batch.count == 4 and batcher.held == 4 and not queue
+    assert batch.message == codec(
+        ("loss", 0.5, 3), ("acc", math.nan, 0), ("é", 1.0, 7), ("loss", 2.0, 4)
+    )
+
+
+def test_split_at_batch_size_and_partial_only_when_cut() -> None:
+    points = [("m", float(i), i) for i in range(25)]
+    batcher = make(deque(points), batch_size=10)
+    batcher.drain(slots=64, cut=False)
+    assert [b.message for b in sent(batcher)] == [codec(*points[:10]), codec(*points[10:20])]
+    assert batcher.held == 25  # the last 5 wait for the next cut
+    batcher.drain(slots=64, cut=True)
+    assert [b.message for b in sent(batcher)] == [codec(*points[20:])]
+
+
+def test_drain_takes_no_more_than_the_slots_allow() -> None:
+    queue: deque[Item] = deque(("m", 1.0, i) for i in range(35))
+    batcher = make(queue, batch_size=10)
+    batcher.drain(slots=2, cut=True)
+    assert [b.count for b in sent(batcher)] == [10, 10] and len(queue) == 15
+
+
+def test_split_before_a_point_could_pass_the_message_size() -> None:
+    """100-byte names cost 113 bytes a point: after 7 (830 bytes), one more point of the
+    longest name (268 bytes) might not fit in 1,000, so the batch is cut there."""
+    names = [f"{i:03d}" + "n" * 97 for i in range(20)]
+    points = [(name, float(i), i) for i, name in enumerate(names)]
+    batcher = make(deque(points), batch_size=1000, max_message_bytes=1000)
+    batcher.drain(slots=64, cut=True)
+    batches = sent(batcher)
+    assert [b.count for b in batches] == [7, 7, 6]
+    assert [b.message for b in batches] == [
+        codec(*points[:7]),
+        codec(*points[7:14]),
+        codec(*points[14:]),
+    ]
+    assert len(batches[0].message) == MESSAGE_HEAD + 7 * 113 == 830
+    # Short names fill a large batch up to the size, in several drains.
+    short = [("ab", float(i), i) for i in range(200)]
+    queue: deque[Item] = deque(short[:50])
+    filled = make(queue, batch_size=65535, max_message_bytes=1000)
+    filled.drain(slots=64, cut=False)
+    queue.extend(short[50:])
+    filled.drain(slots=64, cut=True)
+    counts = [b.count for b in sent(filled)]
+    # 47 points make 39 + 47 * 15 = 744 bytes; 268 more might not fit in 1,000, 46 points would.
+    assert counts == [47, 47, 47, 47, 12]
+    # The smallest size still carries the longest point; below it is refused.
+    smallest = make(
+        deque([("x" * 255, 1.0, 0), ("y" * 255, 2.0, 0)]),
+        max_message_bytes=MESSAGE_HEAD + MAX_POINT,
+    )
+    smallest.drain(slots=64, cut=True)
+    assert [b.count for b in sent(smallest)] == [1, 1]
+    with pytest.raises(
+        InvalidRequest, match=f"max_message_bytes must be at least {MESSAGE_HEAD + MAX_POINT}"
+    ):
+        make(deque(), max_message_bytes=MESSAGE_HEAD + MAX_POINT - 1)
+    with pytest.raises(InvalidRequest, match=r"batch_size must be 1\.\.65535"):
+        make(deque(), batch_size=0)
+
+
+def test_acks_release_the_buffer() -> None:
+    queue: deque[Item] = deque(("m", 1.0, i) for i in range(30))
+    batcher = make(queue, batch_size=10, limit=30)
+    batcher.drain(slots=64, cut=True)
+    first, second, third = sent(batcher)
+    assert (batcher.held, batcher.room) == (30, 0)
+    batcher.acknowledged(second.seq)
+    assert (batcher.held, batcher.room, batcher.ledger.acknowledged) == (20, 10, 10)
+    batcher.acknowledged(first.seq)
+    batcher.acknowledged(third.seq)
+    assert (batcher.held, batcher.room, batcher.ledger.acknowledged) == (0, 30, 30)
+    assert batcher.idle
+
+
+def test_a_rejection_counts_its_points_and_is_never_resent() -> None:
+    batcher = make(deque(("m", 1.0, i) for i in range(20)), batch_size=10)
+    batcher.drain(slots=64, cut=True)
+    first, second = sent(batcher)
+    batcher.rejected(first.seq, "experiment gone", ErrorCode.RESOURCE_NOT_FOUND)
+    ledger = batcher.ledger
+    assert (ledger.rejected, ledger.rejections, ledger.rejected_code) == (
+        10,
+        {"experiment gone": 10},
+        ErrorCode.RESOURCE_NOT_FOUND,
+    )
+    assert batcher.held == 10
+    batcher.resend_all()
+    assert sent(batcher) == [second]
+
+
+def test_values_the_wire_cannot_carry_are_rejected_not_sent() -> None:
+    batcher = make(deque([("m", "text", 0), ("m", 2.0, 1)]))  # type: ignore[list-item]
+    batcher.drain(slots=1, cut=True)
+    (batch,) = sent(batcher)
+    assert batch.message == codec(("m", 2.0, 1))
+    assert batcher.ledger.rejected == 1 and batcher.held == 1
+    assert "metric 'm' not sent" in next(iter(batcher.ledger.rejections))
+
+
+def test_a_reconnect_resends_every_unacked_batch_in_order_before_new_ones() -> None:
+    queue: deque[Item] = deque(("m", 1.0, i) for i in range(40))
+    batcher = make(queue, batch_size=10)
+    batcher.drain(slots=64, cut=True)
+    one, two, three, four = sent(batcher)
+    batcher.acknowledged(two.seq)
+    queue.extend(("m", 2.0, i) for i in range(40, 45))
+    batcher.resend_all()
+    assert batcher.ledger.resent_batches == 3
+    batcher.drain(slots=64, cut=True)
+    resent = sent(batcher)
+    assert resent[:3] == [one, three, four]
+    assert resent[3].message == codec(*[("m", 2.0, i) for i in range(40, 45)])
+    assert len(resent) == 4
+
+
+def test_flush_tokens_wait_for_every_earlier_point() -> None:
+    queue: deque[Item] = deque(("m", 1.0, i) for i in range(15))
+    token = FlushToken()
+    queue.append(token)
+    queue.extend(("m", 1.0, i) for i in range(15, 20))
+    later = FlushToken()
+    queue.append(later)
+    batcher = make(queue, batch_size=10)
+    batcher.drain(slots=64, cut=False)
+    first, partial, after = sent(batcher)  # the token cuts the partial batch before it
+    assert (first.count, partial.count, after.count) == (10, 5, 5)
+    batcher.acknowledged(partial.seq)
+    batcher.acknowledged(after.seq)
+    assert not token.done.is_set() and not later.done.is_set()
+    counts_when_done: list[tuple[int, int]] = []
+    ledger = batcher.ledger
+
+    class Seen(threading.Event):
+        def set(self) -> None:  # flush() reads the counts as soon as this is set
+            counts_when_done.append((ledger.acknowledged, ledger.rejected))
+            super().set()
+
+    token.done = Seen()
+    batcher.rejected(first.seq, "bad", ErrorCode.INVALID_REQUEST)
+    assert token.done.is_set() and later.done.is_set()
+    assert counts_when_done == [(10, 10)]
+    # Nothing pending: a token is done as soon as it is drained.
+    idle = FlushToken()
+    queue.append(idle)
+    batcher.drain(slots=64, cut=False)
+    assert idle.done.is_set() and batcher.idle
+
+
+def test_a_token_is_not_done_by_points_logged_after_it() -> None:
+    queue: deque[Item] = deque([("m", 1.0, 0)])
+    token = FlushToken()
+    queue.append(token)
+    queue.append(("m", 1.0, 1))
+    batcher = make(queue)
+    batcher.drain(slots=64, cut=True)
+    before, after = sent(batcher)
+    batcher.acknowledged(after.seq)
+    assert not token.done.is_set()
+    batcher.acknowledged(before.seq)
+    assert token.done.is_set()
+
+
+def test_drop_all_counts_everything_unsettled_and_releases_tokens() -> None:
+    queue: deque[Item] = deque(("m", 1.0, i) for i in range(12))
+    batcher = make(queue, batch_size=10)
+    batcher.drain(slots=64, cut=False)  # 10 in a batch, 2 encoded, not cut
+    token = FlushToken()
+    queue.extend([("m", 1.0, 12), token])
+    assert batcher.drop_all() == 13
+    assert token.done.is_set() and batcher.idle and batcher.room < 0
+    assert sent(batcher) == []
