@@ -11,7 +11,7 @@ from fetchml.protocol.records import Metadata, decode_records, encode_record
 from fetchml.server.budget import CacheBudget
 from fetchml.server.series import SeriesCache, lttb
 from fetchml.server.storage import ExperimentStore
-from tests.integration.test_opcodes import reference_lttb
+from tests.support.lttb import reference_lttb
 
 TS = 1795735109
 
