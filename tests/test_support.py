@@ -1,5 +1,6 @@
 """The shared harness itself: restarts, readiness, failures; and that scripts can use it."""
 
+import ast
 import signal
 import subprocess
 import sys
@@ -63,3 +64,24 @@ def test_scripts_import_the_harness_without_pytest() -> None:
         "import tests.support.daemon, tests.support.experiments, tests.support.keys"
     )
     subprocess.run([sys.executable, "-c", code, str(ROOT)], check=True, timeout=60)
+
+
+def test_no_test_module_imports_another() -> None:
+    """Tests share code through tests/support only (conftest files hold fixtures)."""
+    found = []
+    support = ROOT / "tests" / "support"
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        relative_ok = path.parent == support  # `.keys` inside tests/support is tests.support.keys
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+            elif isinstance(node, ast.Import):
+                module = ",".join(alias.name for alias in node.names)
+            else:
+                continue
+            for name in module.split(","):
+                if (name.startswith(".") and not relative_ok) or (
+                    name.startswith("tests") and not name.startswith("tests.support")
+                ):
+                    found.append(f"{path.relative_to(ROOT)}: {name}")
+    assert found == []

@@ -63,7 +63,7 @@ def test_a_failing_write_is_counted_and_logged_once_a_minute_never_raised(
     audit("cancel_job", ALICE)
     audit.close()
     assert len(errors) == 101
-    logged = [r for r in caplog.records if r.name == "server.audit"]
+    logged = [r for r in caplog.records if r.name == "fetchml.server.audit"]
     assert [r.levelno for r in logged] == [logging.ERROR] * 2
     assert "No space left on device" in logged[0].getMessage()
     assert "(100 failed writes" in logged[1].getMessage()
