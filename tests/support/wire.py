@@ -123,7 +123,7 @@ def error_of(resp: Response, code: ErrorCode, message: str | None = None) -> Err
     assert isinstance(resp, Error), resp
     assert resp.code == code, resp
     if message is not None:
-        assert resp.message == message
+        assert resp.message == message, resp
     return resp
 
 
@@ -216,12 +216,7 @@ async def call_json(client: RawClient, request: Request) -> Any:
 async def expect_error(
     client: RawClient, request: Request, code: ErrorCode, message: str | None = None
 ) -> Error:
-    response = await client.call(request)
-    assert isinstance(response, Error), response
-    assert response.code == code, response
-    if message is not None:
-        assert response.message == message, response
-    return response
+    return error_of(await client.call(request), code, message)
 
 
 async def user(client: RawClient, raw_key: str) -> str:
