@@ -16,14 +16,11 @@ hold exactly the records acknowledged. Speed never changes the exit status.
 """
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
-import re
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,19 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-import yaml
 from websockets.sync.client import connect
 
-from fetchml.protocol.records import Metadata, encode_metadata, encode_record, iter_records
+from fetchml.protocol.records import encode_record, iter_records
 from fetchml.protocol.requests import ListExperiments, encode_request
 from fetchml.protocol.responses import Data, decode_response
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests/support: the daemon harness, config, experiments, keys
+
+from tests.support.config import raw_config, write_config  # noqa: E402
+from tests.support.daemon import DaemonProcess  # noqa: E402
+from tests.support.experiments import commit_of, make_experiment, meta_bytes  # noqa: E402
+from tests.support.keys import key_entry, key_hash  # noqa: E402
+
 LOAD = ROOT / "scripts" / "bench_load.py"
 ECHO = ROOT / "scripts" / "bench_echo.py"
 KEY = "fml_bench_only_not_a_secret"
-KEY_SHA256 = hashlib.sha256(KEY.encode())
-KEY_HASH = KEY_SHA256.digest()[:16]
+KEY_HASH = key_hash(KEY)
 """What requests carry: the first 16 bytes of the key's SHA-256."""
 TIMESTAMP = 1764000000
 """Record and experiment timestamp of everything pre-built."""
@@ -82,7 +84,6 @@ READ_NAMES = [
     "gpu_util",
     "memory_gb",
 ]
-LISTENING = re.compile(r"listening on ws://[^\s/]+:(\d+)/ws")
 
 
 @dataclass(frozen=True)
@@ -202,90 +203,51 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-class Server:
-    """A daemon or baseline server process, its stderr in a log file."""
+class Server(DaemonProcess):
+    """A daemon or baseline server process (the tests' harness), its output in a log file."""
 
     def __init__(self, name: str, argv: list[str], log: Path, is_daemon: bool) -> None:
+        super().__init__(None, log, argv=argv, preexec_fn=raise_open_file_limit)
         self.name = name
-        self.log = log
         self.is_daemon = is_daemon
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=out,
-                preexec_fn=raise_open_file_limit,
-            )
-        self.port = self._wait_for_port(timeout=60)
-        self.url = f"ws://127.0.0.1:{self.port}/ws"
-
-    def _wait_for_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = LISTENING.search(self.log.read_text(errors="replace"))
-            if found:
-                return int(found.group(1))
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not start: {self.log_tail()}")
+        try:
+            self.start(timeout=60)
+        except AssertionError as exc:
+            raise RuntimeError(f"{name} did not start: {exc}") from None
 
     def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def rss(self) -> int:
         """Resident memory in bytes (VmRSS)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError(f"no VmRSS for {self.name}")
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time so far (/proc/PID/stat)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def health(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=10) as r:
             return dict(json.load(r))
 
-    def stop(self) -> int:
-        """SIGTERM and wait; the exit status (-9 when it had to be killed)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                return -9
-        return self.proc.returncode
-
     def log_problems(self) -> list[str]:
         """Error lines and tracebacks the server wrote."""
-        lines = self.log.read_text(errors="replace").splitlines()
+        lines = self.log().splitlines()
         return [line for line in lines if " ERROR " in line or line.startswith("Traceback")]
 
     def log_warnings(self) -> list[str]:
-        lines = self.log.read_text(errors="replace").splitlines()
+        lines = self.log().splitlines()
         return [line for line in lines if " WARNING " in line]
 
 
-def commit(label: str) -> str:
-    """The 40-hex commit ID of a named experiment."""
-    return hashlib.sha1(label.encode()).hexdigest()
-
-
-def make_experiment(base: Path, label: str, records: bytes = b"") -> None:
+def make_bench_experiment(base: Path, label: str, records: bytes = b"") -> None:
     """An experiment directory as the daemon (or fetch_ml) would leave it."""
-    path = base / commit(label)
-    (path / "files").mkdir(mode=0o750, parents=True)
-    meta = Metadata(commit_id=commit(label), timestamp=TIMESTAMP, job_name=label, user="bench")
-    (path / "meta.bin").write_bytes(encode_metadata(meta))
-    (path / "metrics.bin").write_bytes(records)
+    commit = commit_of(label)
+    make_experiment(base, commit, records, meta_bytes(commit, user="bench", timestamp=TIMESTAMP))
 
 
 def many_names_records(count: int) -> bytes:
@@ -306,17 +268,14 @@ def one_series_records(count: int) -> bytes:
 
 
 def daemon_config(home: Path, durability: str) -> dict[str, Any]:
-    """Defaults everywhere (1 MiB messages, no compression) but these."""
-    return {
-        "server": {"host": "127.0.0.1", "port": 0, "max_connections": MAX_CONNECTIONS},
-        "storage": {
-            "base_path": str(home / "experiments"),
-            "jobs_db": str(home / "jobs.sqlite3"),
-            "durability": durability,
-        },
-        "auth": {"api_keys": {"bench": {"hash": KEY_SHA256.hexdigest(), "role": "admin"}}},
-        "logging": {"level": "info"},
-    }
+    """Defaults everywhere (1 MiB messages, no compression, no audit file) but these."""
+    return raw_config(
+        home,
+        server={"max_connections": MAX_CONNECTIONS},
+        storage={"durability": durability},
+        auth={"api_keys": {"bench": key_entry(KEY, "admin")}},
+        logging={"level": "info", "audit_file": ""},
+    )
 
 
 class Bench:
@@ -352,16 +311,15 @@ class Bench:
         home = self.tmp / name
         home.mkdir()
         for label, records in experiments.items():
-            make_experiment(home / "experiments", label, records)
-        config = home / "config.yaml"
-        config.write_text(yaml.safe_dump(daemon_config(home, durability)))
+            make_bench_experiment(home / "experiments", label, records)
+        config = write_config(home / "config.yaml", daemon_config(home, durability))
         argv = [sys.executable, "-m", "fetchml.server", "serve", "--config", str(config)]
         server = Server(name, argv, home / "daemon.log", is_daemon=True)
         self.servers.append(server)
         return server
 
     def stop(self, server: Server) -> None:
-        status = server.stop()
+        status = server.stop(timeout=30)
         if status != 0:
             self.errors.append(f"{server.name} exited with status {status}: {server.log_tail()}")
         self.errors.extend(f"{server.name} log: {line}" for line in server.log_problems())
@@ -377,8 +335,8 @@ class Bench:
             self.stop(server)
 
     def check_alive(self, server: Server) -> None:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} died (status {server.proc.returncode})")
+        if not server.running():
+            raise RuntimeError(f"{server.name} died (status {server.stop()})")
 
     # load generator
 
@@ -444,7 +402,7 @@ class Bench:
         """Each experiment must hold exactly the records acknowledged (LIST_EXPERIMENTS)."""
         counts = self.experiment_counts(server)
         for label, count in expected.items():
-            held = counts.get(commit(label))
+            held = counts.get(commit_of(label))
             if held != count:
                 self.errors.append(
                     f"{server.name}: experiment {label} holds {held} records, "
@@ -502,7 +460,7 @@ def latency(result: dict[str, Any], key: str, percentile: str) -> float | None:
 def single_metric_ingest(b: Bench) -> list[Row]:
     """LOG_METRIC, one metric per message, pipelined on one connection."""
     options = dict(
-        commits=commit("single"),
+        commits=commit_of("single"),
         per_message=1,
         messages=b.sizes.single_messages,
         window=SINGLE_WINDOW,
@@ -526,7 +484,7 @@ def single_metric_ingest(b: Bench) -> list[Row]:
 def ack_latency(b: Bench) -> list[Row]:
     """LOG_METRIC request-to-ack latency at a fixed rate, durability write and fsync."""
     options = dict(
-        commits=commit("latency"),
+        commits=commit_of("latency"),
         per_message=1,
         rate=LATENCY_RATE,
         seconds=b.sizes.latency_seconds,
@@ -556,7 +514,7 @@ def ack_latency(b: Bench) -> list[Row]:
 def batched_ingest(b: Bench) -> list[Row]:
     """LOG_METRICS of 1,000 metrics, pipelined on one connection, write and fsync."""
     options = dict(
-        commits=commit("batch"),
+        commits=commit_of("batch"),
         per_message=BATCH,
         messages=b.sizes.batch_messages,
         window=BATCH_WINDOW,
@@ -585,7 +543,7 @@ def many_connections(b: Bench) -> list[Row]:
     """STREAMS connections streaming LOG_METRICS at once, one experiment each."""
     labels = [f"stream-{i}" for i in range(STREAMS)]
     options = dict(
-        commits=",".join(commit(label) for label in labels),
+        commits=",".join(commit_of(label) for label in labels),
         per_message=STREAM_BATCH,
         seconds=b.sizes.stream_seconds,
         window=STREAM_WINDOW,
@@ -664,16 +622,16 @@ def reads(b: Bench) -> list[Row]:
     daemon = b.load(
         "reads",
         b.write,
-        many=commit("reads-many"),
-        one=commit("reads-one"),
+        many=commit_of("reads-many"),
+        one=commit_of("reads-one"),
         name="loss",
         points=LTTB_POINTS,
         repeat=b.sizes.lttb_repeat,
     )
     b.details["reads"] = {k: v for k, v in daemon.items() if not k.endswith("_points")}
     files = b.tmp / "write" / "experiments"
-    many = files / commit("reads-many") / "metrics.bin"
-    one = files / commit("reads-one") / "metrics.bin"
+    many = files / commit_of("reads-many") / "metrics.bin"
+    one = files / commit_of("reads-one") / "metrics.bin"
     parsed, parse_s = timed(plain_count, many)
     latest, latest_s = timed(plain_latest, many)
     series, lttb_s = timed(plain_downsample, one)
@@ -744,7 +702,7 @@ def push_latency(b: Bench) -> list[Row]:
     """Watchers on one experiment under a paced writer: the writer's ack to each receipt.
     Baseline: the round trip of the same frames at the same rate through the echo server."""
     options = dict(
-        commits=commit("watch"),
+        commits=commit_of("watch"),
         per_message=STREAM_BATCH,
         rate=WATCH_RATE,
         seconds=b.sizes.watch_seconds,
@@ -772,19 +730,19 @@ def watcher_cost(b: Bench) -> list[Row]:
     """Max-speed LOG_METRICS ingest with and without watchers on the experiment."""
     options = dict(per_message=STREAM_BATCH, seconds=b.sizes.ingest_seconds, window=BATCH_WINDOW)
     cpu = b.write.cpu_seconds()
-    alone = b.load("pipeline", b.write, commits=commit("ingest-alone"), **options)
+    alone = b.load("pipeline", b.write, commits=commit_of("ingest-alone"), **options)
     alone_cpu = b.write.cpu_seconds() - cpu
     b.verify(b.write, {"ingest-alone": WATCH_HISTORY + acked(alone)})
     watchers = b.start_load(
         "watchers",
         b.write,
-        commits=commit("ingest-watched"),
+        commits=commit_of("ingest-watched"),
         watchers=b.sizes.watchers,
         from_index=WATCH_HISTORY,
     )
     try:
         cpu = b.write.cpu_seconds()
-        watched = b.load("pipeline", b.write, commits=commit("ingest-watched"), **options)
+        watched = b.load("pipeline", b.write, commits=commit_of("ingest-watched"), **options)
         watched_cpu = b.write.cpu_seconds() - cpu
     finally:
         followed = b.finish_load(watchers, "watchers", b.write)

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
-from hashlib import sha256
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -45,6 +45,9 @@ from fetchml.protocol.requests import (
     encode_request,
 )
 from fetchml.protocol.responses import Data, Error, decode_response
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.keys import key_hash
 
 NAMES = ["loss", "accuracy", "learning_rate", "grad_norm", "val_loss"]
 MAX_RESPONSE_BYTES = 4 << 20
@@ -75,10 +78,6 @@ def open_ws(url: str, key: str = "") -> Any:
         proxy=None,
         open_timeout=30,
     )
-
-
-def key_hash(raw_key: str) -> bytes:
-    return sha256(raw_key.encode()).digest()[:16]
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Caller-thread cost of MetricLogger.log(), against appending the same tuples to a list.
 
-Starts its own daemon (a subprocess on a free port, temporary data directory),
-times N `logger.log("loss", v, step=i)` calls, closes the logger (which waits
+Starts its own daemon (tests/support/daemon.py: a subprocess on a free port, a
+temporary data directory), times N `logger.log("loss", v, step=i)` calls, closes the logger (which waits
 for every acknowledgement), checks that the daemon holds all N records, and
 prints a small table. The mean includes the time the logger's own thread
 holds the GIL; the median is over chunks of 1,000 calls, so it is the cost of
@@ -14,15 +14,9 @@ Usage: python scripts/bench_logger.py [--points N]
 import argparse
 import asyncio
 import gc
-import hashlib
-import json
-import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,56 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fetchml.client import Client, MetricLogger  # noqa: E402
+from tests.support.daemon import daemon_at  # noqa: E402
+from tests.support.keys import ADMIN_KEY  # noqa: E402
 
 COMMIT = "be" * 20
 CHUNK = 1000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_daemon(base: Path, key: str) -> tuple["subprocess.Popen[bytes]", str]:
-    port = free_port()
-    config = {
-        "server": {"host": "127.0.0.1", "port": port},
-        "storage": {"base_path": str(base / "experiments"), "jobs_db": str(base / "jobs.db")},
-        "auth": {
-            "api_keys": {
-                "bench": {"hash": hashlib.sha256(key.encode()).hexdigest(), "role": "admin"}
-            }
-        },
-        "logging": {"level": "info"},
-    }
-    path = base / "config.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fetchml.server", "serve", "--config", str(path)],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    ready = threading.Event()
-    lines: list[str] = []
-
-    def drain() -> None:  # wait for "listening on ws://...", then keep the pipe empty
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            lines.append(raw.decode(errors="replace").rstrip())
-            if "listening on ws://" in lines[-1]:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not ready.wait(60) or proc.poll() is not None:
-        proc.kill()
-        raise SystemExit("daemon did not start:\n" + "\n".join(lines[-20:]))
-    url = f"ws://127.0.0.1:{port}/ws"
-    return proc, url
 
 
 def baseline(n: int) -> tuple[float, float]:
@@ -132,16 +81,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
     n = parser.parse_args().points
-    key = "bench_" + secrets.token_hex(16)
+    key = ADMIN_KEY
     with tempfile.TemporaryDirectory(prefix="fetchml-bench-") as tmp:
-        proc, url = start_daemon(Path(tmp), key)
+        daemon = daemon_at(Path(tmp))
         try:
+            url = daemon.start().url
             base, base_median = baseline(n)
             elapsed, median, drained, cpu, ml = logged(n, url, key)
             count = asyncio.run(stored(url, key))
         finally:
-            proc.terminate()
-            proc.wait(60)
+            daemon.close()
     stats = ml.stats()
     rows = [
         ("list.append (baseline)", f"{base:.3f}", f"{base / n * 1e6:.3f}"),

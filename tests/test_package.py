@@ -6,7 +6,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.client.conftest import ROOT
+from tests.support.daemon import ROOT
 
 
 def test_the_wheel_installs_only_fetchml_and_imports_beside_a_client_py(tmp_path: Path) -> None:

@@ -9,14 +9,10 @@ from pathlib import Path
 import pytest
 
 from fetchml.client import MetricLogger, cli
-from tests.client.conftest import (
-    ADMIN_KEY,
-    ALICE_KEY,
-    ROOT,
-    ServerProcess,
-    commit_of,
-    free_port,
-)
+from tests.support.cli import Cli
+from tests.support.daemon import ROOT, DaemonProcess, free_port
+from tests.support.experiments import commit_of
+from tests.support.keys import ADMIN_KEY, ALICE_KEY
 
 C = commit_of("cli")
 SUBCOMMANDS = (
@@ -34,27 +30,8 @@ SUBCOMMANDS = (
 )
 
 
-class Cli:
-    def __init__(self, server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
-        self.server = server
-        self.capsys = capsys
-
-    def __call__(self, *argv: str, key: str = ADMIN_KEY) -> tuple[int, str, str]:
-        code = cli.main(["--url", self.server.url, "--api-key", key, *argv])
-        out, err = self.capsys.readouterr()
-        return code, out, err
-
-    def ok(self, *argv: str, key: str = ADMIN_KEY) -> str:
-        code, out, err = self(*argv, key=key)
-        assert code == 0, err
-        return out
-
-    def json(self, *argv: str, key: str = ADMIN_KEY) -> object:
-        return json.loads(self.ok(*argv, "--json", key=key))
-
-
 @pytest.fixture
-def run(shared_server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> Cli:
+def run(shared_server: DaemonProcess, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(shared_server, capsys)
 
 
@@ -263,7 +240,7 @@ def test_watch_table_json_and_plot(run: Cli, monkeypatch: pytest.MonkeyPatch) ->
     )
 
 
-def test_prune(server_process: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune(server_process: DaemonProcess, capsys: pytest.CaptureFixture[str]) -> None:
     server_process.start()
     run = Cli(server_process, capsys)
     commits = [commit_of(f"cli-prune-{i}") for i in range(3)]
@@ -277,7 +254,7 @@ def test_prune(server_process: ServerProcess, capsys: pytest.CaptureFixture[str]
 
 
 def test_ls_shows_damaged_entries(
-    server_process: ServerProcess, capsys: pytest.CaptureFixture[str]
+    server_process: DaemonProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server_process.data.mkdir(parents=True)
     bad = "d" * 40
@@ -292,7 +269,7 @@ def test_ls_shows_damaged_entries(
     assert lines[2].startswith(bad) and "damaged: " in lines[2] and "FIFO" in lines[2]
 
 
-def test_as_a_process(shared_server: ServerProcess) -> None:
+def test_as_a_process(shared_server: DaemonProcess) -> None:
     """`python -m client.cli`: exit codes, stdout, and a pipe closed early."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     base = [

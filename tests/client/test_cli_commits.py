@@ -9,15 +9,15 @@ import pytest
 
 from fetchml import __version__
 from fetchml.client import cli
-from tests.client.conftest import ROOT, ServerProcess
-from tests.client.test_cli import Cli
+from tests.support.cli import Cli
+from tests.support.daemon import ROOT, DaemonProcess
 
 FIRST = "c0ffee00" + "1" * 32
 SECOND = "c0ffee01" + "2" * 32
 
 
 @pytest.fixture
-def run(shared_server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> Cli:
+def run(shared_server: DaemonProcess, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(shared_server, capsys)
 
 

@@ -10,14 +10,16 @@ import pytest
 
 from fetchml.client import InvalidRequest
 from fetchml.client.models import prune_selection
-from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
-from tests.client.test_cli import Cli
+from tests.support.cli import Cli
+from tests.support.daemon import ROOT, DaemonProcess
+from tests.support.experiments import commit_of
+from tests.support.keys import ADMIN_KEY
 
 COMMITS = [commit_of(f"cli-prune-ask-{i}") for i in range(3)]
 
 
 @pytest.fixture
-def run(server_process: ServerProcess, capsys: pytest.CaptureFixture[str]) -> Cli:
+def run(server_process: DaemonProcess, capsys: pytest.CaptureFixture[str]) -> Cli:
     """A fresh daemon holding three experiments, created one after another."""
     server_process.start()
     cli = Cli(server_process, capsys)
@@ -61,7 +63,7 @@ def test_without_a_terminal_it_needs_yes(run: Cli) -> None:
 
 
 def prune_on_a_terminal(
-    server: ServerProcess,
+    server: DaemonProcess,
     answer: bytes,
     *flags: str,
     meanwhile: Callable[[], None] = lambda: None,

@@ -14,19 +14,21 @@ import pytest
 
 from fetchml.client.commands import WAIT_POLL_S
 from fetchml.client.live import REDRAW_S
-from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
-from tests.client.test_cli import Cli
+from tests.support.cli import Cli
+from tests.support.daemon import ROOT, DaemonProcess
+from tests.support.experiments import commit_of
+from tests.support.keys import ADMIN_KEY
 
 
 @pytest.fixture
-def run(shared_server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> Cli:
+def run(shared_server: DaemonProcess, capsys: pytest.CaptureFixture[str]) -> Cli:
     return Cli(shared_server, capsys)
 
 
 class Watcher:
     """`fetchml watch ...` as a process; its stdout is collected as it comes."""
 
-    def __init__(self, server: ServerProcess, *argv: str) -> None:
+    def __init__(self, server: DaemonProcess, *argv: str) -> None:
         base = [
             sys.executable,
             "-m",
@@ -129,7 +131,7 @@ def test_the_last_batch_is_drawn_even_inside_the_interval(
     assert rows(w.frames(commit)[-1]) == [["loss", "2", "1.5"]]
 
 
-def not_found_watches(server: ServerProcess) -> float:
+def not_found_watches(server: DaemonProcess) -> float:
     """RESOURCE_NOT_FOUND answers to WATCH_METRICS so far, from the daemon's /metrics."""
     port = server.port
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:

@@ -23,16 +23,10 @@ from fetchml.client import (
 )
 from fetchml.protocol.enums import ErrorCode, JobStatus
 from fetchml.protocol.requests import MetricPoint
-from tests.client.conftest import (
-    ADMIN_KEY,
-    ALICE_KEY,
-    ANALYST_KEY,
-    BOB_KEY,
-    WORKER_KEY,
-    commit_of,
-    free_port,
-)
-from tests.conftest import Daemon, DaemonFactory
+from tests.support.daemon import free_port
+from tests.support.experiments import commit_of
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ADMIN_KEY, ALICE_KEY, ANALYST_KEY, BOB_KEY, WORKER_KEY
 
 C1 = commit_of("connection-1")
 C2 = commit_of("connection-2")

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from fetchml.client import MetricLogger, cli
-from tests.client.conftest import ADMIN_KEY, ServerProcess, commit_of
+from tests.support.daemon import DaemonProcess
+from tests.support.experiments import commit_of
+from tests.support.keys import ADMIN_KEY
 
 pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
@@ -23,7 +25,7 @@ def expected_points() -> list[tuple[str, int, float]]:
 
 
 @pytest.fixture(scope="module")
-def logged(shared_server: ServerProcess) -> ServerProcess:
+def logged(shared_server: DaemonProcess) -> DaemonProcess:
     with MetricLogger(C, shared_server.url, ADMIN_KEY) as ml:
         for name, step, value in expected_points():
             ml.log(name, value, step=step)
@@ -31,7 +33,7 @@ def logged(shared_server: ServerProcess) -> ServerProcess:
 
 
 def export(
-    server: ServerProcess, capsys: pytest.CaptureFixture[str], *argv: str
+    server: DaemonProcess, capsys: pytest.CaptureFixture[str], *argv: str
 ) -> tuple[int, str, str]:
     code = cli.main(["--url", server.url, "--api-key", ADMIN_KEY, "export", C, *argv])
     out, err = capsys.readouterr()
@@ -49,7 +51,7 @@ def check_frame(frame: "pd.DataFrame", points: list[tuple[str, int, float]]) -> 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_export_reads_back_equal(
-    fmt: str, logged: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fmt: str, logged: DaemonProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
@@ -74,7 +76,7 @@ def test_export_reads_back_equal(
 
 
 def test_export_filters_and_guesses_the_format(
-    logged: ServerProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    logged: DaemonProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "lr.csv"
     code, out, err = export(
@@ -90,7 +92,7 @@ def test_export_filters_and_guesses_the_format(
 
 
 def test_parquet_without_pyarrow_is_a_clear_error(
-    logged: ServerProcess,
+    logged: DaemonProcess,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

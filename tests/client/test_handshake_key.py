@@ -7,8 +7,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from fetchml.client import Client, MetricLogger, cli
-from tests.client.conftest import ADMIN_KEY, commit_of
-from tests.conftest import DaemonFactory
+from tests.support.experiments import commit_of
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import ADMIN_KEY
 
 C = commit_of("handshake-key")
 

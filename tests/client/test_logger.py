@@ -15,7 +15,10 @@ import pytest
 from fetchml.client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.records import RECORD_HEAD, RECORD_MIN, scan
-from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
+from tests.support.daemon import ROOT
+from tests.support.daemon import DaemonProcess as ServerProcess
+from tests.support.experiments import commit_of
+from tests.support.keys import ADMIN_KEY
 
 NAMES = (b"loss", b"acc", b"lr", b"grad_norm")
 INDEX = {name: i for i, name in enumerate(NAMES)}

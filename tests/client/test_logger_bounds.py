@@ -13,7 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from fetchml.client import DeliveryTimeout, MetricLogger
-from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of, free_port
+from tests.support.daemon import ROOT, free_port
+from tests.support.daemon import DaemonProcess as ServerProcess
+from tests.support.experiments import commit_of
+from tests.support.keys import ADMIN_KEY
 
 CLOSE_TIMEOUT = 0.5
 BOUND = CLOSE_TIMEOUT + 1.0

@@ -16,16 +16,10 @@ from fetchml.client import (
     PermissionDenied,
     startcheck,
 )
-from tests.client.conftest import (
-    ADMIN_KEY,
-    ALICE_KEY,
-    ANALYST_KEY,
-    BOB_KEY,
-    WORKER_KEY,
-    ServerProcess,
-    commit_of,
-)
-from tests.conftest import Daemon, DaemonFactory
+from tests.support.daemon import DaemonProcess as ServerProcess
+from tests.support.experiments import commit_of
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ADMIN_KEY, ALICE_KEY, ANALYST_KEY, BOB_KEY, WORKER_KEY
 
 
 async def test_a_wrong_key_fails_at_connect(daemon: Daemon) -> None:

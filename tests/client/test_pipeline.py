@@ -15,7 +15,8 @@ from fetchml.client import Client, ConnectionLost
 from fetchml.protocol.enums import LogLevel
 from fetchml.protocol.requests import LogMetrics, MetricPoint, decode_request
 from fetchml.protocol.responses import Log, Progress, Success, encode_response
-from tests.client.conftest import ADMIN_KEY, commit_of
+from tests.support.experiments import commit_of
+from tests.support.keys import ADMIN_KEY
 
 Script = Callable[[ServerConnection], Awaitable[None]]
 C = commit_of("pipeline")

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from fetchml.client import Client
-from tests.conftest import KEYS, Daemon
+from tests.support.inproc import Daemon
+from tests.support.keys import KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

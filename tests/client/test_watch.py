@@ -6,8 +6,10 @@ import signal
 import pytest
 
 from fetchml.client import Client, Metric, MetricWatch, NotFound, WatchOptions, resolve_settings
-from tests.client.conftest import ADMIN_KEY, ServerProcess, commit_of
-from tests.conftest import Daemon, DaemonFactory
+from tests.support.daemon import DaemonProcess
+from tests.support.experiments import commit_of
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ADMIN_KEY
 
 C = commit_of("watch")
 
@@ -103,7 +105,7 @@ async def test_slow_subscriber_resumes_without_gap_or_duplicate(
         await watch.aclose()
 
 
-async def test_watch_survives_daemon_restarts(server_process: ServerProcess) -> None:
+async def test_watch_survives_daemon_restarts(server_process: DaemonProcess) -> None:
     """SIGTERM, start again, write; SIGKILL, start again, write: no gap, no duplicate."""
     await asyncio.to_thread(server_process.start)
     settings = resolve_settings(server_process.url, ADMIN_KEY)

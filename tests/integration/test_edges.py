@@ -20,17 +20,9 @@ from fetchml.protocol.requests import (
 )
 from fetchml.protocol.responses import Success
 from fetchml.server.tools import fsck
-from tests.conftest import Daemon, DaemonFactory, hash_of
-from tests.integration.test_opcodes import (
-    create,
-    data_of,
-    log,
-    page_of,
-    queue,
-    success_of,
-)
-
-ADMIN = hash_of("admin")
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ADMIN, hash_of
+from tests.support.wire import create, data_of, log, page_of, queue, success_of
 
 
 async def test_prune_ends_watches_and_forgets_cached_columns(daemon: Daemon) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from fetchml.protocol.requests import CancelJob, GetExperiment
-from tests.conftest import DaemonFactory, hash_of
-from tests.integration.test_opcodes import ADMIN, create, data_of, queue, success_of
-from tests.integration.test_transport import http_get, read_audit, samples
+from tests.support.http import http_get, read_audit, samples
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import ADMIN, hash_of
+from tests.support.wire import create, data_of, queue, success_of
 
 
 async def test_a_failing_audit_write_is_counted_and_the_mutation_answered_success(

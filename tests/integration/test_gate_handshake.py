@@ -2,9 +2,7 @@
 throttle per address, against a real daemon."""
 
 import asyncio
-import base64
 import logging
-import os
 import time
 
 import pytest
@@ -14,53 +12,15 @@ from websockets.typing import Subprotocol
 
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.requests import WhoAmI
-from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, key_hash
-from tests.integration.proc import poll
-from tests.integration.test_opcodes import UNKNOWN_KEY, data_of, error_of
-from tests.integration.test_transport import closed_with, http_get, samples
+from tests.support.daemon import poll
+from tests.support.http import Headers, handshake, http_get, samples, status
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import KEYS, UNKNOWN_KEY, hash_of, key_hash
+from tests.support.wire import RawClient, closed_with, error_of, user
 
 ALICE = KEYS["alice"][1]
 BOB = KEYS["bob"][1]
 WRONG = "fml_wrong_key_not_configured"
-Headers = list[tuple[str, str]]
-
-
-async def handshake(daemon: Daemon, headers: Headers | None = None) -> tuple[int, dict[str, str]]:
-    """A WebSocket upgrade request with exactly these extra header lines, over raw TCP:
-    the HTTP status and headers of the answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
-    try:
-        lines = [
-            "GET /ws HTTP/1.1",
-            f"Host: 127.0.0.1:{daemon.app.port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
-            "Sec-WebSocket-Version: 13",
-            *(f"{name}: {value}" for name, value in headers or []),
-        ]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await writer.drain()
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    status_line, *rest = head.split("\r\n")
-    fields = {}
-    for line in rest:
-        if line:
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), fields
-
-
-async def status(daemon: Daemon, headers: Headers | None = None) -> int:
-    return (await handshake(daemon, headers))[0]
-
-
-async def user(client: RawClient, raw_key: str) -> str:
-    whoami = data_of(await client.call(WhoAmI(key_hash=key_hash(raw_key))), "whoami")
-    return str(whoami["user"])
 
 
 # -- keys in the handshake --------------------------------------------------------------------

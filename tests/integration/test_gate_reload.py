@@ -12,10 +12,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fetchml.protocol.requests import CreateExperiment, LogMetric, WatchMetrics
 from fetchml.protocol.responses import Data, Success
-from tests.conftest import KEYS, RawClient, hash_of
-from tests.integration.proc import DaemonProcess, raw_config, write_config
-from tests.integration.test_gate_handshake import user
-from tests.reliability.support import daemons
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import DaemonProcess, daemons
+from tests.support.keys import KEYS, hash_of
+from tests.support.wire import RawClient, user
 
 COMMIT = bytes.fromhex("5e" * 20)
 
@@ -91,4 +91,4 @@ async def test_reload_closes_what_the_new_auth_section_no_longer_admits(tmp_path
         closed = await reload_and_wait(daemon, config, raw, alice)
         assert closed == [(1008, "address not allowed")]
         assert " connection open" not in daemon.log()  # per-connection lines are debug level
-        await daemon.stop()
+        await daemon.shutdown()

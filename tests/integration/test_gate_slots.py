@@ -6,10 +6,10 @@ import time
 
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.requests import WhoAmI
-from tests.conftest import KEYS, DaemonFactory
-from tests.integration.test_gate_handshake import status, user
-from tests.integration.test_opcodes import UNKNOWN_KEY, error_of
-from tests.integration.test_transport import closed_with
+from tests.support.http import status
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import KEYS, UNKNOWN_KEY
+from tests.support.wire import closed_with, error_of, user
 
 ALICE = KEYS["alice"][1]
 AUTH_TIMEOUT_S = 0.3

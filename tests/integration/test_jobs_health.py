@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from fetchml.server.health import REFRESH_S
-from tests.conftest import Daemon, DaemonFactory
-from tests.integration.test_opcodes import commit_id, write_experiment
-from tests.integration.test_transport import http_get
+from tests.support.experiments import commit_id, write_experiment
+from tests.support.http import http_get
+from tests.support.inproc import Daemon, DaemonFactory
 
 
 class Clock:

@@ -10,10 +10,13 @@ from fetchml.protocol.enums import ErrorCode, JobStatus
 from fetchml.protocol.requests import ClaimJob, CreateExperiment, QueueJob, Status, UpdateJob
 from fetchml.protocol.responses import StatusReport, encode_response
 from fetchml.server.views import dumps
-from tests.conftest import DaemonFactory, RawClient, hash_of
-from tests.integration.proc import raw_config, write_config
-from tests.integration.test_opcodes import commit_id, error_of, queue, status_of, success_of
-from tests.reliability.support import daemons, fill, mount_tmpfs, unmount
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import daemons
+from tests.support.experiments import commit_id
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import hash_of
+from tests.support.mounts import fill, mount_tmpfs, unmount
+from tests.support.wire import RawClient, error_of, queue, status_of, success_of
 
 MAX_MESSAGE = 131072
 LONG_NAME = "n" * 255  # the longest job name: about 600 bytes of job JSON
@@ -88,7 +91,7 @@ async def test_queue_job_on_a_full_disk_is_disk_full(tmp_path: Path) -> None:
             client = await daemon.client()
             await disk_full_scenario(client, disk, base)
             await client.ws.close()
-            await daemon.stop()
+            await daemon.shutdown()
     finally:
         unmount(disk)
 

@@ -1,18 +1,18 @@
-"""The daemon as a process: signals, crashes, reloads, systemd notify, disk full, the lock.
+"""The daemon as a process: signals, crashes, reloads, systemd notify, check-config.
 
-Every daemon here is `python -m server serve` in a subprocess (tests/integration/proc.py)
-and gets real signals; clients are real WebSocket connections.
+Every daemon here is `python -m fetchml.server serve` in a subprocess
+(tests/support/daemon.py) and gets real signals; clients are real WebSocket connections.
+kill -9: tests/reliability/test_kill9.py; a full disk and a second daemon on the same
+data directory: tests/reliability/test_files.py.
 """
 
 import asyncio
 import contextlib
-import errno
 import json
 import os
 import select
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections import Counter, deque
@@ -25,11 +25,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import encode_record, scan
+from fetchml.protocol.records import scan
 from fetchml.protocol.requests import (
     CreateExperiment,
-    GetExperiment,
-    ListExperiments,
     LogMetric,
     LogMetrics,
     MetricPoint,
@@ -40,20 +38,12 @@ from fetchml.protocol.requests import (
     encode_request,
 )
 from fetchml.protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
-from fetchml.server import files
-from tests.conftest import DaemonFactory, RawClient, hash_of, key_hash
-from tests.integration.proc import (
-    DaemonProcess,
-    file_records,
-    key_entry,
-    metrics_path,
-    poll,
-    raw_config,
-    run_cli,
-    write_config,
-)
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import DaemonProcess, daemons, poll, run_cli
+from tests.support.experiments import file_records, metrics_path
+from tests.support.keys import ADMIN, key_entry, key_hash
+from tests.support.wire import RawClient
 
-ADMIN = hash_of("admin")
 COMMIT = bytes.fromhex("fe" * 20)
 Key = tuple[str, int]
 """A record as the tests know it: (name, step); steps are unique per name."""
@@ -64,16 +54,8 @@ Spawn = Callable[..., DaemonProcess]
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Spawn]:
     """Start daemon processes; any still running at the end is killed."""
-    procs: list[DaemonProcess] = []
-
-    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
-        proc = DaemonProcess(config, tmp_path / f"daemon-{len(procs)}.log", env)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.reap()
+    with daemons(tmp_path) as start:
+        yield start
 
 
 async def started(spawn: Spawn, config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
@@ -203,7 +185,7 @@ def check_acknowledged(path: Path, ingesters: list[Ingester]) -> Counter[Key]:
     return counts
 
 
-# -- SIGTERM, kill -9 -------------------------------------------------------------------------
+# -- SIGTERM -------------------------------------------------------------------------
 
 
 class Watcher:
@@ -275,46 +257,6 @@ async def test_sigterm_answers_every_request_it_applied(spawn: Spawn, tmp_path: 
     counts = check_acknowledged(path, ingesters)
     acked = {k for i in ingesters for k in i.acked}
     assert sorted(set(counts) - acked) == [], "in metrics.bin but never acknowledged"
-
-
-async def test_kill_9_during_ingest_then_restart_recovers(spawn: Spawn, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "config.yaml", raw_config(tmp_path))
-    daemon = await started(spawn, config)
-    await create_experiment(daemon)
-    path = metrics_path(tmp_path / "experiments", COMMIT)
-
-    async with ingesting(daemon.url, clients=3) as ingesters:
-        await until_acked(ingesters, 1000)
-        daemon.send_signal(signal.SIGKILL)
-        assert await daemon.wait_exit() == -signal.SIGKILL
-
-    before = keys_of(path)
-    check_acknowledged(path, ingesters)
-    # Whatever the kill left past the valid prefix, plus a record torn mid-name.
-    with path.open("ab") as f:
-        f.write(encode_record(1795735109, 7, 1.0, b"torn-record-name")[:30])
-    data = path.read_bytes()
-    remainder = data[scan(data).end :]
-    assert remainder
-
-    again = await started(spawn, config)
-    client = await again.client()
-    assert await query_all(client) == before  # readers stop at the valid prefix
-    after = [("after", step) for step in range(3)]
-    points = tuple(MetricPoint(step, 0.5, name) for name, step in after)
-    response = await client.call(LogMetrics(key_hash=ADMIN, commit_id=COMMIT, metrics=points))
-    assert isinstance(response, Success) and response.message == "3"
-
-    copies = sorted(path.parent.glob("metrics.bin.torn-*"))
-    assert [c.read_bytes() for c in copies] == [remainder]
-    data = path.read_bytes()
-    assert scan(data).end == len(data)
-    assert keys_of(path) == before + after
-    assert await query_all(client) == before + after
-    assert "recovered" in again.log()
-    await client.ws.close()
-    again.send_signal(signal.SIGTERM)
-    assert await again.wait_exit() == 0
 
 
 # -- SIGHUP and systemd notify -------------------------------------------------------------
@@ -483,153 +425,7 @@ async def test_signal_right_after_ready_is_handled(
     assert await daemon.wait_exit() == 0, daemon.log()
 
 
-# -- disk full -------------------------------------------------------------------------------
-
-BIG = "x" * 235  # a 256-byte record: 16 of them fill one 4 KiB page exactly
-
-
-def mount_tmpfs(directory: Path, size: str) -> bool:
-    """A tiny filesystem to fill up; False when this machine does not allow mounting."""
-    try:
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-            capture_output=True,
-            check=False,
-        )
-    except OSError:  # no mount command
-        return False
-    return result.returncode == 0
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem has no block left."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
-
-
-async def disk_full_scenario(
-    client: RawClient, path: Path, make_full: Callable[[], None], free: Callable[[], None]
-) -> None:
-    created = await client.call(CreateExperiment(key_hash=ADMIN, commit_id=COMMIT, job_name="d"))
-    assert isinstance(created, Success), created
-    existing = tuple(MetricPoint(step, 1.0, BIG) for step in range(16))
-    logged = await client.call(LogMetrics(key_hash=ADMIN, commit_id=COMMIT, metrics=existing))
-    assert isinstance(logged, Success), logged
-    assert path.stat().st_size == 4096
-
-    make_full()
-    for request in (
-        LogMetric(key_hash=ADMIN, commit_id=COMMIT, step=16, value=2.0, name="loss"),
-        LogMetrics(key_hash=ADMIN, commit_id=COMMIT, metrics=(MetricPoint(17, 2.0, "loss"),)),
-    ):
-        refused = await client.call(request)
-        assert isinstance(refused, Error), refused
-        assert (refused.code, refused.message) == (ErrorCode.DISK_FULL, "disk full")
-    assert path.stat().st_size == 4096  # nothing of the failed writes stayed
-
-    # Reads go on.
-    assert await query_all(client) == [(BIG, step) for step in range(16)]
-    experiment = await client.call(GetExperiment(key_hash=ADMIN, commit_id=COMMIT))
-    assert isinstance(experiment, Data), experiment
-    assert json.loads(experiment.payload)["metrics_count"] == 16
-    listed = await client.call(ListExperiments(key_hash=ADMIN))
-    assert isinstance(listed, Data), listed
-    assert [e["metrics_count"] for e in json.loads(listed.payload)] == [16]
-
-    free()
-    again = await client.call(
-        LogMetric(key_hash=ADMIN, commit_id=COMMIT, step=18, value=3.0, name="loss")
-    )
-    assert isinstance(again, Success), again
-    assert keys_of(path) == [*((BIG, step) for step in range(16)), ("loss", 18)]
-    data = path.read_bytes()
-    assert scan(data).end == len(data)
-    assert await query_all(client) == keys_of(path)
-
-
-async def test_disk_full_refuses_appends_and_keeps_serving_reads(
-    spawn: Spawn,
-    tmp_path: Path,
-    start_daemon: DaemonFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if mount_tmpfs(disk, "256k"):
-        raw = raw_config(tmp_path, storage={"base_path": str(disk / "experiments")})
-        daemon = spawn(write_config(tmp_path / "config.yaml", raw))
-        try:
-            await daemon.wait_ready()
-            client = await daemon.client()
-            filler: list[Path] = []
-            await disk_full_scenario(
-                client,
-                metrics_path(disk / "experiments", COMMIT),
-                lambda: filler.append(fill(disk)),
-                lambda: filler.pop().unlink(),
-            )
-            assert "No space left on device" in daemon.log()
-            await client.ws.close()
-            daemon.send_signal(signal.SIGTERM)
-            assert await daemon.wait_exit() == 0
-        finally:
-            daemon.reap()
-            subprocess.run(["umount", str(disk)], capture_output=True, check=True)
-        return
-
-    # No mount here (not root, or no tmpfs): fake ENOSPC for metric appends in-process.
-    full = False
-    real_write_all = files.write_all
-
-    def write_all(fd: int, data: bytes) -> None:
-        if full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_write_all(fd, data)
-
-    def set_full(value: bool) -> None:
-        nonlocal full
-        full = value
-
-    monkeypatch.setattr(files, "write_all", write_all)
-    inproc = await start_daemon()
-    client = await inproc.client()
-    await disk_full_scenario(
-        client,
-        metrics_path(inproc.config.storage.base_path, COMMIT),
-        lambda: set_full(True),
-        lambda: set_full(False),
-    )
-    await client.ws.close()
-
-
-# -- the data directory lock, check-config ------------------------------------------------------
-
-
-async def test_second_daemon_on_same_data_dir_fails(spawn: Spawn, tmp_path: Path) -> None:
-    config = write_config(tmp_path / "config.yaml", raw_config(tmp_path))
-    first = await started(spawn, config)
-
-    second = spawn(config)
-    code = await second.wait_exit()
-
-    assert code != 0
-    assert f"is in use by another fetchml-server (pid {first.pid})" in second.log()
-    assert str(tmp_path / "experiments") in second.log()
-    assert "listening on" not in second.log()
-    assert first.running()
-    client = await first.client()
-    assert user_of(await whoami(client, "fml_test_admin_key")) == "admin"
-    await client.ws.close()
-    first.send_signal(signal.SIGTERM)
-    assert await first.wait_exit() == 0
+# -- check-config ------------------------------------------------------
 
 
 def test_check_config_accepts_a_good_file(tmp_path: Path) -> None:

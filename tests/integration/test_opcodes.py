@@ -6,15 +6,13 @@ order of checks (section 3) and that an ERROR leaves the connection usable.
 """
 
 import contextlib
-import hashlib
-import json
 import math
 import re
 import sqlite3
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +21,9 @@ from websockets.exceptions import ConnectionClosed
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
 from fetchml.protocol.records import (
-    Metadata,
     MetricRecord,
     decode_metadata,
     decode_records,
-    encode_metadata,
-    encode_record,
 )
 from fetchml.protocol.requests import (
     CancelJob,
@@ -40,7 +35,6 @@ from fetchml.protocol.requests import (
     LogMetrics,
     MetricPoint,
     Prune,
-    PrunePreview,
     QueryMetrics,
     QueueJob,
     Request,
@@ -54,18 +48,28 @@ from fetchml.protocol.responses import (
     Data,
     Error,
     MetricsPage,
-    Response,
     StatusReport,
-    Success,
-    decode_metrics_payload,
     decode_response,
 )
 from fetchml.server.query import DEFAULT_LIMIT
-from tests.conftest import Daemon, DaemonFactory, RawClient, hash_of, key_hash
-from tests.protocol.test_protocol_requests import MIN_BODY
+from tests.support.experiments import by_byte, commit_id, write_experiment
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ADMIN, UNKNOWN_KEY, hash_of
+from tests.support.lttb import reference_lttb
+from tests.support.wire import (
+    MIN_BODY,
+    RawClient,
+    create,
+    data_of,
+    error_of,
+    log,
+    page_of,
+    queue,
+    sample_request,
+    status_of,
+    success_of,
+)
 
-ADMIN = hash_of("admin")
-UNKNOWN_KEY = key_hash("fml_not_a_configured_key")
 JOB_KEYS = {
     "id",
     "job_name",
@@ -83,15 +87,9 @@ JOB_KEYS = {
 }
 EXPERIMENT_ROW_KEYS = {"commit_id", "timestamp", "job_name", "user", "metrics_count", "damaged"}
 RECORD_KEYS = {"name", "value", "step", "timestamp"}
-"""Minimum body lengths of PROTOCOL.md section 3 (every string empty, every count zero)."""
 
 
 # -- helpers ---------------------------------------------------------------------
-
-
-def commit_id(label: str) -> bytes:
-    """A 20-byte commit ID derived from a label."""
-    return hashlib.sha1(label.encode()).digest()
 
 
 def raw(opcode: int, body: bytes = b"", key: bytes = ADMIN) -> bytes:
@@ -107,71 +105,6 @@ def body_of(req: Request) -> bytes:
     return encode_request(req)[17:]
 
 
-def sample_request(op: Opcode, key: bytes, cid: bytes, job_id: str = "no-such-job") -> Request:
-    """A well-formed request of each opcode."""
-    builders: dict[Opcode, Callable[[], Request]] = {
-        Opcode.QUEUE_JOB: lambda: QueueJob(key_hash=key, commit_id=cid, priority=5, job_name="job"),
-        Opcode.STATUS: lambda: Status(key_hash=key),
-        Opcode.CANCEL_JOB: lambda: CancelJob(key_hash=key, job_name="job"),
-        Opcode.PRUNE: lambda: Prune(key_hash=key, prune_type=PruneType.KEEP_NEWEST, value=1000),
-        Opcode.LOG_METRIC: lambda: LogMetric(
-            key_hash=key, commit_id=cid, step=1, value=0.5, name="loss"
-        ),
-        Opcode.GET_EXPERIMENT: lambda: GetExperiment(key_hash=key, commit_id=cid),
-        Opcode.LOG_METRICS: lambda: LogMetrics(
-            key_hash=key, commit_id=cid, metrics=(MetricPoint(1, 0.5, "loss"),)
-        ),
-        Opcode.CREATE_EXPERIMENT: lambda: CreateExperiment(
-            key_hash=key, commit_id=cid, job_name="job"
-        ),
-        Opcode.LIST_EXPERIMENTS: lambda: ListExperiments(key_hash=key),
-        Opcode.QUERY_METRICS: lambda: QueryMetrics(key_hash=key, commit_id=cid),
-        Opcode.WATCH_METRICS: lambda: WatchMetrics(key_hash=key, commit_id=cid),
-        Opcode.CLAIM_JOB: lambda: ClaimJob(key_hash=key, worker_id="gpu-0"),
-        Opcode.UPDATE_JOB: lambda: UpdateJob(
-            key_hash=key, job_id=job_id, status=JobStatus.COMPLETED
-        ),
-        Opcode.WHOAMI: lambda: WhoAmI(key_hash=key),
-        Opcode.PRUNE_PREVIEW: lambda: PrunePreview(
-            key_hash=key, prune_type=PruneType.KEEP_NEWEST, value=1000
-        ),
-    }
-    return builders[op]()
-
-
-def error_of(resp: Response, code: ErrorCode, message: str | None = None) -> Error:
-    assert isinstance(resp, Error), resp
-    assert resp.code == code, resp
-    if message is not None:
-        assert resp.message == message
-    return resp
-
-
-def data_of(resp: Response, data_type: str) -> Any:
-    """The parsed JSON payload of a DATA response of that type."""
-    assert isinstance(resp, Data), resp
-    assert resp.data_type == data_type
-    return json.loads(resp.payload)
-
-
-def status_of(resp: Response) -> Any:
-    assert isinstance(resp, StatusReport), resp
-    return json.loads(resp.status_json)
-
-
-def page_of(resp: Response) -> MetricsPage:
-    assert isinstance(resp, Data), resp
-    assert resp.data_type == "metrics"
-    return decode_metrics_payload(resp.payload)
-
-
-def success_of(resp: Response, message: str | None = None) -> Success:
-    assert isinstance(resp, Success), resp
-    if message is not None:
-        assert resp.message == message
-    return resp
-
-
 def names_steps(records: Iterable[MetricRecord]) -> list[tuple[str, int]]:
     return [(r.name, r.step) for r in records]
 
@@ -181,29 +114,6 @@ async def still_open(client: RawClient) -> None:
     data_of(await client.call(WhoAmI(key_hash=ADMIN)), "whoami")
 
 
-async def create(client: RawClient, label: str, user: str = "admin", job: str = "exp") -> bytes:
-    cid = commit_id(label)
-    req = CreateExperiment(key_hash=hash_of(user), commit_id=cid, job_name=job)
-    success_of(await client.call(req))
-    return cid
-
-
-async def log(
-    client: RawClient, cid: bytes, points: Iterable[tuple[int, float, str]], user: str = "admin"
-) -> None:
-    metrics = tuple(MetricPoint(*p) for p in points)
-    req = LogMetrics(key_hash=hash_of(user), commit_id=cid, metrics=metrics)
-    success_of(await client.call(req), str(len(metrics)))
-
-
-async def queue(
-    client: RawClient, user: str, cid: bytes, name: str, priority: int = 5
-) -> dict[str, Any]:
-    req = QueueJob(key_hash=hash_of(user), commit_id=cid, priority=priority, job_name=name)
-    job: dict[str, Any] = data_of(await client.call(req), "job")
-    return job
-
-
 async def query(client: RawClient, cid: bytes, **fields: Any) -> MetricsPage:
     return page_of(await client.call(QueryMetrics(key_hash=ADMIN, commit_id=cid, **fields)))
 
@@ -211,67 +121,6 @@ async def query(client: RawClient, cid: bytes, **fields: Any) -> MetricsPage:
 async def jobs_by_id(client: RawClient) -> dict[str, dict[str, Any]]:
     status = status_of(await client.call(Status(key_hash=ADMIN)))
     return {job["id"]: job for job in status["jobs"]}
-
-
-def write_experiment(
-    base: Path,
-    cid: bytes,
-    *,
-    timestamp: int,
-    user: str = "alice",
-    job_name: str = "seeded",
-    records: Iterable[tuple[int, int, float, str]] = (),
-    meta: bytes | None = None,
-) -> Path:
-    """An experiment directory written before the daemon starts (controlled timestamps)."""
-    path = base / cid.hex()
-    (path / "files").mkdir(parents=True)
-    if meta is None:
-        meta = encode_metadata(
-            Metadata(commit_id=cid.hex(), timestamp=timestamp, job_name=job_name, user=user)
-        )
-    (path / "meta.bin").write_bytes(meta)
-    data = b"".join(
-        encode_record(ts, step, value, name.encode()) for ts, step, value, name in records
-    )
-    if data:
-        (path / "metrics.bin").write_bytes(data)
-    return path
-
-
-def by_byte(n: int) -> bytes:
-    """A commit ID whose hex order is its byte value's order."""
-    return bytes([n]) * 20
-
-
-def reference_lttb(points: list[tuple[int, float]], threshold: int) -> list[int]:
-    """Steinarsson's Largest-Triangle-Three-Buckets, written from the paper's pseudo-code."""
-    n = len(points)
-    if threshold >= n:
-        return list(range(n))
-    if threshold == 1:
-        return [0]
-    if threshold == 2:
-        return [0, n - 1]
-    every = (n - 2) / (threshold - 2)
-    sampled = [0]
-    a = 0
-    for i in range(threshold - 2):
-        avg_start = math.floor((i + 1) * every) + 1
-        avg_end = min(math.floor((i + 2) * every) + 1, n)
-        avg_x = sum(points[j][0] for j in range(avg_start, avg_end)) / (avg_end - avg_start)
-        avg_y = sum(points[j][1] for j in range(avg_start, avg_end)) / (avg_end - avg_start)
-        ax, ay = points[a]
-        best, best_area = -1, -1.0
-        for j in range(math.floor(i * every) + 1, math.floor((i + 1) * every) + 1):
-            x, y = points[j]
-            area = abs((ax - avg_x) * (y - ay) - (ax - x) * (avg_y - ay)) / 2
-            if area > best_area:
-                best, best_area = j, area
-        sampled.append(best)
-        a = best
-    sampled.append(n - 1)
-    return sampled
 
 
 @pytest.fixture

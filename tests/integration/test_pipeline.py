@@ -25,8 +25,11 @@ from fetchml.protocol.requests import (
 )
 from fetchml.protocol.responses import Data, Error, Response, Success, decode_metrics_payload
 from fetchml.server.connection import Connection
-from tests.conftest import Daemon, DaemonFactory, RawClient, hash_of
-from tests.integration.proc import file_records, metrics_path, poll
+from tests.support.daemon import poll
+from tests.support.experiments import file_records, metrics_path
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import hash_of
+from tests.support.wire import RawClient
 
 ADMIN = hash_of("admin")
 

@@ -8,16 +8,11 @@ import pytest
 from fetchml.protocol.enums import ErrorCode, PruneType
 from fetchml.protocol.requests import ListExperiments, Prune, PrunePreview, Status
 from fetchml.protocol.responses import StatusReport
-from tests.conftest import DaemonFactory, hash_of
-from tests.integration.test_opcodes import (
-    ADMIN,
-    by_byte,
-    commit_id,
-    data_of,
-    error_of,
-    write_experiment,
-)
-from tests.integration.test_roles import custom_config, custom_hash
+from tests.support.config import custom_config, custom_hash
+from tests.support.experiments import by_byte, commit_id, write_experiment
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import ADMIN, hash_of
+from tests.support.wire import data_of, error_of
 
 KEEP = PruneType.KEEP_NEWEST
 OLDER = PruneType.OLDER_THAN_DAYS

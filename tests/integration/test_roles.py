@@ -1,6 +1,5 @@
 """Roles, permissions and scope (PROTOCOL.md section 3) over a real daemon."""
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,12 @@ from fetchml.protocol.requests import (
     WhoAmI,
 )
 from fetchml.protocol.responses import Error, Response, StatusReport
-from fetchml.server.config import Config
-from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, make_config
-from tests.integration.test_opcodes import (
-    ADMIN,
-    by_byte,
-    commit_id,
+from tests.support.config import custom_config, custom_hash, make_config
+from tests.support.experiments import by_byte, commit_id, write_experiment
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ADMIN, KEYS, hash_of, key_entry, key_hash
+from tests.support.wire import (
+    RawClient,
     create,
     data_of,
     error_of,
@@ -40,7 +39,6 @@ from tests.integration.test_opcodes import (
     sample_request,
     status_of,
     success_of,
-    write_experiment,
 )
 
 EVERY = frozenset(Opcode)
@@ -320,34 +318,6 @@ async def test_unreadable_metadata_is_outside_every_own_scope(
 # -- custom roles from config ----------------------------------------------------------
 
 
-CUSTOM_USERS = {
-    "pat": ("pruner", "fml_test_pat_key"),
-    "olga": ("observer", "fml_test_olga_key"),
-    "rita": ("runner", "fml_test_rita_key"),
-}
-CUSTOM_ROLES = {
-    "root": {"permissions": ["*"], "scope": "all"},
-    "pruner": {"permissions": ["jobs:read", "jobs:delete"], "scope": "own"},
-    "observer": {"permissions": []},  # scope defaults to own
-    "runner": {"permissions": ["jobs:read", "jobs:claim"], "scope": "own"},
-    # A built-in role redefined: analysts may now create, and see only their own.
-    "analyst": {"permissions": ["jobs:read", "jobs:create"], "scope": "own"},
-}
-
-
-def custom_config(tmp_path: Path) -> Config:
-    users = {**KEYS, **CUSTOM_USERS}
-    api_keys = {
-        user: {"hash": hashlib.sha256(key.encode()).hexdigest(), "role": role}
-        for user, (role, key) in users.items()
-    }
-    return make_config(tmp_path, auth={"api_keys": api_keys, "roles": CUSTOM_ROLES})
-
-
-def custom_hash(user: str) -> bytes:
-    return hashlib.sha256(CUSTOM_USERS[user][1].encode()).digest()[:16]
-
-
 @pytest.fixture
 async def custom(start_daemon: DaemonFactory, tmp_path: Path) -> Daemon:
     base = tmp_path / "experiments"
@@ -447,14 +417,12 @@ async def test_update_job_only_by_the_user_who_claimed_it_or_a_star_role(
 ) -> None:
     """wendy and wes are both workers (scope all); a job wendy claimed is hers to report on,
     and an admin's (`*`)."""
-    api_keys = {
-        user: {"hash": hashlib.sha256(key.encode()).hexdigest(), "role": role}
-        for user, (role, key) in {**KEYS, "wes": ("worker", "fml_test_wes_key")}.items()
-    }
+    users = {**KEYS, "wes": ("worker", "fml_test_wes_key")}
+    api_keys = {user: key_entry(key, role) for user, (role, key) in users.items()}
     roles = {"root": {"permissions": ["*"], "scope": "all"}}
     daemon = await start_daemon(make_config(tmp_path, auth={"api_keys": api_keys, "roles": roles}))
     client = await daemon.client()
-    wendy, wes = hash_of("wendy"), hashlib.sha256(b"fml_test_wes_key").digest()[:16]
+    wendy, wes = hash_of("wendy"), key_hash("fml_test_wes_key")
     cid = commit_id("claimed")
     queued = await queue(client, "alice", cid, "train")
     assert queued["claimed_by"] is None

@@ -2,7 +2,8 @@ import json
 
 from fetchml.protocol.requests import WhoAmI
 from fetchml.protocol.responses import Data
-from tests.conftest import Daemon, hash_of
+from tests.support.inproc import Daemon
+from tests.support.keys import hash_of
 
 
 async def test_whoami(daemon: Daemon) -> None:

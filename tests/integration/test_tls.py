@@ -11,7 +11,8 @@ from websockets.asyncio.client import connect
 
 from fetchml.protocol.requests import WhoAmI, encode_request
 from fetchml.protocol.responses import Data, decode_response
-from tests.conftest import DaemonFactory, hash_of
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import hash_of
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

@@ -1,7 +1,6 @@
 """Transport (PROTOCOL.md section 2): handshake auth, whitelist, HTTP endpoints, close
 codes, connection limits; and that keys never reach logs, the audit file or /metrics."""
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -9,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from fetchml import __version__
 from fetchml.protocol.enums import ErrorCode, JobStatus, PruneType
@@ -26,12 +24,14 @@ from fetchml.protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, hash_of, key_hash
-from tests.integration.proc import poll
-from tests.integration.test_opcodes import (
-    ADMIN,
-    UNKNOWN_KEY,
-    commit_id,
+from tests.support.daemon import poll
+from tests.support.experiments import commit_id, write_experiment
+from tests.support.http import http_get, read_audit, samples
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ADMIN, KEYS, UNKNOWN_KEY, hash_of, key_hash
+from tests.support.wire import (
+    RawClient,
+    closed_with,
     create,
     data_of,
     error_of,
@@ -39,37 +39,9 @@ from tests.integration.test_opcodes import (
     page_of,
     queue,
     success_of,
-    write_experiment,
 )
 
 WRONG_KEY = "fml_wrong_key_not_configured"
-
-
-class HttpResponse:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-
-async def http_get(daemon: Daemon, path: str) -> HttpResponse:
-    """A plain HTTP/1.1 GET on the daemon's port, over a raw asyncio TCP connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        await writer.drain()
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
-        headers = {}
-        for line in lines:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    return HttpResponse(int(status_line.split()[1]), headers, body)
 
 
 async def refused(daemon: Daemon, path: str = "/ws", **kwargs: Any) -> int:
@@ -78,15 +50,6 @@ async def refused(daemon: Daemon, path: str = "/ws", **kwargs: Any) -> int:
     with pytest.raises(InvalidStatus) as info:
         await connect(url, compression=None, **kwargs)
     return info.value.response.status_code
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Prometheus text -> {(sample name, labels): value}."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def raw_key(user: str) -> str:
@@ -244,15 +207,6 @@ async def test_compression_only_when_configured(start_daemon: DaemonFactory, ena
 # -- frames and limits ---------------------------------------------------------------------------
 
 
-async def closed_with(client: RawClient) -> int:
-    """The close code the server sent, once the connection is closed."""
-    with pytest.raises(ConnectionClosed) as info:
-        while True:
-            await client.recv()
-    assert info.value.rcvd is not None
-    return info.value.rcvd.code
-
-
 async def test_text_frame_closes_with_1003(daemon: Daemon) -> None:
     client = await daemon.client()
     await client.ws.send("WHOAMI")
@@ -313,10 +267,6 @@ async def test_keys_and_hashes_never_logged(
     assert not leaked, "\n".join(leaked)
     assert leaks((tmp_path / "audit.jsonl").read_text()) == []
     assert leaks((await http_get(daemon, "/metrics")).body.decode()) == []
-
-
-def read_audit(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 async def test_audit_has_one_line_per_mutation_and_auth_failure(

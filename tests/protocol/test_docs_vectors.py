@@ -60,7 +60,7 @@ from fetchml.protocol.responses import (
     encode_uvarint,
 )
 from fetchml.server.views import dumps
-from tests.conftest import hash_of
+from tests.support.keys import hash_of
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "PROTOCOL.md"

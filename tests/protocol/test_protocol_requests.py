@@ -39,6 +39,7 @@ from fetchml.protocol.requests import (
     encode_request,
     record_tails,
 )
+from tests.support.wire import MIN_BODY
 
 FUZZ = settings(max_examples=200, deadline=None)
 
@@ -236,24 +237,6 @@ def test_reserved_opcode_0x06_message():
 
 
 # --- body length -----------------------------------------------------------------------------
-
-MIN_BODY = {
-    Opcode.QUEUE_JOB: 22,
-    Opcode.STATUS: 0,
-    Opcode.CANCEL_JOB: 1,
-    Opcode.PRUNE: 5,
-    Opcode.LOG_METRIC: 33,
-    Opcode.GET_EXPERIMENT: 20,
-    Opcode.LOG_METRICS: 22,
-    Opcode.CREATE_EXPERIMENT: 21,
-    Opcode.LIST_EXPERIMENTS: 0,
-    Opcode.QUERY_METRICS: 45,
-    Opcode.WATCH_METRICS: 29,
-    Opcode.CLAIM_JOB: 1,
-    Opcode.UPDATE_JOB: 4,
-    Opcode.WHOAMI: 0,
-    Opcode.PRUNE_PREVIEW: 5,
-}
 
 
 def test_min_body_table_is_complete():

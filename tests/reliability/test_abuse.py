@@ -44,15 +44,11 @@ from fetchml.protocol.requests import (
 )
 from fetchml.protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
 from fetchml.server.connection import Connection
-from tests.conftest import KEYS, Daemon, DaemonFactory, RawClient, make_config
-from tests.integration.proc import poll, raw_config, write_config
-from tests.reliability.support import (
-    ADMIN,
-    call_json,
-    daemons,
-    keys,
-    query_all,
-)
+from tests.support.config import make_config, raw_config, write_config
+from tests.support.daemon import daemons, poll
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ADMIN, KEYS
+from tests.support.wire import RawClient, call_json, keys, query_all
 
 COMMIT = bytes.fromhex("ab" * 20)
 
@@ -162,7 +158,7 @@ async def test_slow_handshakes_do_not_starve_an_honest_client(tmp_path: Path) ->
                 writer.close()
         assert keys(await query_all(client, COMMIT)) == [("honest", 0)]
         await client.ws.close()
-        await daemon.stop()
+        await daemon.shutdown()
 
 
 # -- a client that never reads -----------------------------------------------------------------

@@ -34,25 +34,13 @@ from fetchml.protocol.requests import (
 from fetchml.protocol.responses import Data, Success, decode_metrics_payload
 from fetchml.server import files
 from fetchml.server.tools import fsck
-from tests.conftest import DaemonFactory, RawClient, hash_of
-from tests.integration.proc import raw_config, run_cli, write_config
-from tests.reliability.support import (
-    ADMIN,
-    DaemonProcess,
-    bind_readonly,
-    call_json,
-    daemons,
-    expect_error,
-    fill,
-    keys,
-    make_experiment,
-    meta_bytes,
-    mount_tmpfs,
-    query_all,
-    record,
-    torn_copies,
-    unmount,
-)
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import DaemonProcess, daemons, run_cli
+from tests.support.experiments import make_experiment, meta_bytes, record, torn_copies
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import ADMIN, hash_of
+from tests.support.mounts import bind_readonly, fill, mount_tmpfs, unmount
+from tests.support.wire import RawClient, call_json, expect_error, keys, query_all
 
 MAX_TORN_BYTES = 8 << 20
 """PROTOCOL.md: a remainder up to this size is a torn tail, a larger one is corruption."""
@@ -248,7 +236,7 @@ async def test_fsck_reports_corruption_and_only_repair_truncates(tmp_path: Path)
         )
         assert keys(await query_all(client, COMMIT)) == GOOD_KEYS
         await client.ws.close()
-        await daemon.stop()
+        await daemon.shutdown()
         assert "corrupt" in daemon.log()
         assert path.read_bytes() == data
 
@@ -268,7 +256,7 @@ async def test_fsck_reports_corruption_and_only_repair_truncates(tmp_path: Path)
         await ok(client, log_metric(COMMIT, GOOD, "good"))
         assert keys(await query_all(client, COMMIT)) == [*GOOD_KEYS, ("good", GOOD)]
         await client.ws.close()
-        await daemon.stop()
+        await daemon.shutdown()
 
 
 # -- unreadable meta.bin ---------------------------------------------------------------------
@@ -419,6 +407,7 @@ async def disk_full_scenario(
     await ok(client, CreateExperiment(key_hash=ADMIN, commit_id=OTHER, job_name="o"))
     assert parses_whole(path)
     expected = [*BIG_KEYS, ("loss", 16), *((BIG, step) for step in range(17, 57))]
+    assert keys(decode_records(path.read_bytes())) == expected
     assert keys(await query_all(client, COMMIT)) == expected
 
 
@@ -438,7 +427,7 @@ async def test_disk_full_on_a_tiny_tmpfs(tmp_path: Path) -> None:
                 client, base, lambda: fillers.append(fill(disk)), lambda: fillers.pop().unlink()
             )
             await client.ws.close()
-            await daemon.stop()
+            await daemon.shutdown()
             assert "No space left on device" in daemon.log()
     finally:
         unmount(disk)
@@ -546,7 +535,7 @@ async def test_read_only_data_dir_gets_storage_error(tmp_path: Path) -> None:
             unmount(base)
         await ok(client, CreateExperiment(key_hash=ADMIN, commit_id=OTHER, job_name="o"))
         await client.ws.close()
-        await daemon.stop()
+        await daemon.shutdown()
 
 
 async def test_permission_denied_injected(
@@ -596,6 +585,7 @@ async def test_second_daemon_on_the_same_data_dir_fails_naming_the_first(tmp_pat
             second = start(config)
             assert await second.wait_exit() != 0
             assert f"is in use by another fetchml-server (pid {first.pid})" in second.log()
+            assert str(tmp_path / "experiments") in second.log()
             assert "listening on" not in second.log()
         assert first.running()
         client = await first.client()
@@ -603,12 +593,12 @@ async def test_second_daemon_on_the_same_data_dir_fails_naming_the_first(tmp_pat
         await client.ws.close()
 
         # A killed daemon's lock goes with it.
-        first.kill9()
+        first.kill()
         third: DaemonProcess = await start(second_config).wait_ready()
         client = await third.client()
         assert (await call_json(client, WhoAmI(key_hash=ADMIN)))["user"] == "admin"
         await client.ws.close()
-        await third.stop()
+        await third.shutdown()
 
 
 def test_fsck_of_a_clean_tree_is_quiet(tmp_path: Path) -> None:

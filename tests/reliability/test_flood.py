@@ -22,9 +22,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fetchml.protocol.requests import CreateExperiment, LogMetric, encode_request
 from fetchml.protocol.responses import Success
-from tests.conftest import KEYS, RawClient, key_hash
-from tests.integration.proc import ROOT, raw_config, write_config
-from tests.reliability.support import ADMIN, daemons
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import ROOT, daemons
+from tests.support.keys import ADMIN, KEYS, key_hash
+from tests.support.wire import RawClient
 
 LONG = os.environ.get("FETCHML_LONG") == "1"
 FRAMES = 200_000
@@ -139,7 +140,7 @@ async def test_a_bad_key_flood_neither_grows_files_nor_slows_an_honest_client(
         after = sizes(tmp_path)
         log_lines = daemon.log().count("\n")
         await client.ws.close()
-        await daemon.stop()
+        await daemon.shutdown()
 
     growth = {name: size - before.get(name, 0) for name, size in after.items()}
     q = statistics.quantiles(latencies, n=100)

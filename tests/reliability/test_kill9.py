@@ -6,12 +6,14 @@ LOG_METRICS, and SIGKILL the daemon once a random number of records has been
 acknowledged. A client's records carry its name and steps counting up over the whole
 run, so every record says who sent it, and in what order.
 
-After each restart: every acknowledged record is in metrics.bin exactly once; each
-client's records of the cycle are a prefix of what it sent (its send order, nothing
-it did not send, at least everything acknowledged); nothing before the previous
-check changed; the daemon cut exactly the unparseable remainder the kill left (and
-kept a copy of it); the file parses to its end; meta.bin is byte-identical. Every
-tenth cycle, fsck finds nothing wrong; after the last one, the real `fsck` too.
+After each restart, before its first append, QUERY_METRICS serves the valid prefix and
+nothing of what the kill left after it. Then: every acknowledged record is in metrics.bin
+exactly once; each client's records of the cycle are a prefix of what it sent (its send
+order, nothing it did not send, at least everything acknowledged); nothing before the
+previous check changed; the daemon cut exactly the unparseable remainder the kill left
+(kept a copy of it, and logged it); the file parses to its end; meta.bin is
+byte-identical. Every tenth cycle, fsck finds nothing wrong; after the last one, the real
+`fsck` too.
 
 A SIGKILL almost never lands inside the kernel's copy of a write, so some cycles also
 append what a torn write leaves (part of a record, zero-filled blocks) after the kill,
@@ -26,6 +28,7 @@ import contextlib
 import io
 import os
 import random
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,14 +48,11 @@ from fetchml.protocol.requests import (
 )
 from fetchml.protocol.responses import Success, decode_response
 from fetchml.server.tools import fsck
-from tests.integration.proc import raw_config, run_cli, write_config
-from tests.reliability.support import (
-    ADMIN,
-    DaemonProcess,
-    daemons,
-    record,
-    torn_copies,
-)
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import DaemonProcess, daemons, run_cli
+from tests.support.experiments import record, torn_copies
+from tests.support.keys import ADMIN
+from tests.support.wire import query_all
 
 LONG = os.environ.get("FETCHML_LONG") == "1"
 CYCLES = 500 if LONG else 50
@@ -157,6 +157,8 @@ class Experiment:
     """The whole file as of the last check: later checks find it unchanged at the start."""
     injected: bytes = b""
     """What the test appended after the last kill, as a crash mid-write could leave it."""
+    records: int = 0
+    """Records in `verified`."""
 
 
 @dataclass
@@ -209,6 +211,7 @@ def check_restart(
         totals.unacked_survivors += len(steps) - ingester.acked
     assert (exp.path.parent / "meta.bin").read_bytes() == exp.meta, "meta.bin changed"
     exp.verified = data
+    exp.records += len(survivors) + len(probe)
 
 
 def tear(exp: Experiment, ingester: Ingester, rng: random.Random) -> None:
@@ -238,7 +241,7 @@ async def kill_while_ingesting(
         while sum(i.acked for i in ingesters) < target and not all(t.done() for t in tasks):
             assert asyncio.get_running_loop().time() < deadline, "ingest stalled"
             await asyncio.sleep(0.001)
-        daemon.kill9()
+        assert daemon.kill() == -signal.SIGKILL
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
     finally:
         for task in tasks:
@@ -257,11 +260,17 @@ async def restart_and_check(
     before = exp.path.read_bytes() if exp.path.exists() else b""
     copies_before = torn_copies(exp.path)
     client = await daemon.client()
+    # Before the first append, readers see the valid prefix and nothing of the remainder.
+    end = scan(before, len(exp.verified)).end
+    unchecked = await query_all(client, exp.commit, after=exp.records)
+    assert unchecked == decode_records(before[len(exp.verified) : end])
     probe = await client.call(
         LogMetric(key_hash=ADMIN, commit_id=exp.commit, step=cycle, value=0.0, name=PROBE)
     )
     assert isinstance(probe, Success), (probe, daemon.log())
     check_restart(exp, ingesters, before, copies_before, cycle, totals)
+    if end < len(before):  # the probe cut a torn tail
+        assert "recovered" in daemon.log(), daemon.log()
     for ingester in ingesters:  # checked: the next cycle starts afresh
         ingester.sent, ingester.acked = [], 0
     await client.ws.close()
@@ -310,7 +319,7 @@ async def test_kill9_loop_keeps_every_acknowledged_metric(tmp_path: Path) -> Non
                 tear(exp, rng.choice(ingesters), rng)
             if rng.random() < KILL_IDLE:  # a daemon that never appends leaves the file alone
                 untouched = exp.path.read_bytes()
-                (await start(configs[0]).wait_ready()).kill9()
+                (await start(configs[0]).wait_ready()).kill()
                 assert exp.path.read_bytes() == untouched
                 totals.untouched += 1
 
@@ -318,7 +327,7 @@ async def test_kill9_loop_keeps_every_acknowledged_metric(tmp_path: Path) -> Non
         daemon = await start(configs[0]).wait_ready()
         assert exp is not None
         await restart_and_check(daemon, exp, ingesters, CYCLES, totals)
-        await daemon.stop()
+        await daemon.shutdown()
 
     result = run_cli("fsck", "--base-path", str(base))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,11 +7,10 @@ from pathlib import Path
 
 from fetchml.protocol.requests import QueryMetrics
 from fetchml.protocol.responses import Data, decode_metrics_payload
-from tests.conftest import hash_of
-from tests.integration.proc import raw_config, write_config
-
-from .metrics_files import big_experiment
-from .support import daemons
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import daemons
+from tests.support.experiments import big_experiment
+from tests.support.keys import hash_of
 
 LONG = os.environ.get("FETCHML_LONG") == "1"
 RECORDS = 10_000_000 if LONG else 600_000
@@ -76,4 +75,4 @@ async def test_downsampling_many_experiments_stays_within_the_cache_budget(
         if LONG:  # the target: under the budget + 200 MB whatever is queried
             assert peak <= BUDGET + 200_000_000
         await client.ws.close()
-        await daemon.stop()
+        await daemon.shutdown()

@@ -18,11 +18,11 @@ import pytest
 
 from fetchml.protocol.requests import CreateExperiment, GetExperiment, LogMetric, QueryMetrics
 from fetchml.protocol.responses import Data, Success, decode_metrics_payload
-from tests.conftest import RawClient, hash_of
-from tests.integration.proc import raw_config, write_config
-
-from .metrics_files import big_experiment
-from .support import daemons
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import daemons
+from tests.support.experiments import big_experiment
+from tests.support.keys import hash_of
+from tests.support.wire import RawClient
 
 LONG = os.environ.get("FETCHML_LONG") == "1"
 RECORDS = 10_000_000 if LONG else 1_000_000
@@ -105,4 +105,4 @@ async def test_large_experiment_requests_do_not_stall_another_users_acks(
         assert p99 < 0.2  # the target is 20 ms
         for client in (honest, *heavy):
             await client.ws.close()
-        await daemon.stop()
+        await daemon.shutdown()

@@ -15,9 +15,11 @@ from fetchml.protocol.keys import key_hash
 from fetchml.protocol.requests import WhoAmI
 from fetchml.server.__main__ import main
 from fetchml.server.config import ApiKey, config_warnings, load_config, parse_config
-from tests.conftest import KEYS, DaemonFactory, make_config
-from tests.integration.proc import DaemonProcess, raw_config, write_config
-from tests.integration.test_opcodes import data_of
+from tests.support.config import make_config, raw_config, write_config
+from tests.support.daemon import DaemonProcess
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import KEYS
+from tests.support.wire import data_of
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "example.yaml"
@@ -220,14 +222,14 @@ async def test_serve_logs_the_warnings(tmp_path: Path) -> None:
     raw = raw_config(tmp_path, server={"host": "0.0.0.0"})
     raw["auth"]["api_keys"]["placeholder"] = {"hash": ZEROS, "role": "worker"}
     config = write_config(tmp_path / "config.yaml", raw)
-    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    daemon = DaemonProcess(config, tmp_path / "daemon.log").spawn()
     try:
         await daemon.wait_ready()
         client = await daemon.client()
         whoami = WhoAmI(key_hash=key_hash(KEYS["admin"][1]))
         assert data_of(await client.call(whoami), "whoami")["user"] == "admin"  # it serves
         await client.ws.close()
-        await daemon.stop()
+        await daemon.shutdown()
     finally:
         daemon.reap()
     log = daemon.log()

@@ -45,10 +45,11 @@ from fetchml.server.entries import Damaged
 from fetchml.server.files import DataDirBusy as Busy
 from fetchml.server.files import lock_data_dir
 from fetchml.server.storage import ExperimentStore
-from tests.conftest import RawClient, hash_of
-from tests.integration.proc import LISTENING, DaemonProcess, raw_config, run_cli, write_config
+from tests.support.config import raw_config, write_config
+from tests.support.daemon import DaemonProcess, run_cli
+from tests.support.keys import ADMIN, hash_of
+from tests.support.wire import RawClient
 
-ADMIN = hash_of("admin")
 ALICE = hash_of("alice")
 TS = 1795735109
 DEADLINE_S = 5.0
@@ -215,13 +216,7 @@ class Tree:
     def __init__(self, root: Path) -> None:
         self.base, self.outside, self.kinds = build(root, list(KINDS))
         config = write_config(root / "config.yaml", raw_config(root))
-        self.daemon = DaemonProcess(config, root / "daemon.log")
-        deadline = time.monotonic() + 30
-        while not (match := LISTENING.search(self.daemon.log())):
-            assert self.daemon.running(), self.daemon.log()
-            assert time.monotonic() < deadline, self.daemon.log()
-            time.sleep(0.02)
-        self.daemon.port = int(match.group(2))
+        self.daemon = DaemonProcess(config, root / "daemon.log").start()
 
     async def client(self) -> RawClient:
         return await asyncio.wait_for(self.daemon.client(), DEADLINE_S)

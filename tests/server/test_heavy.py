@@ -18,7 +18,9 @@ from fetchml.protocol.requests import (
 )
 from fetchml.protocol.responses import Data, Success
 from fetchml.server.heavy import HeavyLimiter
-from tests.conftest import DaemonFactory, RawClient, hash_of
+from tests.support.inproc import DaemonFactory
+from tests.support.keys import hash_of
+from tests.support.wire import RawClient
 
 
 async def test_beyond_the_limit_queries_wait_in_fifo_order() -> None:

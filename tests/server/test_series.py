@@ -11,7 +11,7 @@ from fetchml.protocol.records import Metadata, decode_records, encode_record
 from fetchml.server.budget import CacheBudget
 from fetchml.server.series import SeriesCache, lttb
 from fetchml.server.storage import ExperimentStore
-from tests.integration.test_opcodes import reference_lttb
+from tests.support.lttb import reference_lttb
 
 TS = 1795735109
 
@@ -29,6 +29,16 @@ def test_lttb_known_indices() -> None:
     # in the second, with (2, 5) and the last point (7, 0), it is 5.
     assert run_lttb([0, 1, 5, 2, 0, -3, 1, 0], 4) == [0, 2, 5, 7]
     assert run_lttb([0, 0, 0, 5, 0, 0, 0, 0, 0, 0], 3) == [0, 3, 9]
+
+
+def test_lttb_measures_x_in_steps_not_positions() -> None:
+    # One bucket, points 1..5, between (0, 0) and the last point (20, 10). Twice the area
+    # of the triangle through point j is |10 x_j - 20 y_j|: 10, 160, 100, 110, 80 with the
+    # steps as x, so point 2; with positions as x (last point at 6) it would be
+    # |10 j - 6 y_j|: 10, 34, 30, 40, 38, so point 4.
+    steps = np.array([0, 1, 2, 10, 11, 12, 20], dtype=np.uint32)
+    ys = np.array([0, 0, 9, 0, 0, 2, 10], dtype=np.float64)
+    assert lttb(steps, ys, 3) == [0, 2, 6]
 
 
 @pytest.mark.parametrize("n", [1, 2, 5])
