@@ -34,9 +34,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import websockets
 import yaml
 from websockets.sync.client import connect
+from websockets.version import version as websockets_version
 
 from fetchml.protocol.records import Metadata, encode_metadata, encode_record, iter_records
 from fetchml.protocol.requests import ListExperiments, encode_request
@@ -946,7 +946,7 @@ def print_table(rows: list[Row], mode: str) -> None:
 def environment(tmp: Path) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
-        "websockets": websockets.__version__,
+        "websockets": websockets_version,
         "cpus": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
         "data_dir": str(tmp),

@@ -25,7 +25,7 @@ import resource
 import struct
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from hashlib import sha256
 from typing import Any
@@ -63,7 +63,7 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def open_ws(url: str, key: str = "") -> Any:
+def open_ws(url: str, key: str = "") -> connect:
     """A client connection with the daemon's transport settings (no compression); with a
     raw key in the handshake (X-API-Key) when given."""
     return connect(
@@ -385,7 +385,7 @@ def push_page(message: bytes | str) -> tuple[int, int]:
     return next_index, count
 
 
-async def open_many(opener: Callable[[], Coroutine[Any, Any, Any]], count: int) -> list[Any]:
+async def open_many(opener: Callable[[], Awaitable[Any]], count: int) -> list[Any]:
     """`count` results of opener(), CONNECT_AT_ONCE at a time; exceptions are returned."""
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
 

@@ -36,7 +36,7 @@ from fetchml.server import files
 from fetchml.server.tools import fsck
 from tests.conftest import DaemonFactory, RawClient, hash_of
 from tests.integration.proc import raw_config, run_cli, write_config
-from tests.reliability.support import (
+from tests.reliability.support import (  # type: ignore[attr-defined]
     ADMIN,
     DaemonProcess,
     bind_readonly,

@@ -46,7 +46,7 @@ from fetchml.protocol.requests import (
 from fetchml.protocol.responses import Success, decode_response
 from fetchml.server.tools import fsck
 from tests.integration.proc import raw_config, run_cli, write_config
-from tests.reliability.support import (
+from tests.reliability.support import (  # type: ignore[attr-defined]
     ADMIN,
     DaemonProcess,
     daemons,
