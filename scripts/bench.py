@@ -1,13 +1,14 @@
 """Benchmark of the fetchml daemon, each figure next to a baseline measured in the same run.
 
 Everything runs in separate processes on 127.0.0.1: the daemon (`python -m
-server serve`, one per durability), the baseline server (scripts/bench_echo.py:
+fetchml.server serve`, one per durability), the baseline server (scripts/bench_echo.py:
 a bare websockets server answering every message with 10 bytes) and the load
 generator (scripts/bench_load.py), which drives both the same way with the same
 pre-encoded frames. The read baselines run in this process on the same
 metrics.bin. Prints a table (ratio = fetchml figure / baseline figure, target,
 PASS or MISS) and writes it as JSON. The figures are declared once, in
-scripts/bench_figures.py; the load generator's results are bench_records types.
+scripts/bench_figures.py; the processes are run by scripts/bench_servers.py and the
+load generator's results are scripts/bench_records.py types.
 
 Exits non-zero only when the daemon misbehaves: an ERROR response, a refused or
 dropped connection, a crash, an error in its log, or an experiment that does not
