@@ -228,7 +228,7 @@ def console_table(rows: list[Row], sizes: dict[str, Any], mode: str) -> str:
             r.figure.unit,
             number(r.value, r.figure.unit),
             number(r.baseline, r.figure.unit),
-            ratio_text(r.ratio),
+            ratio_text(r.ratio) if r.figure.ratio else "",
             r.figure.baseline,
             target_text(r.figure),
             status(r),
