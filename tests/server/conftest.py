@@ -69,13 +69,9 @@ def _experiment(
     metrics: list[dict[str, Any]],
     damaged: str | None = None,
 ) -> dict[str, Any]:
+    metadata: dict[str, Any]
     if meta is None:
-        metadata: dict[str, Any] = {
-            "commit_id": commit,
-            "timestamp": None,
-            "job_name": None,
-            "user": None,
-        }
+        metadata = {"commit_id": commit, "timestamp": None, "job_name": None, "user": None}
     else:
         metadata = {"commit_id": commit, "timestamp": meta[0], "job_name": meta[1], "user": meta[2]}
     return {
