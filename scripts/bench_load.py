@@ -1,9 +1,9 @@
 """The benchmark's load generator, run by scripts/bench.py in its own process.
 
 Every mode drives one server URL (the daemon or the baseline echo server, the
-same way for both), prints one JSON object on the last line of stdout, and
-reports what went wrong in its "errors" list: ERROR responses, closed or
-refused connections, missing answers. Modes:
+same way for both) and prints a bench_records.Report as JSON on the last line of
+stdout: the mode's typed result, and what went wrong in its "errors" list: ERROR
+responses, closed or refused connections, missing answers. Modes:
 
   pipeline  LOG_METRIC(S) frames, pre-encoded, pipelined (a window in flight) on
             one or more connections, for a number of messages or of seconds
@@ -19,17 +19,29 @@ Times come from time.perf_counter(), within this process only.
 import argparse
 import asyncio
 import collections
-import json
 import math
 import resource
 import struct
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from hashlib import sha256
 from typing import Any
 
+from bench_records import (
+    Idle,
+    Paced,
+    Pass,
+    Percentiles,
+    Pipeline,
+    Reads,
+    Report,
+    Result,
+    Stream,
+    Watch,
+    Watchers,
+)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
@@ -45,9 +57,6 @@ from fetchml.protocol.requests import (
     encode_request,
 )
 from fetchml.protocol.responses import Data, Error, decode_response
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.keys import key_hash
 
 NAMES = ["loss", "accuracy", "learning_rate", "grad_norm", "val_loss"]
 MAX_RESPONSE_BYTES = 4 << 20
@@ -66,7 +75,7 @@ def raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def open_ws(url: str, key: str = "") -> Any:
+def open_ws(url: str, key: str = "") -> connect:
     """A client connection with the daemon's transport settings (no compression); with a
     raw key in the handshake (X-API-Key) when given."""
     return connect(
@@ -80,17 +89,21 @@ def open_ws(url: str, key: str = "") -> Any:
     )
 
 
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    """p50, p90, p99 and max, in milliseconds (nearest rank)."""
+def key_hash(raw_key: str) -> bytes:
+    return sha256(raw_key.encode()).digest()[:16]
+
+
+def percentiles(seconds: list[float]) -> Percentiles | None:
+    """p50, p90, p99 and max, in milliseconds (nearest rank); None without samples."""
     if not seconds:
-        return {}
+        return None
     ordered = sorted(seconds)
-    return {
-        "p50": nearest_rank(ordered, 0.50) * 1000,
-        "p90": nearest_rank(ordered, 0.90) * 1000,
-        "p99": nearest_rank(ordered, 0.99) * 1000,
-        "max": ordered[-1] * 1000,
-    }
+    return Percentiles(
+        p50=nearest_rank(ordered, 0.50) * 1000,
+        p90=nearest_rank(ordered, 0.90) * 1000,
+        p99=nearest_rank(ordered, 0.99) * 1000,
+        max=ordered[-1] * 1000,
+    )
 
 
 def nearest_rank(ordered: list[float], fraction: float) -> float:
@@ -149,18 +162,6 @@ def exception_text(exc: BaseException) -> str:
 # -- pipeline: throughput ------------------------------------------------------
 
 
-@dataclass
-class Stream:
-    """One connection's pipelined run."""
-
-    sent: int = 0
-    ok: int = 0
-    """Requests answered with SUCCESS."""
-    answered: int = 0
-    seconds: float = 0.0
-    """From the first send to the last answer."""
-
-
 async def pipeline(
     ws: ClientConnection,
     frames: list[bytes],
@@ -206,7 +207,7 @@ async def pipeline(
     return stream
 
 
-async def run_pipeline(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+async def run_pipeline(args: argparse.Namespace, errors: Errors) -> Pipeline:
     """One connection per commit, all started together."""
     key = key_hash(args.key)
     commits = [bytes.fromhex(c) for c in args.commits.split(",")]
@@ -223,14 +224,14 @@ async def run_pipeline(args: argparse.Namespace, errors: Errors) -> dict[str, An
         )
     finally:
         await asyncio.gather(*(ws.close() for ws in connections))
-    return {"per_message": args.per_message, "streams": [asdict(s) for s in streams]}
+    return Pipeline(per_message=args.per_message, streams=list(streams))
 
 
 # -- paced: latency --------------------------------------------------------------
 
 
 @dataclass
-class Paced:
+class PacedRun:
     """A paced run: send and answer times, in request order."""
 
     sends: list[float] = field(default_factory=list)
@@ -241,9 +242,9 @@ class Paced:
 
 async def paced(
     ws: ClientConnection, frames: list[bytes], rate: float, count: int, errors: Errors
-) -> Paced:
+) -> PacedRun:
     """Send `count` frames at `rate` per second, timing each request and its answer."""
-    run = Paced()
+    run = PacedRun()
     sends, answers = run.sends, run.answers
 
     async def receive() -> None:
@@ -272,23 +273,23 @@ async def paced(
     return run
 
 
-async def run_paced(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+async def run_paced(args: argparse.Namespace, errors: Errors) -> Paced:
     key = key_hash(args.key)
     count = max(1, round(args.rate * args.seconds))
     frames = metric_frames(key, bytes.fromhex(args.commits), args.per_message, min(count, 100))
     async with open_ws(args.url) as ws:
         run = await paced(ws, frames, args.rate, count, errors)
     sends = run.sends
-    return {
-        "per_message": args.per_message,
-        "sent": len(sends),
-        "ok": run.ok,
-        "rate": (len(sends) - 1) / (sends[-1] - sends[0]) if len(sends) > 1 else 0.0,
-        "latency_ms": percentiles(latencies(run)),
-    }
+    return Paced(
+        per_message=args.per_message,
+        sent=len(sends),
+        ok=run.ok,
+        rate=(len(sends) - 1) / (sends[-1] - sends[0]) if len(sends) > 1 else 0.0,
+        latency_ms=percentiles(latencies(run)),
+    )
 
 
-def latencies(run: Paced) -> list[float]:
+def latencies(run: PacedRun) -> list[float]:
     return [a - s for s, a in zip(run.sends, run.answers, strict=False)]
 
 
@@ -306,9 +307,7 @@ async def query(ws: ClientConnection, request: QueryMetrics, errors: Errors) -> 
     return None
 
 
-async def page_through(
-    ws: ClientConnection, key: bytes, commit: bytes, errors: Errors
-) -> dict[str, Any]:
+async def page_through(ws: ClientConnection, key: bytes, commit: bytes, errors: Errors) -> Pass:
     """Every record, a server-default page at a time, following `next` until 0.
     Counts records from each page's header (decoding them is the client's work)."""
     records = pages = after = 0
@@ -322,12 +321,12 @@ async def page_through(
         pages += 1
         if after == 0:
             break
-    return {"records": records, "pages": pages, "seconds": time.perf_counter() - started}
+    return Pass(records=records, pages=pages, seconds=time.perf_counter() - started)
 
 
 async def timed_points(
     ws: ClientConnection, request: QueryMetrics, errors: Errors
-) -> tuple[float, list[list[Any]]]:
+) -> tuple[float, list[tuple[str, int, float]]]:
     """(seconds, [[name, step, value]...]) of one downsampling query."""
     started = time.perf_counter()
     payload = await query(ws, request, errors)
@@ -335,10 +334,10 @@ async def timed_points(
     if payload is None:
         return seconds, []
     records = decode_records(payload[PAGE_HEAD.size :])
-    return seconds, [[r.name, r.step, r.value] for r in records]
+    return seconds, [(r.name, r.step, r.value) for r in records]
 
 
-async def run_reads(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+async def run_reads(args: argparse.Namespace, errors: Errors) -> Reads:
     key = key_hash(args.key)
     many, one = bytes.fromhex(args.many), bytes.fromhex(args.one)
     latest = QueryMetrics(key_hash=key, commit_id=many, max_points=2)
@@ -349,14 +348,14 @@ async def run_reads(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
         latest_s, latest_points = await timed_points(ws, latest, errors)
         await timed_points(ws, lttb, errors)  # first read of that file: the daemon indexes it
         lttb_runs = [await timed_points(ws, lttb, errors) for _ in range(args.repeat)]
-    return {
-        "first_pass": first_pass,
-        "second_pass": second_pass,
-        "latest_ms": latest_s * 1000,
-        "latest_points": latest_points,
-        "lttb_ms": sorted(s * 1000 for s, _ in lttb_runs)[len(lttb_runs) // 2],
-        "lttb_points": lttb_runs[-1][1],
-    }
+    return Reads(
+        first_pass=first_pass,
+        second_pass=second_pass,
+        latest_ms=latest_s * 1000,
+        latest_points=latest_points,
+        lttb_ms=sorted(s * 1000 for s, _ in lttb_runs)[len(lttb_runs) // 2],
+        lttb_points=lttb_runs[-1][1],
+    )
 
 
 # -- watch: push latency -------------------------------------------------------
@@ -384,7 +383,7 @@ def push_page(message: bytes | str) -> tuple[int, int]:
     return next_index, count
 
 
-async def open_many(opener: Callable[[], Coroutine[Any, Any, Any]], count: int) -> list[Any]:
+async def open_many(opener: Callable[[], Awaitable[Any]], count: int) -> list[Any]:
     """`count` results of opener(), CONNECT_AT_ONCE at a time; exceptions are returned."""
     gate = asyncio.Semaphore(CONNECT_AT_ONCE)
 
@@ -438,7 +437,7 @@ async def wait_caught_up(receipts: list[Receipts], end: int, timeout: float) -> 
         await asyncio.sleep(0.01)
 
 
-async def run_watch(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+async def run_watch(args: argparse.Namespace, errors: Errors) -> Watch:
     key, commit = key_hash(args.key), bytes.fromhex(args.commits)
     opened = await open_many(
         lambda: start_watch(args.url, key, commit, args.from_index), args.watchers
@@ -467,13 +466,13 @@ async def run_watch(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
     if wrong:
         errors[f"{len(wrong)} watchers got other than {expected} records, e.g. {wrong[0]}"] += 1
     pushes = [x for r in receipts for x in push_latencies(r, acks, ends)]
-    return {
-        "watchers": len(watchers),
-        "ok": run.ok,
-        "ack_latency_ms": percentiles(latencies(run)),
-        "push_latency_ms": percentiles(pushes),
-        "samples": len(pushes),
-    }
+    return Watch(
+        watchers=len(watchers),
+        ok=run.ok,
+        ack_latency_ms=percentiles(latencies(run)),
+        push_latency_ms=percentiles(pushes),
+        samples=len(pushes),
+    )
 
 
 # -- watchers: followers under max-speed ingest ---------------------------------------
@@ -517,7 +516,7 @@ async def wait_ready(ready: list[asyncio.Event], tasks: list["asyncio.Task[None]
         accepted.cancel()
 
 
-async def run_watchers(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+async def run_watchers(args: argparse.Namespace, errors: Errors) -> Watchers:
     key, commit = key_hash(args.key), bytes.fromhex(args.commits)
     stats = [Follow() for _ in range(args.watchers)]
     ready = [asyncio.Event() for _ in stats]
@@ -537,18 +536,18 @@ async def run_watchers(args: argparse.Namespace, errors: Errors) -> dict[str, An
             pass
         except (WebSocketException, OSError, ConnectionError, ValueError) as exc:
             errors[f"watcher failed: {exception_text(exc)}"] += 1
-    return {
-        "watchers": len(stats),
-        "records": sum(s.records for s in stats),
-        "pushes": sum(s.pushes for s in stats),
-        "slow_closes": sum(s.slow_closes for s in stats),
-    }
+    return Watchers(
+        watchers=len(stats),
+        records=sum(s.records for s in stats),
+        pushes=sum(s.pushes for s in stats),
+        slow_closes=sum(s.slow_closes for s in stats),
+    )
 
 
 # -- idle: memory per connection --------------------------------------------------------
 
 
-async def run_idle(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
+async def run_idle(args: argparse.Namespace, errors: Errors) -> Idle:
     # With the key in the handshake: idle connections without one are capped per address
     # (server.max_connections_per_ip) and closed after server.auth_timeout_s.
     opened = await open_many(lambda: open_ws(args.url, args.key), args.connections)
@@ -558,12 +557,12 @@ async def run_idle(args: argparse.Namespace, errors: Errors) -> dict[str, Any]:
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.read)  # the bench closes our stdin when done
     await asyncio.gather(*(ws.close() for ws in connections))
-    return {"connections": len(connections)}
+    return Idle(connections=len(connections))
 
 
 # -- main ------------------------------------------------------------------------------------
 
-MODES = {
+MODES: dict[str, Callable[[argparse.Namespace, Errors], Coroutine[Any, Any, Result]]] = {
     "pipeline": run_pipeline,
     "paced": run_paced,
     "reads": run_reads,
@@ -600,13 +599,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_open_file_limit()
     errors: Errors = collections.Counter()
+    result: Result | None = None
     try:
         result = asyncio.run(MODES[args.mode](args, errors))
     except (WebSocketException, OSError, ConnectionError, TimeoutError) as exc:
         errors[exception_text(exc)] += 1
-        result = {}
-    result["errors"] = [f"{text} (x{n})" if n > 1 else text for text, n in errors.items()]
-    print(json.dumps(result), flush=True)
+    texts = [f"{text} (x{n})" if n > 1 else text for text, n in errors.items()]
+    print(Report(args.mode, result, texts).to_json(), flush=True)
     return 0
 
 

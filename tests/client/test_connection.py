@@ -2,7 +2,9 @@
 
 import asyncio
 import math
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,7 +131,9 @@ async def test_log_metrics_splits_large_requests(daemon: Daemon) -> None:
 async def test_pipelining_5000_concurrent_calls(daemon: Daemon) -> None:
     async with Client.connect(daemon.url, api_key=ADMIN_KEY, max_in_flight=1024) as c:
         await c.create_experiment(C1)
-        calls = [c.log_metric(C1, "loss", float(i), step=i) for i in range(5000)]
+        calls: list[Awaitable[Any]] = [
+            c.log_metric(C1, "loss", float(i), step=i) for i in range(5000)
+        ]
         calls.insert(2500, c.whoami())  # a barrier in the middle of the stream
         results = await asyncio.gather(*calls)
         assert results[2500].user == "admin"

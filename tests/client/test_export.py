@@ -3,6 +3,7 @@
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ def export(
     return code, out, err
 
 
-def check_frame(frame: "pd.DataFrame", points: list[tuple[str, int, float]]) -> None:
+def check_frame(frame: Any, points: list[tuple[str, int, float]]) -> None:
     assert list(frame.columns) == ["name", "step", "value", "timestamp"]
     assert frame["name"].tolist() == [p[0] for p in points]
     assert frame["step"].tolist() == [p[1] for p in points]

@@ -1133,11 +1133,12 @@ async def test_database_fault_is_database_error(daemon: Daemon, tmp_path: Path) 
     await queue(client, "alice", commit_id("db"), "job")
     with contextlib.closing(sqlite3.connect(tmp_path / "jobs.sqlite3")) as db:
         db.execute("DROP TABLE jobs")
-    for req in [
+    database_requests: list[Request] = [
         Status(key_hash=ADMIN),
         QueueJob(key_hash=ADMIN, commit_id=commit_id("db"), priority=1, job_name="x"),
         ClaimJob(key_hash=ADMIN, worker_id="w"),
-    ]:
+    ]
+    for req in database_requests:
         error = error_of(await client.call(req), ErrorCode.DATABASE_ERROR, "database error")
         assert error.details == ""
     await still_open(client)
@@ -1161,7 +1162,7 @@ async def test_internal_errors_are_unknown_error_without_details(
     monkeypatch.setattr("fetchml.server.handlers.whoami", fail)
     monkeypatch.setattr(daemon.app.ctx.jobs, "list_jobs", fail_async)
     monkeypatch.setattr("fetchml.server.experiment.Experiment.write", fail)
-    faulty = [
+    faulty: list[Request] = [
         WhoAmI(key_hash=ADMIN),
         Status(key_hash=ADMIN),
         LogMetric(key_hash=ADMIN, commit_id=cid, step=0, value=1.0, name="loss"),

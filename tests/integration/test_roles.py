@@ -18,6 +18,7 @@ from fetchml.protocol.requests import (
     Prune,
     QueryMetrics,
     QueueJob,
+    Request,
     Status,
     UpdateJob,
     WatchMetrics,
@@ -174,7 +175,7 @@ async def test_scope_own_cannot_touch_another_users_experiment(daemon: Daemon) -
     client = await daemon.client()
     _, bobs = await two_owners(client)
     alice = hash_of("alice")
-    denied = [
+    denied: list[Request] = [
         GetExperiment(key_hash=alice, commit_id=bobs),
         LogMetric(key_hash=alice, commit_id=bobs, step=1, value=0.0, name="loss"),
         LogMetrics(key_hash=alice, commit_id=bobs, metrics=(MetricPoint(1, 0.0, "loss"),)),
@@ -248,7 +249,7 @@ async def test_analyst_reads_everything_and_writes_nothing(daemon: Daemon) -> No
             len(page_of(await client.call(QueryMetrics(key_hash=ana, commit_id=cid))).records) == 1
         )
 
-    writes = [
+    writes: list[Request] = [
         CreateExperiment(key_hash=ana, commit_id=commit_id("ana"), job_name="x"),
         QueueJob(key_hash=ana, commit_id=alices, priority=5, job_name="x"),
         LogMetric(key_hash=ana, commit_id=alices, step=1, value=1.0, name="loss"),

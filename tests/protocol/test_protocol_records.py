@@ -40,20 +40,20 @@ def metadata_rejected(data: bytes) -> str:
     return info.value.message
 
 
-def records_rejected(*args) -> str:
+def records_rejected(data: bytes, *bounds: int) -> str:
     with pytest.raises(MalformedRecord) as info:
-        iter_records(*args)
+        iter_records(data, *bounds)
     assert info.value.code is ErrorCode.STORAGE_ERROR
     return info.value.message
 
 
-def test_constants():
+def test_constants() -> None:
     assert (RECORD_MIN, RECORD_MAX) == (21, 276)
     assert MIN_TIMESTAMP == 946684800
     assert MAX_TIMESTAMP == 2**32
 
 
-def test_record_layout():
+def test_record_layout() -> None:
     raw = encode_record(TS, 0xFFFFFFFF, -2.5, b"acc")
     assert raw == struct.pack(">QIdB", TS, 0xFFFFFFFF, -2.5, 3) + b"acc"
 
@@ -61,23 +61,23 @@ def test_record_layout():
 # --- scan: valid prefixes --------------------------------------------------------------------
 
 
-def test_scan_empty_buffer():
+def test_scan_empty_buffer() -> None:
     # The walk is at the end of the buffer: more bytes may add records.
     assert scan(b"") == ScanResult(0, 0, True)
 
 
-def test_scan_valid_records():
+def test_scan_valid_records() -> None:
     buf = rec(b"loss") + rec(b"acc", step=1) + rec(b"x" * 255, step=2)
     assert scan(buf) == ScanResult(len(buf), 3, True)
 
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
-def test_scan_accepts_buffer_types(kind):
+def test_scan_accepts_buffer_types(kind: type[bytes | bytearray | memoryview]) -> None:
     buf = rec() + rec()
     assert scan(kind(buf)) == ScanResult(50, 2, True)
 
 
-def test_scan_accepts_any_non_nul_name_bytes():
+def test_scan_accepts_any_non_nul_name_bytes() -> None:
     buf = rec(b"\xff\xfe") + rec(b"\xc3")
     assert scan(buf) == ScanResult(len(buf), 2, True)
 
@@ -95,7 +95,7 @@ def test_scan_accepts_any_non_nul_name_bytes():
         (2**64 - 1, False),
     ],
 )
-def test_scan_timestamp_bounds(timestamp, valid):
+def test_scan_timestamp_bounds(timestamp: int, valid: bool) -> None:
     good = rec(b"first")
     buf = good + rec(timestamp=timestamp) + rec(b"after")
     if valid:
@@ -105,18 +105,18 @@ def test_scan_timestamp_bounds(timestamp, valid):
 
 
 @pytest.mark.parametrize("name", [b"\x00", b"lo\x00ss", b"loss\x00", b"\x00" * 255])
-def test_scan_name_with_nul_ends_prefix(name):
+def test_scan_name_with_nul_ends_prefix(name: bytes) -> None:
     good = rec(b"first")
     assert scan(good + rec(name) + rec(b"after")) == ScanResult(len(good), 1, False)
 
 
-def test_scan_empty_name_followed_by_valid_record_is_valid():
+def test_scan_empty_name_followed_by_valid_record_is_valid() -> None:
     buf = rec(b"a") + rec(b"") + rec(b"") + rec(b"b")
     assert scan(buf) == ScanResult(len(buf), 4, True)
     assert scan(rec(b"") + rec(b"b")) == ScanResult(43, 2, True)
 
 
-def test_scan_trailing_empty_names_are_not_in_prefix():
+def test_scan_trailing_empty_names_are_not_in_prefix() -> None:
     # The walk ran to the end: a named record appended later would take them in.
     good = rec(b"a")
     assert scan(good + rec(b"")) == ScanResult(len(good), 1, True)
@@ -129,19 +129,19 @@ def test_scan_trailing_empty_names_are_not_in_prefix():
     [rec(timestamp=0), rec(b"\x00"), b"\x00" * 64, rec(b"", timestamp=5)],
     ids=["bad-timestamp", "nul-name", "zeros", "bad-empty"],
 )
-def test_scan_empty_name_followed_by_invalid_record(stopper):
+def test_scan_empty_name_followed_by_invalid_record(stopper: bytes) -> None:
     good = rec(b"a")
     buf = good + rec(b"") + stopper + rec(b"b")
     assert scan(buf) == ScanResult(len(good), 1, False)
 
 
-def test_scan_empty_name_followed_by_cut_record():
+def test_scan_empty_name_followed_by_cut_record() -> None:
     good = rec(b"a")
     buf = good + rec(b"") + rec(b"b")[:-1]
     assert scan(buf) == ScanResult(len(good), 1, True)
 
 
-def test_scan_record_cut_by_crash_and_zero_filled():
+def test_scan_record_cut_by_crash_and_zero_filled() -> None:
     # PROTOCOL.md: a record cut after its timestamp and zero-filled reads as an
     # empty name with nothing valid after it.
     good = rec(b"a")
@@ -149,7 +149,7 @@ def test_scan_record_cut_by_crash_and_zero_filled():
     assert scan(good + torn) == ScanResult(len(good), 1, False)
 
 
-def test_scan_record_cut_after_name_length_and_zero_filled():
+def test_scan_record_cut_after_name_length_and_zero_filled() -> None:
     good = rec(b"a")
     torn = rec(b"abcdef")[:21] + b"\x00" * 4096
     assert scan(good + torn) == ScanResult(len(good), 1, False)
@@ -162,7 +162,7 @@ BUF = b"".join(RECORDS)
 BOUNDARIES = [sum(len(r) for r in RECORDS[:i]) for i in range(len(RECORDS) + 1)]
 
 
-def test_scan_cut_at_every_offset():
+def test_scan_cut_at_every_offset() -> None:
     for cut in range(len(BUF) + 1):
         # The prefix ends after the last complete record with a non-empty name.
         complete = [i for i, b in enumerate(BOUNDARIES) if b <= cut][-1]
@@ -174,7 +174,7 @@ def test_scan_cut_at_every_offset():
 
 
 @pytest.mark.parametrize("zeros", [1, 4, 5, 7, 8, 20, 21, 22, 100, 4096])
-def test_scan_zero_filled_tail(zeros):
+def test_scan_zero_filled_tail(zeros: int) -> None:
     # Every plausible timestamp starts with four zero bytes, so up to four zeros may
     # still be the start of a record; a fifth zero rules that out.
     assert scan(BUF + b"\x00" * zeros) == ScanResult(len(BUF), 4, zeros <= 4)
@@ -182,12 +182,12 @@ def test_scan_zero_filled_tail(zeros):
 
 @pytest.mark.parametrize("fill", [b"\xff", b"\x01"])
 @pytest.mark.parametrize("size", [1, 4, 8, 20, 21, 300])
-def test_scan_implausible_tail(fill, size):
+def test_scan_implausible_tail(fill: bytes, size: int) -> None:
     assert scan(BUF + fill * size) == ScanResult(len(BUF), 4, False)
 
 
 @pytest.mark.parametrize("size", range(1, 21))
-def test_scan_cut_head_incomplete_depends_on_timestamp_bytes(size):
+def test_scan_cut_head_incomplete_depends_on_timestamp_bytes(size: int) -> None:
     good = rec(b"a")
     plausible = rec(b"b")[:size]
     assert scan(good + plausible) == ScanResult(len(good), 1, True)
@@ -197,13 +197,13 @@ def test_scan_cut_head_incomplete_depends_on_timestamp_bytes(size):
     assert scan(good + too_late[:size]).incomplete is (size < 4)
 
 
-def test_scan_cut_name_with_nul_is_not_incomplete():
+def test_scan_cut_name_with_nul_is_not_incomplete() -> None:
     good = rec(b"a")
     assert scan(good + rec(b"ab\x00cdef")[:-2]) == ScanResult(len(good), 1, False)
     assert scan(good + rec(b"abcdef")[:-2]) == ScanResult(len(good), 1, True)
 
 
-def test_scan_start():
+def test_scan_start() -> None:
     first, second = rec(b"a"), rec(b"b", step=1)
     buf = first + second + rec(b"")
     assert scan(buf, start=len(first)) == ScanResult(len(buf) - 21, 1, True)
@@ -237,7 +237,7 @@ def expected_prefix(records: list[bytes]) -> ScanResult:
 
 @FUZZ
 @given(st.lists(valid_records, max_size=12))
-def test_scan_valid_records_property(records):
+def test_scan_valid_records_property(records: list[bytes]) -> None:
     buf = b"".join(records)
     expected = expected_prefix(records)
     assert scan(buf) == expected
@@ -250,7 +250,7 @@ def test_scan_valid_records_property(records):
 
 @FUZZ
 @given(records=st.lists(valid_records, max_size=8), tail=valid_records, data=st.data())
-def test_scan_cut_tail_property(records, tail, data):
+def test_scan_cut_tail_property(records: list[bytes], tail: bytes, data: st.DataObject) -> None:
     cut = data.draw(st.integers(1, len(tail) - 1), label="cut")
     result = scan(b"".join(records) + tail[:cut])
     assert result == expected_prefix(records)._replace(incomplete=True)
@@ -266,14 +266,14 @@ STOPPERS = st.one_of(
 
 @FUZZ
 @given(records=st.lists(valid_records, max_size=8), stopper=STOPPERS, after=valid_records)
-def test_scan_stopper_property(records, stopper, after):
+def test_scan_stopper_property(records: list[bytes], stopper: bytes, after: bytes) -> None:
     result = scan(b"".join(records) + stopper + after)
     assert result == expected_prefix(records)._replace(incomplete=False)
 
 
 @FUZZ
 @given(records=st.lists(valid_records, max_size=6), junk=st.binary(max_size=200))
-def test_scan_random_tail_property(records, junk):
+def test_scan_random_tail_property(records: list[bytes], junk: bytes) -> None:
     buf = b"".join(records)
     result = scan(buf + junk)
     assert result.end >= expected_prefix(records).end
@@ -283,7 +283,7 @@ def test_scan_random_tail_property(records, junk):
 
 @FUZZ
 @given(buf=st.binary(max_size=600), data=st.data())
-def test_fuzz_scan_and_iter_records(buf, data):
+def test_fuzz_scan_and_iter_records(buf: bytes, data: st.DataObject) -> None:
     start = data.draw(st.integers(0, len(buf)), label="start")
     result = scan(buf, start)
     assert start <= result.end <= len(buf)
@@ -301,7 +301,7 @@ def test_fuzz_scan_and_iter_records(buf, data):
 
 @FUZZ
 @given(buf=st.binary(max_size=600), data=st.data())
-def test_fuzz_iter_records_only_raises_malformed_record(buf, data):
+def test_fuzz_iter_records_only_raises_malformed_record(buf: bytes, data: st.DataObject) -> None:
     start = data.draw(st.integers(-5, len(buf) + 5), label="start")
     end = data.draw(st.none() | st.integers(-5, len(buf) + 5), label="end")
     for call in (lambda: iter_records(buf, start, end), lambda: decode_records(buf)):
@@ -315,7 +315,7 @@ def test_fuzz_iter_records_only_raises_malformed_record(buf, data):
 # --- iter_records / decode_records -----------------------------------------------------------
 
 
-def test_iter_records_offsets_and_values():
+def test_iter_records_offsets_and_values() -> None:
     buf = rec(b"loss", step=1, value=0.5) + rec(b"", step=2) + rec(b"acc", step=3, value=-1.0)
     assert iter_records(buf) == [
         (0, MetricRecord(TS, 1, 0.5, "loss")),
@@ -328,20 +328,20 @@ def test_iter_records_offsets_and_values():
     assert iter_records(buf, 25, 25) == []
 
 
-def test_decode_records_replaces_invalid_utf8():
+def test_decode_records_replaces_invalid_utf8() -> None:
     assert decode_records(rec(b"lo\xffss") + rec(b"\xe2\x82")) == [
         MetricRecord(TS, 0, 1.0, "lo\ufffdss"),
         MetricRecord(TS, 0, 1.0, "\ufffd"),
     ]
 
 
-def test_decode_records_does_not_apply_validity_rule():
+def test_decode_records_does_not_apply_validity_rule() -> None:
     buf = rec(timestamp=0) + rec(b"a\x00b")
     assert [r.name for r in decode_records(buf)] == ["loss", "a\x00b"]
 
 
 @pytest.mark.parametrize("cut", range(1, 25))
-def test_iter_records_cut(cut):
+def test_iter_records_cut(cut: int) -> None:
     buf = rec(b"first") + rec(b"loss")[:cut]
     if cut < 21:
         assert records_rejected(buf) == f"{cut} stray bytes at offset 26"
@@ -352,7 +352,7 @@ def test_iter_records_cut(cut):
 @pytest.mark.parametrize(
     ("start", "end"), [(-1, None), (0, 51), (30, 20), (0, -1), (52, None), (-5, 3)]
 )
-def test_iter_records_range_outside_buffer(start, end):
+def test_iter_records_range_outside_buffer(start: int, end: int) -> None:
     buf = rec() + rec(b"x")
     stop = len(buf) if end is None else end
     assert records_rejected(buf, start, end) == (
@@ -370,13 +370,13 @@ def meta_bytes(*fields: bytes, version: int = 1, timestamp: int = 1764000000) ->
 
 
 @pytest.mark.parametrize("size", range(10))
-def test_metadata_too_short(size):
+def test_metadata_too_short(size: int) -> None:
     assert metadata_rejected(meta_bytes(b"")[:size]) == "metadata file too short"
     assert metadata_rejected(b"\x01" * size) == "metadata file too short"
 
 
 @pytest.mark.parametrize("version", [0, 2, 0xFF])
-def test_metadata_unsupported_version(version):
+def test_metadata_unsupported_version(version: int) -> None:
     data = meta_bytes(COMMIT_HEX.encode(), b"job", b"user", version=version)
     assert metadata_rejected(data) == "unsupported metadata version"
 
@@ -391,7 +391,7 @@ def test_metadata_unsupported_version(version):
         meta_bytes(b"") + b"\x02",
     ],
 )
-def test_metadata_string_runs_past_end(data):
+def test_metadata_string_runs_past_end(data: bytes) -> None:
     assert metadata_rejected(data) == "metadata string runs past the end of the file"
 
 
@@ -405,30 +405,32 @@ def test_metadata_string_runs_past_end(data):
         ((COMMIT_HEX.encode(), b"", b"bob"), (COMMIT_HEX, "", "bob")),
     ],
 )
-def test_metadata_absent_or_empty_fields(fields, expected):
+def test_metadata_absent_or_empty_fields(
+    fields: tuple[bytes, ...], expected: tuple[str, str, str]
+) -> None:
     meta = decode_metadata(meta_bytes(*fields))
     assert (meta.commit_id, meta.job_name, meta.user) == expected
     assert meta.timestamp == 1764000000
 
 
-def test_metadata_bytes_after_user_are_ignored():
+def test_metadata_bytes_after_user_are_ignored() -> None:
     data = meta_bytes(COMMIT_HEX.encode(), b"job", b"bob") + b"\x05extra"
     assert decode_metadata(data).user == "bob"
 
 
-def test_metadata_negative_timestamp_and_replacement():
+def test_metadata_negative_timestamp_and_replacement() -> None:
     meta = decode_metadata(meta_bytes(b"c", b"j\xff", b"u", timestamp=-5))
     assert meta == Metadata(commit_id="c", timestamp=-5, job_name="j\ufffd", user="u")
 
 
-def test_metadata_defaults_encode_as_empty_strings():
+def test_metadata_defaults_encode_as_empty_strings() -> None:
     meta = Metadata(commit_id=COMMIT_HEX, timestamp=0)
     assert encode_metadata(meta) == meta_bytes(COMMIT_HEX.encode(), b"", b"", timestamp=0)
 
 
 @pytest.mark.parametrize("field", ["commit_id", "job_name", "user"])
 @pytest.mark.parametrize("value", ["x" * 256, "é" * 128, "🚀" * 64])
-def test_metadata_rejects_long_field_before_writing(field, value):
+def test_metadata_rejects_long_field_before_writing(field: str, value: str) -> None:
     fields = {"commit_id": COMMIT_HEX, "job_name": "", "user": "", field: value}
     with pytest.raises(MalformedRecord) as info:
         Metadata(timestamp=1, **fields)
@@ -436,7 +438,7 @@ def test_metadata_rejects_long_field_before_writing(field, value):
 
 
 @pytest.mark.parametrize("timestamp", [-(2**63) - 1, 2**63])
-def test_metadata_rejects_timestamp_out_of_int64(timestamp):
+def test_metadata_rejects_timestamp_out_of_int64(timestamp: int) -> None:
     with pytest.raises(MalformedRecord, match="metadata timestamp out of int64 range"):
         Metadata(commit_id=COMMIT_HEX, timestamp=timestamp)
 
@@ -454,7 +456,7 @@ text255 = st.text(max_size=255).map(lambda text: text.encode()[:255].decode(erro
         user=text255,
     )
 )
-def test_metadata_round_trip(meta):
+def test_metadata_round_trip(meta: Metadata) -> None:
     data = encode_metadata(meta)
     assert data[0] == 1
     assert decode_metadata(data) == meta
@@ -462,7 +464,7 @@ def test_metadata_round_trip(meta):
 
 @FUZZ
 @given(st.binary(max_size=600))
-def test_fuzz_decode_metadata(data):
+def test_fuzz_decode_metadata(data: bytes) -> None:
     try:
         decode_metadata(data)
     except ProtocolError as exc:
@@ -475,7 +477,7 @@ def test_fuzz_decode_metadata(data):
     fields=st.lists(st.binary(max_size=255), max_size=4),
     data=st.data(),
 )
-def test_fuzz_decode_metadata_cut_and_tail(fields, data):
+def test_fuzz_decode_metadata_cut_and_tail(fields: list[bytes], data: st.DataObject) -> None:
     whole = meta_bytes(*fields)
     cut = data.draw(st.integers(0, len(whole)), label="cut")
     tail = data.draw(st.binary(max_size=40), label="tail")

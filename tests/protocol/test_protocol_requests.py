@@ -2,6 +2,7 @@
 
 import dataclasses
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -30,6 +31,7 @@ from fetchml.protocol.requests import (
     PrunePreview,
     QueryMetrics,
     QueueJob,
+    Request,
     Status,
     UpdateJob,
     WatchMetrics,
@@ -69,7 +71,7 @@ def rejected(wire: bytes) -> str:
     return info.value.message
 
 
-def comparable(value):
+def comparable(value: object) -> object:
     """A NaN-safe, sign-of-zero-exact view of a request for equality checks."""
     if isinstance(value, float):
         return ("f64", struct.pack(">d", value))
@@ -84,7 +86,7 @@ def comparable(value):
 # --- strategies ------------------------------------------------------------------------------
 
 
-def fit(limit: int):
+def fit(limit: int) -> Callable[[str], str]:
     """Cut a string to at most `limit` UTF-8 bytes on a character boundary."""
     return lambda text: text.encode()[:limit].decode(errors="ignore")
 
@@ -102,7 +104,7 @@ metric_names = st.text(
 ).map(fit(255)) | st.sampled_from(["loss", "a", "é" * 127, "x" * 255, "🚀" * 63])
 points = st.builds(MetricPoint, u32, f64, metric_names)
 
-REQUEST_STRATEGIES = {
+REQUEST_STRATEGIES: dict[type[Request], st.SearchStrategy[Request]] = {
     QueueJob: st.builds(
         QueueJob, key_hash=key_hashes, commit_id=commits, priority=u8, job_name=str8s
     ),
@@ -161,7 +163,7 @@ REQUEST_STRATEGIES = {
 any_request = st.one_of(list(REQUEST_STRATEGIES.values()))
 
 
-def test_strategies_cover_every_request_type():
+def test_strategies_cover_every_request_type() -> None:
     assert set(REQUEST_STRATEGIES) == set(REQUEST_TYPES.values())
 
 
@@ -171,7 +173,7 @@ def test_strategies_cover_every_request_type():
 @pytest.mark.parametrize("cls", list(REQUEST_STRATEGIES), ids=lambda cls: cls.OPCODE.name)
 @FUZZ
 @given(data=st.data())
-def test_round_trip(cls, data):
+def test_round_trip(cls: type[Request], data: st.DataObject) -> None:
     request = data.draw(REQUEST_STRATEGIES[cls])
     wire = encode_request(request)
     assert wire[0] == cls.OPCODE
@@ -182,7 +184,7 @@ def test_round_trip(cls, data):
     assert encode_request(decoded) == wire
 
 
-def test_round_trip_keeps_nan_bits_and_negative_zero():
+def test_round_trip_keeps_nan_bits_and_negative_zero() -> None:
     nan = struct.unpack(">d", bytes.fromhex("7ff8000000000123"))[0]
     metrics = (
         MetricPoint(0, nan, "nan"),
@@ -199,7 +201,7 @@ def test_round_trip_keeps_nan_bits_and_negative_zero():
     ]
 
 
-def test_log_metrics_of_max_size_name_and_many_points():
+def test_log_metrics_of_max_size_name_and_many_points() -> None:
     metrics = tuple(MetricPoint(i, float(i), "n" * 255) for i in range(300))
     wire = encode_request(LogMetrics(key_hash=KEY, commit_id=COMMIT, metrics=metrics))
     assert len(wire) == 17 + 22 + 300 * (13 + 255)
@@ -212,39 +214,39 @@ def test_log_metrics_of_max_size_name_and_many_points():
 
 
 @pytest.mark.parametrize("size", range(17))
-def test_message_shorter_than_header(size):
+def test_message_shorter_than_header(size: int) -> None:
     text = rejected(message(Opcode.STATUS)[:size])
     assert text == f"message too short: {size} bytes, a request needs at least 17"
 
 
 @pytest.mark.parametrize("opcode", [0x00, 0x14, 0x7F, 0x80, 0xFF])
-def test_unknown_opcode(opcode):
+def test_unknown_opcode(opcode: int) -> None:
     assert rejected(message(opcode)) == f"unknown opcode 0x{opcode:02x}"
 
 
-def test_unknown_opcode_0x7f_message():
+def test_unknown_opcode_0x7f_message() -> None:
     assert rejected(message(0x7F, b"anything")) == "unknown opcode 0x7f"
 
 
 @pytest.mark.parametrize("opcode", sorted(RESERVED_OPCODES))
-def test_reserved_opcode(opcode):
+def test_reserved_opcode(opcode: int) -> None:
     assert opcode in range(0x05, 0x0A)
     assert rejected(message(opcode, b"\x00" * 40)) == f"unsupported opcode 0x{opcode:02x}"
 
 
-def test_reserved_opcode_0x06_message():
+def test_reserved_opcode_0x06_message() -> None:
     assert rejected(message(0x06)) == "unsupported opcode 0x06"
 
 
 # --- body length -----------------------------------------------------------------------------
 
 
-def test_min_body_table_is_complete():
+def test_min_body_table_is_complete() -> None:
     assert set(MIN_BODY) == set(Opcode)
 
 
 @pytest.mark.parametrize("opcode", list(Opcode), ids=lambda op: op.name)
-def test_min_body_of_layout(opcode):
+def test_min_body_of_layout(opcode: Opcode) -> None:
     min_body = REQUEST_TYPES[opcode].MIN_BODY
     assert min_body == MIN_BODY[opcode]
 
@@ -260,27 +262,27 @@ SHORT_OPCODES = [op for op in Opcode if MIN_BODY[op] > 0]
 
 
 @pytest.mark.parametrize("opcode", SHORT_OPCODES, ids=lambda op: op.name)
-def test_empty_body(opcode):
+def test_empty_body(opcode: Opcode) -> None:
     assert rejected(message(opcode)) == short_body_message(opcode, 0)
 
 
 @pytest.mark.parametrize("opcode", SHORT_OPCODES, ids=lambda op: op.name)
-def test_body_one_byte_below_minimum(opcode):
+def test_body_one_byte_below_minimum(opcode: Opcode) -> None:
     actual = MIN_BODY[opcode] - 1
     assert rejected(message(opcode, b"\x01" * actual)) == short_body_message(opcode, actual)
 
 
-def test_log_metric_short_body_message():
+def test_log_metric_short_body_message() -> None:
     text = rejected(message(Opcode.LOG_METRIC, COMMIT + b"\x00" * 12))
     assert text == "LOG_METRIC (0x0a): body too short; minimum body length 33, actual 32"
 
 
-def test_log_metrics_short_body_message():
+def test_log_metrics_short_body_message() -> None:
     text = rejected(message(Opcode.LOG_METRICS, COMMIT + b"\x00"))
     assert text == "LOG_METRICS (0x0c): body too short; minimum body length 22, actual 21"
 
 
-VALID_REQUESTS = [
+VALID_REQUESTS: list[Request] = [
     QueueJob(key_hash=KEY, commit_id=COMMIT, priority=5, job_name="train"),
     Status(key_hash=KEY),
     CancelJob(key_hash=KEY, job_name="train"),
@@ -303,12 +305,12 @@ VALID_REQUESTS = [
 ]
 
 
-def test_valid_requests_cover_every_opcode():
+def test_valid_requests_cover_every_opcode() -> None:
     assert {r.OPCODE for r in VALID_REQUESTS} == set(Opcode)
 
 
 @pytest.mark.parametrize("request_", VALID_REQUESTS, ids=lambda r: r.OPCODE.name)
-def test_every_cut_of_a_valid_body_is_too_short(request_):
+def test_every_cut_of_a_valid_body_is_too_short(request_: Request) -> None:
     wire = encode_request(request_)
     for cut in range(17, len(wire)):
         assert rejected(wire[:cut]) == short_body_message(request_.OPCODE, cut - 17)
@@ -316,7 +318,7 @@ def test_every_cut_of_a_valid_body_is_too_short(request_):
 
 @pytest.mark.parametrize("request_", VALID_REQUESTS, ids=lambda r: r.OPCODE.name)
 @pytest.mark.parametrize("extra", [b"\x00", b"\xff\xff\xff"])
-def test_trailing_bytes(request_, extra):
+def test_trailing_bytes(request_: Request, extra: bytes) -> None:
     wire = encode_request(request_)
     opcode = request_.OPCODE
     body = len(wire) - 17 + len(extra)
@@ -338,7 +340,7 @@ def utf8_message(opcode: Opcode, actual: int) -> str:
 
 BAD_UTF8 = [b"\xff", b"\xc3", b"\xc3\x28", b"ok\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf"]
 
-INVALID_UTF8_BODIES = {
+INVALID_UTF8_BODIES: dict[str, tuple[Opcode, Callable[[bytes], bytes]]] = {
     "QUEUE_JOB job_name": (Opcode.QUEUE_JOB, lambda bad: COMMIT + b"\x05" + str8(bad)),
     "CANCEL_JOB job_name": (Opcode.CANCEL_JOB, str8),
     "LOG_METRIC name": (
@@ -363,7 +365,7 @@ INVALID_UTF8_BODIES = {
 
 @pytest.mark.parametrize("field", list(INVALID_UTF8_BODIES))
 @pytest.mark.parametrize("bad", BAD_UTF8, ids=lambda b: b.hex())
-def test_invalid_utf8(field, bad):
+def test_invalid_utf8(field: str, bad: bytes) -> None:
     opcode, build = INVALID_UTF8_BODIES[field]
     body = build(bad)
     assert rejected(message(opcode, body)) == utf8_message(opcode, len(body))
@@ -373,7 +375,7 @@ def name_error(size: int) -> str:
     return f"metric name must be 1..255 bytes of UTF-8 without 0x00, got {size} bytes"
 
 
-METRIC_NAME_BODIES = {
+METRIC_NAME_BODIES: dict[str, tuple[Opcode, Callable[[bytes], bytes]]] = {
     "LOG_METRIC": (Opcode.LOG_METRIC, lambda name: COMMIT + struct.pack(">Id", 1, 1.0) + name),
     "LOG_METRICS first": (
         Opcode.LOG_METRICS,
@@ -387,19 +389,19 @@ METRIC_NAME_BODIES = {
 
 
 @pytest.mark.parametrize("where", list(METRIC_NAME_BODIES))
-def test_empty_metric_name(where):
+def test_empty_metric_name(where: str) -> None:
     opcode, build = METRIC_NAME_BODIES[where]
     assert rejected(message(opcode, build(str8(b"")))) == name_error(0)
 
 
 @pytest.mark.parametrize("where", list(METRIC_NAME_BODIES))
 @pytest.mark.parametrize("name", [b"\x00", b"lo\x00ss", b"loss\x00", b"\x00" * 255])
-def test_metric_name_with_nul(where, name):
+def test_metric_name_with_nul(where: str, name: bytes) -> None:
     opcode, build = METRIC_NAME_BODIES[where]
     assert rejected(message(opcode, build(str8(name)))) == name_error(len(name))
 
 
-def test_metric_name_of_255_bytes_is_accepted():
+def test_metric_name_of_255_bytes_is_accepted() -> None:
     body = COMMIT + struct.pack(">Id", 1, 1.0) + str8("é" * 127 + "x")
     decoded = decode_request(message(Opcode.LOG_METRIC, body))
     assert isinstance(decoded, LogMetric)
@@ -413,14 +415,14 @@ def log_metrics_body(count: int, *names: bytes) -> bytes:
     return COMMIT + struct.pack(">H", count) + b"".join(point(1, 0.5, n) for n in names)
 
 
-def test_log_metrics_count_zero():
+def test_log_metrics_count_zero() -> None:
     assert rejected(message(Opcode.LOG_METRICS, log_metrics_body(0))) == (
         "LOG_METRICS count must be 1..65535, got 0"
     )
 
 
 @pytest.mark.parametrize(("count", "held"), [(2, 1), (3, 2), (65535, 1), (1, 0)])
-def test_log_metrics_fewer_records_than_count(count, held):
+def test_log_metrics_fewer_records_than_count(count: int, held: int) -> None:
     body = log_metrics_body(count, *[b"loss"] * held)
     assert rejected(message(Opcode.LOG_METRICS, body)) == short_body_message(
         Opcode.LOG_METRICS, len(body)
@@ -428,7 +430,7 @@ def test_log_metrics_fewer_records_than_count(count, held):
 
 
 @pytest.mark.parametrize(("count", "held"), [(1, 2), (2, 3), (1, 5)])
-def test_log_metrics_more_records_than_count(count, held):
+def test_log_metrics_more_records_than_count(count: int, held: int) -> None:
     body = log_metrics_body(count, *[b"loss"] * held)
     extra = (held - count) * len(point(1, 0.5, b"loss"))
     assert rejected(message(Opcode.LOG_METRICS, body)) == (
@@ -436,7 +438,7 @@ def test_log_metrics_more_records_than_count(count, held):
     )
 
 
-def test_log_metrics_count_matching_body():
+def test_log_metrics_count_matching_body() -> None:
     decoded = decode_request(message(Opcode.LOG_METRICS, log_metrics_body(3, b"a", b"b", b"c")))
     assert isinstance(decoded, LogMetrics)
     assert [p.name for p in decoded.metrics] == ["a", "b", "c"]
@@ -450,27 +452,27 @@ PRUNES = [Opcode.PRUNE, Opcode.PRUNE_PREVIEW]
 
 @pytest.mark.parametrize("opcode", PRUNES, ids=lambda op: op.name)
 @pytest.mark.parametrize("prune_type", [0, 1])
-def test_prune_value_zero(opcode, prune_type):
+def test_prune_value_zero(opcode: Opcode, prune_type: int) -> None:
     body = struct.pack(">BI", prune_type, 0)
     assert rejected(message(opcode, body)) == f"{opcode.name} value must be at least 1"
 
 
 @pytest.mark.parametrize("opcode", PRUNES, ids=lambda op: op.name)
 @pytest.mark.parametrize("prune_type", [2, 3, 0x7F, 0xFF])
-def test_prune_unknown_type(opcode, prune_type):
+def test_prune_unknown_type(opcode: Opcode, prune_type: int) -> None:
     body = struct.pack(">BI", prune_type, 10)
     assert rejected(message(opcode, body)) == f"{opcode.name}: invalid prune_type {prune_type}"
 
 
 @pytest.mark.parametrize("value", [1, 0xFFFFFFFF])
-def test_prune_value_bounds_accepted(value):
+def test_prune_value_bounds_accepted(value: int) -> None:
     decoded = decode_request(message(Opcode.PRUNE, struct.pack(">BI", 1, value)))
     assert decoded == Prune(key_hash=KEY, prune_type=PruneType.OLDER_THAN_DAYS, value=value)
     preview = decode_request(message(Opcode.PRUNE_PREVIEW, struct.pack(">BI", 0, value)))
     assert preview == PrunePreview(key_hash=KEY, prune_type=PruneType.KEEP_NEWEST, value=value)
 
 
-def test_prune_preview_short_body_is_prunes_error():
+def test_prune_preview_short_body_is_prunes_error() -> None:
     text = rejected(message(Opcode.PRUNE_PREVIEW, b"\x00\x00\x00\x0a"))
     assert text == "PRUNE_PREVIEW (0x18): body too short; minimum body length 5, actual 4"
 
@@ -480,21 +482,21 @@ def update_job_body(status: int) -> bytes:
 
 
 @pytest.mark.parametrize("status", [0, 4])
-def test_update_job_status_not_updatable(status):
+def test_update_job_status_not_updatable(status: int) -> None:
     assert rejected(message(Opcode.UPDATE_JOB, update_job_body(status))) == (
         f"UPDATE_JOB status must be 1 running, 2 completed or 3 failed, got {status}"
     )
 
 
 @pytest.mark.parametrize("status", [5, 9, 0xFF])
-def test_update_job_status_unknown(status):
+def test_update_job_status_unknown(status: int) -> None:
     assert rejected(message(Opcode.UPDATE_JOB, update_job_body(status))) == (
         f"UPDATE_JOB: invalid status {status}"
     )
 
 
 @pytest.mark.parametrize("status", [1, 2, 3])
-def test_update_job_status_accepted(status):
+def test_update_job_status_accepted(status: int) -> None:
     decoded = decode_request(message(Opcode.UPDATE_JOB, update_job_body(status)))
     assert isinstance(decoded, UpdateJob)
     assert decoded.status is JobStatus(status)
@@ -503,7 +505,7 @@ def test_update_job_status_accepted(status):
 # --- encode side -----------------------------------------------------------------------------
 
 
-def encode_rejected(request) -> str:
+def encode_rejected(request: Request) -> str:
     with pytest.raises(MalformedRequest) as info:
         encode_request(request)
     return info.value.message
@@ -526,18 +528,18 @@ def encode_rejected(request) -> str:
     ],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )
-def test_encode_rejects_long_string(request_, field):
+def test_encode_rejects_long_string(request_: Request, field: str) -> None:
     size = len(getattr(request_, field).encode())
     assert encode_rejected(request_) == f"{field} too long: {size} bytes"
 
 
-def test_encode_accepts_longest_strings():
+def test_encode_accepts_longest_strings() -> None:
     request = UpdateJob(key_hash=KEY, job_id="i" * 255, status=JobStatus.FAILED, error="e" * 65535)
     assert decode_request(encode_request(request)) == request
 
 
 @pytest.mark.parametrize("name", ["", "x" * 256, "é" * 128, "a\0b", "\0"])
-def test_metric_name_rules_at_construction(name):
+def test_metric_name_rules_at_construction(name: str) -> None:
     with pytest.raises(MalformedRequest) as info:
         LogMetric(key_hash=KEY, commit_id=COMMIT, step=0, value=0.0, name=name)
     assert info.value.message == name_error(len(name.encode()))
@@ -545,18 +547,18 @@ def test_metric_name_rules_at_construction(name):
         LogMetrics(key_hash=KEY, commit_id=COMMIT, metrics=(MetricPoint(0, 0.0, name),))
 
 
-def test_metric_name_that_is_not_utf8():
+def test_metric_name_that_is_not_utf8() -> None:
     with pytest.raises(MalformedRequest) as info:
         check_metric_name("bad\ud800")
     assert info.value.message == "metric name is not valid UTF-8"
 
 
-def test_check_metric_name_returns_bytes():
+def test_check_metric_name_returns_bytes() -> None:
     assert check_metric_name("héllo") == "héllo".encode()
 
 
 @pytest.mark.parametrize("size", [0, 15, 17, 32])
-def test_encode_rejects_key_hash_size(size):
+def test_encode_rejects_key_hash_size(size: int) -> None:
     request = Status(key_hash=b"k" * size)
     assert encode_rejected(request) == "api_key_hash must be 16 bytes"
 
@@ -574,19 +576,19 @@ def test_encode_rejects_key_hash_size(size):
         lambda c: WatchMetrics(key_hash=KEY, commit_id=c),
     ],
 )
-def test_encode_rejects_commit_size(make, size):
+def test_encode_rejects_commit_size(make: Callable[[bytes], Request], size: int) -> None:
     assert encode_rejected(make(b"c" * size)) == f"commit_id must be 20 bytes, got {size}"
 
 
 @pytest.mark.parametrize("count", [0, 65536])
-def test_log_metrics_count_bounds_at_construction(count):
+def test_log_metrics_count_bounds_at_construction(count: int) -> None:
     metrics = tuple(MetricPoint(0, 0.0, "x") for _ in range(count))
     with pytest.raises(MalformedRequest) as info:
         LogMetrics(key_hash=KEY, commit_id=COMMIT, metrics=metrics)
     assert info.value.message == f"LOG_METRICS count must be 1..65535, got {count}"
 
 
-def test_construction_rules():
+def test_construction_rules() -> None:
     with pytest.raises(MalformedRequest, match="PRUNE value must be at least 1"):
         Prune(key_hash=KEY, prune_type=PruneType.KEEP_NEWEST, value=0)
     with pytest.raises(MalformedRequest, match="PRUNE_PREVIEW value must be at least 1"):
@@ -610,19 +612,19 @@ def decode_or_protocol_error(wire: bytes) -> None:
 
 @FUZZ
 @given(st.binary(max_size=400))
-def test_fuzz_random_bytes(wire):
+def test_fuzz_random_bytes(wire: bytes) -> None:
     decode_or_protocol_error(wire)
 
 
 @FUZZ
 @given(opcode=st.sampled_from(sorted(REQUEST_TYPES)), body=st.binary(max_size=400))
-def test_fuzz_known_opcode_random_body(opcode, body):
+def test_fuzz_known_opcode_random_body(opcode: int, body: bytes) -> None:
     decode_or_protocol_error(message(opcode, body))
 
 
 @FUZZ
 @given(request=any_request, data=st.data())
-def test_fuzz_valid_message_cut_and_tail(request, data):
+def test_fuzz_valid_message_cut_and_tail(request: Request, data: st.DataObject) -> None:
     wire = encode_request(request)
     cut = data.draw(st.integers(0, len(wire)), label="cut")
     tail = data.draw(st.binary(max_size=64), label="tail")
@@ -631,7 +633,7 @@ def test_fuzz_valid_message_cut_and_tail(request, data):
 
 @FUZZ
 @given(request=any_request, data=st.data())
-def test_fuzz_valid_message_with_flipped_byte(request, data):
+def test_fuzz_valid_message_with_flipped_byte(request: Request, data: st.DataObject) -> None:
     wire = bytearray(encode_request(request))
     index = data.draw(st.integers(0, len(wire) - 1), label="index")
     wire[index] = data.draw(st.integers(0, 255), label="byte")
@@ -686,11 +688,11 @@ RECORD_TAILS_CASES = {
 
 
 @pytest.mark.parametrize("wire", list(RECORD_TAILS_CASES.values()), ids=list(RECORD_TAILS_CASES))
-def test_record_tails_cases(wire):
+def test_record_tails_cases(wire: bytes) -> None:
     check_record_tails(wire)
 
 
-def test_record_tails_vector():
+def test_record_tails_vector() -> None:
     wire = bytes.fromhex(
         "0a5ba7dccf22514f45ae84bfb8b12cd02e0123456789abcdef0123456789abcdef01234567"
         "000000073fd0000000000000046c6f7373"
@@ -709,7 +711,7 @@ metric_wires = st.one_of(REQUEST_STRATEGIES[LogMetric], REQUEST_STRATEGIES[LogMe
 
 
 @st.composite
-def changed_metric_wires(draw):
+def changed_metric_wires(draw: st.DrawFn) -> bytes:
     """A valid LOG_METRIC / LOG_METRICS message cut, extended, or with one byte replaced."""
     wire = bytearray(draw(metric_wires))
     if draw(st.booleans()):
@@ -728,5 +730,5 @@ def changed_metric_wires(draw):
         changed_metric_wires(),
     )
 )
-def test_record_tails_matches_decode_request(wire):
+def test_record_tails_matches_decode_request(wire: bytes) -> None:
     check_record_tails(wire)

@@ -2,6 +2,7 @@
 
 import math
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +17,7 @@ from fetchml.protocol.responses import (
     Log,
     MetricsPage,
     Progress,
+    Response,
     StatusReport,
     Success,
     decode_metrics_payload,
@@ -58,7 +60,7 @@ u32 = st.integers(0, 0xFFFFFFFF)
 u64 = st.integers(0, 0xFFFFFFFFFFFFFFFF)
 texts = st.text(max_size=300)
 
-RESPONSE_STRATEGIES = {
+RESPONSE_STRATEGIES: dict[type[Response], st.SearchStrategy[Response]] = {
     Success: st.builds(Success, timestamp=u64, message=texts),
     Error: st.builds(
         Error, timestamp=u64, code=st.sampled_from(ErrorCode), message=texts, details=texts
@@ -89,7 +91,7 @@ def record_bytes(record: MetricRecord) -> bytes:
 @pytest.mark.parametrize("cls", list(RESPONSE_STRATEGIES), ids=lambda cls: cls.__name__)
 @FUZZ
 @given(data=st.data())
-def test_round_trip(cls, data):
+def test_round_trip(cls: type[Response], data: st.DataObject) -> None:
     response = data.draw(RESPONSE_STRATEGIES[cls])
     wire = encode_response(response)
     assert wire[:9] == struct.pack(">BQ", list(RESPONSE_STRATEGIES).index(cls), response.timestamp)
@@ -99,7 +101,7 @@ def test_round_trip(cls, data):
     assert encode_response(decoded) == wire
 
 
-def test_long_strings_use_multi_byte_uvarint():
+def test_long_strings_use_multi_byte_uvarint() -> None:
     message = "m" * 300
     wire = encode_response(Success(timestamp=TS, message=message))
     assert wire[9:11] == bytes.fromhex("ac02")
@@ -108,7 +110,7 @@ def test_long_strings_use_multi_byte_uvarint():
 
 @FUZZ
 @given(st.integers(0, 2**64 - 1))
-def test_uvarint_round_trip(value):
+def test_uvarint_round_trip(value: int) -> None:
     raw = encode_uvarint(value)
     assert len(raw) == max(1, (value.bit_length() + 6) // 7)
     assert decode_uvarint(b"\xaa" + raw + b"\xbb", 1) == (value, 1 + len(raw))
@@ -116,7 +118,7 @@ def test_uvarint_round_trip(value):
 
 @FUZZ
 @given(next_index=u64, items=st.lists(records, max_size=20))
-def test_metrics_payload_round_trip(next_index, items):
+def test_metrics_payload_round_trip(next_index: int, items: list[MetricRecord]) -> None:
     raw = b"".join(record_bytes(r) for r in items)
     payload = encode_metrics_payload(next_index, len(items), raw)
     assert payload[:12] == struct.pack(">QI", next_index, len(items))
@@ -127,11 +129,11 @@ def test_metrics_payload_round_trip(next_index, items):
     assert b"".join(record_bytes(r) for r in page.records) == raw
 
 
-def test_metrics_payload_with_no_records():
+def test_metrics_payload_with_no_records() -> None:
     assert decode_metrics_payload(encode_metrics_payload(42, 0, b"")) == MetricsPage(42, [])
 
 
-def test_metrics_payload_names_decode_with_replacement():
+def test_metrics_payload_names_decode_with_replacement() -> None:
     raw = encode_record(1795735109, 1, 2.0, b"lo\xffss") + encode_record(1795735109, 2, 3.0, b"")
     page = decode_metrics_payload(encode_metrics_payload(7, 2, raw))
     assert [r.name for r in page.records] == ["lo\ufffdss", ""]
@@ -141,24 +143,24 @@ def test_metrics_payload_names_decode_with_replacement():
 
 
 @pytest.mark.parametrize("size", range(9))
-def test_packet_shorter_than_header(size):
+def test_packet_shorter_than_header(size: int) -> None:
     packet = HEAD[PacketType.SUCCESS][:size]
     assert rejected(packet) == f"packet too short: {size} bytes, need 9"
 
 
 @pytest.mark.parametrize("packet_type", [0x06, 0x10, 0x7F, 0xFF])
-def test_unknown_packet_type(packet_type):
+def test_unknown_packet_type(packet_type: int) -> None:
     text = rejected(struct.pack(">BQ", packet_type, TS) + b"\x00")
     assert text.startswith("invalid enum value in response:")
     assert str(packet_type) in text
 
 
-def test_unknown_error_code():
+def test_unknown_error_code() -> None:
     text = rejected(HEAD[PacketType.ERROR] + b"\x06\x00\x00")
     assert text == "invalid enum value in response: 6 is not a valid ErrorCode"
 
 
-def test_unknown_log_level():
+def test_unknown_log_level() -> None:
     text = rejected(HEAD[PacketType.LOG] + b"\x04\x00")
     assert text == "invalid enum value in response: 4 is not a valid LogLevel"
 
@@ -172,7 +174,7 @@ def test_unknown_log_level():
         (PacketType.LOG, b""),
     ],
 )
-def test_fixed_fields_cut(packet_type, body):
+def test_fixed_fields_cut(packet_type: PacketType, body: bytes) -> None:
     packet = HEAD[packet_type] + body
     assert rejected(packet) == f"{packet_type.name} packet too short: {len(packet)} bytes"
 
@@ -191,7 +193,7 @@ def test_fixed_fields_cut(packet_type, body):
         HEAD[PacketType.SUCCESS] + b"\xff\xff",
     ],
 )
-def test_uvarint_cut(packet):
+def test_uvarint_cut(packet: bytes) -> None:
     assert rejected(packet) == "uvarint runs past the end of the packet"
 
 
@@ -205,11 +207,11 @@ def test_uvarint_cut(packet):
         (HEAD[PacketType.ERROR] + b"\x01" + vstr(b"m") + b"\x02d", 2),
     ],
 )
-def test_string_runs_past_end(packet, length):
+def test_string_runs_past_end(packet: bytes, length: int) -> None:
     assert rejected(packet) == f"string of {length} bytes runs past the end of the packet"
 
 
-def test_uvarint_longer_than_64_bits():
+def test_uvarint_longer_than_64_bits() -> None:
     assert rejected(HEAD[PacketType.SUCCESS] + b"\xff" * 10 + b"\x01") == (
         "uvarint longer than 64 bits"
     )
@@ -217,7 +219,7 @@ def test_uvarint_longer_than_64_bits():
         decode_uvarint(b"\x80" * 10 + b"\x00", 0)
 
 
-def test_ten_byte_uvarint_is_accepted():
+def test_ten_byte_uvarint_is_accepted() -> None:
     raw = encode_uvarint(2**64 - 1)
     assert len(raw) == 10
     assert decode_uvarint(raw, 0) == (2**64 - 1, 10)
@@ -235,11 +237,11 @@ def test_ten_byte_uvarint_is_accepted():
         HEAD[PacketType.LOG] + b"\x01" + vstr(b"ok\xe2\x82"),
     ],
 )
-def test_invalid_utf8(packet):
+def test_invalid_utf8(packet: bytes) -> None:
     assert rejected(packet) == "invalid UTF-8 in a response string"
 
 
-def test_data_payload_need_not_be_utf8():
+def test_data_payload_need_not_be_utf8() -> None:
     packet = HEAD[PacketType.DATA] + vstr(b"bin") + vstr(b"\xff\x00\xfe")
     assert decode_response(packet) == Data(timestamp=TS, data_type="bin", payload=b"\xff\x00\xfe")
 
@@ -257,7 +259,7 @@ def test_data_payload_need_not_be_utf8():
     ids=lambda r: type(r).__name__,
 )
 @pytest.mark.parametrize("extra", [b"\x00", b"abc"])
-def test_trailing_bytes(response, extra):
+def test_trailing_bytes(response: Response, extra: bytes) -> None:
     packet_type = PacketType(encode_response(response)[0])
     text = rejected(encode_response(response) + extra)
     assert text == f"{len(extra)} trailing bytes after a {packet_type.name}"
@@ -269,13 +271,13 @@ RECORD = encode_record(1795735109, 7, 0.25, b"loss")
 
 
 @pytest.mark.parametrize("size", range(12))
-def test_metrics_payload_too_short(size):
+def test_metrics_payload_too_short(size: int) -> None:
     payload = encode_metrics_payload(0, 0, b"")[:size]
     assert payload_rejected(payload) == f"metrics payload too short: {size} bytes"
 
 
 @pytest.mark.parametrize("cut", range(1, len(RECORD)))
-def test_metrics_payload_cut_record(cut):
+def test_metrics_payload_cut_record(cut: int) -> None:
     payload = encode_metrics_payload(0, 1, RECORD[:cut])
     text = payload_rejected(payload)
     if cut < 21:
@@ -285,12 +287,12 @@ def test_metrics_payload_cut_record(cut):
 
 
 @pytest.mark.parametrize(("count", "held"), [(0, 1), (2, 1), (1, 3), (1, 0)])
-def test_metrics_payload_count_mismatch(count, held):
+def test_metrics_payload_count_mismatch(count: int, held: int) -> None:
     payload = encode_metrics_payload(5, count, RECORD * held)
     assert payload_rejected(payload) == f"metrics payload says {count} records, holds {held}"
 
 
-def test_metrics_payload_error_is_a_response_error():
+def test_metrics_payload_error_is_a_response_error() -> None:
     with pytest.raises(MalformedResponse) as info:
         decode_metrics_payload(encode_metrics_payload(0, 1, RECORD + b"\x00"))
     assert info.value.code is ErrorCode.INVALID_REQUEST
@@ -300,7 +302,7 @@ def test_metrics_payload_error_is_a_response_error():
 # --- fuzzing: only ProtocolError may come out ------------------------------------------------
 
 
-def only_protocol_errors(decode, data: bytes) -> None:
+def only_protocol_errors(decode: Callable[[bytes], object], data: bytes) -> None:
     try:
         decode(data)
     except ProtocolError as exc:
@@ -310,19 +312,19 @@ def only_protocol_errors(decode, data: bytes) -> None:
 
 @FUZZ
 @given(st.binary(max_size=300))
-def test_fuzz_response_random_bytes(packet):
+def test_fuzz_response_random_bytes(packet: bytes) -> None:
     only_protocol_errors(decode_response, packet)
 
 
 @FUZZ
 @given(packet_type=st.sampled_from(PacketType), ts=u64, body=st.binary(max_size=300))
-def test_fuzz_response_known_type_random_body(packet_type, ts, body):
+def test_fuzz_response_known_type_random_body(packet_type: int, ts: int, body: bytes) -> None:
     only_protocol_errors(decode_response, struct.pack(">BQ", packet_type, ts) + body)
 
 
 @FUZZ
 @given(response=any_response, data=st.data())
-def test_fuzz_response_cut_and_tail(response, data):
+def test_fuzz_response_cut_and_tail(response: Response, data: st.DataObject) -> None:
     wire = encode_response(response)
     cut = data.draw(st.integers(0, len(wire)), label="cut")
     tail = data.draw(st.binary(max_size=32), label="tail")
@@ -331,7 +333,7 @@ def test_fuzz_response_cut_and_tail(response, data):
 
 @FUZZ
 @given(response=any_response, data=st.data())
-def test_fuzz_response_flipped_byte(response, data):
+def test_fuzz_response_flipped_byte(response: Response, data: st.DataObject) -> None:
     wire = bytearray(encode_response(response))
     index = data.draw(st.integers(0, len(wire) - 1), label="index")
     wire[index] = data.draw(st.integers(0, 255), label="byte")
@@ -340,13 +342,15 @@ def test_fuzz_response_flipped_byte(response, data):
 
 @FUZZ
 @given(st.binary(max_size=300))
-def test_fuzz_metrics_payload_random_bytes(payload):
+def test_fuzz_metrics_payload_random_bytes(payload: bytes) -> None:
     only_protocol_errors(decode_metrics_payload, payload)
 
 
 @FUZZ
 @given(items=st.lists(raw_records, max_size=8), count=st.integers(0, 10), data=st.data())
-def test_fuzz_metrics_payload_cut_and_tail(items, count, data):
+def test_fuzz_metrics_payload_cut_and_tail(
+    items: list[bytes], count: int, data: st.DataObject
+) -> None:
     payload = encode_metrics_payload(0, count, b"".join(items))
     cut = data.draw(st.integers(0, len(payload)), label="cut")
     tail = data.draw(st.binary(max_size=40), label="tail")

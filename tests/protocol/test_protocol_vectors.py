@@ -3,6 +3,8 @@
 The hex is copied here on purpose, so these tests do not depend on the document.
 """
 
+from typing import cast
+
 import pytest
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PruneType
@@ -27,6 +29,7 @@ from fetchml.protocol.requests import (
     PrunePreview,
     QueryMetrics,
     QueueJob,
+    Request,
     Status,
     UpdateJob,
     WatchMetrics,
@@ -40,6 +43,7 @@ from fetchml.protocol.responses import (
     Log,
     MetricsPage,
     Progress,
+    Response,
     StatusReport,
     Success,
     decode_metrics_payload,
@@ -197,32 +201,32 @@ RESPONSE_VECTORS = [
 
 
 @pytest.mark.parametrize(("request_", "wire"), REQUEST_VECTORS)
-def test_request_encodes_to_vector(request_, wire):
+def test_request_encodes_to_vector(request_: Request, wire: str) -> None:
     assert encode_request(request_).hex() == unhex(wire).hex()
 
 
 @pytest.mark.parametrize(("request_", "wire"), REQUEST_VECTORS)
-def test_request_vector_decodes(request_, wire):
+def test_request_vector_decodes(request_: Request, wire: str) -> None:
     decoded = decode_request(unhex(wire))
     assert type(decoded) is type(request_)
     assert decoded == request_
 
 
-def test_request_vectors_cover_every_opcode():
-    assert {p.values[0].OPCODE for p in REQUEST_VECTORS} == set(Opcode)
+def test_request_vectors_cover_every_opcode() -> None:
+    assert {cast(Request, p.values[0]).OPCODE for p in REQUEST_VECTORS} == set(Opcode)
 
 
-def test_decoded_enum_fields_are_enums():
+def test_decoded_enum_fields_are_enums() -> None:
     prune = decode_request(unhex("04 5ba7dccf22514f45ae84bfb8b12cd02e 01 0000001e"))
     assert isinstance(prune, Prune)
     assert prune.prune_type is PruneType.OLDER_THAN_DAYS
-    update = decode_request(unhex(REQUEST_VECTORS[13].values[1]))
+    update = decode_request(unhex(cast(str, REQUEST_VECTORS[13].values[1])))
     assert isinstance(update, UpdateJob)
     assert update.status is JobStatus.COMPLETED
 
 
-def test_log_metrics_count_and_commit_hex():
-    request = decode_request(unhex(REQUEST_VECTORS[7].values[1]))
+def test_log_metrics_count_and_commit_hex() -> None:
+    request = decode_request(unhex(cast(str, REQUEST_VECTORS[7].values[1])))
     assert isinstance(request, LogMetrics)
     assert request.count == 2
     assert request.commit_hex == "0123456789abcdef0123456789abcdef01234567"
@@ -230,12 +234,12 @@ def test_log_metrics_count_and_commit_hex():
 
 
 @pytest.mark.parametrize(("response", "wire"), RESPONSE_VECTORS)
-def test_response_encodes_to_vector(response, wire):
+def test_response_encodes_to_vector(response: Response, wire: str) -> None:
     assert encode_response(response).hex() == unhex(wire).hex()
 
 
 @pytest.mark.parametrize(("response", "wire"), RESPONSE_VECTORS)
-def test_response_vector_decodes(response, wire):
+def test_response_vector_decodes(response: Response, wire: str) -> None:
     decoded = decode_response(unhex(wire))
     assert type(decoded) is type(response)
     assert decoded == response
@@ -244,18 +248,18 @@ def test_response_vector_decodes(response, wire):
 METRICS_PAYLOAD = "0000000000000000 00000001 000000006b08be45 00000007 3fd0000000000000 04 6c6f7373"
 
 
-def test_metrics_payload_vector_encodes():
+def test_metrics_payload_vector_encodes() -> None:
     record = encode_record(1795735109, 7, 0.25, b"loss")
     assert encode_metrics_payload(0, 1, record).hex() == unhex(METRICS_PAYLOAD).hex()
 
 
-def test_metrics_payload_vector_decodes():
+def test_metrics_payload_vector_decodes() -> None:
     page = decode_metrics_payload(unhex(METRICS_PAYLOAD))
     assert page == MetricsPage(0, [MetricRecord(1795735109, 7, 0.25, "loss")])
     assert page.next == 0
 
 
-def test_metrics_payload_inside_data_packet():
+def test_metrics_payload_inside_data_packet() -> None:
     payload = unhex(METRICS_PAYLOAD)
     wire = encode_response(Data(timestamp=TS, data_type="metrics", payload=payload))
     assert wire[:17].hex() == "04" + "0000000069248100" + "07" + b"metrics".hex()
@@ -269,7 +273,7 @@ def test_metrics_payload_inside_data_packet():
     ("value", "wire"),
     [(0, "00"), (1, "01"), (127, "7f"), (128, "8001"), (200, "c801"), (300, "ac02")],
 )
-def test_uvarint_vectors(value, wire):
+def test_uvarint_vectors(value: int, wire: str) -> None:
     assert encode_uvarint(value).hex() == wire
     assert decode_uvarint(unhex(wire), 0) == (value, len(wire) // 2)
 
@@ -277,7 +281,7 @@ def test_uvarint_vectors(value, wire):
 RECORD_VECTOR = "000000006b08be45 00000000 3ff0000000000000 04 6c6f7373"
 
 
-def test_record_vector():
+def test_record_vector() -> None:
     raw = encode_record(1795735109, 0, 1.0, b"loss")
     assert raw.hex() == unhex(RECORD_VECTOR).hex()
     assert len(raw) == 25
@@ -296,9 +300,9 @@ META = Metadata(
 )
 
 
-def test_metadata_vector_encodes():
+def test_metadata_vector_encodes() -> None:
     assert encode_metadata(META).hex() == META_VECTOR
 
 
-def test_metadata_vector_decodes():
+def test_metadata_vector_decodes() -> None:
     assert decode_metadata(unhex(META_VECTOR)) == META

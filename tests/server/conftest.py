@@ -69,6 +69,7 @@ def _experiment(
     metrics: list[dict[str, Any]],
     damaged: str | None = None,
 ) -> dict[str, Any]:
+    metadata: dict[str, Any]
     if meta is None:
         metadata = {"commit_id": commit, "timestamp": None, "job_name": None, "user": None}
     else:

@@ -444,7 +444,7 @@ def test_a_failure_of_the_tool_itself_exits_2(
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(fetchml.server.files.os, "scandir", denied)
+    monkeypatch.setattr(fetchml.server.files.os, "scandir", denied)  # type: ignore[attr-defined]
     for argv in (["fsck", "--base-path", str(base)], ["inspect", "--base-path", str(base)]):
         assert main(argv) == 2
         assert "failed: [Errno 13] Permission denied" in capsys.readouterr().err

@@ -326,7 +326,7 @@ async def test_failed_partial_write_leaves_nothing(
     c = commit(1)
     path = make_experiment(tmp_path, c, None)
     real_write_all = files.write_all
-    failures = []
+    failures: list[int] = []
 
     def half_then_enospc(fd: int, data: bytes) -> None:
         if failures:

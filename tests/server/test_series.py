@@ -89,7 +89,7 @@ def test_budget_drops_least_recently_charged_first_and_skips_entries_in_use() ->
         return True
 
     for key, size in (("a", 40), ("b", 40), ("c", 20)):
-        budget.charge(key, size, lambda k=key: drop(k))
+        budget.charge(key, size, lambda k=key: drop(k))  # type: ignore[misc]
     assert (budget.held, dropped) == (100, [])
     budget.charge("a", 40, lambda: drop("a"))  # used again: now the most recent
     budget.charge("d", 30, lambda: drop("d"))  # over: b is busy, so c goes, then a

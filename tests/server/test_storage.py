@@ -14,6 +14,7 @@ from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.records import Metadata, decode_records, encode_record, scan
 from fetchml.server.errors import AlreadyExists, NotFound, StorageFault
 from fetchml.server.storage import MAX_FLUSH_BYTES, Durability, ExperimentStore
+from tests.server.conftest import GoTree
 
 TS = 1795735109
 
@@ -184,7 +185,7 @@ async def test_write_metadata_replaces_whole_file(tmp_path: Path) -> None:
         assert store.metadata(c) == meta(c, job="renamed", user="bob")
 
 
-async def test_reads_a_go_tree(go_tree) -> None:
+async def test_reads_a_go_tree(go_tree: GoTree) -> None:
     async with ExperimentStore(go_tree.base) as store:
         infos = await store.list_experiments()
         assert [i.commit for i in infos] == list(go_tree.expected)
@@ -216,7 +217,7 @@ async def test_reads_a_go_tree(go_tree) -> None:
             assert got == want["metrics"]
 
 
-async def test_appends_continue_a_go_file(go_tree) -> None:
+async def test_appends_continue_a_go_file(go_tree: GoTree) -> None:
     """Indices continue after Go's records, empty names included; a torn tail is cut."""
     a, b = EXAMPLE_COMMIT, "b" * 40
     before_a = metrics_bytes(go_tree.base, a)
@@ -534,7 +535,9 @@ def check_chunks(chunks: list[tuple[int, bytes, int, int]], recs: list[bytes], l
             assert len(data) + len(recs[start + n]) > limit
 
 
-async def read_every_start(store: ExperimentStore, c: str, n: int, limit: int) -> list:
+async def read_every_start(
+    store: ExperimentStore, c: str, n: int, limit: int
+) -> list[tuple[int, bytes, int, int]]:
     out = []
     for start in range(n):
         chunk = await store.read(c, start, limit)

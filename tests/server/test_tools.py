@@ -13,6 +13,7 @@ import pytest
 from fetchml.protocol.records import Metadata, encode_metadata, encode_record
 from fetchml.server import tools
 from fetchml.server.storage import ExperimentStore
+from tests.server.conftest import GoTree
 
 ROOT = Path(__file__).resolve().parents[2]
 TS = 1795735109
@@ -60,7 +61,7 @@ def fsck(base: Path, repair: bool = False) -> tuple[int, str]:
 # -- inspect ----------------------------------------------------------------------------------
 
 
-def test_inspect_json_reads_a_go_tree_exactly(go_tree) -> None:
+def test_inspect_json_reads_a_go_tree_exactly(go_tree: GoTree) -> None:
     result = cli("inspect", "--base-path", str(go_tree.base), "--json")
     assert result.returncode == 1, result.stderr  # unreadable metadata, a damaged entry
     doc = json.loads(result.stdout)
@@ -70,13 +71,13 @@ def test_inspect_json_reads_a_go_tree_exactly(go_tree) -> None:
         assert f'"value": "{key}"' in result.stdout
 
 
-def test_inspect_json_one_commit(go_tree) -> None:
+def test_inspect_json_one_commit(go_tree: GoTree) -> None:
     out = io.StringIO()
     assert tools.inspect(go_tree.base, COMMIT_B, True, out=out) == 0
     assert json.loads(out.getvalue()) == {COMMIT_B: go_tree.expected[COMMIT_B]}
 
 
-def test_inspect_text(go_tree) -> None:
+def test_inspect_text(go_tree: GoTree) -> None:
     out = io.StringIO()
     assert tools.inspect(go_tree.base, None, False, out=out) == 1
     text = out.getvalue()
@@ -90,7 +91,7 @@ def test_inspect_text(go_tree) -> None:
 
 
 @pytest.mark.parametrize("missing", ["e" * 40, "A" * 40, "../x", "README"])
-def test_inspect_unknown_commit_exits_1(go_tree, missing: str) -> None:
+def test_inspect_unknown_commit_exits_1(go_tree: GoTree, missing: str) -> None:
     result = cli("inspect", "--base-path", str(go_tree.base), missing, "--json")
     assert (result.returncode, result.stdout) == (1, "")
     assert "no experiment" in result.stderr
@@ -116,7 +117,7 @@ async def test_fsck_clean_tree_exits_0(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (0, "3 experiments checked, 0 problem(s) found\n")
 
 
-def test_fsck_reports_go_tree_problems_and_repairs_the_tail(go_tree) -> None:
+def test_fsck_reports_go_tree_problems_and_repairs_the_tail(go_tree: GoTree) -> None:
     b_metrics = go_tree.base / COMMIT_B / "metrics.bin"
     before = b_metrics.read_bytes()
     tail = 21 + 30  # a trailing empty-name record, then zeros

@@ -74,8 +74,7 @@ class DaemonProcess:
         self.argv = argv
         self.config = config
         self.log_path = log
-        self.data = data
-        """The data directory (base_path), when the builder knows it."""
+        self._data = data
         self.env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
         self.env["PYTHONPATH"] = str(ROOT)
         self.env.update(env or {})
@@ -157,6 +156,12 @@ class DaemonProcess:
     def url(self) -> str:
         assert self.port, "daemon not ready"
         return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def data(self) -> Path:
+        """The data directory (base_path), when the builder knows it."""
+        assert self._data is not None, "this daemon's data directory is not known"
+        return self._data
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -40,7 +40,7 @@ async def in_process_daemons(home: Path) -> AsyncIterator[DaemonFactory]:
     async def start(config: Config | None = None, **sections: dict[str, Any]) -> Daemon:
         cfg = config or make_config(home, **sections)
         app = App(cfg)
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(app.run(lambda port: ready.set_result(port), False))
         running.append((app, task))
         done, _ = await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)

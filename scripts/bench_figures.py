@@ -1,0 +1,284 @@
+"""Every figure scripts/bench reports, declared once, and the tables printed from them.
+
+A figure's name is a template filled with the run's sizes (scripts/bench.py
+`Sizes` and its constants), so a quick run names its smaller counts. Figures
+that share a `row` (p50 and p99, a rate and its fairness) make one line of the
+README's table.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    limit: float
+    of_ratio: bool = False
+    """The limit applies to the ratio to the baseline, not to the figure itself."""
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    name: str
+    unit: str
+    baseline: str
+    """What the baseline is."""
+    higher_is_better: bool
+    target: Target | None = None
+    row: str = ""
+    """README row shared with its neighbours ("" = a row of its own)."""
+    label: str = ""
+    """The figure within a shared row."""
+    ratio: bool = True
+    """Whether a ratio to the baseline means something (not for percentiles)."""
+
+
+ECHO = "echo"
+PY_READ = "py read+parse"
+ACK_ROW = "LOG_METRIC ack p50 / p99 at {latency_rate:,} metrics/s, {durability}"
+STREAM_ROW = "{streams} connections streaming"
+PUSH_ROW = "WATCH push p50 / p99, {watchers} watchers"
+
+FIGURES: tuple[Figure, ...] = (
+    Figure(
+        "single",
+        "LOG_METRIC, 1 metric/msg, pipelined",
+        "msg/s",
+        ECHO,
+        True,
+        Target(0.7, of_ratio=True),
+    ),
+    *(
+        Figure(
+            f"ack_{percentile}_{durability}",
+            f"LOG_METRIC ack {percentile} at {{latency_rate:,}} metrics/s, {durability}",
+            "ms",
+            ECHO,
+            False,
+            Target(p99_limit) if percentile == "p99" else None,
+            row=ACK_ROW.replace("{durability}", durability),
+            label=percentile,
+            ratio=False,
+        )
+        for durability, p99_limit in (("write", 5.0), ("fsync", 25.0))
+        for percentile in ("p50", "p99")
+    ),
+    *(
+        Figure(
+            f"batch_{durability}",
+            f"LOG_METRICS {{batch:,}}/msg, {durability}",
+            "metrics/s",
+            "echo, same frames",
+            True,
+            Target(limit),
+        )
+        for durability, limit in (("write", 1_000_000), ("fsync", 500_000))
+    ),
+    Figure("streams", STREAM_ROW, "metrics/s", ECHO, True, row=STREAM_ROW),
+    Figure(
+        "streams_fairness",
+        f"{STREAM_ROW}: fairness",
+        "min/max",
+        ECHO,
+        True,
+        row=STREAM_ROW,
+        label="fairness",
+        ratio=False,
+    ),
+    Figure(
+        "paging_first",
+        "QUERY paging {read_records:,} records, first pass",
+        "records/s",
+        PY_READ,
+        True,
+        Target(5_000_000),
+    ),
+    Figure(
+        "paging_again",
+        "QUERY paging {read_records:,} records, again",
+        "records/s",
+        PY_READ,
+        True,
+        Target(5_000_000),
+    ),
+    Figure(
+        "lttb",
+        "LTTB {read_records:,} -> {lttb_points:,} points, median of {lttb_repeat}",
+        "ms",
+        "py read+parse+LTTB",
+        False,
+        Target(300),
+    ),
+    Figure(
+        "latest",
+        "latest value per name, {read_names} names, {read_records:,} records, first query",
+        "ms",
+        PY_READ,
+        False,
+    ),
+    *(
+        Figure(
+            f"push_{percentile}",
+            f"WATCH push {percentile}, {{watchers}} watchers",
+            "ms",
+            "echo round trip",
+            False,
+            row=PUSH_ROW,
+            label=percentile,
+            ratio=False,
+        )
+        for percentile in ("p50", "p99")
+    ),
+    Figure(
+        "watched_ingest",
+        "ingest with {watchers} watchers vs without",
+        "metrics/s",
+        "no watchers",
+        True,
+        Target(0.9, of_ratio=True),
+    ),
+    Figure(
+        "idle_rss",
+        "RSS per idle connection, {idle_connections:,} connections",
+        "bytes",
+        ECHO,
+        False,
+        Target(25 * 1024),
+    ),
+)
+BY_KEY = {f.key: f for f in FIGURES}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured figure: the daemon's value and the baseline's (None: not measured)."""
+
+    figure: Figure
+    value: float | None
+    baseline: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met; None without a target or a measurement."""
+        target = self.figure.target
+        measured = self.ratio if target and target.of_ratio else self.value
+        if target is None or measured is None:
+            return None
+        return (
+            measured >= target.limit if self.figure.higher_is_better else measured <= target.limit
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {"figure": self.figure.key, "value": self.value, "baseline": self.baseline}
+
+
+def rows_from_json(rows: list[dict[str, Any]]) -> list[Row]:
+    """Rows as written by Row.as_json (KeyError on an undeclared figure)."""
+    return [Row(BY_KEY[r["figure"]], r["value"], r["baseline"]) for r in rows]
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def number(value: float | None, unit: str = "") -> str:
+    """Milliseconds under 100 to three significant digits, min/max to two decimals,
+    everything else whole, with thousands separators."""
+    if value is None:
+        return "n/a"
+    if unit == "min/max":
+        return f"{value:.2f}"
+    if unit == "ms" and abs(value) < 100:
+        return f"{value:.3g}"
+    return f"{value:,.0f}"
+
+
+def ratio_text(ratio: float | None) -> str:
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:,.0f}x"
+
+
+def target_text(figure: Figure) -> str:
+    target = figure.target
+    if target is None:
+        return ""
+    sign = ">=" if figure.higher_is_better else "<="
+    limit = f"{target.limit:g}x" if target.of_ratio else number(target.limit)
+    return f"{sign} {limit}"
+
+
+def status(row: Row) -> str:
+    met = row.met
+    return "" if met is None else "PASS" if met else "MISS"
+
+
+def console_table(rows: list[Row], sizes: dict[str, Any], mode: str) -> str:
+    """The table scripts/bench prints: one line per figure."""
+    header = ("figure", "unit", "fetchml", "baseline", "ratio", "baseline is", "target", "")
+    lines = [header] + [
+        (
+            r.figure.name.format(**sizes),
+            r.figure.unit,
+            number(r.value, r.figure.unit),
+            number(r.baseline, r.figure.unit),
+            ratio_text(r.ratio) if r.figure.ratio else "",
+            r.figure.baseline,
+            target_text(r.figure),
+            status(r),
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = [f"fetchml bench ({mode}); ratio = fetchml / baseline", ""]
+    for line in lines:
+        cells = [
+            cell.rjust(width) if i in (2, 3, 4) else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def markdown_table(rows: list[Row], sizes: dict[str, Any]) -> str:
+    """The README's table: figures sharing a row are joined with " / "."""
+    groups: list[list[Row]] = []
+    for r in rows:
+        if groups and r.figure.row and groups[-1][0].figure.row == r.figure.row:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    lines = ["| figure | fetchml | baseline | ratio | target |", "|---|---|---|---|---|"]
+    lines += [markdown_row(group, sizes) for group in groups]
+    return "\n".join(lines)
+
+
+def markdown_row(group: list[Row], sizes: dict[str, Any]) -> str:
+    first = group[0].figure
+    title = (first.row or first.name).format(**sizes)
+    units = [first.unit] + [
+        f"{r.figure.label} {r.figure.unit}" for r in group[1:] if r.figure.unit != first.unit
+    ]
+    values = " / ".join(number(r.value, r.figure.unit) for r in group)
+    baselines = " / ".join(number(r.baseline, r.figure.unit) for r in group)
+    ratios = " / ".join(ratio_text(r.ratio) for r in group if r.figure.ratio)
+    targets = []
+    for r in group:
+        if r.figure.target is not None:
+            label = f"{r.figure.label} " if len(group) > 1 else ""
+            verdict = {True: "pass", False: "**miss**", None: "n/a"}[r.met]
+            targets.append(f"{label}{target_text(r.figure)}: {verdict}")
+    cells = [
+        f"{title} ({'; '.join(units)})",
+        values,
+        f"{baselines} ({first.baseline})",
+        ratios,
+        "; ".join(targets),
+    ]
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"

@@ -1,0 +1,174 @@
+"""scripts/bench: figures declared once, the README's table printed from results, and the
+load generator's typed records read back as they were written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench  # noqa: E402
+from bench_figures import BY_KEY, FIGURES, Row, markdown_table  # noqa: E402
+from bench_records import (  # noqa: E402
+    Idle,
+    Paced,
+    Pass,
+    Percentiles,
+    Pipeline,
+    Reads,
+    Report,
+    Stream,
+    Watch,
+    Watchers,
+    read_report,
+)
+
+
+def readme_table() -> list[str]:
+    lines = (ROOT / "README.md").read_text().split("## Benchmarks", 1)[1].splitlines()
+    return [line for line in lines if line.startswith("|")]
+
+
+def run_table(tmp_path: Path, report: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "bench-results.json"
+    path.write_text(json.dumps(report))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--table", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_readme_table_has_a_line_for_every_declared_figure() -> None:
+    rows = [Row(f, None, None) for f in FIGURES]
+    generated = markdown_table(rows, bench.name_values(bench.FULL)).splitlines()
+    titles = [line.split(" | ")[0] for line in generated]
+    assert [line.split(" | ")[0] for line in readme_table()] == titles
+
+
+def test_figure_keys_are_unique() -> None:
+    assert len(BY_KEY) == len(FIGURES)
+
+
+def test_table_prints_the_readme_lines_from_a_results_file(tmp_path: Path) -> None:
+    sizes = bench.name_values(bench.QUICK)
+    rows = [
+        {"figure": "single", "value": 800.0, "baseline": 1000.0},
+        {"figure": "ack_p50_write", "value": 0.531, "baseline": 0.19},
+        {"figure": "ack_p99_write", "value": 4.0, "baseline": 31.3},
+        {"figure": "streams", "value": 779717.2, "baseline": 3190796.0},
+        {"figure": "streams_fairness", "value": 0.891, "baseline": None},
+        {"figure": "lttb", "value": None, "baseline": 3281.4},
+        {"figure": "watched_ingest", "value": 85.0, "baseline": 100.0},
+    ]
+    done = run_table(tmp_path, {"sizes": sizes, "rows": rows})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "| figure | fetchml | baseline | ratio | target |",
+        "|---|---|---|---|---|",
+        "| LOG_METRIC, 1 metric/msg, pipelined (msg/s) | 800 | 1,000 (echo) | 0.80x"
+        " | >= 0.7x: pass |",
+        "| LOG_METRIC ack p50 / p99 at 10,000 metrics/s, write (ms) | 0.531 / 4 | 0.19 / 31.3"
+        " (echo) | | p99 <= 5: pass |",
+        "| 100 connections streaming (metrics/s; fairness min/max) | 779,717 / 0.89"
+        " | 3,190,796 / n/a (echo) | 0.24x | |",
+        "| LTTB 200,000 -> 1,000 points, median of 1 (ms) | n/a | 3,281 (py read+parse+LTTB)"
+        " | n/a | <= 300: n/a |",
+        "| ingest with 20 watchers vs without (metrics/s) | 85 | 100 (no watchers) | 0.85x"
+        " | >= 0.9x: **miss** |",
+    ]
+
+
+def test_table_refuses_an_undeclared_figure(tmp_path: Path) -> None:
+    rows = [{"figure": "no_such_figure", "value": 1.0, "baseline": 1.0}]
+    done = run_table(tmp_path, {"sizes": bench.name_values(bench.QUICK), "rows": rows})
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "cannot make the table from" in done.stderr
+    assert "no_such_figure" in done.stderr
+
+
+def test_table_without_a_results_file(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--table", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "cannot make the table from" in done.stderr
+    assert "FileNotFoundError" in done.stderr
+
+
+PERCENTILES = Percentiles(p50=0.5, p90=1.5, p99=2.5, max=9.0)
+REPORTS = [
+    Report("pipeline", Pipeline(1, [Stream(10, 9, 10, 0.5), Stream(4, 4, 4, 0.25)])),
+    Report("paced", Paced(per_message=1, sent=3, ok=3, rate=10.0, latency_ms=PERCENTILES)),
+    Report("paced", Paced(per_message=1, sent=0, ok=0, rate=0.0, latency_ms=None)),
+    Report(
+        "reads",
+        Reads(
+            first_pass=Pass(records=5, pages=1, seconds=0.5),
+            second_pass=Pass(records=5, pages=1, seconds=0.0),
+            latest_ms=1.0,
+            latest_points=[("loss", 4, 0.25)],
+            lttb_ms=2.0,
+            lttb_points=[("loss", 0, 1.0), ("loss", 4, float("inf"))],
+        ),
+    ),
+    Report(
+        "watch",
+        Watch(watchers=2, ok=3, ack_latency_ms=PERCENTILES, push_latency_ms=None, samples=0),
+    ),
+    Report("watchers", Watchers(watchers=2, records=10, pushes=3, slow_closes=1)),
+    Report("idle", None, ["connection not opened: OSError: refused (x3)"]),
+]
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=lambda r: r.mode)
+def test_load_reports_read_back_as_written(report: Report) -> None:
+    assert read_report(report.to_json()) == report
+
+
+def test_rates_of_a_pipeline() -> None:
+    run = Pipeline(per_message=100, streams=[Stream(10, 10, 10, 0.5), Stream(4, 4, 4, 0.25)])
+    assert (run.messages_per_second, run.metrics_per_second) == (28.0, 2800.0)
+    assert run.fairness == 0.8  # 16 msg/s over 20 msg/s
+    assert (run.acked(0), run.acked(1)) == (1000, 400)
+    assert Pipeline(per_message=1, streams=[]).messages_per_second is None
+
+
+def test_read_report_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="unknown load mode 'bogus'"):
+        read_report(json.dumps({"mode": "bogus", "result": None, "errors": []}))
+
+
+def test_the_load_generator_prints_a_report() -> None:
+    """bench_load.py's last line is a Report bench.py reads back (idle, no connections)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_load.py"),
+            "idle",
+            "--url",
+            "ws://127.0.0.1:9/ws",
+            "--connections",
+            "0",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "ready"
+    assert read_report(done.stdout.splitlines()[-1]) == Report("idle", Idle(connections=0), [])
