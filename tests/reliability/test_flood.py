@@ -114,7 +114,7 @@ async def test_a_bad_key_flood_neither_grows_files_nor_slows_an_honest_client(
 ) -> None:
     config = write_config(tmp_path / "config.yaml", raw_config(tmp_path))
     with daemons(tmp_path) as start:
-        daemon = await start(config).wait_ready()
+        daemon = await start(config, measured=False).wait_ready()
         client = await daemon.client(additional_headers={"X-API-Key": KEYS["admin"][1]})
         created = await client.call(
             CreateExperiment(key_hash=ADMIN, commit_id=COMMIT, job_name="j")

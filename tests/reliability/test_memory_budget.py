@@ -40,7 +40,9 @@ async def test_downsampling_many_experiments_stays_within_the_cache_budget(
     warm = "f" * 40
     big_experiment(base, warm, 1000, user="admin")
     with daemons(tmp_path) as start:
-        daemon = await start(write_config(tmp_path / "config.yaml", raw)).wait_ready()
+        daemon = await start(
+            write_config(tmp_path / "config.yaml", raw), measured=False
+        ).wait_ready()
         client = await daemon.client()
 
         async def downsample(commit: str) -> None:

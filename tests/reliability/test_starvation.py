@@ -81,7 +81,9 @@ async def test_large_experiment_requests_do_not_stall_another_users_acks(
     raw = raw_config(tmp_path)
     big_experiment(Path(raw["storage"]["base_path"]), HEAVY, RECORDS, user="bob")
     with daemons(tmp_path) as start:
-        daemon = await start(write_config(tmp_path / "config.yaml", raw)).wait_ready()
+        daemon = await start(
+            write_config(tmp_path / "config.yaml", raw), measured=False
+        ).wait_ready()
         honest = await daemon.client()
         create = CreateExperiment(key_hash=hash_of("alice"), commit_id=HONEST, job_name="honest")
         assert isinstance(await honest.call(create), Success)

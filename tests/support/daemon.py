@@ -67,7 +67,9 @@ class DaemonProcess:
         data: Path | None = None,
         port: int = 0,
         preexec_fn: Callable[[], Any] | None = None,
+        measured: bool = True,
     ) -> None:
+        """`measured=False` keeps coverage out of the daemon (for tests that time it)."""
         if argv is None:
             assert config is not None, "a config file or an argv"
             argv = [sys.executable, "-m", "fetchml.server", "serve", "--config", str(config)]
@@ -75,7 +77,11 @@ class DaemonProcess:
         self.config = config
         self.log_path = log
         self._data = data
-        self.env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in SYSTEMD_ENV and (measured or not k.startswith("COVERAGE_"))
+        }
         self.env["PYTHONPATH"] = str(ROOT)
         self.env.update(env or {})
         self.preexec_fn = preexec_fn
@@ -234,12 +240,16 @@ def daemon_at(home: Path, **sections: dict[str, Any]) -> DaemonProcess:
 
 @contextlib.contextmanager
 def daemons(directory: Path) -> Iterator[Callable[..., DaemonProcess]]:
-    """`start(config, env=None)` spawns a daemon (logging under `directory`); any still
+    """`start(config, env=None, measured=True)` spawns a daemon (logging under `directory`); any still
     running at the end is killed."""
     started: list[DaemonProcess] = []
 
-    def start(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
-        proc = DaemonProcess(config, directory / f"daemon-{len(started)}.log", env)
+    def start(
+        config: Path, env: dict[str, str] | None = None, *, measured: bool = True
+    ) -> DaemonProcess:
+        proc = DaemonProcess(
+            config, directory / f"daemon-{len(started)}.log", env, measured=measured
+        )
         started.append(proc)
         return proc.spawn()
 
