@@ -2,16 +2,16 @@
 what the sequencer (server/sequencer.py) hands out, strictly in request order.
 
 Metric logging is pipelined: the reader queues the records for group commit and moves
-on; the writer awaits each completion in turn. Other requests are answered at once or
-run as barriers, as dispatch decides. Beyond `max_inflight_requests` unanswered
-requests the reader stops reading and TCP pushes back.
+on; the writer awaits each completion in turn. Every other request runs as a barrier
+(dispatch decides), and one refused as it is read is answered in its turn. Beyond
+`max_inflight_requests` unanswered requests the reader stops reading and TCP pushes back.
 """
 
 import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 from websockets.asyncio.server import ServerConnection
@@ -300,7 +300,8 @@ class Connection:
         req, who = barrier.req, barrier.who
         started = time.perf_counter()
         try:
-            response = await barrier.run()
+            result = barrier.run()
+            response = await result if isinstance(result, Awaitable) else result
         except ServerError as exc:
             logger.info(
                 "user=%s op=%s%s -> %s %s",

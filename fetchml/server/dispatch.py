@@ -5,7 +5,7 @@ returns one outcome that says how the connection orders it (server/sequencer.py)
 
 - Pipelined: metrics queued for group commit; acknowledged in order once written,
   while later requests are already being accepted.
-- Answer: a response ready now (a read-only request that needs nothing earlier).
+- Answer: a response ready at once (a request refused when it is accepted).
 - Barrier: work that runs once every earlier request is answered, with later requests
   accepted only after it. Its coroutine is made when it runs, never before.
 - StartWatch: WATCH_METRICS; acknowledged once every earlier request is answered, then
@@ -37,7 +37,7 @@ from fetchml.protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from fetchml.protocol.responses import Response, encode_response
+from fetchml.protocol.responses import Response
 
 from . import handlers
 from .auth import Identity
@@ -62,7 +62,7 @@ class Answer:
 class Barrier:
     req: Request
     who: Identity
-    run: Callable[[], Awaitable[Response]]
+    run: Callable[[], Awaitable[Response] | Response]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +92,9 @@ def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
         case WatchMetrics():
             return StartWatch(req.key_hash, handlers.watch_metrics(ctx, who, req))
         case WhoAmI():
-            return Answer(encode_response(handlers.whoami(who)))
+            return Barrier(req, who, partial(handlers.whoami, who))
         case PrunePreview():
-            return Answer(encode_response(handlers.prune_preview(ctx, who, req)))
+            return Barrier(req, who, partial(handlers.prune_preview, ctx, who, req))
         case QueueJob():
             return Barrier(req, who, partial(handlers.queue_job, ctx, who, req))
         case Status():
