@@ -45,6 +45,8 @@ class App:
         self.ctx: Context | None = None
         self.experiment_count = CachedCount(lambda: len(list_commits(config.storage.base_path)))
         self.gate: Gate | None = None
+        self.drained = anyio.Event()
+        """Set when the last connection has ended after stop_requested."""
 
     def health(self) -> dict[str, object]:
         """O(1): the experiment count is cached; "degraded" while the data directory
@@ -98,6 +100,8 @@ class App:
             self.connections.discard(conn)
             self.gate.unverified.discard(conn)
             self.metrics.connections.dec()
+            if not self.connections and self.stop_requested.is_set():
+                self.drained.set()
 
     async def _sweep(self, gate: Gate) -> None:
         """Close connections that showed no valid key within auth_timeout_s; report the
@@ -203,8 +207,8 @@ class App:
             with anyio.move_on_after(s.shutdown_timeout_s) as scope:
                 for conn in list(self.connections):
                     conn.stop()
-                while self.connections:
-                    await anyio.sleep(0.01)
+                if self.connections:
+                    await self.drained.wait()  # set as the last connection ends
             if scope.cancelled_caught:
                 logger.warning("shutdown timeout: aborting %d connections", len(self.connections))
                 for conn in list(self.connections):

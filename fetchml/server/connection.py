@@ -1,58 +1,37 @@
-"""One WebSocket connection: a reader that accepts requests in order and a
-writer that sends their final responses strictly in request order.
+"""One WebSocket connection: a reader that takes messages in and a writer that performs
+what the sequencer (server/sequencer.py) hands out, strictly in request order.
 
-Metric logging is pipelined: the reader queues the records for group commit
-and moves on; the writer awaits each completion in turn. Every other request
-is a barrier: it runs once everything before it has been answered, so
-requests on a connection are applied in order and reads see earlier writes.
-The queue between the two is bounded (`max_inflight_requests`): beyond it the
-reader stops reading and TCP pushes back.
+Metric logging is pipelined: the reader queues the records for group commit and moves
+on; the writer awaits each completion in turn. Every other request runs as a barrier
+(dispatch decides), and one refused as it is read is answered in its turn. Beyond
+`max_inflight_requests` unanswered requests the reader stops reading and TCP pushes back.
 """
 
-import asyncio
 import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import anyio
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+from websockets.exceptions import ConnectionClosed
 
 from fetchml.protocol.enums import ErrorCode, Opcode
 from fetchml.protocol.errors import ProtocolError
 from fetchml.protocol.keys import key_hash
-from fetchml.protocol.requests import (
-    LogMetrics,
-    Request,
-    decode_request,
-    record_tails,
-)
-from fetchml.protocol.responses import Error, Response, Success, encode_response
+from fetchml.protocol.requests import Request, decode_request, record_tails
+from fetchml.protocol.responses import Error, Success, encode_response
 
 from .auth import Identity, KeyTable
-from .dispatch import dispatch, rate_limited
+from .dispatch import Answer, Barrier, Outcome, Pipelined, StartWatch, accept_log, dispatch
 from .errors import AuthenticationFailed, ServerError
-from .handlers import Context, accept_log
+from .handlers import Context
 from .http import Gate, Metrics, handshake_key
+from .sequencer import Close, Sequencer
 from .watch import SlowSubscriber, Subscriber
 
 logger = logging.getLogger(__name__)
-
-_END = object()
-
-
-class _Pending:
-    """A queued metric append: its future and how to answer once it is written."""
-
-    __slots__ = ("future", "opcode", "records")
-
-    def __init__(self, future: "asyncio.Future[int]", opcode: Opcode, records: int) -> None:
-        self.future = future
-        self.opcode = opcode
-        self.records = records
 
 
 class _Acks:
@@ -105,25 +84,23 @@ class Connection:
         """The key of an accepted WATCH_METRICS and the commit it watches."""
         self._cached: tuple[bytes, KeyTable, Identity] | None = None
         self._reading = anyio.CancelScope()
-        self._queue: asyncio.Queue[Any] | None = None
-        """Accepted requests on their way to the writer; made with the first message."""
-        self._accepted = 0
-        self._sent = 0
+        self._seq: Sequencer | None = None
+        """Made with the first message: an idle connection holds little else."""
         self._shut: tuple[int, str] | None = None
 
     @property
     def accepted(self) -> int:
         """Requests accepted so far (applied or queued for group commit)."""
-        return self._accepted
+        return self._seq.accepted if self._seq else 0
 
     @property
     def answered(self) -> int:
-        return self._sent
+        return self._seq.answered if self._seq else 0
 
     @property
     def queued(self) -> int:
         """Accepted requests whose final response is not sent yet, up to max_inflight_requests."""
-        return self._queue.qsize() if self._queue else 0
+        return self._seq.accepted - self._seq.answered if self._seq else 0
 
     def stop(self) -> None:
         """Stop reading (graceful shutdown): answer what was accepted, then close 1001."""
@@ -134,6 +111,9 @@ class Connection:
         if self._shut is None:
             self._shut = (code, reason)
         self._reading.cancel()
+        if self._seq is not None:
+            self._seq.shut(code, reason)
+            self._wake_writer()
 
     def revoked(self, keys: KeyTable) -> str | None:
         """Why this connection may not stay open under `keys` (SIGHUP), if so."""
@@ -153,87 +133,67 @@ class Connection:
         first: bytes | str | None = None
         with self._reading, contextlib.suppress(ConnectionClosed):
             first = await self.ws.recv()  # an idle connection waits here and holds little else
+        close = self._shut
         if first is not None:
-            await self._serve(first)
-        if self._shut:
+            close = await self._serve(first)
+        if close is not None:
             # Unread messages would hide the peer's close frame: discard them while closing.
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._discard)
-                await self.ws.close(*self._shut)
+                await self.ws.close(*close)
                 tg.cancel_scope.cancel()
 
-    async def _serve(self, first: bytes | str) -> None:
-        queue: asyncio.Queue[Any] = asyncio.Queue(self.ctx.config.server.max_inflight_requests)
-        self._queue = queue
-        self._idle = asyncio.Event()
-        self._room = asyncio.Event()
-        self._writer_done = asyncio.Event()
+    async def _serve(self, first: bytes | str) -> tuple[int, str] | None:
+        """Read and answer until the sequencer closes (its code and reason) or the peer
+        goes away (None)."""
+        seq = self._seq = Sequencer(self._accept, self.ctx.config.server.max_inflight_requests)
         self._reading = anyio.CancelScope()  # a scope is entered once: a new one for this phase
+        self._reader_wake: anyio.Event | None = None
+        self._writer_wake: anyio.Event | None = None
+        self._close: Close | None = None
         if self._shut:
-            self._reading.cancel()
+            self.shut(*self._shut)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer, tg, queue)
-                close: tuple[int, str] | None = None
+                tg.start_soon(self._writer, seq, tg)
                 with self._reading:
-                    close = await self._reader(tg, queue, first)
-                await queue.put(_END)
-                await self._writer_done.wait()  # every accepted request answered first
-                tg.cancel_scope.cancel()  # a watch pump, if any
-                if close and not self._shut:
-                    await self.ws.close(*close)
+                    await self._reader(seq, first)
+                if seq.closing is None:  # the peer went away: nothing left to answer
+                    tg.cancel_scope.cancel()
         except* ConnectionClosed:
-            pass  # the peer went away: nothing left to answer
+            pass  # the peer went away while a response was being sent
+        return (self._close.code, self._close.reason) if self._close else None
 
     async def _discard(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for _ in self.ws:
                 pass
 
+    def _wake_writer(self) -> None:
+        if self._writer_wake is not None:
+            self._writer_wake.set()
+            self._writer_wake = None
+
     # -- reader --------------------------------------------------------------
 
-    async def _reader(
-        self, tg: anyio.abc.TaskGroup, queue: "asyncio.Queue[Any]", message: bytes | str
-    ) -> tuple[int, str] | None:
-        """Accept requests until the peer closes; returns the close code and reason when
-        the peer broke the protocol (sent once earlier requests are answered)."""
-        ws = self.ws
+    async def _reader(self, seq: Sequencer, message: bytes | str) -> None:
+        """Take messages in while the sequencer allows; returns once it closes or the
+        peer does."""
+        recv = self.ws.recv
         while True:
-            if isinstance(message, str):
-                return (1003, "binary messages only")
-            while queue.full():  # backpressure: apply nothing more until answers go out
-                self._room.clear()
-                await self._room.wait()
-            item = self._accept(message)
-            if isinstance(item, _Pending | bytes):
-                self._accepted += 1
-                queue.put_nowait(item)
-            else:
-                # A barrier: it runs once everything before it is answered; stop() waits for it.
-                with anyio.CancelScope(shield=True):
-                    await self._drain()
-                    if self._writer_done.is_set():
-                        return None
-                    if isinstance(item, Subscriber):
-                        await self._start_watch(item, tg)
-                        break
-                    packet = await self._run(item)
-                    self._accepted += 1
-                    queue.put_nowait(packet)
-            if self._shut:  # recv() returns buffered messages without a chance to cancel it
-                return None
+            seq.receive(message)
+            self._wake_writer()
+            while not seq.reading:
+                if seq.closing is not None:
+                    return
+                wake = self._reader_wake = anyio.Event()
+                await wake.wait()
             try:
-                message = await ws.recv()
-            except ConnectionClosedOK:
-                return None
-        # Watching: any further message is a protocol violation.
-        async for _ in ws:
-            return (1008, "no requests after WATCH_METRICS")
-        return None
+                message = await recv()
+            except ConnectionClosed:
+                return
 
-    def _accept(
-        self, message: bytes
-    ) -> "_Pending | bytes | Subscriber | tuple[Request, Identity, Coroutine[Any, Any, Response] | Response]":
+    def _accept(self, message: bytes) -> Outcome:
         """Decode, authenticate, dispatch. Errors become ready ERROR packets."""
         opcode: Opcode | None = None
         try:
@@ -244,27 +204,19 @@ class Connection:
                 )
                 self.metrics.requests[opcode.name] += 1
                 key, commit, tails = fast
-                who = self._identify(key)
-                future = accept_log(self.ctx, who, commit.hex(), tails)
-                return _Pending(future, opcode, len(tails))
+                return accept_log(self.ctx, self._identify(key), opcode, commit.hex(), tails)
             req = decode_request(message)
             opcode = req.OPCODE
             self.metrics.requests[opcode.name] += 1
-            who = self._identify(req.key_hash)
-            if rate_limited(req):
-                self.ctx.limiter.check(who.user)
-            outcome = dispatch(self.ctx, who, req)
-            if isinstance(outcome, asyncio.Future):
-                return _Pending(outcome, opcode, req.count if isinstance(req, LogMetrics) else 1)
-            if isinstance(outcome, Subscriber):
-                self.watching = (req.key_hash, outcome.commit)
-                return outcome
-            return (req, who, outcome)
+            outcome = dispatch(self.ctx, self._identify(req.key_hash), req)
+            if isinstance(outcome, StartWatch):
+                self.watching = (outcome.key_hash, outcome.subscriber.commit)
+            return outcome
         except (ProtocolError, ServerError) as exc:
-            return self._error(opcode, exc)
+            return Answer(self._error(opcode, exc))
         except Exception:
             logger.exception("internal error on %s from %s", opcode and opcode.name, self.peer)
-            return self._error(opcode, None)
+            return Answer(self._error(opcode, None))
 
     def _identify(self, digest: bytes) -> Identity:
         if self.bound is not None and not hmac.compare_digest(digest, self.bound):
@@ -296,15 +248,60 @@ class Connection:
         self.metrics.errors[opcode.name if opcode else "invalid", code.name] += 1
         return error_packet(code, message, details)
 
-    async def _run(
-        self, item: "bytes | tuple[Request, Identity, Coroutine[Any, Any, Response] | Response]"
-    ) -> bytes:
-        if isinstance(item, bytes):
-            return item
-        req, who, outcome = item
+    # -- writer --------------------------------------------------------------
+
+    async def _writer(self, seq: Sequencer, tg: anyio.abc.TaskGroup) -> None:
+        """Perform the sequencer's actions in order until its Close."""
+        send = self.ws.send
+        while True:
+            action = seq.next_action()
+            if action is None:
+                wake = self._writer_wake = anyio.Event()
+                await wake.wait()
+                continue
+            if isinstance(action, Pipelined):
+                packet = await self._complete(action)
+            elif isinstance(action, Answer):
+                packet = action.packet
+            elif isinstance(action, Barrier):
+                with anyio.CancelScope(shield=True):  # once begun, a barrier's work finishes
+                    packet = await self._run(action)
+            elif isinstance(action, StartWatch):
+                packet = ACKS.get(None)
+            else:
+                self._close = action
+                tg.cancel_scope.cancel()  # the reader, if still waiting, and a watch pump
+                return
+            try:
+                await send(packet)
+            except ConnectionClosed:
+                tg.cancel_scope.cancel()
+                return
+            seq.done()
+            if isinstance(action, StartWatch):
+                sub = action.subscriber
+                logger.info("watch %s from %d by %s", sub.commit, sub.next, self.peer)
+                tg.start_soon(self._watch, sub)
+            if self._reader_wake is not None and seq.reading:
+                self._reader_wake.set()
+                self._reader_wake = None
+
+    async def _complete(self, pending: Pipelined) -> bytes:
+        try:
+            await pending.future
+        except ServerError as exc:
+            return self._error(pending.opcode, exc)
+        except Exception:
+            logger.exception("internal error completing %s", pending.opcode.name)
+            return self._error(pending.opcode, None)
+        return ACKS.get(None if pending.opcode == Opcode.LOG_METRIC else pending.records)
+
+    async def _run(self, barrier: Barrier) -> bytes:
+        req, who = barrier.req, barrier.who
         started = time.perf_counter()
         try:
-            response = outcome if not isinstance(outcome, Coroutine) else await outcome
+            result = barrier.run()
+            response = await result if isinstance(result, Awaitable) else result
         except ServerError as exc:
             logger.info(
                 "user=%s op=%s%s -> %s %s",
@@ -329,16 +326,6 @@ class Connection:
         )
         return encode_response(response)
 
-    async def _drain(self) -> None:
-        while self._sent < self._accepted and not self._writer_done.is_set():
-            self._idle.clear()
-            await self._idle.wait()
-
-    async def _start_watch(self, sub: Subscriber, tg: anyio.abc.TaskGroup) -> None:
-        await self.ws.send(ACKS.get(None))
-        logger.info("watch %s from %d by %s", sub.commit, sub.next, self.peer)
-        tg.start_soon(self._watch, sub)
-
     async def _watch(self, sub: Subscriber) -> None:
         self.ctx.hub.add(sub)
         self.metrics.watchers.inc()
@@ -355,40 +342,6 @@ class Connection:
         finally:
             self.ctx.hub.remove(sub)
             self.metrics.watchers.dec()
-
-    # -- writer --------------------------------------------------------------
-
-    async def _writer(self, tg: anyio.abc.TaskGroup, queue: "asyncio.Queue[Any]") -> None:
-        send = self.ws.send
-        try:
-            while True:
-                item = queue.get_nowait() if queue.qsize() else await queue.get()
-                self._room.set()
-                if item is _END:
-                    return
-                if isinstance(item, _Pending):
-                    item = await self._complete(item)
-                try:
-                    await send(item)
-                except ConnectionClosed:
-                    tg.cancel_scope.cancel()
-                    return
-                self._sent += 1
-                if self._sent == self._accepted:
-                    self._idle.set()
-        finally:
-            self._writer_done.set()
-            self._idle.set()
-
-    async def _complete(self, pending: _Pending) -> bytes:
-        try:
-            await pending.future
-        except ServerError as exc:
-            return self._error(pending.opcode, exc)
-        except Exception:
-            logger.exception("internal error completing %s", pending.opcode.name)
-            return self._error(pending.opcode, None)
-        return ACKS.get(None if pending.opcode == Opcode.LOG_METRIC else pending.records)
 
 
 def _commit(req: Request) -> str:

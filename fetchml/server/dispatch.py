@@ -1,10 +1,24 @@
-"""One `match` over the Request union: what each opcode turns into."""
+"""One `match` over the Request union: what each opcode turns into, and its ordering class.
+
+`dispatch` runs when a request is accepted, after decode and authentication, and
+returns one outcome that says how the connection orders it (server/sequencer.py):
+
+- Pipelined: metrics queued for group commit; acknowledged in order once written,
+  while later requests are already being accepted.
+- Answer: a response ready at once (a request refused when it is accepted).
+- Barrier: work that runs once every earlier request is answered, with later requests
+  accepted only after it. Its coroutine is made when it runs, never before.
+- StartWatch: WATCH_METRICS; acknowledged once every earlier request is answered, then
+  the connection only pushes.
+"""
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, assert_never
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import assert_never
 
-from fetchml.protocol.enums import JobStatus
+from fetchml.protocol.enums import JobStatus, Opcode
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -32,40 +46,75 @@ from .query import is_heavy
 from .watch import Subscriber
 
 
-def dispatch(
-    ctx: Context, who: Identity, req: Request
-) -> "asyncio.Future[int] | Coroutine[Any, Any, Response] | Subscriber | Response":
-    """A future (metrics queued for group commit), a coroutine to run in order,
-    a watch subscriber, or a ready response."""
+@dataclass(frozen=True, slots=True)
+class Pipelined:
+    future: "asyncio.Future[int]"
+    opcode: Opcode
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    req: Request
+    who: Identity
+    run: Callable[[], Awaitable[Response] | Response]
+
+
+@dataclass(frozen=True, slots=True)
+class StartWatch:
+    key_hash: bytes
+    subscriber: Subscriber
+
+
+Outcome = Pipelined | Answer | Barrier | StartWatch
+
+
+def accept_log(
+    ctx: Context, who: Identity, opcode: Opcode, commit: str, tails: list[bytes]
+) -> Pipelined:
+    """LOG_METRIC(S) from its record tails (the fast path skips decoding a Request)."""
+    return Pipelined(handlers.accept_log(ctx, who, commit, tails), opcode, len(tails))
+
+
+def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
+    if rate_limited(req):
+        ctx.limiter.check(who.user)
     match req:
-        case LogMetric() | LogMetrics():
-            return handlers.accept_log(ctx, who, req.commit_hex, req.tails())
+        case LogMetric():
+            return accept_log(ctx, who, req.OPCODE, req.commit_hex, req.tails())
+        case LogMetrics():
+            return accept_log(ctx, who, req.OPCODE, req.commit_hex, req.tails())
         case WatchMetrics():
-            return handlers.watch_metrics(ctx, who, req)
+            return StartWatch(req.key_hash, handlers.watch_metrics(ctx, who, req))
         case WhoAmI():
-            return handlers.whoami(who)
-        case QueueJob():
-            return handlers.queue_job(ctx, who, req)
-        case Status():
-            return handlers.status(ctx, who, req)
-        case CancelJob():
-            return handlers.cancel_job(ctx, who, req)
-        case Prune():
-            return handlers.prune(ctx, who, req)
+            return Barrier(req, who, partial(handlers.whoami, who))
         case PrunePreview():
-            return handlers.prune_preview(ctx, who, req)
+            return Barrier(req, who, partial(handlers.prune_preview, ctx, who, req))
+        case QueueJob():
+            return Barrier(req, who, partial(handlers.queue_job, ctx, who, req))
+        case Status():
+            return Barrier(req, who, partial(handlers.status, ctx, who, req))
+        case CancelJob():
+            return Barrier(req, who, partial(handlers.cancel_job, ctx, who, req))
+        case Prune():
+            return Barrier(req, who, partial(handlers.prune, ctx, who, req))
         case GetExperiment():
-            return handlers.get_experiment(ctx, who, req)
+            return Barrier(req, who, partial(handlers.get_experiment, ctx, who, req))
         case CreateExperiment():
-            return handlers.create_experiment(ctx, who, req)
+            return Barrier(req, who, partial(handlers.create_experiment, ctx, who, req))
         case ListExperiments():
-            return handlers.list_experiments(ctx, who, req)
+            return Barrier(req, who, partial(handlers.list_experiments, ctx, who, req))
         case QueryMetrics():
-            return handlers.query_metrics(ctx, who, req)
+            return Barrier(req, who, partial(handlers.query_metrics, ctx, who, req))
         case ClaimJob():
-            return handlers.claim_job(ctx, who, req)
+            return Barrier(req, who, partial(handlers.claim_job, ctx, who, req))
         case UpdateJob():
-            return handlers.update_job(ctx, who, req)
+            return Barrier(req, who, partial(handlers.update_job, ctx, who, req))
         case _:
             assert_never(req)
 

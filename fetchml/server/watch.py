@@ -6,10 +6,11 @@ and name filter, shared by every watcher). Queued bytes beyond the buffer
 limit make it a slow subscriber, which the connection closes with 1008.
 """
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+
+import anyio
 
 from fetchml.protocol.enums import PacketType
 from fetchml.protocol.records import RECORD_MIN
@@ -65,7 +66,13 @@ class Subscriber:
         self.batches: deque[tuple[bytes, int, int]] = deque()
         """Committed records not yet sent: (records, count, index just past the batch)."""
         self.queued = 0
-        self.wakeup = asyncio.Event()
+        self._wakeup: anyio.Event | None = None
+        """Set by the next wake(); a fresh one for each wait, never cleared."""
+
+    def wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None
 
     def push(self, records: bytes, count: int, next_index: int) -> None:
         if self.batches and self.queued + len(records) > self.limit:
@@ -74,7 +81,7 @@ class Subscriber:
             self.batches.append((records, count, next_index))
             self.queued += len(records)
             self.next = next_index
-        self.wakeup.set()
+        self.wake()
 
     def _take(self) -> bytes:
         """One packet of the queued batches: merged, so a watcher that lags a little
@@ -103,9 +110,9 @@ class Subscriber:
                     await self._backfill(store, send)
                     continue
                 self.live = True
-            self.wakeup.clear()
-            if not self.batches and self.live:
-                await self.wakeup.wait()
+            if not self.batches:
+                wakeup = self._wakeup = anyio.Event()
+                await wakeup.wait()
 
     async def _backfill(
         self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]
@@ -141,7 +148,7 @@ class WatchHub:
         """The experiment is gone (pruned): its watchers are closed, never fed a successor."""
         for sub in self._subs.pop(commit, ()):
             sub.gone = True
-            sub.wakeup.set()
+            sub.wake()
 
     def on_commit(self, commit: str, first: int, data: bytes, count: int) -> None:
         subs = self._subs.get(commit)
@@ -152,7 +159,7 @@ class WatchHub:
         for sub in subs:
             if not sub.live or first > sub.next:
                 sub.live = False  # behind, or a gap (another writer): read from disk
-                sub.wakeup.set()
+                sub.wake()
                 continue
             if end <= sub.next:
                 continue

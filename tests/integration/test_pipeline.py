@@ -5,6 +5,7 @@ response, in request order, and metrics.bin holds the records in request order.
 """
 
 import asyncio
+import gc
 import json
 import socket
 import time
@@ -334,3 +335,36 @@ class Peak:
             if exp is not None:
                 self.pending = max(self.pending, len(exp.pending))
             await asyncio.sleep(0.001)
+
+
+async def test_aborted_connection_never_makes_its_queued_barrier(
+    start_daemon: DaemonFactory,
+) -> None:
+    """A barrier queued behind answers that never go out (the peer stops reading, then
+    resets the connection) is never run, and no coroutine is left unawaited (pytest turns
+    the RuntimeWarning into an error)."""
+    total = 10_000
+    daemon: Daemon = await start_daemon(server={"max_inflight_requests": total + 10})
+    other = await daemon.client()
+    commit, barrier_commit = commit_of(7), commit_of(8)
+    await create(other, commit)
+    hog = await daemon.client(sock=small_socket(daemon))
+    await poll(lambda: len(daemon.app.connections) == 2, "both connections registered")
+    (conn,) = [c for c in daemon.app.connections if c.ws.remote_address[1] == local_port(hog)]
+    conn.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for i in range(total):
+        await hog.send(encode_request(log(commit, i, "hog")))
+    await hog.send(CreateExperiment(key_hash=ADMIN, commit_id=barrier_commit, job_name="late"))
+    read = daemon.app.metrics.requests
+    await poll(lambda: read["CREATE_EXPERIMENT"] == 2, "the barrier to be read")
+    await poll(lambda: conn.ws.paused, "the daemon's writes to stall")
+    print(f"\nwrites stalled after {conn.answered} of {total} answers")
+    assert conn.answered < total
+
+    hog.ws.transport.abort()  # unread data in the socket: the kernel sends a reset
+    await poll(lambda: conn not in daemon.app.connections, "the connection to end")
+    gc.collect()
+
+    missing = await other.call(GetExperiment(key_hash=ADMIN, commit_id=barrier_commit))
+    assert isinstance(missing, Error) and missing.code == ErrorCode.RESOURCE_NOT_FOUND
+    await other.ws.close()
