@@ -1,5 +1,5 @@
 """One experiment's metrics file: what is known of it (a frozen FileState), its
-lifecycle (a Phase), and the blocking steps that open, write and rescan it.
+lifecycle (a Phase), and the blocking steps that create, open, write and rescan it.
 
 Who may touch what:
 - The event loop owns every Experiment: only it assigns `state`, `phase`, `fd`
@@ -16,20 +16,33 @@ Who may touch what:
 
 import contextlib
 import enum
+import errno
 import fcntl
 import logging
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
-from fetchml.protocol.records import Metadata
+from fetchml.protocol.records import Metadata, encode_metadata
 
 from . import files
 from .entries import open_entry
-from .errors import NotFound
-from .files import MAX_TORN_BYTES, METRICS, cut_tail, fsync_dir, scan_file
+from .errors import AlreadyExists, NotFound
+from .files import (
+    DIR_MODE,
+    MAX_TORN_BYTES,
+    META,
+    METRICS,
+    cut_tail,
+    fsync_dir,
+    scan_file,
+    storage_error,
+    write_file_atomic,
+)
 from .groupcommit import Queue
 from .offsets import OffsetIndex
 
@@ -129,6 +142,27 @@ class Experiment:
 
 
 # -- worker steps: values in, a new FileState out ---------------------------------------
+
+
+def create(base: Path, final: Path, meta: Metadata) -> None:
+    """Make the directory, files/ and meta.bin under a temporary name, then rename it."""
+    tmp = base / f".create-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        tmp.mkdir(mode=DIR_MODE)
+        (tmp / "files").mkdir(mode=DIR_MODE)
+        write_file_atomic(tmp / META, encode_metadata(meta))
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise AlreadyExists(f"experiment {final.name} already exists") from None
+            raise
+        fsync_dir(base)
+    except OSError as exc:
+        raise storage_error(exc) from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def open_for_append(path: Path, commit: str, state: FileState) -> tuple[int | None, FileState]:

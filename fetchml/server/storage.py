@@ -9,13 +9,11 @@ event loop, and worker threads get values and give back new ones.
 """
 
 import asyncio
-import errno
 import logging
 import os
 import shutil
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,24 +23,24 @@ from fetchml.protocol.records import Metadata, encode_metadata
 
 from . import experiment
 from .budget import CacheBudget
-from .entries import Damaged, open_entry
 from .errors import AlreadyExists, NotFound, ServerError, StorageFault
 from .experiment import Experiment, FileState, MetaInfo, Phase
 from .files import (
     DIR_MODE,
     META,
-    METRICS,
     READ_CHUNK,
     check_commit,
     fsync_dir,
     list_commits,
     load_metadata,
-    scan_file,
     storage_error,
     write_file_atomic,
 )
 from .groupcommit import MAX_FLUSH_BYTES as MAX_FLUSH_BYTES
 from .groupcommit import CommitHook, FlushHook, GroupCommit
+from .listing import ExperimentInfo as ExperimentInfo
+from .listing import list_unheld, select_prune
+from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
 from .offsets import Chunk, read_range
 
@@ -54,16 +52,6 @@ INLINE_WRITE_BYTES = 256 << 10
 """Flushes up to this size are written on the event loop in durability `write`."""
 
 Durability = Literal["write", "fsync"]
-
-
-@dataclass(frozen=True, slots=True)
-class ExperimentInfo:
-    commit: str
-    meta: Metadata | None
-    """None when meta.bin is unreadable or the experiment damaged."""
-    metrics_count: int
-    damaged: str | None = None
-    """Why `meta` is None: a damaged entry, or "metadata unreadable" (files.load_metadata)."""
 
 
 class ExperimentStore:
@@ -148,27 +136,8 @@ class ExperimentStore:
         final = self.base / commit
         if os.path.lexists(final):
             raise AlreadyExists(f"experiment {commit} already exists")
-        await anyio.to_thread.run_sync(self._create_sync, final, meta)
+        await anyio.to_thread.run_sync(experiment.create, self.base, final, meta)
         self._open.get(commit).meta = MetaInfo(meta, None)
-
-    def _create_sync(self, final: Path, meta: Metadata) -> None:
-        tmp = self.base / f".create-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
-        try:
-            tmp.mkdir(mode=DIR_MODE)
-            (tmp / "files").mkdir(mode=DIR_MODE)
-            write_file_atomic(tmp / META, encode_metadata(meta))
-            try:
-                os.rename(tmp, final)
-            except OSError as exc:
-                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise AlreadyExists(f"experiment {final.name} already exists") from None
-                raise
-            fsync_dir(self.base)
-        except OSError as exc:
-            raise storage_error(exc) from exc
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
     async def write_metadata(self, meta: Metadata) -> None:
         exp = self._open.get(check_commit(meta.commit_id))
@@ -194,7 +163,7 @@ class ExperimentStore:
                 else:  # in a worker thread, without taking a slot of the open-experiment LRU
                     known = self._open.known.get(commit)
                     info, state = await anyio.to_thread.run_sync(
-                        _list_unheld, self.base, commit, known
+                        list_unheld, self.base, commit, known
                     )
                     if state is not None and commit not in self._open:
                         self._open.known[commit] = state
@@ -403,48 +372,3 @@ class ExperimentStore:
             if meta is not None and owner in (None, meta.user):
                 infos.append((commit, meta))
         return select_prune(infos, kind, value, time.time() if now is None else now)
-
-
-def _list_unheld(
-    base: Path, commit: str, known: FileState | None
-) -> tuple[ExperimentInfo, FileState | None]:
-    """Worker thread: the listing of an experiment the store does not hold, and what is
-    known of its file now (None when nothing new)."""
-    meta, damaged = load_metadata(base / commit)
-    try:
-        count, state = _count_unheld(base, commit, known)
-    except Damaged as exc:
-        return ExperimentInfo(commit, None, 0, damaged or exc.message), None
-    return ExperimentInfo(commit, meta, count, damaged), state
-
-
-def _count_unheld(base: Path, commit: str, known: FileState | None) -> tuple[int, FileState | None]:
-    try:
-        fd = open_entry(base / commit, METRICS, os.O_RDONLY)
-    except FileNotFoundError:
-        return 0, None
-    try:
-        size = os.fstat(fd).st_size
-        if known is not None and size == known.size:
-            return known.count, None
-        start = known if known is not None and size > known.end else FileState()
-        result = scan_file(fd, start.end, start.count)
-        return result.records, FileState(result.end, result.records, size, start.epoch)
-    finally:
-        os.close(fd)
-
-
-def select_prune(
-    infos: list[tuple[str, Metadata]], kind: Literal["keep", "older"], value: int, now: float
-) -> list[str]:
-    if kind == "keep":
-        ordered = sorted(infos, key=lambda i: (-i[1].timestamp, i[0]))
-        return sorted(commit for commit, _ in ordered[value:])
-    cutoff = now - value * 86400
-    return sorted(commit for commit, meta in infos if meta.timestamp < cutoff)
-
-
-def sort_experiments(infos: list[ExperimentInfo]) -> list[ExperimentInfo]:
-    readable = sorted((i for i in infos if i.meta), key=lambda i: (-i.meta.timestamp, i.commit))  # type: ignore[union-attr]
-    unreadable = sorted((i for i in infos if not i.meta), key=lambda i: i.commit)
-    return readable + unreadable
