@@ -15,7 +15,7 @@ import shutil
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
@@ -42,6 +42,7 @@ from .listing import ExperimentInfo as ExperimentInfo
 from .listing import list_unheld, select_prune
 from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
+from .metriclog import MetricLog
 from .offsets import Chunk, read_range
 
 logger = logging.getLogger(__name__)
@@ -372,3 +373,7 @@ class ExperimentStore:
             if meta is not None and owner in (None, meta.user):
                 infos.append((commit, meta))
         return select_prune(infos, kind, value, time.time() if now is None else now)
+
+
+if TYPE_CHECKING:  # the store is a MetricLog (checked by mypy)
+    _conforms: type[MetricLog] = ExperimentStore
