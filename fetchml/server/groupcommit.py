@@ -61,15 +61,17 @@ class GroupCommit(Generic[E]):
         tg: anyio.abc.TaskGroup,
         write: Callable[[E, bytes, int], Awaitable[int]],
         idle: Callable[[], None],
+        hooks: list[CommitHook],
+        flush_hooks: list[FlushHook],
     ) -> None:
         self._tg = tg
         self._write = write
         """Writes whole records, returns the first one's index (or raises)."""
         self._idle = idle
         """Called when a flusher ends."""
+        self.hooks = hooks
+        self.flush_hooks = flush_hooks
         self._active: set[E] = set()
-        self.hooks: list[CommitHook] = []
-        self.flush_hooks: list[FlushHook] = []
 
     def submit(self, item: E, data: bytes, count: int) -> "asyncio.Future[int]":
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -79,12 +79,9 @@ class ExperimentStore:
 
     async def __aenter__(self) -> "ExperimentStore":
         self.base.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        async with AsyncExitStack() as stack:
-            stack.callback(self._open.close)  # runs last, even when cancelled
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            self._commits = GroupCommit(tg, self._write, self._open.evict)
-            self._commits.hooks, self._commits.flush_hooks = self.hooks, self.flush_hooks
-            self._stack = stack.pop_all()
+        self._stack.callback(self._open.close)  # runs last, even when cancelled
+        tg = await self._stack.enter_async_context(anyio.create_task_group())
+        self._commits = GroupCommit(tg, self._write, self._open.evict, self.hooks, self.flush_hooks)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
