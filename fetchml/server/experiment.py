@@ -124,18 +124,17 @@ class Experiment:
         """The one place that changes the state and the phase. A descriptor is kept only
         while the file may be appended to (not corrupt, not removed)."""
         removed = removed or self.phase is Phase.REMOVED
-        if fd is not None and (removed or state.corrupt):
-            os.close(fd)
-            fd = None
-        if self.fd is not None and self.fd != fd:
-            os.close(self.fd)
-        self.state, self.fd = state, fd
+        keep = None if removed or state.corrupt else fd
+        for old in {self.fd, fd} - {keep}:
+            if old is not None:
+                os.close(old)
+        self.state, self.fd = state, keep
         if removed:
             self.phase = Phase.REMOVED
         elif state.corrupt:
             self.phase = Phase.CORRUPT
         else:
-            self.phase = Phase.KNOWN if fd is None else Phase.OPEN
+            self.phase = Phase.KNOWN if keep is None else Phase.OPEN
 
     def close(self) -> None:
         self.settle(self.state, None)

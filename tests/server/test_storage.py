@@ -540,11 +540,14 @@ async def test_phase_follows_the_experiment_lifecycle(tmp_path: Path) -> None:
         assert store.phase(c) is Phase.OPEN
 
         await store.create(meta(bad))
-        (tmp_path / bad / "metrics.bin").write_bytes(b"\xff" * (MAX_TORN_BYTES + 1))
+        await store.append(bad, record(), 1)
+        with (tmp_path / bad / "metrics.bin").open("ab") as f:  # behind the open descriptor
+            f.write(b"\xff" * (MAX_TORN_BYTES + 1))
         with pytest.raises(StorageFault, match="metrics file corrupt"):
             await store.append(bad, record(), 1)
         assert store.phase(bad) is Phase.CORRUPT
         assert open_metrics_files(tmp_path) == 1  # the corrupt file is not held open
+        assert await store.count(bad) == 1
 
         held = store.held(c)
         assert held is not None
