@@ -1,68 +1,116 @@
-"""One experiment's metrics file as the store sees it: what is known of its valid
-prefix, its append descriptor, and the blocking steps (open and recover, write,
-rescan, read) that the store runs in worker threads or, for small writes, inline.
+"""One experiment's metrics file: what is known of it (a frozen FileState), its
+lifecycle (a Phase), and the blocking steps that create, open, write and rescan it.
+
+Who may touch what:
+- The event loop owns every Experiment: only it assigns `state`, `phase`, `fd`
+  and `meta`, and only through `Experiment.settle` (`meta` directly).
+- A worker thread gets values, never the Experiment: the functions below take a
+  FileState (and a descriptor or a path) and return a new FileState, which the
+  event loop then settles. They are plain blocking code; small writes in
+  durability `write` run them on the event loop itself.
+- `Experiment.lock` is held around every worker step that opens, writes or
+  rescans the file, so one step at a time builds on the state it was given.
+- The offset index (offsets.py) is the one thing a worker extends in place, while
+  the event loop holds the index's lock for it.
 """
 
-import asyncio
-import bisect
 import contextlib
+import enum
+import errno
 import fcntl
 import logging
 import os
-from array import array
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import anyio
 
-from fetchml.protocol.records import Metadata
+from fetchml.protocol.records import Metadata, encode_metadata
 
 from . import files
 from .entries import open_entry
-from .errors import NotFound, StorageFault
-from .files import MAX_TORN_BYTES, METRICS, cut_tail, fsync_dir, scan_file
+from .errors import AlreadyExists, NotFound
+from .files import (
+    DIR_MODE,
+    MAX_TORN_BYTES,
+    META,
+    METRICS,
+    cut_tail,
+    fsync_dir,
+    scan_file,
+    storage_error,
+    write_file_atomic,
+)
+from .groupcommit import Queue
+from .offsets import OffsetIndex
 
 logger = logging.getLogger(__name__)
 
 
-class Pending(NamedTuple):
-    data: bytes
-    records: int
-    future: "asyncio.Future[int]"
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """What is known of a metrics file's valid prefix."""
 
-
-@dataclass(eq=False)
-class Experiment:
-    """What the store knows of one experiment directory."""
-
-    commit: str
-    path: Path
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-    """Held while the file is opened, written or rescanned."""
-    read_lock: anyio.Lock = field(default_factory=anyio.Lock)
-    meta: Metadata | None = None
-    damaged: str | None = None
-    """Why it is listed as damaged (files.load_metadata), with `meta`."""
-    meta_loaded: bool = False
-    fd: int | None = None
-    """Append descriptor, open while the experiment is written to."""
-    scanned: bool = False
     end: int = 0
     """Bytes in the valid prefix."""
     count: int = 0
     """Records in the valid prefix."""
     size: int = 0
     """File size when last looked at."""
-    corrupt: bool = False
-    offsets: "array[int]" = field(default_factory=lambda: array("Q", [0]))
-    """Start offsets of the records indexed so far, then the end of the last one."""
-    pending: list[Pending] = field(default_factory=list)
-    writing: list[Pending] = field(default_factory=list)
-    """The batch of the flush in progress."""
-    flushing: bool = False
-    removed: bool = False
-    """Pruned: this object no longer stands for the directory."""
+    epoch: int = 0
+    """Counts the times the prefix was scanned again from the start: an offset index
+    built in another epoch is stale."""
+
+    @property
+    def corrupt(self) -> bool:
+        """More after the valid prefix than a torn tail can be: appends are refused and
+        only fsck --repair cuts it."""
+        return self.size - self.end > MAX_TORN_BYTES
+
+    def restart(self) -> "FileState":
+        """Nothing known any more (the file shrank or was corrupt): scan from the start."""
+        return FileState(epoch=self.epoch + 1)
+
+
+class Phase(enum.Enum):
+    UNSCANNED = "unscanned"
+    """Nothing known of metrics.bin yet."""
+    KNOWN = "known"
+    """Its valid prefix is known; no descriptor: reads look at the size first."""
+    OPEN = "open"
+    """Open for appending: this process's writes keep the state current."""
+    CORRUPT = "corrupt"
+    """Appends refused until the file changes (fsck --repair); reads get the prefix."""
+    REMOVED = "removed"
+    """Pruned: the object no longer stands for the directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetaInfo:
+    meta: Metadata | None
+    damaged: str | None
+    """Why `meta` is None: a damaged entry, or "metadata unreadable" (files.load_metadata)."""
+
+
+@dataclass(eq=False)
+class Experiment:
+    """What the store knows of one experiment directory. Event loop only."""
+
+    commit: str
+    path: Path
+    state: FileState = FileState()
+    phase: Phase = Phase.UNSCANNED
+    fd: int | None = None
+    """Append descriptor, open in phase OPEN only."""
+    meta: MetaInfo | None = None
+    """None until meta.bin is loaded."""
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    """Held while a worker opens, writes or rescans the file."""
+    index: OffsetIndex = field(default_factory=OffsetIndex)
+    queue: Queue = field(default_factory=Queue)
+    """Appends waiting for group commit, and the batch being written."""
 
     @property
     def metrics_path(self) -> Path:
@@ -70,167 +118,166 @@ class Experiment:
 
     @property
     def busy(self) -> bool:
-        return self.flushing or bool(self.pending) or self.lock.locked() or self.read_lock.locked()
+        return self.queue.busy or self.lock.locked() or self.index.lock.locked()
 
-    def open_for_append(self) -> None:
-        """First open: create if missing, recover a torn tail, refuse a corrupt file."""
-        path = self.metrics_path
-        created = not os.path.lexists(path)
-        try:
-            fd = open_entry(self.path, METRICS, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-        except FileNotFoundError:
-            raise NotFound(f"experiment {self.commit} not found") from None
-        try:
-            if created:
-                fsync_dir(self.path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                # Resume after a prefix already known valid (an evicted experiment coming
-                # back); anything after it is still checked: a torn tail is cut either way.
-                if not (self.scanned and not self.corrupt and os.fstat(fd).st_size >= self.end):
-                    self.end = self.count = 0
-                    self.offsets = array("Q", [0])
-                self.settle(fd, scan_file(fd, self.end, self.count))
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        except BaseException:
-            os.close(fd)
-            raise
-        self.fd = fd
-
-    def settle(self, fd: int, result: files.FileScan) -> None:
-        """Take a scan's valid prefix; cut a torn tail (keeping a copy), or mark a larger
-        remainder corrupt: appends are refused and only fsck --repair cuts it."""
-        self.end, self.count, self.size, self.scanned = (
-            result.end,
-            result.records,
-            result.size,
-            True,
-        )
-        remainder = result.size - result.end
-        self.corrupt = remainder > MAX_TORN_BYTES
-        if self.corrupt:
-            logger.error(
-                "%s: %d unparseable bytes after the valid prefix (%d records): "
-                "corrupt, appends refused; run fetchml-server fsck",
-                self.metrics_path,
-                remainder,
-                result.records,
-            )
-        elif remainder:
-            copy = cut_tail(fd, self.metrics_path, result.end, result.size)
-            self.size = result.end
-            logger.warning(
-                "recovered %s: cut a torn tail of %d bytes after %d records (copy: %s)",
-                self.metrics_path,
-                remainder,
-                result.records,
-                copy.name,
-            )
-
-    def write(self, data: bytes, count: int, fsync: bool, wait: bool = True) -> int | None:
-        """Lock, check the file's end, write, sync. Returns the first index (None when
-        `wait` is False and another process holds the file lock)."""
-        if self.removed:
-            raise NotFound(f"experiment {self.commit} not found")
-        if self.fd is None:
-            self.open_for_append()
-        if self.corrupt:
-            raise StorageFault("metrics file corrupt")
-        fd = self.fd
-        assert fd is not None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        try:
-            size = os.fstat(fd).st_size
-            if size != self.end:
-                self.resync(fd, size)
-            first = self.count
-            try:
-                files.write_all(fd, data)
-                if fsync:
-                    os.fdatasync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, self.end)  # nothing of a failed write stays
-                raise
-            self.end += len(data)
-            self.size = self.end
-            self.count += count
-            return first
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def resync(self, fd: int, size: int) -> None:
-        """The file is not where we left it: another writer, or a failed partial write."""
-        if size < self.end:
-            logger.error("%s shrank to %d bytes under us; rescanning", self.metrics_path, size)
-            self.end = self.count = 0
-            self.offsets = array("Q", [0])
-        self.settle(fd, scan_file(fd, self.end, self.count))
-        if self.corrupt:
-            raise StorageFault("metrics file corrupt")
-
-    def refresh(self) -> None:
-        """Read-only: extend what we know of a file written by someone else (or nobody)."""
-        try:
-            fd = open_entry(self.path, METRICS, os.O_RDONLY)
-        except FileNotFoundError:
-            self.end = self.count = self.size = 0
-            self.scanned = True
-            return
-        try:
-            size = os.fstat(fd).st_size
-            if self.scanned and size == self.size:
-                return
-            if size < self.end:
-                self.end = self.count = 0
-                self.offsets = array("Q", [0])
-            result = scan_file(fd, self.end, self.count)
-            self.end, self.count, self.size, self.scanned = result.end, result.records, size, True
-            self.corrupt = size - result.end > MAX_TORN_BYTES
-        finally:
-            os.close(fd)
-
-    def read_range(self, start: int, max_bytes: int, stop: int, total: int) -> "Chunk":
-        """Whole records from index `start` (at least one, at most `max_bytes`), below `stop`."""
-        fd = open_entry(self.path, METRICS, os.O_RDONLY)
-        try:
-            offsets = self.offsets  # record starts, then the end of the last one
-            if len(offsets) <= total:
-                files.index_records(fd, offsets.pop(), self.end, offsets)
-                del offsets[total + 1 :]
-            total = min(total, len(offsets) - 1)
-            stop = min(stop, total)
-            begin = offsets[start]
-            limit = begin + max_bytes
-            stop_index = max(
-                bisect.bisect_right(offsets, limit, start + 1, stop + 1) - 1, start + 1
-            )
-            data = os.pread(fd, offsets[stop_index] - begin, begin)
-        finally:
-            os.close(fd)
-        return Chunk(data, start, stop_index - start, total)
-
-    def read_prefix(self, end: int) -> bytes:
-        fd = open_entry(self.path, METRICS, os.O_RDONLY)
-        try:
-            return os.pread(fd, end, 0)
-        finally:
-            os.close(fd)
+    def settle(self, state: FileState, fd: int | None, *, removed: bool = False) -> None:
+        """The one place that changes the state and the phase. A descriptor is kept only
+        while the file may be appended to (not corrupt, not removed)."""
+        removed = removed or self.phase is Phase.REMOVED
+        keep = None if removed or state.corrupt else fd
+        for old in {self.fd, fd} - {keep}:
+            if old is not None:
+                os.close(old)
+        self.state, self.fd = state, keep
+        if removed:
+            self.phase = Phase.REMOVED
+        elif state.corrupt:
+            self.phase = Phase.CORRUPT
+        else:
+            self.phase = Phase.KNOWN if keep is None else Phase.OPEN
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self.settle(self.state, None)
 
 
-class Chunk(NamedTuple):
-    data: bytes
-    """Whole records, starting at record `start`."""
-    start: int
-    records: int
-    total: int
-    """Records in the valid prefix when read."""
+# -- worker steps: values in, a new FileState out ---------------------------------------
+
+
+def create(base: Path, final: Path, meta: Metadata) -> None:
+    """Make the directory, files/ and meta.bin under a temporary name, then rename it."""
+    tmp = base / f".create-{final.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        tmp.mkdir(mode=DIR_MODE)
+        (tmp / "files").mkdir(mode=DIR_MODE)
+        write_file_atomic(tmp / META, encode_metadata(meta))
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise AlreadyExists(f"experiment {final.name} already exists") from None
+            raise
+        fsync_dir(base)
+    except OSError as exc:
+        raise storage_error(exc) from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_for_append(path: Path, commit: str, state: FileState) -> tuple[int | None, FileState]:
+    """Open (creating it if missing), recover a torn tail, check the rest. Resumes after a
+    prefix already known valid; a corrupt file that has not changed is not scanned again.
+    The descriptor is None when the file is corrupt."""
+    metrics = path / METRICS
+    created = not os.path.lexists(metrics)
+    try:
+        fd = open_entry(path, METRICS, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    except FileNotFoundError:
+        raise NotFound(f"experiment {commit} not found") from None
+    try:
+        if created:
+            fsync_dir(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(fd).st_size
+            if state.corrupt and size == state.size:
+                new = state
+            else:
+                new = recover(fd, metrics, state if size >= state.end else state.restart())
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    except BaseException:
+        os.close(fd)
+        raise
+    if new.corrupt:
+        os.close(fd)
+        return None, new
+    return fd, new
+
+
+def recover(fd: int, metrics: Path, state: FileState) -> FileState:
+    """Scan on from `state`; cut a torn tail (keeping a copy). A larger remainder is
+    corruption: logged, left alone."""
+    if state.corrupt:
+        state = state.restart()
+    result = scan_file(fd, state.end, state.count)
+    new = FileState(result.end, result.records, result.size, state.epoch)
+    remainder = result.size - result.end
+    if new.corrupt:
+        logger.error(
+            "%s: %d unparseable bytes after the valid prefix (%d records): "
+            "corrupt, appends refused; run fetchml-server fsck",
+            metrics,
+            remainder,
+            result.records,
+        )
+    elif remainder:
+        copy = cut_tail(fd, metrics, result.end, result.size)
+        new = FileState(result.end, result.records, result.end, state.epoch)
+        logger.warning(
+            "recovered %s: cut a torn tail of %d bytes after %d records (copy: %s)",
+            metrics,
+            remainder,
+            result.records,
+            copy.name,
+        )
+    return new
+
+
+def append(
+    fd: int, metrics: Path, state: FileState, data: bytes, count: int, fsync: bool, wait: bool
+) -> FileState | None:
+    """Lock, check the file's end, write, sync. The new state holds the records at its
+    end; a corrupt one (found on the way) means nothing was written. None when `wait` is
+    False and another process holds the file lock."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size != state.end:  # another writer, or a failed partial write
+            if size < state.end:
+                logger.error("%s shrank to %d bytes under us; rescanning", metrics, size)
+                state = state.restart()
+            state = recover(fd, metrics, state)
+            if state.corrupt:
+                return state
+        try:
+            files.write_all(fd, data)
+            if fsync:
+                os.fdatasync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, state.end)  # nothing of a failed write stays
+            raise
+        end = state.end + len(data)
+        return FileState(end, state.count + count, end, state.epoch)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def refresh(path: Path, state: FileState, known: bool) -> FileState:
+    """Read-only: extend what is known of a file written by someone else (or nobody)."""
+    try:
+        fd = open_entry(path, METRICS, os.O_RDONLY)
+    except FileNotFoundError:  # nothing, or nothing any more
+        return state.restart() if state.size else state
+    try:
+        size = os.fstat(fd).st_size
+        if known and size == state.size:
+            return state
+        if size < state.end:
+            state = state.restart()
+        result = scan_file(fd, state.end, state.count)
+        return FileState(result.end, result.records, size, state.epoch)
+    finally:
+        os.close(fd)
+
+
+def read_prefix(path: Path, end: int) -> bytes:
+    fd = open_entry(path, METRICS, os.O_RDONLY)
+    try:
+        return os.pread(fd, end, 0)
+    finally:
+        os.close(fd)

@@ -1161,7 +1161,7 @@ async def test_internal_errors_are_unknown_error_without_details(
 
     monkeypatch.setattr("fetchml.server.handlers.whoami", fail)
     monkeypatch.setattr(daemon.app.ctx.jobs, "list_jobs", fail_async)
-    monkeypatch.setattr("fetchml.server.experiment.Experiment.write", fail)
+    monkeypatch.setattr("fetchml.server.experiment.append", fail)
     faulty: list[Request] = [
         WhoAmI(key_hash=ADMIN),
         Status(key_hash=ADMIN),

@@ -331,9 +331,9 @@ class Peak:
         while not self.stop:
             self.queue = max(self.queue, self.conn.queued)
             self.unanswered = max(self.unanswered, self.conn.accepted - self.conn.answered)
-            exp = store._experiments.get(self.commit)
+            exp = store.held(self.commit)
             if exp is not None:
-                self.pending = max(self.pending, len(exp.pending))
+                self.pending = max(self.pending, len(exp.queue.pending))
             await asyncio.sleep(0.001)
 
 

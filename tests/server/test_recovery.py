@@ -265,6 +265,20 @@ async def test_more_than_8_mib_after_the_prefix_is_corruption(
     assert path.read_bytes() == prefix + NEW
 
 
+async def test_a_repaired_file_takes_appends_again_without_a_restart(tmp_path: Path) -> None:
+    c = commit(1)
+    prefix = b"".join(NAMED)
+    path = make_experiment(tmp_path, c, prefix + b"\xff" * (MAX_TORN_BYTES + 1))
+    async with ExperimentStore(tmp_path) as store:
+        for _ in range(2):
+            with pytest.raises(ServerError) as info:
+                await store.append(c, NEW, 1)
+            assert info.value.message == "metrics file corrupt"
+        assert tools.fsck(tmp_path, repair=True, out=io.StringIO()) == 1
+        assert await store.append(c, NEW, 1) == len(NAMED)
+    assert path.read_bytes() == prefix + NEW
+
+
 # -- torn copies ------------------------------------------------------------------------------
 
 

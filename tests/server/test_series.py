@@ -172,6 +172,7 @@ async def test_offset_indexes_and_columns_share_one_budget(tmp_path: Path) -> No
         async with cache.columns(sampled):
             pass
         assert ("offsets", paged) not in store.budget
-        assert len(store._experiments[paged].offsets) == 1  # dropped; rebuilt on demand
+        held = store.held(paged)
+        assert held is not None and len(held.index.offsets) == 1  # dropped; rebuilt on demand
         chunk = await store.read(paged, 995, max_records=2)
         assert [r.step for r in decode_records(chunk.data)] == [995, 996]

@@ -6,13 +6,18 @@ import contextlib
 import math
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
+import anyio
 import pytest
 
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.records import Metadata, decode_records, encode_record, scan
 from fetchml.server.errors import AlreadyExists, NotFound, StorageFault
+from fetchml.server.experiment import Phase
+from fetchml.server.files import MAX_TORN_BYTES
 from fetchml.server.storage import MAX_FLUSH_BYTES, Durability, ExperimentStore
 from tests.server.conftest import GoTree
 
@@ -520,6 +525,94 @@ async def test_two_stores_on_one_tree_interleave_whole_requests(tmp_path: Path) 
         assert await one.count(c) == 6
         assert (await one.read(c, 2)).data == batch(2, 3) + batch(3, 1)
     assert metrics_bytes(tmp_path, c) == batch(1, 2) + batch(2, 3) + batch(3, 1)
+
+
+# -- the file's state and lifecycle ----------------------------------------------------
+
+
+async def test_phase_follows_the_experiment_lifecycle(tmp_path: Path) -> None:
+    c, bad = commit(1), commit(2)
+    async with ExperimentStore(tmp_path) as store:
+        await store.create(meta(c))
+        assert store.phase(c) is Phase.UNSCANNED
+        assert await store.count(c) == 0
+        assert store.phase(c) is Phase.KNOWN
+        await store.append(c, record(), 1)
+        assert store.phase(c) is Phase.OPEN
+
+        await store.create(meta(bad))
+        await store.append(bad, record(), 1)
+        with (tmp_path / bad / "metrics.bin").open("ab") as f:  # behind the open descriptor
+            f.write(b"\xff" * (MAX_TORN_BYTES + 1))
+        with pytest.raises(StorageFault, match="metrics file corrupt"):
+            await store.append(bad, record(), 1)
+        assert store.phase(bad) is Phase.CORRUPT
+        assert open_metrics_files(tmp_path) == 1  # the corrupt file is not held open
+        assert await store.count(bad) == 1
+
+        held = store.held(c)
+        assert held is not None
+        assert await store.prune("keep", 0) == [c, bad]
+        assert held.phase is Phase.REMOVED and held.fd is None
+        assert store.phase(c) is None
+        assert open_metrics_files(tmp_path) == 0
+
+
+async def test_the_event_loop_sees_a_worker_step_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write in a worker thread first finds another writer's record behind it. Until the
+    step ends, the event loop still sees the state from before it; then all of the new one."""
+    c = commit(1)
+    entered, release = threading.Event(), threading.Event()
+    real_sync = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        entered.set()
+        release.wait(10)
+        real_sync(fd)
+
+    async with ExperimentStore(tmp_path, durability="fsync") as store:
+        await store.create(meta(c))
+        assert await store.append(c, record("a"), 1) == 0
+        with (tmp_path / c / "metrics.bin").open("ab") as f:
+            f.write(record("other"))
+        monkeypatch.setattr(os, "fdatasync", slow_sync)
+        future = store.submit(c, record("b"), 1)
+        assert await anyio.to_thread.run_sync(entered.wait, 10)
+        try:
+            during = await store.count(c), (await store.read(c, 0)).data
+        finally:
+            release.set()
+        assert await future == 2
+        assert during == (1, record("a"))
+        assert await store.count(c) == 3
+        assert (await store.read(c, 0)).data == record("a") + record("other") + record("b")
+
+
+async def test_leaving_the_store_closes_its_files_even_when_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = commit(1)
+    entered = threading.Event()
+    real_sync = os.fdatasync
+
+    def slow_sync(fd: int) -> None:
+        entered.set()
+        time.sleep(0.05)
+        real_sync(fd)
+
+    with anyio.CancelScope() as scope:
+        async with ExperimentStore(tmp_path, durability="fsync") as store:
+            await store.create(meta(c))
+            await store.append(c, record("a"), 1)
+            assert open_metrics_files(tmp_path) == 1
+            monkeypatch.setattr(os, "fdatasync", slow_sync)
+            store.submit(c, record("b"), 1)
+            assert await anyio.to_thread.run_sync(entered.wait, 10)
+            scope.cancel()  # while the store waits for that flush on the way out
+    assert scope.cancelled_caught
+    assert open_metrics_files(tmp_path) == 0
 
 
 # -- chunked reads ----------------------------------------------------------------------

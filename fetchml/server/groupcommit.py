@@ -1,0 +1,144 @@
+"""Group commit: appends never write one request at a time.
+
+`submit()` queues a request's encoded records on its experiment's queue and returns a
+future; one flusher task per experiment writes everything queued with a single write
+(at most MAX_FLUSH_BYTES), resolves every waiter with its first record's index, then
+calls the hooks. Event loop only: the write step decides where the bytes are written.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, NamedTuple, Protocol, TypeVar
+
+import anyio.abc
+
+logger = logging.getLogger(__name__)
+
+MAX_FLUSH_BYTES = 8 << 20
+"""A flush never writes more; so a crash tears at most this much."""
+
+CommitHook = Callable[[str, int, bytes, int], None]
+"""Called after each flush with (commit hex, index of the first record, bytes, record count)."""
+FlushHook = Callable[[int, float], None]
+"""Called with (records, seconds) after each flush; for metrics."""
+
+
+class Pending(NamedTuple):
+    data: bytes
+    records: int
+    future: "asyncio.Future[int]"
+
+
+@dataclass(eq=False)
+class Queue:
+    pending: list[Pending] = field(default_factory=list)
+    writing: list[Pending] = field(default_factory=list)
+    """The batch of the flush in progress."""
+    flushing: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return self.flushing or bool(self.pending)
+
+
+class Queued(Protocol):
+    commit: str
+
+    @property
+    def queue(self) -> Queue: ...
+
+
+E = TypeVar("E", bound=Queued)
+
+
+class GroupCommit(Generic[E]):
+    def __init__(
+        self,
+        tg: anyio.abc.TaskGroup,
+        write: Callable[[E, bytes, int], Awaitable[int]],
+        idle: Callable[[], None],
+        hooks: list[CommitHook],
+        flush_hooks: list[FlushHook],
+    ) -> None:
+        self._tg = tg
+        self._write = write
+        """Writes whole records, returns the first one's index (or raises)."""
+        self._idle = idle
+        """Called when a flusher ends."""
+        self.hooks = hooks
+        self.flush_hooks = flush_hooks
+        self._active: set[E] = set()
+
+    def submit(self, item: E, data: bytes, count: int) -> "asyncio.Future[int]":
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        queue = item.queue
+        queue.pending.append(Pending(data, count, future))
+        if not queue.flushing:
+            queue.flushing = True
+            self._active.add(item)
+            self._tg.start_soon(self._flush_loop, item)
+        return future
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is written."""
+        futures = [
+            p.future for item in self._active for p in (*item.queue.writing, *item.queue.pending)
+        ]
+        for future in futures:
+            with contextlib.suppress(Exception):
+                await future
+
+    async def _flush_loop(self, item: E) -> None:
+        queue = item.queue
+        try:
+            while queue.pending:
+                batch = queue.writing = _take_batch(queue.pending)
+                data = b"".join(p.data for p in batch)
+                count = sum(p.records for p in batch)
+                started = time.perf_counter()
+                try:
+                    first = await self._write(item, data, count)
+                except Exception as exc:  # handed to each request's own error path
+                    _fail(batch, exc)
+                    continue
+                index = first
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_result(index)
+                    index += pending.records
+                for flush_hook in self.flush_hooks:
+                    flush_hook(count, time.perf_counter() - started)
+                for hook in self.hooks:
+                    try:
+                        hook(item.commit, first, data, count)
+                    except Exception:  # a watcher's fault must not stop appends
+                        logger.exception("commit hook failed for %s", item.commit)
+        finally:
+            queue.flushing = False
+            queue.writing = []
+            self._active.discard(item)
+        self._idle()
+
+
+def _take_batch(pending: list[Pending]) -> list[Pending]:
+    """Whole requests up to MAX_FLUSH_BYTES (always at least one)."""
+    size = 0
+    n = 0
+    for item in pending:
+        if n and size + len(item.data) > MAX_FLUSH_BYTES:
+            break
+        size += len(item.data)
+        n += 1
+    batch = pending[:n]
+    del pending[:n]
+    return batch
+
+
+def _fail(batch: list[Pending], exc: Exception) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)
