@@ -38,7 +38,8 @@ import websockets
 import yaml
 from websockets.sync.client import connect
 
-from fetchml.protocol.records import Metadata, encode_metadata, encode_record, iter_records
+from fetchml.protocol.metrics import encode_record, iter_records
+from fetchml.protocol.records import Metadata, encode_metadata
 from fetchml.protocol.requests import ListExperiments, encode_request
 from fetchml.protocol.responses import Data, decode_response
 

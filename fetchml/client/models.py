@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fetchml.protocol.enums import JobStatus, PruneType
-from fetchml.protocol.records import MetricRecord
+from fetchml.protocol.metrics import MetricRecord
 from fetchml.protocol.responses import float_value, json_value
 
 from .errors import InvalidRequest

@@ -3,16 +3,13 @@
 import math
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from .enums import ErrorCode, LogLevel, PacketType
-from .errors import MalformedRecord, MalformedResponse
-from .records import MetricRecord, decode_records
+from .errors import MalformedResponse
 
 HEADER = struct.Struct(">BQ")
 _ERROR_CODE = struct.Struct(">B")
 _PROGRESS = struct.Struct(">BII")
-_PAGE = struct.Struct(">QI")
 
 
 def encode_uvarint(value: int) -> bytes:
@@ -216,26 +213,3 @@ def float_value(raw: object) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise MalformedResponse(f"metric value must be a number, got {raw!r}")
     return float(raw)
-
-
-class MetricsPage(NamedTuple):
-    next: int
-    records: list[MetricRecord]
-
-
-def encode_metrics_payload(next_index: int, count: int, records: bytes) -> bytes:
-    """DATA `metrics` payload: `[next:u64][count:u32][records]`."""
-    return _PAGE.pack(next_index, count) + records
-
-
-def decode_metrics_payload(payload: bytes) -> MetricsPage:
-    if len(payload) < _PAGE.size:
-        raise MalformedResponse(f"metrics payload too short: {len(payload)} bytes")
-    next_index, count = _PAGE.unpack_from(payload)
-    try:
-        records = decode_records(payload[_PAGE.size :])
-    except MalformedRecord as exc:
-        raise MalformedResponse(f"metrics payload: {exc.message}") from None
-    if len(records) != count:
-        raise MalformedResponse(f"metrics payload says {count} records, holds {len(records)}")
-    return MetricsPage(next_index, records)

@@ -6,7 +6,6 @@ No file I/O here: the store and the queue do that.
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ from typing import Any, Literal
 import anyio
 
 from fetchml.protocol.enums import PruneType
-from fetchml.protocol.records import Metadata, decode_records
+from fetchml.protocol.metrics import decode_records, stamp_records
+from fetchml.protocol.records import Metadata
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -92,15 +92,11 @@ def accept_log(
     """Accept step of LOG_METRIC(S): check, stamp, queue for group commit. Synchronous.
 
     `tails` are the metrics as records hold them after the timestamp (see
-    protocol.requests.record_tails), so a record is the stamp plus a tail.
+    protocol.metrics.record_tails), so a record is the stamp plus a tail.
     """
     who.require("jobs:update")
     _owner(ctx, who, commit)
-    stamp = _STAMP.pack(_now())
-    return ctx.store.submit(commit, stamp + stamp.join(tails), len(tails))
-
-
-_STAMP = struct.Struct(">Q")
+    return ctx.store.submit(commit, stamp_records(_now(), tails), len(tails))
 
 
 # -- experiments --------------------------------------------------------------

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from fetchml.protocol.records import decode_records
+from fetchml.protocol.metrics import decode_records
 
 from .entries import Damaged, open_entry
 from .files import (

@@ -3,7 +3,8 @@
 import json
 from typing import Any
 
-from fetchml.protocol.records import Metadata, MetricRecord
+from fetchml.protocol.metrics import MetricRecord
+from fetchml.protocol.records import Metadata
 from fetchml.protocol.responses import json_value
 
 

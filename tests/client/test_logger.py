@@ -17,11 +17,10 @@ import pytest
 from fetchml.client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
 from fetchml.client.batches import Batches, encode_name
 from fetchml.client.ledger import Ledger
-from fetchml.client.metrics import log_metrics_message
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.keys import key_hash
-from fetchml.protocol.records import RECORD_HEAD, RECORD_MIN, scan
-from fetchml.protocol.requests import LogMetrics, MetricPoint, encode_request
+from fetchml.protocol.metrics import RECORD_HEAD, RECORD_MIN, scan
+from fetchml.protocol.requests import LogMetrics, MetricPoint, encode_log_metrics, encode_request
 from tests.client.conftest import ADMIN_KEY, ROOT, ServerProcess, commit_of
 
 NAMES = (b"loss", b"acc", b"lr", b"grad_norm")
@@ -294,5 +293,5 @@ def test_batches_are_the_codec_bytes() -> None:
             ),
         )
     )
-    assert log_metrics_message(key_hash("k"), commit, count, body) == expected
+    assert encode_log_metrics(key_hash("k"), commit, count, body) == expected
     assert batches.held == 3 and not queue

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from websockets.asyncio.client import connect
 
-from fetchml.protocol.records import MetricRecord, decode_records, scan
+from fetchml.protocol.metrics import MetricRecord, decode_records, scan
 from tests.conftest import KEYS, RawClient
 
 ROOT = Path(__file__).resolve().parents[2]

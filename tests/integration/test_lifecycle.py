@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import encode_record, scan
+from fetchml.protocol.metrics import decode_metrics_payload, encode_record, scan
 from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
@@ -39,7 +39,7 @@ from fetchml.protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from fetchml.protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
+from fetchml.protocol.responses import Data, Error, Success, decode_response
 from fetchml.server import files
 from tests.conftest import DaemonFactory, RawClient, hash_of, key_hash
 from tests.integration.proc import (

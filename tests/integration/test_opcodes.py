@@ -22,14 +22,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
-from fetchml.protocol.records import (
-    Metadata,
+from fetchml.protocol.metrics import (
     MetricRecord,
-    decode_metadata,
+    MetricsPage,
+    decode_metrics_payload,
     decode_records,
-    encode_metadata,
     encode_record,
 )
+from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -50,16 +50,7 @@ from fetchml.protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from fetchml.protocol.responses import (
-    Data,
-    Error,
-    MetricsPage,
-    Response,
-    StatusReport,
-    Success,
-    decode_metrics_payload,
-    decode_response,
-)
+from fetchml.protocol.responses import Data, Error, Response, StatusReport, Success, decode_response
 from fetchml.server.query import DEFAULT_LIMIT
 from tests.conftest import Daemon, DaemonFactory, RawClient, hash_of, key_hash
 from tests.protocol.test_protocol_requests import MIN_BODY

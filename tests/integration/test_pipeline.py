@@ -11,7 +11,7 @@ import time
 from collections import Counter
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import MetricRecord
+from fetchml.protocol.metrics import MetricRecord, decode_metrics_payload
 from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
@@ -23,7 +23,7 @@ from fetchml.protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from fetchml.protocol.responses import Data, Error, Response, Success, decode_metrics_payload
+from fetchml.protocol.responses import Data, Error, Response, Success
 from fetchml.server.connection import Connection
 from tests.conftest import Daemon, DaemonFactory, RawClient, hash_of
 from tests.integration.proc import file_records, metrics_path, poll

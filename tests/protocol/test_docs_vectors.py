@@ -20,14 +20,14 @@ import pytest
 from fetchml.protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PacketType, PruneType
 from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.keys import key_hash
-from fetchml.protocol.records import (
-    Metadata,
+from fetchml.protocol.metrics import (
     MetricRecord,
-    decode_metadata,
+    decode_metrics_payload,
     decode_records,
-    encode_metadata,
+    encode_metrics_payload,
     encode_record,
 )
+from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
 from fetchml.protocol.requests import (
     REQUEST_TYPES,
     ClaimJob,
@@ -52,10 +52,8 @@ from fetchml.protocol.responses import (
     Response,
     StatusReport,
     Success,
-    decode_metrics_payload,
     decode_response,
     decode_uvarint,
-    encode_metrics_payload,
     encode_response,
     encode_uvarint,
 )

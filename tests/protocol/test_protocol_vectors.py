@@ -6,14 +6,15 @@ The hex is copied here on purpose, so these tests do not depend on the document.
 import pytest
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PruneType
-from fetchml.protocol.records import (
-    Metadata,
+from fetchml.protocol.metrics import (
     MetricRecord,
-    decode_metadata,
+    MetricsPage,
+    decode_metrics_payload,
     decode_records,
-    encode_metadata,
+    encode_metrics_payload,
     encode_record,
 )
+from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -38,14 +39,11 @@ from fetchml.protocol.responses import (
     Data,
     Error,
     Log,
-    MetricsPage,
     Progress,
     StatusReport,
     Success,
-    decode_metrics_payload,
     decode_response,
     decode_uvarint,
-    encode_metrics_payload,
     encode_response,
     encode_uvarint,
 )

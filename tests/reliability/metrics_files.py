@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fetchml.protocol.records import encode_record
+from fetchml.protocol.metrics import encode_record
 
 from .support import STAMP, make_experiment, meta_bytes
 

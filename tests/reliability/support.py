@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import Metadata, MetricRecord, encode_metadata, encode_record
+from fetchml.protocol.metrics import MetricRecord, decode_metrics_payload, encode_record
+from fetchml.protocol.records import Metadata, encode_metadata
 from fetchml.protocol.requests import QueryMetrics, Request
-from fetchml.protocol.responses import Data, Error, decode_metrics_payload
+from fetchml.protocol.responses import Data, Error
 from tests.conftest import RawClient, hash_of
 from tests.integration.proc import (
     DaemonProcess,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import Metadata, decode_records, encode_record, scan
+from fetchml.protocol.metrics import decode_records, encode_record, scan
+from fetchml.protocol.records import Metadata
 from fetchml.server.errors import AlreadyExists, NotFound, StorageFault
 from fetchml.server.storage import MAX_FLUSH_BYTES, Durability, ExperimentStore
 
