@@ -1,6 +1,5 @@
 """Responses: `[packet_type:u8][timestamp:u64][body]`, one frozen dataclass per type."""
 
-import math
 import struct
 from dataclasses import dataclass
 
@@ -191,25 +190,3 @@ def decode_response(packet: bytes) -> Response:
     if pos != len(packet):
         raise MalformedResponse(f"{len(packet) - pos} trailing bytes after a {packet_type.name}")
     return response
-
-
-# JSON payloads carry non-finite metric values as strings.
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def json_value(value: float) -> float | str:
-    """A metric value for a JSON payload: finite as is, else "NaN", "Infinity", "-Infinity"."""
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
-def float_value(raw: object) -> float:
-    """A metric value read from a JSON payload (the inverse of json_value)."""
-    if isinstance(raw, str) and raw in _NON_FINITE:
-        return _NON_FINITE[raw]
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise MalformedResponse(f"metric value must be a number, got {raw!r}")
-    return float(raw)

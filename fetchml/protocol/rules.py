@@ -8,8 +8,10 @@ MAX_STEP = 0xFFFFFFFF
 MAX_NAME_BYTES = 255
 PRIORITY_MIN, PRIORITY_MAX = 0, 255
 """What QUEUE_JOB carries (u8)."""
-CLI_PRIORITY_MIN, CLI_PRIORITY_MAX, CLI_PRIORITY_DEFAULT = 1, 10, 5
-"""What the `fetchml queue` command offers: a deliberate subset of the wire's range."""
+CLI_PRIORITY_MIN, CLI_PRIORITY_MAX = 1, 10
+"""What the `fetchml queue` command offers: a deliberate part of the wire's range."""
+DEFAULT_PRIORITY = 5
+"""The CLI's and the Client's when none is given."""
 
 
 def parse_commit(commit: str | bytes) -> bytes:

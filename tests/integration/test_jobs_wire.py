@@ -9,7 +9,7 @@ import pytest
 from fetchml.protocol.enums import ErrorCode, JobStatus
 from fetchml.protocol.requests import ClaimJob, CreateExperiment, QueueJob, Status, UpdateJob
 from fetchml.protocol.responses import StatusReport, encode_response
-from fetchml.server.views import dumps
+from fetchml.protocol.shapes import dumps
 from tests.conftest import DaemonFactory, RawClient, hash_of
 from tests.integration.proc import raw_config, write_config
 from tests.integration.test_opcodes import commit_id, error_of, queue, status_of, success_of

@@ -57,7 +57,7 @@ from fetchml.protocol.responses import (
     encode_response,
     encode_uvarint,
 )
-from fetchml.server.views import dumps
+from fetchml.protocol.shapes import dumps
 from tests.conftest import hash_of
 
 ROOT = Path(__file__).resolve().parents[2]

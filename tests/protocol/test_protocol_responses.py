@@ -27,9 +27,8 @@ from fetchml.protocol.responses import (
     decode_uvarint,
     encode_response,
     encode_uvarint,
-    float_value,
-    json_value,
 )
+from fetchml.protocol.shapes import float_value, json_value
 
 FUZZ = settings(max_examples=200, deadline=None)
 
