@@ -53,7 +53,7 @@ from bench_servers import (
 )
 from websockets.version import version as websockets_version
 
-from fetchml.protocol.records import encode_record, iter_records
+from fetchml.protocol.metrics import encode_record, iter_records
 
 LATENCY_RATE = 10_000
 """LOG_METRIC messages per second in the ack-latency runs."""

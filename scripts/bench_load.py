@@ -46,7 +46,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from fetchml.protocol.enums import PacketType
-from fetchml.protocol.records import decode_records
+from fetchml.protocol.metrics import decode_records
 from fetchml.protocol.requests import (
     LogMetric,
     LogMetrics,

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fetchml.protocol.records import Metadata, encode_record
+from fetchml.protocol.metrics import encode_record
+from fetchml.protocol.records import Metadata
 from fetchml.server.storage import Durability, ExperimentStore
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -1,7 +1,7 @@
 """Atheris (libFuzzer) harness for the pure codec: run it through scripts/fuzz.
 
-Every input goes to protocol.requests.decode_request and record_tails (the
-metric-logging fast path) and to protocol.records.scan, plus the meta.bin and
+Every input goes to protocol.requests.decode_request and protocol.metrics.record_tails (the
+metric-logging fast path) and to protocol.metrics.scan, plus the meta.bin and
 response decoders. Any exception but protocol.errors.ProtocolError is a crash, and
 so is a broken invariant:
 
@@ -27,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 with atheris.instrument_imports():
     from fetchml.protocol.enums import ErrorCode, JobStatus
     from fetchml.protocol.errors import ProtocolError
-    from fetchml.protocol.records import (
-        Metadata,
-        decode_metadata,
-        encode_metadata,
+    from fetchml.protocol.metrics import (
+        decode_metrics_payload,
+        encode_metrics_payload,
         encode_record,
         iter_records,
+        record_tails,
         scan,
     )
+    from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
     from fetchml.protocol.requests import (
         LogMetric,
         LogMetrics,
@@ -46,17 +47,8 @@ with atheris.instrument_imports():
         WatchMetrics,
         decode_request,
         encode_request,
-        record_tails,
     )
-    from fetchml.protocol.responses import (
-        Data,
-        Error,
-        Success,
-        decode_metrics_payload,
-        decode_response,
-        encode_metrics_payload,
-        encode_response,
-    )
+    from fetchml.protocol.responses import Data, Error, Success, decode_response, encode_response
 
 VALID = encode_record(1795735109, 1, 1.0, b"loss")
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 from fetchml.protocol.enums import ErrorCode, Opcode
 from fetchml.protocol.errors import MalformedRequest
-from fetchml.protocol.requests import COMMIT_SIZE, HEADER, POINT, LogMetrics, check_metric_name
+from fetchml.protocol.metrics import POINT
+from fetchml.protocol.requests import HEADER, LogMetrics
+from fetchml.protocol.rules import COMMIT_SIZE, check_metric_name
 
 from .errors import InvalidRequest
 from .ledger import Ledger

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from fetchml.protocol.rules import CLI_PRIORITY_MAX, CLI_PRIORITY_MIN, DEFAULT_PRIORITY
+
 from .. import __version__
 from . import commands
 from .connection import Client
@@ -61,7 +63,8 @@ def _int_in(text: str, low: int, high: int, message: str) -> int:
 
 
 def _priority(text: str) -> int:
-    return _int_in(text, 1, 10, "priority must be an integer 1..10")
+    low, high = CLI_PRIORITY_MIN, CLI_PRIORITY_MAX
+    return _int_in(text, low, high, f"priority must be an integer {low}..{high}")
 
 
 def _positive(text: str) -> int:
@@ -160,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("job", help="job name")
     cmd.add_argument("--commit", type=_commit, help="COMMIT (default: HEAD)")
     cmd.add_argument(
-        "--priority", type=_priority, default=5, help="1..10, higher first (default 5)"
+        "--priority",
+        type=_priority,
+        default=DEFAULT_PRIORITY,
+        help=f"{CLI_PRIORITY_MIN}..{CLI_PRIORITY_MAX}, higher first (default {DEFAULT_PRIORITY})",
     )
 
     cmd = add(

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fetchml.protocol.responses import json_value
+from fetchml.protocol.shapes import json_value
 
 from .connection import Client
 from .errors import InvalidRequest

@@ -21,10 +21,19 @@ from fetchml.protocol import requests as rq
 from fetchml.protocol.enums import JobStatus, PruneType
 from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.responses import StatusReport
+from fetchml.protocol.rules import DEFAULT_PRIORITY
 
 from .errors import AlreadyExists, InvalidRequest, ProtocolViolation
 from .metrics import MetricsAPI
-from .models import Experiment, ExperimentSummary, Job, Status, WhoAmI, parse_commit
+from .models import (
+    Experiment,
+    ExperimentSummary,
+    Job,
+    Status,
+    WhoAmI,
+    parse_commit,
+    pruned_from_json,
+)
 from .pipeline import MAX_IN_FLIGHT, MAX_MESSAGE_BYTES, describe_response, parse_json
 from .settings import resolve_settings
 from .transport import EventHandler, open_websocket
@@ -80,13 +89,17 @@ class Client(MetricsAPI):
             raise ProtocolViolation(f"expected STATUS, got {describe_response(response)}")
         return parse_json(response.status_json.encode(), Status.from_json)
 
-    async def queue_job(self, job_name: str, commit: str | bytes, priority: int = 5) -> Job:
-        """Queue a job (creating the experiment when it does not exist)."""
-        if not 0 <= priority <= 255:
-            raise InvalidRequest(f"priority must be 0..255, got {priority}")
-        request = rq.QueueJob(
-            key_hash=self._key, commit_id=parse_commit(commit), priority=priority, job_name=job_name
-        )
+    async def queue_job(
+        self, job_name: str, commit: str | bytes, priority: int = DEFAULT_PRIORITY
+    ) -> Job:
+        """Queue a job (creating the experiment when it does not exist); priority 0..255."""
+        commit_id = parse_commit(commit)
+        try:
+            request = rq.QueueJob(
+                key_hash=self._key, commit_id=commit_id, priority=priority, job_name=job_name
+            )
+        except MalformedRequest as exc:
+            raise InvalidRequest(exc.message) from None
         return await self._json(request, "job", Job.from_json)
 
     async def cancel_job(self, job_name: str) -> int:
@@ -125,7 +138,7 @@ class Client(MetricsAPI):
         if not 1 <= value <= 0xFFFFFFFF:
             raise InvalidRequest(f"prune value must be at least 1, got {value}")
         request = rq.Prune(key_hash=self._key, prune_type=kind, value=value)
-        return await self._json(request, "pruned", lambda o: [str(c) for c in o["pruned"]])
+        return await self._json(request, "pruned", pruned_from_json)
 
     # -- experiments -----------------------------------------------------------
 
@@ -163,7 +176,7 @@ class Client(MetricsAPI):
 
         kind, value = prune_selection(keep, older_than_days)
         request = rq.PrunePreview(key_hash=self._key, prune_type=kind, value=value)
-        return await self._json(request, "pruned", lambda o: [str(c) for c in o["pruned"]])
+        return await self._json(request, "pruned", pruned_from_json)
 
 
 class _Connect:

@@ -1,6 +1,7 @@
 """Export an experiment's metrics to CSV, JSON lines or Parquet, page by page.
 
-Columns: name, step, value, timestamp. CSV writes non-finite values as
+Columns: name, step, value, timestamp (in this order in every format, JSON lines
+included). CSV writes non-finite values as
 nan / inf / -inf (pandas reads them back as floats); JSON lines use the
 protocol's strings "NaN", "Infinity", "-Infinity". Parquet needs the
 optional `pyarrow` package. The file is written beside the target and
@@ -14,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from fetchml.protocol import shapes
+
 from .connection import Client
 from .errors import ConfigurationError
 from .models import MAX_STEP, Metric
-from .output import metric_json
 
 FORMATS = ("csv", "jsonl", "parquet")
 COLUMNS = ("name", "step", "value", "timestamp")
@@ -47,7 +49,9 @@ class JsonLinesWriter:
         self._file = path.open("w", encoding="utf-8")
 
     def write(self, records: Sequence[Metric]) -> None:
-        self._file.writelines(metric_json(r) + "\n" for r in records)
+        for record in records:
+            shape = shapes.metric(record)
+            self._file.write(shapes.dumps({key: shape[key] for key in COLUMNS}) + "\n")
 
     def close(self) -> None:
         self._file.close()

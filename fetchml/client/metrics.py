@@ -1,14 +1,13 @@
 """The metric half of the Client API: logging, paged queries, latest values, watch."""
 
 import asyncio
-import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 from fetchml.protocol import requests as rq
-from fetchml.protocol.enums import Opcode
+from fetchml.protocol import rules
 from fetchml.protocol.errors import MalformedRequest, MalformedResponse
+from fetchml.protocol.metrics import POINT, acked_records, decode_metrics_payload
 from fetchml.protocol.requests import MetricPoint
-from fetchml.protocol.responses import decode_metrics_payload
 
 from .errors import InvalidRequest, ProtocolViolation
 from .models import MAX_STEP, Metric, MetricsPage, parse_commit
@@ -16,16 +15,6 @@ from .pipeline import Pipeline
 from .watch import MetricWatch, WatchOptions
 
 QUERY_PAGE_SIZE = 100_000
-_LOG_METRICS_HEAD = 17 + 20 + 2
-_POINT_HEAD = 13
-_COUNT = struct.Struct(">H")
-
-
-def log_metrics_message(key_hash: bytes, commit: bytes, count: int, body: bytes) -> bytes:
-    """A LOG_METRICS request from an encoded body: the header and fields of protocol.requests."""
-    if not 1 <= count <= rq.LogMetrics.MAX_POINTS or len(commit) != rq.COMMIT_SIZE:
-        raise InvalidRequest(f"LOG_METRICS needs 1..65535 points and a 20-byte commit, got {count}")
-    return rq.HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit + _COUNT.pack(count) + body
 
 
 class MetricsAPI(Pipeline):
@@ -70,8 +59,7 @@ class MetricsAPI(Pipeline):
             )
         except MalformedRequest as exc:
             raise InvalidRequest(exc.message) from None
-        message = await self._success(request)
-        return int(message) if message.isdigit() else len(points)
+        return acked_records(await self._success(request), len(points))
 
     async def log_encoded(self, commit: bytes, count: int, body: bytes) -> int:
         """One LOG_METRICS whose `count` points are already wire-encoded (MetricLogger's path).
@@ -79,8 +67,11 @@ class MetricsAPI(Pipeline):
         `body` is the concatenation of `POINT.pack(step, value, len(name)) + name`
         per point, exactly as LogMetrics.encode_body writes them.
         """
-        message = await self._success(log_metrics_message(self._key, commit, count, body))
-        return int(message) if message.isdigit() else count
+        try:
+            message = rq.encode_log_metrics(self._key, commit, count, body)
+        except MalformedRequest as exc:
+            raise InvalidRequest(exc.message) from None
+        return acked_records(await self._success(message), count)
 
     async def query_page(
         self,
@@ -188,14 +179,15 @@ class MetricsAPI(Pipeline):
 
 
 def _check_step(step: int) -> int:
-    if not 0 <= step <= MAX_STEP:
-        raise InvalidRequest(f"step must be 0..{MAX_STEP}, got {step}")
-    return int(step)
+    try:
+        return rules.check_step(step)
+    except MalformedRequest as exc:
+        raise InvalidRequest(exc.message) from None
 
 
 def _check_name(name: str) -> str:
     try:
-        rq.check_metric_name(name)
+        rules.check_metric_name(name)
     except MalformedRequest as exc:
         raise InvalidRequest(exc.message) from None
     return name
@@ -203,11 +195,11 @@ def _check_name(name: str) -> str:
 
 def _chunks(points: list[MetricPoint], max_message_bytes: int) -> Iterable[list[MetricPoint]]:
     """Split into LOG_METRICS bodies of at most 65535 points and max_message_bytes."""
-    budget = max_message_bytes - _LOG_METRICS_HEAD
+    budget = max_message_bytes - rq.LOG_METRICS_HEAD
     chunk: list[MetricPoint] = []
     size = 0
     for point in points:
-        cost = _POINT_HEAD + len(point.name.encode())
+        cost = POINT.size + len(point.name.encode())
         if chunk and (len(chunk) == rq.LogMetrics.MAX_POINTS or size + cost > budget):
             yield chunk
             chunk, size = [], 0

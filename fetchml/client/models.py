@@ -2,38 +2,35 @@
 
 `Metric` is the protocol's `MetricRecord` (a NamedTuple: timestamp, step, value,
 name): reads return millions of them, and a tuple costs a fraction of a
-dataclass. Everything else is a frozen dataclass built by `from_json`.
+dataclass. Everything else is a frozen dataclass built from, and turned back
+into, the protocol's JSON shapes (protocol.shapes), in the daemon's key order.
 """
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
+from fetchml.protocol import shapes
 from fetchml.protocol.enums import JobStatus, PruneType
-from fetchml.protocol.records import MetricRecord
-from fetchml.protocol.responses import float_value, json_value
+from fetchml.protocol.errors import MalformedRequest, MalformedResponse
+from fetchml.protocol.metrics import MetricRecord
+from fetchml.protocol.rules import MAX_STEP as MAX_STEP
+from fetchml.protocol.rules import parse_commit as _parse_commit
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, ProtocolViolation
 
 Metric = MetricRecord
 """One metric: `timestamp` (Unix seconds, set by the server), `step`, `value`, `name`."""
 
-COMMIT_BYTES = 20
-MAX_STEP = 0xFFFFFFFF
+T = TypeVar("T")
 
 
 def parse_commit(commit: str | bytes) -> bytes:
     """A commit as the 20 raw bytes the wire carries; accepts 40 hex characters or 20 bytes."""
-    if isinstance(commit, bytes):
-        if len(commit) != COMMIT_BYTES:
-            raise InvalidRequest(f"commit must be 20 bytes, got {len(commit)}")
-        return commit
-    text = commit.strip()
-    if len(text) != 2 * COMMIT_BYTES:
-        raise InvalidRequest(f"commit must be 40 hex characters, got {commit!r}")
     try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise InvalidRequest(f"commit must be 40 hex characters, got {commit!r}") from None
+        return _parse_commit(commit)
+    except MalformedRequest as exc:
+        raise InvalidRequest(exc.message) from None
 
 
 def commit_hex(commit: str | bytes) -> str:
@@ -52,30 +49,27 @@ def prune_selection(keep: int | None, older_than_days: int | None) -> tuple[Prun
     return kind, value
 
 
-def metric_from_json(obj: dict[str, Any]) -> Metric:
-    return Metric(
-        timestamp=int(obj["timestamp"]),
-        step=int(obj["step"]),
-        value=float_value(obj["value"]),
-        name=str(obj["name"]),
-    )
+def _read(reader: Callable[[Any], T], obj: Any) -> T:
+    """A protocol shape reader's result; a malformed shape is a ProtocolViolation."""
+    try:
+        return reader(obj)
+    except MalformedResponse as exc:
+        raise ProtocolViolation(exc.message) from None
 
 
-def metric_to_json(metric: Metric) -> dict[str, Any]:
-    return {
-        "name": metric.name,
-        "step": metric.step,
-        "value": json_value(metric.value),
-        "timestamp": metric.timestamp,
-    }
+def _fields(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
-def _opt_int(raw: Any) -> int | None:
-    return None if raw is None else int(raw)
+def metric_from_json(obj: Any) -> Metric:
+    return _read(shapes.read_metric, obj)
 
 
-def _opt_str(raw: Any) -> str | None:
-    return None if raw is None else str(raw)
+metric_to_json = shapes.metric
+
+
+def pruned_from_json(obj: Any) -> list[str]:
+    return _read(shapes.read_pruned, obj)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,41 +109,11 @@ class Job:
         return self.status.name.lower()
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Job":
-        meta = obj["metadata"]
-        return cls(
-            id=str(obj["id"]),
-            job_name=str(obj["job_name"]),
-            status=JobStatus[str(obj["status"]).upper()],
-            priority=int(obj["priority"]),
-            created_at=int(obj["created_at"]),
-            commit_id=str(meta["commit_id"]),
-            user=str(meta["user"]),
-            args=str(obj.get("args") or ""),
-            started_at=_opt_int(obj.get("started_at")),
-            ended_at=_opt_int(obj.get("ended_at")),
-            worker_id=_opt_str(obj.get("worker_id")),
-            error=_opt_str(obj.get("error")),
-            datasets=tuple(str(d) for d in obj.get("datasets") or ()),
-            claimed_by=_opt_str(obj.get("claimed_by")),
-        )
+    def from_json(cls, obj: Any) -> "Job":
+        return cls(**_read(shapes.read_job, obj))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "job_name": self.job_name,
-            "args": self.args,
-            "status": self.status_name,
-            "priority": self.priority,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "worker_id": self.worker_id,
-            "claimed_by": self.claimed_by,
-            "error": self.error,
-            "datasets": list(self.datasets),
-            "metadata": {"commit_id": self.commit_id, "user": self.user},
-        }
+        return shapes.job(**_fields(self))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,23 +128,12 @@ class Status:
     total: int
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Status":
-        return cls(
-            user=str(obj["user"]),
-            role=str(obj["role"]),
-            jobs=tuple(Job.from_json(j) for j in obj["jobs"]),
-            queue_length=int(obj["queue_length"]),
-            total=int(obj.get("total", len(obj["jobs"]))),
-        )
+    def from_json(cls, obj: Any) -> "Status":
+        values = _read(shapes.read_status, obj)
+        return cls(**values | {"jobs": tuple(Job(**job) for job in values["jobs"])})
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "user": self.user,
-            "role": self.role,
-            "jobs": [job.to_json() for job in self.jobs],
-            "queue_length": self.queue_length,
-            "total": self.total,
-        }
+        return shapes.status(**_fields(self) | {"jobs": [job.to_json() for job in self.jobs]})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,21 +144,11 @@ class WhoAmI:
     scope: str
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "WhoAmI":
-        return cls(
-            user=str(obj["user"]),
-            role=str(obj["role"]),
-            permissions=tuple(str(p) for p in obj["permissions"]),
-            scope=str(obj["scope"]),
-        )
+    def from_json(cls, obj: Any) -> "WhoAmI":
+        return cls(**_read(shapes.read_whoami, obj))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "user": self.user,
-            "role": self.role,
-            "permissions": list(self.permissions),
-            "scope": self.scope,
-        }
+        return shapes.whoami(**_fields(self))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,25 +164,11 @@ class ExperimentSummary:
     damaged: str | None = None
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "ExperimentSummary":
-        return cls(
-            commit_id=str(obj["commit_id"]),
-            timestamp=_opt_int(obj.get("timestamp")),
-            job_name=_opt_str(obj.get("job_name")),
-            user=_opt_str(obj.get("user")),
-            metrics_count=int(obj["metrics_count"]),
-            damaged=_opt_str(obj.get("damaged")),
-        )
+    def from_json(cls, obj: Any) -> "ExperimentSummary":
+        return cls(**_read(shapes.read_experiments_item, obj))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "commit_id": self.commit_id,
-            "timestamp": self.timestamp,
-            "job_name": self.job_name,
-            "user": self.user,
-            "metrics_count": self.metrics_count,
-            "damaged": self.damaged,
-        }
+        return shapes.experiments_item(**_fields(self))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -255,27 +184,8 @@ class Experiment:
     metrics_truncated: bool
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "Experiment":
-        meta = obj["metadata"]
-        return cls(
-            commit_id=str(meta["commit_id"]),
-            timestamp=_opt_int(meta.get("timestamp")),
-            job_name=_opt_str(meta.get("job_name")),
-            user=_opt_str(meta.get("user")),
-            metrics=tuple(metric_from_json(m) for m in obj["metrics"]),
-            metrics_count=int(obj["metrics_count"]),
-            metrics_truncated=bool(obj["metrics_truncated"]),
-        )
+    def from_json(cls, obj: Any) -> "Experiment":
+        return cls(**_read(shapes.read_experiment, obj))
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "metadata": {
-                "commit_id": self.commit_id,
-                "timestamp": self.timestamp,
-                "job_name": self.job_name,
-                "user": self.user,
-            },
-            "metrics": [metric_to_json(m) for m in self.metrics],
-            "metrics_count": self.metrics_count,
-            "metrics_truncated": self.metrics_truncated,
-        }
+        return shapes.experiment(**_fields(self))

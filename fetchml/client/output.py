@@ -1,13 +1,12 @@
 """Text output for the CLI: aligned tables, times, values, and JSON."""
 
-import json
 import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-from fetchml.protocol.responses import json_value
+from fetchml.protocol import shapes
 
 from .models import Job, Metric
 
@@ -73,19 +72,12 @@ def metrics_table(records: Iterable[Metric], with_time: bool = True) -> str:
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON; non-finite floats must already be strings (see models.json_value)."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    """Compact JSON; non-finite floats must already be strings (see shapes.json_value)."""
+    return shapes.dumps(obj)
 
 
 def metric_json(record: Metric) -> str:
-    return dumps(
-        {
-            "name": record.name,
-            "step": record.step,
-            "value": json_value(record.value),
-            "timestamp": record.timestamp,
-        }
-    )
+    return dumps(shapes.metric(record))
 
 
 def emit(text: str, stream: TextIO | None = None) -> None:

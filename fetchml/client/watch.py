@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fetchml.protocol import requests as rq
 from fetchml.protocol.errors import MalformedResponse
+from fetchml.protocol.metrics import decode_metrics_payload
 from fetchml.protocol.responses import (
     Data,
     Error,
@@ -30,7 +31,6 @@ from fetchml.protocol.responses import (
     Progress,
     Response,
     Success,
-    decode_metrics_payload,
     decode_response,
 )
 

@@ -11,11 +11,11 @@ from typing import Any, ClassVar, NamedTuple
 from .enums import RESERVED_OPCODES, UPDATABLE_JOB_STATUSES, JobStatus, Opcode, PruneType
 from .errors import MalformedRequest
 from .keys import KEY_HASH_SIZE
+from .metrics import POINT, encode_point
+from .rules import COMMIT_SIZE, check_metric_name, check_priority, check_step
 
 HEADER = struct.Struct(">B16s")
 HEADER_SIZE = HEADER.size
-COMMIT_SIZE = 20
-MAX_NAME_BYTES = 255
 
 _FIXED = {"commit": "20s", "u8": "B", "u16": "H", "u32": "I", "u64": "Q", "f64": "d"}
 _PREFIX = {"str8": struct.Struct(">B"), "str16": struct.Struct(">H")}
@@ -23,7 +23,6 @@ _ENUMS: dict[str, type[PruneType] | type[JobStatus]] = {
     "prune_type": PruneType,
     "status": JobStatus,
 }
-POINT = struct.Struct(">IdB")
 
 
 class _Short(Exception):
@@ -53,20 +52,6 @@ def _compile(layout: tuple[tuple[str, str], ...]) -> tuple[list[Segment], int]:
     for names_, st in segments:
         size += st.size if st else _PREFIX[names_[1]].size
     return segments, size
-
-
-def check_metric_name(name: str) -> bytes:
-    """Encode a metric name, enforcing 1..255 bytes of UTF-8 without 0x00."""
-    try:
-        raw = name.encode()
-    except UnicodeEncodeError:
-        raise MalformedRequest("metric name is not valid UTF-8") from None
-    if not 0 < len(raw) <= MAX_NAME_BYTES or b"\0" in raw:
-        raise MalformedRequest(
-            f"metric name must be 1..{MAX_NAME_BYTES} bytes of UTF-8 without 0x00, "
-            f"got {len(raw)} bytes"
-        )
-    return raw
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +128,9 @@ class QueueJob(_Request):
     priority: int
     job_name: str
 
+    def __post_init__(self) -> None:
+        check_priority(self.priority)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Status(_Request):
@@ -178,6 +166,7 @@ class LogMetric(_Request):
     name: str
 
     def __post_init__(self) -> None:
+        check_step(self.step)
         check_metric_name(self.name)
 
     @classmethod
@@ -195,11 +184,11 @@ class LogMetric(_Request):
 
     def tails(self) -> list[bytes]:
         """The metric as a metrics.bin record holds it after the timestamp."""
-        raw = self.name.encode()
-        return [POINT.pack(self.step, self.value, len(raw)) + raw]
+        return [encode_point(self.step, self.value, self.name.encode())]
 
 
 _LOG_METRIC = struct.Struct(">20sIdB")
+_COUNT = struct.Struct(">H")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,6 +218,7 @@ class LogMetrics(_Request):
                 f"LOG_METRICS count must be 1..{self.MAX_POINTS}, got {len(self.metrics)}"
             )
         for point in self.metrics:
+            check_step(point.step)
             check_metric_name(point.name)
 
     @classmethod
@@ -253,15 +243,11 @@ class LogMetrics(_Request):
         return len(self.metrics)
 
     def encode_body(self) -> bytes:
-        return self.commit_id + struct.pack(">H", len(self.metrics)) + b"".join(self.tails())
+        return self.commit_id + _COUNT.pack(len(self.metrics)) + b"".join(self.tails())
 
     def tails(self) -> list[bytes]:
         """Each metric as a metrics.bin record holds it after the timestamp."""
-        out = []
-        for step, value, name in self.metrics:
-            raw = name.encode()
-            out.append(POINT.pack(step, value, len(raw)) + raw)
-        return out
+        return [encode_point(step, value, name.encode()) for step, value, name in self.metrics]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -416,53 +402,18 @@ def decode_request(message: bytes) -> Request:
     return request  # type: ignore[return-value]
 
 
-_TAILS_AT = HEADER_SIZE + COMMIT_SIZE
+LOG_METRICS_HEAD = HEADER_SIZE + COMMIT_SIZE + _COUNT.size
+"""Bytes of a LOG_METRICS before its points."""
 
 
-def record_tails(message: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
-    """The metric-logging fast path, without building objects.
-
-    For a valid LOG_METRIC or LOG_METRICS: (key_hash, commit_id, tails), each tail
-    being one metric's step, value and name exactly as a metrics.bin record holds
-    them after its timestamp (the wire layout is the same). None for any other
-    message, or one that breaks a rule: decode_request then says which.
-    """
-    size = len(message)
-    opcode = message[0] if size else 0
-    if opcode == Opcode.LOG_METRIC:
-        if size <= _TAILS_AT + POINT.size:
-            return None
-        name = message[_TAILS_AT + POINT.size :]
-        if message[_TAILS_AT + POINT.size - 1] != len(name) or 0 in name:
-            return None
-        try:
-            name.decode()
-        except UnicodeDecodeError:
-            return None
-        return message[1:HEADER_SIZE], message[HEADER_SIZE:_TAILS_AT], [message[_TAILS_AT:]]
-    if opcode != Opcode.LOG_METRICS or size < _TAILS_AT + 2:
-        return None
-    count = int.from_bytes(message[_TAILS_AT : _TAILS_AT + 2])
-    pos = _TAILS_AT + 2
-    tails, names = [], []
-    for _ in range(count):
-        if pos + POINT.size > size:
-            return None
-        start = pos + POINT.size
-        pos = start + message[start - 1]
-        tails.append(message[start - POINT.size : pos])
-        names.append(message[start:pos])
-    if pos != size or not count:
-        return None
-    # Names: non-empty, no 0x00, valid UTF-8 (joined by 0x00, which no sequence spans).
-    joined = b"\0".join(names)
-    if joined.count(0) != len(names) - 1 or not all(names):
-        return None
-    try:
-        joined.decode()
-    except UnicodeDecodeError:
-        return None
-    return message[1:HEADER_SIZE], message[HEADER_SIZE:_TAILS_AT], tails
+def encode_log_metrics(key_hash: bytes, commit_id: bytes, count: int, points: bytes) -> bytes:
+    """A LOG_METRICS request from points already encoded (see metrics.encode_point), as
+    LogMetrics would encode them: MetricLogger's path, which never builds the objects."""
+    if not 1 <= count <= LogMetrics.MAX_POINTS:
+        raise MalformedRequest(f"LOG_METRICS count must be 1..{LogMetrics.MAX_POINTS}, got {count}")
+    if len(commit_id) != COMMIT_SIZE:
+        raise MalformedRequest(f"commit_id must be {COMMIT_SIZE} bytes, got {len(commit_id)}")
+    return HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit_id + _COUNT.pack(count) + points
 
 
 def encode_request(request: Request) -> bytes:

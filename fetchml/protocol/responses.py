@@ -1,18 +1,14 @@
 """Responses: `[packet_type:u8][timestamp:u64][body]`, one frozen dataclass per type."""
 
-import math
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from .enums import ErrorCode, LogLevel, PacketType
-from .errors import MalformedRecord, MalformedResponse
-from .records import MetricRecord, decode_records
+from .errors import MalformedResponse
 
 HEADER = struct.Struct(">BQ")
 _ERROR_CODE = struct.Struct(">B")
 _PROGRESS = struct.Struct(">BII")
-_PAGE = struct.Struct(">QI")
 
 
 def encode_uvarint(value: int) -> bytes:
@@ -194,48 +190,3 @@ def decode_response(packet: bytes) -> Response:
     if pos != len(packet):
         raise MalformedResponse(f"{len(packet) - pos} trailing bytes after a {packet_type.name}")
     return response
-
-
-# JSON payloads carry non-finite metric values as strings.
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
-def json_value(value: float) -> float | str:
-    """A metric value for a JSON payload: finite as is, else "NaN", "Infinity", "-Infinity"."""
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
-def float_value(raw: object) -> float:
-    """A metric value read from a JSON payload (the inverse of json_value)."""
-    if isinstance(raw, str) and raw in _NON_FINITE:
-        return _NON_FINITE[raw]
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise MalformedResponse(f"metric value must be a number, got {raw!r}")
-    return float(raw)
-
-
-class MetricsPage(NamedTuple):
-    next: int
-    records: list[MetricRecord]
-
-
-def encode_metrics_payload(next_index: int, count: int, records: bytes) -> bytes:
-    """DATA `metrics` payload: `[next:u64][count:u32][records]`."""
-    return _PAGE.pack(next_index, count) + records
-
-
-def decode_metrics_payload(payload: bytes) -> MetricsPage:
-    if len(payload) < _PAGE.size:
-        raise MalformedResponse(f"metrics payload too short: {len(payload)} bytes")
-    next_index, count = _PAGE.unpack_from(payload)
-    try:
-        records = decode_records(payload[_PAGE.size :])
-    except MalformedRecord as exc:
-        raise MalformedResponse(f"metrics payload: {exc.message}") from None
-    if len(records) != count:
-        raise MalformedResponse(f"metrics payload says {count} records, holds {len(records)}")
-    return MetricsPage(next_index, records)

@@ -20,8 +20,9 @@ from websockets.exceptions import ConnectionClosed
 from fetchml.protocol.enums import ErrorCode, Opcode
 from fetchml.protocol.errors import ProtocolError
 from fetchml.protocol.keys import key_hash
-from fetchml.protocol.requests import Request, decode_request, record_tails
-from fetchml.protocol.responses import Error, Success, encode_response
+from fetchml.protocol.metrics import ack_packet, record_tails
+from fetchml.protocol.requests import Request, decode_request
+from fetchml.protocol.responses import Error, encode_response
 
 from .auth import Identity, KeyTable
 from .dispatch import Answer, Barrier, Outcome, Pipelined, StartWatch, accept_log, dispatch
@@ -48,8 +49,7 @@ class _Acks:
         key = -1 if records is None else records
         packet = self._cache.get(key)
         if packet is None:
-            message = "" if records is None else str(records)
-            packet = self._cache[key] = encode_response(Success(timestamp=now, message=message))
+            packet = self._cache[key] = ack_packet(now, records)
         return packet
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fetchml.protocol.errors import MalformedRecord
-from fetchml.protocol.records import RECORD_MIN, Metadata, decode_metadata, scan
+from fetchml.protocol.metrics import scan, walk
+from fetchml.protocol.records import Metadata, decode_metadata
 
 from .entries import FILE_MODE as FILE_MODE
 from .entries import SAFE_FLAGS, Damaged, check, open_dir, open_entry, open_regular
@@ -127,7 +128,7 @@ def scan_file(
         buf = carry + chunk
         result = scan(buf)
         if offsets is not None:
-            _extend_offsets(offsets, buf, result.end, pos)
+            walk(buf, offsets, pos, 0, result.end)
         count += result.records
         pos += result.end
         carry = buf[result.end :]
@@ -139,26 +140,13 @@ def index_records(fd: int, start: int, end: int, offsets: "array[int]") -> None:
     """Append the start of each record in `[start, end)`, a stretch of the valid prefix
     beginning at a record boundary, then `end`. Lengths only: it is already validated."""
     pos = start
-    append = offsets.append
     while pos < end:
         buf = os.pread(fd, min(READ_CHUNK, end - pos), pos)
-        i, size = 0, len(buf)
-        while i + RECORD_MIN <= size and i + RECORD_MIN + buf[i + RECORD_MIN - 1] <= size:
-            append(pos + i)
-            i += RECORD_MIN + buf[i + RECORD_MIN - 1]
+        i = walk(buf, offsets, pos)
         if i == 0:
             raise OSError(errno.EIO, f"short read indexing records at offset {pos}")
         pos += i
-    append(pos)
-
-
-def _extend_offsets(offsets: "array[int]", buf: bytes, end: int, base: int) -> None:
-    """Append the start offset of each record in the valid prefix `buf[:end]`."""
-    append = offsets.append
-    pos = 0
-    while pos < end:
-        append(base + pos)
-        pos += RECORD_MIN + buf[pos + RECORD_MIN - 1]
+    offsets.append(pos)
 
 
 def torn_copy_path(metrics: Path) -> Path:

@@ -6,7 +6,6 @@ No file I/O here: the store and the queue do that.
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,8 +13,10 @@ from typing import Any, Literal
 
 import anyio
 
+from fetchml.protocol import shapes
 from fetchml.protocol.enums import PruneType
-from fetchml.protocol.records import Metadata, decode_records
+from fetchml.protocol.metrics import MetricRecord, decode_records, stamp_records
+from fetchml.protocol.records import Metadata
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -40,7 +41,6 @@ from .jobs import MIN_JOB_JSON_BYTES, JobQueue
 from .query import is_heavy, query_page
 from .series import SeriesCache
 from .storage import ExperimentStore
-from .views import dumps, experiment_json, metadata_json
 from .watch import Subscriber, WatchHub
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def _now() -> int:
 
 
 def _data(data_type: str, obj: Any) -> Data:
-    return Data(timestamp=_now(), data_type=data_type, payload=dumps(obj).encode())
+    return Data(timestamp=_now(), data_type=data_type, payload=shapes.dumps(obj).encode())
 
 
 def _owner(ctx: Context, who: Identity, commit: str) -> Metadata | None:
@@ -92,15 +92,11 @@ def accept_log(
     """Accept step of LOG_METRIC(S): check, stamp, queue for group commit. Synchronous.
 
     `tails` are the metrics as records hold them after the timestamp (see
-    protocol.requests.record_tails), so a record is the stamp plus a tail.
+    protocol.metrics.record_tails), so a record is the stamp plus a tail.
     """
     who.require("jobs:update")
     _owner(ctx, who, commit)
-    stamp = _STAMP.pack(_now())
-    return ctx.store.submit(commit, stamp + stamp.join(tails), len(tails))
-
-
-_STAMP = struct.Struct(">Q")
+    return ctx.store.submit(commit, stamp_records(_now(), tails), len(tails))
 
 
 # -- experiments --------------------------------------------------------------
@@ -133,13 +129,22 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
         data += chunk.data
         index += chunk.records
 
+    def shape(records: list[MetricRecord], truncated: bool) -> dict[str, Any]:
+        return shapes.experiment(
+            commit_id=commit,
+            **shapes.meta_fields(meta),
+            metrics=records,
+            metrics_count=total,
+            metrics_truncated=truncated,
+        )
+
     def document() -> str:  # decoding and JSON of up to max_message_bytes: off the event loop
         records = decode_records(data)
-        doc = experiment_json(commit, meta, records, total, False)
-        text = dumps(doc)
+        doc = shape(records, False)
+        text = shapes.dumps(doc)
         if len(text) > budget or start > 0:
-            sizes = [len(dumps(m)) + 1 for m in doc["metrics"]]
-            room = budget - len(dumps(experiment_json(commit, meta, [], total, True)))
+            sizes = [len(shapes.dumps(m)) + 1 for m in doc["metrics"]]
+            room = budget - len(shapes.dumps(shape([], True)))
             keep = 0
             for size in reversed(sizes):
                 if room < size:
@@ -147,8 +152,7 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
                 room -= size
                 keep += 1
             truncated = keep < total
-            doc = experiment_json(commit, meta, records[len(records) - keep :], total, truncated)
-            text = dumps(doc)
+            text = shapes.dumps(shape(records[len(records) - keep :], truncated))
         return text
 
     async with ctx.heavy.slot(who.user):
@@ -161,10 +165,14 @@ async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) ->
     out = []
     for info in await ctx.store.list_experiments():
         if who.sees(info.meta.user if info.meta else None):
-            row = metadata_json(info.commit, info.meta)
-            row["metrics_count"] = info.metrics_count
-            row["damaged"] = info.damaged
-            out.append(row)
+            out.append(
+                shapes.experiments_item(
+                    commit_id=info.commit,
+                    **shapes.meta_fields(info.meta),
+                    metrics_count=info.metrics_count,
+                    damaged=info.damaged,
+                )
+            )
     return _data("experiments", out)
 
 
@@ -203,13 +211,13 @@ async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
         ctx.hub.end(commit)
         ctx.series.drop(commit)
     ctx.audit("prune", who, prune_type=kind, value=req.value, pruned=pruned)
-    return _data("pruned", {"pruned": pruned})
+    return _data("pruned", shapes.pruned(pruned))
 
 
 def prune_preview(ctx: Context, who: Identity, req: PrunePreview) -> Response:
     """PRUNE's selection, removing nothing (so not audited)."""
     kind, owner = _prune_target(who, req)
-    return _data("pruned", {"pruned": ctx.store.prune_selection(kind, req.value, owner=owner)})
+    return _data("pruned", shapes.pruned(ctx.store.prune_selection(kind, req.value, owner=owner)))
 
 
 # -- jobs -----------------------------------------------------------------------
@@ -246,21 +254,21 @@ async def status(ctx: Context, who: Identity, req: Status) -> Response:
     owner = None if who.scope == "all" else who.user
     budget = ctx.config.server.max_message_bytes - 256
     jobs = await ctx.jobs.list_jobs(owner, limit=max(0, budget // MIN_JOB_JSON_BYTES))
-    doc: dict[str, Any] = {
-        "user": who.user,
-        "role": who.role,
-        "jobs": [],
-        "queue_length": await ctx.jobs.queue_length(),
-        "total": await ctx.jobs.count_jobs(owner),
-    }
-    room = budget - len(dumps(doc).encode())
+    doc = shapes.status(
+        user=who.user,
+        role=who.role,
+        jobs=[],
+        queue_length=await ctx.jobs.queue_length(),
+        total=await ctx.jobs.count_jobs(owner),
+    )
+    room = budget - len(shapes.dumps(doc).encode())
     for job in jobs:
         item = job.to_json()
-        room -= len(dumps(item).encode()) + 1  # and a comma
+        room -= len(shapes.dumps(item).encode()) + 1  # and a comma
         if room < 0:
             break
         doc["jobs"].append(item)
-    return StatusReport(timestamp=_now(), status_json=dumps(doc))
+    return StatusReport(timestamp=_now(), status_json=shapes.dumps(doc))
 
 
 async def cancel_job(ctx: Context, who: Identity, req: CancelJob) -> Response:
@@ -294,4 +302,7 @@ async def update_job(ctx: Context, who: Identity, req: UpdateJob) -> Response:
 
 
 def whoami(who: Identity) -> Response:
-    return _data("whoami", who.whoami())
+    return _data(
+        "whoami",
+        shapes.whoami(user=who.user, role=who.role, permissions=who.permissions, scope=who.scope),
+    )

@@ -24,7 +24,9 @@ from typing import Any, Protocol, Self, TypeVar
 
 import anyio
 
+from fetchml.protocol import shapes
 from fetchml.protocol.enums import UPDATABLE_JOB_STATUSES, JobStatus
+from fetchml.protocol.rules import PRIORITY_MAX, PRIORITY_MIN
 
 from .errors import DatabaseError, DiskFull, InvalidRequest, JobNotFound, PermissionDenied
 
@@ -99,25 +101,14 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         """The `job` JSON object of PROTOCOL.md section 4."""
-        return {
-            "id": self.id,
-            "job_name": self.job_name,
-            "args": self.args,
-            "status": self.status.name.lower(),
-            "priority": self.priority,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "worker_id": self.worker_id,
-            "claimed_by": self.claimed_by,
-            "error": self.error,
-            "datasets": list(self.datasets),
-            "metadata": {"commit_id": self.commit_id, "user": self.user},
-        }
+        return shapes.job(**{name: getattr(self, name) for name in _FIELDS})
 
+
+_FIELDS = tuple(f.name for f in fields(Job))
+_COLUMNS = ", ".join(_FIELDS)  # the jobs table has a column per Job field
 
 MIN_JOB_JSON_BYTES = len(
-    json.dumps(
+    shapes.dumps(
         Job(
             id="0" * 36,
             job_name="",
@@ -126,14 +117,10 @@ MIN_JOB_JSON_BYTES = len(
             created_at=0,
             commit_id="",
             user="",
-        ).to_json(),
-        separators=(",", ":"),
+        ).to_json()
     )
 )
 """No job's compact JSON is shorter: STATUS reads no more jobs than could fit."""
-
-_FIELDS = tuple(f.name for f in fields(Job))
-_COLUMNS = ", ".join(_FIELDS)  # the jobs table has a column per Job field
 
 
 class JobQueue(Protocol):
@@ -214,8 +201,8 @@ class SqliteJobQueue:
                     logger.exception("error closing job database")
 
     async def enqueue(self, *, job_name: str, commit_id: str, user: str, priority: int) -> Job:
-        if not 0 <= priority <= 255:
-            raise InvalidRequest(f"priority must be 0..255, got {priority}")
+        if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            raise InvalidRequest(f"priority must be {PRIORITY_MIN}..{PRIORITY_MAX}, got {priority}")
         if not COMMIT_RE.fullmatch(commit_id):
             raise InvalidRequest("commit_id must be 40 lowercase hex characters")
         job = Job(

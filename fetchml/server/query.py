@@ -1,13 +1,12 @@
 """QUERY_METRICS: filtered pages by record index, and LTTB downsampling per name."""
 
-import struct
+from itertools import pairwise
 
 import anyio
 import numpy as np
 
-from fetchml.protocol.records import RECORD_MIN
+from fetchml.protocol.metrics import RECORD_MIN, RECORD_STEP, encode_metrics_payload, walk
 from fetchml.protocol.requests import QueryMetrics
-from fetchml.protocol.responses import encode_metrics_payload
 
 from .errors import InvalidRequest
 from .series import Series, SeriesCache, lttb
@@ -19,23 +18,6 @@ PAGE_OVERHEAD = 64
 """Packet header, data type and length prefixes around a metrics payload."""
 READ_BYTES = 1 << 20
 ALL_STEPS = (0, 0xFFFFFFFF)
-
-
-def walk(data: bytes) -> list[tuple[int, int, int]]:
-    """(start, end, step) of every record in a buffer of whole records."""
-    out = []
-    pos = 0
-    size = len(data)
-    unpack = _STEP_LEN.unpack_from
-    while pos < size:
-        step, length = unpack(data, pos)
-        end = pos + RECORD_MIN + length
-        out.append((pos, end, step))
-        pos = end
-    return out
-
-
-_STEP_LEN = struct.Struct(">8xI8xB")
 
 
 async def query_page(
@@ -86,8 +68,15 @@ def _filter(
     """The matching records of a chunk starting at record `index`, up to `room` records
     and `budget` bytes: (records, index after the last one looked at, page full)."""
     out: list[bytes] = []
-    for start, end, step in walk(data):
-        if step_ok(req, step) and (name is None or data[start + RECORD_MIN : end] == name):
+    starts: list[int] = []
+    starts.append(walk(data, starts))
+    step_from, step_to = req.step_from, req.step_to
+    step_at = RECORD_STEP.unpack_from
+    for start, end in pairwise(starts):
+        (step,) = step_at(data, start)
+        if step_from <= step <= step_to and (
+            name is None or data[start + RECORD_MIN : end] == name
+        ):
             if end - start > budget:
                 return out, index, True
             out.append(data[start:end])
@@ -96,10 +85,6 @@ def _filter(
         if len(out) == room:
             return out, index, True
     return out, index, False
-
-
-def step_ok(req: QueryMetrics, step: int) -> bool:
-    return req.step_from <= step <= req.step_to
 
 
 def is_heavy(req: QueryMetrics) -> bool:

@@ -15,6 +15,7 @@ import os
 from array import array
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 
-from fetchml.protocol.records import RECORD_HEAD, RECORD_MIN
+from fetchml.protocol.metrics import RECORD_MIN, encode_record, walk
 
 from .files import storage_error
 from .storage import ExperimentStore
@@ -67,10 +68,9 @@ class Series:
         return self.timestamps.nbytes + self.steps.nbytes + self.values.nbytes
 
     def record(self, i: int, name: bytes) -> bytes:
-        head = RECORD_HEAD.pack(
-            int(self.timestamps[i]), int(self.steps[i]), float(self.values[i]), len(name)
+        return encode_record(
+            int(self.timestamps[i]), int(self.steps[i]), float(self.values[i]), name
         )
-        return head + name
 
 
 @dataclass(eq=False)
@@ -202,23 +202,15 @@ def _join(parts: list[tuple[U64, U32, F64]]) -> Series:
 def _parse(data: bytes, pieces: dict[bytes, list[tuple[U64, U32, F64]]]) -> int:
     """Add the whole records at the start of `data` to `pieces`; returns their bytes."""
     starts = array("i")
-    which = array("i")
-    ids: dict[bytes, int] = {}
-    get = ids.get
-    pos, size = 0, len(data)
-    while pos + RECORD_MIN <= size:
-        stop = pos + RECORD_MIN + data[pos + RECORD_MIN - 1]
-        if stop > size:
-            break
-        name = data[pos + RECORD_MIN : stop]
-        k = get(name)
-        if k is None:
-            k = ids[name] = len(ids)
-        starts.append(pos)
-        which.append(k)
-        pos = stop
+    pos = walk(data, starts)
     if not starts:
         return 0
+    starts.append(pos)
+    ids: dict[bytes, int] = {}
+    which = array(
+        "i", [ids.setdefault(data[a + RECORD_MIN : b], len(ids)) for a, b in pairwise(starts)]
+    )
+    del starts[-1]
     offsets = np.frombuffer(starts, dtype=np.int32)
     heads = np.frombuffer(data, np.uint8)[offsets[:, None] + _HEAD_BYTES].view(_HEAD)[:, 0]
     if len(ids) > 1:

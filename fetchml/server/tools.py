@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from fetchml.protocol.records import decode_records
+from fetchml.protocol import shapes
+from fetchml.protocol.metrics import decode_records
 
 from .entries import Damaged, open_entry
 from .files import (
@@ -27,7 +28,6 @@ from .files import (
     scan_file,
 )
 from .storage import ExperimentInfo, sort_experiments
-from .views import experiment_json
 
 
 def _valid_prefix(directory: Path) -> tuple[bytes, int]:
@@ -73,8 +73,12 @@ def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO | None = 
     code = 1 if any(i.damaged for i in infos) else 0
     if as_json:
         doc = {
-            i.commit: experiment_json(
-                i.commit, i.meta, decode_records(data_of[i.commit]), i.metrics_count, False
+            i.commit: shapes.experiment(
+                commit_id=i.commit,
+                **shapes.meta_fields(i.meta),
+                metrics=decode_records(data_of[i.commit]),
+                metrics_count=i.metrics_count,
+                metrics_truncated=False,
             )
             | {"damaged": i.damaged}
             for i in infos

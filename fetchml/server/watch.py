@@ -9,45 +9,33 @@ limit make it a slow subscriber, which the connection closes with 1008.
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from itertools import pairwise
 
 import anyio
 
-from fetchml.protocol.enums import PacketType
-from fetchml.protocol.records import RECORD_MIN
-from fetchml.protocol.responses import HEADER, encode_metrics_payload, encode_uvarint
+from fetchml.protocol.metrics import RECORD_MIN, metrics_packet, walk
 
 from .errors import NotFound
-from .query import walk
 from .storage import ExperimentStore
 
 PAGE_BYTES = 256 << 10
 MERGE_BYTES = 1 << 20
 """Queued batches merge into one push packet up to this size."""
-_DATA_TYPE = encode_uvarint(len(b"metrics")) + b"metrics"
 
 
 class SlowSubscriber(Exception):
     """Queued push packets outgrew watch_buffer_bytes."""
 
 
-def metrics_packet(next_index: int, records: bytes, count: int) -> bytes:
-    """A DATA `metrics` response packet."""
-    payload = encode_metrics_payload(next_index, count, records)
-    return (
-        HEADER.pack(PacketType.DATA, int(time.time()))
-        + _DATA_TYPE
-        + encode_uvarint(len(payload))
-        + payload
-    )
-
-
 def filter_records(data: bytes, total: int, name: bytes | None, skip: int = 0) -> tuple[bytes, int]:
     """The records of `data` (`total` of them) after the first `skip` named `name` (None: all)."""
     if name is None and not skip:
         return data, total
+    starts: list[int] = []
+    starts.append(walk(data, starts))
     kept = [
         data[start:end]
-        for start, end, _ in walk(data)[skip:]
+        for start, end in pairwise(starts[skip:])
         if name is None or data[start + RECORD_MIN : end] == name
     ]
     return b"".join(kept), len(kept)
@@ -94,7 +82,7 @@ class Subscriber:
             count += n
             size += len(records)
         self.queued -= size
-        return metrics_packet(next_index, b"".join(parts), count)
+        return metrics_packet(int(time.time()), next_index, count, b"".join(parts))
 
     async def run(self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send until cancelled; raises SlowSubscriber when the buffer overflows."""
@@ -121,7 +109,7 @@ class Subscriber:
         records, count = filter_records(chunk.data, chunk.records, self.name)
         next_index = chunk.start + chunk.records
         if count:
-            await send(metrics_packet(next_index, records, count))
+            await send(metrics_packet(int(time.time()), next_index, count, records))
         self.next = next_index
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from fetchml.client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import RECORD_HEAD, RECORD_MIN, scan
+from fetchml.protocol.metrics import RECORD_HEAD, RECORD_MIN, scan
 from tests.support.daemon import ROOT
 from tests.support.daemon import DaemonProcess as ServerProcess
 from tests.support.experiments import commit_of

@@ -9,7 +9,7 @@ import pytest
 from fetchml.protocol.enums import ErrorCode, JobStatus
 from fetchml.protocol.requests import ClaimJob, CreateExperiment, QueueJob, Status, UpdateJob
 from fetchml.protocol.responses import StatusReport, encode_response
-from fetchml.server.views import dumps
+from fetchml.protocol.shapes import dumps
 from tests.support.config import raw_config, write_config
 from tests.support.daemon import daemons
 from tests.support.experiments import commit_id

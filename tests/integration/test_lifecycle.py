@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import scan
+from fetchml.protocol.metrics import decode_metrics_payload, scan
 from fetchml.protocol.requests import (
     CreateExperiment,
     LogMetric,
@@ -37,7 +37,7 @@ from fetchml.protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from fetchml.protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
+from fetchml.protocol.responses import Data, Error, Success, decode_response
 from tests.support.config import raw_config, write_config
 from tests.support.daemon import DaemonProcess, daemons, poll, run_cli
 from tests.support.experiments import file_records, metrics_path

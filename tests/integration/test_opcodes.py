@@ -20,11 +20,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
-from fetchml.protocol.records import (
+from fetchml.protocol.metrics import (
     MetricRecord,
-    decode_metadata,
+    MetricsPage,
     decode_records,
 )
+from fetchml.protocol.records import decode_metadata
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -44,13 +45,7 @@ from fetchml.protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from fetchml.protocol.responses import (
-    Data,
-    Error,
-    MetricsPage,
-    StatusReport,
-    decode_response,
-)
+from fetchml.protocol.responses import Data, Error, StatusReport, decode_response
 from fetchml.server.query import DEFAULT_LIMIT
 from tests.support.experiments import by_byte, commit_id, write_experiment
 from tests.support.inproc import Daemon, DaemonFactory

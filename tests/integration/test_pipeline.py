@@ -12,7 +12,7 @@ import time
 from collections import Counter
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import MetricRecord
+from fetchml.protocol.metrics import MetricRecord, decode_metrics_payload
 from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
@@ -24,7 +24,7 @@ from fetchml.protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from fetchml.protocol.responses import Data, Error, Response, Success, decode_metrics_payload
+from fetchml.protocol.responses import Data, Error, Response, Success
 from fetchml.server.connection import Connection
 from tests.support.daemon import poll
 from tests.support.experiments import file_records, metrics_path

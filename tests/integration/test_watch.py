@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import MetricRecord
+from fetchml.protocol.metrics import MetricRecord, decode_metrics_payload
 from fetchml.protocol.requests import (
     CreateExperiment,
     LogMetric,
@@ -22,7 +22,7 @@ from fetchml.protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from fetchml.protocol.responses import Data, Error, Response, Success, decode_metrics_payload
+from fetchml.protocol.responses import Data, Error, Response, Success
 from fetchml.server.watch import Subscriber
 from tests.support.daemon import poll
 from tests.support.experiments import file_records, metrics_path

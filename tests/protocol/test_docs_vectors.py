@@ -20,14 +20,15 @@ import pytest
 from fetchml.protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PacketType, PruneType
 from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.keys import key_hash
-from fetchml.protocol.records import (
-    Metadata,
+from fetchml.protocol.metrics import (
     MetricRecord,
-    decode_metadata,
+    decode_metrics_payload,
     decode_records,
-    encode_metadata,
+    encode_metrics_payload,
     encode_record,
+    record_tails,
 )
+from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
 from fetchml.protocol.requests import (
     REQUEST_TYPES,
     ClaimJob,
@@ -42,7 +43,6 @@ from fetchml.protocol.requests import (
     WhoAmI,
     decode_request,
     encode_request,
-    record_tails,
 )
 from fetchml.protocol.responses import (
     Data,
@@ -52,14 +52,12 @@ from fetchml.protocol.responses import (
     Response,
     StatusReport,
     Success,
-    decode_metrics_payload,
     decode_response,
     decode_uvarint,
-    encode_metrics_payload,
     encode_response,
     encode_uvarint,
 )
-from fetchml.server.views import dumps
+from fetchml.protocol.shapes import dumps
 from tests.support.keys import hash_of
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,21 +8,19 @@ from hypothesis import strategies as st
 
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.errors import MalformedRecord, ProtocolError
-from fetchml.protocol.records import (
+from fetchml.protocol.metrics import (
     MAX_TIMESTAMP,
     MIN_TIMESTAMP,
     RECORD_MAX,
     RECORD_MIN,
-    Metadata,
     MetricRecord,
     ScanResult,
-    decode_metadata,
     decode_records,
-    encode_metadata,
     encode_record,
     iter_records,
     scan,
 )
+from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
 
 FUZZ = settings(max_examples=200, deadline=None)
 

@@ -17,6 +17,7 @@ from fetchml.protocol.enums import (
     PruneType,
 )
 from fetchml.protocol.errors import MalformedRequest, ProtocolError
+from fetchml.protocol.metrics import record_tails
 from fetchml.protocol.requests import (
     REQUEST_TYPES,
     CancelJob,
@@ -36,11 +37,10 @@ from fetchml.protocol.requests import (
     UpdateJob,
     WatchMetrics,
     WhoAmI,
-    check_metric_name,
     decode_request,
     encode_request,
-    record_tails,
 )
+from fetchml.protocol.rules import check_metric_name
 from tests.support.wire import MIN_BODY
 
 FUZZ = settings(max_examples=200, deadline=None)

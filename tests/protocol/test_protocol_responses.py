@@ -10,25 +10,27 @@ from hypothesis import strategies as st
 
 from fetchml.protocol.enums import ErrorCode, LogLevel, PacketType
 from fetchml.protocol.errors import MalformedResponse, ProtocolError
-from fetchml.protocol.records import MetricRecord, encode_record
+from fetchml.protocol.metrics import (
+    MetricRecord,
+    MetricsPage,
+    decode_metrics_payload,
+    encode_metrics_payload,
+    encode_record,
+)
 from fetchml.protocol.responses import (
     Data,
     Error,
     Log,
-    MetricsPage,
     Progress,
     Response,
     StatusReport,
     Success,
-    decode_metrics_payload,
     decode_response,
     decode_uvarint,
-    encode_metrics_payload,
     encode_response,
     encode_uvarint,
-    float_value,
-    json_value,
 )
+from fetchml.protocol.shapes import float_value, json_value
 
 FUZZ = settings(max_examples=200, deadline=None)
 

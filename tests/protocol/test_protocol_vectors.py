@@ -8,14 +8,15 @@ from typing import cast
 import pytest
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PruneType
-from fetchml.protocol.records import (
-    Metadata,
+from fetchml.protocol.metrics import (
     MetricRecord,
-    decode_metadata,
+    MetricsPage,
+    decode_metrics_payload,
     decode_records,
-    encode_metadata,
+    encode_metrics_payload,
     encode_record,
 )
+from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -41,15 +42,12 @@ from fetchml.protocol.responses import (
     Data,
     Error,
     Log,
-    MetricsPage,
     Progress,
     Response,
     StatusReport,
     Success,
-    decode_metrics_payload,
     decode_response,
     decode_uvarint,
-    encode_metrics_payload,
     encode_response,
     encode_uvarint,
 )

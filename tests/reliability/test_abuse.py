@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
 from fetchml.protocol.errors import ProtocolError
+from fetchml.protocol.metrics import decode_metrics_payload
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -42,7 +43,7 @@ from fetchml.protocol.requests import (
     decode_request,
     encode_request,
 )
-from fetchml.protocol.responses import Data, Error, Success, decode_metrics_payload, decode_response
+from fetchml.protocol.responses import Data, Error, Success, decode_response
 from fetchml.server.connection import Connection
 from tests.support.config import make_config, raw_config, write_config
 from tests.support.daemon import daemons, poll

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fetchml.protocol.enums import ErrorCode, PruneType
-from fetchml.protocol.records import decode_records, scan
+from fetchml.protocol.metrics import decode_metrics_payload, decode_records, scan
 from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
@@ -31,7 +31,7 @@ from fetchml.protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
-from fetchml.protocol.responses import Data, Success, decode_metrics_payload
+from fetchml.protocol.responses import Data, Success
 from fetchml.server import files
 from fetchml.server.tools import fsck
 from tests.support.config import raw_config, write_config

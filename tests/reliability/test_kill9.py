@@ -37,7 +37,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from fetchml.protocol.records import decode_records, scan
+from fetchml.protocol.metrics import decode_records, scan
 from fetchml.protocol.requests import (
     CreateExperiment,
     LogMetric,

@@ -5,8 +5,9 @@ the budget plus what the query in progress needs."""
 import os
 from pathlib import Path
 
+from fetchml.protocol.metrics import decode_metrics_payload
 from fetchml.protocol.requests import QueryMetrics
-from fetchml.protocol.responses import Data, decode_metrics_payload
+from fetchml.protocol.responses import Data
 from tests.support.config import raw_config, write_config
 from tests.support.daemon import daemons
 from tests.support.experiments import big_experiment

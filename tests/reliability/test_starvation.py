@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from fetchml.protocol.metrics import decode_metrics_payload
 from fetchml.protocol.requests import CreateExperiment, GetExperiment, LogMetric, QueryMetrics
-from fetchml.protocol.responses import Data, Success, decode_metrics_payload
+from fetchml.protocol.responses import Data, Success
 from tests.support.config import raw_config, write_config
 from tests.support.daemon import daemons
 from tests.support.experiments import big_experiment

@@ -26,7 +26,8 @@ from websockets.exceptions import ConnectionClosed
 import fetchml.server.files
 import fetchml.server.tools
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import Metadata, encode_metadata, encode_record
+from fetchml.protocol.metrics import encode_record
+from fetchml.protocol.records import Metadata, encode_metadata
 from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,

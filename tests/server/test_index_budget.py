@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from fetchml.protocol.records import Metadata, decode_records, encode_record
+from fetchml.protocol.metrics import decode_records, encode_record
+from fetchml.protocol.records import Metadata
 from fetchml.server.storage import ExperimentStore
 
 TS = 1795735109

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import Metadata, decode_records, encode_metadata, encode_record, scan
+from fetchml.protocol.metrics import decode_records, encode_record, scan
+from fetchml.protocol.records import Metadata, encode_metadata
 from fetchml.server import files, tools
 from fetchml.server.errors import ServerError
 from fetchml.server.files import MAX_TORN_BYTES

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fetchml.protocol.records import Metadata, decode_records, encode_record
+from fetchml.protocol.metrics import decode_records, encode_record
+from fetchml.protocol.records import Metadata
 from fetchml.server.budget import CacheBudget
 from fetchml.server.series import SeriesCache, lttb
 from fetchml.server.storage import ExperimentStore

@@ -14,7 +14,8 @@ import anyio
 import pytest
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.records import Metadata, decode_records, encode_record, scan
+from fetchml.protocol.metrics import decode_records, encode_record, scan
+from fetchml.protocol.records import Metadata
 from fetchml.server.errors import AlreadyExists, NotFound, StorageFault
 from fetchml.server.experiment import Phase
 from fetchml.server.files import MAX_TORN_BYTES

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fetchml.protocol.records import Metadata, encode_metadata, encode_record
+from fetchml.protocol.metrics import encode_record
+from fetchml.protocol.records import Metadata, encode_metadata
 from fetchml.server import tools
 from fetchml.server.storage import ExperimentStore
 from tests.server.conftest import GoTree

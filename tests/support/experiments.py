@@ -6,14 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fetchml.protocol.records import (
-    Metadata,
-    MetricRecord,
-    decode_records,
-    encode_metadata,
-    encode_record,
-    scan,
-)
+from fetchml.protocol.metrics import MetricRecord, decode_records, encode_record, scan
+from fetchml.protocol.records import Metadata, encode_metadata
 
 STAMP = 1795735109
 """A plausible record timestamp for records the tests write themselves."""

@@ -9,7 +9,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
-from fetchml.protocol.records import MetricRecord
+from fetchml.protocol.metrics import MetricRecord, MetricsPage, decode_metrics_payload
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -30,16 +30,7 @@ from fetchml.protocol.requests import (
     WhoAmI,
     encode_request,
 )
-from fetchml.protocol.responses import (
-    Data,
-    Error,
-    MetricsPage,
-    Response,
-    StatusReport,
-    Success,
-    decode_metrics_payload,
-    decode_response,
-)
+from fetchml.protocol.responses import Data, Error, Response, StatusReport, Success, decode_response
 
 from .experiments import commit_id
 from .keys import ADMIN, hash_of, key_hash

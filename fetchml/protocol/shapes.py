@@ -1,0 +1,286 @@
+"""The JSON shapes of PROTOCOL.md section 4: DATA payloads other than `metrics`, and
+STATUS. One builder per shape, used by the daemon to send and by clients to print,
+with the keys in the one order the document shows; one reader per shape, which
+ignores keys it does not know and raises MalformedResponse for anything else amiss.
+
+Readers return the builder's keyword arguments, so `shape(**read_shape(obj))`
+gives back the object (a metric is a MetricRecord).
+"""
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from .enums import JobStatus
+from .errors import MalformedResponse
+from .metrics import MetricRecord
+from .records import Metadata
+
+T = TypeVar("T")
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON (no spaces), non-finite floats refused: values go through json_value."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def json_value(value: float) -> float | str:
+    """A metric value for JSON: finite as is, else "NaN", "Infinity", "-Infinity"."""
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def float_value(raw: object) -> float:
+    """A metric value read from JSON (the inverse of json_value)."""
+    if isinstance(raw, str) and raw in _NON_FINITE:
+        return _NON_FINITE[raw]
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise MalformedResponse(f"metric value must be a number, got {raw!r}")
+    return float(raw)
+
+
+def read(shape: str, obj: Any, reader: Callable[[Any], T]) -> T:
+    """`reader(obj)`, its KeyError, TypeError or ValueError told as a MalformedResponse."""
+    try:
+        return reader(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponse(f"unexpected {shape} JSON: {exc!r}") from None
+
+
+def _int(raw: Any) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise TypeError(f"expected an integer, got {raw!r}")
+    return raw
+
+
+def _opt_int(raw: Any) -> int | None:
+    return None if raw is None else _int(raw)
+
+
+def _opt_str(raw: Any) -> str | None:
+    return None if raw is None else str(raw)
+
+
+# -- metric ------------------------------------------------------------------------
+
+
+def metric(record: MetricRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "value": json_value(record.value),
+        "step": record.step,
+        "timestamp": record.timestamp,
+    }
+
+
+def read_metric(obj: Any) -> MetricRecord:
+    return read("metric", obj, _read_metric)
+
+
+def _read_metric(obj: Any) -> MetricRecord:
+    return MetricRecord(
+        timestamp=_int(obj["timestamp"]),
+        step=_int(obj["step"]),
+        value=float_value(obj["value"]),
+        name=str(obj["name"]),
+    )
+
+
+# -- experiment, experiments ---------------------------------------------------------
+
+
+def meta_fields(meta: Metadata | None) -> dict[str, Any]:
+    """timestamp, job_name and user of a meta.bin; all None when it is unreadable."""
+    if meta is None:
+        return {"timestamp": None, "job_name": None, "user": None}
+    return {"timestamp": meta.timestamp, "job_name": meta.job_name, "user": meta.user}
+
+
+def _metadata(
+    commit_id: str, timestamp: int | None, job_name: str | None, user: str | None
+) -> dict[str, Any]:
+    return {"commit_id": commit_id, "timestamp": timestamp, "job_name": job_name, "user": user}
+
+
+def _read_metadata(obj: Any) -> dict[str, Any]:
+    return {
+        "commit_id": str(obj["commit_id"]),
+        "timestamp": _opt_int(obj.get("timestamp")),
+        "job_name": _opt_str(obj.get("job_name")),
+        "user": _opt_str(obj.get("user")),
+    }
+
+
+def experiment(
+    *,
+    commit_id: str,
+    timestamp: int | None,
+    job_name: str | None,
+    user: str | None,
+    metrics: Iterable[MetricRecord],
+    metrics_count: int,
+    metrics_truncated: bool,
+) -> dict[str, Any]:
+    """GET_EXPERIMENT's `experiment`."""
+    return {
+        "metadata": _metadata(commit_id, timestamp, job_name, user),
+        "metrics": [metric(m) for m in metrics],
+        "metrics_count": metrics_count,
+        "metrics_truncated": metrics_truncated,
+    }
+
+
+def read_experiment(obj: Any) -> dict[str, Any]:
+    def reader(obj: Any) -> dict[str, Any]:
+        return _read_metadata(obj["metadata"]) | {
+            "metrics": tuple(_read_metric(m) for m in obj["metrics"]),
+            "metrics_count": _int(obj["metrics_count"]),
+            "metrics_truncated": bool(obj["metrics_truncated"]),
+        }
+
+    return read("experiment", obj, reader)
+
+
+def experiments_item(
+    *,
+    commit_id: str,
+    timestamp: int | None,
+    job_name: str | None,
+    user: str | None,
+    metrics_count: int,
+    damaged: str | None,
+) -> dict[str, Any]:
+    """One item of LIST_EXPERIMENTS's `experiments`."""
+    return _metadata(commit_id, timestamp, job_name, user) | {
+        "metrics_count": metrics_count,
+        "damaged": damaged,
+    }
+
+
+def read_experiments_item(obj: Any) -> dict[str, Any]:
+    def reader(obj: Any) -> dict[str, Any]:
+        return _read_metadata(obj) | {
+            "metrics_count": _int(obj["metrics_count"]),
+            "damaged": _opt_str(obj.get("damaged")),
+        }
+
+    return read("experiments item", obj, reader)
+
+
+# -- jobs ------------------------------------------------------------------------------
+
+
+def job(
+    *,
+    id: str,
+    job_name: str,
+    args: str,
+    status: JobStatus,
+    priority: int,
+    created_at: int,
+    started_at: int | None,
+    ended_at: int | None,
+    worker_id: str | None,
+    claimed_by: str | None,
+    error: str | None,
+    datasets: Iterable[str],
+    commit_id: str,
+    user: str,
+) -> dict[str, Any]:
+    """`job` (QUEUE_JOB, CLAIM_JOB, the items of STATUS `jobs`)."""
+    return {
+        "id": id,
+        "job_name": job_name,
+        "args": args,
+        "status": status.name.lower(),
+        "priority": priority,
+        "created_at": created_at,
+        "started_at": started_at,
+        "ended_at": ended_at,
+        "worker_id": worker_id,
+        "claimed_by": claimed_by,
+        "error": error,
+        "datasets": list(datasets),
+        "metadata": {"commit_id": commit_id, "user": user},
+    }
+
+
+def _read_job(obj: Any) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return {
+        "id": str(obj["id"]),
+        "job_name": str(obj["job_name"]),
+        "args": str(obj.get("args") or ""),
+        "status": JobStatus[str(obj["status"]).upper()],
+        "priority": _int(obj["priority"]),
+        "created_at": _int(obj["created_at"]),
+        "started_at": _opt_int(obj.get("started_at")),
+        "ended_at": _opt_int(obj.get("ended_at")),
+        "worker_id": _opt_str(obj.get("worker_id")),
+        "claimed_by": _opt_str(obj.get("claimed_by")),
+        "error": _opt_str(obj.get("error")),
+        "datasets": tuple(str(d) for d in obj.get("datasets") or ()),
+        "commit_id": str(meta["commit_id"]),
+        "user": str(meta["user"]),
+    }
+
+
+def read_job(obj: Any) -> dict[str, Any]:
+    return read("job", obj, _read_job)
+
+
+def status(
+    *, user: str, role: str, jobs: list[dict[str, Any]], queue_length: int, total: int
+) -> dict[str, Any]:
+    """The STATUS packet's JSON; `jobs` holds `job` shapes."""
+    return {"user": user, "role": role, "jobs": jobs, "queue_length": queue_length, "total": total}
+
+
+def read_status(obj: Any) -> dict[str, Any]:
+    """`jobs` as a list of read_job results; `total` defaults to their number."""
+
+    def reader(obj: Any) -> dict[str, Any]:
+        jobs = [_read_job(j) for j in obj["jobs"]]
+        return {
+            "user": str(obj["user"]),
+            "role": str(obj["role"]),
+            "jobs": jobs,
+            "queue_length": _int(obj["queue_length"]),
+            "total": _int(obj.get("total", len(jobs))),
+        }
+
+    return read("status", obj, reader)
+
+
+# -- whoami, pruned ----------------------------------------------------------------------
+
+
+def whoami(*, user: str, role: str, permissions: Iterable[str], scope: str) -> dict[str, Any]:
+    """`whoami`: permissions sorted."""
+    return {"user": user, "role": role, "permissions": sorted(permissions), "scope": scope}
+
+
+def read_whoami(obj: Any) -> dict[str, Any]:
+    def reader(obj: Any) -> dict[str, Any]:
+        return {
+            "user": str(obj["user"]),
+            "role": str(obj["role"]),
+            "permissions": tuple(str(p) for p in obj["permissions"]),
+            "scope": str(obj["scope"]),
+        }
+
+    return read("whoami", obj, reader)
+
+
+def pruned(commits: Iterable[str]) -> dict[str, Any]:
+    """`pruned` (PRUNE, PRUNE_PREVIEW): commits in ascending order."""
+    return {"pruned": list(commits)}
+
+
+def read_pruned(obj: Any) -> list[str]:
+    return read("pruned", obj, lambda o: [str(c) for c in o["pruned"]])
