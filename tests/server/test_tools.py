@@ -13,7 +13,7 @@ import pytest
 from fetchml.protocol.records import Metadata, encode_metadata, encode_record
 from fetchml.server import tools
 from fetchml.server.storage import ExperimentStore
-from tests.server.conftest import GoTree
+from tests.support.experiments import GoTree
 
 ROOT = Path(__file__).resolve().parents[2]
 TS = 1795735109
