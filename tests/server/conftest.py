@@ -8,9 +8,11 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
+
+from tests.support.experiments import GoTree
 
 
 @pytest.fixture(autouse=True)
@@ -51,12 +53,6 @@ META_A_HEX = (
     "323334353637117265736e657435302d626173656c696e6505616c696365"
 )
 LOSS_RECORD_HEX = "000000006b08be45000000003ff0000000000000046c6f7373"
-
-
-class GoTree(NamedTuple):
-    base: Path
-    expected: dict[str, Any]
-    """What `inspect --json` must print, in order (newest first, unreadable and damaged last)."""
 
 
 def _metric(name: str, value: float | str, step: int, timestamp: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from fetchml.server.errors import AlreadyExists, NotFound, StorageFault
 from fetchml.server.experiment import Phase
 from fetchml.server.files import MAX_TORN_BYTES
 from fetchml.server.storage import MAX_FLUSH_BYTES, Durability, ExperimentStore
-from tests.server.conftest import GoTree
+from tests.support.experiments import GoTree
 
 TS = 1795735109
 

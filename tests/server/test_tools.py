@@ -14,7 +14,7 @@ from fetchml.protocol.metrics import encode_record
 from fetchml.protocol.records import Metadata, encode_metadata
 from fetchml.server import tools
 from fetchml.server.storage import ExperimentStore
-from tests.server.conftest import GoTree
+from tests.support.experiments import GoTree
 
 ROOT = Path(__file__).resolve().parents[2]
 TS = 1795735109

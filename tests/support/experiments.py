@@ -3,6 +3,7 @@
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -127,3 +128,9 @@ def big_metrics(records: int, names: tuple[bytes, ...] = (b"loss", b"grad")) -> 
 
 def big_experiment(base: Path, commit: str, records: int, user: str) -> Path:
     return make_experiment(base, commit, big_metrics(records), meta_bytes(commit, user=user))
+
+
+class GoTree(NamedTuple):
+    base: Path
+    expected: dict[str, Any]
+    """What `inspect --json` must print, in order (newest first, unreadable and damaged last)."""
