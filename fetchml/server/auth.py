@@ -35,14 +35,6 @@ class Identity:
         if not self.sees(owner):
             raise PermissionDenied(message)
 
-    def whoami(self) -> dict[str, object]:
-        return {
-            "user": self.user,
-            "role": self.role,
-            "permissions": sorted(self.permissions),
-            "scope": self.scope,
-        }
-
 
 class KeyTable:
     """Key hashes to identities, looked up in constant time over all entries."""
