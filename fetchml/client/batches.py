@@ -24,11 +24,11 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-from fetchml.protocol.enums import ErrorCode, Opcode
+from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.metrics import POINT
-from fetchml.protocol.requests import HEADER, LogMetrics
-from fetchml.protocol.rules import COMMIT_SIZE, check_metric_name
+from fetchml.protocol.requests import LOG_METRICS_HEAD, LogMetrics, log_metrics_head
+from fetchml.protocol.rules import check_metric_name
 
 from .errors import InvalidRequest
 from .ledger import Ledger
@@ -37,11 +37,10 @@ from .models import MAX_STEP
 Point = tuple[str, float, int | None]
 """One log() call as the caller's thread queues it: a plain tuple, no object per point."""
 
-MESSAGE_HEAD = HEADER.size + COMMIT_SIZE + 2
+MESSAGE_HEAD = LOG_METRICS_HEAD
 """LOG_METRICS bytes before the points: opcode, key hash, commit, count."""
 MAX_POINT = POINT.size + 255
 """The longest encoded point (a 255-byte name)."""
-_COUNT = struct.Struct(">H")
 
 
 class FlushToken:
@@ -121,7 +120,7 @@ class Batcher:
         """Batches cut and not yet settled, by sequence number (in order)."""
         self.ready: deque[int] = deque()
         """Sequence numbers of batches to send on the current connection, in order."""
-        self._head = HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit
+        self._key_hash, self._commit = key_hash, commit
         self._size = batch_size
         self._budget = max_message_bytes - MESSAGE_HEAD
         self._tokens: deque[FlushToken] = deque()
@@ -201,7 +200,7 @@ class Batcher:
             return
         self._seq += 1
         parts = self._parts
-        parts[0] = self._head + _COUNT.pack(self._count)
+        parts[0] = log_metrics_head(self._key_hash, self._commit, self._count)
         self.unacked[self._seq] = Batch(self._seq, self._count, b"".join(parts))
         self.ready.append(self._seq)
         del parts[1:]

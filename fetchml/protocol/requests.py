@@ -406,14 +406,19 @@ LOG_METRICS_HEAD = HEADER_SIZE + COMMIT_SIZE + _COUNT.size
 """Bytes of a LOG_METRICS before its points."""
 
 
-def encode_log_metrics(key_hash: bytes, commit_id: bytes, count: int, points: bytes) -> bytes:
-    """A LOG_METRICS request from points already encoded (see metrics.encode_point), as
-    LogMetrics would encode them: MetricLogger's path, which never builds the objects."""
+def log_metrics_head(key_hash: bytes, commit_id: bytes, count: int) -> bytes:
+    """The bytes of a LOG_METRICS before its `count` points (LOG_METRICS_HEAD of them)."""
     if not 1 <= count <= LogMetrics.MAX_POINTS:
         raise MalformedRequest(f"LOG_METRICS count must be 1..{LogMetrics.MAX_POINTS}, got {count}")
     if len(commit_id) != COMMIT_SIZE:
         raise MalformedRequest(f"commit_id must be {COMMIT_SIZE} bytes, got {len(commit_id)}")
-    return HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit_id + _COUNT.pack(count) + points
+    return HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit_id + _COUNT.pack(count)
+
+
+def encode_log_metrics(key_hash: bytes, commit_id: bytes, count: int, points: bytes) -> bytes:
+    """A LOG_METRICS request from points already encoded (see metrics.encode_point), as
+    LogMetrics would encode them: MetricLogger's path, which never builds the objects."""
+    return log_metrics_head(key_hash, commit_id, count) + points
 
 
 def encode_request(request: Request) -> bytes:
