@@ -85,9 +85,7 @@ def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
     if rate_limited(req):
         ctx.limiter.check(who.user)
     match req:
-        case LogMetric():
-            return accept_log(ctx, who, req.OPCODE, req.commit_hex, req.tails())
-        case LogMetrics():
+        case LogMetric() | LogMetrics():
             return accept_log(ctx, who, req.OPCODE, req.commit_hex, req.tails())
         case WatchMetrics():
             return StartWatch(req.key_hash, handlers.watch_metrics(ctx, who, req))
