@@ -18,6 +18,9 @@ class Opcode(IntEnum):
     CLAIM_JOB = 0x11
     UPDATE_JOB = 0x12
     WHOAMI = 0x13
+    UPDATE_RUN = 0x14
+    LOG_METRICS_AT = 0x15
+    LIST_RUNS = 0x17
     PRUNE_PREVIEW = 0x18
 
 

@@ -156,6 +156,14 @@ def iter_records(
     return out
 
 
+def max_timestamp(records: bytes) -> int:
+    """The latest timestamp among whole records (0 for none)."""
+    starts: list[int] = []
+    walk(records, starts)
+    unpack = STAMP.unpack_from
+    return max((unpack(records, at)[0] for at in starts), default=0)
+
+
 def decode_records(buf: bytes | bytearray | memoryview) -> list[MetricRecord]:
     """Decode a buffer holding whole records only."""
     return [record for _, record in iter_records(buf)]

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, NamedTuple
 from .enums import RESERVED_OPCODES, UPDATABLE_JOB_STATUSES, JobStatus, Opcode, PruneType
 from .errors import MalformedRequest
 from .keys import KEY_HASH_SIZE
-from .metrics import POINT, encode_point
+from .metrics import MAX_TIMESTAMP, MIN_TIMESTAMP, POINT, RECORD_HEAD, encode_point
 from .rules import COMMIT_SIZE, check_metric_name, check_priority, check_step
 
 HEADER = struct.Struct(">B16s")
@@ -334,6 +334,92 @@ class PrunePreview(_Request):
             raise MalformedRequest("PRUNE_PREVIEW value must be at least 1")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateRun(_Request):
+    """A JSON merge patch of the run document (protocol/runs.py checks its text)."""
+
+    OPCODE = Opcode.UPDATE_RUN
+    LAYOUT = (("commit_id", "commit"), ("patch", "str16"))
+    commit_id: bytes
+    patch: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogMetricsAt(_Request):
+    """LOG_METRICS whose points carry the client's timestamps: `records` are whole
+    metrics.bin records, stored byte for byte."""
+
+    OPCODE = Opcode.LOG_METRICS_AT
+    LAYOUT = (("commit_id", "commit"), ("count", "u16"))
+    MAX_POINTS: ClassVar[int] = 0xFFFF
+    commit_id: bytes
+    count: int
+    records: bytes
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= self.MAX_POINTS:
+            raise MalformedRequest(
+                f"LOG_METRICS_AT count must be 1..{self.MAX_POINTS}, got {self.count}"
+            )
+        end = check_stamped_records(self.records, 0, self.count)
+        if end != len(self.records):
+            raise MalformedRequest(
+                f"LOG_METRICS_AT: {len(self.records) - end} bytes after {self.count} records"
+            )
+
+    @classmethod
+    def decode_body(cls, key_hash: bytes, data: bytes, pos: int) -> tuple["_Request", int]:
+        values, start = cls._decode_fields(data, pos)
+        count = values["count"]
+        if count == 0:
+            raise MalformedRequest(f"LOG_METRICS_AT count must be 1..{cls.MAX_POINTS}, got 0")
+        end = check_stamped_records(data, start, count)
+        req = cls(
+            key_hash=key_hash, commit_id=values["commit_id"], count=count, records=data[start:end]
+        )
+        return req, end
+
+    def encode_body(self) -> bytes:
+        return self.commit_id + _COUNT.pack(self.count) + self.records
+
+
+def check_stamped_records(data: bytes, pos: int, count: int) -> int:
+    """Where `count` whole records starting at `pos` end; MalformedRequest for a record
+    cut short, a timestamp outside MIN_TIMESTAMP..MAX_TIMESTAMP-1, or a bad name."""
+    size = len(data)
+    unpack = RECORD_HEAD.unpack_from
+    for index in range(count):
+        if pos + RECORD_HEAD.size > size:
+            raise _Short
+        timestamp, _step, _value, length = unpack(data, pos)
+        pos += RECORD_HEAD.size
+        if pos + length > size:
+            raise _Short
+        if not MIN_TIMESTAMP <= timestamp < MAX_TIMESTAMP:
+            raise MalformedRequest(
+                f"LOG_METRICS_AT record {index}: timestamp {timestamp} outside "
+                f"{MIN_TIMESTAMP}..{MAX_TIMESTAMP - 1}"
+            )
+        name = data[pos : pos + length]
+        if not length or 0 in name:
+            raise MalformedRequest(
+                f"LOG_METRICS_AT record {index}: metric name must be 1..255 bytes of UTF-8 "
+                f"without 0x00, got {length} bytes"
+            )
+        name.decode()
+        pos += length
+    return pos
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListRuns(_Request):
+    """A page of the experiments matching a JSON filter (protocol/runs.py checks its text)."""
+
+    OPCODE = Opcode.LIST_RUNS
+    LAYOUT = (("filter", "str16"),)
+    filter: str = ""
+
+
 Request = (
     QueueJob
     | Status
@@ -350,6 +436,9 @@ Request = (
     | UpdateJob
     | WhoAmI
     | PrunePreview
+    | UpdateRun
+    | LogMetricsAt
+    | ListRuns
 )
 
 REQUEST_TYPES: dict[int, type[_Request]] = {
@@ -370,6 +459,9 @@ REQUEST_TYPES: dict[int, type[_Request]] = {
         UpdateJob,
         WhoAmI,
         PrunePreview,
+        UpdateRun,
+        LogMetricsAt,
+        ListRuns,
     )
 }
 

@@ -16,7 +16,13 @@ class Identity:
     user: str
     role: str
     permissions: frozenset[str]
-    scope: str
+    read_scope: str
+    write_scope: str
+
+    @property
+    def scope(self) -> str:
+        """What WHOAMI reports as `scope`: the write scope."""
+        return self.write_scope
 
     def can(self, permission: str) -> bool:
         return "*" in self.permissions or permission in self.permissions
@@ -26,14 +32,34 @@ class Identity:
             raise PermissionDenied("Insufficient permissions")
 
     def sees(self, owner: str | None) -> bool:
-        """Scope: `all` sees everything; `own` only what the caller owns (None: nobody)."""
-        return self.scope == "all" or (owner is not None and owner == self.user)
+        """Read scope: `all` sees everything; `own` only what the caller owns (None: nobody)."""
+        return self.read_scope == "all" or (owner is not None and owner == self.user)
 
-    def require_scope(
+    def writes(self, owner: str | None) -> bool:
+        """Write scope, by the same rule."""
+        return self.write_scope == "all" or (owner is not None and owner == self.user)
+
+    def require_read(
         self, owner: str | None, message: str = "Access denied: not your experiment"
     ) -> None:
         if not self.sees(owner):
             raise PermissionDenied(message)
+
+    def require_write(
+        self, owner: str | None, message: str = "Access denied: not your experiment"
+    ) -> None:
+        if not self.writes(owner):
+            raise PermissionDenied(message)
+
+    @property
+    def read_owner(self) -> str | None:
+        """The owner reads are limited to (None: everyone's)."""
+        return None if self.read_scope == "all" else self.user
+
+    @property
+    def write_owner(self) -> str | None:
+        """The owner writes are limited to (None: everyone's)."""
+        return None if self.write_scope == "all" else self.user
 
 
 class KeyTable:
@@ -43,7 +69,9 @@ class KeyTable:
         self._entries: list[tuple[bytes, Identity]] = []
         for user, entry in sorted(config.api_keys.items()):
             role = config.roles[entry.role]
-            identity = Identity(user, entry.role, role.permissions, role.scope)
+            identity = Identity(
+                user, entry.role, role.permissions, role.read_scope, role.write_scope
+            )
             self._entries.append((bytes.fromhex(entry.hash)[:KEY_HASH_SIZE], identity))
         self._networks: tuple[Network, ...] = config.ip_whitelist
         self.require_key = config.require_handshake_key

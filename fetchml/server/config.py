@@ -61,7 +61,8 @@ class StorageConfig:
 @dataclass(frozen=True, slots=True)
 class Role:
     permissions: frozenset[str]
-    scope: str
+    read_scope: str
+    write_scope: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +71,15 @@ class ApiKey:
     role: str
 
 
+_RESEARCH = frozenset({"jobs:create", "jobs:read", "jobs:update"})
 BUILTIN_ROLES = {
-    "admin": Role(frozenset({"*"}), "all"),
-    "researcher": Role(frozenset({"jobs:create", "jobs:read", "jobs:update"}), "own"),
-    "analyst": Role(frozenset({"jobs:read"}), "all"),
-    "worker": Role(frozenset({"jobs:read", "jobs:update", "jobs:claim"}), "all"),
+    "admin": Role(frozenset({"*"}), "all", "all"),
+    "researcher": Role(_RESEARCH, "own", "own"),
+    "analyst": Role(frozenset({"jobs:read"}), "all", "all"),
+    "worker": Role(frozenset({"jobs:read", "jobs:update", "jobs:claim"}), "all", "all"),
+    "member": Role(_RESEARCH, "all", "own"),
 }
+"""A config's own role of the same name replaces one of these."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,15 @@ class LoggingConfig:
 @dataclass(frozen=True, slots=True)
 class JobsConfig:
     keep_days: float = 90.0
+    lease_s: float = 120.0
+    """A running job (queued with a spec) with no heartbeat for this long has lost its
+    worker; 0 turns leases off."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunsConfig:
+    crash_after_s: float = 300.0
+    """A `running` run with no heartbeat and no append for this long is reported `crashed`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +126,7 @@ class Config:
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -173,16 +187,18 @@ def _roles(raw: Any, key: str) -> dict[str, Role]:
     for name, spec in _mapping(raw, key).items():
         spec = _mapping(spec, f"{key}.{name}")
         for sub in spec:
-            if sub not in ("permissions", "scope"):
+            if sub not in ("permissions", "scope", "read_scope", "write_scope"):
                 raise ConfigError(f"{key}.{name}.{sub}: unknown key")
         perms = spec.get("permissions", [])
         if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
             raise ConfigError(f"{key}.{name}.permissions: expected a list of strings")
         for perm in perms:
             _choice(f"{key}.{name}.permissions", perm, PERMISSIONS)
-        scope = spec.get("scope", "own")
-        _choice(f"{key}.{name}.scope", scope, SCOPES)
-        roles[str(name)] = Role(frozenset(perms), scope)
+        scopes: dict[str, str] = {}
+        for sub in ("scope", "read_scope", "write_scope"):
+            scopes[sub] = spec.get(sub, scopes.get("scope", "own"))
+            _choice(f"{key}.{name}.{sub}", scopes[sub], SCOPES)
+        roles[str(name)] = Role(frozenset(perms), scopes["read_scope"], scopes["write_scope"])
     return roles
 
 
@@ -269,8 +285,17 @@ def parse_config(raw: Any) -> Config:
     _positive("logging.audit_keep", log.audit_keep, 0)
     jobs: JobsConfig = _section(JobsConfig, data.get("jobs"), "jobs")
     _positive("jobs.keep_days", jobs.keep_days, 0)
+    _positive("jobs.lease_s", jobs.lease_s, 0)
+    runs: RunsConfig = _section(RunsConfig, data.get("runs"), "runs")
+    _positive("runs.crash_after_s", runs.crash_after_s, 1)
     return Config(
-        auth=auth, server=server, storage=storage, rate_limit=rate, logging=log, jobs=jobs
+        auth=auth,
+        server=server,
+        storage=storage,
+        rate_limit=rate,
+        logging=log,
+        jobs=jobs,
+        runs=runs,
     )
 
 

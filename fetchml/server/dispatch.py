@@ -25,8 +25,10 @@ from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     ListExperiments,
+    ListRuns,
     LogMetric,
     LogMetrics,
+    LogMetricsAt,
     Prune,
     PrunePreview,
     QueryMetrics,
@@ -34,6 +36,7 @@ from fetchml.protocol.requests import (
     Request,
     Status,
     UpdateJob,
+    UpdateRun,
     WatchMetrics,
     WhoAmI,
 )
@@ -87,6 +90,8 @@ def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
     match req:
         case LogMetric() | LogMetrics():
             return accept_log(ctx, who, req.OPCODE, req.commit_hex, req.tails())
+        case LogMetricsAt():
+            return Pipelined(handlers.accept_log_at(ctx, who, req), req.OPCODE, req.count)
         case WatchMetrics():
             return StartWatch(req.key_hash, handlers.watch_metrics(ctx, who, req))
         case WhoAmI():
@@ -113,6 +118,10 @@ def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
             return Barrier(req, who, partial(handlers.claim_job, ctx, who, req))
         case UpdateJob():
             return Barrier(req, who, partial(handlers.update_job, ctx, who, req))
+        case UpdateRun():
+            return Barrier(req, who, partial(handlers.update_run, ctx, who, req))
+        case ListRuns():
+            return Barrier(req, who, partial(handlers.list_runs, ctx, who, req))
         case _:
             assert_never(req)
 
@@ -122,7 +131,15 @@ def rate_limited(req: Request) -> bool:
     watches, heartbeats and claims (clients bound them with backoff) and heavy queries
     (they wait for a per-user slot instead) never do."""
     match req:
-        case LogMetric() | LogMetrics() | WatchMetrics() | ClaimJob() | GetExperiment():
+        case (
+            LogMetric()
+            | LogMetrics()
+            | LogMetricsAt()
+            | WatchMetrics()
+            | ClaimJob()
+            | GetExperiment()
+            | UpdateRun()
+        ):
             return False
         case UpdateJob():
             return req.status != JobStatus.RUNNING

@@ -15,7 +15,12 @@ import anyio
 
 from fetchml.protocol import shapes
 from fetchml.protocol.enums import PruneType
-from fetchml.protocol.metrics import MetricRecord, decode_records, stamp_records
+from fetchml.protocol.metrics import (
+    MetricRecord,
+    decode_records,
+    max_timestamp,
+    stamp_records,
+)
 from fetchml.protocol.records import Metadata
 from fetchml.protocol.requests import (
     CancelJob,
@@ -23,12 +28,15 @@ from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     ListExperiments,
+    ListRuns,
+    LogMetricsAt,
     Prune,
     PrunePreview,
     QueryMetrics,
     QueueJob,
     Status,
     UpdateJob,
+    UpdateRun,
     WatchMetrics,
 )
 from fetchml.protocol.responses import Data, Response, StatusReport, Success
@@ -74,12 +82,14 @@ def _data(data_type: str, obj: Any) -> Data:
     return Data(timestamp=_now(), data_type=data_type, payload=shapes.dumps(obj).encode())
 
 
-def _owner(ctx: Context, who: Identity, commit: str) -> Metadata | None:
-    """The metadata of an experiment the caller may see; NotFound / PermissionDenied."""
+def _owner(ctx: Context, who: Identity, commit: str, write: bool = False) -> Metadata | None:
+    """The metadata of an experiment the caller may read (or write); NotFound /
+    PermissionDenied."""
     if not ctx.store.exists(commit):
         raise NotFound(f"experiment {commit} not found")
     meta = ctx.store.metadata(commit)
-    who.require_scope(meta.user if meta else None)
+    owner = meta.user if meta else None
+    who.require_write(owner) if write else who.require_read(owner)
     return meta
 
 
@@ -95,8 +105,26 @@ def accept_log(
     protocol.metrics.record_tails), so a record is the stamp plus a tail.
     """
     who.require("jobs:update")
-    _owner(ctx, who, commit)
+    _owner(ctx, who, commit, write=True)
     return ctx.store.submit(commit, stamp_records(_now(), tails), len(tails))
+
+
+CLOCK_SLACK_S = 300
+"""LOG_METRICS_AT refuses timestamps further ahead of the daemon's clock than this."""
+
+
+def accept_log_at(ctx: Context, who: Identity, req: LogMetricsAt) -> "asyncio.Future[int]":
+    """Accept step of LOG_METRICS_AT: the client's records, queued byte for byte."""
+    who.require("jobs:update")
+    limit = _now() + CLOCK_SLACK_S
+    latest = max_timestamp(req.records)
+    if latest > limit:
+        raise InvalidRequest(
+            f"timestamp {latest} is more than {CLOCK_SLACK_S} s ahead of the server clock"
+        )
+    commit = req.commit_hex
+    _owner(ctx, who, commit, write=True)
+    return ctx.store.submit(commit, req.records, req.count)
 
 
 # -- experiments --------------------------------------------------------------
@@ -201,7 +229,7 @@ def _prune_target(
     """PRUNE's and PRUNE_PREVIEW's selection: its kind, and the owner it is limited to."""
     who.require("jobs:delete")
     kind: Literal["keep", "older"] = "keep" if req.prune_type == PruneType.KEEP_NEWEST else "older"
-    return kind, None if who.scope == "all" else who.user
+    return kind, who.write_owner
 
 
 async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
@@ -230,7 +258,7 @@ async def queue_job(ctx: Context, who: Identity, req: QueueJob) -> Response:
     commit = req.commit_id.hex()
     if ctx.store.exists(commit):
         meta = ctx.store.metadata(commit)
-        who.require_scope(meta.user if meta else None)
+        who.require_write(meta.user if meta else None)
     else:
         meta = Metadata(commit_id=commit, timestamp=_now(), job_name=req.job_name, user=who.user)
         try:
@@ -240,7 +268,7 @@ async def queue_job(ctx: Context, who: Identity, req: QueueJob) -> Response:
                 raise
             logger.debug("experiment %s appeared meanwhile: %s", commit, exc)
             existing = ctx.store.metadata(commit)
-            who.require_scope(existing.user if existing else None)
+            who.require_write(existing.user if existing else None)
     job = await ctx.jobs.enqueue(
         job_name=req.job_name, commit_id=commit, user=who.user, priority=req.priority
     )
@@ -251,7 +279,7 @@ async def queue_job(ctx: Context, who: Identity, req: QueueJob) -> Response:
 async def status(ctx: Context, who: Identity, req: Status) -> Response:
     """The newest jobs the caller may read that fit in max_message_bytes, and their `total`."""
     who.require("jobs:read")
-    owner = None if who.scope == "all" else who.user
+    owner = who.read_owner
     budget = ctx.config.server.max_message_bytes - 256
     jobs = await ctx.jobs.list_jobs(owner, limit=max(0, budget // MIN_JOB_JSON_BYTES))
     doc = shapes.status(
@@ -273,16 +301,14 @@ async def status(ctx: Context, who: Identity, req: Status) -> Response:
 
 async def cancel_job(ctx: Context, who: Identity, req: CancelJob) -> Response:
     who.require("jobs:update")
-    n = await ctx.jobs.cancel(req.job_name, None if who.scope == "all" else who.user)
+    n = await ctx.jobs.cancel(req.job_name, who.write_owner)
     ctx.audit("cancel_job", who, job_name=req.job_name, cancelled=n)
     return Success(timestamp=_now(), message=f"cancelled {n} job(s)")
 
 
 async def claim_job(ctx: Context, who: Identity, req: ClaimJob) -> Response:
     who.require("jobs:claim")
-    job = await ctx.jobs.claim(
-        req.worker_id, None if who.scope == "all" else who.user, claimer=who.user
-    )
+    job = await ctx.jobs.claim(req.worker_id, who.write_owner, claimer=who.user)
     if job is not None:
         ctx.audit("claim_job", who, job_id=job.id, worker_id=req.worker_id)
     return _data("job", job.to_json() if job else None)
@@ -294,7 +320,7 @@ async def update_job(ctx: Context, who: Identity, req: UpdateJob) -> Response:
         req.job_id,
         req.status,
         req.error,
-        None if who.scope == "all" else who.user,
+        who.write_owner,
         caller=None if "*" in who.permissions else who.user,
     )
     ctx.audit("update_job", who, job_id=job.id, status=job.status.name.lower())
@@ -306,3 +332,14 @@ def whoami(who: Identity) -> Response:
         "whoami",
         shapes.whoami(user=who.user, role=who.role, permissions=who.permissions, scope=who.scope),
     )
+
+
+# -- runs -------------------------------------------------------------------------
+
+
+async def update_run(ctx: Context, who: Identity, req: UpdateRun) -> Response:
+    raise InvalidRequest("UPDATE_RUN is not available yet")
+
+
+async def list_runs(ctx: Context, who: Identity, req: ListRuns) -> Response:
+    raise InvalidRequest("LIST_RUNS is not available yet")

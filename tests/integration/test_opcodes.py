@@ -735,7 +735,7 @@ async def test_reserved_opcodes_are_unsupported(daemon: Daemon, opcode: int) -> 
     await still_open(client)
 
 
-@pytest.mark.parametrize("opcode", [0x00, 0x14, 0x7F, 0xFF])
+@pytest.mark.parametrize("opcode", [0x00, 0x16, 0x7F, 0xFF])
 async def test_unknown_opcodes_are_invalid(daemon: Daemon, opcode: int) -> None:
     client = await daemon.client()
     error = error_of(await client.call(raw(opcode)), ErrorCode.INVALID_REQUEST)

@@ -219,7 +219,7 @@ def test_message_shorter_than_header(size: int) -> None:
     assert text == f"message too short: {size} bytes, a request needs at least 17"
 
 
-@pytest.mark.parametrize("opcode", [0x00, 0x14, 0x7F, 0x80, 0xFF])
+@pytest.mark.parametrize("opcode", [0x00, 0x16, 0x7F, 0x80, 0xFF])
 def test_unknown_opcode(opcode: int) -> None:
     assert rejected(message(opcode)) == f"unknown opcode 0x{opcode:02x}"
 

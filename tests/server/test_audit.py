@@ -19,7 +19,7 @@ class Clock:
         return self.now
 
 
-ALICE = Identity("alice", "researcher", frozenset({"jobs:create"}), "own")
+ALICE = Identity("alice", "researcher", frozenset({"jobs:create"}), "own", "own")
 
 
 def lines(path: Path) -> list[dict[str, Any]]:

@@ -111,7 +111,7 @@ def test_keygen_refuses_an_unknown_role(capsys: pytest.CaptureFixture[str]) -> N
     code, out, err = keygen(capsys, "--user", "alice", "--role", "wizard")
     assert (code, out) == (2, "")
     assert err == (
-        "error: unknown role 'wizard'; roles: admin, analyst, researcher, worker"
+        "error: unknown role 'wizard'; roles: admin, analyst, member, researcher, worker"
         " (custom roles need --config FILE)\n"
     )
 

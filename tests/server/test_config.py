@@ -44,7 +44,7 @@ def test_the_good_config_and_the_defaults() -> None:
     assert config.server.max_message_bytes == 1 << 20
     assert config.rate_limit.control_requests_per_minute == 600
     assert set(config.auth.roles) == {*BUILTIN_ROLES, "root"}
-    assert config.auth.roles["root"] == Role(frozenset({"*"}), "all")
+    assert config.auth.roles["root"] == Role(frozenset({"*"}), "all", "all")
     assert {user: key.role for user, key in config.auth.api_keys.items()} == {
         user: role for user, (role, _) in KEYS.items()
     }
@@ -201,7 +201,7 @@ def test_roles_rules() -> None:
     assert (
         role_error({"scope": "some"}) == "auth.roles.r.scope: must be one of all, own, got 'some'"
     )
-    assert parse_config(with_role({})).auth.roles["r"] == Role(frozenset(), "own")
+    assert parse_config(with_role({})).auth.roles["r"] == Role(frozenset(), "own", "own")
 
 
 def test_api_key_rules() -> None:

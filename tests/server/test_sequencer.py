@@ -17,7 +17,13 @@ from fetchml.server.dispatch import Answer, Barrier, Outcome, Pipelined, StartWa
 from fetchml.server.sequencer import Action, Close, Sequencer
 from fetchml.server.watch import Subscriber
 
-WHO = Identity(user="alice", role="researcher", permissions=frozenset({"*"}), scope="all")
+WHO = Identity(
+    user="alice",
+    role="researcher",
+    permissions=frozenset({"*"}),
+    read_scope="all",
+    write_scope="all",
+)
 
 
 class Peer:

@@ -2,6 +2,7 @@
 check a response's type and shape."""
 
 import json
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -9,15 +10,22 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode, PruneType
-from fetchml.protocol.metrics import MetricRecord, MetricsPage, decode_metrics_payload
+from fetchml.protocol.metrics import (
+    MetricRecord,
+    MetricsPage,
+    decode_metrics_payload,
+    encode_record,
+)
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
     CreateExperiment,
     GetExperiment,
     ListExperiments,
+    ListRuns,
     LogMetric,
     LogMetrics,
+    LogMetricsAt,
     MetricPoint,
     Prune,
     PrunePreview,
@@ -26,6 +34,7 @@ from fetchml.protocol.requests import (
     Request,
     Status,
     UpdateJob,
+    UpdateRun,
     WatchMetrics,
     WhoAmI,
     encode_request,
@@ -71,6 +80,9 @@ MIN_BODY = {
     Opcode.UPDATE_JOB: 4,
     Opcode.WHOAMI: 0,
     Opcode.PRUNE_PREVIEW: 5,
+    Opcode.UPDATE_RUN: 22,
+    Opcode.LOG_METRICS_AT: 22,
+    Opcode.LIST_RUNS: 2,
 }
 """Minimum body lengths of PROTOCOL.md section 3 (every string empty, every count zero)."""
 
@@ -103,6 +115,14 @@ def sample_request(op: Opcode, key: bytes, cid: bytes, job_id: str = "no-such-jo
         Opcode.PRUNE_PREVIEW: lambda: PrunePreview(
             key_hash=key, prune_type=PruneType.KEEP_NEWEST, value=1000
         ),
+        Opcode.UPDATE_RUN: lambda: UpdateRun(key_hash=key, commit_id=cid, patch="{}"),
+        Opcode.LOG_METRICS_AT: lambda: LogMetricsAt(
+            key_hash=key,
+            commit_id=cid,
+            count=1,
+            records=encode_record(int(time.time()), 1, 0.5, b"loss"),
+        ),
+        Opcode.LIST_RUNS: lambda: ListRuns(key_hash=key),
     }
     return builders[op]()
 
