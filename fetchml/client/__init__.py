@@ -31,6 +31,7 @@ from .models import (
     Status,
     WhoAmI,
 )
+from .runs import Run, RunsPage, RunSummary
 from .settings import Settings, resolve_settings
 from .watch import MetricWatch, WatchOptions
 
@@ -59,6 +60,9 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ProtocolViolation",
+    "Run",
+    "RunSummary",
+    "RunsPage",
     "ServerOverloaded",
     "Settings",
     "Status",

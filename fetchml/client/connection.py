@@ -35,11 +35,12 @@ from .models import (
     pruned_from_json,
 )
 from .pipeline import MAX_IN_FLIGHT, MAX_MESSAGE_BYTES, describe_response, parse_json
+from .runs import RunsAPI
 from .settings import resolve_settings
 from .transport import EventHandler, open_websocket
 
 
-class Client(MetricsAPI):
+class Client(MetricsAPI, RunsAPI):
     """A connection to the daemon; create it with `Client.connect(...)`."""
 
     @classmethod
