@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.enums import ErrorCode, PruneType
 from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
@@ -17,7 +17,6 @@ from fetchml.protocol.requests import (
     ListRuns,
     LogMetric,
     Prune,
-    PruneType,
     UpdateRun,
 )
 from fetchml.protocol.responses import Success
