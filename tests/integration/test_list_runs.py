@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.responses import decode_response
 from fetchml.protocol.requests import GetExperiment, ListExperiments, ListRuns, LogMetric, UpdateRun
+from fetchml.protocol.responses import decode_response
 from tests.support.experiments import by_byte, record, write_experiment
 from tests.support.inproc import Daemon, DaemonFactory
 from tests.support.keys import ADMIN, UNKNOWN_KEY, hash_of
