@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -44,6 +45,7 @@ from bench_records import (
     Watchers,
 )
 from bench_servers import (
+    KEY_HASH,
     TIMESTAMP,
     Bench,
     Server,
@@ -51,9 +53,14 @@ from bench_servers import (
     commit,
     raise_open_file_limit,
 )
+from websockets.sync.client import connect
 from websockets.version import version as websockets_version
 
+from fetchml.protocol import runs
 from fetchml.protocol.metrics import encode_record, iter_records
+from fetchml.protocol.requests import ListRuns, encode_request
+from fetchml.protocol.responses import Data, decode_response
+from tests.support.experiments import make_experiment, meta_bytes
 
 LATENCY_RATE = 10_000
 """LOG_METRIC messages per second in the ack-latency runs."""
@@ -96,6 +103,7 @@ FULL = Sizes(
     watch_seconds=5,
     ingest_seconds=3,
     idle_connections=10_000,
+    runs=20_000,
 )
 QUICK = Sizes(
     single_messages=20_000,
@@ -108,6 +116,7 @@ QUICK = Sizes(
     watch_seconds=1,
     ingest_seconds=1,
     idle_connections=1_000,
+    runs=2_000,
 )
 
 
@@ -437,6 +446,77 @@ def cpu_per_million(result: Pipeline | None, cpu_seconds: float) -> str:
     return f"{cpu_seconds / metrics * 1e6:.2f}" if metrics else "n/a"
 
 
+# -- figures: run listings -------------------------------------------------------------------------
+
+RUNS_QUERY = {"project": "p3", "params": {"lr": 0.01}, "offset": 10, "limit": 100}
+"""Matches a thirtieth of the runs; the page is rows 10-109 of them."""
+RUNS_REPEAT = 5
+
+
+def write_runs(base: Path, count: int) -> None:
+    """`count` experiments with run documents of ~300 bytes (project, status, params, tags)."""
+    for i in range(count):
+        cid = commit(f"run-{i}")
+        make_experiment(base, cid, None, meta_bytes(cid, user="bench", timestamp=TIMESTAMP + i))
+        patch = {
+            "name": f"run-{i}",
+            "project": f"p{i % 10}",
+            "status": ("running", "finished", "failed")[i % 3],
+            "params": {"lr": (0.1, 0.01, 0.001)[i % 3], "layers": i % 50, "opt": "adam"},
+            "tags": [f"t{i % 7}"],
+        }
+        doc = runs.apply_patch(None, patch, default_name="", now=TIMESTAMP + i)
+        (base / cid / "run.json").write_text(runs.dumps(doc))
+
+
+def plain_list_runs(base: Path) -> int:
+    """Baseline: read and parse every run.json, filter, order by the document's creation."""
+    query = runs.parse_filter(json.dumps(RUNS_QUERY))
+    found = []
+    for entry in os.scandir(base):
+        if entry.name.startswith("."):
+            continue
+        doc = runs.load_document((Path(entry.path) / "run.json").read_bytes())
+        if query.matches(entry.name, "bench", None, doc):
+            assert doc is not None
+            found.append((-doc["created_at"], entry.name))
+    found.sort()
+    return len(found[query.offset : query.offset + query.limit])
+
+
+def list_runs_ms(server: Server) -> tuple[float, float, int, int]:
+    """LIST_RUNS round trips: (first, median of the next RUNS_REPEAT) in ms, rows, total."""
+    request = encode_request(ListRuns(key_hash=KEY_HASH, filter=json.dumps(RUNS_QUERY)))
+    times = []
+    with connect(server.url, compression=None, proxy=None, max_size=None) as ws:
+        for _ in range(RUNS_REPEAT + 1):
+            started = time.perf_counter()
+            ws.send(request)
+            message = ws.recv()
+            times.append((time.perf_counter() - started) * 1000)
+    response = decode_response(message) if isinstance(message, bytes) else message
+    if not isinstance(response, Data):
+        raise RuntimeError(f"LIST_RUNS answered {response}")
+    page = json.loads(response.payload)
+    return times[0], statistics.median(times[1:]), len(page["runs"]), page["total"]
+
+
+def list_runs(b: Bench) -> list[Row]:
+    """LIST_RUNS with a filter over b.sizes.runs run documents, against plain Python."""
+    server = b.start_daemon("runs", "write", {})
+    base = b.tmp / "runs" / "experiments"
+    write_runs(base, b.sizes.runs)
+    cold, warm, rows, total = list_runs_ms(server)
+    expected, plain_s = timed(plain_list_runs, base)
+    if (rows, total) != (expected, b.sizes.runs // 30):
+        b.errors.append(
+            f"LIST_RUNS: {rows} rows of {total}, expected {expected} of {b.sizes.runs // 30}"
+        )
+    b.details["list_runs"] = {"cold_ms": cold, "warm_ms": warm, "rows": rows, "total": total}
+    b.stop(server)
+    return [Row(BY_KEY["list_runs"], warm, plain_s * 1000)]
+
+
 # -- figures: memory -----------------------------------------------------------------------------
 
 
@@ -503,6 +583,7 @@ STEPS = [
     reads,
     push_latency,
     watcher_cost,
+    list_runs,
 ]
 
 

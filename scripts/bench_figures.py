@@ -139,6 +139,14 @@ FIGURES: tuple[Figure, ...] = (
         Target(0.9, of_ratio=True),
     ),
     Figure(
+        "list_runs",
+        "LIST_RUNS filtered page of {runs:,} runs, warm, median of 5",
+        "ms",
+        "py read+parse+filter",
+        False,
+        Target(200),
+    ),
+    Figure(
         "idle_rss",
         "RSS per idle connection, {idle_connections:,} connections",
         "bytes",

@@ -53,6 +53,7 @@ class Sizes:
     watch_seconds: float  # of the paced writer while watchers measure push latency
     ingest_seconds: float  # of max-speed ingest, with and without watchers
     idle_connections: int
+    runs: int  # experiments with run documents, listed by LIST_RUNS
 
 
 # -- processes ------------------------------------------------------------------------------

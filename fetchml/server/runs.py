@@ -15,7 +15,6 @@ every experiment (meta.bin, run.json), cached.
 Event loop only, except the module functions, which worker threads run on values.
 """
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -72,6 +71,7 @@ class Row:
     meta: Metadata | None
     loaded: Loaded
     doc: dict[str, Any] | None
+    last_append: float | None = None
 
 
 def _stamp(st: os.stat_result) -> Stamp:
@@ -100,23 +100,23 @@ def read_document(directory: Path) -> Loaded:
     return Loaded(stamp, doc, doc is None)
 
 
-def load_document(directory: Path, known: Loaded | None, full: bool = False) -> Loaded:
+def load_document(directory: str | Path, known: Loaded | None, full: bool = False) -> Loaded:
     """Worker: `known` when run.json has not changed since (and is whole, with `full`),
     else run.json read again."""
     try:
-        stamp: Stamp | None = _stamp(os.stat(directory / RUN, follow_symlinks=False))
+        stamp: Stamp | None = _stamp(os.stat(f"{directory}/{RUN}", follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):
         stamp = None
     except OSError:
-        return read_document(directory)
+        return read_document(Path(directory))
     if known is not None and known.stamp == stamp and (known.full or not full):
         return known
-    return ABSENT if stamp is None else read_document(directory)
+    return ABSENT if stamp is None else read_document(Path(directory))
 
 
 def cached(loaded: Loaded) -> Loaded:
     """What the cache keeps of a document: a large one without notes and output."""
-    if loaded.doc is None or loaded.size <= SMALL_DOCUMENT:
+    if loaded.doc is None or not loaded.full or loaded.size <= SMALL_DOCUMENT:
         return loaded
     doc = {k: v for k, v in loaded.doc.items() if k not in ("notes", "output")}
     return replace(loaded, doc=doc, full=False)
@@ -129,46 +129,92 @@ def write_document(directory: Path, doc: dict[str, Any]) -> Loaded:
     return Loaded(_stamp(os.stat(path, follow_symlinks=False)), doc)
 
 
+def metrics_mtime(directory: str | Path) -> float:
+    """When metrics.bin was last written (0 without one): the last append before this
+    process started."""
+    try:
+        return os.stat(f"{directory}/{METRICS}", follow_symlinks=False).st_mtime
+    except OSError:
+        return 0.0
+
+
 def report(
-    directory: Path, doc: dict[str, Any] | None, now: float, appended: float, crash_after_s: float
+    doc: dict[str, Any] | None, now: float, last_append: float, crash_after_s: float
 ) -> dict[str, Any] | None:
-    """The document as reported: a stored `running` whose clock is more than
-    crash_after_s old is `crashed`. The last append is `appended` (this process's), else
-    metrics.bin's mtime (stat only when it decides)."""
+    """The document as reported: a stored `running` whose clock (heartbeat, creation,
+    last append) is more than crash_after_s old is `crashed`."""
     if doc is None or doc["status"] != "running":
         return doc
-    clock = max(doc["heartbeat_at"] or 0, doc["created_at"] or 0, appended)
-    if now - clock <= crash_after_s:
-        return doc
-    with contextlib.suppress(OSError):
-        clock = max(clock, os.stat(directory / METRICS, follow_symlinks=False).st_mtime)
+    clock = max(doc["heartbeat_at"] or 0, doc["created_at"] or 0, last_append)
     return doc if now - clock <= crash_after_s else doc | {"status": "crashed"}
+
+
+Listing = tuple[int | None, list[str]]
+"""The base directory's mtime (None: too recent to be trusted) and its experiments."""
+
+
+def list_tree(base: Path, known: Listing | None) -> Listing:
+    """Worker: the experiments of the tree; `known` while the directory's mtime says no
+    entry was added, removed or renamed since. An mtime less than a second old is not
+    trusted, since a change within the same clock tick would leave it as it is."""
+    mtime = os.stat(base).st_mtime_ns
+    if known is not None and known[0] == mtime:
+        return known
+    commits = list_commits(base)
+    return (mtime if time.time_ns() - mtime > 1_000_000_000 else None), commits
 
 
 def scan(
     base: Path,
+    commits: list[str],
     metas: dict[str, Metadata],
-    docs: dict[str, Loaded],
+    before: dict[str, Row],
     appended: dict[str, float],
     now: float,
     crash_after_s: float,
 ) -> list[Row]:
-    """Worker: every experiment of the tree, its meta.bin (from `metas` when known) and
-    its document (from `docs` when unchanged)."""
+    """Worker: each experiment's meta.bin (from `metas` when known) and document (the
+    row `before` while run.json has not changed); the last append of a `running` one
+    not in `appended` is metrics.bin's mtime, returned in its row. The hot loop of a
+    warm listing: one stat per experiment."""
     rows = []
-    for commit in list_commits(base):
-        directory = base / commit
+    root = os.fspath(base)
+    stat = os.stat
+    for commit in commits:
+        directory = f"{root}/{commit}"
+        old = before.get(commit)
+        try:
+            st = stat(f"{directory}/{RUN}", follow_symlinks=False)
+            stamp: Stamp | None = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except (FileNotFoundError, NotADirectoryError):
+            stamp = None
+        except OSError:
+            stamp = (0, 0, 0, 0)
+        if old is not None and old.loaded.stamp == stamp and old.meta is not None:
+            doc = old.loaded.doc
+            if doc is None or doc["status"] != "running":  # as it was: no clock to apply
+                rows.append(old)
+                continue
         meta = metas.get(commit)
         if meta is None:
-            meta, _ = load_metadata(directory)
-        loaded = load_document(directory, docs.get(commit))
-        doc = report(directory, loaded.doc, now, appended.get(commit, 0.0), crash_after_s)
-        rows.append(Row(commit, meta, loaded, doc))
+            meta, _ = load_metadata(Path(directory))
+        if old is not None and old.loaded.stamp == stamp and stamp != (0, 0, 0, 0):
+            loaded = old.loaded
+        else:
+            loaded = ABSENT if stamp is None else cached(read_document(Path(directory)))
+        doc = loaded.doc
+        last = appended.get(commit)
+        if doc is not None and doc["status"] == "running":
+            if last is None:
+                last = metrics_mtime(directory)
+            doc = report(doc, now, last, crash_after_s)
+        rows.append(Row(commit, meta, loaded, doc, last))
     return rows
 
 
 class RunStore:
-    """Run documents of the experiment tree, and the listing cache. Event loop only."""
+    """Run documents of the experiment tree: one cached Row per experiment, for listings
+    and for single documents alike. Event loop only."""
 
     def __init__(
         self,
@@ -182,23 +228,29 @@ class RunStore:
         self.crash_after_s = crash_after_s
         self.clock = clock
         """The server clock (server times, the crash rule); tests may replace it."""
-        self._docs: dict[str, Loaded] = {}
+        self._rows: dict[str, Row] = {}
         self._metas: dict[str, Metadata] = {}
+        """meta.bin once readable (it is written once)."""
         self._appended: dict[str, float] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self._listing: Listing | None = None
 
     def on_commit(self, commit: str, first: int, data: bytes, count: int) -> None:
         """Group commit's hook: the server clock of the experiment's last append."""
         self._appended[commit] = self.clock()
 
-    def _keep(self, commit: str, loaded: Loaded) -> None:
-        entry = cached(loaded)
-        self._docs[commit] = entry
+    def _keep(self, row: Row) -> None:
+        """Cache a row whose document is new, and charge it to the budget."""
+        commit = row.commit
+        self._rows[commit] = row
+        if row.meta is not None:
+            self._metas.setdefault(commit, row.meta)
+        entry = row.loaded
         size = min(entry.size, SMALL_DOCUMENT) if entry.full else SMALL_DOCUMENT
         self.budget.charge(("run", commit), size + ENTRY_OVERHEAD, lambda: self._drop(commit))
 
     def _drop(self, commit: str) -> bool:
-        self._docs.pop(commit, None)
+        self._rows.pop(commit, None)
         return True
 
     def forget(self, commit: str) -> None:
@@ -208,16 +260,30 @@ class RunStore:
         self._appended.pop(commit, None)
         self.budget.forget(("run", commit))
 
+    def last_append(self, commit: str) -> float:
+        """The server clock of the experiment's last append: tracked from group commit,
+        metrics.bin's mtime for what came before this process."""
+        last = self._appended.get(commit)
+        if last is None:
+            last = self._appended[commit] = metrics_mtime(self.base / commit)
+        return last
+
     def reported(self, commit: str, doc: dict[str, Any] | None) -> dict[str, Any] | None:
-        appended = self._appended.get(commit, 0.0)
-        return report(self.base / commit, doc, self.clock(), appended, self.crash_after_s)
+        if doc is None or doc["status"] != "running":
+            return doc
+        return report(doc, self.clock(), self.last_append(commit), self.crash_after_s)
+
+    def _store(self, commit: str, loaded: Loaded) -> None:
+        entry = cached(loaded)
+        self._keep(Row(commit, self._metas.get(commit), entry, entry.doc))
 
     async def load(self, commit: str, full: bool = True) -> Loaded:
         """run.json now (through the cache)."""
-        known = self._docs.get(commit)
+        row = self._rows.get(commit)
+        known = row.loaded if row else None
         loaded = await anyio.to_thread.run_sync(load_document, self.base / commit, known, full)
         if loaded is not known:
-            self._keep(commit, loaded)
+            self._store(commit, loaded)
         return loaded
 
     async def document(self, commit: str) -> dict[str, Any] | None:
@@ -242,33 +308,44 @@ class RunStore:
                     )
                 except OSError as exc:
                     raise storage_error(exc) from exc
-                self._keep(commit, written)
+                self._store(commit, written)
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(commit, None)
-        reported = self.reported(commit, written.doc)
+        reported = self.reported(commit, doc)
         assert reported is not None
         return reported
 
     async def rows(self) -> list[Row]:
         """Every experiment of the tree with its meta.bin and reported document (one
-        worker pass; only what changed is read)."""
-        docs, metas, appended = dict(self._docs), dict(self._metas), dict(self._appended)
-        now = self.clock()
+        worker pass; only what changed is read). A row that a concurrent UPDATE_RUN
+        outdates is cached anyway: its stamp no longer matches, so it is read again."""
+        self._listing = await anyio.to_thread.run_sync(list_tree, self.base, self._listing)
+        commits = self._listing[1]
+        before, appended = dict(self._rows), dict(self._appended)
         found = await anyio.to_thread.run_sync(
-            scan, self.base, metas, docs, appended, now, self.crash_after_s
+            scan,
+            self.base,
+            commits,
+            self._metas.copy(),
+            before,
+            appended,
+            self.clock(),
+            self.crash_after_s,
         )
-        present = set()
         for row in found:
-            present.add(row.commit)
-            if row.meta is not None and row.commit not in self._metas:
-                self._metas[row.commit] = row.meta
-            if row.loaded is not docs.get(row.commit) and self._docs.get(row.commit) is docs.get(
-                row.commit
-            ):
-                self._keep(row.commit, row.loaded)
-        for commit in (self._docs.keys() | self._metas.keys()) - present:
-            self.forget(commit)
+            old = before.get(row.commit)
+            if row is old:
+                continue
+            if row.last_append is not None:
+                self._appended.setdefault(row.commit, row.last_append)
+            if old is None or row.loaded is not old.loaded or row.meta is not old.meta:
+                self._keep(row)
+            else:
+                self._rows[row.commit] = row
+        if len(self._rows) > len(found) or len(self._metas) > len(found):
+            for commit in (self._rows.keys() | self._metas.keys()) - set(commits):
+                self.forget(commit)
         return found
 
     async def whole(self, rows: list[Row]) -> list[Row]:

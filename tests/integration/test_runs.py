@@ -341,18 +341,25 @@ async def test_crashed_is_derived_and_never_written(daemon: Daemon) -> None:
 async def test_crash_rule_after_restart_uses_metrics_mtime(
     start_daemon: DaemonFactory, tmp_path: Path
 ) -> None:
+    """What was appended before the daemon started counts by metrics.bin's mtime."""
     base = tmp_path / "experiments"
-    path = write_experiment(
-        base, CID, timestamp=1_700_000_000, records=[(1_700_000_000, 0, 1.0, "x")]
-    )
     old = 1_700_000_000
     doc = {"status": "running", "created_at": old, "heartbeat_at": old, "name": "r"}
-    (path / "run.json").write_text(json.dumps(doc))
+    fresh, stale, empty = CID, commit_id("stale"), commit_id("empty")
+    for cid in (fresh, stale, empty):
+        records = [] if cid == empty else [(old, 0, 1.0, "x")]
+        path = write_experiment(base, cid, timestamp=old, records=records)
+        (path / "run.json").write_text(json.dumps(doc))
+    os.utime(base / stale.hex() / "metrics.bin", (old, old))
     daemon = await start_daemon()
     client = await daemon.client()
-    assert (await get_run(client))["status"] == "running"  # metrics.bin written just now
-    os.utime(path / "metrics.bin", (old, old))
-    assert (await get_run(client))["status"] == "crashed"
+    assert (await get_run(client, fresh))["status"] == "running"  # appended just now
+    page = data_of(
+        await client.call(ListRuns(key_hash=ADMIN, filter='{"order": "oldest"}')), "runs"
+    )
+    statuses = {row["id"]: row["run"]["status"] for row in page["runs"]}
+    assert statuses == {fresh.hex(): "running", stale.hex(): "crashed", empty.hex(): "crashed"}
+    assert (await get_run(client, stale))["status"] == "crashed"
 
 
 async def test_update_runs_are_serialized_across_connections(daemon: Daemon) -> None:
