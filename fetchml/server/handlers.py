@@ -379,7 +379,7 @@ async def list_runs(ctx: Context, who: Identity, req: ListRuns) -> Response:
     with _json_rules():
         query = runs.parse_filter(req.filter)
     matches = select_runs(await ctx.runs.rows(), query, who.sees)
-    page = await ctx.runs.whole(matches[query.offset : query.offset + query.limit])
+    page = await ctx.runs.current(matches[query.offset : query.offset + query.limit])
     counts = {}
     for row in page:
         try:

@@ -15,6 +15,7 @@ every experiment (meta.bin, run.json), cached.
 Event loop only, except the module functions, which worker threads run on values.
 """
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -38,6 +39,9 @@ SMALL_DOCUMENT = 4096
 ENTRY_OVERHEAD = 256
 """Bytes charged per cached entry besides its document."""
 UNREADABLE = "run document unreadable"
+RECHECK_S = 1.0
+"""Listings check every run.json against the cache at most this often; in between,
+only what this daemon wrote is new to them (and the rows of a page are checked)."""
 
 Stamp = tuple[int, int, int, int]
 
@@ -72,6 +76,27 @@ class Row:
     loaded: Loaded
     doc: dict[str, Any] | None
     last_append: float | None = None
+    path: str = ""
+    """run.json's path."""
+
+    until: float = math.inf
+    """A stored `running` is reported as it is until then (then `crashed`)."""
+
+    def stands(self, stamp: Stamp | None, now: float, appended: dict[str, float]) -> bool:
+        """Whether the row is still what a scan would make: run.json unchanged, meta.bin
+        readable, and for a stored `running`, no append since and the same side of its
+        crash time."""
+        if self.loaded.stamp != stamp or self.meta is None:
+            return False
+        doc = self.loaded.doc
+        if doc is None or doc["status"] != "running":
+            return True
+        last = self.last_append
+        return (
+            last is not None
+            and appended.get(self.commit) == last
+            and (now < self.until) == (self.doc is doc)
+        )
 
 
 def _stamp(st: os.stat_result) -> Stamp:
@@ -172,29 +197,33 @@ def scan(
     appended: dict[str, float],
     now: float,
     crash_after_s: float,
+    check: bool = True,
 ) -> list[Row]:
     """Worker: each experiment's meta.bin (from `metas` when known) and document (the
-    row `before` while run.json has not changed); the last append of a `running` one
-    not in `appended` is metrics.bin's mtime, returned in its row. The hot loop of a
-    warm listing: one stat per experiment."""
+    row `before` while run.json has not changed; without `check`, the row `before` is
+    taken as current); the last append of a `running` one not in `appended` is
+    metrics.bin's mtime, returned in its row. One stat per experiment with `check`."""
     rows = []
     root = os.fspath(base)
     stat = os.stat
     for commit in commits:
-        directory = f"{root}/{commit}"
         old = before.get(commit)
-        try:
-            st = stat(f"{directory}/{RUN}", follow_symlinks=False)
-            stamp: Stamp | None = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        except (FileNotFoundError, NotADirectoryError):
-            stamp = None
-        except OSError:
-            stamp = (0, 0, 0, 0)
-        if old is not None and old.loaded.stamp == stamp and old.meta is not None:
-            doc = old.loaded.doc
-            if doc is None or doc["status"] != "running":  # as it was: no clock to apply
-                rows.append(old)
-                continue
+        path = old.path if old is not None else f"{root}/{commit}/{RUN}"
+        stamp: Stamp | None
+        if old is not None and not check:
+            stamp = old.loaded.stamp
+        else:
+            try:
+                st = stat(path, follow_symlinks=False)
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            except (FileNotFoundError, NotADirectoryError):
+                stamp = None
+            except OSError:
+                stamp = (0, 0, 0, 0)
+        if old is not None and old.stands(stamp, now, appended):
+            rows.append(old)
+            continue
+        directory = f"{root}/{commit}"
         meta = metas.get(commit)
         if meta is None:
             meta, _ = load_metadata(Path(directory))
@@ -204,11 +233,13 @@ def scan(
             loaded = ABSENT if stamp is None else cached(read_document(Path(directory)))
         doc = loaded.doc
         last = appended.get(commit)
+        until = math.inf
         if doc is not None and doc["status"] == "running":
             if last is None:
                 last = metrics_mtime(directory)
+            until = max(doc["heartbeat_at"] or 0, doc["created_at"] or 0, last) + crash_after_s
             doc = report(doc, now, last, crash_after_s)
-        rows.append(Row(commit, meta, loaded, doc, last))
+        rows.append(Row(commit, meta, loaded, doc, last, path, until))
     return rows
 
 
@@ -234,6 +265,9 @@ class RunStore:
         self._appended: dict[str, float] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._listing: Listing | None = None
+        self._checked = -math.inf
+        """When (monotonic) a listing last checked every run.json."""
+        self.recheck_s = RECHECK_S
 
     def on_commit(self, commit: str, first: int, data: bytes, count: int) -> None:
         """Group commit's hook: the server clock of the experiment's last append."""
@@ -275,7 +309,8 @@ class RunStore:
 
     def _store(self, commit: str, loaded: Loaded) -> None:
         entry = cached(loaded)
-        self._keep(Row(commit, self._metas.get(commit), entry, entry.doc))
+        path = f"{self.base}/{commit}/{RUN}"
+        self._keep(Row(commit, self._metas.get(commit), entry, entry.doc, path=path))
 
     async def load(self, commit: str, full: bool = True) -> Loaded:
         """run.json now (through the cache)."""
@@ -317,12 +352,17 @@ class RunStore:
         return reported
 
     async def rows(self) -> list[Row]:
-        """Every experiment of the tree with its meta.bin and reported document (one
-        worker pass; only what changed is read). A row that a concurrent UPDATE_RUN
-        outdates is cached anyway: its stamp no longer matches, so it is read again."""
+        """Every experiment of the tree with its meta.bin and reported document, in one
+        worker pass that reads only what changed. Every run.json is checked against the
+        cache at most every `recheck_s`; `current` checks the rows a page serves. A row
+        that a concurrent UPDATE_RUN outdates is cached anyway: its stamp no longer
+        matches, so it is read again."""
         self._listing = await anyio.to_thread.run_sync(list_tree, self.base, self._listing)
         commits = self._listing[1]
         before, appended = dict(self._rows), dict(self._appended)
+        check = time.monotonic() - self._checked >= self.recheck_s
+        if check:
+            self._checked = time.monotonic()
         found = await anyio.to_thread.run_sync(
             scan,
             self.base,
@@ -332,6 +372,7 @@ class RunStore:
             appended,
             self.clock(),
             self.crash_after_s,
+            check,
         )
         for row in found:
             old = before.get(row.commit)
@@ -348,13 +389,17 @@ class RunStore:
                 self.forget(commit)
         return found
 
-    async def whole(self, rows: list[Row]) -> list[Row]:
-        """`rows` with every document whole (large ones are read again)."""
+    async def current(self, rows: list[Row]) -> list[Row]:
+        """The rows a page serves, each checked against its run.json now and whole (a
+        large document is read again), in one worker pass."""
+
+        def check() -> list[Loaded]:
+            return [load_document(self.base / row.commit, row.loaded, True) for row in rows]
+
         out = []
-        for row in rows:
-            if row.loaded.full:
-                out.append(row)
-                continue
-            loaded = await self.load(row.commit, full=True)
-            out.append(replace(row, loaded=loaded, doc=self.reported(row.commit, loaded.doc)))
+        for row, loaded in zip(rows, await anyio.to_thread.run_sync(check), strict=True):
+            if loaded is not row.loaded:
+                self._store(row.commit, loaded)
+                row = replace(row, loaded=loaded, doc=self.reported(row.commit, loaded.doc))
+            out.append(row)
         return out

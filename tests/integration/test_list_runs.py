@@ -1,7 +1,9 @@
 """LIST_RUNS: filters, read scope, order, paging, the message cut, fresh metrics_count."""
 
+import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +325,8 @@ async def test_get_experiment_counts_the_document(start_daemon: DaemonFactory, b
 
 
 async def test_documents_changed_outside_are_seen(daemon: Daemon, base: Path) -> None:
+    """A page's rows are checked against run.json when served; filters see a document
+    changed by another process within RECHECK_S (1 s)."""
     cid = by_byte(0x21)
     path = write_experiment(base, cid, timestamp=1_700_000_000, user="alice")
     client = await daemon.client()
@@ -333,11 +337,24 @@ async def test_documents_changed_outside_are_seen(daemon: Daemon, base: Path) ->
     with open(path / "run.json", "r+") as f:  # same size, in place
         f.write(text.replace("aaaa", "bbbb"))
     os.utime(path / "run.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    changed = time.monotonic()
+    while (await page(client, {"name": "bbbb"}))["total"] == 0:
+        assert time.monotonic() - changed < 10, "filters never saw the change"
+        await asyncio.sleep(0.02)
+    seen = time.monotonic() - changed
+    print(f"a document changed outside reached filters after {seen * 1000:.0f} ms (target 1 s)")
     assert (await page(client, {"name": "aaaa"}))["total"] == 0
-    assert (await page(client, {"name": "bbbb"}))["total"] == 1
+    # a page's rows are checked when served, whatever the filters saw
+    with open(path / "run.json", "r+") as f:
+        f.write(text.replace("aaaa", "dddd"))
+    os.utime(path / "run.json", ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000))
+    assert (await page(client, {"id": cid.hex()}))["runs"][0]["run"]["name"] == "dddd"
+    assert daemon.app.ctx is not None
+    daemon.app.ctx.runs.recheck_s = 0  # from here on, every listing checks every document
     tmp = path / "elsewhere"
     tmp.write_text(json.dumps({"name": "cccc"}))
     os.rename(tmp, path / "run.json")  # replaced
     assert ids(await page(client, {"name": "cccc"})) == [cid.hex()]
     (path / "run.json").unlink()
+    assert (await page(client, {"name": "cccc"}))["total"] == 0
     assert (await page(client, {"id": cid.hex()}))["runs"][0]["run"] is None
