@@ -35,11 +35,13 @@ from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     ListExperiments,
+    ListRuns,
     LogMetrics,
     MetricPoint,
     PrunePreview,
     QueueJob,
     Status,
+    UpdateRun,
     WhoAmI,
     decode_request,
     encode_request,
@@ -65,6 +67,7 @@ DOC = ROOT / "docs" / "PROTOCOL.md"
 EXAMPLE_KEY = "fml_example_key_do_not_use"
 KEY = key_hash(EXAMPLE_KEY)
 TIMESTAMP = 1764000000
+RUN_PATCH = '{"status": "running", "params": {"lr": 0.1, "opt.name": "adam"}, "tags": ["gpu"]}'
 """Every response example's timestamp unless its row gives one."""
 
 ROW = re.compile(r"^\|\s*([^|`]+?)\s*\|\s*(?:`([^`]*)`)?\s*\|\s*`([0-9a-f ]+)`\s*\|\s*$")
@@ -138,6 +141,8 @@ def build_request(kind: str, fields: dict[str, Any]) -> Any:
         values["commit_id"] = bytes.fromhex(values["commit_id"])
     if "metrics" in values:
         values["metrics"] = tuple(MetricPoint(*point) for point in values["metrics"])
+    if kind == "LOG_METRICS_AT":
+        values["records"] = bytes.fromhex(values["records"])
     return REQUEST_TYPES[Opcode[kind]](key_hash=KEY, **values)
 
 
@@ -275,6 +280,8 @@ async def test_doc_json_shapes_match_a_real_daemon(daemon: Any) -> None:
             ("pruned", PrunePreview(key_hash=admin, prune_type=PruneType.KEEP_NEWEST, value=1)),
             ("job", ClaimJob(key_hash=admin, worker_id="gpu-01")),
             ("status", Status(key_hash=admin)),
+            ("run", UpdateRun(key_hash=admin, commit_id=b"\xff" * 20, patch=RUN_PATCH)),
+            ("runs", ListRuns(key_hash=admin, filter='{"id": "ff"}')),
         ):
             response = await c.call(request)
             if isinstance(response, StatusReport):
