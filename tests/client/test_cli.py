@@ -52,6 +52,9 @@ def test_whoami(run: Cli) -> None:
         "role": "researcher",
         "permissions": ["jobs:create", "jobs:read", "jobs:update"],
         "scope": "own",
+        "read_scope": "own",
+        "write_scope": "own",
+        "limits": {"lease_s": 120, "crash_after_s": 300, "max_message_bytes": 1048576},
     }
     # connection options may also follow the subcommand
     code = cli.main(["whoami", "--url", run.server.url, "--api-key", ALICE_KEY])
