@@ -181,7 +181,7 @@ async def test_a_malformed_request_gets_the_decoders_exact_error(
 async def test_pipelined_with_log_metrics_in_request_order(daemon: Daemon) -> None:
     client = await daemon.client()
     cid = await create(client, "pipelined")
-    sent = []
+    sent: list[LogMetrics | LogMetricsAt] = []
     for i in range(60):
         if i % 3:
             sent.append(log_at(cid, [(HOUR_AGO + i, i, 0.5, "at"), (HOUR_AGO, i, 0.25, "at")]))

@@ -211,22 +211,22 @@ async def test_prune_considers_only_the_write_scope(
         write_experiment(base, by_byte(n), timestamp=timestamp, user=user)
     daemon = await start(start_daemon, tmp_path)
     client = await daemon.client()
-    keep_one = {"prune_type": PruneType.KEEP_NEWEST, "value": 1}
+    keep = PruneType.KEEP_NEWEST
 
     # cora reads all five, and prunes among her own two.
     cora = who("cora")
     listed = data_of(await client.call(ListExperiments(key_hash=cora)), "experiments")
     assert len(listed) == 5
-    preview = await client.call(PrunePreview(key_hash=cora, **keep_one))
+    preview = await client.call(PrunePreview(key_hash=cora, prune_type=keep, value=1))
     assert data_of(preview, "pruned") == {"pruned": [by_byte(3).hex()]}
-    pruned = await client.call(Prune(key_hash=cora, **keep_one))
+    pruned = await client.call(Prune(key_hash=cora, prune_type=keep, value=1))
     assert data_of(pruned, "pruned") == {"pruned": [by_byte(3).hex()]}
 
     # jan sees only his own, and prunes among everyone's.
     jan = who("jan")
     listed = data_of(await client.call(ListExperiments(key_hash=jan)), "experiments")
     assert [row["commit_id"] for row in listed] == [by_byte(5).hex()]
-    preview = await client.call(PrunePreview(key_hash=jan, **keep_one))
+    preview = await client.call(PrunePreview(key_hash=jan, prune_type=keep, value=1))
     assert data_of(preview, "pruned") == {"pruned": [by_byte(n).hex() for n in (1, 2, 5)]}
     left = data_of(await client.call(ListExperiments(key_hash=ADMIN)), "experiments")
     assert len(left) == 4  # a preview removes nothing
@@ -270,11 +270,12 @@ async def test_unreadable_metadata_read_scope_all_reads_write_scope_all_appends(
     watcher = await daemon.client()
     success_of(await watcher.call(WatchMetrics(key_hash=mia, commit_id=broken)), "")
     assert [r.step for r in page_of(await watcher.recv()).records] == [0]
-    for request in (
+    appends: list[Request] = [
         LogMetric(key_hash=mia, commit_id=broken, step=1, value=1.0, name="loss"),
         at(broken, mia, step=1),
-    ):
-        error_of(await client.call(request), ErrorCode.PERMISSION_DENIED, NOT_YOURS)
+    ]
+    for append in appends:
+        error_of(await client.call(append), ErrorCode.PERMISSION_DENIED, NOT_YOURS)
 
     # appender: read own, write all.
     abe = who("abe")
@@ -284,11 +285,12 @@ async def test_unreadable_metadata_read_scope_all_reads_write_scope_all_appends(
     )
     success_of(await client.call(at(broken, abe, step=2)), "1")
     assert data_of(await client.call(ListExperiments(key_hash=abe)), "experiments") == []
-    for request in (
+    reads: list[Request] = [
         QueryMetrics(key_hash=abe, commit_id=broken),
         WatchMetrics(key_hash=abe, commit_id=broken),
         GetExperiment(key_hash=abe, commit_id=broken),
-    ):
+    ]
+    for request in reads:
         error_of(await client.call(request), ErrorCode.PERMISSION_DENIED, NOT_YOURS)
     assert [r.step for r in await query_all(client, broken, key=mia)] == [0, 1, 2]
     # The watcher got the appends of the writer it may not see.
