@@ -191,7 +191,7 @@ REQUEST_STRATEGIES: dict[type[Request], st.SearchStrategy[Request]] = {
     ),
     UpdateRun: st.builds(UpdateRun, key_hash=key_hashes, commit_id=commits, patch=str16s),
     LogMetricsAt: st.builds(
-        log_metrics_at, key_hashes, commits, st.lists(records, min_size=1, max_size=50)
+        log_metrics_at, key_hashes, commits, st.lists(records, min_size=1, max_size=8)
     ),
     ListRuns: st.builds(ListRuns, key_hash=key_hashes, filter=str16s),
 }
