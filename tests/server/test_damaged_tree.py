@@ -265,6 +265,7 @@ def row(commit: str, user: str | None, count: int, damaged: str | None) -> dict[
         "user": user,
         "metrics_count": count,
         "damaged": damaged,
+        "run": None,
     }
 
 
