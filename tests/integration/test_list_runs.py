@@ -12,7 +12,7 @@ import pytest
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.requests import GetExperiment, ListExperiments, ListRuns, LogMetric, UpdateRun
 from fetchml.protocol.responses import decode_response
-from tests.support.experiments import by_byte, record, write_experiment
+from tests.support.experiments import by_byte, commit_id, record, write_experiment
 from tests.support.inproc import Daemon, DaemonFactory
 from tests.support.keys import ADMIN, UNKNOWN_KEY, hash_of
 from tests.support.wire import RawClient, data_of, error_of
@@ -358,3 +358,25 @@ async def test_documents_changed_outside_are_seen(daemon: Daemon, base: Path) ->
     (path / "run.json").unlink()
     assert (await page(client, {"name": "cccc"}))["total"] == 0
     assert (await page(client, {"id": cid.hex()}))["runs"][0]["run"] is None
+
+
+async def test_document_cache_stays_within_cache_bytes(
+    start_daemon: DaemonFactory, base: Path
+) -> None:
+    """300 large documents charge more than a 1 MiB budget: the oldest are dropped (and
+    read again when needed), listings stay whole and right."""
+    limit = 1 << 20
+    for n in range(300):
+        path = write_experiment(base, commit_id(f"cache-{n}"), timestamp=1_700_000_000 + n)
+        doc = {"name": f"r{n}", "notes": "n" * 4096, "output": f"{n}" * 1000}
+        (path / "run.json").write_text(json.dumps(doc))
+    daemon = await start_daemon(storage={"cache_bytes": limit})
+    assert daemon.app.ctx is not None
+    budget = daemon.app.ctx.store.budget
+    client = await daemon.client()
+    for _ in range(2):
+        result = await page(client, {"limit": 3, "name": "r29"})  # r29, r290..r299
+        assert result["total"] == 11
+        assert [row["run"]["output"][:3] for row in result["runs"]] == ["299", "298", "297"]
+        print(f"document cache: {budget.held} bytes charged, limit {limit}")
+        assert limit // 2 < budget.held <= limit  # charged, and trimmed to the limit
