@@ -198,20 +198,26 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
 async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) -> Response:
     """The longest prefix of the listing's order that fits in max_message_bytes."""
     who.require("jobs:read")
-    docs = {row.commit: row.doc for row in await ctx.runs.rows()}
-    items = (
-        shapes.experiments_item(
+    rows = {row.commit: row for row in await ctx.runs.rows()}
+    room = ctx.config.server.max_message_bytes - 256 - 2
+    out: list[dict[str, Any]] = []
+    for info in await ctx.store.list_experiments():
+        if not who.sees(info.meta.user if info.meta else None):
+            continue
+        row = rows.get(info.commit)
+        if row is not None and not row.loaded.full:
+            (row,) = await ctx.runs.current([row])
+        item = shapes.experiments_item(
             commit_id=info.commit,
             **shapes.meta_fields(info.meta),
             metrics_count=info.metrics_count,
             damaged=info.damaged,
-            run=docs.get(info.commit),
+            run=row.doc if row else None,
         )
-        for info in await ctx.store.list_experiments()
-        if who.sees(info.meta.user if info.meta else None)
-    )
-    budget = ctx.config.server.max_message_bytes - 256
-    out = page_cut(items, budget, at_least=0)
+        room -= len(shapes.dumps_utf8(item).encode()) + (1 if out else 0)
+        if room < 0:
+            break
+        out.append(item)
     return Data(timestamp=_now(), data_type="experiments", payload=shapes.dumps_utf8(out).encode())
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fetchml.protocol import runs
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.requests import GetExperiment, ListExperiments, ListRuns, LogMetric, UpdateRun
 from fetchml.protocol.responses import decode_response
@@ -292,6 +293,7 @@ async def test_list_experiments_is_the_prefix_that_fits(
     assert isinstance(raw, bytes) and len(raw) <= BIG
     listed = data_of(decode_response(raw), "experiments")
     assert [row["commit_id"] for row in listed] == newest[:2]
+    assert list(listed[0]["run"]) == list(runs.KEYS)  # whole, though cached without notes
     assert listed[0]["run"]["params"]["p0"] == chr(0x4E02) * 1300
 
 
