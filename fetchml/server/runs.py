@@ -1,15 +1,15 @@
-"""Run documents: `run.json` beside an experiment's metrics, and what listings know of
-every experiment (meta.bin, run.json), cached.
+"""Run documents in the daemon: UPDATE_RUN's merge, and what listings know of every
+experiment (meta.bin, run.json), cached. The files themselves: rundoc.py.
 
-- run.json is written whole and atomically (files.write_file_atomic, mode 0600) by
-  one UPDATE_RUN at a time per experiment (a lock each), off the event loop.
-- Reads never follow a symlink (entries.open_entry); a document that is not a regular
-  file, over 64 KiB or not a valid document is *unreadable*: reported as null.
-- The cache holds each experiment's document with the file's (inode, size, mtime,
-  ctime) and is checked against a fresh stat before it is used; a large document is
-  cached without `notes` and `output` (what filters never look at) and read again
-  when a page shows it. It is charged to the store's CacheBudget. meta.bin, once
-  readable, is cached for good, as the store does.
+- run.json is written by one UPDATE_RUN at a time per experiment (a lock each), off
+  the event loop; a document that is not a regular file, over 64 KiB or not a valid
+  document is *unreadable*: reported as null.
+- The cache holds one Row per experiment: its document with the file's (inode, size,
+  mtime, ctime), checked against a fresh stat before a single document is used, by
+  listings at most every RECHECK_S, and for the rows a page serves. A large document
+  is cached without `notes` and `output` (what filters never look at) and read again
+  when served. It is charged to the store's CacheBudget. meta.bin, once readable, is
+  cached for good, as the store does.
 - Reported status: a stored `running` whose clock (heartbeat, creation, last append)
   is more than crash_after_s old is reported `crashed` (never written).
 Event loop only, except the module functions, which worker threads run on values.
@@ -29,41 +29,28 @@ from fetchml.protocol import runs
 from fetchml.protocol.records import Metadata
 
 from .budget import CacheBudget
-from .entries import Damaged, open_entry
 from .errors import StorageFault
-from .files import METRICS, list_commits, load_metadata, storage_error, write_file_atomic
+from .files import list_commits, load_metadata, storage_error
+from .rundoc import (
+    ABSENT,
+    RUN,
+    SMALL_DOCUMENT,
+    UNREADABLE,
+    Loaded,
+    Stamp,
+    cached,
+    load_document,
+    metrics_mtime,
+    read_document,
+    report,
+    write_document,
+)
 
-RUN = "run.json"
-SMALL_DOCUMENT = 4096
-"""Documents larger than this are cached without `notes` and `output`."""
 ENTRY_OVERHEAD = 256
 """Bytes charged per cached entry besides its document."""
-UNREADABLE = "run document unreadable"
 RECHECK_S = 1.0
 """Listings check every run.json against the cache at most this often; in between,
 only what this daemon wrote is new to them (and the rows of a page are checked)."""
-
-Stamp = tuple[int, int, int, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """What is known of one run.json."""
-
-    stamp: Stamp | None
-    """(inode, size, mtime_ns, ctime_ns) when read; None when there is no file."""
-    doc: dict[str, Any] | None
-    """The document (None: no file, or unreadable)."""
-    unreadable: bool = False
-    full: bool = True
-    """False: `notes` and `output` were left out (a large document, cached)."""
-
-    @property
-    def size(self) -> int:
-        return self.stamp[1] if self.stamp else 0
-
-
-ABSENT = Loaded(None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,81 +84,6 @@ class Row:
             and appended.get(self.commit) == last
             and (now < self.until) == (self.doc is doc)
         )
-
-
-def _stamp(st: os.stat_result) -> Stamp:
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def read_document(directory: Path) -> Loaded:
-    """Worker: run.json read now."""
-    try:
-        fd = open_entry(directory, RUN, os.O_RDONLY, runs.MAX_DOCUMENT_BYTES)
-    except (FileNotFoundError, NotADirectoryError):
-        return ABSENT
-    except (Damaged, OSError):
-        try:
-            return Loaded(_stamp(os.stat(directory / RUN, follow_symlinks=False)), None, True)
-        except OSError:
-            return Loaded((0, 0, 0, 0), None, True)
-    try:
-        stamp = _stamp(os.fstat(fd))
-        raw = os.read(fd, runs.MAX_DOCUMENT_BYTES + 1)
-    except OSError:
-        return Loaded((0, 0, 0, 0), None, True)
-    finally:
-        os.close(fd)
-    doc = runs.load_document(raw)
-    return Loaded(stamp, doc, doc is None)
-
-
-def load_document(directory: str | Path, known: Loaded | None, full: bool = False) -> Loaded:
-    """Worker: `known` when run.json has not changed since (and is whole, with `full`),
-    else run.json read again."""
-    try:
-        stamp: Stamp | None = _stamp(os.stat(f"{directory}/{RUN}", follow_symlinks=False))
-    except (FileNotFoundError, NotADirectoryError):
-        stamp = None
-    except OSError:
-        return read_document(Path(directory))
-    if known is not None and known.stamp == stamp and (known.full or not full):
-        return known
-    return ABSENT if stamp is None else read_document(Path(directory))
-
-
-def cached(loaded: Loaded) -> Loaded:
-    """What the cache keeps of a document: a large one without notes and output."""
-    if loaded.doc is None or not loaded.full or loaded.size <= SMALL_DOCUMENT:
-        return loaded
-    doc = {k: v for k, v in loaded.doc.items() if k not in ("notes", "output")}
-    return replace(loaded, doc=doc, full=False)
-
-
-def write_document(directory: Path, doc: dict[str, Any]) -> Loaded:
-    """Worker: run.json replaced whole (temp file, fsync, rename, fsync of the directory)."""
-    path = directory / RUN
-    write_file_atomic(path, runs.dumps(doc).encode())
-    return Loaded(_stamp(os.stat(path, follow_symlinks=False)), doc)
-
-
-def metrics_mtime(directory: str | Path) -> float:
-    """When metrics.bin was last written (0 without one): the last append before this
-    process started."""
-    try:
-        return os.stat(f"{directory}/{METRICS}", follow_symlinks=False).st_mtime
-    except OSError:
-        return 0.0
-
-
-def report(
-    doc: dict[str, Any] | None, now: float, last_append: float, crash_after_s: float
-) -> dict[str, Any] | None:
-    """The document as reported: a stored `running` whose clock (heartbeat, creation,
-    last append) is more than crash_after_s old is `crashed`."""
-    if doc is None or doc["status"] != "running":
-        return doc
-    clock = max(doc["heartbeat_at"] or 0, doc["created_at"] or 0, last_append)
-    return doc if now - clock <= crash_after_s else doc | {"status": "crashed"}
 
 
 Listing = tuple[int | None, list[str]]

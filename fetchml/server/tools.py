@@ -29,7 +29,7 @@ from .files import (
     lock_data_dir,
     scan_file,
 )
-from .runs import RUN, read_document
+from .rundoc import RUN, read_document
 from .storage import ExperimentInfo, sort_experiments
 
 
