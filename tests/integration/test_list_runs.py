@@ -13,6 +13,7 @@ from fetchml.protocol import runs
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.requests import GetExperiment, ListExperiments, ListRuns, LogMetric, UpdateRun
 from fetchml.protocol.responses import decode_response
+from fetchml.server.runs import list_tree
 from tests.support.experiments import by_byte, commit_id, record, write_experiment
 from tests.support.inproc import Daemon, DaemonFactory
 from tests.support.keys import ADMIN, UNKNOWN_KEY, hash_of
@@ -382,3 +383,15 @@ async def test_document_cache_stays_within_cache_bytes(
         assert [row["run"]["output"][:3] for row in result["runs"]] == ["299", "298", "297"]
         print(f"document cache: {budget.held} bytes charged, limit {limit}")
         assert limit // 2 < budget.held <= limit  # charged, and trimmed to the limit
+
+
+def test_the_tree_listing_is_kept_while_the_directory_mtime_stands(base: Path) -> None:
+    write_experiment(base, by_byte(1), timestamp=1_700_000_000)
+    recent = list_tree(base, None)
+    assert recent == (None, [by_byte(1).hex()])  # changed within the last second: not kept
+    os.utime(base, ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))
+    kept = list_tree(base, None)
+    assert kept == (1_700_000_000 * 10**9, [by_byte(1).hex()])
+    assert list_tree(base, kept) is kept
+    write_experiment(base, by_byte(2), timestamp=1_700_000_000)  # the mtime moves on
+    assert list_tree(base, kept)[1] == [by_byte(1).hex(), by_byte(2).hex()]
