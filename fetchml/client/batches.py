@@ -259,6 +259,7 @@ class Batcher:
         if not window.startswith(stored):
             return False
         skip = len(stored)
+        acknowledged = self.ledger.acknowledged
         for batch in batches:
             records = batch.records
             if skip >= len(records):
@@ -276,6 +277,7 @@ class Batcher:
                 self.held -= len(starts)
                 self.room = self.limit - self.held
             break
+        self.ledger.recovered += self.ledger.acknowledged - acknowledged
         return True
 
     def rejected(self, seq: int, why: str, code: ErrorCode) -> None:
