@@ -217,7 +217,13 @@ class Shipper:
             if not self._created:
                 await client.create_experiment(cfg.commit, cfg.job_name, exist_ok=True)
             if self._sent and self.batcher.base is not None and self.batcher.unacked:
-                await self._reconcile(client)
+                try:
+                    await self._reconcile(client)
+                except FetchmlError as exc:
+                    if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
+                        raise
+                    self.batcher.base = None  # cannot read the run back: resend, as before
+                    self.ledger.note(exc, "cannot read the run back")
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
                 self.ledger.note(exc, "connection lost before sending")
@@ -244,6 +250,7 @@ class Shipper:
             self._patch = merge_patches(patch, self._patch or {})
             self.ledger.note(exc, "run not started yet, will retry")
             return not isinstance(exc, FetchmlConnectionError)
+        self._next_heartbeat = asyncio.get_running_loop().time() + cfg.heartbeat_s
         return True
 
     async def _reconcile(self, client: Client) -> None:
