@@ -78,7 +78,7 @@ class Ledger:
         new = {
             why: n - self._reported.get(why, 0)
             for why, n in self.rejections.items()
-            if n > self._reported.get(why, 0)
+            if why not in self._reported or n > self._reported[why]
         }
         self._reported = dict(self.rejections)
         return MetricsRejected(new, self.rejected_code) if new else None

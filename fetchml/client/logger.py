@@ -78,6 +78,7 @@ from .runinfo import (
     MAX_NAME_BYTES,
     MAX_NOTES_BYTES,
     MAX_PROJECT_BYTES,
+    check_patch,
     check_tags,
     check_text,
     flatten_params,
@@ -332,7 +333,7 @@ class MetricLogger:
         if not self._is_run:
             raise InvalidRequest("a logger given a commit has no run document to update")
         self._check_open()
-        self._ship.patches.append(patch)
+        self._ship.patches.append(check_patch(patch))
         self._worker.nudge()
 
     # -- slow paths ---------------------------------------------------------------

@@ -26,7 +26,6 @@ from fetchml.client.runinfo import (
     check_tags,
     flatten_params,
     git_commit,
-    merge_patches,
     param_value,
 )
 from fetchml.client.settings import RUN_ID_ENV
@@ -105,17 +104,6 @@ def test_tags_are_checked_and_deduplicated() -> None:
         check_tags(str(i) for i in range(101))
     with pytest.raises(InvalidRequest, match="not one str"):
         check_tags("abc")
-
-
-def test_patches_merge_params_key_by_key() -> None:
-    first = {"params": {"a": 1, "b": 2}, "tags": ["x"], "heartbeat": True}
-    then = {"params": {"b": 3, "c": None}, "tags": ["y"], "status": "finished"}
-    assert merge_patches(first, then) == {
-        "params": {"a": 1, "b": 3, "c": None},
-        "tags": ["y"],
-        "heartbeat": True,
-        "status": "finished",
-    }
 
 
 def test_git_commit_of_the_working_directory(tmp_path: Path) -> None:
@@ -297,14 +285,19 @@ def test_params_tags_and_notes_are_delivered_before_close_returns(
 def test_a_refused_run_update_is_reported_like_rejected_points(
     shared_server: ServerProcess,
 ) -> None:
-    """20 params of 4,000 bytes pass the client's limits, but make a document over 64 KiB."""
+    """Two sets of 10 params of 4,000 bytes pass the client's limits, but make a document
+    over 64 KiB: the second UPDATE_RUN is refused, and only it."""
     ml = MetricLogger(url=shared_server.url, api_key=ADMIN_KEY)
-    ml.set_params({f"p{i}": "x" * 4000 for i in range(20)})
+    ml.set_params({f"p{i}": "x" * 4000 for i in range(10)})
+    ml.set_params({f"q{i}": "x" * 4000 for i in range(10)})
+    with pytest.raises(InvalidRequest, match=r"run: update too large \(80\d\d\d > 65535"):
+        ml.set_params({f"r{i}": "x" * 4000 for i in range(20)})  # one alone is refused at once
     ml.log("loss", 1.0)
-    with pytest.raises(MetricsRejected, match=r"run update \['params'\] refused: run: document"):
+    with pytest.raises(MetricsRejected, match=r"run update \['params'\] refused: "):
         ml.close()
     row = run_of(shared_server, ml.run_id)
-    assert row.metrics_count == 1 and row.run is not None and row.run.params == {}
+    assert row.metrics_count == 1 and row.run is not None and len(row.run.params) == 10
+    assert row.run.status == "finished"
 
 
 def test_heartbeats_while_alive(shared_server: ServerProcess) -> None:
