@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -322,13 +323,14 @@ def test_points_carry_the_time_they_were_logged(
     points given a timestamp."""
     server_process.start()
     ml = MetricLogger(url=server_process.url, api_key=ADMIN_KEY, max_backoff=0.05)
-    server_process.stop()
+    server_process.kill()
     logged = []
     for i in range(3):
         before = time.time()
         ml.log("loss", float(i))
         logged.append((int(before), int(time.time())))
-        time.sleep(0.6)
+        if i == 0:
+            time.sleep(1.0)  # one batch, two different seconds
     ml.log("old", 1.0, timestamp=1_700_000_000.9)
     ml.log_dict({"a": 1.0, "b": 2.0}, step=3, timestamp=1_700_000_001)
     for bad in (946_684_799, time.time() + 400, math.nan, True, "now"):
@@ -347,7 +349,7 @@ def test_points_carry_the_time_they_were_logged(
     ]
     for record, (low, high) in zip(records, logged, strict=False):
         assert low <= record.timestamp <= high
-    assert records[2].timestamp - records[0].timestamp >= 1  # not the time of delivery
+    assert records[1].timestamp - records[0].timestamp >= 1  # not the time of delivery
     assert [r.timestamp for r in records[3:]] == [1_700_000_000, 1_700_000_001, 1_700_000_001]
 
 
@@ -393,3 +395,28 @@ async def test_a_reconnect_skips_what_the_run_stored_and_warns_of_another_writer
             assert stored == [(-1.0, 1_795_735_000), *ours[:14], *ours]
             assert ship.ledger.recovered == 0 and ship.batcher.base == 15 + 30
             assert caplog.text.count("possible duplicates: another writer") == 1
+
+
+def test_a_script_that_dies_of_an_exception_leaves_its_run_failed(
+    shared_server: ServerProcess,
+) -> None:
+    """No close(), no `with`: the exit hook delivers the points and sets "failed" after an
+    uncaught exception ("finished" after a clean exit)."""
+    ids = {}
+    for ending in ("1 / 0", "pass"):
+        script = (
+            "from fetchml import MetricLogger\n"
+            f"ml = MetricLogger(url={shared_server.url!r}, api_key={ADMIN_KEY!r})\n"
+            "print(ml.run_id, flush=True)\n"
+            "ml.log('loss', 1.0)\n"
+            f"{ending}\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == (1 if ending == "1 / 0" else 0), done.stderr
+        ids[ending] = done.stdout.strip()
+    for ending, status in (("1 / 0", "failed"), ("pass", "finished")):
+        row = run_of(shared_server, ids[ending])
+        assert row.run is not None and (row.run.status, row.metrics_count) == (status, 1)
