@@ -56,8 +56,6 @@ runs out; with `on_error="warn"` they log that instead and return False.
 
 import atexit
 import logging
-import math
-import os
 import sys
 import time
 import warnings
@@ -67,29 +65,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from fetchml.protocol.metrics import MAX_TIMESTAMP, MIN_TIMESTAMP
-
 from .batches import FlushToken, Item, check_step, encode_name
 from .errors import DeliveryTimeout, InvalidRequest
 from .ledger import LoggerStats
-from .models import parse_commit
 from .pipeline import MAX_MESSAGE_BYTES
 from .runinfo import (
-    MAX_NAME_BYTES,
     MAX_NOTES_BYTES,
-    MAX_PROJECT_BYTES,
     check_patch,
     check_tags,
     check_text,
+    check_timestamp,
     flatten_params,
-    git_commit,
-    host_name,
-    new_run_id,
-    run_id_bytes,
+    pick_experiment,
+    start_patch,
 )
-from .settings import RUN_ID_ENV, resolve_settings, run_id_from_env
+from .settings import resolve_settings
 from .shipper import Shipper, ShipperConfig
-from .startcheck import MAX_CLOCK_AHEAD_S
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -101,23 +92,6 @@ _POLL_S = 0.5
 _START_WAIT_S = 10.0
 """How long the constructor waits for the start check (at most close_timeout)."""
 _now = time.time
-
-
-def check_timestamp(timestamp: object) -> float:
-    """A caller's timestamp (Unix seconds): a real number the wire carries, not more than
-    MAX_CLOCK_AHEAD_S ahead of this machine's clock; InvalidRequest otherwise."""
-    if not isinstance(timestamp, bool) and isinstance(timestamp, int | float):
-        value = float(timestamp)
-        if (
-            math.isfinite(value)
-            and MIN_TIMESTAMP <= value < MAX_TIMESTAMP
-            and value <= _now() + MAX_CLOCK_AHEAD_S
-        ):
-            return value
-    raise InvalidRequest(
-        f"timestamp must be Unix seconds from {MIN_TIMESTAMP} to at most "
-        f"{MAX_CLOCK_AHEAD_S} s from now, got {timestamp!r}"
-    )
 
 
 class MetricLogger:
@@ -171,31 +145,20 @@ class MetricLogger:
             raise InvalidRequest(f"close_timeout must be positive or None, got {close_timeout}")
         if not heartbeat_interval > 0 or not max_backoff > 0:
             raise InvalidRequest("heartbeat_interval and max_backoff must be positive")
-        self._param_keys: set[str] = set()
+        ident, fresh = pick_experiment(commit, run_id)
         run_patch: dict[str, Any] | None = None
-        fresh = False
-        if commit is not None:
-            if not isinstance(commit, str | bytes):
-                raise InvalidRequest(f"commit must be 40 hex characters, got {commit!r}")
-            given = {"run_id": run_id, "name": name, "params": params, "tags": tags}
-            given |= {"project": project or None, "notes": notes or None}
-            if extra := sorted(key for key, value in given.items() if value is not None):
-                raise InvalidRequest(
-                    f"{', '.join(extra)}: only for a run (a logger given a commit writes no "
-                    "run document)"
-                )
-            ident = parse_commit(commit)
-        else:
-            run_patch = self._start_patch(name, project, params, tags, notes)
+        self._param_keys: set[str] = set()
+        if commit is None:
+            run_patch = start_patch(name, project, params, tags, notes)
+            self._param_keys.update(run_patch.get("params", ()))
             job_name = name or job_name
             create_experiment = True  # resuming a run that does not exist creates it
-            env_id = run_id_from_env()
-            if run_id is not None:
-                ident = run_id_bytes(run_id, "run_id")
-            elif env_id is not None:
-                ident = run_id_bytes(env_id, RUN_ID_ENV)
-            else:
-                ident, fresh = new_run_id(), True
+        elif extra := [k for k, v in (("name", name), ("params", params), ("tags", tags)) if v]:
+            raise InvalidRequest(
+                f"{', '.join(extra)}: only for a run (a commit has no run document)"
+            )
+        elif project or notes:
+            raise InvalidRequest("project, notes: only for a run (a commit has no run document)")
         settings = resolve_settings(url, api_key, config_path=config_path)
         config = ShipperConfig(
             commit=ident,
@@ -237,32 +200,6 @@ class MetricLogger:
             self._worker.join(wait)
             raise ship.fatal
         atexit.register(self._at_exit)
-
-    def _start_patch(
-        self,
-        name: str | None,
-        project: str,
-        params: Mapping[str, Any] | None,
-        tags: Iterable[str] | None,
-        notes: str,
-    ) -> dict[str, Any]:
-        """The UPDATE_RUN that starts a run: what the caller gave, the git commit when one is
-        detected, host, pid, status "running"."""
-        patch: dict[str, Any] = {}
-        if name is not None:
-            patch["name"] = check_text(name, "name", 1, MAX_NAME_BYTES)
-        if check_text(project, "project", 0, MAX_PROJECT_BYTES):
-            patch["project"] = project
-        if params:
-            patch["params"] = flatten_params(params)
-            self._param_keys.update(patch["params"])
-        if tags is not None:
-            patch["tags"] = check_tags(tags)
-        if check_text(notes, "notes", 0, MAX_NOTES_BYTES):
-            patch["notes"] = notes
-        if (head := git_commit()) is not None:
-            patch["git_commit"] = head
-        return patch | {"host": host_name(), "pid": os.getpid(), "status": "running"}
 
     # -- the caller's side: cheap ----------------------------------------------
 

@@ -1,10 +1,12 @@
 """What a MetricLogger tells the daemon about its run: its ID, params, tags, git commit, host.
 
-Pure helpers, run in the caller's thread so that bad input raises there:
-`flatten_params` turns nested parameters into the flat `params` object of the
-run document (keys joined with "."), `check_tags` the tag list, and
-`git_commit` asks git for the working directory's HEAD (None outside a
-repository, without git, or when git does not answer within a second).
+Helpers run in the caller's thread, so that bad input raises there:
+`start_patch` is the UPDATE_RUN that starts a run; `flatten_params` turns
+nested parameters into the flat `params` object of the run document (keys
+joined with "."), `check_tags` the tag list, `check_timestamp` a caller's
+time for a point; `git_commit` asks git for the working directory's HEAD
+(None outside a repository, without git, or when git does not answer within
+a second).
 """
 
 import json
@@ -12,14 +14,17 @@ import math
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fetchml.protocol.metrics import MAX_TIMESTAMP, MIN_TIMESTAMP
 from fetchml.protocol.rules import COMMIT_SIZE
 
 from .errors import InvalidRequest
 from .models import parse_commit
 from .runs import json_text
+from .settings import RUN_ID_ENV, run_id_from_env
 
 MAX_PARAMS = 1000
 MAX_KEY_BYTES = 255
@@ -31,6 +36,8 @@ MAX_NAME_BYTES = 255
 MAX_PROJECT_BYTES = 128
 MAX_SAFE_INT = 2**53
 GIT_TIMEOUT_S = 1.0
+MAX_CLOCK_AHEAD_S = 300
+"""The daemon refuses a point more than this ahead of its clock."""
 MAX_PATCH_BYTES = 0xFFFF
 """An UPDATE_RUN's patch is a str16."""
 
@@ -48,6 +55,22 @@ def run_id_bytes(run_id: str | bytes, what: str) -> bytes:
         return parse_commit(run_id)
     except InvalidRequest as exc:
         raise InvalidRequest(f"{what}: {exc.message}") from None
+
+
+def pick_experiment(commit: str | bytes | None, run_id: str | bytes | None) -> tuple[bytes, bool]:
+    """The experiment a logger writes, and whether it is a fresh run: a commit (the old
+    form), else `run_id`, else FETCHML_RUN_ID, else a new random ID."""
+    if commit is not None:
+        if not isinstance(commit, str | bytes):
+            raise InvalidRequest(f"commit must be 40 hex characters, got {commit!r}")
+        if run_id is not None:
+            raise InvalidRequest("give a commit or a run_id, not both")
+        return parse_commit(commit), False
+    if run_id is not None:
+        return run_id_bytes(run_id, "run_id"), False
+    if (env_id := run_id_from_env()) is not None:
+        return run_id_bytes(env_id, RUN_ID_ENV), False
+    return new_run_id(), True
 
 
 def param_value(value: Any) -> ParamValue:
@@ -157,3 +180,45 @@ def check_patch(patch: dict[str, Any]) -> dict[str, Any]:
     if (size := patch_size(patch)) > MAX_PATCH_BYTES:
         raise InvalidRequest(f"run: update too large ({size} > {MAX_PATCH_BYTES} bytes)")
     return patch
+
+
+def start_patch(
+    name: str | None,
+    project: str,
+    params: Mapping[str, Any] | None,
+    tags: Iterable[str] | None,
+    notes: str,
+) -> dict[str, Any]:
+    """The UPDATE_RUN that starts a run: what the caller gave, the git commit when one is
+    detected, host, pid, status "running"."""
+    patch: dict[str, Any] = {}
+    if name is not None:
+        patch["name"] = check_text(name, "name", 1, MAX_NAME_BYTES)
+    if check_text(project, "project", 0, MAX_PROJECT_BYTES):
+        patch["project"] = project
+    if params:
+        patch["params"] = flatten_params(params)
+    if tags is not None:
+        patch["tags"] = check_tags(tags)
+    if check_text(notes, "notes", 0, MAX_NOTES_BYTES):
+        patch["notes"] = notes
+    if (head := git_commit()) is not None:
+        patch["git_commit"] = head
+    return patch | {"host": host_name(), "pid": os.getpid(), "status": "running"}
+
+
+def check_timestamp(timestamp: object) -> float:
+    """A caller's timestamp (Unix seconds): a real number the wire carries, not more than
+    MAX_CLOCK_AHEAD_S ahead of this machine's clock; InvalidRequest otherwise."""
+    if not isinstance(timestamp, bool) and isinstance(timestamp, int | float):
+        value = float(timestamp)
+        if (
+            math.isfinite(value)
+            and MIN_TIMESTAMP <= value < MAX_TIMESTAMP
+            and value <= time.time() + MAX_CLOCK_AHEAD_S
+        ):
+            return value
+    raise InvalidRequest(
+        f"timestamp must be Unix seconds from {MIN_TIMESTAMP} to at most "
+        f"{MAX_CLOCK_AHEAD_S} s from now, got {timestamp!r}"
+    )

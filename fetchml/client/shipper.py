@@ -31,24 +31,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fetchml.protocol import requests as rq
 from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.errors import MalformedResponse
-from fetchml.protocol.metrics import decode_metrics_payload
 
 from .batches import Batch, Batcher, Item
 from .connection import Client
-from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError, ProtocolViolation
+from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
 from .ledger import Ledger
 from .pipeline import MAX_MESSAGE_BYTES
+from .resume import stored_after
 from .settings import Settings
 from .startcheck import check_start
 from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
-
-PAGE_HEAD = 12
-"""A DATA `metrics` payload's bytes before its records: next:u64, count:u32."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -254,33 +249,13 @@ class Shipper:
 
     async def _reconcile(self, client: Client) -> None:
         """Skip what the run stored of the window before the connection dropped."""
-        batcher, hex_id = self.batcher, self.config.commit.hex()
+        batcher = self.batcher
         assert batcher.base is not None
-        page = await client.list_runs_page({"id": hex_id, "limit": 1})
-        count = next((row.metrics_count for row in page.runs if row.id == hex_id), 0)
-        stored = bytearray()
-        after = batcher.base
-        if count - after > batcher.in_window:  # more than this logger sent: not all its own
-            after = -1
-        while 0 <= after < count:
-            request = rq.QueryMetrics(
-                key_hash=client.settings.key_hash,
-                commit_id=self.config.commit,
-                after=after,
-                limit=count - after,
-            )
-            payload = await client._data(request, "metrics")
-            try:
-                records = decode_metrics_payload(payload).records
-            except MalformedResponse as exc:
-                raise ProtocolViolation(exc.message) from None
-            if not records:
-                break
-            stored += payload[PAGE_HEAD:]  # the records, byte for byte
-            after += len(records)
+        count, stored = await stored_after(
+            client, self.config.commit, batcher.base, batcher.in_window
+        )
         self._sent = False
-        mine = bytes(stored) if after >= count else None
-        if not batcher.reconcile(count, mine) and not self._warned_writer:
+        if not batcher.reconcile(count, stored) and not self._warned_writer:
             self._warned_writer = True
             logger.warning(
                 "metric logger %s: possible duplicates: another writer appended to the run; "

@@ -22,8 +22,7 @@ from fetchml.protocol.responses import Data
 
 from .connection import Client
 from .errors import ConfigurationError, NotFound, PermissionDenied, ProtocolViolation
-
-MAX_CLOCK_AHEAD_S = 300
+from .runinfo import MAX_CLOCK_AHEAD_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,6 +260,10 @@ def test_the_old_form_writes_no_run_document(shared_server: ServerProcess) -> No
     assert row.run is None and row.metrics_count == 1 and ml.run_id == commit
     with pytest.raises(InvalidRequest, match="name, params: only for a run"):
         MetricLogger(commit, shared_server.url, ADMIN_KEY, name="x", params={"a": 1})
+    with pytest.raises(InvalidRequest, match="project, notes: only for a run"):
+        MetricLogger(commit, shared_server.url, ADMIN_KEY, notes="n")
+    with pytest.raises(InvalidRequest, match="a commit or a run_id, not both"):
+        MetricLogger(commit, shared_server.url, ADMIN_KEY, run_id=commit)
 
 
 def test_params_tags_and_notes_are_delivered_before_close_returns(
