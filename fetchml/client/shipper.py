@@ -14,7 +14,8 @@ the shipper reconnects with exponential backoff, reads what the run holds
 from the window's start (LIST_RUNS for the count, QUERY_METRICS for the
 records) so the Batcher can skip what was stored though its answer was lost,
 and the Batcher puts every other unacknowledged batch back in line, in
-order, before new ones: nothing is lost and nothing is stored twice.
+order, before new ones: nothing is lost and nothing is stored twice. After
+an error answer, batches go one at a time until the refused one is stored.
 
 The first connection runs the start check (startcheck.py) and starts the run
 (CREATE_EXPERIMENT when it is missing, then UPDATE_RUN). A failed check, or a
@@ -94,6 +95,8 @@ class Shipper:
         self._checked = False
         self._created = not config.create_experiment
         self._inflight = 0
+        self._careful_until = 0
+        """After an error answer, batches up to this one go one at a time (see _send)."""
         self._wake: asyncio.Event | None = None
         self._broken: asyncio.Event | None = None
         self._last_partial = 0.0
@@ -280,9 +283,10 @@ class Shipper:
                 tick = now - self._last_partial >= cfg.flush_interval
                 if tick:
                     self._last_partial = now
+                most = cfg.max_in_flight if self._bold() else 1
                 slots = cfg.max_in_flight - self._inflight - len(batcher.ready)
                 batcher.drain(slots, cut=tick or self.stop)
-                while self._inflight < cfg.max_in_flight and (batch := batcher.next_batch()):
+                while self._inflight < most and (batch := batcher.next_batch()):
                     self._inflight += 1
                     self._sent = True
                     tg.create_task(self._send(client, batch))
@@ -329,11 +333,20 @@ class Shipper:
             self._patching = False
             self.wake()
 
+    def _bold(self) -> bool:
+        """Whether batches may be pipelined: not while one refused with a transient error
+        (or one sent with it) is unsettled, so that a batch stored on a second try never
+        lands after one cut later (only those already in flight when the error came can)."""
+        lowest = next(iter(self.batcher.unacked), None)
+        return lowest is None or lowest > self._careful_until
+
     async def _send(self, client: Client, batch: Batch) -> None:
         try:
             await client._success(batch.message)
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
+                if not isinstance(exc, FetchmlConnectionError):
+                    self._careful_until = max(self._careful_until, *self.batcher.unacked)
                 self._break(exc)
                 return
             if exc.code == ErrorCode.RESOURCE_NOT_FOUND and self.config.create_experiment:

@@ -12,6 +12,7 @@ from collections import deque
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from fetchml.client import (
     Client,
@@ -29,10 +30,12 @@ from fetchml.client.runinfo import (
     git_commit,
     param_value,
 )
-from fetchml.client.settings import RUN_ID_ENV
+from fetchml.client.settings import RUN_ID_ENV, Settings
 from fetchml.client.shipper import Shipper, ShipperConfig
-from fetchml.protocol.metrics import RECORD_MIN
-from fetchml.protocol.requests import LogMetricsAt, encode_request
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.metrics import RECORD_HEAD, RECORD_MIN
+from fetchml.protocol.requests import LogMetricsAt, decode_request, encode_request
+from fetchml.protocol.responses import Error, Success, encode_response
 from tests.support.daemon import ROOT
 from tests.support.daemon import DaemonProcess as ServerProcess
 from tests.support.experiments import commit_of
@@ -427,3 +430,49 @@ def test_a_script_that_dies_of_an_exception_leaves_its_run_failed(
     for ending, status in (("1 / 0", "failed"), ("pass", "finished")):
         row = run_of(shared_server, ids[ending])
         assert row.run is not None and (row.run.status, row.metrics_count) == (status, 1)
+
+
+async def test_after_an_error_answer_batches_go_one_at_a_time_until_it_is_stored() -> None:
+    """A scripted peer (the daemon fails writes only on a full or broken disk): on the
+    first connection the third batch's write fails, and so does every later one (applied
+    whole or not at all); on the second the first batch fails once more and the rest would
+    pass. Pipelined, the batches behind it would be stored before it; one at a time until
+    it is stored, the peer holds every batch once, in the order they were cut."""
+    stored: list[int] = []
+    seen: list[int] = []
+
+    async def script(ws: ServerConnection) -> None:
+        seen.append(0)
+        connection = len(seen)
+        async for message in ws:
+            assert isinstance(message, bytes)
+            request = decode_request(message)
+            assert isinstance(request, LogMetricsAt)
+            seen[-1] += 1
+            fail = (connection == 1 and seen[-1] >= 3) or (connection == 2 and seen[-1] == 1)
+            now = int(time.time())
+            if fail:
+                error = Error(timestamp=now, code=ErrorCode.STORAGE_ERROR, message="disk")
+                await ws.send(encode_response(error))
+                continue
+            stored.append(RECORD_HEAD.unpack_from(request.records)[1])
+            await ws.send(encode_response(Success(timestamp=now, message=str(request.count))))
+
+    server = await serve(script, "127.0.0.1", 0, compression=None)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        settings = Settings(f"ws://127.0.0.1:{port}/ws", ADMIN_KEY)
+        config = ShipperConfig(
+            commit=bytes(20), settings=settings, batch_size=10, create_experiment=False
+        )
+        points: list[Item] = [("m", float(i), i, 1_795_735_109.0) for i in range(60)]
+        ship = Shipper(config, deque(points))
+        ship.batcher.names["m"] = encode_name("m")
+        ship._checked = True  # no start check: the peer speaks only LOG_METRICS_AT
+        ship.stop = True
+        await asyncio.wait_for(ship.run(), 30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert stored == list(range(0, 60, 10)) and ship.ledger.acknowledged == 60
+    assert len(seen) == 3 and seen[:2] == [6, 1]  # the retry went alone, twice
