@@ -3,8 +3,8 @@
 Every subcommand connects with `--url` / `--api-key` (else FETCHML_URL /
 FETCHML_API_KEY, else `api_url` / `api_key` in ~/.ml/config.toml), prints
 aligned tables (or JSON with `--json`), and exits 1 with one line
-`error: <the server's message>` on failure (2 for usage errors). A COMMIT is
-40 hex characters, a unique prefix of 6 or more, or HEAD (`git rev-parse HEAD`).
+`error: <the server's message>` on failure (2 for usage errors). A COMMIT or RUN
+is 40 hex characters, a unique prefix of 6 or more, or HEAD (`git rev-parse HEAD`).
 """
 
 import argparse
@@ -19,12 +19,13 @@ from typing import Any
 from fetchml.protocol.rules import CLI_PRIORITY_MAX, CLI_PRIORITY_MIN, DEFAULT_PRIORITY
 
 from .. import __version__
-from . import commands
+from . import commands, runcmds
 from .connection import Client
 from .errors import FetchmlError, InvalidRequest
 from .export import FORMATS
 from .live import REDRAW_S
 from .models import MAX_STEP, commit_hex
+from .runs import RUN_STATUSES
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
@@ -32,6 +33,7 @@ C = "0123456789abcdef0123456789abcdef01234567"
 DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 HEAD = "HEAD"
 MIN_PREFIX = 6
+RUNS_LIMIT = 50
 
 
 def _commit(text: str) -> str:
@@ -197,12 +199,58 @@ def build_parser() -> argparse.ArgumentParser:
     add("ls", commands.ls, "list experiments, newest first", "fetchml ls --json")
 
     cmd = add(
+        "runs",
+        runcmds.runs,
+        "list runs, newest first, with filters",
+        "fetchml runs --project cifar --param-cols lr,batch --metric loss",
+    )
+    cmd.add_argument("--project", help="only this project")
+    cmd.add_argument("--tag", help="only runs with this tag")
+    cmd.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
+    cmd.add_argument("--user", help="only runs of this user")
+    cmd.add_argument("--name", help="only runs whose name contains this text")
+    cmd.add_argument(
+        "--param",
+        type=runcmds.param_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="only runs with this param (VALUE read as JSON, else as text); repeatable",
+    )
+    cmd.add_argument("--param-cols", metavar="K1,K2", help="show these params as columns")
+    cmd.add_argument("--metric", metavar="NAME", help="show the latest value of this metric")
+    cmd.add_argument(
+        "--limit", type=_positive, default=RUNS_LIMIT, help=f"at most N runs (default {RUNS_LIMIT})"
+    )
+    cmd.add_argument("--oldest", action="store_true", help="oldest first")
+
+    cmd = add(
         "show",
         commands.show,
-        "experiment metadata and the latest value per metric",
-        f"fetchml show {C}",
+        "a run's (or experiment's) metadata, document and latest value per metric",
+        f"fetchml show {C[:8]}",
     )
-    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("commit", type=_commit, metavar="RUN")
+
+    cmd = add(
+        "compare",
+        runcmds.compare,
+        "params side by side (differences marked) and last/min/max of every metric",
+        "fetchml compare 3fa8c1d2 9b0e44aa 51c2e7f0",
+    )
+    cmd.add_argument("ids", nargs="+", type=_commit, metavar="RUN")
+
+    cmd = add(
+        "tag",
+        runcmds.tag,
+        "add (+TAG) and remove (-TAG) a run's tags; none given: print them",
+        "fetchml tag 3fa8c1d2 +best -baseline",
+    )
+    cmd.add_argument("run", type=_commit, metavar="RUN")
+    cmd.add_argument("changes", nargs="*", metavar="+TAG|-TAG")
+
+    cmd = add("note", runcmds.note, "set a run's notes", 'fetchml note 3fa8c1d2 "lr too high"')
+    cmd.add_argument("run", type=_commit, metavar="RUN")
+    cmd.add_argument("text", help='the notes ("" clears them)')
 
     cmd = add("log", commands.log, "log one metric value", f"fetchml log {C} loss 0.25 --step 100")
     cmd.add_argument("commit", type=_commit)
@@ -257,10 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = add(
         "export",
         commands.export,
-        "write metrics to a file",
+        "write the metrics of one or more runs to a file (several: a `run` ID column)",
         f"fetchml export {C} --format parquet -o metrics.parquet",
     )
-    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("ids", nargs="+", type=_commit, metavar="RUN")
     cmd.add_argument("--format", choices=FORMATS, help="default: from the file extension")
     cmd.add_argument("-o", "--output", required=True, metavar="FILE")
     cmd.add_argument("--name", default="", help="only this metric")
@@ -280,19 +328,49 @@ async def _run(args: argparse.Namespace) -> int:
     async with Client.connect(args.url, args.api_key) as client:
         if getattr(args, "commit", None):
             args.commit = await commands.resolve_commit(client, args.commit)
+        if getattr(args, "run", None):
+            args.run = await commands.resolve_commit(client, args.run, "run")
+        if getattr(args, "ids", None):
+            args.ids = [await commands.resolve_commit(client, i, "run") for i in args.ids]
         return await handler(client, args)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; `tag`'s -TAG words look like options, so they come back unrecognized."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "tag":
+        words = [*args.changes, *extra]
+        if any(w.startswith("--") for w in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        try:
+            args.changes = runcmds.tag_changes(words)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _heads(args: argparse.Namespace) -> None:
+    """Replace HEAD by `git rev-parse HEAD` wherever a commit or run is taken."""
+    if args.command == "queue" and args.commit is None:
+        args.commit = _git_head("no --commit given")
+    for field in ("commit", "run"):
+        if getattr(args, field, None) == HEAD:
+            setattr(args, field, _git_head("HEAD given"))
+    ids = getattr(args, "ids", None) or []
+    if HEAD in ids:
+        args.ids = [_git_head("HEAD given") if i == HEAD else i for i in ids]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        if args.command == "queue" and args.commit is None:
-            args.commit = _git_head("no --commit given")
-        elif getattr(args, "commit", None) == HEAD:
-            args.commit = _git_head("HEAD given")
+        _heads(args)
         return asyncio.run(_run(args))
     except FetchmlError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
