@@ -19,7 +19,7 @@ from typing import Any
 from fetchml.protocol.rules import CLI_PRIORITY_MAX, CLI_PRIORITY_MIN, DEFAULT_PRIORITY
 
 from .. import __version__
-from . import commands, runcmds
+from . import commands, compare, runcmds
 from .connection import Client
 from .errors import FetchmlError, InvalidRequest
 from .export import FORMATS
@@ -34,6 +34,7 @@ DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 HEAD = "HEAD"
 MIN_PREFIX = 6
 RUNS_LIMIT = 50
+COMPARE_LIMIT = 10
 
 
 def _commit(text: str) -> str:
@@ -128,6 +129,22 @@ def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument("--api-key", default=default, help="raw API key (env FETCHML_API_KEY)")
 
 
+def _run_filters(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--project", help="only this project")
+    cmd.add_argument("--tag", help="only runs with this tag")
+    cmd.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
+    cmd.add_argument("--user", help="only runs of this user")
+    cmd.add_argument("--name", help="only runs whose name contains this text")
+    cmd.add_argument(
+        "--param",
+        type=runcmds.param_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="only runs with this param (VALUE read as JSON, else as text); repeatable",
+    )
+    cmd.add_argument("--oldest", action="store_true", help="oldest first")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fetchml",
@@ -204,24 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         "list runs, newest first, with filters",
         "fetchml runs --project cifar --param-cols lr,batch --metric loss",
     )
-    cmd.add_argument("--project", help="only this project")
-    cmd.add_argument("--tag", help="only runs with this tag")
-    cmd.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
-    cmd.add_argument("--user", help="only runs of this user")
-    cmd.add_argument("--name", help="only runs whose name contains this text")
-    cmd.add_argument(
-        "--param",
-        type=runcmds.param_pair,
-        action="append",
-        metavar="KEY=VALUE",
-        help="only runs with this param (VALUE read as JSON, else as text); repeatable",
-    )
+    _run_filters(cmd)
     cmd.add_argument("--param-cols", metavar="K1,K2", help="show these params as columns")
     cmd.add_argument("--metric", metavar="NAME", help="show the latest value of this metric")
     cmd.add_argument(
         "--limit", type=_positive, default=RUNS_LIMIT, help=f"at most N runs (default {RUNS_LIMIT})"
     )
-    cmd.add_argument("--oldest", action="store_true", help="oldest first")
 
     cmd = add(
         "show",
@@ -233,11 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmd = add(
         "compare",
-        runcmds.compare,
+        compare.compare,
         "params side by side (differences marked) and last/min/max of every metric",
-        "fetchml compare 3fa8c1d2 9b0e44aa 51c2e7f0",
+        "fetchml compare 3fa8c1d2 9b0e44aa 51c2e7f0   or   fetchml compare --tag sweep",
     )
-    cmd.add_argument("ids", nargs="+", type=_commit, metavar="RUN")
+    cmd.add_argument("ids", nargs="*", type=_commit, metavar="RUN")
+    _run_filters(cmd)
+    cmd.add_argument(
+        "--limit",
+        type=_positive,
+        default=COMPARE_LIMIT,
+        help=f"at most N runs from the filter (default {COMPARE_LIMIT})",
+    )
 
     cmd = add(
         "tag",

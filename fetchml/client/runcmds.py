@@ -1,4 +1,4 @@
-"""The run commands of `fetchml`: runs, compare, tag, note, and the run part of `show`.
+"""The run commands of `fetchml`: runs, tag, note, and the run part of `show`.
 
 A run is an experiment with a run document (name, project, params, tags,
 status...); experiments made the old way have none and show their job name
@@ -14,8 +14,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fetchml.protocol.shapes import json_value
-
 from .connection import Client
 from .errors import InvalidRequest, NotFound, StorageError
 from .models import Metric, metric_to_json
@@ -26,13 +24,8 @@ LIST_PAGE_MAX = 1000
 """LIST_RUNS's largest `limit`."""
 RESOLVE_LIMIT = 20
 """How many matches of an ambiguous prefix are named."""
-COMPARE_FULL_MAX = 200_000
-"""`compare` reads every record of a run up to this many; beyond, a downsampled query."""
-COMPARE_POINTS = 2000
-"""Points per metric of that downsampled query (last is exact; min and max approximate)."""
 OUTPUT_LINES = 20
 """`show` prints the last this many lines of a run's output."""
-BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
 
 
 def filter_value(text: str) -> str | int | float | bool:
@@ -92,7 +85,7 @@ async def summary(client: Client, run_id: str) -> RunSummary | None:
     return page.runs[0] if page.runs else None
 
 
-async def _summary(client: Client, run_id: str) -> RunSummary:
+async def require_summary(client: Client, run_id: str) -> RunSummary:
     found = await summary(client, run_id)
     if found is None:
         raise NotFound(f"experiment {run_id} not found")
@@ -122,19 +115,12 @@ def duration(run: Run, now: float | None = None) -> int | None:
     return None if end is None else end - run.started_at
 
 
-def _label(row: RunSummary) -> str:
+def label(row: RunSummary) -> str:
     return row.name if row.run is not None or row.job_name else row.id[:8]
 
 
-def _labels(rows: Sequence[RunSummary]) -> list[str]:
-    """Column headers of runs: names, with the short ID where names repeat."""
-    names = [_label(r) for r in rows]
-    return [
-        n if names.count(n) == 1 else f"{n} ({r.id[:8]})" for n, r in zip(names, rows, strict=True)
-    ]
-
-
-async def runs(client: Client, args: argparse.Namespace) -> int:
+def run_query(args: argparse.Namespace) -> dict[str, Any]:
+    """The LIST_RUNS filter of the filter options (`runs`, `compare`), without limit."""
     query: dict[str, Any] = {
         key: getattr(args, key)
         for key in ("user", "name", "project", "status", "tag")
@@ -144,16 +130,28 @@ async def runs(client: Client, args: argparse.Namespace) -> int:
         query["params"] = dict(args.param)
     if args.oldest:
         query["order"] = "oldest"
+    return query
+
+
+async def fetch_runs(
+    client: Client, query: dict[str, Any], limit: int
+) -> tuple[list[RunSummary], int]:
+    """The first `limit` matches of `query` (page after page) and the number of matches."""
     rows: list[RunSummary] = []
     total = offset = 0
-    while len(rows) < args.limit:
-        limit = min(args.limit - len(rows), LIST_PAGE_MAX)
-        page = await client.list_runs_page(query | {"limit": limit, "offset": offset})
+    while len(rows) < limit:
+        size = min(limit - len(rows), LIST_PAGE_MAX)
+        page = await client.list_runs_page(query | {"limit": size, "offset": offset})
         rows.extend(page.runs)
         total = page.total
         if page.next_offset is None or not page.runs:
             break
         offset = page.next_offset
+    return rows, total
+
+
+async def runs(client: Client, args: argparse.Namespace) -> int:
+    rows, total = await fetch_runs(client, run_query(args), args.limit)
     latest = await _latest(client, rows, args.metric) if args.metric else [None] * len(rows)
     if args.json:
         extra = [{"latest": None if m is None else metric_to_json(m)} for m in latest]
@@ -241,117 +239,10 @@ def output_tail(run: Run) -> str:
     return "\n".join([head, *("  " + line for line in shown)])
 
 
-async def compare(client: Client, args: argparse.Namespace) -> int:
-    ids = list(dict.fromkeys(args.ids))
-    rows = await asyncio.gather(*(_summary(client, i) for i in ids))
-    stats = await asyncio.gather(*(_stats(client, row) for row in rows))
-    params = [{} if r.run is None else r.run.params for r in rows]
-    keys = sorted({key for p in params for key in p})
-    differ = [key for key in keys if len({_same(p.get(key)) for p in params}) > 1]
-    if args.json:
-        emit(dumps(_compare_json(rows, params, stats, differ)))
-        return 0
-    labels = _labels(rows)
-    param_rows = [["id", *(r.id[:8] for r in rows)]]
-    param_rows += [[key, *(fmt_param(p.get(key)) for p in params)] for key in keys]
-    marked = [False] + [key in differ for key in keys]
-    text = _marked(table(["PARAM", *labels], param_rows).splitlines(), [False, *marked])
-    names = sorted({name for s in stats for name in s[0]})
-    metric_rows: list[list[object]] = []
-    for name in names:
-        for i, stat in enumerate(("last", "min", "max")):
-            cells = [_stat_cell(s, name, i) for s in stats]
-            metric_rows.append([name if i == 0 else "", stat, *cells])
-    right = set(range(2, 2 + len(rows)))
-    text += "\n\n" + (
-        table(["METRIC", "STAT", *labels], metric_rows, right=right) if names else "(no metrics)"
-    )
-    if not all(exact for _, exact in stats):
-        text += (
-            f"\n~ min and max of runs over {COMPARE_FULL_MAX} records come from "
-            f"{COMPARE_POINTS} downsampled points per metric"
-        )
-    emit(text)
-    return 0
-
-
-Stats = tuple[dict[str, tuple[Metric, float, float]], bool]
-"""Per metric name: the last record, the min and the max (NaN ignored); whether exact."""
-
-
-async def _stats(client: Client, row: RunSummary) -> Stats:
-    exact = row.metrics_count <= COMPARE_FULL_MAX
-    records = await client.query(row.id, max_points=0 if exact else COMPARE_POINTS)
-    values: dict[str, list[float]] = {}
-    last: dict[str, Metric] = {}
-    for record in records:
-        last[record.name] = record
-        if not math.isnan(record.value):
-            values.setdefault(record.name, []).append(record.value)
-    out = {}
-    for name, record in last.items():
-        seen = values.get(name)
-        out[name] = (record, min(seen) if seen else math.nan, max(seen) if seen else math.nan)
-    return out, exact
-
-
-def _stat_cell(stats: Stats, name: str, which: int) -> str | None:
-    found, exact = stats
-    if name not in found:
-        return None
-    record, low, high = found[name]
-    if which == 0:
-        return fmt_value(record.value)
-    return ("" if exact else "~") + fmt_value(low if which == 1 else high)
-
-
-def _same(value: object) -> tuple[str, object]:
-    """A param value compared as JSON: numbers by value (1 == 1.0), booleans apart."""
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, int | float):
-        return ("number", float(value))
-    return (type(value).__name__, value)
-
-
-def _marked(lines: list[str], marks: list[bool]) -> str:
-    """Rows whose values differ: bold on a terminal, else a leading `*`."""
-    if sys.stdout.isatty():
-        return "\n".join(
-            BOLD + line + PLAIN if mark else line for line, mark in zip(lines, marks, strict=True)
-        )
-    return "\n".join(
-        ("* " if mark else "  ") + line for line, mark in zip(lines, marks, strict=True)
-    )
-
-
-def _compare_json(
-    rows: Sequence[RunSummary],
-    params: Sequence[dict[str, Any]],
-    stats: Sequence[Stats],
-    differ: list[str],
-) -> dict[str, Any]:
-    items = []
-    for row, p, (found, exact) in zip(rows, params, stats, strict=True):
-        metrics = {
-            name: {
-                "last": json_value(rec.value),
-                "step": rec.step,
-                "min": json_value(low),
-                "max": json_value(high),
-            }
-            for name, (rec, low, high) in sorted(found.items())
-        }
-        items.append(
-            {"id": row.id, "name": row.name, "params": p, "metrics": metrics, "exact": exact}
-        )
-    return {"runs": items, "differing_params": differ}
-
-
 async def tag(client: Client, args: argparse.Namespace) -> int:
     """Add (+TAG) and remove (-TAG) tags: reads the tags, sends the whole new list."""
     added, removed = args.changes
-    row = await _summary(client, args.run)
+    row = await require_summary(client, args.run)
     tags = [] if row.run is None else list(row.run.tags)
     new = [t for t in tags if t not in removed] + [t for t in added if t not in tags]
     if new != tags:
@@ -359,7 +250,7 @@ async def tag(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         emit(dumps({"id": args.run, "tags": tags}))
     else:
-        emit(f"{args.run[:8]} {_label(row)}: tags {', '.join(tags) or '(none)'}")
+        emit(f"{args.run[:8]} {label(row)}: tags {', '.join(tags) or '(none)'}")
     return 0
 
 
