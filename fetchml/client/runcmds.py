@@ -177,7 +177,16 @@ async def runs(client: Client, args: argparse.Namespace) -> int:
 def _runs_row(row: RunSummary, cols: Sequence[str]) -> list[object]:
     run = row.run
     if run is None:
-        return [row.id[:8], row.job_name, None, None, row.user, None, None, *[None for _ in cols]]
+        return [
+            row.id[:8],
+            row.job_name or None,
+            None,
+            None,
+            row.user,
+            None,
+            None,
+            *[None for _ in cols],
+        ]
     params = [fmt_param(run.params.get(c)) for c in cols]
     started = fmt_time(run.started_at)
     took = fmt_duration(duration(run))
