@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--param-cols", metavar="K1,K2", help="show these params as columns")
     cmd.add_argument("--metric", metavar="NAME", help="show the latest value of this metric")
     cmd.add_argument(
+        "--ids", dest="only_ids", action="store_true", help="only the IDs, one a line (for scripts)"
+    )
+    cmd.add_argument(
         "--limit", type=_positive, default=RUNS_LIMIT, help=f"at most N runs (default {RUNS_LIMIT})"
     )
 

@@ -152,6 +152,10 @@ async def fetch_runs(
 
 async def runs(client: Client, args: argparse.Namespace) -> int:
     rows, total = await fetch_runs(client, run_query(args), args.limit)
+    if args.only_ids:
+        if rows:
+            emit("\n".join(row.id for row in rows))
+        return 0
     latest = await _latest(client, rows, args.metric) if args.metric else [None] * len(rows)
     if args.json:
         extra = [{"latest": None if m is None else metric_to_json(m)} for m in latest]

@@ -149,6 +149,8 @@ def test_runs_filters(run: Cli) -> None:
     assert listed("--param", "opt=adam", "--name", "lr-0.0") == ["lr-0.001", "lr-0.01"]
     assert run.ok("runs", "--param", 'lr="0.1"') == "(no matching runs)\n"  # a string is not 0.1
     assert listed("--name", "tag") == ["tagged"]
+    assert run.ok("runs", "--project", "sweep", "--oldest", "--ids") == f"{R1}\n{R2}\n{R3}\n"
+    assert run.ok("runs", "--project", "nothing", "--ids") == ""
 
 
 def test_runs_order_limit_and_runs_without_a_document(run: Cli) -> None:
