@@ -63,7 +63,7 @@ def tag_changes(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
     both = sorted(set(added) & set(removed))
     if both:
         raise ValueError(f"tag {both[0]!r} both added and removed")
-    return added, removed
+    return list(dict.fromkeys(added)), removed
 
 
 async def resolve(client: Client, prefix: str, what: str) -> str:
@@ -98,20 +98,19 @@ def summary_json(row: RunSummary) -> dict[str, Any]:
     return {
         "id": row.id,
         "metrics_count": row.metrics_count,
-        "metadata": meta | {"user": row.user},
+        "metadata": {**meta, "user": row.user},
         "run": None if row.run is None else row.run.to_json(),
     }
 
 
-def duration(run: Run, now: float | None = None) -> int | None:
+def duration(run: Run) -> int | None:
     """Seconds from start to end: the end time, else now while running, else the last
     heartbeat (a crashed run); None before it started."""
     if run.started_at is None:
         return None
     end = run.ended_at
     if end is None:
-        end = int(time.time() if now is None else now) if run.status == "running" else None
-    end = end if end is not None else run.heartbeat_at
+        end = int(time.time()) if run.status == "running" else run.heartbeat_at
     return None if end is None else end - run.started_at
 
 
@@ -158,10 +157,10 @@ async def runs(client: Client, args: argparse.Namespace) -> int:
         return 0
     latest = await _latest(client, rows, args.metric) if args.metric else [None] * len(rows)
     if args.json:
-        extra = [{"latest": None if m is None else metric_to_json(m)} for m in latest]
-        items = [
-            summary_json(r) | (e if args.metric else {}) for r, e in zip(rows, extra, strict=True)
-        ]
+        items = [summary_json(row) for row in rows]
+        if args.metric:
+            for item, metric in zip(items, latest, strict=True):
+                item["latest"] = None if metric is None else metric_to_json(metric)
         emit(dumps(items))
         return 0
     cols = [c for c in args.param_cols.split(",") if c] if args.param_cols else []
@@ -181,16 +180,8 @@ async def runs(client: Client, args: argparse.Namespace) -> int:
 def _runs_row(row: RunSummary, cols: Sequence[str]) -> list[object]:
     run = row.run
     if run is None:
-        return [
-            row.id[:8],
-            row.job_name or None,
-            None,
-            None,
-            row.user,
-            None,
-            None,
-            *[None for _ in cols],
-        ]
+        blank: list[object] = [None] * len(cols)
+        return [row.id[:8], row.job_name or None, None, None, row.user, None, None, *blank]
     params = [fmt_param(run.params.get(c)) for c in cols]
     started = fmt_time(run.started_at)
     took = fmt_duration(duration(run))
