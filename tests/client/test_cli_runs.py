@@ -217,6 +217,9 @@ def test_prefixes_resolve_through_the_run_listing(run: Cli) -> None:
     assert shown == sorted(shown) and len(set(shown) & set(CROWD)) == 20
     code, out, err = run("compare", R1[:8], "ba5eba11")
     assert (code, out, err) == (1, "", "error: no experiment matches run prefix ba5eba11\n")
+    missing = "ba5eba11" * 5
+    code, out, err = run("tag", missing, "+x")
+    assert (code, out, err) == (1, "", f"error: experiment {missing} not found\n")
 
 
 def test_show_prints_the_run_document(run: Cli) -> None:
