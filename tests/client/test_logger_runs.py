@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -293,7 +294,7 @@ def test_a_refused_run_update_is_reported_like_rejected_points(
     with pytest.raises(InvalidRequest, match=r"run: update too large \(80\d\d\d > 65535"):
         ml.set_params({f"r{i}": "x" * 4000 for i in range(20)})  # one alone is refused at once
     ml.log("loss", 1.0)
-    with pytest.raises(MetricsRejected, match=r"run update \['params'\] refused: "):
+    with pytest.raises(MetricsRejected, match=r"run update \['params'\] refused: run: document"):
         ml.close()
     row = run_of(shared_server, ml.run_id)
     assert row.metrics_count == 1 and row.run is not None and len(row.run.params) == 10
@@ -322,13 +323,14 @@ def test_points_carry_the_time_they_were_logged(
     points given a timestamp."""
     server_process.start()
     ml = MetricLogger(url=server_process.url, api_key=ADMIN_KEY, max_backoff=0.05)
-    server_process.stop()
+    server_process.kill()
     logged = []
     for i in range(3):
         before = time.time()
         ml.log("loss", float(i))
         logged.append((int(before), int(time.time())))
-        time.sleep(0.6)
+        if i == 0:
+            time.sleep(1.0)  # one batch, two different seconds
     ml.log("old", 1.0, timestamp=1_700_000_000.9)
     ml.log_dict({"a": 1.0, "b": 2.0}, step=3, timestamp=1_700_000_001)
     for bad in (946_684_799, time.time() + 400, math.nan, True, "now"):
@@ -347,7 +349,7 @@ def test_points_carry_the_time_they_were_logged(
     ]
     for record, (low, high) in zip(records, logged, strict=False):
         assert low <= record.timestamp <= high
-    assert records[2].timestamp - records[0].timestamp >= 1  # not the time of delivery
+    assert records[1].timestamp - records[0].timestamp >= 1  # not the time of delivery
     assert [r.timestamp for r in records[3:]] == [1_700_000_000, 1_700_000_001, 1_700_000_001]
 
 
@@ -355,10 +357,12 @@ async def test_a_reconnect_skips_what_the_run_stored_and_warns_of_another_writer
     shared_server: ServerProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Shipper._reconcile against a daemon: the run holds the first batch and 4 records of
-    the second (their answers lost); those are skipped, the rest sent once. A record of
-    another writer in the window: everything is sent again, with one warning."""
+    the second (their answers lost); those are skipped, the rest sent once. Records of
+    another writer in the window (1, or 40: more than the window, not even read):
+    everything is sent again, with one warning per logger."""
     points: list[Item] = [("m", float(i), i, 1_795_735_109.0 + i) for i in range(30)]
-    for foreign in (False, True):
+    ours = [(float(i), 1_795_735_109 + i) for i in range(30)]
+    for foreign in (0, 1, 40):
         run = commit_of(f"reconcile-{foreign}")
         async with Client.connect(shared_server.url, api_key=ADMIN_KEY) as c:
             await c.create_experiment(run, "")
@@ -370,8 +374,9 @@ async def test_a_reconnect_skips_what_the_run_stored_and_warns_of_another_writer
             ship.batcher.base = 0
             ship.batcher.drain(slots=64, cut=True)
             first, second, _ = ship.batcher.unacked.values()
-            if foreign:
-                await c.log_metrics_at(run, [(1_795_735_000, "m", -1.0, 0)])
+            theirs = [(1_795_735_000, "m", -1.0, 0)] * foreign
+            if theirs:
+                await c.log_metrics_at(run, theirs)
             await c._success(first.message)
             four = second.records[: 4 * (RECORD_MIN + 1)]
             request = LogMetricsAt(
@@ -385,11 +390,36 @@ async def test_a_reconnect_skips_what_the_run_stored_and_warns_of_another_writer
                 await c._success(batch.message)
                 ship.batcher.acknowledged(batch.seq)
             stored = [(r.value, r.timestamp) for r in await c.query(run)]
-        ours = [(float(i), 1_795_735_109 + i) for i in range(30)]
+        warnings = caplog.text.count("possible duplicates: another writer")
         if not foreign:
             assert stored == ours and ship.ledger.recovered == 14
-            assert ship.batcher.base == 30 and "possible duplicates" not in caplog.text
+            assert ship.batcher.base == 30 and warnings == 0
         else:
-            assert stored == [(-1.0, 1_795_735_000), *ours[:14], *ours]
-            assert ship.ledger.recovered == 0 and ship.batcher.base == 15 + 30
-            assert caplog.text.count("possible duplicates: another writer") == 1
+            assert stored == [(-1.0, 1_795_735_000)] * foreign + ours[:14] + ours
+            assert ship.ledger.recovered == 0 and ship.batcher.base == foreign + 14 + 30
+            assert warnings == (1 if foreign == 1 else 2)
+
+
+def test_a_script_that_dies_of_an_exception_leaves_its_run_failed(
+    shared_server: ServerProcess,
+) -> None:
+    """No close(), no `with`: the exit hook delivers the points and sets "failed" after an
+    uncaught exception ("finished" after a clean exit)."""
+    ids = {}
+    for ending in ("1 / 0", "pass"):
+        script = (
+            "from fetchml import MetricLogger\n"
+            f"ml = MetricLogger(url={shared_server.url!r}, api_key={ADMIN_KEY!r})\n"
+            "print(ml.run_id, flush=True)\n"
+            "ml.log('loss', 1.0)\n"
+            f"{ending}\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == (1 if ending == "1 / 0" else 0), done.stderr
+        ids[ending] = done.stdout.strip()
+    for ending, status in (("1 / 0", "failed"), ("pass", "finished")):
+        row = run_of(shared_server, ids[ending])
+        assert row.run is not None and (row.run.status, row.metrics_count) == (status, 1)
