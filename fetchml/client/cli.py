@@ -3,15 +3,13 @@
 Every subcommand connects with `--url` / `--api-key` (else FETCHML_URL /
 FETCHML_API_KEY, else `api_url` / `api_key` in ~/.ml/config.toml), prints
 aligned tables (or JSON with `--json`), and exits 1 with one line
-`error: <the server's message>` on failure (2 for usage errors). A COMMIT is
-40 hex characters, a unique prefix of 6 or more, or HEAD (`git rev-parse HEAD`).
+`error: <the server's message>` on failure (2 for usage errors). A COMMIT or RUN
+is 40 hex characters, a unique prefix of 6 or more, or HEAD (`git rev-parse HEAD`).
 """
 
 import argparse
 import asyncio
 import os
-import string
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -19,111 +17,54 @@ from typing import Any
 from fetchml.protocol.rules import CLI_PRIORITY_MAX, CLI_PRIORITY_MIN, DEFAULT_PRIORITY
 
 from .. import __version__
-from . import commands
+from . import commands, compare, runcmds
+from .cliargs import (
+    HEAD,
+    commit,
+    count,
+    git_head,
+    positive,
+    priority,
+    prune_value,
+    seconds,
+    step,
+    steps,
+    value,
+)
 from .connection import Client
-from .errors import FetchmlError, InvalidRequest
+from .errors import FetchmlError
 from .export import FORMATS
 from .live import REDRAW_S
-from .models import MAX_STEP, commit_hex
+from .models import MAX_STEP
+from .runs import RUN_STATUSES
 
 Handler = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 C = "0123456789abcdef0123456789abcdef01234567"
 DESCRIPTION = __doc__.split("\n\n", 1)[1] if __doc__ else ""
-HEAD = "HEAD"
-MIN_PREFIX = 6
-
-
-def _commit(text: str) -> str:
-    """40 hex characters (lowercased), HEAD, or a lowercase prefix of 6..39 hex characters;
-    main() resolves the last two."""
-    if text == HEAD:
-        return text
-    low = text.strip().lower()
-    if MIN_PREFIX <= len(low) < 40 and all(c in string.hexdigits for c in low):
-        return low
-    try:
-        return commit_hex(text)
-    except InvalidRequest:
-        raise argparse.ArgumentTypeError(
-            f"commit must be 40 hex characters, a unique prefix of {MIN_PREFIX} or more, "
-            f"or HEAD; got {text!r}"
-        ) from None
-
-
-def _int_in(text: str, low: int, high: int, message: str) -> int:
-    """An integer in low..high, else an argparse error: `message` then the text given."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"{message}, got {text!r}")
-    return value
-
-
-def _priority(text: str) -> int:
-    low, high = CLI_PRIORITY_MIN, CLI_PRIORITY_MAX
-    return _int_in(text, low, high, f"priority must be an integer {low}..{high}")
-
-
-def _positive(text: str) -> int:
-    return _int_in(text, 1, sys.maxsize, "expected a positive integer")
-
-
-def _count(text: str) -> int:
-    return _int_in(text, 0, sys.maxsize, "expected an integer >= 0")
-
-
-def _prune_value(text: str) -> int:
-    return _int_in(text, 1, 0xFFFFFFFF, "expected an integer 1..4294967295")
-
-
-def _seconds(text: str) -> float:
-    seconds = _value(text)
-    if not 0 <= seconds <= 3600:
-        raise argparse.ArgumentTypeError(f"expected seconds 0..3600, got {text!r}")
-    return seconds
-
-
-def _step(text: str) -> int:
-    return _int_in(text, 0, MAX_STEP, f"step must be an integer 0..{MAX_STEP}")
-
-
-def _steps(text: str) -> tuple[int, int]:
-    """A:B, A: (to the end), :B (from 0), or A (exactly A)."""
-    low, sep, high = text.partition(":")
-    start = _step(low) if low else 0
-    end = (_step(high) if high else MAX_STEP) if sep else start
-    if start > end:
-        raise argparse.ArgumentTypeError(f"empty step range {text!r}")
-    return start, end
-
-
-def _value(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def _git_head(context: str) -> str:
-    """`git rev-parse HEAD` in the current directory; errors start with `context`."""
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-        )
-    except OSError as exc:
-        raise InvalidRequest(f"{context} and git is not available: {exc}") from None
-    if done.returncode != 0:
-        why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
-        raise InvalidRequest(f"{context} and `git rev-parse HEAD` failed: {why}")
-    return commit_hex(done.stdout.strip())
+RUNS_LIMIT = 50
+COMPARE_LIMIT = 10
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument("--url", default=default, help="ws://HOST:PORT/ws (env FETCHML_URL)")
     parser.add_argument("--api-key", default=default, help="raw API key (env FETCHML_API_KEY)")
+
+
+def _run_filters(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--project", help="only this project")
+    cmd.add_argument("--tag", help="only runs with this tag")
+    cmd.add_argument("--status", choices=RUN_STATUSES, help="only runs with this status")
+    cmd.add_argument("--user", help="only runs of this user")
+    cmd.add_argument("--name", help="only runs whose name contains this text")
+    cmd.add_argument(
+        "--param",
+        type=runcmds.param_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="only runs with this param (VALUE read as JSON, else as text); repeatable",
+    )
+    cmd.add_argument("--oldest", action="store_true", help="oldest first")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "queue", commands.queue, "queue a job", f"fetchml queue train --commit {C} --priority 7"
     )
     cmd.add_argument("job", help="job name")
-    cmd.add_argument("--commit", type=_commit, help="COMMIT (default: HEAD)")
+    cmd.add_argument("--commit", type=commit, help="COMMIT (default: HEAD)")
     cmd.add_argument(
         "--priority",
-        type=_priority,
+        type=priority,
         default=DEFAULT_PRIORITY,
         help=f"{CLI_PRIORITY_MIN}..{CLI_PRIORITY_MAX}, higher first (default {DEFAULT_PRIORITY})",
     )
@@ -182,11 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which = cmd.add_mutually_exclusive_group(required=True)
     which.add_argument(
-        "--keep", type=_prune_value, metavar="N", help="keep the newest N experiments"
+        "--keep", type=prune_value, metavar="N", help="keep the newest N experiments"
     )
     which.add_argument(
         "--older-than",
-        type=_prune_value,
+        type=prune_value,
         metavar="DAYS",
         help="remove experiments older than DAYS",
     )
@@ -197,18 +138,62 @@ def build_parser() -> argparse.ArgumentParser:
     add("ls", commands.ls, "list experiments, newest first", "fetchml ls --json")
 
     cmd = add(
+        "runs",
+        runcmds.runs,
+        "list runs, newest first, with filters",
+        "fetchml runs --project cifar --param-cols lr,batch --metric loss",
+    )
+    _run_filters(cmd)
+    cmd.add_argument("--param-cols", metavar="K1,K2", help="show these params as columns")
+    cmd.add_argument("--metric", metavar="NAME", help="show the latest value of this metric")
+    cmd.add_argument(
+        "--ids", dest="only_ids", action="store_true", help="only the IDs, one a line (for scripts)"
+    )
+    cmd.add_argument(
+        "--limit", type=positive, default=RUNS_LIMIT, help=f"at most N runs (default {RUNS_LIMIT})"
+    )
+
+    cmd = add(
         "show",
         commands.show,
-        "experiment metadata and the latest value per metric",
-        f"fetchml show {C}",
+        "a run's (or experiment's) metadata, document and latest value per metric",
+        f"fetchml show {C[:8]}",
     )
-    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("commit", type=commit, metavar="RUN")
+
+    cmd = add(
+        "compare",
+        compare.compare,
+        "params side by side (differences marked) and last/min/max of every metric",
+        "fetchml compare 3fa8c1d2 9b0e44aa 51c2e7f0   or   fetchml compare --tag sweep",
+    )
+    cmd.add_argument("ids", nargs="*", type=commit, metavar="RUN")
+    _run_filters(cmd)
+    cmd.add_argument(
+        "--limit",
+        type=positive,
+        default=COMPARE_LIMIT,
+        help=f"at most N runs from the filter (default {COMPARE_LIMIT})",
+    )
+
+    cmd = add(
+        "tag",
+        runcmds.tag,
+        "add (+TAG) and remove (-TAG) a run's tags; none given: print them",
+        "fetchml tag 3fa8c1d2 +best -baseline",
+    )
+    cmd.add_argument("run", type=commit, metavar="RUN")
+    cmd.add_argument("changes", nargs="*", metavar="+TAG|-TAG")
+
+    cmd = add("note", runcmds.note, "set a run's notes", 'fetchml note 3fa8c1d2 "lr too high"')
+    cmd.add_argument("run", type=commit, metavar="RUN")
+    cmd.add_argument("text", help='the notes ("" clears them)')
 
     cmd = add("log", commands.log, "log one metric value", f"fetchml log {C} loss 0.25 --step 100")
-    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("commit", type=commit)
     cmd.add_argument("name")
-    cmd.add_argument("value", type=_value)
-    cmd.add_argument("--step", type=_step, default=0, help="step (default 0)")
+    cmd.add_argument("value", type=value)
+    cmd.add_argument("--step", type=step, default=0, help="step (default 0)")
     cmd.add_argument("--create", action="store_true", help="create the experiment if missing")
 
     cmd = add(
@@ -217,14 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
         "print metrics, optionally filtered and downsampled",
         f"fetchml query {C} --name loss --steps 1000:2000 --points 100",
     )
-    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("commit", type=commit)
     cmd.add_argument("--name", default="", help="only this metric")
-    cmd.add_argument(
-        "--steps", type=_steps, default=(0, MAX_STEP), metavar="A:B", help="step range"
-    )
+    cmd.add_argument("--steps", type=steps, default=(0, MAX_STEP), metavar="A:B", help="step range")
     cmd.add_argument(
         "--points",
-        type=_positive,
+        type=positive,
         default=0,
         metavar="N",
         help="at most N points per metric (LTTB)",
@@ -236,19 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
         "live table (or chart) of the latest values",
         f"fetchml watch {C} --name loss --plot",
     )
-    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("commit", type=commit)
     cmd.add_argument("--name", default="", help="only this metric")
     cmd.add_argument("--plot", action="store_true", help="terminal chart (needs plotext)")
-    cmd.add_argument("--from-index", type=_count, default=0, metavar="N", help="start at record N")
+    cmd.add_argument("--from-index", type=count, default=0, metavar="N", help="start at record N")
     cmd.add_argument(
-        "--exit-after", type=_count, default=0, metavar="N", help="stop after N records"
+        "--exit-after", type=count, default=0, metavar="N", help="stop after N records"
     )
     cmd.add_argument(
         "--wait", action="store_true", help="wait for an experiment that does not exist yet"
     )
     cmd.add_argument(
         "--interval",
-        type=_seconds,
+        type=seconds,
         default=REDRAW_S,
         metavar="SECONDS",
         help=f"redraw at most this often (default {REDRAW_S})",
@@ -257,16 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = add(
         "export",
         commands.export,
-        "write metrics to a file",
+        "write the metrics of one or more runs to a file (several: a `run` ID column)",
         f"fetchml export {C} --format parquet -o metrics.parquet",
     )
-    cmd.add_argument("commit", type=_commit)
+    cmd.add_argument("ids", nargs="+", type=commit, metavar="RUN")
     cmd.add_argument("--format", choices=FORMATS, help="default: from the file extension")
     cmd.add_argument("-o", "--output", required=True, metavar="FILE")
     cmd.add_argument("--name", default="", help="only this metric")
-    cmd.add_argument(
-        "--steps", type=_steps, default=(0, MAX_STEP), metavar="A:B", help="step range"
-    )
+    cmd.add_argument("--steps", type=steps, default=(0, MAX_STEP), metavar="A:B", help="step range")
     bar = cmd.add_mutually_exclusive_group()
     bar.add_argument("--progress", action="store_true", default=None, help="always show progress")
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show it")
@@ -280,19 +261,49 @@ async def _run(args: argparse.Namespace) -> int:
     async with Client.connect(args.url, args.api_key) as client:
         if getattr(args, "commit", None):
             args.commit = await commands.resolve_commit(client, args.commit)
+        if getattr(args, "run", None):
+            args.run = await commands.resolve_commit(client, args.run, "run")
+        if getattr(args, "ids", None):
+            args.ids = [await commands.resolve_commit(client, i, "run") for i in args.ids]
         return await handler(client, args)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; `tag`'s -TAG words look like options, so they come back unrecognized."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "tag":
+        words = [*args.changes, *extra]
+        if any(w.startswith("--") for w in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        try:
+            args.changes = runcmds.tag_changes(words)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _heads(args: argparse.Namespace) -> None:
+    """Replace HEAD by `git rev-parse HEAD` wherever a commit or run is taken."""
+    if args.command == "queue" and args.commit is None:
+        args.commit = git_head("no --commit given")
+    for field in ("commit", "run"):
+        if getattr(args, field, None) == HEAD:
+            setattr(args, field, git_head("HEAD given"))
+    ids = getattr(args, "ids", None) or []
+    if HEAD in ids:
+        args.ids = [git_head("HEAD given") if i == HEAD else i for i in ids]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        if args.command == "queue" and args.commit is None:
-            args.commit = _git_head("no --commit given")
-        elif getattr(args, "commit", None) == HEAD:
-            args.commit = _git_head("HEAD given")
+        _heads(args)
         return asyncio.run(_run(args))
     except FetchmlError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

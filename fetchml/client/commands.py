@@ -10,6 +10,7 @@ from typing import Any
 
 from fetchml.protocol.shapes import json_value
 
+from . import runcmds
 from .connection import Client
 from .errors import InvalidRequest
 from .export import ProgressBar, export_metrics, guess_format, load_optional
@@ -23,18 +24,11 @@ WAIT_POLL_S = 1.0
 """`watch --wait`: how often to ask again for an experiment that does not exist yet."""
 
 
-async def resolve_commit(client: Client, commit: str) -> str:
-    """A full 40-hex commit as is; a prefix: the one experiment in the listing it starts."""
+async def resolve_commit(client: Client, commit: str, what: str = "commit") -> str:
+    """A full 40-hex ID as is; a prefix: the one experiment (or run) whose ID it starts."""
     if len(commit) == 40:
         return commit
-    matches = [
-        e.commit_id for e in await client.list_experiments() if e.commit_id.startswith(commit)
-    ]
-    if not matches:
-        raise InvalidRequest(f"no experiment matches commit prefix {commit}")
-    if len(matches) > 1:
-        raise InvalidRequest(f"commit prefix {commit} is ambiguous: {', '.join(sorted(matches))}")
-    return matches[0]
+    return await runcmds.resolve(client, commit, what)
 
 
 async def status(client: Client, args: argparse.Namespace) -> int:
@@ -152,26 +146,31 @@ async def ls(client: Client, args: argparse.Namespace) -> int:
 
 
 async def show(client: Client, args: argparse.Namespace) -> int:
-    experiment, latest = await asyncio.gather(
-        client.get_experiment(args.commit), client.latest(args.commit)
+    experiment, latest, row = await asyncio.gather(
+        client.get_experiment(args.commit),
+        client.latest(args.commit),
+        runcmds.summary(client, args.commit),
     )
+    run = None if row is None else row.run
     if args.json:
         doc: dict[str, Any] = experiment.to_json()
         del doc["metrics"], doc["metrics_truncated"]
         doc["latest"] = {name: metric_to_json(m) for name, m in latest.items()}
+        doc["run"] = None if run is None else run.to_json()
         emit(dumps(doc))
         return 0
-    head = "\n".join(
-        [
-            f"commit   {experiment.commit_id}",
-            f"job      {experiment.job_name or '-'}",
-            f"user     {experiment.user or '-'}",
-            f"created  {fmt_time(experiment.timestamp)}",
-            f"records  {experiment.metrics_count}",
-        ]
-    )
-    body = metrics_table(latest.values()) if latest else "(no metrics)"
-    emit(f"{head}\n\n{body}")
+    head = [
+        f"commit   {experiment.commit_id}",
+        f"job      {experiment.job_name or '-'}",
+        f"user     {experiment.user or '-'}",
+        f"created  {fmt_time(experiment.timestamp)}",
+        f"records  {experiment.metrics_count}",
+    ]
+    parts = ["\n".join(head + ([] if run is None else runcmds.run_lines(run)))]
+    parts.append(metrics_table(latest.values()) if latest else "(no metrics)")
+    if run is not None and run.output:
+        parts.append(runcmds.output_tail(run))
+    emit("\n\n".join(parts))
     return 0
 
 
@@ -252,28 +251,25 @@ async def export(client: Client, args: argparse.Namespace) -> int:
         raise InvalidRequest(f"cannot tell the format of {path}: pass --format csv|jsonl|parquet")
     if fmt == "parquet":
         load_optional("pyarrow", "parquet", "Parquet export")
+    ids = list(dict.fromkeys(args.ids))
     progress = None
+    sizes: list[int] = []
     if args.progress is not False:
-        total = next(
-            (
-                e.metrics_count
-                for e in await client.list_experiments()
-                if e.commit_id == args.commit
-            ),
-            0,
-        )
-        if args.progress or (sys.stderr.isatty() and total >= PROGRESS_MIN_RECORDS):
-            progress = ProgressBar(sys.stderr, total)
+        rows = await asyncio.gather(*(runcmds.summary(client, i) for i in ids))
+        sizes = [0 if row is None else row.metrics_count for row in rows]
+        if args.progress or (sys.stderr.isatty() and sum(sizes) >= PROGRESS_MIN_RECORDS):
+            progress = ProgressBar(sys.stderr, sum(sizes))
     step_from, step_to = args.steps
     count = await export_metrics(
         client,
-        args.commit,
+        ids,
         path,
         fmt,
         name=args.name,
         step_from=step_from,
         step_to=step_to,
         progress=progress,
+        sizes=sizes,
     )
     emit(
         dumps({"records": count, "file": str(path)})

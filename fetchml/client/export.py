@@ -1,7 +1,8 @@
-"""Export an experiment's metrics to CSV, JSON lines or Parquet, page by page.
+"""Export the metrics of one or more runs to CSV, JSON lines or Parquet, page by page.
 
 Columns: name, step, value, timestamp (in this order in every format, JSON lines
-included). CSV writes non-finite values as
+included), preceded by `run` (the run's 40-hex ID) when several runs go into one
+file. CSV writes non-finite values as
 nan / inf / -inf (pandas reads them back as floats); JSON lines use the
 protocol's strings "NaN", "Infinity", "-Infinity". Parquet needs the
 optional `pyarrow` package. The file is written beside the target and
@@ -23,35 +24,40 @@ from .models import MAX_STEP, Metric
 
 FORMATS = ("csv", "jsonl", "parquet")
 COLUMNS = ("name", "step", "value", "timestamp")
+RUN_COLUMN = "run"
 
 
 class Writer(Protocol):
-    def write(self, records: Sequence[Metric]) -> None: ...
+    def write(self, records: Sequence[Metric], run: str) -> None: ...
 
     def close(self) -> None: ...
 
 
 class CsvWriter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, with_run: bool) -> None:
         self._file = path.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
-        self._csv.writerow(COLUMNS)
+        self._lead: tuple[str, ...] = (RUN_COLUMN,) if with_run else ()
+        self._csv.writerow(self._lead + COLUMNS)
 
-    def write(self, records: Sequence[Metric]) -> None:
-        self._csv.writerows((r.name, r.step, repr(r.value), r.timestamp) for r in records)
+    def write(self, records: Sequence[Metric], run: str) -> None:
+        lead = (run,) if self._lead else ()
+        self._csv.writerows((*lead, r.name, r.step, repr(r.value), r.timestamp) for r in records)
 
     def close(self) -> None:
         self._file.close()
 
 
 class JsonLinesWriter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, with_run: bool) -> None:
         self._file = path.open("w", encoding="utf-8")
+        self._with_run = with_run
 
-    def write(self, records: Sequence[Metric]) -> None:
+    def write(self, records: Sequence[Metric], run: str) -> None:
+        lead = {RUN_COLUMN: run} if self._with_run else {}
         for record in records:
             shape = shapes.metric(record)
-            self._file.write(shapes.dumps({key: shape[key] for key in COLUMNS}) + "\n")
+            self._file.write(shapes.dumps(lead | {key: shape[key] for key in COLUMNS}) + "\n")
 
     def close(self) -> None:
         self._file.close()
@@ -68,12 +74,15 @@ def load_optional(module: str, extra: str, feature: str) -> Any:
 
 
 class ParquetWriter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, with_run: bool) -> None:
         self._pa = load_optional("pyarrow", "parquet", "Parquet export")
         pq = load_optional("pyarrow.parquet", "parquet", "Parquet export")
         pa = self._pa
+        self._with_run = with_run
+        lead = [(RUN_COLUMN, pa.string())] if with_run else []
         self._schema = pa.schema(
             [
+                *lead,
                 ("name", pa.string()),
                 ("step", pa.uint32()),
                 ("value", pa.float64()),
@@ -82,8 +91,9 @@ class ParquetWriter:
         )
         self._writer = pq.ParquetWriter(str(path), self._schema)
 
-    def write(self, records: Sequence[Metric]) -> None:
-        columns = {
+    def write(self, records: Sequence[Metric], run: str) -> None:
+        lead = {RUN_COLUMN: [run] * len(records)} if self._with_run else {}
+        columns = lead | {
             "name": [r.name for r in records],
             "step": [r.step for r in records],
             "value": [r.value for r in records],
@@ -95,13 +105,13 @@ class ParquetWriter:
         self._writer.close()
 
 
-def open_writer(fmt: str, path: Path) -> Writer:
+def open_writer(fmt: str, path: Path, with_run: bool = False) -> Writer:
     if fmt == "csv":
-        return CsvWriter(path)
+        return CsvWriter(path, with_run)
     if fmt == "jsonl":
-        return JsonLinesWriter(path)
+        return JsonLinesWriter(path, with_run)
     if fmt == "parquet":
-        return ParquetWriter(path)
+        return ParquetWriter(path, with_run)
     raise ConfigurationError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
@@ -145,7 +155,7 @@ class ProgressBar:
 
 async def export_metrics(
     client: Client,
-    commit: str,
+    runs: Sequence[str],
     path: Path,
     fmt: str,
     *,
@@ -153,19 +163,24 @@ async def export_metrics(
     step_from: int = 0,
     step_to: int = MAX_STEP,
     progress: ProgressBar | None = None,
+    sizes: Sequence[int] = (),
 ) -> int:
-    """Write every matching record to `path`; returns how many."""
+    """Write every matching record of `runs` (40-hex IDs, in turn) to `path`, with a `run`
+    column when there are several; returns how many. `sizes` (record counts) place each
+    run on the progress bar."""
     partial = path.with_name(path.name + ".partial")
-    writer = open_writer(fmt, partial)
-    count = 0
+    writer = open_writer(fmt, partial, with_run=len(runs) > 1)
+    count = base = 0
     try:
-        async for page in client.query_pages(
-            commit, name=name, step_from=step_from, step_to=step_to
-        ):
-            writer.write(page.records)
-            count += len(page.records)
-            if progress is not None and page.next:
-                progress.update(page.next, count)
+        for i, run in enumerate(runs):
+            async for page in client.query_pages(
+                run, name=name, step_from=step_from, step_to=step_to
+            ):
+                writer.write(page.records, run)
+                count += len(page.records)
+                if progress is not None and page.next:
+                    progress.update(base + page.next, count)
+            base += sizes[i] if i < len(sizes) else 0
     except BaseException:
         writer.close()
         partial.unlink(missing_ok=True)

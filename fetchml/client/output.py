@@ -26,6 +26,31 @@ def fmt_value(value: float) -> str:
     return format(value, ".10g")
 
 
+def fmt_duration(seconds: int | None) -> str:
+    """`42s`, `3m05s`, `2h03m`, `4d07h`; `-` for None."""
+    if seconds is None or seconds < 0:
+        return "-"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def fmt_param(value: object) -> str:
+    """A run parameter as the user typed it: strings bare, booleans as JSON, numbers as numbers."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return fmt_value(value)
+    return str(value)
+
+
 def table(
     headers: Sequence[str], rows: Iterable[Sequence[object]], right: Iterable[int] = ()
 ) -> str:

@@ -1,5 +1,6 @@
 """`fetchml export` to CSV, JSON lines and Parquet, read back with pandas and pyarrow."""
 
+import asyncio
 import math
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from fetchml.client import MetricLogger, cli
+from fetchml.client import Client, MetricLogger, cli
 from tests.support.daemon import DaemonProcess
 from tests.support.experiments import commit_of
 from tests.support.keys import ADMIN_KEY
@@ -16,6 +17,7 @@ pd = pytest.importorskip("pandas")
 np = pytest.importorskip("numpy")
 
 C = commit_of("export")
+SECOND = commit_of("export-second")
 TOTAL = 90_000  # several query pages
 SPECIAL = {7: math.nan, 8: math.inf, 9: -math.inf}
 
@@ -107,3 +109,37 @@ def test_parquet_without_pyarrow_is_a_clear_error(
         == "error: Parquet export needs the optional pyarrow package: pip install 'fetchml[parquet]'\n"
     )
     assert not path.exists()
+
+
+async def log_second(url: str) -> None:
+    async with Client.connect(url, api_key=ADMIN_KEY) as c:
+        if await c.create_experiment(SECOND, exist_ok=True):  # once per module
+            points = [("lr", 0.5, 12), ("loss", 9.0, 12), ("lr", math.inf, 13)]
+            await c.log_metrics(SECOND, points)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_export_of_several_runs_has_a_run_column(
+    fmt: str, logged: DaemonProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    asyncio.run(log_second(logged.url))
+    path = tmp_path / f"two.{fmt}"
+    argv = (SECOND[:8], C, "--name", "lr", "--steps", "10:13", "-o", str(path), "--progress")
+    code, out, err = export(logged, capsys, *argv)
+    assert code == 0, err
+    assert out == f"wrote 6 records to {path}\n" and "100%" in err
+    if fmt == "csv":
+        frame = pd.read_csv(path)
+    elif fmt == "jsonl":
+        frame = pd.read_json(path, lines=True, dtype=False)
+    else:
+        import pyarrow.parquet as pq
+
+        types = [str(t) for t in pq.read_table(path).schema.types]
+        assert types == ["string", "string", "uint32", "double", "int64"]
+        frame = pd.read_parquet(path)
+    assert frame["run"].tolist() == [C] * 4 + [SECOND] * 2  # in the order given
+    mine = [p for p in expected_points() if p[0] == "lr" and 10 <= p[1] <= 13]
+    check_frame(frame.drop(columns="run"), [*mine, ("lr", 12, 0.5), ("lr", 13, math.inf)])

@@ -3,6 +3,7 @@
 import asyncio
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,7 @@ async def test_cli_tour(daemon: Daemon, tmp_path: Path) -> None:
     lines = [line for line in block("CLI tour", "sh").splitlines() if line.strip()]
     assert len(lines) >= 8
     for line in lines:
-        args = line.split()
+        args = shlex.split(line)
         assert args[0] == "fetchml"
         result = await asyncio.to_thread(
             subprocess.run,
@@ -75,3 +76,44 @@ async def test_cli_tour(daemon: Daemon, tmp_path: Path) -> None:
         )
         assert result.returncode == 0, f"{line}: {result.stderr}"
     assert (tmp_path / "loss.csv").read_text().count("\n") == 2  # header and the one point
+
+
+async def test_runs_sweep_example(daemon: Daemon, tmp_path: Path) -> None:
+    """The sweep script, then the shell commands, run by bash with `fetchml` the CLI."""
+    env = env_for(daemon)
+    script = tmp_path / "sweep.py"
+    script.write_text(block("Runs", "python"))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    shell = f'set -euo pipefail\nfetchml() {{ "{sys.executable}" -m fetchml.client.cli "$@"; }}\n'
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-c", shell + block("Runs", "sh")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    async with Client.connect(daemon.url, api_key=KEYS["admin"][1]) as c:
+        page = await c.list_runs_page({"project": "sweep", "order": "oldest"})
+    runs = {row.run.name: row for row in page.runs if row.run is not None}
+    assert sorted(runs) == ["lr-0.001", "lr-0.01", "lr-0.1"] and page.total == 3
+    assert all(row.run and row.run.status == "finished" for row in runs.values())
+    best = runs["lr-0.01"].run
+    assert best is not None and best.tags == ("best",)
+    assert best.notes == "lr 0.01: the best of the sweep"
+    out = done.stdout
+    assert "* lr " in out and f"commit   {runs['lr-0.01'].id}" in out
+    assert f"{runs['lr-0.01'].id[:8]} lr-0.01: tags best" in out
+    rows = (tmp_path / "sweep.csv").read_text().splitlines()
+    assert rows[0] == "run,name,step,value,timestamp" and len(rows) == 1 + 300
+    assert {row.split(",")[0] for row in rows[1:]} == {row.id for row in runs.values()}
