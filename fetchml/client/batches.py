@@ -1,13 +1,14 @@
-"""The MetricLogger's batcher, without sockets or threads: points in, LOG_METRICS out.
+"""The MetricLogger's batcher, without sockets or threads: points in, LOG_METRICS_AT out.
 
 The caller's thread checks each name once (`encode_name`, cached in `names`)
-and every step (`check_step`), then appends Points and FlushTokens to the
-queue. `drain` pops them, assigns default steps and encodes each point as its
-wire bytes (protocol.requests.POINT and the cached name), cutting a Batch,
-one complete LOG_METRICS message, at `batch_size` points or once one more
-point with the longest name (255 bytes) might make it longer than
-`max_message_bytes`: the batch is measured only when that might happen, not
-per point. A value the wire cannot carry is rejected here.
+and every step (`check_step`), then appends Points (with the time of the
+log() call) and FlushTokens to the queue. `drain` pops them, assigns default
+steps and encodes each point as its metrics.bin record (protocol RECORD_HEAD,
+whole seconds, and the cached name), cutting a Batch, one complete
+LOG_METRICS_AT message, at `batch_size` points or once one more record with
+the longest name (255 bytes) might make it longer than `max_message_bytes`:
+the batch is measured only when that might happen, not per point. A value
+the wire cannot carry is rejected here.
 
 Every Batch stays in `unacked` until it is acknowledged or rejected (its
 points are then counted in the ledger and never sent again); `resend_all`
@@ -15,6 +16,13 @@ puts every unacknowledged batch back in line, in order, for a new
 connection. A FlushToken is done once every point queued before it is
 settled, acknowledged or rejected. The I/O loop (shipper.py) sends what
 `next_batch` gives and reports what the daemon answered.
+
+Exactly once: `base` is the index in metrics.bin where the unacknowledged
+window starts (the record count at start, plus every record acknowledged
+since). After a reconnect, `reconcile` takes the records stored from `base`
+on and skips the leading unacknowledged records they equal byte for byte
+(a batch stored before its answer was lost, or a prefix of one); anything
+else is another writer's, and the whole window is sent again.
 """
 
 import contextlib
@@ -26,21 +34,22 @@ from dataclasses import dataclass
 
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.errors import MalformedRequest
-from fetchml.protocol.metrics import POINT
-from fetchml.protocol.requests import LOG_METRICS_HEAD, LogMetrics, log_metrics_head
+from fetchml.protocol.metrics import RECORD_HEAD, walk
+from fetchml.protocol.requests import LOG_METRICS_HEAD, LogMetricsAt, log_metrics_at_head
 from fetchml.protocol.rules import check_metric_name
 
 from .errors import InvalidRequest
 from .ledger import Ledger
 from .models import MAX_STEP
 
-Point = tuple[str, float, int | None]
-"""One log() call as the caller's thread queues it: a plain tuple, no object per point."""
+Point = tuple[str, float, int | None, float]
+"""One log() call as the caller's thread queues it, (name, value, step, Unix time): a plain
+tuple, no object per point."""
 
 MESSAGE_HEAD = LOG_METRICS_HEAD
-"""LOG_METRICS bytes before the points: opcode, key hash, commit, count."""
-MAX_POINT = POINT.size + 255
-"""The longest encoded point (a 255-byte name)."""
+"""LOG_METRICS_AT bytes before the records: opcode, key hash, commit, count."""
+MAX_POINT = RECORD_HEAD.size + 255
+"""The longest encoded point: a record with a 255-byte name."""
 
 
 class FlushToken:
@@ -63,7 +72,11 @@ class Batch:
     seq: int
     count: int
     message: bytes
-    """The whole LOG_METRICS request, as sent (a resend costs nothing)."""
+    """The whole LOG_METRICS_AT request, as sent (a resend costs nothing)."""
+
+    @property
+    def records(self) -> bytes:
+        return self.message[MESSAGE_HEAD:]
 
 
 def encode_name(name: object) -> tuple[bytes, int]:
@@ -99,7 +112,7 @@ class Batcher:
         max_message_bytes: int = 1 << 20,
         limit: int = 1 << 62,
     ) -> None:
-        if not 1 <= batch_size <= LogMetrics.MAX_POINTS:
+        if not 1 <= batch_size <= LogMetricsAt.MAX_POINTS:
             raise InvalidRequest(f"batch_size must be 1..65535, got {batch_size}")
         if max_message_bytes < MESSAGE_HEAD + MAX_POINT:
             raise InvalidRequest(
@@ -120,6 +133,8 @@ class Batcher:
         """Batches cut and not yet settled, by sequence number (in order)."""
         self.ready: deque[int] = deque()
         """Sequence numbers of batches to send on the current connection, in order."""
+        self.base: int | None = None
+        """Where the unacknowledged window starts in metrics.bin (None: not known)."""
         self._key_hash, self._commit = key_hash, commit
         self._size = batch_size
         self._budget = max_message_bytes - MESSAGE_HEAD
@@ -154,7 +169,7 @@ class Batcher:
             append = parts.append
             names = self.names
             next_step = self._next_step
-            pack = POINT.pack
+            pack = RECORD_HEAD.pack
             popleft = queue.popleft
             for _ in range(take):
                 item = popleft()
@@ -166,12 +181,12 @@ class Batcher:
                     item.after = self._seq  # type: ignore[union-attr]
                     self._tokens.append(item)  # type: ignore[arg-type]
                     continue
-                name, value, step = item
+                name, value, step, stamp = item
                 raw, length = names[name]
                 if step is None:
                     step = next_step.get(name, 0)
                 try:
-                    append(pack(step, value, length))
+                    append(pack(int(stamp), step, value, length))
                 except (struct.error, TypeError) as exc:
                     not_points += 1
                     why = f"metric {name!r} not sent: {exc}"
@@ -200,7 +215,7 @@ class Batcher:
             return
         self._seq += 1
         parts = self._parts
-        parts[0] = log_metrics_head(self._key_hash, self._commit, self._count)
+        parts[0] = log_metrics_at_head(self._key_hash, self._commit, self._count)
         self.unacked[self._seq] = Batch(self._seq, self._count, b"".join(parts))
         self.ready.append(self._seq)
         del parts[1:]
@@ -225,8 +240,43 @@ class Batcher:
 
     def acknowledged(self, seq: int) -> None:
         """The daemon stored batch `seq`."""
-        self.ledger.acknowledged += self.unacked[seq].count  # counted before a token is done
+        count = self.unacked[seq].count
+        self.ledger.acknowledged += count  # counted before a token is done
+        if self.base is not None:
+            self.base += count
         self._settle(seq)
+
+    def reconcile(self, count: int, stored: bytes) -> bool:
+        """After a reconnect: the experiment holds `count` records, `stored` the bytes of
+        those from `base` on. Skip the leading unacknowledged records they equal (counted
+        as acknowledged); False when they are not all this logger's (the window is then
+        sent whole). Either way the window starts at `count` afterwards."""
+        self.base = count
+        if not stored:
+            return True
+        batches = list(self.unacked.values())
+        window = b"".join(batch.records for batch in batches)
+        if not window.startswith(stored):
+            return False
+        skip = len(stored)
+        for batch in batches:
+            records = batch.records
+            if skip >= len(records):
+                skip -= len(records)
+                self.acknowledged(batch.seq)
+                self.base = count
+                continue
+            if skip:
+                starts: list[int] = []
+                walk(records, starts, end=skip)
+                left = batch.count - len(starts)
+                head = log_metrics_at_head(self._key_hash, self._commit, left)
+                self.unacked[batch.seq] = Batch(batch.seq, left, head + records[skip:])
+                self.ledger.acknowledged += len(starts)
+                self.held -= len(starts)
+                self.room = self.limit - self.held
+            break
+        return True
 
     def rejected(self, seq: int, why: str, code: ErrorCode) -> None:
         """The daemon refused batch `seq` for good: its points are counted, never resent."""

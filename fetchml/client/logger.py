@@ -1,12 +1,19 @@
 """MetricLogger: a synchronous, non-blocking metric sink for training loops.
 
-    with MetricLogger(commit) as ml:
+    with MetricLogger(name="resnet", params={"opt": {"lr": 0.1}}) as ml:
         for step in range(steps):
             ml.log("loss", loss, step=step)
             ml.log_dict({"lr": lr, "acc": acc}, step=step)
 
-`log()` only appends a tuple to an in-memory deque: no network, no lock, no
-encoding on the caller's thread. A worker thread with its own event loop
+Each logger writes one run: a fresh random ID, or `run_id=` / FETCHML_RUN_ID to
+resume one (a positional git commit is the old form: the experiment named by
+the commit, without a run document). The run's document (name, params, tags,
+status...) is sent with UPDATE_RUN: at start, on set_params() / set_tags() /
+set_notes(), as a heartbeat every `heartbeat_interval`, and with the final
+status ("finished", or "failed" when the `with` block raises) at close.
+
+`log()` only appends a tuple (with the time of the call) to an in-memory deque:
+no network, no lock, no encoding on the caller's thread. A worker thread with its own event loop
 (worker.py) runs the shipper (shipper.py: connect, send, back off), which
 feeds the batcher (batches.py: points in, LOG_METRICS messages out, answers
 in, flush tokens done). `flush()` waits until everything logged so far is
@@ -49,21 +56,39 @@ runs out; with `on_error="warn"` they log that instead and return False.
 
 import atexit
 import logging
+import math
+import os
+import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
+
+from fetchml.protocol.metrics import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 from .batches import FlushToken, Item, check_step, encode_name
 from .errors import DeliveryTimeout, InvalidRequest
 from .ledger import LoggerStats
 from .models import parse_commit
 from .pipeline import MAX_MESSAGE_BYTES
-from .settings import resolve_settings
+from .runinfo import (
+    MAX_NAME_BYTES,
+    MAX_NOTES_BYTES,
+    MAX_PROJECT_BYTES,
+    check_tags,
+    check_text,
+    flatten_params,
+    git_commit,
+    host_name,
+    new_run_id,
+    run_id_bytes,
+)
+from .settings import RUN_ID_ENV, resolve_settings, run_id_from_env
 from .shipper import Shipper, ShipperConfig
+from .startcheck import MAX_CLOCK_AHEAD_S
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -74,15 +99,40 @@ _POLL_S = 0.5
 """How often a blocked caller re-checks that the worker thread is alive (it is woken sooner)."""
 _START_WAIT_S = 10.0
 """How long the constructor waits for the start check (at most close_timeout)."""
+_now = time.time
+
+
+def check_timestamp(timestamp: object) -> float:
+    """A caller's timestamp (Unix seconds): a real number the wire carries, not more than
+    MAX_CLOCK_AHEAD_S ahead of this machine's clock; InvalidRequest otherwise."""
+    if not isinstance(timestamp, bool) and isinstance(timestamp, int | float):
+        value = float(timestamp)
+        if (
+            math.isfinite(value)
+            and MIN_TIMESTAMP <= value < MAX_TIMESTAMP
+            and value <= _now() + MAX_CLOCK_AHEAD_S
+        ):
+            return value
+    raise InvalidRequest(
+        f"timestamp must be Unix seconds from {MIN_TIMESTAMP} to at most "
+        f"{MAX_CLOCK_AHEAD_S} s from now, got {timestamp!r}"
+    )
 
 
 class MetricLogger:
     def __init__(
         self,
-        commit: str | bytes,
+        commit: str | bytes | None = None,
         url: str | None = None,
         api_key: str | None = None,
         *,
+        run_id: str | bytes | None = None,
+        name: str | None = None,
+        project: str = "",
+        params: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+        notes: str = "",
+        heartbeat_interval: float = 30.0,
         batch_size: int = 1000,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         flush_interval: float = 0.05,
@@ -97,6 +147,12 @@ class MetricLogger:
     ) -> None:
         """`url`/`api_key` default as for Client.connect.
 
+        The run: a positional `commit` logs into that experiment the old way (no run
+        document); else `run_id` (40 hex), else FETCHML_RUN_ID, else a fresh random ID
+        (`run_id` attribute). A new or resumed run is started with `name`, `project`,
+        `params` (flattened with "."), `tags`, `notes`, the git commit of the working
+        directory, host, pid and status "running".
+
         A batch is cut at `batch_size` points or `max_message_bytes` (the daemon's
         server.max_message_bytes), whichever comes first. `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
         interpreter exit (None: no bound). Raises AuthenticationFailed, PermissionDenied
@@ -110,11 +166,36 @@ class MetricLogger:
             raise InvalidRequest(f'on_error must be "raise" or "warn", got {on_error!r}')
         if close_timeout is not None and not close_timeout > 0:
             raise InvalidRequest(f"close_timeout must be positive or None, got {close_timeout}")
-        if not isinstance(commit, str | bytes):
-            raise InvalidRequest(f"commit must be 40 hex characters, got {commit!r}")
+        if not heartbeat_interval > 0:
+            raise InvalidRequest(f"heartbeat_interval must be positive, got {heartbeat_interval}")
+        self._param_keys: set[str] = set()
+        run_patch: dict[str, Any] | None = None
+        fresh = False
+        if commit is not None:
+            if not isinstance(commit, str | bytes):
+                raise InvalidRequest(f"commit must be 40 hex characters, got {commit!r}")
+            given = {"run_id": run_id, "name": name, "params": params, "tags": tags}
+            given |= {"project": project or None, "notes": notes or None}
+            if extra := sorted(key for key, value in given.items() if value is not None):
+                raise InvalidRequest(
+                    f"{', '.join(extra)}: only for a run (a logger given a commit writes no "
+                    "run document)"
+                )
+            ident = parse_commit(commit)
+        else:
+            run_patch = self._start_patch(name, project, params, tags, notes)
+            job_name = name or job_name
+            create_experiment = True  # resuming a run that does not exist creates it
+            env_id = run_id_from_env()
+            if run_id is not None:
+                ident = run_id_bytes(run_id, "run_id")
+            elif env_id is not None:
+                ident = run_id_bytes(env_id, RUN_ID_ENV)
+            else:
+                ident, fresh = new_run_id(), True
         settings = resolve_settings(url, api_key, config_path=config_path)
         config = ShipperConfig(
-            commit=parse_commit(commit),
+            commit=ident,
             settings=settings,
             batch_size=batch_size,
             max_message_bytes=max_message_bytes,
@@ -122,8 +203,13 @@ class MetricLogger:
             max_in_flight=max_in_flight,
             create_experiment=create_experiment,
             job_name=job_name,
+            run_patch=run_patch,
+            fresh=fresh,
+            heartbeat_s=heartbeat_interval,
         )
-        self.commit = config.commit.hex()
+        self.commit = self.run_id = config.commit.hex()
+        """The experiment's ID (40 hex): the run's, or the commit given."""
+        self._is_run = run_patch is not None
         self._queue: deque[Item] = deque()
         self._ship = ship = Shipper(config, self._queue, max_buffer)
         self._ledger = ship.ledger
@@ -148,12 +234,41 @@ class MetricLogger:
             raise ship.fatal
         atexit.register(self._at_exit)
 
+    def _start_patch(
+        self,
+        name: str | None,
+        project: str,
+        params: Mapping[str, Any] | None,
+        tags: Iterable[str] | None,
+        notes: str,
+    ) -> dict[str, Any]:
+        """The UPDATE_RUN that starts a run: what the caller gave, the git commit when one is
+        detected, host, pid, status "running"."""
+        patch: dict[str, Any] = {}
+        if name is not None:
+            patch["name"] = check_text(name, "name", 1, MAX_NAME_BYTES)
+        if check_text(project, "project", 0, MAX_PROJECT_BYTES):
+            patch["project"] = project
+        if params:
+            patch["params"] = flatten_params(params)
+            self._param_keys.update(patch["params"])
+        if tags is not None:
+            patch["tags"] = check_tags(tags)
+        if check_text(notes, "notes", 0, MAX_NOTES_BYTES):
+            patch["notes"] = notes
+        if (head := git_commit()) is not None:
+            patch["git_commit"] = head
+        return patch | {"host": host_name(), "pid": os.getpid(), "status": "running"}
+
     # -- the caller's side: cheap ----------------------------------------------
 
-    def log(self, name: str, value: float, step: int | None = None) -> None:
-        """Record one point; returns at once (unless the buffer is full and on_full="block").
+    def log(
+        self, name: str, value: float, step: int | None = None, *, timestamp: float | None = None
+    ) -> None:
+        """Record one point, stamped with the time of the call (or `timestamp`, Unix seconds);
+        returns at once (unless the buffer is full and on_full="block").
 
-        Raises InvalidRequest for a bad name or step (nothing is buffered then).
+        Raises InvalidRequest for a bad name, step or timestamp (nothing is buffered then).
         """
         try:
             if name not in self._names:
@@ -169,19 +284,53 @@ class MetricLogger:
         n = len(queue)
         if n >= self._batcher.room and not self._full():
             return
-        queue.append((name, value, step))
+        queue.append(
+            (name, value, step, _now() if timestamp is None else check_timestamp(timestamp))
+        )
         if n == self._nudge_at:
             self._worker.nudge()
 
-    def log_dict(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Record several names at one step (all or none: every name is checked first)."""
+    def log_dict(
+        self,
+        metrics: Mapping[str, float],
+        step: int | None = None,
+        *,
+        timestamp: float | None = None,
+    ) -> None:
+        """Record several names at one step and one time (all or none: every name is
+        checked first)."""
         for name in metrics:
             self._check_name(name)
         if step is not None:
             step = check_step(step)
+        stamp = _now() if timestamp is None else check_timestamp(timestamp)
         log = self.log
         for name, value in metrics.items():
-            log(name, value, step)
+            log(name, value, step, timestamp=stamp)
+
+    # -- the run document ----------------------------------------------------------
+
+    def set_params(self, params: Mapping[str, Any]) -> None:
+        """Add or change params (nested mappings flattened with "."); sent in the background,
+        delivered before close() returns. InvalidRequest naming the key beyond the limits."""
+        flat = flatten_params(params, self._param_keys)
+        self._update({"params": flat})
+        self._param_keys.update(flat)
+
+    def set_tags(self, tags: Iterable[str]) -> None:
+        """Replace the run's tags."""
+        self._update({"tags": check_tags(tags)})
+
+    def set_notes(self, notes: str) -> None:
+        """Replace the run's notes (at most 4,096 bytes)."""
+        self._update({"notes": check_text(notes, "notes", 0, MAX_NOTES_BYTES)})
+
+    def _update(self, patch: dict[str, Any]) -> None:
+        if not self._is_run:
+            raise InvalidRequest("a logger given a commit has no run document to update")
+        self._check_open()
+        self._ship.patches.append(patch)
+        self._worker.nudge()
 
     # -- slow paths ---------------------------------------------------------------
 
@@ -252,14 +401,20 @@ class MetricLogger:
         return self._report(in_time, limit)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Flush, then stop the worker; True if everything logged was acknowledged.
+        """Flush, send the run's status "finished", then stop the worker; True if everything
+        logged was acknowledged.
 
         `timeout` defaults to close_timeout. Raises like flush(); a second close() returns
         the first one's result.
         """
+        return self._close(timeout, "finished")
+
+    def _close(self, timeout: float | None, status: str) -> bool:
         if self._closed:
             return self._result
         limit = self._close_timeout if timeout is None else timeout
+        if self._is_run and self._ship.fatal is None:
+            self._ship.patches.append({"status": status})
         self._closed = True
         self._batcher.stop()  # every further log() takes the slow path, which raises
         atexit.unregister(self._at_exit)
@@ -296,8 +451,9 @@ class MetricLogger:
         return False
 
     def _at_exit(self) -> None:
+        crashed = getattr(sys, "last_value", None) is not None  # an uncaught exception
         try:
-            self.close()
+            self._close(None, "failed" if crashed else "finished")
         except Exception as exc:
             logger.error("MetricLogger %s at exit: %s", self.commit[:12], exc)
 
@@ -314,7 +470,7 @@ class MetricLogger:
             self.close()
             return
         try:  # the block's own exception goes on; what close() says is logged
-            self.close()
+            self._close(None, "failed")
         except Exception as problem:
             logger.error("MetricLogger %s: %s", self.commit[:12], problem)
 

@@ -3,6 +3,8 @@
 Order, first found wins: explicit arguments, the environment (FETCHML_URL,
 FETCHML_API_KEY), then `~/.ml/config.toml` (keys `api_url`, `api_key`), then
 the default URL ws://127.0.0.1:9103/ws. There is no default key.
+A MetricLogger resumes the run named by FETCHML_RUN_ID (40 hex) when given no
+commit and no run_id.
 """
 
 import os
@@ -20,6 +22,7 @@ from .errors import ConfigurationError
 DEFAULT_URL = "ws://127.0.0.1:9103/ws"
 URL_ENV = "FETCHML_URL"
 KEY_ENV = "FETCHML_API_KEY"
+RUN_ID_ENV = "FETCHML_RUN_ID"
 
 
 def default_config_path() -> Path:
@@ -85,3 +88,9 @@ def resolve_settings(
             "or put api_key in ~/.ml/config.toml"
         )
     return Settings(normalize_url(url or DEFAULT_URL), api_key)
+
+
+def run_id_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """FETCHML_RUN_ID, or None when unset or empty."""
+    env = os.environ if environ is None else environ
+    return env.get(RUN_ID_ENV) or None

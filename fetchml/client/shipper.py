@@ -2,18 +2,23 @@
 
 Runs on the worker thread's event loop (worker.py). Every `flush_interval`,
 or at once for a flush or close, it lets the Batcher (batches.py) turn the
-caller's queue into LOG_METRICS messages and sends them, several in flight
+caller's queue into LOG_METRICS_AT messages and sends them, several in flight
 on one connection, reporting each answer back: SUCCESS acknowledges a batch;
-an error other than a transient one (RETRYABLE) rejects it for good.
+an error other than a transient one (RETRYABLE) rejects it for good. Run
+document changes (`patches`, queued by the caller; a heartbeat every
+`heartbeat_s`) go out as one UPDATE_RUN at a time, merged while one is in
+flight, retried like batches.
 
 When the connection drops, or the daemon answers with a transient error,
-the shipper reconnects with exponential backoff and the Batcher puts every
-unacknowledged batch back in line, in order, before new ones, so nothing is
-lost; only a batch written just before the drop (its ack lost with the
-connection) can be stored twice.
+the shipper reconnects with exponential backoff, reads what the run holds
+from the window's start (LIST_RUNS for the count, QUERY_METRICS for the
+records) so the Batcher can skip what was stored though its answer was lost,
+and the Batcher puts every other unacknowledged batch back in line, in
+order, before new ones: nothing is lost and nothing is stored twice.
 
-The first connection runs the start check (startcheck.py). A failed check, or
-a handshake the daemon refuses (wrong key, address not allowed), is `fatal`:
+The first connection runs the start check (startcheck.py) and starts the run
+(CREATE_EXPERIMENT when it is missing, then UPDATE_RUN). A failed check, or a
+handshake the daemon refuses (wrong key, address not allowed), is `fatal`:
 the shipper stops and every point not yet acknowledged counts as rejected.
 """
 
@@ -22,20 +27,29 @@ import contextlib
 import logging
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from fetchml.protocol import requests as rq
 from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.errors import MalformedResponse
+from fetchml.protocol.metrics import decode_metrics_payload
 
 from .batches import Batch, Batcher, Item
 from .connection import Client
-from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
+from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError, ProtocolViolation
 from .ledger import Ledger
 from .pipeline import MAX_MESSAGE_BYTES
+from .runinfo import merge_patches
 from .settings import Settings
 from .startcheck import check_start
 from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
+
+PAGE_HEAD = 12
+"""A DATA `metrics` payload's bytes before its records: next:u64, count:u32."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +62,11 @@ class ShipperConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     create_experiment: bool = True
     job_name: str = ""
+    run_patch: Mapping[str, Any] | None = None
+    """The UPDATE_RUN that starts the run; None for the old form (no run document)."""
+    fresh: bool = False
+    """A new random run ID: nothing to look up at start."""
+    heartbeat_s: float = 30.0
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     open_timeout: float = 10.0
@@ -84,6 +103,15 @@ class Shipper:
         self._wake: asyncio.Event | None = None
         self._broken: asyncio.Event | None = None
         self._last_partial = 0.0
+        self.patches: deque[dict[str, Any]] = deque()
+        """Run document changes queued by the caller's thread, in order."""
+        self._patch: dict[str, Any] | None = None
+        """What the worker has yet to send (the queued patches merged)."""
+        self._patching = False
+        self._next_heartbeat = 0.0
+        self._warned_writer = False
+        self._sent = False
+        """A batch went out since the window was last reconciled."""
 
     # -- called from any thread via loop.call_soon_threadsafe ------------------
 
@@ -99,7 +127,7 @@ class Shipper:
         connected_once = False
         try:
             while not self.abort and self.fatal is None:
-                if self.stop and self.batcher.idle:
+                if self.stop and self.idle:
                     break
                 if failures:
                     await self._backoff(failures)
@@ -158,12 +186,23 @@ class Shipper:
                     self._wake.clear()
                     await self._wake.wait()
 
+    @property
+    def idle(self) -> bool:
+        return self.batcher.idle and not self.patches and self._patch is None and not self._patching
+
     async def _prepare(self, client: Client) -> bool:
-        """The start check (first connection only), then the experiment. False to reconnect."""
+        """The start check and the run's start (first connection only), then the experiment,
+        then what the run holds of the window. False to reconnect."""
+        cfg = self.config
         try:
             if not self._checked:
                 try:
-                    await check_start(client, self.config.commit, self.config.create_experiment)
+                    state = await check_start(
+                        client, cfg.commit, cfg.create_experiment, fresh=cfg.fresh
+                    )
+                    self.batcher.base = state.count
+                    if cfg.run_patch is not None:
+                        self._created = state.exists is True
                 except FetchmlConnectionError:
                     raise
                 except FetchmlError as exc:
@@ -171,12 +210,14 @@ class Shipper:
                         self._fail(exc)
                         return False
                     self.ledger.note(exc, "start check inconclusive")  # batches will tell
+                if cfg.run_patch is not None and not await self._start_run(client):
+                    return False
                 self._checked = True
                 self.started.set()
             if not self._created:
-                await client.create_experiment(
-                    self.config.commit, self.config.job_name, exist_ok=True
-                )
+                await client.create_experiment(cfg.commit, cfg.job_name, exist_ok=True)
+            if self._sent and self.batcher.base is not None and self.batcher.unacked:
+                await self._reconcile(client)
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
                 self.ledger.note(exc, "connection lost before sending")
@@ -184,6 +225,59 @@ class Shipper:
             self.ledger.note(exc, "cannot create the experiment")
         self._created = True
         return True
+
+    async def _start_run(self, client: Client) -> bool:
+        """CREATE_EXPERIMENT (unless it exists) and the run's first UPDATE_RUN; a refusal is
+        fatal, a transient error leaves the patch queued. False to reconnect."""
+        cfg = self.config
+        assert cfg.run_patch is not None
+        patch = dict(cfg.run_patch)
+        try:
+            if not self._created:
+                await client.create_experiment(cfg.commit, cfg.job_name, exist_ok=True)
+                self._created = True
+            await client.update_run(cfg.commit, patch)
+        except FetchmlError as exc:
+            if not isinstance(exc, FetchmlConnectionError) and exc.code not in RETRYABLE:
+                self._fail(exc)
+                return False
+            self._patch = merge_patches(patch, self._patch or {})
+            self.ledger.note(exc, "run not started yet, will retry")
+            return not isinstance(exc, FetchmlConnectionError)
+        return True
+
+    async def _reconcile(self, client: Client) -> None:
+        """Skip what the run stored of the window before the connection dropped."""
+        batcher, hex_id = self.batcher, self.config.commit.hex()
+        assert batcher.base is not None
+        page = await client.list_runs_page({"id": hex_id, "limit": 1})
+        count = next((row.metrics_count for row in page.runs if row.id == hex_id), 0)
+        stored = bytearray()
+        after = batcher.base
+        while after < count:
+            request = rq.QueryMetrics(
+                key_hash=client.settings.key_hash,
+                commit_id=self.config.commit,
+                after=after,
+                limit=count - after,
+            )
+            payload = await client._data(request, "metrics")
+            try:
+                records = decode_metrics_payload(payload).records
+            except MalformedResponse as exc:
+                raise ProtocolViolation(exc.message) from None
+            if not records:
+                break
+            stored += payload[PAGE_HEAD:]  # the records, byte for byte
+            after += len(records)
+        self._sent = False
+        if not batcher.reconcile(count, bytes(stored)) and not self._warned_writer:
+            self._warned_writer = True
+            logger.warning(
+                "metric logger %s: possible duplicates: another writer appended to the run; "
+                "sending every unacknowledged point again",
+                self.ledger.label,
+            )
 
     async def _session(self, client: Client) -> bool:
         """Send on one connection until done or broken. True if anything was acknowledged."""
@@ -206,8 +300,10 @@ class Shipper:
                 batcher.drain(slots, cut=tick or self.stop)
                 while self._inflight < cfg.max_in_flight and (batch := batcher.next_batch()):
                     self._inflight += 1
+                    self._sent = True
                     tg.create_task(self._send(client, batch))
-                if self.stop and batcher.idle:
+                self._update_run(client, tg, now)
+                if self.stop and self.idle:
                     break
                 self._wake.clear()
                 wait = cfg.flush_interval - (loop.time() - self._last_partial)
@@ -217,6 +313,35 @@ class Shipper:
             if self.abort:
                 client.abort()  # fails what is in flight, so the task group can end
         return ledger.acknowledged > acked_before
+
+    def _update_run(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
+        """Send the queued run changes (a heartbeat when due) as one UPDATE_RUN."""
+        if self.config.run_patch is None:
+            return
+        while self.patches:
+            self._patch = merge_patches(self._patch or {}, self.patches.popleft())
+        if now >= self._next_heartbeat and not self.stop and self._patch is None:
+            self._patch = {"heartbeat": True}
+        if self._patch is None or self._patching:
+            return
+        patch, self._patch = self._patch, None
+        self._patching = True
+        self._next_heartbeat = now + self.config.heartbeat_s
+        tg.create_task(self._send_patch(client, patch))
+
+    async def _send_patch(self, client: Client, patch: dict[str, Any]) -> None:
+        try:
+            await client.update_run(self.config.commit, patch)
+        except FetchmlError as exc:
+            if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
+                self._patch = merge_patches(patch, self._patch or {})
+                self._break(exc)
+                return
+            self.ledger.last_error = exc
+            self.ledger.reject(0, f"run update {sorted(patch)} refused: {exc}", exc.code)
+        finally:
+            self._patching = False
+            self.wake()
 
     async def _send(self, client: Client, batch: Batch) -> None:
         try:

@@ -507,6 +507,12 @@ def log_metrics_head(key_hash: bytes, commit_id: bytes, count: int) -> bytes:
     return HEADER.pack(Opcode.LOG_METRICS, key_hash) + commit_id + _COUNT.pack(count)
 
 
+def log_metrics_at_head(key_hash: bytes, commit_id: bytes, count: int) -> bytes:
+    """The bytes of a LOG_METRICS_AT before its `count` records (LOG_METRICS_HEAD of them)."""
+    head = log_metrics_head(key_hash, commit_id, count)
+    return HEADER.pack(Opcode.LOG_METRICS_AT, key_hash) + head[HEADER_SIZE:]
+
+
 def encode_log_metrics(key_hash: bytes, commit_id: bytes, count: int, points: bytes) -> bytes:
     """A LOG_METRICS request from points already encoded (see metrics.encode_point), as
     LogMetrics would encode them: MetricLogger's path, which never builds the objects."""
