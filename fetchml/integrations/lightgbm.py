@@ -22,13 +22,13 @@ __all__ = ["FetchmlCallback", "callback"]
 class FetchmlCallback:
     """A LightGBM callback (called after every round); also a context manager."""
 
-    order = 20
-    """Runs after the caller's callbacks and before early stopping's (30), which may stop."""
     before_iteration = False
 
     def __init__(self, logger: MetricLogger | None = None, **logger_kwargs: Any) -> None:
         """`logger` or MetricLogger keyword arguments (a run it starts and finishes itself)."""
         self.run = RunHandle(logger, logger_kwargs)
+        self.order = 20
+        """After the caller's callbacks, before early stopping's (30), which may end a round."""
 
     def __call__(self, env: CallbackEnv) -> None:
         if env.iteration == env.begin_iteration:
