@@ -9,6 +9,7 @@ with the dotted path of the first offending key in document order and a colon.
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,18 @@ def _string(text: str, path: str) -> str:
     return text
 
 
+def _items(pairs: _Pairs, path: str) -> Iterator[tuple[str, str, Any]]:
+    """An object's (dotted path, key, raw value) in document order; duplicates refused."""
+    seen: set[str] = set()
+    for key, item in pairs:
+        where = f"{path}.{key}" if path else key
+        _string(key, where)
+        if key in seen:
+            raise _fail(where, "duplicate key")
+        seen.add(key)
+        yield where, key, item
+
+
 def _plain(value: Any, path: str) -> Any:
     """`value` as plain dicts and lists, checked in document order."""
     if isinstance(value, _Bad):
@@ -64,29 +77,35 @@ def _plain(value: Any, path: str) -> Any:
     if isinstance(value, str):
         return _string(value, path)
     if isinstance(value, _Pairs):
-        out: dict[str, Any] = {}
-        for key, item in value:
-            where = f"{path}.{key}" if path else key
-            _string(key, where)
-            if key in out:
-                raise _fail(where, "duplicate key")
-            out[key] = _plain(item, where)
-        return out
+        return {key: _plain(item, where) for where, key, item in _items(value, path)}
     if isinstance(value, list):
         return [_plain(item, path) for item in value]
     return value
 
 
-def parse_object(text: str, what: str) -> dict[str, Any]:
-    """A strict JSON object; `what` names the text in messages about the whole of it."""
+def _decode(text: str, what: str) -> _Pairs:
     try:
         value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise _fail(what, f"invalid JSON ({exc})") from None
     if not isinstance(value, _Pairs):
         raise _fail(what, "expected a JSON object")
-    result: dict[str, Any] = _plain(value, "")
+    return value
+
+
+def parse_object(text: str, what: str) -> dict[str, Any]:
+    """A strict JSON object; `what` names the text in messages about the whole of it."""
+    result: dict[str, Any] = _plain(_decode(text, what), "")
     return result
+
+
+def _checked_params(raw: _Pairs, patch: bool) -> dict[str, Any]:
+    """A patch's or filter's `params`, each entry checked strictly and then by its rule."""
+    params: dict[str, Any] = {}
+    for where, key, item in _items(raw, "params"):
+        value = params[key] = _plain(item, where)
+        _param(where, key, value, patch)
+    return params
 
 
 # -- the run document ------------------------------------------------------------------
@@ -142,18 +161,21 @@ def _param_value(value: Any) -> str | None:
     return "must be a string, a number or a boolean"
 
 
+def _param(where: str, key: str, value: Any, patch: bool) -> None:
+    if not 1 <= _size(key) <= 255:
+        raise _fail(where, "a param's key must be 1..255 bytes")
+    if value is None and patch:
+        return
+    why = _param_value(value)
+    if why:
+        raise _fail(where, why)
+
+
 def _params(value: Any, path: str, patch: bool) -> None:
     if not isinstance(value, dict):
         raise _fail(path, "must be an object")
     for key, item in value.items():
-        where = f"{path}.{key}"
-        if not 1 <= _size(key) <= 255:
-            raise _fail(where, "a param's key must be 1..255 bytes")
-        if item is None and patch:
-            continue
-        why = _param_value(item)
-        if why:
-            raise _fail(where, why)
+        _param(f"{path}.{key}", key, item, patch)
 
 
 _CLIENT_FIELDS: dict[str, tuple[Any, Any, bool]] = {
@@ -194,8 +216,12 @@ def default_value(key: str, default_name: str) -> Any:
 
 def parse_patch(text: str) -> dict[str, Any]:
     """UPDATE_RUN's patch, checked on its own (the merged document's limits come later)."""
-    patch = parse_object(text, "patch")
-    for key, value in patch.items():
+    patch: dict[str, Any] = {}
+    for where, key, raw in _items(_decode(text, "patch"), ""):
+        if key == "params" and isinstance(raw, _Pairs):
+            patch[key] = _checked_params(raw, patch=True)
+            continue
+        value = patch[key] = _plain(raw, where)
         if key == "heartbeat":
             if value is not True:
                 raise _fail(key, "must be true")
@@ -362,7 +388,12 @@ def _order(value: Any) -> str | None:
     return None if value in ("newest", "oldest") else "must be newest or oldest"
 
 
+def _not_object(value: Any) -> str:
+    return "must be an object"
+
+
 _FILTER_FIELDS = {
+    "params": _not_object,
     "user": _any_string,
     "name": _any_string,
     "project": _any_string,
@@ -378,16 +409,12 @@ _FILTER_FIELDS = {
 
 def parse_filter(text: str) -> RunFilter:
     """LIST_RUNS's filter; an empty text is `{}`."""
-    found = parse_object(text, "filter") if text else {}
-    for key, value in found.items():
-        if key == "params":
-            if not isinstance(value, dict):
-                raise _fail(key, "must be an object")
-            for name, item in value.items():
-                why = _param_value(item)
-                if why:
-                    raise _fail(f"params.{name}", why)
+    found: dict[str, Any] = {}
+    for where, key, raw in _items(_decode(text or "{}", "filter"), ""):
+        if key == "params" and isinstance(raw, _Pairs):
+            found[key] = _checked_params(raw, patch=False)
             continue
+        value = found[key] = _plain(raw, where)
         check = _FILTER_FIELDS.get(key)
         if check is None:
             raise _fail(key, "unknown key")

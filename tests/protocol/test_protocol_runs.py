@@ -286,3 +286,31 @@ def test_same_value_follows_json_types() -> None:
     assert same_value(1, 1.0) and same_value("a", "a") and same_value(False, False)
     assert not same_value(1, True) and not same_value(True, 1) and not same_value("1", 1)
     assert not same_value(1, "1") and not same_value(0.1, 0.2)
+
+
+@pytest.mark.parametrize(
+    ("call", "text", "message"),
+    [
+        (
+            parse_patch,
+            '{"name": "", "params": {"x": NaN}}',
+            "name: must be a string of 1..255 bytes",
+        ),
+        (
+            parse_patch,
+            '{"params": {"a": [1], "b": NaN}}',
+            "params.a: must be a string, a number or a boolean",
+        ),
+        (parse_patch, '{"params": {"a": NaN, "b": [1]}}', "params.a: NaN is not JSON"),
+        (parse_patch, '{"params": {"a": 1, "a": 2}}', "params.a: duplicate key"),
+        (parse_patch, '{"tags": [], "tags": []}', "tags: duplicate key"),
+        (parse_filter, '{"limit": 0, "params": {"x": NaN}}', "limit: must be an integer 1..1000"),
+        (
+            parse_filter,
+            '{"params": {"x": null, "y": NaN}}',
+            "params.x: must be a string, a number or a boolean",
+        ),
+    ],
+)
+def test_checks_run_in_document_order(call: Any, text: str, message: str) -> None:
+    assert refused(call, text) == message
