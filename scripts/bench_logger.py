@@ -1,9 +1,9 @@
 """Caller-thread cost of MetricLogger.log(), against appending the same tuples to a list.
 
 Starts its own daemon (tests/support/daemon.py: a subprocess on a free port, a
-temporary data directory), times N `logger.log("loss", v, step=i)` calls, closes the logger (which waits
-for every acknowledgement), checks that the daemon holds all N records, and
-prints a small table. The mean includes the time the logger's own thread
+temporary data directory), starts a run, times N `logger.log("loss", v, step=i)` calls
+(each stamped with time.time()), closes the logger (which waits for every
+acknowledgement), checks that the run holds all N records, and prints a small table. The mean includes the time the logger's own thread
 holds the GIL; the median is over chunks of 1,000 calls, so it is the cost of
 a call itself. The CPU time of both of the client's threads, from the first
 log() to the end of close(), moves less than the wall-clock figures when
@@ -27,7 +27,6 @@ from fetchml.client import Client, MetricLogger  # noqa: E402
 from tests.support.daemon import daemon_at  # noqa: E402
 from tests.support.keys import ADMIN_KEY  # noqa: E402
 
-COMMIT = "be" * 20
 CHUNK = 1000
 
 
@@ -50,7 +49,7 @@ def baseline(n: int) -> tuple[float, float]:
 def logged(n: int, url: str, key: str) -> tuple[float, float, float, float, MetricLogger]:
     """Seconds logging, median seconds per call, seconds in close(), CPU seconds of both
     threads (this process) from the first log() to the end of close()."""
-    ml = MetricLogger(COMMIT, url, key)
+    ml = MetricLogger(url=url, api_key=key, name="bench")
     log = ml.log
     clock = time.perf_counter
     chunks = []
@@ -72,9 +71,10 @@ def logged(n: int, url: str, key: str) -> tuple[float, float, float, float, Metr
     return elapsed, statistics.median(chunks) / CHUNK, drained, cpu, ml
 
 
-async def stored(url: str, key: str) -> int:
+async def stored(url: str, key: str, run_id: str) -> int:
     async with Client.connect(url, api_key=key) as client:
-        return (await client.get_experiment(COMMIT)).metrics_count
+        (row,) = (await client.list_runs_page({"id": run_id})).runs
+        return row.metrics_count
 
 
 def main() -> int:
@@ -88,7 +88,7 @@ def main() -> int:
             url = daemon.start().url
             base, base_median = baseline(n)
             elapsed, median, drained, cpu, ml = logged(n, url, key)
-            count = asyncio.run(stored(url, key))
+            count = asyncio.run(stored(url, key, ml.run_id))
         finally:
             daemon.close()
     stats = ml.stats()

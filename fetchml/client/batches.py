@@ -171,6 +171,7 @@ class Batcher:
             next_step = self._next_step
             pack = RECORD_HEAD.pack
             popleft = queue.popleft
+            second, low, high = 0, 0.0, -1.0  # points of one second share int(time)
             for _ in range(take):
                 item = popleft()
                 if item.__class__ is not tuple:
@@ -185,8 +186,11 @@ class Batcher:
                 raw, length = names[name]
                 if step is None:
                     step = next_step.get(name, 0)
+                if not low <= stamp < high:
+                    second = int(stamp)
+                    low, high = float(second), second + 1.0
                 try:
-                    append(pack(int(stamp), step, value, length))
+                    append(pack(second, step, value, length))
                 except (struct.error, TypeError) as exc:
                     not_points += 1
                     why = f"metric {name!r} not sent: {exc}"
@@ -259,6 +263,7 @@ class Batcher:
         if not window.startswith(stored):
             return False
         skip = len(stored)
+        acknowledged = self.ledger.acknowledged
         for batch in batches:
             records = batch.records
             if skip >= len(records):
@@ -276,6 +281,7 @@ class Batcher:
                 self.held -= len(starts)
                 self.room = self.limit - self.held
             break
+        self.ledger.recovered += self.ledger.acknowledged - acknowledged
         return True
 
     def rejected(self, seq: int, why: str, code: ErrorCode) -> None:

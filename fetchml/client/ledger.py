@@ -25,6 +25,8 @@ class LoggerStats:
     rejected: int
     """Points refused by the daemon, or whose value the client could not encode."""
     resent_batches: int
+    recovered: int
+    """Points found stored after a reconnect though their answer was lost (not resent)."""
     reconnects: int
     last_error: FetchmlError | None
 
@@ -40,6 +42,7 @@ class Ledger:
         self.rejected_code = ErrorCode.UNKNOWN_ERROR
         """The code of the first rejection."""
         self.resent_batches = 0
+        self.recovered = 0
         self.reconnects = 0
         self.last_error: FetchmlError | None = None
         self.notes: dict[str, int] = {}
@@ -75,7 +78,7 @@ class Ledger:
         new = {
             why: n - self._reported.get(why, 0)
             for why, n in self.rejections.items()
-            if n > self._reported.get(why, 0)
+            if why not in self._reported or n > self._reported[why]
         }
         self._reported = dict(self.rejections)
         return MetricsRejected(new, self.rejected_code) if new else None
@@ -87,6 +90,7 @@ class Ledger:
             dropped=dropped,
             rejected=self.rejected,
             resent_batches=self.resent_batches,
+            recovered=self.recovered,
             reconnects=self.reconnects,
             last_error=self.last_error,
         )

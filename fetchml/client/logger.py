@@ -78,6 +78,7 @@ from .runinfo import (
     MAX_NAME_BYTES,
     MAX_NOTES_BYTES,
     MAX_PROJECT_BYTES,
+    check_patch,
     check_tags,
     check_text,
     flatten_params,
@@ -133,6 +134,7 @@ class MetricLogger:
         tags: Iterable[str] | None = None,
         notes: str = "",
         heartbeat_interval: float = 30.0,
+        max_backoff: float = 2.0,
         batch_size: int = 1000,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         flush_interval: float = 0.05,
@@ -153,6 +155,7 @@ class MetricLogger:
         `params` (flattened with "."), `tags`, `notes`, the git commit of the working
         directory, host, pid and status "running".
 
+        `max_backoff` bounds the wait between reconnection attempts (seconds).
         A batch is cut at `batch_size` points or `max_message_bytes` (the daemon's
         server.max_message_bytes), whichever comes first. `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
         interpreter exit (None: no bound). Raises AuthenticationFailed, PermissionDenied
@@ -166,8 +169,8 @@ class MetricLogger:
             raise InvalidRequest(f'on_error must be "raise" or "warn", got {on_error!r}')
         if close_timeout is not None and not close_timeout > 0:
             raise InvalidRequest(f"close_timeout must be positive or None, got {close_timeout}")
-        if not heartbeat_interval > 0:
-            raise InvalidRequest(f"heartbeat_interval must be positive, got {heartbeat_interval}")
+        if not heartbeat_interval > 0 or not max_backoff > 0:
+            raise InvalidRequest("heartbeat_interval and max_backoff must be positive")
         self._param_keys: set[str] = set()
         run_patch: dict[str, Any] | None = None
         fresh = False
@@ -206,6 +209,7 @@ class MetricLogger:
             run_patch=run_patch,
             fresh=fresh,
             heartbeat_s=heartbeat_interval,
+            max_backoff=max_backoff,
         )
         self.commit = self.run_id = config.commit.hex()
         """The experiment's ID (40 hex): the run's, or the commit given."""
@@ -329,7 +333,7 @@ class MetricLogger:
         if not self._is_run:
             raise InvalidRequest("a logger given a commit has no run document to update")
         self._check_open()
-        self._ship.patches.append(patch)
+        self._ship.patches.append(check_patch(patch))
         self._worker.nudge()
 
     # -- slow paths ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from fetchml.protocol.rules import COMMIT_SIZE
 
 from .errors import InvalidRequest
 from .models import parse_commit
+from .runs import json_text
 
 MAX_PARAMS = 1000
 MAX_KEY_BYTES = 255
@@ -30,6 +31,8 @@ MAX_NAME_BYTES = 255
 MAX_PROJECT_BYTES = 128
 MAX_SAFE_INT = 2**53
 GIT_TIMEOUT_S = 1.0
+MAX_PATCH_BYTES = 0xFFFF
+"""An UPDATE_RUN's patch is a str16."""
 
 ParamValue = str | int | float | bool
 
@@ -144,14 +147,13 @@ def host_name() -> str:
     return socket.gethostname().encode()[:MAX_NAME_BYTES].decode(errors="ignore")
 
 
-def merge_patches(first: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
-    """One merge patch with the effect of `first` followed by `then` (params merge key by
-    key; every other key of the run document is replaced whole)."""
-    merged = dict(first)
-    for key, value in then.items():
-        old = merged.get(key)
-        if key == "params" and isinstance(old, dict) and isinstance(value, dict):
-            merged[key] = old | value
-        else:
-            merged[key] = value
-    return merged
+def patch_size(patch: Mapping[str, Any]) -> int:
+    """The UTF-8 length of a patch's JSON text as the client sends it."""
+    return len(json_text(patch, "patch").encode())
+
+
+def check_patch(patch: dict[str, Any]) -> dict[str, Any]:
+    """A patch that fits in one UPDATE_RUN; InvalidRequest otherwise."""
+    if (size := patch_size(patch)) > MAX_PATCH_BYTES:
+        raise InvalidRequest(f"run: update too large ({size} > {MAX_PATCH_BYTES} bytes)")
+    return patch

@@ -6,8 +6,8 @@ caller's queue into LOG_METRICS_AT messages and sends them, several in flight
 on one connection, reporting each answer back: SUCCESS acknowledges a batch;
 an error other than a transient one (RETRYABLE) rejects it for good. Run
 document changes (`patches`, queued by the caller; a heartbeat every
-`heartbeat_s`) go out as one UPDATE_RUN at a time, merged while one is in
-flight, retried like batches.
+`heartbeat_s`) go out as UPDATE_RUNs one at a time, in order, retried like
+batches (a refused one loses only itself).
 
 When the connection drops, or the daemon answers with a transient error,
 the shipper reconnects with exponential backoff, reads what the run holds
@@ -41,7 +41,6 @@ from .connection import Client
 from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError, ProtocolViolation
 from .ledger import Ledger
 from .pipeline import MAX_MESSAGE_BYTES
-from .runinfo import merge_patches
 from .settings import Settings
 from .startcheck import check_start
 from .transport import backoff_delay
@@ -106,7 +105,7 @@ class Shipper:
         self.patches: deque[dict[str, Any]] = deque()
         """Run document changes queued by the caller's thread, in order."""
         self._patch: dict[str, Any] | None = None
-        """What the worker has yet to send (the queued patches merged)."""
+        """The next patch to send (taken from `patches`, or one to send again)."""
         self._patching = False
         self._next_heartbeat = 0.0
         self._warned_writer = False
@@ -217,7 +216,13 @@ class Shipper:
             if not self._created:
                 await client.create_experiment(cfg.commit, cfg.job_name, exist_ok=True)
             if self._sent and self.batcher.base is not None and self.batcher.unacked:
-                await self._reconcile(client)
+                try:
+                    await self._reconcile(client)
+                except FetchmlError as exc:
+                    if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
+                        raise
+                    self.batcher.base = None  # cannot read the run back: resend, as before
+                    self.ledger.note(exc, "cannot read the run back")
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
                 self.ledger.note(exc, "connection lost before sending")
@@ -241,9 +246,10 @@ class Shipper:
             if not isinstance(exc, FetchmlConnectionError) and exc.code not in RETRYABLE:
                 self._fail(exc)
                 return False
-            self._patch = merge_patches(patch, self._patch or {})
+            self._patch = patch
             self.ledger.note(exc, "run not started yet, will retry")
             return not isinstance(exc, FetchmlConnectionError)
+        self._next_heartbeat = asyncio.get_running_loop().time() + cfg.heartbeat_s
         return True
 
     async def _reconcile(self, client: Client) -> None:
@@ -315,11 +321,11 @@ class Shipper:
         return ledger.acknowledged > acked_before
 
     def _update_run(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
-        """Send the queued run changes (a heartbeat when due) as one UPDATE_RUN."""
+        """Send the next queued run change (a heartbeat when due and nothing else is)."""
         if self.config.run_patch is None:
             return
-        while self.patches:
-            self._patch = merge_patches(self._patch or {}, self.patches.popleft())
+        if self._patch is None and self.patches:
+            self._patch = self.patches.popleft()
         if now >= self._next_heartbeat and not self.stop and self._patch is None:
             self._patch = {"heartbeat": True}
         if self._patch is None or self._patching:
@@ -334,7 +340,9 @@ class Shipper:
             await client.update_run(self.config.commit, patch)
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
-                self._patch = merge_patches(patch, self._patch or {})
+                if self._patch is not None:
+                    self.patches.appendleft(self._patch)
+                self._patch = patch
                 self._break(exc)
                 return
             self.ledger.last_error = exc

@@ -19,10 +19,13 @@ from fetchml.client.batches import (
 from fetchml.client.ledger import Ledger
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.keys import key_hash
-from fetchml.protocol.requests import LogMetrics, MetricPoint, encode_request
+from fetchml.protocol.metrics import encode_record
+from fetchml.protocol.requests import LogMetricsAt, encode_request
 
 KEY = key_hash("k")
 COMMIT = bytes(range(20))
+T = 1795735109.75
+"""When the test's points were logged (records carry whole seconds)."""
 
 
 def make(queue: "deque[Item]", **kwargs: int) -> Batcher:
@@ -33,10 +36,13 @@ def make(queue: "deque[Item]", **kwargs: int) -> Batcher:
     return batcher
 
 
-def codec(*points: tuple[str, float, int]) -> bytes:
-    """The codec's own LOG_METRICS for (name, value, step) points."""
-    metrics = tuple(MetricPoint(step, value, name) for name, value, step in points)
-    return encode_request(LogMetrics(key_hash=KEY, commit_id=COMMIT, metrics=metrics))
+def codec(*points: tuple[str, float, int] | tuple[str, float, int, float]) -> bytes:
+    """The codec's own LOG_METRICS_AT for (name, value, step[, time]) points."""
+    records = b"".join(
+        encode_record(int(p[3] if len(p) == 4 else T), p[2], p[1], p[0].encode()) for p in points
+    )
+    request = LogMetricsAt(key_hash=KEY, commit_id=COMMIT, count=len(points), records=records)
+    return encode_request(request)
 
 
 def sent(batcher: Batcher) -> list[Batch]:
@@ -49,7 +55,7 @@ def sent(batcher: Batcher) -> list[Batch]:
 def test_points_in_codec_bytes_out() -> None:
     """Default steps follow the previous step of each name; the bytes are the codec's."""
     queue: deque[Item] = deque(
-        [("loss", 0.5, 3), ("acc", math.nan, None), ("é", 1, 7), ("loss", 2.0, None)]
+        [("loss", 0.5, 3, T), ("acc", math.nan, None, T), ("é", 1, 7, T), ("loss", 2.0, None, T)]
     )
     batcher = make(queue)
     batcher.drain(slots=1, cut=True)
@@ -61,7 +67,7 @@ def test_points_in_codec_bytes_out() -> None:
 
 
 def test_split_at_batch_size_and_partial_only_when_cut() -> None:
-    points = [("m", float(i), i) for i in range(25)]
+    points = [("m", float(i), i, T + i) for i in range(25)]
     batcher = make(deque(points), batch_size=10)
     batcher.drain(slots=64, cut=False)
     assert [b.message for b in sent(batcher)] == [codec(*points[:10]), codec(*points[10:20])]
@@ -71,40 +77,41 @@ def test_split_at_batch_size_and_partial_only_when_cut() -> None:
 
 
 def test_drain_takes_no_more_than_the_slots_allow() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i) for i in range(35))
+    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(35))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=2, cut=True)
     assert [b.count for b in sent(batcher)] == [10, 10] and len(queue) == 15
 
 
 def test_split_before_a_point_could_pass_the_message_size() -> None:
-    """100-byte names cost 113 bytes a point: after 7 (830 bytes), one more point of the
-    longest name (268 bytes) might not fit in 1,000, so the batch is cut there."""
+    """100-byte names cost 121 bytes a record: after 6 (765 bytes), one more record of the
+    longest name (276 bytes) might not fit in 1,000, so the batch is cut there."""
     names = [f"{i:03d}" + "n" * 97 for i in range(20)]
-    points = [(name, float(i), i) for i, name in enumerate(names)]
+    points = [(name, float(i), i, T) for i, name in enumerate(names)]
     batcher = make(deque(points), batch_size=1000, max_message_bytes=1000)
     batcher.drain(slots=64, cut=True)
     batches = sent(batcher)
-    assert [b.count for b in batches] == [7, 7, 6]
+    assert [b.count for b in batches] == [6, 6, 6, 2]
     assert [b.message for b in batches] == [
-        codec(*points[:7]),
-        codec(*points[7:14]),
-        codec(*points[14:]),
+        codec(*points[:6]),
+        codec(*points[6:12]),
+        codec(*points[12:18]),
+        codec(*points[18:]),
     ]
-    assert len(batches[0].message) == MESSAGE_HEAD + 7 * 113 == 830
+    assert len(batches[0].message) == MESSAGE_HEAD + 6 * 121 == 765
     # Short names fill a large batch up to the size, in several drains.
-    short = [("ab", float(i), i) for i in range(200)]
+    short = [("ab", float(i), i, T) for i in range(200)]
     queue: deque[Item] = deque(short[:50])
     filled = make(queue, batch_size=65535, max_message_bytes=1000)
     filled.drain(slots=64, cut=False)
     queue.extend(short[50:])
     filled.drain(slots=64, cut=True)
     counts = [b.count for b in sent(filled)]
-    # 47 points make 39 + 47 * 15 = 744 bytes; 268 more might not fit in 1,000, 46 points would.
-    assert counts == [47, 47, 47, 47, 12]
+    # 30 records make 39 + 30 * 23 = 729 bytes; 276 more might not fit in 1,000, 29 would.
+    assert counts == [30, 30, 30, 30, 30, 30, 20]
     # The smallest size still carries the longest point; below it is refused.
     smallest = make(
-        deque([("x" * 255, 1.0, 0), ("y" * 255, 2.0, 0)]),
+        deque([("x" * 255, 1.0, 0, T), ("y" * 255, 2.0, 0, T)]),
         max_message_bytes=MESSAGE_HEAD + MAX_POINT,
     )
     smallest.drain(slots=64, cut=True)
@@ -118,7 +125,7 @@ def test_split_before_a_point_could_pass_the_message_size() -> None:
 
 
 def test_acks_release_the_buffer() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i) for i in range(30))
+    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(30))
     batcher = make(queue, batch_size=10, limit=30)
     batcher.drain(slots=64, cut=True)
     first, second, third = sent(batcher)
@@ -132,7 +139,7 @@ def test_acks_release_the_buffer() -> None:
 
 
 def test_a_rejection_counts_its_points_and_is_never_resent() -> None:
-    batcher = make(deque(("m", 1.0, i) for i in range(20)), batch_size=10)
+    batcher = make(deque(("m", 1.0, i, T) for i in range(20)), batch_size=10)
     batcher.drain(slots=64, cut=True)
     first, second = sent(batcher)
     batcher.rejected(first.seq, "experiment gone", ErrorCode.RESOURCE_NOT_FOUND)
@@ -148,7 +155,7 @@ def test_a_rejection_counts_its_points_and_is_never_resent() -> None:
 
 
 def test_values_the_wire_cannot_carry_are_rejected_not_sent() -> None:
-    batcher = make(deque([("m", "text", 0), ("m", 2.0, 1)]))  # type: ignore[list-item]
+    batcher = make(deque([("m", "text", 0, T), ("m", 2.0, 1, T)]))  # type: ignore[list-item]
     batcher.drain(slots=1, cut=True)
     (batch,) = sent(batcher)
     assert batch.message == codec(("m", 2.0, 1))
@@ -157,12 +164,12 @@ def test_values_the_wire_cannot_carry_are_rejected_not_sent() -> None:
 
 
 def test_a_reconnect_resends_every_unacked_batch_in_order_before_new_ones() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i) for i in range(40))
+    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(40))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=64, cut=True)
     one, two, three, four = sent(batcher)
     batcher.acknowledged(two.seq)
-    queue.extend(("m", 2.0, i) for i in range(40, 45))
+    queue.extend(("m", 2.0, i, T) for i in range(40, 45))
     batcher.resend_all()
     assert batcher.ledger.resent_batches == 3
     batcher.drain(slots=64, cut=True)
@@ -173,10 +180,10 @@ def test_a_reconnect_resends_every_unacked_batch_in_order_before_new_ones() -> N
 
 
 def test_flush_tokens_wait_for_every_earlier_point() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i) for i in range(15))
+    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(15))
     token = FlushToken()
     queue.append(token)
-    queue.extend(("m", 1.0, i) for i in range(15, 20))
+    queue.extend(("m", 1.0, i, T) for i in range(15, 20))
     later = FlushToken()
     queue.append(later)
     batcher = make(queue, batch_size=10)
@@ -206,10 +213,10 @@ def test_flush_tokens_wait_for_every_earlier_point() -> None:
 
 
 def test_a_token_is_not_done_by_points_logged_after_it() -> None:
-    queue: deque[Item] = deque([("m", 1.0, 0)])
+    queue: deque[Item] = deque([("m", 1.0, 0, T)])
     token = FlushToken()
     queue.append(token)
-    queue.append(("m", 1.0, 1))
+    queue.append(("m", 1.0, 1, T))
     batcher = make(queue)
     batcher.drain(slots=64, cut=True)
     before, after = sent(batcher)
@@ -220,11 +227,89 @@ def test_a_token_is_not_done_by_points_logged_after_it() -> None:
 
 
 def test_drop_all_counts_everything_unsettled_and_releases_tokens() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i) for i in range(12))
+    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(12))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=64, cut=False)  # 10 in a batch, 2 encoded, not cut
     token = FlushToken()
-    queue.extend([("m", 1.0, 12), token])
+    queue.extend([("m", 1.0, 12, T), token])
     assert batcher.drop_all() == 13
     assert token.done.is_set() and batcher.idle and batcher.room < 0
     assert sent(batcher) == []
+
+
+def test_records_carry_the_time_of_log_golden() -> None:
+    """The LOG_METRICS_AT of two points logged at 1795735109 and 1795735110.9: the
+    protocol's example bytes (whole seconds, the name's length, the records verbatim)."""
+    key = key_hash("fml_example_key_do_not_use")
+    commit = bytes.fromhex("0123456789abcdef0123456789abcdef01234567")
+    queue: deque[Item] = deque([("loss", 1.0, 0, 1795735109.0), ("loss", 0.5, None, 1795735110.9)])
+    batcher = Batcher(queue, Ledger("test"), key_hash=key, commit=commit)
+    batcher.names["loss"] = encode_name("loss")
+    batcher.drain(slots=1, cut=True)
+    (batch,) = sent(batcher)
+    assert batch.message.hex() == (
+        "15 5ba7dccf22514f45ae84bfb8b12cd02e 0123456789abcdef0123456789abcdef01234567 0002 "
+        "000000006b08be45 00000000 3ff0000000000000 046c6f7373 "
+        "000000006b08be46 00000001 3fe0000000000000 046c6f7373"
+    ).replace(" ", "")
+
+
+def window(batcher: Batcher, base: int) -> list[Batch]:
+    batcher.base = base
+    batcher.drain(slots=64, cut=True)
+    return sent(batcher)
+
+
+def test_acknowledgements_move_the_window_start() -> None:
+    batcher = make(deque(("m", 1.0, i, T) for i in range(30)), batch_size=10)
+    one, two, three = window(batcher, 100)
+    batcher.acknowledged(one.seq)
+    batcher.rejected(two.seq, "bad", ErrorCode.INVALID_REQUEST)  # never stored
+    assert batcher.base == 110
+    batcher.acknowledged(three.seq)
+    assert batcher.base == 120
+
+
+def test_reconcile_skips_whole_batches_and_a_prefix_stored_before_the_drop() -> None:
+    """The run holds the first batch and 3 records of the second (their answers were lost
+    with the connection): those are skipped, the rest of the window goes again."""
+    points = [("m", float(i), i, T) for i in range(25)]
+    batcher = make(deque(points), batch_size=10)
+    one, _, three = window(batcher, 7)
+    stored = one.records + codec(*points[10:13])[MESSAGE_HEAD:]
+    assert batcher.reconcile(7 + 13, stored)
+    assert (batcher.ledger.acknowledged, batcher.held, batcher.base) == (13, 12, 20)
+    assert batcher.ledger.recovered == 13
+    batcher.resend_all()
+    assert [b.message for b in sent(batcher)] == [codec(*points[13:20]), three.message]
+    # Acknowledging the rest moves the window on from the count the run had.
+    for seq in list(batcher.unacked):
+        batcher.acknowledged(seq)
+    assert (batcher.base, batcher.ledger.acknowledged, batcher.idle) == (32, 25, True)
+
+
+def test_reconcile_with_nothing_stored_resends_the_window() -> None:
+    batcher = make(deque(("m", 1.0, i, T) for i in range(20)), batch_size=10)
+    batches = window(batcher, 5)
+    assert batcher.reconcile(5, b"") and batcher.base == 5
+    batcher.resend_all()
+    assert sent(batcher) == batches and batcher.ledger.acknowledged == 0
+
+
+def test_reconcile_resends_everything_when_another_writer_appended() -> None:
+    """Records that are not this logger's (one differing byte: another time) mean another
+    writer: nothing is skipped, and the window starts after what the run holds."""
+    points = [("m", float(i), i, T) for i in range(20)]
+    batcher = make(deque(points), batch_size=10)
+    batches = window(batcher, 0)
+    foreign = codec(("m", 0.0, 0, T + 1))[MESSAGE_HEAD:]
+    assert not batcher.reconcile(1, foreign)
+    assert (batcher.base, batcher.ledger.acknowledged, batcher.held) == (1, 0, 20)
+    batcher.resend_all()
+    assert sent(batcher) == batches
+    # More records than the window holds: someone else's too.
+    again = make(deque(points[:5]), batch_size=10)
+    (only,) = window(again, 0)
+    extra = only.records + codec(("m", 9.0, 9, T))[MESSAGE_HEAD:]
+    assert not again.reconcile(6, extra)
+    assert again.ledger.acknowledged == 0 and again.base == 6

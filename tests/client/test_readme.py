@@ -47,7 +47,10 @@ async def test_training_script_example(daemon: Daemon, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     async with Client.connect(daemon.url, api_key=KEYS["admin"][1]) as c:
-        records = await c.query(COMMIT)
+        (run,) = [row async for row in c.list_runs({"name": "resnet-50"})]
+        records = await c.query(run.id)
+    assert run.run is not None and run.run.status == "finished"
+    assert run.run.params == {"opt.lr": 0.001, "opt.betas": "[0.9,0.999]", "batch": 64}
     loss = [r for r in records if r.name == "loss"]
     assert [r.step for r in loss] == list(range(1000))
     assert loss[999].value == 1.0 / 1000
