@@ -97,3 +97,20 @@ def test_params_beyond_the_limits_are_dropped_with_one_warning(
     assert params["given"] == 1 and params["p0000"] == -1 and params["é" * 127 + "x"] == "ok"
     assert params["s"] == "é" * 2048 and params["p0996"] == 996
     assert not {"k" * 256, "", "long", "p0997", "late"} & set(params)
+
+
+def test_params_past_half_the_run_document_are_dropped(
+    logger_args: dict[str, Any], read_run: ReadRun, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twenty 4,000-byte values make an update larger than one UPDATE_RUN carries: the first
+    eight fit in the 32 KiB an integration may use, the rest are dropped with one warning."""
+    with (
+        caplog.at_level(logging.WARNING, logger="fetchml.integrations"),
+        SummaryWriter(**logger_args) as writer,
+    ):
+        writer.add_hparams({f"v{i:02d}": "x" * 4000 for i in range(20)}, {"m": 1.0})
+        writer.add_hparams({"small": 1}, {})  # ~10 bytes still fit
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fetchml.integrations"]
+    assert len(warnings) == 1 and warnings[0].startswith("fetchml: 12 params dropped")
+    params = read_run(writer.run.run_id).run.params
+    assert set(params) == {f"v{i:02d}" for i in range(8)} | {"small"}
