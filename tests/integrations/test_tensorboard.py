@@ -114,3 +114,22 @@ def test_params_past_half_the_run_document_are_dropped(
     assert len(warnings) == 1 and warnings[0].startswith("fetchml: 12 params dropped")
     params = read_run(writer.run.run_id).run.params
     assert set(params) == {f"v{i:02d}" for i in range(8)} | {"small"}
+
+
+def test_used_after_close_it_starts_a_new_run(
+    logger_args: dict[str, Any], read_run: ReadRun
+) -> None:
+    writer = SummaryWriter(name="again", **logger_args)
+    writer.add_scalar("loss", 1.0, 0)
+    writer.close()
+    first = writer.run.run_id
+    writer.add_scalar("loss", 2.0, 0)
+    writer.flush()
+    second = writer.run.run_id
+    assert second != first
+    assert read_run(second).run.status == "running"
+    writer.close()
+    for run_id, value in ((first, 1.0), (second, 2.0)):
+        stored = read_run(run_id)
+        assert (stored.run.name, stored.run.status) == ("again", "finished")
+        assert stored.series("loss") == [(0, value)]
