@@ -1,8 +1,8 @@
 """LightGBM: `lgb.train(params, data, valid_sets=[...], callbacks=[callback(name="gbm")])`.
 
 Logs every evaluation result of each boosting round as `<dataset>/<metric>`
-(`valid/l2`, `train/auc`; `cv_agg/valid l2` under lgb.cv) at step = the round's
-index (from 0); the booster params become the run's params. A logger the callback
+(`valid/l2`, `train/auc`; under lgb.cv the mean over the folds) at step = the
+round's index (from 0); the booster params become the run's params. A logger the callback
 started is closed after the last round; when early stopping ends training sooner,
 close it with `cb.close()` or `with callback(...) as cb:` (else it closes at exit).
 """

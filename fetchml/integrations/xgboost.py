@@ -1,5 +1,4 @@
-"""XGBoost: `xgb.train(params, dtrain, evals=[...], callbacks=[FetchmlCallback(name="xgb")])`
-(or `XGBRegressor(callbacks=[...])`).
+"""XGBoost: `xgb.train(params, dtrain, evals=[...], callbacks=[FetchmlCallback(name="xgb")])`.
 
 Logs the newest value of every evaluation metric of each round as
 `<dataset>/<metric>` (`valid/rmse`) at step = the round's index (from 0). Params:

@@ -85,3 +85,14 @@ def test_early_stopping_then_close_finishes_the_run(
     assert stored.run.status == "finished"
     assert len(evals["valid"]["l2"]) == 5  # stopped early
     assert stored.series("valid/l2") == list(enumerate(evals["valid"]["l2"]))
+
+
+def test_cv_logs_the_mean_over_the_folds(logger_args: dict[str, Any], read_run: ReadRun) -> None:
+    train, _ = datasets()
+    cb = callback(name="gbm-cv", **logger_args)
+    result = lgb.cv(PARAMS, train, num_boost_round=3, nfold=2, stratified=False, callbacks=[cb])
+    stored = read_run(cb.run.run_id)
+    assert stored.run.status == "finished" and stored.run.params["num_leaves"] == 4
+    means = result["valid l2-mean"]
+    assert isinstance(means, list)
+    assert stored.series("valid/l2") == list(enumerate(means))
