@@ -3,8 +3,9 @@
 Logs the epoch metrics Keras reports (`loss`, `val_loss`, ...) at step = epoch and,
 with `log_every_n_batches=N`, the running batch metrics as `batch/<metric>` at step
 = the global batch index (0, N, 2N, ... counted over the whole fit). Params: what
-Keras knows of the fit (epochs, steps per epoch, batch_size when given), the
-optimizer's class name as `optimizer` and its config as `optimizer.<key>`.
+Keras knows of the fit (`epochs`, `steps` per epoch), the optimizer's class name as
+`optimizer` and its config as `optimizer.<key>`. A run the callback started is
+finished at the end of the fit.
 """
 
 import warnings
@@ -54,7 +55,7 @@ class FetchmlCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def _fit_params(self) -> dict[str, Any]:
         known = self.params or {}
-        params = {key: known[key] for key in ("epochs", "steps", "batch_size") if key in known}
+        params = {key: known[key] for key in ("epochs", "steps") if key in known}
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:
             params["optimizer"] = type(optimizer).__name__

@@ -4,7 +4,8 @@ Logs every evaluation result of each boosting round as `<dataset>/<metric>`
 (`valid/l2`, `train/auc`; under lgb.cv the mean over the folds) at step = the
 round's index (from 0); the booster params become the run's params. A logger the callback
 started is closed after the last round; when early stopping ends training sooner,
-close it with `cb.close()` or `with callback(...) as cb:` (else it closes at exit).
+close it with `cb.close()` or `with callback(...) as cb:` (a block that raises
+fails the run; a logger left open closes at exit).
 """
 
 from types import TracebackType
@@ -51,7 +52,7 @@ class FetchmlCallback:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        self.run.close(exc)
 
 
 def callback(logger: MetricLogger | None = None, **logger_kwargs: Any) -> FetchmlCallback:

@@ -5,6 +5,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+import pytest
 
 from fetchml.client import MetricLogger
 from fetchml.integrations.lightgbm import FetchmlCallback, callback
@@ -96,3 +97,17 @@ def test_cv_logs_the_mean_over_the_folds(logger_args: dict[str, Any], read_run: 
     means = result["valid l2-mean"]
     assert isinstance(means, list)
     assert stored.series("valid/l2") == list(enumerate(means))
+
+
+def test_a_raising_block_fails_the_run(logger_args: dict[str, Any], read_run: ReadRun) -> None:
+    def stop_at_round_one(env: Any) -> None:
+        if env.iteration == 1:
+            raise RuntimeError("diverged")
+
+    train, valid = datasets()
+    with pytest.raises(RuntimeError, match="diverged"), callback(**logger_args) as cb:
+        lgb.train(PARAMS, train, 5, valid_sets=[valid], callbacks=[cb, stop_at_round_one])
+    stored = read_run(cb.run.run_id)
+    assert stored.run.status == "failed"
+    # the caller's callbacks run first: round 1 raised before it was logged
+    assert [step for step, _ in stored.series("valid_0/l2")] == [0]
