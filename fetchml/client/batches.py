@@ -250,12 +250,20 @@ class Batcher:
             self.base += count
         self._settle(seq)
 
-    def reconcile(self, count: int, stored: bytes) -> bool:
+    @property
+    def in_window(self) -> int:
+        """Points cut into batches and not yet settled."""
+        return sum(batch.count for batch in self.unacked.values())
+
+    def reconcile(self, count: int, stored: bytes | None) -> bool:
         """After a reconnect: the experiment holds `count` records, `stored` the bytes of
-        those from `base` on. Skip the leading unacknowledged records they equal (counted
-        as acknowledged); False when they are not all this logger's (the window is then
-        sent whole). Either way the window starts at `count` afterwards."""
+        those from `base` on (None: more than the window holds, not read). Skip the
+        leading unacknowledged records they equal (counted as acknowledged); False when
+        they are not all this logger's (the window is then sent whole). Either way the
+        window starts at `count` afterwards."""
         self.base = count
+        if stored is None:
+            return False
         if not stored:
             return True
         batches = list(self.unacked.values())

@@ -260,7 +260,9 @@ class Shipper:
         count = next((row.metrics_count for row in page.runs if row.id == hex_id), 0)
         stored = bytearray()
         after = batcher.base
-        while after < count:
+        if count - after > batcher.in_window:  # more than this logger sent: not all its own
+            after = -1
+        while 0 <= after < count:
             request = rq.QueryMetrics(
                 key_hash=client.settings.key_hash,
                 commit_id=self.config.commit,
@@ -277,7 +279,8 @@ class Shipper:
             stored += payload[PAGE_HEAD:]  # the records, byte for byte
             after += len(records)
         self._sent = False
-        if not batcher.reconcile(count, bytes(stored)) and not self._warned_writer:
+        mine = bytes(stored) if after >= count else None
+        if not batcher.reconcile(count, mine) and not self._warned_writer:
             self._warned_writer = True
             logger.warning(
                 "metric logger %s: possible duplicates: another writer appended to the run; "

@@ -311,5 +311,8 @@ def test_reconcile_resends_everything_when_another_writer_appended() -> None:
     again = make(deque(points[:5]), batch_size=10)
     (only,) = window(again, 0)
     extra = only.records + codec(("m", 9.0, 9, T))[MESSAGE_HEAD:]
+    assert again.in_window == 5
     assert not again.reconcile(6, extra)
     assert again.ledger.acknowledged == 0 and again.base == 6
+    assert not again.reconcile(1000, None)  # not read: more records than the window
+    assert again.ledger.acknowledged == 0 and again.base == 1000

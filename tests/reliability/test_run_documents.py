@@ -9,10 +9,12 @@ the daemon serves exactly that document.
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 from websockets.asyncio.client import connect
@@ -21,9 +23,10 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from fetchml.protocol import runs
 from fetchml.protocol.requests import CreateExperiment, ListRuns, UpdateRun, encode_request
 from fetchml.protocol.responses import Data, Success, decode_response
+from fetchml.server import tools
 from tests.support.config import raw_config, write_config
-from tests.support.daemon import daemons
-from tests.support.experiments import commit_id
+from tests.support.daemon import daemons, run_cli
+from tests.support.experiments import commit_id, write_experiment
 from tests.support.keys import ADMIN
 from tests.support.wire import data_of
 
@@ -112,3 +115,39 @@ async def test_run_json_survives_kill9(tmp_path: Path) -> None:
             acked_total = sum(p.acked for p in patchers)
         await daemon.shutdown()
     print(f"  {acked_total} UPDATE_RUNs acknowledged across {CYCLES} kills")
+
+
+def test_fsck_reports_and_repairs_unreadable_documents(tmp_path: Path) -> None:
+    base = tmp_path / "experiments"
+    good, broken, big, linked = (commit_id(f"fsck-{n}") for n in range(4))
+    for cid in (good, broken, big, linked):
+        write_experiment(base, cid, timestamp=1_700_000_000)
+    doc = runs.apply_patch(None, {"name": "fine"}, default_name="x", now=1_700_000_000)
+    (base / good.hex() / "run.json").write_text(runs.dumps(doc))
+    (base / broken.hex() / "run.json").write_text('{"name": ')
+    (base / big.hex() / "run.json").write_text(json.dumps({"notes": "x" * 70000}))
+    (base / linked.hex() / "run.json").symlink_to(base / good.hex() / "run.json")
+
+    out = io.StringIO()
+    assert tools.fsck(base, False, out=out) == 1
+    report = out.getvalue()
+    for cid in (broken, big, linked):
+        assert f"{cid.hex()}: run.json unreadable" in report
+    assert good.hex() not in report
+    assert report.endswith("4 experiments checked, 3 problem(s) found\n")
+
+    inspected = io.StringIO()
+    tools.inspect(base, good.hex(), True, out=inspected)
+    assert json.loads(inspected.getvalue())[good.hex()]["run"] == doc
+
+    before = int(time.time())
+    result = run_cli("fsck", "--base-path", str(base), "--repair")
+    assert result.returncode == 1, result.stdout + result.stderr
+    for cid in (broken, big, linked):
+        directory = base / cid.hex()
+        assert not os.path.lexists(directory / "run.json")
+        (moved,) = directory.glob("run.json.bad-*")
+        assert int(moved.name.removeprefix("run.json.bad-")) >= before
+        assert f"{cid.hex()}: repaired: run.json moved to {moved.name}" in result.stdout
+    assert (base / good.hex() / "run.json").read_text() == runs.dumps(doc)
+    assert tools.fsck(base, False, out=io.StringIO()) == 0
