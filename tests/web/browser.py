@@ -144,7 +144,7 @@ class Page:
         import json
 
         urls = []
-        for entry in self.driver.get_log("performance"):
+        for entry in self.driver.get_log("performance"):  # type: ignore[no-untyped-call]
             message = json.loads(entry["message"])["message"]
             if message["method"] in ("Network.requestWillBeSent", "Network.webSocketCreated"):
                 params = message["params"]

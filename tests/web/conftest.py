@@ -48,7 +48,7 @@ def page(
         shot = tab.screenshot(failure_dir() / f"{request.node.name}.png")
         print(f"screenshot of the failure: {shot}")
     chromium.get("about:blank")
-    chromium.get_log("performance")
+    chromium.get_log("performance")  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture

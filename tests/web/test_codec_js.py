@@ -134,7 +134,7 @@ RESPONSES: list[tuple[str, dict[str, Any]]] = [
             "type": "data",
             "timestamp": TS,
             "dataType": "whoami",
-            "payload": '{"user":"alice"}'.encode().hex(),
+            "payload": b'{"user":"alice"}'.hex(),
         },
     ),
     (

@@ -15,8 +15,8 @@ from .browser import Page
 WRONG = "fml_not_a_configured_key"
 
 
-def stored(page: Page) -> tuple[str | None, str | None]:
-    return page.js(
+def stored(page: Page) -> list[str | None]:
+    return page.js(  # type: ignore[no-any-return]
         "return [sessionStorage.getItem('fetchml.key'), localStorage.getItem('fetchml.key')]"
     )
 
