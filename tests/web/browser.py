@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -99,7 +100,10 @@ class Page:
 
     def wait(self, condition: Callable[[], Any], what: str, timeout: float = 15) -> Any:
         try:
-            return WebDriverWait(self.driver, timeout, 0.02).until(lambda _: condition())
+            wait = WebDriverWait(
+                self.driver, timeout, 0.02, ignored_exceptions=(StaleElementReferenceException,)
+            )
+            return wait.until(lambda _: condition())
         except Exception as exc:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}") from exc
 
@@ -110,8 +114,19 @@ class Page:
         return self.driver.find_elements(By.CSS_SELECTOR, css)
 
     def text(self, css: str) -> str:
-        found = self.all(css)
-        return found[0].text if found else ""
+        """The rendered text of the first match, "" when none (read in one step: views
+        re-render while polling, so element handles go stale)."""
+        return str(
+            self.js(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", css
+            )
+        )
+
+    def click(self, css: str) -> None:
+        """Click the first match in one step (it must exist)."""
+        assert self.js(
+            "const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e", css
+        ), css
 
     def login(self, key: str, *, remember: bool = False) -> None:
         self.wait(lambda: self.find("#login").is_displayed(), "the login box")
