@@ -18,10 +18,18 @@ export const app = {
   whoami: null,
   view: null,
   connected: null, // a promise of the current connection while logged in
-  /** A request on the shared connection; waits for it while it reconnects. */
+  /** A request on the shared connection; waits for it while it reconnects, and retries
+   * with backoff when the daemon's rate limit answers SERVER_OVERLOADED. */
   async call(encoder, fields) {
-    const conn = await this.connected;
-    return conn.call(encoder, fields);
+    for (let attempt = 0; ; attempt++) {
+      const conn = await this.connected;
+      try {
+        return await conn.call(encoder, fields);
+      } catch (error) {
+        if (!(error instanceof ServerError && error.codeName === "SERVER_OVERLOADED") || attempt >= 5) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** attempt));
+      }
+    }
   },
   async json(encoder, fields) {
     const response = await this.call(encoder, fields);

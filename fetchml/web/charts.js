@@ -170,6 +170,7 @@ export function chartsView(root, app, ids) {
       for (const w of debug.waiters) {
         if (w.name === panel.name && !(w.value in debug.seen) && data.slice(1).some((ys) => ys.includes(w.value))) {
           debug.seen[w.value] = Date.now();
+          debug.waiters = debug.waiters.filter((x) => x !== w);
         }
       }
     }
