@@ -162,6 +162,8 @@ class ExperimentSummary:
     user: str | None
     metrics_count: int
     damaged: str | None = None
+    run: dict[str, Any] | None = None
+    """The run document (None without one)."""
 
     @classmethod
     def from_json(cls, obj: Any) -> "ExperimentSummary":
@@ -182,6 +184,8 @@ class Experiment:
     metrics: tuple[Metric, ...]
     metrics_count: int
     metrics_truncated: bool
+    run: dict[str, Any] | None = None
+    """The run document (None without one)."""
 
     @classmethod
     def from_json(cls, obj: Any) -> "Experiment":

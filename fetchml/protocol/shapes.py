@@ -26,6 +26,12 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
+def dumps_utf8(obj: Any) -> str:
+    """Compact JSON with non-ASCII characters as they are (not as \\u escapes): the
+    payloads that carry run documents, whose size limit is in UTF-8 bytes."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def json_value(value: float) -> float | str:
     """A metric value for JSON: finite as is, else "NaN", "Infinity", "-Infinity"."""
     if math.isfinite(value):
@@ -125,13 +131,15 @@ def experiment(
     metrics: Iterable[MetricRecord],
     metrics_count: int,
     metrics_truncated: bool,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """GET_EXPERIMENT's `experiment`."""
+    """GET_EXPERIMENT's `experiment`; `run` is the run document (None without one)."""
     return {
         "metadata": _metadata(commit_id, timestamp, job_name, user),
         "metrics": [metric(m) for m in metrics],
         "metrics_count": metrics_count,
         "metrics_truncated": metrics_truncated,
+        "run": run,
     }
 
 
@@ -141,6 +149,7 @@ def read_experiment(obj: Any) -> dict[str, Any]:
             "metrics": tuple(_read_metric(m) for m in obj["metrics"]),
             "metrics_count": _int(obj["metrics_count"]),
             "metrics_truncated": bool(obj["metrics_truncated"]),
+            "run": _read_run(obj.get("run")),
         }
 
     return read("experiment", obj, reader)
@@ -154,11 +163,13 @@ def experiments_item(
     user: str | None,
     metrics_count: int,
     damaged: str | None,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One item of LIST_EXPERIMENTS's `experiments`."""
     return _metadata(commit_id, timestamp, job_name, user) | {
         "metrics_count": metrics_count,
         "damaged": damaged,
+        "run": run,
     }
 
 
@@ -167,9 +178,77 @@ def read_experiments_item(obj: Any) -> dict[str, Any]:
         return _read_metadata(obj) | {
             "metrics_count": _int(obj["metrics_count"]),
             "damaged": _opt_str(obj.get("damaged")),
+            "run": _read_run(obj.get("run")),
         }
 
     return read("experiments item", obj, reader)
+
+
+# -- runs ------------------------------------------------------------------------------
+
+
+def _read_run(raw: Any) -> dict[str, Any] | None:
+    """A run document (an object, kept as it is) or None."""
+    if raw is not None and not isinstance(raw, dict):
+        raise TypeError(f"run must be an object or null, got {raw!r}")
+    return raw
+
+
+def read_run(obj: Any) -> dict[str, Any]:
+    """UPDATE_RUN's `run`: the bare document."""
+
+    def reader(obj: Any) -> dict[str, Any]:
+        if not isinstance(obj, dict):
+            raise TypeError(f"run must be an object, got {obj!r}")
+        return obj
+
+    return read("run", obj, reader)
+
+
+def run_summary(
+    *,
+    id: str,
+    metrics_count: int,
+    timestamp: int | None,
+    job_name: str | None,
+    user: str | None,
+    run: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """One row of LIST_RUNS's `runs`."""
+    return {
+        "id": id,
+        "metrics_count": metrics_count,
+        "metadata": _metadata(id, timestamp, job_name, user),
+        "run": run,
+    }
+
+
+def _read_run_summary(obj: Any) -> dict[str, Any]:
+    meta = _read_metadata(obj["metadata"])
+    del meta["commit_id"]
+    return (
+        {"id": str(obj["id"]), "metrics_count": _int(obj["metrics_count"])}
+        | meta
+        | {"run": _read_run(obj["run"])}
+    )
+
+
+def runs(*, runs: list[dict[str, Any]], total: int, next_offset: int | None) -> dict[str, Any]:
+    """LIST_RUNS's `runs`: a page of run_summary rows."""
+    return {"runs": runs, "total": total, "next_offset": next_offset}
+
+
+def read_runs(obj: Any) -> dict[str, Any]:
+    """`runs` as a list of run_summary keyword arguments."""
+
+    def reader(obj: Any) -> dict[str, Any]:
+        return {
+            "runs": [_read_run_summary(row) for row in obj["runs"]],
+            "total": _int(obj["total"]),
+            "next_offset": _opt_int(obj["next_offset"]),
+        }
+
+    return read("runs", obj, reader)
 
 
 # -- jobs ------------------------------------------------------------------------------

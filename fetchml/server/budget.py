@@ -34,6 +34,8 @@ class CacheBudget:
             self.held -= old[0]
 
     def trim(self, keep: Hashable = None) -> None:
+        if self.held <= self.limit:  # the common case, without copying the keys
+            return
         for key in list(self._entries):
             if self.held <= self.limit:
                 return

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import anyio
 
-from fetchml.protocol import shapes
+from fetchml.protocol import runs, shapes
 from fetchml.protocol.enums import PruneType
 from fetchml.protocol.metrics import (
     MetricRecord,
@@ -43,10 +43,12 @@ from fetchml.protocol.responses import Data, Response, StatusReport, Success
 
 from .auth import Identity, RateLimiter
 from .config import Config
-from .errors import InvalidRequest, NotFound, StorageFault
+from .errors import InvalidRequest, NotFound, ServerError, StorageFault
 from .heavy import HeavyLimiter
 from .jobs import MIN_JOB_JSON_BYTES, JobQueue
+from .listing import page_cut, select_runs
 from .query import is_heavy, query_page
+from .runs import RunStore
 from .series import SeriesCache
 from .storage import ExperimentStore
 from .watch import Subscriber, WatchHub
@@ -68,10 +70,13 @@ class Context:
     audit: Audit = field(default=lambda *a, **k: None)
     series: SeriesCache = field(init=False)
     heavy: HeavyLimiter = field(init=False)
+    runs: RunStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.series = SeriesCache(self.store)
         self.heavy = HeavyLimiter(self.config.server.heavy_queries_per_user)
+        self.runs = RunStore(self.store.base, self.store.budget, self.config.runs.crash_after_s)
+        self.store.hooks.append(self.runs.on_commit)
 
 
 def _now() -> int:
@@ -147,6 +152,7 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
     if meta is None:
         raise StorageFault(ctx.store.damaged(commit) or "metadata unreadable")
     total = await ctx.store.count(commit)
+    run = await ctx.runs.document(commit)
     budget = ctx.config.server.max_message_bytes - 256
     # Each record's JSON takes at least ~50 bytes: read no more than could fit.
     start = max(0, total - budget // 50)
@@ -164,15 +170,16 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
             metrics=records,
             metrics_count=total,
             metrics_truncated=truncated,
+            run=run,
         )
 
-    def document() -> str:  # decoding and JSON of up to max_message_bytes: off the event loop
+    def document() -> bytes:  # decoding and JSON of up to max_message_bytes: off the event loop
         records = decode_records(data)
         doc = shape(records, False)
-        text = shapes.dumps(doc)
+        text = shapes.dumps_utf8(doc).encode()
         if len(text) > budget or start > 0:
-            sizes = [len(shapes.dumps(m)) + 1 for m in doc["metrics"]]
-            room = budget - len(shapes.dumps(shape([], True)))
+            sizes = [len(shapes.dumps_utf8(m).encode()) + 1 for m in doc["metrics"]]
+            room = budget - len(shapes.dumps_utf8(shape([], True)).encode())
             keep = 0
             for size in reversed(sizes):
                 if room < size:
@@ -180,28 +187,32 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
                 room -= size
                 keep += 1
             truncated = keep < total
-            text = shapes.dumps(shape(records[len(records) - keep :], truncated))
+            text = shapes.dumps_utf8(shape(records[len(records) - keep :], truncated)).encode()
         return text
 
     async with ctx.heavy.slot(who.user):
-        text = await anyio.to_thread.run_sync(document)
-    return Data(timestamp=_now(), data_type="experiment", payload=text.encode())
+        payload = await anyio.to_thread.run_sync(document)
+    return Data(timestamp=_now(), data_type="experiment", payload=payload)
 
 
 async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) -> Response:
+    """The longest prefix of the listing's order that fits in max_message_bytes."""
     who.require("jobs:read")
-    out = []
-    for info in await ctx.store.list_experiments():
-        if who.sees(info.meta.user if info.meta else None):
-            out.append(
-                shapes.experiments_item(
-                    commit_id=info.commit,
-                    **shapes.meta_fields(info.meta),
-                    metrics_count=info.metrics_count,
-                    damaged=info.damaged,
-                )
-            )
-    return _data("experiments", out)
+    docs = {row.commit: row.doc for row in await ctx.runs.rows()}
+    items = (
+        shapes.experiments_item(
+            commit_id=info.commit,
+            **shapes.meta_fields(info.meta),
+            metrics_count=info.metrics_count,
+            damaged=info.damaged,
+            run=docs.get(info.commit),
+        )
+        for info in await ctx.store.list_experiments()
+        if who.sees(info.meta.user if info.meta else None)
+    )
+    budget = ctx.config.server.max_message_bytes - 256
+    out = page_cut(items, budget, at_least=0)
+    return Data(timestamp=_now(), data_type="experiments", payload=shapes.dumps_utf8(out).encode())
 
 
 async def query_metrics(ctx: Context, who: Identity, req: QueryMetrics) -> Response:
@@ -238,6 +249,7 @@ async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
     for commit in pruned:
         ctx.hub.end(commit)
         ctx.series.drop(commit)
+        ctx.runs.forget(commit)
     ctx.audit("prune", who, prune_type=kind, value=req.value, pruned=pruned)
     return _data("pruned", shapes.pruned(pruned))
 
@@ -338,8 +350,42 @@ def whoami(who: Identity) -> Response:
 
 
 async def update_run(ctx: Context, who: Identity, req: UpdateRun) -> Response:
-    raise InvalidRequest("UPDATE_RUN is not available yet")
+    """A merge patch of run.json; class heartbeat (never rate limited, never audited)."""
+    who.require("jobs:update")
+    patch = runs.parse_patch(req.patch)
+    commit = req.commit_id.hex()
+    meta = _owner(ctx, who, commit, write=True)
+    name = meta.job_name if meta and 1 <= len(meta.job_name.encode()) <= 255 else commit
+    doc = await ctx.runs.update(commit, patch, default_name=name)
+    return Data(timestamp=_now(), data_type="run", payload=shapes.dumps_utf8(doc).encode())
 
 
 async def list_runs(ctx: Context, who: Identity, req: ListRuns) -> Response:
-    raise InvalidRequest("LIST_RUNS is not available yet")
+    """A page of the experiments that match the filter, in the caller's read scope."""
+    who.require("jobs:read")
+    query = runs.parse_filter(req.filter)
+    matches = select_runs(await ctx.runs.rows(), query, who.sees)
+    page = await ctx.runs.whole(matches[query.offset : query.offset + query.limit])
+    counts = {}
+    for row in page:
+        try:
+            counts[row.commit] = await ctx.store.count(row.commit)
+        except ServerError as exc:  # removed meanwhile, or its metrics file is unusable
+            logger.debug("LIST_RUNS: no count for %s: %s", row.commit, exc.message)
+            counts[row.commit] = 0
+    summaries = (
+        shapes.run_summary(
+            id=row.commit,
+            metrics_count=counts[row.commit],
+            **shapes.meta_fields(row.meta),
+            run=row.doc,
+        )
+        for row in page
+    )
+    total = len(matches)
+    envelope = len(shapes.dumps(shapes.runs(runs=[], total=total, next_offset=total)))
+    budget = ctx.config.server.max_message_bytes - 256 - envelope
+    rows = page_cut(summaries, budget, at_least=1)
+    after = query.offset + len(rows)
+    doc = shapes.runs(runs=rows, total=total, next_offset=after if after < total else None)
+    return Data(timestamp=_now(), data_type="runs", payload=shapes.dumps_utf8(doc).encode())

@@ -4,15 +4,21 @@ file and returns what is known now, for the event loop to keep.
 """
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from fetchml.protocol import shapes
 from fetchml.protocol.records import Metadata
+from fetchml.protocol.runs import RunFilter
 
 from .entries import Damaged, open_entry
 from .experiment import FileState
 from .files import METRICS, load_metadata, scan_file
+
+if TYPE_CHECKING:
+    from .runs import Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +74,33 @@ def sort_experiments(infos: list[ExperimentInfo]) -> list[ExperimentInfo]:
     readable = sorted((i for i in infos if i.meta), key=lambda i: (-i.meta.timestamp, i.commit))  # type: ignore[union-attr]
     unreadable = sorted((i for i in infos if not i.meta), key=lambda i: i.commit)
     return readable + unreadable
+
+
+def select_runs(
+    rows: "list[Row]", query: RunFilter, sees: Callable[[str | None], bool]
+) -> "list[Row]":
+    """LIST_RUNS's matches in the caller's read scope, in the filter's order: by meta.bin
+    timestamp (newest or oldest first), ties by ID ascending; unreadable meta.bin last, by ID."""
+    found = []
+    for row in rows:
+        user, job_name = (row.meta.user, row.meta.job_name) if row.meta else (None, None)
+        if sees(user) and query.matches(row.commit, user, job_name, row.doc):
+            found.append(row)
+    sign = -1 if query.order == "newest" else 1
+    readable = [(sign * r.meta.timestamp, r.commit, r) for r in found if r.meta]
+    readable.sort(key=lambda t: (t[0], t[1]))
+    unreadable = sorted((r for r in found if not r.meta), key=lambda r: r.commit)
+    return [r for _, _, r in readable] + unreadable
+
+
+def page_cut(items: Iterable[dict[str, Any]], room: int, at_least: int) -> list[dict[str, Any]]:
+    """The longest prefix of `items` whose JSON array fits in `room` bytes (UTF-8), but
+    never fewer than `at_least` items."""
+    out: list[dict[str, Any]] = []
+    used = 2  # []
+    for item in items:
+        used += len(shapes.dumps_utf8(item).encode()) + (1 if out else 0)
+        if used > room and len(out) >= at_least:
+            break
+        out.append(item)
+    return out

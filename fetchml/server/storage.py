@@ -260,7 +260,26 @@ class ExperimentStore:
     # -- reads -------------------------------------------------------------
 
     async def count(self, commit: str) -> int:
+        """Records in the valid prefix now, whoever appended them (a file this process
+        holds open is checked for another process's appends too, unless a worker step,
+        which checks it itself, is under way)."""
         exp = await self._scanned(commit)
+        fd = exp.fd
+        if (
+            exp.phase is Phase.OPEN
+            and fd is not None
+            and not exp.lock.locked()
+            and os.fstat(fd).st_size != exp.state.end
+        ):
+            try:
+                async with exp.lock:
+                    state = await anyio.to_thread.run_sync(
+                        experiment.refresh, exp.path, exp.state, True
+                    )
+                    exp.settle(state, exp.fd)
+            except OSError as exc:
+                logger.error("reading %s failed: %s", exp.metrics_path, exc)
+                raise storage_error(exc) from None
         return exp.state.count
 
     async def _scanned(self, commit: str) -> Experiment:

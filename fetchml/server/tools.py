@@ -7,6 +7,7 @@ they found problems (`__main__` makes a failure of the tool itself 2).
 import json
 import os
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -22,11 +23,13 @@ from .files import (
     UNREADABLE,
     DataDirBusy,
     cut_tail,
+    fsync_dir,
     list_commits,
     load_metadata,
     lock_data_dir,
     scan_file,
 )
+from .runs import RUN, read_document
 from .storage import ExperimentInfo, sort_experiments
 
 
@@ -79,6 +82,7 @@ def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO | None = 
                 metrics=decode_records(data_of[i.commit]),
                 metrics_count=i.metrics_count,
                 metrics_truncated=False,
+                run=read_document(base / i.commit).doc,
             )
             | {"damaged": i.damaged}
             for i in infos
@@ -104,8 +108,9 @@ def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO | None = 
 
 
 def fsck(base: Path, repair: bool, out: TextIO | None = None) -> int:
-    """Report damaged entries, torn tails, corruption and unreadable metadata; 1 when any
-    is found. `repair` cuts torn and corrupt tails (keeping a copy), nothing else."""
+    """Report damaged entries, torn tails, corruption, unreadable metadata and unreadable
+    run documents; 1 when any is found. `repair` cuts torn and corrupt tails (keeping a
+    copy) and moves an unreadable run.json aside, nothing else."""
     out = out or sys.stdout
     if not base.is_dir():
         print(f"error: {base} is not a directory", file=sys.stderr)
@@ -119,7 +124,10 @@ def fsck(base: Path, repair: bool, out: TextIO | None = None) -> int:
             return 2
     try:
         commits = list_commits(base)
-        problems = sum(_check(base / commit, repair, out) for commit in commits)
+        problems = sum(
+            _check(base / commit, repair, out) + _check_run(base / commit, repair, out)
+            for commit in commits
+        )
         out.write(f"{len(commits)} experiments checked, {problems} problem(s) found\n")
         return 1 if problems else 0
     finally:
@@ -165,3 +173,27 @@ def _check(directory: Path, repair: bool, out: TextIO) -> int:
         return problems + 1
     finally:
         os.close(fd)
+
+
+def _check_run(directory: Path, repair: bool, out: TextIO) -> int:
+    """An unreadable run.json: reported; with `repair`, renamed run.json.bad-<unix seconds>."""
+    if directory.is_symlink() or not directory.is_dir():  # reported as damaged
+        return 0
+    if not read_document(directory).unreadable:
+        return 0
+    commit = directory.name
+    out.write(f"{commit}: {RUN} unreadable (listed as null, UPDATE_RUN refused)\n")
+    if repair:
+        bad = directory / f"{RUN}.bad-{int(time.time())}"
+        n = 2
+        while os.path.lexists(bad):
+            bad = directory / f"{RUN}.bad-{int(time.time())}-{n}"
+            n += 1
+        try:
+            os.rename(directory / RUN, bad)
+            fsync_dir(directory)
+        except OSError as exc:
+            out.write(f"{commit}: {RUN} cannot be moved aside: {exc.strerror}\n")
+            return 1
+        out.write(f"{commit}: repaired: {RUN} moved to {bad.name}\n")
+    return 1

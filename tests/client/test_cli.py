@@ -115,6 +115,7 @@ def test_log_show_query_ls(run: Cli) -> None:
             "user": "admin",
             "metrics_count": 4,
             "damaged": None,
+            "run": None,
         }
     ]
     lines = run.ok("ls").splitlines()

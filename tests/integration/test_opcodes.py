@@ -80,7 +80,15 @@ JOB_KEYS = {
     "datasets",
     "metadata",
 }
-EXPERIMENT_ROW_KEYS = {"commit_id", "timestamp", "job_name", "user", "metrics_count", "damaged"}
+EXPERIMENT_ROW_KEYS = {
+    "commit_id",
+    "timestamp",
+    "job_name",
+    "user",
+    "metrics_count",
+    "damaged",
+    "run",
+}
 RECORD_KEYS = {"name", "value", "step", "timestamp"}
 
 
@@ -356,6 +364,7 @@ async def test_create_experiment_writes_meta_and_files(daemon: Daemon, base: Pat
         "metrics": [],
         "metrics_count": 0,
         "metrics_truncated": False,
+        "run": None,
     }
     assert doc["metadata"]["timestamp"] >= before
     error_of(await client.call(req), ErrorCode.RESOURCE_ALREADY_EXISTS)
@@ -375,7 +384,7 @@ async def test_log_metric_and_log_metrics_then_get_experiment(daemon: Daemon, ba
     after = int(time.time())
 
     doc = data_of(await client.call(GetExperiment(key_hash=ADMIN, commit_id=cid)), "experiment")
-    assert set(doc) == {"metadata", "metrics", "metrics_count", "metrics_truncated"}
+    assert set(doc) == {"metadata", "metrics", "metrics_count", "metrics_truncated", "run"}
     assert doc["metadata"] == {
         "commit_id": cid.hex(),
         "timestamp": doc["metadata"]["timestamp"],
@@ -442,8 +451,8 @@ async def test_list_experiments_newest_first(start_daemon: DaemonFactory, base: 
     assert all(set(row) == EXPERIMENT_ROW_KEYS for row in listed)
 
     def row(cid: bytes, timestamp: int, job: str, user: str, count: int) -> dict[str, Any]:
-        keys = ("commit_id", "timestamp", "job_name", "user", "metrics_count", "damaged")
-        return dict(zip(keys, (cid.hex(), timestamp, job, user, count, None), strict=True))
+        keys = ("commit_id", "timestamp", "job_name", "user", "metrics_count", "damaged", "run")
+        return dict(zip(keys, (cid.hex(), timestamp, job, user, count, None, None), strict=True))
 
     assert listed == [
         row(late, 1_700_000_900, "seeded", "alice", 0),
@@ -1052,6 +1061,7 @@ async def test_unreadable_metadata(start_daemon: DaemonFactory, base: Path) -> N
         "user": None,
         "metrics_count": 0,
         "damaged": "metadata unreadable",
+        "run": None,
     }
     assert [row["commit_id"] for row in listed] == [good.hex(), broken.hex()]
     alice_get = GetExperiment(key_hash=hash_of("alice"), commit_id=broken)

@@ -82,11 +82,12 @@ def test_experiment_golden_text_both_ways() -> None:
         "metrics": (MetricRecord(1795735109, 7, 0.25, "loss"),),
         "metrics_count": 1,
         "metrics_truncated": False,
+        "run": None,
     }
     text = (
         '{"metadata":{"commit_id":"' + COMMIT + '","timestamp":1764000000,"job_name":"train",'
         '"user":"alice"},"metrics":[{"name":"loss","value":0.25,"step":7,"timestamp":1795735109}],'
-        '"metrics_count":1,"metrics_truncated":false}'
+        '"metrics_count":1,"metrics_truncated":false,"run":null}'
     )
     assert shapes.dumps(shapes.experiment(**values)) == text
     assert shapes.read_experiment(json.loads(text)) == values
@@ -98,6 +99,7 @@ def test_small_shapes_round_trip() -> None:
         **shapes.meta_fields(None),
         "metrics_count": 0,
         "damaged": "metadata unreadable",
+        "run": None,
     }
     assert shapes.read_experiments_item(shapes.experiments_item(**item)) == item
     who: dict[str, Any] = {

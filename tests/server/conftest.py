@@ -75,6 +75,7 @@ def _experiment(
         "metrics": metrics,
         "metrics_count": len(metrics),
         "metrics_truncated": False,
+        "run": None,
         "damaged": damaged,
     }
 
