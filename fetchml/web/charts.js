@@ -73,7 +73,8 @@ export function chartsView(root, app, ids) {
     return { stop() {} };
   }
 
-  const panelWidth = () => Math.max(300, Math.min(900, Math.floor((grid.clientWidth || 900) / 2) - 16));
+  // Two panels a row: each less the gap (1em), its border and padding, and room for a scroll bar.
+  const panelWidth = () => Math.max(300, Math.min(900, Math.floor(((grid.clientWidth || 900) - 16) / 2) - 30));
   const maxPoints = () => 2 * panelWidth();
 
   async function query(run, fields) {

@@ -90,9 +90,8 @@ class Page:
 
     def open(self, fragment: str = "") -> None:
         """A fresh start: no stored key, then the page (at `#fragment`)."""
-        self.driver.get(self.base + "/")
+        self.driver.get(self.base + "/static/favicon.svg")  # the origin, without the app
         self.driver.execute_script("sessionStorage.clear(); localStorage.clear();")
-        self.driver.get("about:blank")
         self.driver.get(self.base + "/" + fragment)
 
     def js(self, script: str, *args: Any) -> Any:

@@ -1,0 +1,252 @@
+"""The runs table, charts, compare view and run page against runs logged through the
+client; the page's requests stay on its origin under its CSP."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fetchml.client.connection import Client
+from fetchml.protocol.records import Metadata, encode_metadata
+from tests.support.daemon import DaemonProcess
+from tests.support.experiments import make_experiment
+from tests.support.keys import ADMIN_KEY, BOB_KEY
+
+from .browser import Page, make_run, new_id, run
+
+GIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def losses(scale: float, steps: int = 40) -> list[tuple[str, float, int]]:
+    return [("loss", scale / (step + 1), step) for step in range(steps)] + [
+        ("acc", 1 - scale / (step + 1), step) for step in range(0, steps, 4)
+    ]
+
+
+@dataclass
+class Lab:
+    a: str
+    b: str
+    c: str
+    legacy: str
+    project: str
+
+
+@pytest.fixture(scope="module")
+def lab(dashd: DaemonProcess) -> Lab:
+    """Three runs in two projects (one of bob's) and an experiment without a run document."""
+    project = "vision-" + new_id()[:6]
+    url = dashd.url
+    a = run(
+        make_run(
+            url,
+            ADMIN_KEY,
+            name="resnet-a",
+            doc={
+                "project": project,
+                "tags": ["baseline"],
+                "params": {"lr": 0.1, "opt": "adam", "layers": 50},
+                "status": "finished",
+                "git_commit": GIT,
+                "host": "gpu-01",
+                "notes": "first try",
+            },
+            metrics=losses(1.0),
+        )
+    )
+    b = run(
+        make_run(
+            url,
+            ADMIN_KEY,
+            name="resnet-b",
+            doc={
+                "project": project,
+                "params": {"lr": 0.01, "opt": "sgd", "layers": 50},
+                "status": "running",
+            },
+            metrics=losses(2.0),
+        )
+    )
+    c = run(
+        make_run(
+            url,
+            BOB_KEY,
+            name="bert-c",
+            doc={"project": project + "-nlp", "params": {"lr": 0.001}, "status": "failed"},
+            metrics=losses(3.0, 8),
+        )
+    )
+    legacy = run(make_run(url, ADMIN_KEY, name="legacy-job", metrics=[("loss", 0.5, 0)]))
+    ancient = new_id()  # written as the Go manager would, a year older than the rest
+    meta = Metadata(commit_id=ancient, timestamp=1733000000, job_name="ancient-job", user="admin")
+    make_experiment(dashd.data, ancient, None, encode_metadata(meta))
+    return Lab(a, b, c, legacy, project)
+
+
+def show_columns(page: Page, params: str, metric: str = "") -> None:
+    page.find("#param-columns").clear()
+    page.find("#param-columns").send_keys(params)
+    page.find("#metric-column").clear()
+    page.find("#metric-column").send_keys(metric + "\n")
+
+
+def filter_by(page: Page, **fields: str) -> None:
+    for name in ("project", "tag", "user", "name", "param"):
+        el = page.find(f"#filter-{name}")
+        el.clear()
+        el.send_keys(fields.get(name, ""))
+    page.js(
+        "document.querySelector('#filter-status').value = arguments[0]", fields.get("status", "")
+    )
+    page.click("#apply-filter")
+
+
+def names(page: Page) -> list[str]:
+    return [row["name"] for row in page.run_rows()]
+
+
+def test_the_table_shows_runs_with_params_and_experiments_without_a_document(
+    page: Page, lab: Lab
+) -> None:
+    page.logged_in(ADMIN_KEY)
+    show_columns(page, "lr,opt", "loss")
+    page.wait(
+        lambda: {lab.a, lab.b, lab.c, lab.legacy} <= {r["row-id"] for r in page.run_rows()},
+        "the runs",
+    )
+    rows = {r["row-id"]: r for r in page.run_rows()}
+    assert rows[lab.a] | {"row-id": ""} == rows[lab.a] | {
+        "name": "resnet-a",
+        "id": lab.a[:12],
+        "project": lab.project,
+        "user": "admin",
+        "status": "finished",
+        "param:lr": "0.1",
+        "param:opt": "adam",
+        "row-id": "",
+    }
+    assert rows[lab.c]["user"] == "bob" and rows[lab.c]["param:lr"] == "0.001"
+    assert rows[lab.legacy]["name"] == "legacy-job (no run document)"
+    assert rows[lab.legacy]["id"] == lab.legacy[:12] and rows[lab.legacy]["param:lr"] == ""
+    # The latest value of the chosen metric (loss at step 39 = 1/40).
+    page.wait(
+        lambda: {r["row-id"]: r["metric"] for r in page.run_rows()}.get(lab.a) == "0.025",
+        "the latest loss",
+    )
+
+
+def test_filters_and_sorting_change_the_rows(page: Page, lab: Lab) -> None:
+    page.logged_in(ADMIN_KEY)
+    filter_by(page, project=lab.project)
+    page.wait(lambda: sorted(names(page)) == ["resnet-a", "resnet-b"], "the project filter")
+    filter_by(page, project=lab.project, param="lr=0.1")
+    page.wait(lambda: names(page) == ["resnet-a"], "a param filter (a JSON number)")
+    filter_by(page, project=lab.project, param="opt=sgd")
+    page.wait(lambda: names(page) == ["resnet-b"], "a param filter (a string)")
+    filter_by(page, name="resnet-", status="running")
+    page.wait(lambda: lab.b in {r["row-id"] for r in page.run_rows()}, "the status filter")
+    assert {r["status"] for r in page.run_rows()} == {"running"}
+    filter_by(page, user="bob", tag="")
+    page.wait(lambda: names(page) == ["bert-c"], "the user filter")
+    filter_by(page, tag="baseline", project=lab.project)
+    page.wait(lambda: names(page) == ["resnet-a"], "the tag filter")
+
+    filter_by(page, name="resnet-")
+    page.wait(lambda: {"resnet-a", "resnet-b"} <= set(names(page)), "both resnets")
+    page.click("#runs-table th[data-col='name']")
+    page.wait(
+        lambda: names(page) == sorted(names(page)) and "among the" in page.text("#runs-notice"),
+        "ascending names",
+    )
+    assert "rows loaded" in page.text("#runs-notice")
+    page.click("#runs-table th[data-col='name']")
+    page.wait(lambda: names(page) == sorted(names(page), reverse=True), "descending names")
+    filter_by(page)
+    page.click("#runs-table th[data-col='started']")  # time: the daemon's order
+    page.wait(lambda: "oldest first" in page.text("#runs-notice"), "oldest first")
+    page.wait(lambda: names(page)[0] == "ancient-job (no run document)", "the oldest first")
+    page.click("#runs-table th[data-col='started']")
+    page.wait(lambda: "newest first" in page.text("#runs-notice"), "newest first")
+    page.wait(lambda: names(page)[-1] == "ancient-job (no run document)", "the oldest last")
+
+
+def chart(page: Page, name: str) -> list[list[Any]] | None:
+    data: list[list[Any]] | None = page.js(
+        "return window.__fetchml.charts && window.__fetchml.charts.data(arguments[0])", name
+    )
+    return data
+
+
+def test_two_selected_runs_draw_two_series_and_compare_their_params(
+    page: Page, lab: Lab, docs_dir: Path
+) -> None:
+    page.logged_in(ADMIN_KEY)
+    filter_by(page, project=lab.project)
+    page.wait(lambda: len(page.run_rows()) == 2, "the two runs")
+    show_columns(page, "lr,opt,layers", "loss")
+    page.wait(lambda: all(r["metric"] for r in page.run_rows()), "the latest losses")
+    page.screenshot(docs_dir / "dashboard-runs.png")
+    page.click(f"tr[data-id='{lab.a}'] input.select")
+    page.click(f"tr[data-id='{lab.b}'] input.select")
+    page.click("#chart-selected")
+    page.wait(
+        lambda: (chart(page, "loss") or [[]])[0] and len(chart(page, "loss") or []) == 3,
+        "two loss series",
+    )
+    data = chart(page, "loss")
+    assert data is not None
+    assert data[0] == list(range(40))
+    assert data[1] == [1.0 / (s + 1) for s in range(40)]
+    assert data[2] == [2.0 / (s + 1) for s in range(40)]
+    labels = page.js("return window.__fetchml.charts.labels('loss')")
+    assert labels == ["resnet-a", "resnet-b"]
+    page.wait(lambda: chart(page, "acc") is not None, "the acc panel")
+    diff = {
+        tr.find_element("css selector", "th").text: "diff" in (tr.get_attribute("class") or "")
+        for tr in page.all("#compare-table tbody tr")
+    }
+    assert diff["params.lr"] and diff["params.opt"] and diff["name"]
+    assert not diff["params.layers"] and not diff["project"]
+    page.screenshot(docs_dir / "dashboard-charts.png")
+
+
+def test_the_run_page_shows_the_document_and_each_metric(page: Page, lab: Lab) -> None:
+    page.logged_in(ADMIN_KEY, f"#/run/{lab.a}")
+    page.wait(lambda: page.text("#run-metrics tr[data-metric='loss']"), "the metrics table")
+    info = page.text("#run-info")
+    for shown in ("finished", GIT, "gpu-01", "baseline", "first try", lab.project):
+        assert shown in info
+    assert "0.1" in page.text("#run-params") and "adam" in page.text("#run-params")
+    cells = page.text("#run-metrics tr[data-metric='loss']").split("\t")
+    assert cells == ["loss", "0.025", "39", "0.025", "1", "40"]
+    assert page.driver.current_url.endswith(f"/#/run/{lab.a}")
+
+
+def test_the_page_stays_on_its_origin_under_its_csp(
+    page: Page, lab: Lab, dashd: DaemonProcess
+) -> None:
+    page.logged_in(ADMIN_KEY)
+    page.wait(lambda: page.run_rows(), "the runs")
+    page.driver.get_log("browser")  # type: ignore[no-untyped-call]
+    page.driver.get(f"{page.base}/#/charts/{lab.a},{lab.b}")
+    page.wait(lambda: chart(page, "loss"), "a chart")
+    page.driver.get(f"{page.base}/#/jobs")
+    page.wait(lambda: page.all("#jobs-table"), "the jobs")
+    urls = page.requests_made()
+    origin = f"127.0.0.1:{dashd.port}"
+    assert urls and all(u.split("/")[2] == origin for u in urls), urls
+    assert {u.split(":")[0] for u in urls} == {"http", "ws"}
+    policy = page.driver.execute_async_script(
+        "fetch('/').then((r) => arguments[0](r.headers.get('content-security-policy')))"
+    )
+    assert "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    console = page.driver.get_log("browser")  # type: ignore[no-untyped-call]
+    assert not [e for e in console if "Content Security Policy" in e["message"]], console
+    assert not [e for e in console if e["level"] == "SEVERE"], json.dumps(console)
+
+
+async def log(url: str, rid: str, points: list[tuple[str, float, int]]) -> None:
+    async with Client.connect(url, api_key=ADMIN_KEY) as c:
+        await c.log_metrics(rid, points)
