@@ -118,7 +118,7 @@ def main() -> int:
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fetchml-bench-dashboard-") as tmp:
         home = Path(tmp)
-        proc = daemon_at(home, logging={"level": "warning"})
+        proc = daemon_at(home)
         print(f"writing {RUNS} runs of {args.records:,} points...", flush=True)
         ids = build(home / "experiments", args.records)
         proc.start()
