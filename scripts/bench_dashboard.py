@@ -152,6 +152,7 @@ def main() -> int:
             time.sleep(1.0)
             lags = sorted(page.js("clearInterval(window.__lagTimer); return window.__lag"))
             seen = page.js("return window.__fetchml.charts.seen")
+            draws = sorted(page.js("return window.__fetchml.charts.drawMs"))
             latencies = sorted(
                 max(0.0, seen[key] - acked)
                 for value, acked in marks
@@ -164,11 +165,14 @@ def main() -> int:
             figures["live_p50_ms"] = statistics.median(latencies) if latencies else None
             figures["live_max_ms"] = latencies[-1] if latencies else None
             figures["live_missing"] = len(missing)
+            figures["draw_p50_ms"] = statistics.median(draws) if draws else None
+            figures["draw_max_ms"] = draws[-1] if draws else None
             print(
                 f"streaming {RUNS} runs x {RATE} points/s for {args.stream_s:.0f} s "
                 f"({figures['streamed_points']:,} points): page timer delay p99 "
                 f"{figures['timer_delay_p99_ms']:.0f} ms, max {figures['timer_delay_max_ms']:.0f} ms "
-                f"(target < 100 ms)",
+                f"(target < 100 ms); a redraw of the panel: p50 {figures['draw_p50_ms']:.0f} ms, "
+                f"max {figures['draw_max_ms']:.0f} ms",
                 flush=True,
             )
             print(

@@ -18,11 +18,11 @@ export const app = {
   whoami: null,
   view: null,
   connected: null, // a promise of the current connection while logged in
-  /** A request on the shared connection; waits for it while it reconnects, and retries
-   * with backoff when the daemon's rate limit answers SERVER_OVERLOADED. */
-  async call(encoder, fields) {
+  /** A request on `conn`, or on the shared connection (waiting for it while it
+   * reconnects); retried with backoff when the rate limit answers SERVER_OVERLOADED. */
+  async call(encoder, fields, on = null) {
     for (let attempt = 0; ; attempt++) {
-      const conn = await this.connected;
+      const conn = on ?? (await this.connected);
       try {
         return await conn.call(encoder, fields);
       } catch (error) {
@@ -31,8 +31,8 @@ export const app = {
       }
     }
   },
-  async json(encoder, fields) {
-    const response = await this.call(encoder, fields);
+  async json(encoder, fields, on = null) {
+    const response = await this.call(encoder, fields, on);
     return response.type === "status" ? JSON.parse(response.statusJson) : dataJson(response);
   },
 };

@@ -5,12 +5,12 @@
 
 import uPlot from "./vendor/uPlot.esm.js";
 import { decodeMetrics } from "./codec.js";
-import { Watch } from "./conn.js";
+import { Conn, ServerError, Watch } from "./conn.js";
 import { fmtValue, h } from "./dom.js";
 import { nameOf } from "./runs.js";
 
 export const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-const MAX_LIVE = 20000; // points kept per run and name before older ones are thinned
+const DRAW_EVERY_MS = 100; // live data is drawn at most this often
 
 const view = { xMode: "step", logY: false, smooth: 0 };
 
@@ -28,11 +28,14 @@ export function ema(values, alpha) {
   return out;
 }
 
-function appendColumns(target, cols) {
-  target.t.push(...cols.t);
-  target.step.push(...cols.step);
-  target.value.push(...cols.value);
-  if (target.t.length > MAX_LIVE) {
+/** Append live points; beyond `keep` points the older half is thinned to every other one. */
+function appendColumns(target, cols, keep) {
+  for (let i = 0; i < cols.t.length; i++) {
+    target.t.push(cols.t[i]);
+    target.step.push(cols.step[i]);
+    target.value.push(cols.value[i]);
+  }
+  if (target.t.length > keep) {
     // Thin the older half, keep the newer half whole.
     const half = target.t.length >> 1;
     for (const key of ["t", "step", "value"]) {
@@ -43,12 +46,13 @@ function appendColumns(target, cols) {
 }
 
 export function chartsView(root, app, ids) {
-  const state = { runs: [], panels: new Map(), stopped: false, frame: 0 };
-  const debug = (window.__fetchml.charts = { panels: state.panels, runs: state.runs, waiters: [], seen: {} });
+  const state = { runs: [], panels: new Map(), stopped: false, frame: 0, timer: 0, drawn: 0 };
+  const debug = (window.__fetchml.charts = { panels: state.panels, runs: state.runs, waiters: new Map(), seen: {}, drawMs: [] });
   /** The uPlot data arrays of the panel of `name` (for tests and benches). */
   debug.data = (name) => state.panels.get(name)?.u?.data.map((a) => Array.from(a)) ?? null;
   debug.labels = (name) => state.panels.get(name)?.u?.series.slice(1).map((s) => s.label) ?? null;
-  debug.watchFor = (name, value) => debug.waiters.push({ name, value });
+  /** Note when `value` of metric `name` arrives live and then when it is drawn: seen[value]. */
+  debug.watchFor = (name, value) => debug.waiters.set(value, { name, arrived: false });
 
   const xSelect = h("select", { id: "x-axis", onchange: () => { view.xMode = xSelect.value; rebuildAll(); } },
     h("option", { value: "step" }, "step"), h("option", { value: "time" }, "time"));
@@ -77,31 +81,52 @@ export function chartsView(root, app, ids) {
   const panelWidth = () => Math.max(300, Math.min(900, Math.floor(((grid.clientWidth || 900) - 16) / 2) - 30));
   const maxPoints = () => 2 * panelWidth();
 
-  async function query(run, fields) {
-    const response = await app.call("queryMetrics", { commit: run.id, ...fields });
+  async function query(run, fields, conn = null) {
+    const response = await app.call("queryMetrics", { commit: run.id, ...fields }, conn);
     return decodeMetrics(response.payload);
   }
 
+  /** Each run's history on a connection of its own: requests on one connection run one
+   * after another, so this lets the daemon read several runs at once. */
   async function loadRun(id, index) {
-    const page = await app.json("listRuns", { filter: { id, limit: 1 } });
+    const conn = await Conn.open(app.session);
+    try {
+      await readRun(id, index, conn);
+    } finally {
+      conn.close();
+    }
+  }
+
+  async function readRun(id, index, conn) {
+    const page = await app.json("listRuns", { filter: { id, limit: 1 } }, conn);
     const summary = page.runs.find((s) => s.id === id);
     if (!summary) throw new Error(`run ${id.slice(0, 12)} not found`);
     const run = { id, summary, name: nameOf(summary), color: COLORS[index % COLORS.length], series: new Map(), watch: null, live: "" };
     state.runs[index] = run;
     const count = summary.metrics_count;
     if (count > 0) {
-      // Every name with its first point, then each name's downsampled history.
-      const names = [...(await query(run, { maxPoints: 1 })).names.keys()];
-      await Promise.all(names.map(async (name) => {
-        const cols = (await query(run, { name, maxPoints: maxPoints() })).names.get(name);
-        if (cols) run.series.set(name, cols);
-      }));
+      try {
+        // Every name's downsampled history in one answer...
+        for (const [name, cols] of (await query(run, { maxPoints: maxPoints() }, conn)).names) run.series.set(name, cols);
+      } catch (error) {
+        if (!(error instanceof ServerError && error.codeName === "INVALID_REQUEST")) throw error;
+        // ...or, when that is too many points for one message, name by name.
+        const names = [...(await query(run, { maxPoints: 1 }, conn)).names.keys()];
+        await Promise.all(names.map(async (name) => {
+          const cols = (await query(run, { name, maxPoints: maxPoints() }, conn)).names.get(name);
+          if (cols) run.series.set(name, cols);
+        }));
+      }
     }
     if (state.stopped) return;
     run.watch = new Watch(app.session, id, count, (push) => {
       for (const [name, cols] of push.names) {
         if (!run.series.has(name)) run.series.set(name, { t: [], step: [], value: [] });
-        appendColumns(run.series.get(name), cols);
+        appendColumns(run.series.get(name), cols, 4 * maxPoints());
+        for (const value of cols.value) {
+          const w = debug.waiters.get(value);
+          if (w && w.name === name) w.arrived = true;
+        }
         mark(name);
       }
     }, (s) => { run.live = s; showStatus(); });
@@ -134,7 +159,10 @@ export function chartsView(root, app, ids) {
   }
 
   function schedule() {
-    if (!state.frame && !state.stopped) state.frame = requestAnimationFrame(draw);
+    if (state.frame || state.timer || state.stopped) return;
+    const wait = state.drawn + DRAW_EVERY_MS - performance.now();
+    if (wait <= 0) state.frame = requestAnimationFrame(draw);
+    else state.timer = setTimeout(() => { state.timer = 0; schedule(); }, wait);
   }
 
   function tablesOf(panel) {
@@ -151,7 +179,17 @@ export function chartsView(root, app, ids) {
 
   function draw() {
     state.frame = 0;
+    state.drawn = performance.now();
     if (state.stopped) return;
+    try {
+      drawPanels();
+    } finally {
+      debug.drawMs.push(performance.now() - state.drawn);
+      if (debug.drawMs.length > 1000) debug.drawMs.shift();
+    }
+  }
+
+  function drawPanels() {
     for (const panel of state.panels.values()) {
       if (!panel.dirty) continue;
       panel.dirty = false;
@@ -168,10 +206,10 @@ export function chartsView(root, app, ids) {
         panel.u.setData(data, !panel.zoomed);
         panel.setting = false;
       }
-      for (const w of debug.waiters) {
-        if (w.name === panel.name && !(w.value in debug.seen) && data.slice(1).some((ys) => ys.includes(w.value))) {
-          debug.seen[w.value] = Date.now();
-          debug.waiters = debug.waiters.filter((x) => x !== w);
+      for (const [value, w] of debug.waiters) {
+        if (w.arrived && w.name === panel.name) {
+          debug.seen[value] = Date.now();
+          debug.waiters.delete(value);
         }
       }
     }
@@ -254,6 +292,7 @@ export function chartsView(root, app, ids) {
     stop() {
       state.stopped = true;
       cancelAnimationFrame(state.frame);
+      clearTimeout(state.timer);
       for (const run of state.runs) if (run?.watch) run.watch.stop();
       for (const panel of state.panels.values()) if (panel.u) panel.u.destroy();
     },

@@ -42,7 +42,7 @@ export function filterOf(form) {
 }
 
 export function runsView(root, app) {
-  const state = { rows: [], total: 0, page: 0, error: "", latest: new Map(), timer: null, stopped: false };
+  const state = { rows: [], total: 0, page: 0, error: "", latest: new Map(), timer: null, stopped: false, generation: 0 };
   const inputs = {};
   const form = h("form", { class: "filters", id: "runs-filter" });
   for (const key of FIELDS) {
@@ -88,14 +88,9 @@ export function runsView(root, app) {
   const pager = h("div", { class: "pager" });
   root.append(h("h1", {}, "Runs"), form, options, h("div", { class: "actions" }, chartButton, clearButton), notice, table, pager);
 
+  /** Up to MAX_ROWS matches of the form's filter: {rows, total}. */
   async function load() {
-    let filter;
-    try {
-      filter = { ...filterOf(kept.form), order: kept.order };
-    } catch (error) {
-      state.error = error.message;
-      return;
-    }
+    const filter = { ...filterOf(kept.form), order: kept.order };
     const rows = [];
     let offset = 0;
     let total = 0;
@@ -106,19 +101,23 @@ export function runsView(root, app) {
       if (page.next_offset === null || page.runs.length === 0) break;
       offset = page.next_offset;
     }
-    state.rows = rows;
-    state.total = total;
-    state.error = "";
+    return { rows, total };
   }
 
+  /** Load and show; only the latest refresh shows its rows (an older one may end later). */
   async function refresh() {
     clearTimeout(state.timer);
+    const generation = ++state.generation;
+    let loaded = null;
+    let error = "";
     try {
-      await load();
-    } catch (error) {
-      state.error = error.message;
+      loaded = await load();
+    } catch (e) {
+      error = e.message;
     }
-    if (state.stopped) return;
+    if (state.stopped || generation !== state.generation) return;
+    state.error = error;
+    if (loaded) Object.assign(state, loaded);
     render();
     state.timer = setTimeout(refresh, POLL_MS);
   }

@@ -93,14 +93,13 @@ def show_columns(page: Page, params: str, metric: str = "") -> None:
 
 
 def filter_by(page: Page, **fields: str) -> None:
-    for name in ("project", "tag", "user", "name", "param"):
-        el = page.find(f"#filter-{name}")
-        el.clear()
-        el.send_keys(fields.get(name, ""))
+    """Fill in the filter form (fields not given are emptied) and submit it."""
     page.js(
-        "document.querySelector('#filter-status').value = arguments[0]", fields.get("status", "")
+        "for (const name of ['project', 'tag', 'user', 'name', 'param', 'status'])"
+        "  document.querySelector('#filter-' + name).value = arguments[0][name] || '';"
+        "document.querySelector('#apply-filter').click();",
+        fields,
     )
-    page.click("#apply-filter")
 
 
 def names(page: Page) -> list[str]:
@@ -250,3 +249,84 @@ def test_the_page_stays_on_its_origin_under_its_csp(
 async def log(url: str, rid: str, points: list[tuple[str, float, int]]) -> None:
     async with Client.connect(url, api_key=ADMIN_KEY) as c:
         await c.log_metrics(rid, points)
+
+
+def test_zoom_reads_the_range_again_and_the_axis_log_and_smoothing_controls(
+    page: Page, dashd: DaemonProcess
+) -> None:
+    points = [("loss", 1.0 + (step % 7), step) for step in range(3000)]
+    rid = run(make_run(dashd.url, ADMIN_KEY, name="long", doc={}, metrics=points))
+    page.logged_in(ADMIN_KEY, f"#/charts/{rid}")
+    page.wait(lambda: chart(page, "loss"), "the chart")
+    data = chart(page, "loss")
+    assert data is not None
+    width = page.js("return window.__fetchml.charts.panels.get('loss').u.width")
+    assert len(data[0]) == min(3000, 2 * width) < 3000  # downsampled to twice the width
+    shown = [s for s in data[0] if 1000 <= s <= 1100]
+    assert len(shown) < 101
+
+    page.js("window.__fetchml.charts.panels.get('loss').u.setScale('x', {min: 1000, max: 1100})")
+    page.wait(
+        lambda: (
+            [s for s in (chart(page, "loss") or [[]])[0] if 1000 <= s <= 1100]
+            == list(range(1000, 1101))
+        ),
+        "every point of the zoomed range",
+    )
+    page.js(
+        "const u = window.__fetchml.charts.panels.get('loss').u; u.setScale('x', {min: 0, max: 2999})"
+    )
+    page.wait(
+        lambda: len((chart(page, "loss") or [[]])[0]) == len(data[0]), "the whole range again"
+    )
+
+    page.click("#log-y")
+    page.wait(
+        lambda: (
+            page.js(
+                "const p = window.__fetchml.charts.panels.get('loss'); return p.u && p.u.scales.y.distr"
+            )
+            == 3
+        ),
+        "a log y axis",
+    )
+    page.js(
+        "const s = document.querySelector('#smoothing'); s.value = '0.5';"
+        "s.dispatchEvent(new Event('input'))"
+    )
+    first = data[1][:3]  # 1, 2, 3 at steps 0, 1, 2 (LTTB keeps the first points)
+    page.wait(
+        lambda: (
+            (chart(page, "loss") or [[], []])[1][:2] == [first[0], 0.5 * first[0] + 0.5 * first[1]]
+        ),
+        "the smoothed series",
+    )
+    page.js(
+        "const x = document.querySelector('#x-axis'); x.value = 'time';"
+        "x.dispatchEvent(new Event('change'))"
+    )
+    page.wait(lambda: min((chart(page, "loss") or [[0]])[0]) > 1_700_000_000, "time on the x axis")
+    page.js("document.querySelector('#log-y').click()")  # back to the defaults for other tests
+    page.js(
+        "const s = document.querySelector('#smoothing'); s.value = '0'; s.dispatchEvent(new Event('input'));"
+        "const x = document.querySelector('#x-axis'); x.value = 'step'; x.dispatchEvent(new Event('change'))"
+    )
+
+
+def test_a_run_whose_history_is_too_big_for_one_answer_is_read_name_by_name(
+    page: Page, dashd: DaemonProcess
+) -> None:
+    # 40 names x 1,000 points: 1.2 MB of records, over the 1 MiB a message may hold.
+    names_ = [f"metric-{i:02d}" for i in range(40)]
+    points = [(name, float(step), step) for name in names_ for step in range(1000)]
+    rid = run(make_run(dashd.url, ADMIN_KEY, name="wide", doc={}, metrics=points))
+    page.logged_in(ADMIN_KEY, f"#/charts/{rid}")
+    page.wait(lambda: chart(page, "metric-39"), "the last panel", timeout=30)
+    for name in ("metric-00", "metric-39"):
+        data = chart(page, name)
+        assert (
+            data is not None
+            and data[0] == list(range(1000))
+            and data[1] == [float(s) for s in range(1000)]
+        )
+    assert len(page.all("#panels .panel")) == 40
