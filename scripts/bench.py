@@ -61,6 +61,8 @@ BATCH = 1_000
 STREAM_BATCH = 100
 """Metrics per LOG_METRICS in the 100-connection, watch and watcher-cost runs."""
 STREAMS = 100
+AT_ROUNDS = 2
+"""LOG_METRICS and LOG_METRICS_AT runs alternate this many times; each keeps its best."""
 SINGLE_WINDOW = 1_000
 BATCH_WINDOW = 100
 STREAM_WINDOW = 16
@@ -209,6 +211,24 @@ def batched_ingest(b: Bench) -> list[Row]:
             )
         )
     return rows
+
+
+def client_timestamps(b: Bench) -> list[Row]:
+    """LOG_METRICS_AT against LOG_METRICS: the same points and window, alternating runs on
+    the write daemon, the best of each."""
+    options = dict(per_message=BATCH, messages=b.sizes.batch_messages, window=BATCH_WINDOW)
+    best: dict[str, float] = {}
+    acked: dict[str, int] = {"at-plain": 0, "at-client": 0}
+    b.details["client_timestamps"] = []
+    for _ in range(AT_ROUNDS):
+        for label, at in (("at-plain", 0), ("at-client", 1)):
+            result = b.load(Pipeline, b.write, commits=commit(label), at=at, **options)
+            b.details["client_timestamps"].append({label: detail(result)})
+            if result:
+                acked[label] += result.acked()
+                best[label] = max(best.get(label, 0.0), result.metrics_per_second or 0.0)
+    b.verify(b.write, acked)
+    return [Row(BY_KEY["batch_at"], best.get("at-client"), best.get("at-plain"))]
 
 
 def many_connections(b: Bench) -> list[Row]:
@@ -487,7 +507,7 @@ def idle_memory(b: Bench) -> list[Row]:
 
 def write_daemon_experiments(sizes: Sizes) -> dict[str, bytes]:
     history = many_names_records(WATCH_HISTORY)
-    experiments = {label: b"" for label in ("single", "latency", "batch")}
+    experiments = {label: b"" for label in ("single", "latency", "batch", "at-plain", "at-client")}
     experiments.update({f"stream-{i}": b"" for i in range(STREAMS)})
     experiments.update({label: history for label in ("watch", "ingest-alone", "ingest-watched")})
     experiments["reads-many"] = many_names_records(sizes.read_records)
@@ -499,6 +519,7 @@ STEPS = [
     single_metric_ingest,
     ack_latency,
     batched_ingest,
+    client_timestamps,
     many_connections,
     reads,
     push_latency,
@@ -535,6 +556,7 @@ def name_values(sizes: Sizes) -> dict[str, Any]:
         **asdict(sizes),
         "latency_rate": LATENCY_RATE,
         "batch": BATCH,
+        "at_rounds": AT_ROUNDS,
         "streams": STREAMS,
         "lttb_points": LTTB_POINTS,
         "read_names": len(READ_NAMES),

@@ -75,6 +75,14 @@ FIGURES: tuple[Figure, ...] = (
         )
         for durability, limit in (("write", 1_000_000), ("fsync", 500_000))
     ),
+    Figure(
+        "batch_at",
+        "LOG_METRICS_AT {batch:,}/msg, write, best of {at_rounds}",
+        "metrics/s",
+        "LOG_METRICS, same run",
+        True,
+        Target(0.9, of_ratio=True),
+    ),
     Figure("streams", STREAM_ROW, "metrics/s", ECHO, True, row=STREAM_ROW),
     Figure(
         "streams_fairness",

@@ -5,8 +5,9 @@ same way for both) and prints a bench_records.Report as JSON on the last line of
 stdout: the mode's typed result, and what went wrong in its "errors" list: ERROR
 responses, closed or refused connections, missing answers. Modes:
 
-  pipeline  LOG_METRIC(S) frames, pre-encoded, pipelined (a window in flight) on
-            one or more connections, for a number of messages or of seconds
+  pipeline  LOG_METRIC(S) frames (LOG_METRICS_AT with --at), pre-encoded, pipelined
+            (a window in flight) on one or more connections, for a number of
+            messages or of seconds
   paced     frames at a fixed rate on one connection: request-to-ack latency
   reads     QUERY_METRICS: paging a whole experiment, latest per name, LTTB
   watch     watchers plus a paced writer in this process: push latency
@@ -46,10 +47,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from fetchml.protocol.enums import PacketType
-from fetchml.protocol.metrics import decode_records
+from fetchml.protocol.metrics import decode_records, encode_record
 from fetchml.protocol.requests import (
     LogMetric,
     LogMetrics,
+    LogMetricsAt,
     MetricPoint,
     QueryMetrics,
     Request,
@@ -127,6 +129,21 @@ def metric_frames(key: bytes, commit: bytes, per_message: int, count: int) -> li
                 for j in range(per_message)
             )
             request = LogMetrics(key_hash=key, commit_id=commit, metrics=points)
+        frames.append(encode_request(request))
+    return frames
+
+
+def metric_frames_at(key: bytes, commit: bytes, per_message: int, count: int) -> list[bytes]:
+    """`count` distinct LOG_METRICS_AT frames holding the points of metric_frames, each
+    record stamped with a time of the last minute."""
+    now = int(time.time()) - 60
+    frames = []
+    for i in range(count):
+        records = b"".join(
+            encode_record(now - j % 60, i, (i * per_message + j) * 0.001, NAMES[j % 5].encode())
+            for j in range(per_message)
+        )
+        request = LogMetricsAt(key_hash=key, commit_id=commit, count=per_message, records=records)
         frames.append(encode_request(request))
     return frames
 
@@ -212,7 +229,8 @@ async def run_pipeline(args: argparse.Namespace, errors: Errors) -> Pipeline:
     key = key_hash(args.key)
     commits = [bytes.fromhex(c) for c in args.commits.split(",")]
     distinct = min(args.messages, args.distinct_frames)
-    frames = [metric_frames(key, c, args.per_message, distinct) for c in commits]
+    make = metric_frames_at if args.at else metric_frames
+    frames = [make(key, c, args.per_message, distinct) for c in commits]
     connections = [await open_ws(args.url) for _ in commits]
     try:
         deadline = time.perf_counter() + args.seconds if args.seconds else math.inf
@@ -583,6 +601,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=0.0, help="pipeline, paced, watch")
     parser.add_argument("--window", type=int, default=1000, help="pipeline: unanswered at most")
     parser.add_argument("--distinct-frames", type=int, default=100, help="sent round-robin")
+    parser.add_argument("--at", type=int, default=0, help="pipeline: 1 sends LOG_METRICS_AT")
     parser.add_argument("--rate", type=float, default=10_000, help="paced, watch: frames/s")
     parser.add_argument("--watchers", type=int, default=100)
     parser.add_argument("--from-index", type=int, default=0)

@@ -1,12 +1,13 @@
 """Atheris (libFuzzer) harness for the pure codec: run it through scripts/fuzz.
 
-Every input goes to protocol.requests.decode_request and protocol.metrics.record_tails (the
-metric-logging fast path) and to protocol.metrics.scan, plus the meta.bin and
+Every input goes to protocol.requests.decode_request and protocol.metrics.record_tails and
+records_at (the metric-logging fast path) and to protocol.metrics.scan, plus the meta.bin and
 response decoders. Any exception but protocol.errors.ProtocolError is a crash, and
 so is a broken invariant:
 
 * record_tails accepts exactly the LOG_METRIC / LOG_METRICS that decode_request
-  accepts, with the same key, commit and record tails;
+  accepts, with the same key, commit and record tails; records_at likewise the
+  LOG_METRICS_AT, with the same records, count and latest timestamp;
 * a decoded request encodes back to the same bytes;
 * scan's valid prefix decodes to exactly its record count, scanning from any record
   boundary inside it ends at the same place, and when scan says the prefix cannot
@@ -32,13 +33,16 @@ with atheris.instrument_imports():
         encode_metrics_payload,
         encode_record,
         iter_records,
+        max_timestamp,
         record_tails,
+        records_at,
         scan,
     )
     from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
     from fetchml.protocol.requests import (
         LogMetric,
         LogMetrics,
+        LogMetricsAt,
         MetricPoint,
         QueryMetrics,
         QueueJob,
@@ -65,6 +69,13 @@ def check_request(data: bytes) -> None:
         assert (key, commit, tails) == (request.key_hash, request.commit_id, request.tails())
     else:
         assert fast is None, "record_tails accepted what decode_request refuses"
+    at = records_at(data)
+    if isinstance(request, LogMetricsAt):
+        latest = max_timestamp(request.records)
+        expected = (request.key_hash, request.commit_id, request.records, request.count, latest)
+        assert at == expected, "records_at differs from decode_request"
+    else:
+        assert at is None, "records_at accepted what decode_request refuses"
     if request is not None:
         assert encode_request(request) == data, "decode/encode round trip differs"
 
@@ -107,6 +118,7 @@ def seeds() -> list[bytes]:
         UpdateJob(key_hash=key, job_id="j-1", status=JobStatus.FAILED, error="oom"),
     ]
     records = b"".join(encode_record(1795735109, n, n / 3, b"m%d" % n) for n in range(4))
+    requests.append(LogMetricsAt(key_hash=key, commit_id=commit, count=4, records=records))
     meta = encode_metadata(
         Metadata(commit_id=commit.hex(), timestamp=1764000000, job_name="j", user="alice")
     )

@@ -288,5 +288,10 @@ async def whoami(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         emit(dumps(me.to_json()))
     else:
-        emit(f"{me.user} (role {me.role}, scope {me.scope}): {', '.join(me.permissions)}")
+        scope = (
+            f"scope {me.write_scope}"
+            if me.read_scope == me.write_scope
+            else f"read scope {me.read_scope}, write scope {me.write_scope}"
+        )
+        emit(f"{me.user} (role {me.role}, {scope}): {', '.join(me.permissions)}")
     return 0

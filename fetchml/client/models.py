@@ -137,18 +137,41 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """The daemon's limits a client adapts to (WHOAMI `limits`)."""
+
+    lease_s: float
+    crash_after_s: float
+    max_message_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WhoAmI:
+    """`scope` is the write scope. From a daemon older than split scopes, `read_scope` and
+    `write_scope` are its `scope` and `limits` is None."""
+
     user: str
     role: str
     permissions: tuple[str, ...]
     scope: str
+    read_scope: str = ""
+    write_scope: str = ""
+    limits: Limits | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("read_scope", "write_scope"):
+            if not getattr(self, name):
+                object.__setattr__(self, name, self.scope)
 
     @classmethod
     def from_json(cls, obj: Any) -> "WhoAmI":
-        return cls(**_read(shapes.read_whoami, obj))
+        values = _read(shapes.read_whoami, obj)
+        limits = values["limits"]
+        return cls(**values | {"limits": None if limits is None else Limits(**limits)})
 
     def to_json(self) -> dict[str, Any]:
-        return shapes.whoami(**_fields(self))
+        limits = None if self.limits is None else shapes.whoami_limits(**_fields(self.limits))
+        return shapes.whoami(**_fields(self) | {"limits": limits})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

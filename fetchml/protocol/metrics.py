@@ -5,9 +5,9 @@ A record is `[timestamp:u64][step:u32][value:f64][name:str8]`, big-endian, with
 no header or padding; a point (LOG_METRIC, LOG_METRICS) is a record without its
 timestamp, so a record is the daemon's stamp followed by the point's bytes.
 
-Fast and slow paths side by side: `record_tails` takes a logging request apart
-without building objects (LogMetric / LogMetrics in requests.py decode it into
-objects), and `walk` finds record boundaries by their lengths alone for bytes
+Fast and slow paths side by side: `record_tails` and `records_at` take a logging
+request apart without building objects (LogMetric / LogMetrics / LogMetricsAt in
+requests.py decode it into objects), and `walk` finds record boundaries by their lengths alone for bytes
 already known to be records (`scan` applies the validity rule to a file).
 """
 
@@ -171,7 +171,8 @@ def decode_records(buf: bytes | bytearray | memoryview) -> list[MetricRecord]:
 
 # -- points: the metric-logging fast path -------------------------------------------
 
-_TAILS_AT = 1 + KEY_HASH_SIZE + COMMIT_SIZE
+_KEY_END = 1 + KEY_HASH_SIZE
+_TAILS_AT = _KEY_END + COMMIT_SIZE
 
 
 def record_tails(message: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
@@ -219,6 +220,52 @@ def record_tails(message: bytes) -> tuple[bytes, bytes, list[bytes]] | None:
     except UnicodeDecodeError:
         return None
     return key, commit, tails
+
+
+_FIRST_STAMP = STAMP.pack(MIN_TIMESTAMP)
+_PAST_STAMP = STAMP.pack(MAX_TIMESTAMP)
+
+
+def records_at(message: bytes) -> tuple[bytes, bytes, bytes, int, int] | None:
+    """LOG_METRICS_AT taken apart without building objects.
+
+    For a valid request: (key_hash, commit_id, records, count, latest): its records
+    exactly as metrics.bin holds them, how many, and the latest timestamp among them.
+    None for any other message, or one that breaks a rule: decode_request then says which.
+    """
+    size = len(message)
+    if size < _TAILS_AT + 2 or message[0] != Opcode.LOG_METRICS_AT:
+        return None
+    count = int.from_bytes(message[_TAILS_AT : _TAILS_AT + 2])
+    start = pos = _TAILS_AT + 2
+    stamps, names = [], []
+    for _ in range(count):
+        name = pos + RECORD_MIN
+        if name > size:
+            return None
+        stamps.append(message[pos : pos + STAMP.size])
+        pos = name + message[name - 1]
+        names.append(message[name:pos])
+    if pos != size or not count:
+        return None
+    # Big-endian stamps of one width compare as their numbers do.
+    latest = max(stamps)
+    if latest >= _PAST_STAMP or min(stamps) < _FIRST_STAMP:
+        return None
+    joined = b"\0".join(names)
+    if joined.count(0) != len(names) - 1 or not all(names):
+        return None
+    try:
+        joined.decode()
+    except UnicodeDecodeError:
+        return None
+    return (
+        message[1:_KEY_END],
+        message[_KEY_END:_TAILS_AT],
+        message[start:],
+        count,
+        int.from_bytes(latest),
+    )
 
 
 def encode_point(step: int, value: float, name: bytes) -> bytes:

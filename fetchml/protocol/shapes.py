@@ -339,21 +339,74 @@ def read_status(obj: Any) -> dict[str, Any]:
 # -- whoami, pruned ----------------------------------------------------------------------
 
 
-def whoami(*, user: str, role: str, permissions: Iterable[str], scope: str) -> dict[str, Any]:
-    """`whoami`: permissions sorted."""
-    return {"user": user, "role": role, "permissions": sorted(permissions), "scope": scope}
+def whoami(
+    *,
+    user: str,
+    role: str,
+    permissions: Iterable[str],
+    scope: str,
+    read_scope: str,
+    write_scope: str,
+    limits: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """`whoami`: permissions sorted; `scope` is the write scope; `limits` holds `lease_s`,
+    `crash_after_s` and `max_message_bytes`."""
+    return {
+        "user": user,
+        "role": role,
+        "permissions": sorted(permissions),
+        "scope": scope,
+        "read_scope": read_scope,
+        "write_scope": write_scope,
+        "limits": limits,
+    }
+
+
+def whoami_limits(
+    *, lease_s: float, crash_after_s: float, max_message_bytes: int
+) -> dict[str, Any]:
+    """WHOAMI's `limits` (whole seconds as integers)."""
+    return {
+        "lease_s": _number(lease_s),
+        "crash_after_s": _number(crash_after_s),
+        "max_message_bytes": max_message_bytes,
+    }
+
+
+def _number(value: float) -> float:
+    return int(value) if float(value).is_integer() else value
 
 
 def read_whoami(obj: Any) -> dict[str, Any]:
+    """A daemon from before scopes were split sends `scope` alone (it is both) and no
+    `limits` (None)."""
+
     def reader(obj: Any) -> dict[str, Any]:
+        scope = str(obj["scope"])
+        limits = obj.get("limits")
         return {
             "user": str(obj["user"]),
             "role": str(obj["role"]),
             "permissions": tuple(str(p) for p in obj["permissions"]),
-            "scope": str(obj["scope"]),
+            "scope": scope,
+            "read_scope": str(obj.get("read_scope", scope)),
+            "write_scope": str(obj.get("write_scope", scope)),
+            "limits": None
+            if limits is None
+            else {
+                "lease_s": _seconds(limits["lease_s"]),
+                "crash_after_s": _seconds(limits["crash_after_s"]),
+                "max_message_bytes": _int(limits["max_message_bytes"]),
+            },
         }
 
     return read("whoami", obj, reader)
+
+
+def _seconds(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise TypeError(f"expected a number of seconds, got {raw!r}")
+    return raw
 
 
 def pruned(commits: Iterable[str]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ PERMISSIONS = frozenset(
 SCOPES = frozenset({"own", "all"})
 MAX_MESSAGE_LIMIT = 4 << 20
 """PROTOCOL.md: one request's records must fit in one 8 MiB flush."""
+MIN_MESSAGE_LIMIT = 128 << 10
+"""A run document (up to 64 KiB) must fit in a response."""
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -251,7 +253,7 @@ def parse_config(raw: Any) -> Config:
     _positive("server.port", server.port, 0)
     if server.port > 65535:
         raise ConfigError(f"server.port: must be at most 65535, got {server.port}")
-    _positive("server.max_message_bytes", server.max_message_bytes, 64)
+    _positive("server.max_message_bytes", server.max_message_bytes, MIN_MESSAGE_LIMIT)
     if server.max_message_bytes > MAX_MESSAGE_LIMIT:
         raise ConfigError(
             f"server.max_message_bytes: must be at most {MAX_MESSAGE_LIMIT}, got {server.max_message_bytes}"

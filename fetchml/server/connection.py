@@ -20,12 +20,21 @@ from websockets.exceptions import ConnectionClosed
 from fetchml.protocol.enums import ErrorCode, Opcode
 from fetchml.protocol.errors import ProtocolError
 from fetchml.protocol.keys import key_hash
-from fetchml.protocol.metrics import ack_packet, record_tails
+from fetchml.protocol.metrics import ack_packet, record_tails, records_at
 from fetchml.protocol.requests import Request, decode_request
 from fetchml.protocol.responses import Error, encode_response
 
 from .auth import Identity, KeyTable
-from .dispatch import Answer, Barrier, Outcome, Pipelined, StartWatch, accept_log, dispatch
+from .dispatch import (
+    Answer,
+    Barrier,
+    Outcome,
+    Pipelined,
+    StartWatch,
+    accept_log,
+    accept_log_at,
+    dispatch,
+)
 from .errors import AuthenticationFailed, ServerError
 from .handlers import Context
 from .http import Gate, Metrics, handshake_key
@@ -205,6 +214,13 @@ class Connection:
                 self.metrics.requests[opcode.name] += 1
                 key, commit, tails = fast
                 return accept_log(self.ctx, self._identify(key), opcode, commit.hex(), tails)
+            at = records_at(message)
+            if at is not None:
+                opcode = Opcode.LOG_METRICS_AT
+                self.metrics.requests[opcode.name] += 1
+                key, commit, records, count, latest = at
+                who = self._identify(key)
+                return accept_log_at(self.ctx, who, commit.hex(), records, count, latest)
             req = decode_request(message)
             opcode = req.OPCODE
             self.metrics.requests[opcode.name] += 1

@@ -19,6 +19,7 @@ from functools import partial
 from typing import assert_never
 
 from fetchml.protocol.enums import JobStatus, Opcode
+from fetchml.protocol.metrics import max_timestamp
 from fetchml.protocol.requests import (
     CancelJob,
     ClaimJob,
@@ -84,6 +85,14 @@ def accept_log(
     return Pipelined(handlers.accept_log(ctx, who, commit, tails), opcode, len(tails))
 
 
+def accept_log_at(
+    ctx: Context, who: Identity, commit: str, records: bytes, count: int, latest: int
+) -> Pipelined:
+    """LOG_METRICS_AT from its records (the fast path skips decoding a Request)."""
+    future = handlers.accept_log_at(ctx, who, commit, records, count, latest)
+    return Pipelined(future, Opcode.LOG_METRICS_AT, count)
+
+
 def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
     if rate_limited(req):
         ctx.limiter.check(who.user)
@@ -91,11 +100,12 @@ def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
         case LogMetric() | LogMetrics():
             return accept_log(ctx, who, req.OPCODE, req.commit_hex, req.tails())
         case LogMetricsAt():
-            return Pipelined(handlers.accept_log_at(ctx, who, req), req.OPCODE, req.count)
+            latest = max_timestamp(req.records)
+            return accept_log_at(ctx, who, req.commit_hex, req.records, req.count, latest)
         case WatchMetrics():
             return StartWatch(req.key_hash, handlers.watch_metrics(ctx, who, req))
         case WhoAmI():
-            return Barrier(req, who, partial(handlers.whoami, who))
+            return Barrier(req, who, partial(handlers.whoami, ctx, who))
         case PrunePreview():
             return Barrier(req, who, partial(handlers.prune_preview, ctx, who, req))
         case QueueJob():

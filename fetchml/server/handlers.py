@@ -18,7 +18,6 @@ from fetchml.protocol.enums import PruneType
 from fetchml.protocol.metrics import (
     MetricRecord,
     decode_records,
-    max_timestamp,
     stamp_records,
 )
 from fetchml.protocol.records import Metadata
@@ -29,7 +28,6 @@ from fetchml.protocol.requests import (
     GetExperiment,
     ListExperiments,
     ListRuns,
-    LogMetricsAt,
     Prune,
     PrunePreview,
     QueryMetrics,
@@ -118,18 +116,18 @@ CLOCK_SLACK_S = 300
 """LOG_METRICS_AT refuses timestamps further ahead of the daemon's clock than this."""
 
 
-def accept_log_at(ctx: Context, who: Identity, req: LogMetricsAt) -> "asyncio.Future[int]":
-    """Accept step of LOG_METRICS_AT: the client's records, queued byte for byte."""
+def accept_log_at(
+    ctx: Context, who: Identity, commit: str, records: bytes, count: int, latest: int
+) -> "asyncio.Future[int]":
+    """Accept step of LOG_METRICS_AT: the client's records (whole and checked, `latest` the
+    newest timestamp among them), queued byte for byte. Synchronous."""
     who.require("jobs:update")
-    limit = _now() + CLOCK_SLACK_S
-    latest = max_timestamp(req.records)
-    if latest > limit:
+    if latest > _now() + CLOCK_SLACK_S:
         raise InvalidRequest(
             f"timestamp {latest} is more than {CLOCK_SLACK_S} s ahead of the server clock"
         )
-    commit = req.commit_hex
     _owner(ctx, who, commit, write=True)
-    return ctx.store.submit(commit, req.records, req.count)
+    return ctx.store.submit(commit, records, count)
 
 
 # -- experiments --------------------------------------------------------------
@@ -339,10 +337,24 @@ async def update_job(ctx: Context, who: Identity, req: UpdateJob) -> Response:
     return Success(timestamp=_now(), message=f"job {job.id} {job.status.name.lower()}")
 
 
-def whoami(who: Identity) -> Response:
+def whoami(ctx: Context, who: Identity) -> Response:
+    config = ctx.config
+    limits = shapes.whoami_limits(
+        lease_s=config.jobs.lease_s,
+        crash_after_s=config.runs.crash_after_s,
+        max_message_bytes=config.server.max_message_bytes,
+    )
     return _data(
         "whoami",
-        shapes.whoami(user=who.user, role=who.role, permissions=who.permissions, scope=who.scope),
+        shapes.whoami(
+            user=who.user,
+            role=who.role,
+            permissions=who.permissions,
+            scope=who.scope,
+            read_scope=who.read_scope,
+            write_scope=who.write_scope,
+            limits=limits,
+        ),
     )
 
 

@@ -10,9 +10,9 @@ import pytest
 
 from fetchml.client import MetricLogger, cli
 from tests.support.cli import Cli
-from tests.support.daemon import ROOT, DaemonProcess, free_port
+from tests.support.daemon import ROOT, DaemonProcess, daemon_at, free_port
 from tests.support.experiments import commit_of
-from tests.support.keys import ADMIN_KEY, ALICE_KEY
+from tests.support.keys import ADMIN_KEY, ALICE_KEY, KEYS, key_entry
 
 C = commit_of("cli")
 SUBCOMMANDS = (
@@ -52,6 +52,9 @@ def test_whoami(run: Cli) -> None:
         "role": "researcher",
         "permissions": ["jobs:create", "jobs:read", "jobs:update"],
         "scope": "own",
+        "read_scope": "own",
+        "write_scope": "own",
+        "limits": {"lease_s": 120, "crash_after_s": 300, "max_message_bytes": 1048576},
     }
     # connection options may also follow the subcommand
     code = cli.main(["whoami", "--url", run.server.url, "--api-key", ALICE_KEY])
@@ -322,3 +325,18 @@ def test_as_a_process(shared_server: DaemonProcess) -> None:
     assert proc.wait(60) == 0 and first.split()[:2] == [b"NAME", b"STEP"]
     assert proc.stderr.read() == b""
     proc.stderr.close()
+
+
+def test_whoami_shows_both_scopes_when_they_differ(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = {**KEYS, "mia": ("member", "fml_test_mia_key")}
+    api_keys = {user: key_entry(key, role) for user, (role, key) in users.items()}
+    proc = daemon_at(tmp_path, auth={"api_keys": api_keys}).start()
+    try:
+        out = Cli(proc, capsys).ok("whoami", key="fml_test_mia_key")
+    finally:
+        proc.close()
+    assert out == (
+        "mia (role member, read scope all, write scope own): jobs:create, jobs:read, jobs:update\n"
+    )

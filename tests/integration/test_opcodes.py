@@ -469,6 +469,9 @@ async def test_whoami(daemon: Daemon) -> None:
         "role": "root",
         "permissions": ["*"],
         "scope": "all",
+        "read_scope": "all",
+        "write_scope": "all",
+        "limits": {"lease_s": 120, "crash_after_s": 300, "max_message_bytes": 1048576},
     }
 
 
@@ -562,11 +565,11 @@ async def test_query_metrics_limit_zero_is_the_server_default(start_daemon: Daem
 
 
 async def test_query_page_stops_before_max_message_bytes(start_daemon: DaemonFactory) -> None:
-    daemon = await start_daemon(server={"max_message_bytes": 4096})
+    daemon = await start_daemon(server={"max_message_bytes": 131072})  # the lowest allowed
     client = await daemon.client()
     cid = await create(client, "budget")
     for half in range(2):
-        await log(client, cid, [(half * 100 + i, float(i), "loss") for i in range(100)])
+        await log(client, cid, [(half * 4000 + i, float(i), "loss") for i in range(4000)])
 
     steps: list[int] = []
     after = 0
@@ -574,7 +577,7 @@ async def test_query_page_stops_before_max_message_bytes(start_daemon: DaemonFac
         await client.send(QueryMetrics(key_hash=ADMIN, commit_id=cid, after=after))
         packet = await client.ws.recv()
         assert isinstance(packet, bytes)
-        assert len(packet) <= 4096
+        assert len(packet) <= 131072
         page = page_of(decode_response(packet))
         assert page.records, "a page holds at least one record"
         steps += [r.step for r in page.records]
@@ -582,8 +585,8 @@ async def test_query_page_stops_before_max_message_bytes(start_daemon: DaemonFac
             break
         assert page.next == after + len(page.records)
         after = page.next
-    assert after > 0, "200 records do not fit in one 4096-byte page"
-    assert steps == list(range(200))
+    assert after > 0, "8,000 records do not fit in one 131,072-byte page"
+    assert steps == list(range(8000))
 
 
 async def test_query_metrics_max_points_downsamples_per_name(daemon: Daemon) -> None:
@@ -647,32 +650,32 @@ async def test_query_metrics_max_points_keeps_a_spike(daemon: Daemon) -> None:
 async def test_get_experiment_truncates_to_the_newest_that_fit(
     start_daemon: DaemonFactory,
 ) -> None:
-    daemon = await start_daemon(server={"max_message_bytes": 4096})
+    daemon = await start_daemon(server={"max_message_bytes": 131072})  # the lowest allowed
     client = await daemon.client()
     cid = await create(client, "big")
-    await log(client, cid, [(s, s * 0.5, "loss") for s in range(150)])
+    await log(client, cid, [(s, s * 0.5, "loss") for s in range(4000)])
 
     await client.send(GetExperiment(key_hash=ADMIN, commit_id=cid))
     packet = await client.ws.recv()
     assert isinstance(packet, bytes)
-    assert 2048 < len(packet) <= 4096
+    assert 65536 < len(packet) <= 131072
     doc = data_of(decode_response(packet), "experiment")
-    assert doc["metrics_count"] == 150
+    assert doc["metrics_count"] == 4000
     assert doc["metrics_truncated"] is True
     steps = [m["step"] for m in doc["metrics"]]
-    assert 0 < len(steps) < 150
-    assert steps == list(range(150 - len(steps), 150))
+    assert 0 < len(steps) < 4000
+    assert steps == list(range(4000 - len(steps), 4000))
     assert doc["metadata"]["commit_id"] == cid.hex()
 
 
 async def test_get_experiment_small_enough_is_not_truncated(start_daemon: DaemonFactory) -> None:
-    daemon = await start_daemon(server={"max_message_bytes": 4096})
+    daemon = await start_daemon(server={"max_message_bytes": 131072})  # the lowest allowed
     client = await daemon.client()
     cid = await create(client, "small")
-    await log(client, cid, [(s, 1.0, "loss") for s in range(20)])
+    await log(client, cid, [(s, 1.0, "loss") for s in range(600)])
     doc = data_of(await client.call(GetExperiment(key_hash=ADMIN, commit_id=cid)), "experiment")
-    assert (doc["metrics_count"], doc["metrics_truncated"]) == (20, False)
-    assert [m["step"] for m in doc["metrics"]] == list(range(20))
+    assert (doc["metrics_count"], doc["metrics_truncated"]) == (600, False)
+    assert [m["step"] for m in doc["metrics"]] == list(range(600))
 
 
 # -- WATCH_METRICS ------------------------------------------------------------------------
@@ -857,12 +860,12 @@ async def test_queue_job_with_an_empty_job_name(daemon: Daemon) -> None:
 
 
 async def test_too_many_points(start_daemon: DaemonFactory) -> None:
-    daemon = await start_daemon(server={"max_message_bytes": 4096})
+    daemon = await start_daemon(server={"max_message_bytes": 131072})  # the lowest allowed
     client = await daemon.client()
     cid = await create(client, "points")
     for half in range(2):
-        await log(client, cid, [(half * 100 + i, float(i), "loss") for i in range(100)])
-    req = QueryMetrics(key_hash=ADMIN, commit_id=cid, max_points=200)
+        await log(client, cid, [(half * 4000 + i, float(i), "loss") for i in range(4000)])
+    req = QueryMetrics(key_hash=ADMIN, commit_id=cid, max_points=8000)
     error_of(
         await client.call(req),
         ErrorCode.INVALID_REQUEST,
@@ -870,7 +873,7 @@ async def test_too_many_points(start_daemon: DaemonFactory) -> None:
     )
     page = await query(client, cid, max_points=100)
     assert len(page.records) == 100
-    assert (page.records[0].step, page.records[-1].step, page.next) == (0, 199, 0)
+    assert (page.records[0].step, page.records[-1].step, page.next) == (0, 7999, 0)
 
 
 # -- errors: authentication, permission, existence ---------------------------------------------

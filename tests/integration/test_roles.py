@@ -51,9 +51,18 @@ READ = frozenset(
         Opcode.QUERY_METRICS,
         Opcode.WATCH_METRICS,
         Opcode.WHOAMI,
+        Opcode.LIST_RUNS,
     }
 )
-UPDATE = frozenset({Opcode.CANCEL_JOB, Opcode.LOG_METRIC, Opcode.LOG_METRICS})
+UPDATE = frozenset(
+    {
+        Opcode.CANCEL_JOB,
+        Opcode.LOG_METRIC,
+        Opcode.LOG_METRICS,
+        Opcode.LOG_METRICS_AT,
+        Opcode.UPDATE_RUN,
+    }
+)
 CREATE = frozenset({Opcode.QUEUE_JOB, Opcode.CREATE_EXPERIMENT})
 CLAIM = frozenset({Opcode.CLAIM_JOB, Opcode.UPDATE_JOB})
 ALLOWED = {
@@ -79,8 +88,13 @@ def assert_allowed(op: Opcode, resp: Response, user: str, cid: bytes) -> None:
             assert data_of(resp, "pruned") == {"pruned": []}
         case Opcode.LOG_METRIC | Opcode.WATCH_METRICS:
             success_of(resp, "")
-        case Opcode.LOG_METRICS:
+        case Opcode.LOG_METRICS | Opcode.LOG_METRICS_AT:
             success_of(resp, "1")
+        case Opcode.UPDATE_RUN:
+            assert data_of(resp, "run")["heartbeat_at"] is not None
+        case Opcode.LIST_RUNS:
+            page = data_of(resp, "runs")
+            assert [row["metadata"]["user"] for row in page["runs"]] == [user]
         case Opcode.GET_EXPERIMENT:
             assert data_of(resp, "experiment")["metadata"]["user"] == user
         case Opcode.CREATE_EXPERIMENT | Opcode.UPDATE_JOB:
@@ -93,6 +107,8 @@ def assert_allowed(op: Opcode, resp: Response, user: str, cid: bytes) -> None:
             assert data_of(resp, "job")["status"] == "running"
         case Opcode.WHOAMI:
             assert data_of(resp, "whoami")["user"] == user
+        case _:
+            raise AssertionError(f"no success check for {op.name}")
 
 
 @pytest.mark.parametrize("op", list(Opcode), ids=lambda op: op.name)
@@ -151,9 +167,13 @@ async def test_role_table(
 )
 async def test_whoami_per_role(daemon: Daemon, user: str, whoami: dict[str, Any]) -> None:
     client = await daemon.client()
+    scope = whoami["scope"]
     assert data_of(await client.call(WhoAmI(key_hash=hash_of(user))), "whoami") == {
         "user": user,
         **whoami,
+        "read_scope": scope,
+        "write_scope": scope,
+        "limits": {"lease_s": 120, "crash_after_s": 300, "max_message_bytes": 1048576},
     }
 
 
@@ -350,6 +370,9 @@ async def test_custom_role_whoami(
         "role": role,
         "permissions": permissions,
         "scope": scope,
+        "read_scope": scope,
+        "write_scope": scope,
+        "limits": {"lease_s": 120, "crash_after_s": 300, "max_message_bytes": 1048576},
     }
 
 
@@ -401,6 +424,9 @@ async def test_redefined_builtin_role(custom: Daemon) -> None:
         "role": "analyst",
         "permissions": ["jobs:create", "jobs:read"],
         "scope": "own",
+        "read_scope": "own",
+        "write_scope": "own",
+        "limits": {"lease_s": 120, "crash_after_s": 300, "max_message_bytes": 1048576},
     }
     mine = await create(client, "anas", user="ana")
     listed = data_of(await client.call(ListExperiments(key_hash=ana)), "experiments")

@@ -16,5 +16,8 @@ async def test_whoami(daemon: Daemon) -> None:
         "role": "researcher",
         "permissions": ["jobs:create", "jobs:read", "jobs:update"],
         "scope": "own",
+        "read_scope": "own",
+        "write_scope": "own",
+        "limits": {"lease_s": 120, "crash_after_s": 300, "max_message_bytes": 1048576},
     }
     await client.ws.close()

@@ -214,10 +214,10 @@ async def test_text_frame_closes_with_1003(daemon: Daemon) -> None:
 
 
 async def test_oversized_message_closes_with_1009(start_daemon: DaemonFactory) -> None:
-    daemon = await start_daemon(server={"max_message_bytes": 4096})
+    daemon = await start_daemon(server={"max_message_bytes": 131072})  # the lowest allowed
     client = await daemon.client()
     # Exactly the limit is read (and refused as a request with trailing bytes).
-    at_limit = bytes([0x13]) + ADMIN + b"\0" * (4096 - 17)
+    at_limit = bytes([0x13]) + ADMIN + b"\0" * (131072 - 17)
     error_of(await client.call(at_limit), ErrorCode.INVALID_REQUEST)
     await client.send(at_limit + b"\0")
     assert await closed_with(client) == 1009

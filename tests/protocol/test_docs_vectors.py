@@ -26,7 +26,9 @@ from fetchml.protocol.metrics import (
     decode_records,
     encode_metrics_payload,
     encode_record,
+    max_timestamp,
     record_tails,
+    records_at,
 )
 from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
 from fetchml.protocol.requests import (
@@ -138,6 +140,12 @@ def build_request(kind: str, fields: dict[str, Any]) -> Any:
         values["commit_id"] = bytes.fromhex(values["commit_id"])
     if "metrics" in values:
         values["metrics"] = tuple(MetricPoint(*point) for point in values["metrics"])
+    if kind == "LOG_METRICS_AT":
+        rows = values.pop("records")
+        values["count"] = len(rows)
+        values["records"] = b"".join(
+            encode_record(ts, step, value, name.encode()) for ts, step, value, name in rows
+        )
     return REQUEST_TYPES[Opcode[kind]](key_hash=KEY, **values)
 
 
@@ -177,6 +185,10 @@ def check(kind: str, fields: dict[str, Any], wire: bytes) -> None:
             fast = record_tails(wire)
             assert fast is not None and fast[0] == KEY and fast[1] == request.commit_id
             assert fast[2] == request.tails()
+        if kind == "LOG_METRICS_AT":
+            at = records_at(wire)
+            latest = max_timestamp(request.records)
+            assert at == (KEY, request.commit_id, request.records, request.count, latest)
     elif kind in RESPONSES:
         response = build_response(kind, fields)
         assert encode_response(response) == wire

@@ -17,7 +17,14 @@ from fetchml.protocol.enums import (
     PruneType,
 )
 from fetchml.protocol.errors import MalformedRequest, ProtocolError
-from fetchml.protocol.metrics import record_tails
+from fetchml.protocol.metrics import (
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
+    encode_record,
+    max_timestamp,
+    record_tails,
+    records_at,
+)
 from fetchml.protocol.requests import (
     REQUEST_TYPES,
     CancelJob,
@@ -25,8 +32,10 @@ from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     ListExperiments,
+    ListRuns,
     LogMetric,
     LogMetrics,
+    LogMetricsAt,
     MetricPoint,
     Prune,
     PrunePreview,
@@ -35,6 +44,7 @@ from fetchml.protocol.requests import (
     Request,
     Status,
     UpdateJob,
+    UpdateRun,
     WatchMetrics,
     WhoAmI,
     decode_request,
@@ -60,6 +70,11 @@ def str8(text: str | bytes) -> bytes:
 
 def point(step: int, value: float, name: bytes) -> bytes:
     return struct.pack(">IdB", step, value, len(name)) + name
+
+
+def stamped(name: bytes, timestamp: int = 1795735109, step: int = 1) -> bytes:
+    """A metrics.bin record as LOG_METRICS_AT carries it (any name bytes)."""
+    return struct.pack(">QIdB", timestamp, step, 0.5, len(name)) + name
 
 
 def rejected(wire: bytes) -> str:
@@ -103,6 +118,21 @@ metric_names = st.text(
     st.characters(codec="utf-8", exclude_characters="\0"), min_size=1, max_size=255
 ).map(fit(255)) | st.sampled_from(["loss", "a", "é" * 127, "x" * 255, "🚀" * 63])
 points = st.builds(MetricPoint, u32, f64, metric_names)
+timestamps = st.integers(MIN_TIMESTAMP, MAX_TIMESTAMP - 1)
+records = st.builds(
+    lambda ts, step, value, name: encode_record(ts, step, value, name.encode()),
+    timestamps,
+    u32,
+    f64,
+    metric_names,
+)
+
+
+def log_metrics_at(key_hash: bytes, commit_id: bytes, stamped: list[bytes]) -> LogMetricsAt:
+    return LogMetricsAt(
+        key_hash=key_hash, commit_id=commit_id, count=len(stamped), records=b"".join(stamped)
+    )
+
 
 REQUEST_STRATEGIES: dict[type[Request], st.SearchStrategy[Request]] = {
     QueueJob: st.builds(
@@ -159,6 +189,11 @@ REQUEST_STRATEGIES: dict[type[Request], st.SearchStrategy[Request]] = {
         prune_type=st.sampled_from(PruneType),
         value=st.integers(1, 0xFFFFFFFF),
     ),
+    UpdateRun: st.builds(UpdateRun, key_hash=key_hashes, commit_id=commits, patch=str16s),
+    LogMetricsAt: st.builds(
+        log_metrics_at, key_hashes, commits, st.lists(records, min_size=1, max_size=8)
+    ),
+    ListRuns: st.builds(ListRuns, key_hash=key_hashes, filter=str16s),
 }
 any_request = st.one_of(list(REQUEST_STRATEGIES.values()))
 
@@ -302,6 +337,13 @@ VALID_REQUESTS: list[Request] = [
     UpdateJob(key_hash=KEY, job_id="job-1", status=JobStatus.FAILED, error="boom"),
     WhoAmI(key_hash=KEY),
     PrunePreview(key_hash=KEY, prune_type=PruneType.OLDER_THAN_DAYS, value=30),
+    UpdateRun(key_hash=KEY, commit_id=COMMIT, patch='{"status":"running"}'),
+    log_metrics_at(
+        KEY,
+        COMMIT,
+        [encode_record(1795735109, 0, 1.0, b"loss"), encode_record(1795735110, 1, 0.5, b"acc")],
+    ),
+    ListRuns(key_hash=KEY, filter='{"limit":10}'),
 ]
 
 
@@ -360,6 +402,12 @@ INVALID_UTF8_BODIES: dict[str, tuple[Opcode, Callable[[bytes], bytes]]] = {
         Opcode.UPDATE_JOB,
         lambda bad: str8("j") + b"\x03" + struct.pack(">H", len(bad)) + bad,
     ),
+    "UPDATE_RUN patch": (Opcode.UPDATE_RUN, lambda bad: COMMIT + struct.pack(">H", len(bad)) + bad),
+    "LOG_METRICS_AT name": (
+        Opcode.LOG_METRICS_AT,
+        lambda bad: COMMIT + b"\x00\x02" + stamped(b"ok") + stamped(bad),
+    ),
+    "LIST_RUNS filter": (Opcode.LIST_RUNS, lambda bad: struct.pack(">H", len(bad)) + bad),
 }
 
 
@@ -731,4 +779,161 @@ def changed_metric_wires(draw: st.DrawFn) -> bytes:
     )
 )
 def test_record_tails_matches_decode_request(wire: bytes) -> None:
+    check_record_tails(wire)
+
+
+# --- LOG_METRICS_AT: its decode rules and its fast path (records_at) ---------------------------
+
+
+def log_at_body(count: int, *records: bytes) -> bytes:
+    return COMMIT + struct.pack(">H", count) + b"".join(records)
+
+
+def test_log_metrics_at_count_zero() -> None:
+    for body in (log_at_body(0), log_at_body(0, stamped(b"a"))):
+        assert rejected(message(Opcode.LOG_METRICS_AT, body)) == (
+            "LOG_METRICS_AT count must be 1..65535, got 0"
+        )
+
+
+@pytest.mark.parametrize(("count", "held"), [(2, 1), (3, 2), (65535, 1), (1, 0)])
+def test_log_metrics_at_fewer_records_than_count(count: int, held: int) -> None:
+    body = log_at_body(count, *[stamped(b"loss")] * held)
+    assert rejected(message(Opcode.LOG_METRICS_AT, body)) == short_body_message(
+        Opcode.LOG_METRICS_AT, len(body)
+    )
+
+
+def test_log_metrics_at_more_records_than_count() -> None:
+    body = log_at_body(1, stamped(b"loss"), stamped(b"acc"))
+    assert rejected(message(Opcode.LOG_METRICS_AT, body)) == (
+        f"LOG_METRICS_AT (0x15): 24 trailing bytes; minimum body length 22, actual {len(body)}"
+    )
+
+
+@pytest.mark.parametrize(
+    "timestamp", [0, MIN_TIMESTAMP - 1, MAX_TIMESTAMP, MAX_TIMESTAMP + 1, 2**63, 2**64 - 1]
+)
+@pytest.mark.parametrize("index", [0, 1])
+def test_log_metrics_at_timestamp_outside_the_plausible_range(timestamp: int, index: int) -> None:
+    records = [stamped(b"a"), stamped(b"b")]
+    records[index] = stamped(b"x", timestamp)
+    assert rejected(message(Opcode.LOG_METRICS_AT, log_at_body(2, *records))) == (
+        f"LOG_METRICS_AT record {index}: timestamp {timestamp} outside 946684800..4294967295"
+    )
+
+
+@pytest.mark.parametrize("timestamp", [MIN_TIMESTAMP, MAX_TIMESTAMP - 1])
+def test_log_metrics_at_timestamp_bounds_accepted(timestamp: int) -> None:
+    decoded = decode_request(
+        message(Opcode.LOG_METRICS_AT, log_at_body(1, stamped(b"a", timestamp)))
+    )
+    assert isinstance(decoded, LogMetricsAt)
+    assert max_timestamp(decoded.records) == timestamp
+
+
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("name", [b"", b"\x00", b"lo\x00ss", b"\x00" * 255])
+def test_log_metrics_at_bad_metric_name(index: int, name: bytes) -> None:
+    records = [stamped(b"a"), stamped(b"b")]
+    records[index] = stamped(name)
+    assert rejected(message(Opcode.LOG_METRICS_AT, log_at_body(2, *records))) == (
+        f"LOG_METRICS_AT record {index}: metric name must be 1..255 bytes of UTF-8 "
+        f"without 0x00, got {len(name)} bytes"
+    )
+
+
+def test_log_metrics_at_construction_rules() -> None:
+    for count in (0, 65536):
+        with pytest.raises(MalformedRequest, match=f"count must be 1..65535, got {count}"):
+            LogMetricsAt(key_hash=KEY, commit_id=COMMIT, count=count, records=stamped(b"a"))
+    with pytest.raises(MalformedRequest, match="22 bytes after 1 records"):
+        LogMetricsAt(key_hash=KEY, commit_id=COMMIT, count=1, records=stamped(b"a") * 2)
+
+
+def check_records_at(wire: bytes) -> None:
+    """records_at answers exactly when decode_request gives a LOG_METRICS_AT, and agrees."""
+    fast = records_at(wire)
+    try:
+        request = decode_request(wire)
+    except MalformedRequest:
+        request = None
+    if isinstance(request, LogMetricsAt):
+        latest = max_timestamp(request.records)
+        assert fast == (request.key_hash, request.commit_id, request.records, request.count, latest)
+    else:
+        assert fast is None
+
+
+def at_message(count: int, *records: bytes) -> bytes:
+    return message(Opcode.LOG_METRICS_AT, log_at_body(count, *records))
+
+
+RECORDS_AT_CASES = {
+    "empty": b"",
+    "other opcode": encode_request(VALID_REQUESTS[6]),
+    "opcode only": b"\x15",
+    "no count": message(Opcode.LOG_METRICS_AT, COMMIT + b"\x00"),
+    "valid": encode_request(VALID_REQUESTS[16]),
+    "one record": at_message(1, stamped(b"loss")),
+    "count zero": at_message(0),
+    "count zero, trailing": at_message(0, stamped(b"a")),
+    "fewer records": at_message(2, stamped(b"a")),
+    "more records": at_message(1, stamped(b"a"), stamped(b"b")),
+    "cut in a head": at_message(1, stamped(b"abc")[:10]),
+    "name past end": at_message(1, stamped(b"abc")[:-1]),
+    "empty name": at_message(2, stamped(b"a"), stamped(b"")),
+    "nul in name": at_message(2, stamped(b"a"), stamped(b"b\x00")),
+    "bad utf-8": at_message(2, stamped(b"\xc3"), stamped(b"\xa9")),
+    "bad utf-8 last": at_message(2, stamped(b"ok"), stamped(b"\xed\xa0\x80")),
+    "timestamp too early": at_message(2, stamped(b"a"), stamped(b"b", MIN_TIMESTAMP - 1)),
+    "timestamp too late": at_message(2, stamped(b"a", MAX_TIMESTAMP), stamped(b"b")),
+    "timestamp bounds": at_message(
+        2, stamped(b"a", MAX_TIMESTAMP - 1), stamped(b"b", MIN_TIMESTAMP)
+    ),
+    "latest first": at_message(
+        3, stamped(b"a", 2000000000), stamped(b"b"), stamped(b"c", 999999999)
+    ),
+}
+
+
+@pytest.mark.parametrize("wire", list(RECORDS_AT_CASES.values()), ids=list(RECORDS_AT_CASES))
+def test_records_at_cases(wire: bytes) -> None:
+    check_records_at(wire)
+
+
+def test_records_at_vector() -> None:
+    records = "000000006b08be45 00000000 3ff0000000000000 046c6f7373" + (
+        "000000006b08be46 00000001 3fe0000000000000 046c6f7373"
+    )
+    wire = bytes.fromhex(
+        "15 5ba7dccf22514f45ae84bfb8b12cd02e 0123456789abcdef0123456789abcdef01234567 0002"
+        + records
+    )
+    assert records_at(wire) == (KEY, COMMIT, bytes.fromhex(records), 2, 1795735110)
+    assert records_at(RECORDS_AT_CASES["valid"]) is not None
+    assert record_tails(wire) is None
+
+
+@st.composite
+def changed_at_wires(draw: st.DrawFn) -> bytes:
+    """A valid LOG_METRICS_AT message cut, extended, or with one byte replaced."""
+    wire = bytearray(encode_request(draw(REQUEST_STRATEGIES[LogMetricsAt])))
+    if draw(st.booleans()):
+        index = draw(st.integers(0, len(wire) - 1))
+        wire[index] = draw(u8)
+    cut = draw(st.integers(len(wire) // 2, len(wire)))
+    return bytes(wire[:cut]) + draw(st.binary(max_size=8))
+
+
+@FUZZ
+@given(
+    st.one_of(
+        st.tuples(st.just(b"\x15"), st.binary(max_size=400)).map(b"".join),
+        REQUEST_STRATEGIES[LogMetricsAt].map(encode_request),
+        changed_at_wires(),
+    )
+)
+def test_records_at_matches_decode_request(wire: bytes) -> None:
+    check_records_at(wire)
     check_record_tails(wire)

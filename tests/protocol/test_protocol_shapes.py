@@ -107,6 +107,9 @@ def test_small_shapes_round_trip() -> None:
         "role": "r",
         "permissions": ("jobs:read", "a"),
         "scope": "own",
+        "read_scope": "all",
+        "write_scope": "own",
+        "limits": {"lease_s": 0.5, "crash_after_s": 300, "max_message_bytes": 131072},
     }
     assert shapes.whoami(**who)["permissions"] == ["a", "jobs:read"]
     assert shapes.read_whoami(shapes.whoami(**who)) == who | {"permissions": ("a", "jobs:read")}
@@ -142,6 +145,55 @@ def test_small_shapes_round_trip() -> None:
 def test_readers_refuse_what_is_not_the_shape(reader: Any, obj: Any, error: str) -> None:
     with pytest.raises(MalformedResponse, match=error.replace("(", r"\(").replace(")", r"\)")):
         reader(obj)
+
+
+WHOAMI_TEXT = (
+    '{"user":"bob","role":"member","permissions":["jobs:create","jobs:read","jobs:update"],'
+    '"scope":"own","read_scope":"all","write_scope":"own",'
+    '"limits":{"lease_s":120,"crash_after_s":300.5,"max_message_bytes":1048576}}'
+)
+
+
+def test_whoami_golden_text_both_ways() -> None:
+    limits = shapes.whoami_limits(lease_s=120.0, crash_after_s=300.5, max_message_bytes=1 << 20)
+    values: dict[str, Any] = {
+        "user": "bob",
+        "role": "member",
+        "permissions": ("jobs:create", "jobs:read", "jobs:update"),
+        "scope": "own",
+        "read_scope": "all",
+        "write_scope": "own",
+        "limits": limits,
+    }
+    assert shapes.dumps(shapes.whoami(**values)) == WHOAMI_TEXT
+    assert shapes.read_whoami(json.loads(WHOAMI_TEXT)) == values
+    me = models.WhoAmI.from_json(json.loads(WHOAMI_TEXT))
+    assert (me.scope, me.read_scope, me.write_scope) == ("own", "all", "own")
+    assert me.limits == models.Limits(lease_s=120, crash_after_s=300.5, max_message_bytes=1 << 20)
+    assert shapes.dumps(me.to_json()) == WHOAMI_TEXT
+
+
+def test_whoami_of_a_daemon_before_split_scopes() -> None:
+    """`scope` alone stands for both scopes, and there are no limits."""
+    old = {"user": "ana", "role": "analyst", "permissions": ["jobs:read"], "scope": "all"}
+    me = models.WhoAmI.from_json(old)
+    assert (me.scope, me.read_scope, me.write_scope, me.limits) == ("all", "all", "all", None)
+    assert models.WhoAmI(user="u", role="r", permissions=(), scope="own").read_scope == "own"
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"lease_s": "120", "crash_after_s": 300, "max_message_bytes": 1},
+        {"lease_s": 120, "crash_after_s": True, "max_message_bytes": 1},
+        {"lease_s": 120, "crash_after_s": 300, "max_message_bytes": 1.5},
+        {"lease_s": 120, "crash_after_s": 300},
+        [],
+    ],
+)
+def test_whoami_limits_must_be_numbers(limits: Any) -> None:
+    with pytest.raises(MalformedResponse, match="unexpected whoami JSON"):
+        shapes.read_whoami(json.loads(WHOAMI_TEXT) | {"limits": limits})
 
 
 def test_client_models_tell_a_bad_shape_as_a_protocol_violation() -> None:

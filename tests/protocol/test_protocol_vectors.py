@@ -8,6 +8,7 @@ from typing import cast
 import pytest
 
 from fetchml.protocol.enums import ErrorCode, JobStatus, LogLevel, Opcode, PruneType
+from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.metrics import (
     MetricRecord,
     MetricsPage,
@@ -15,6 +16,7 @@ from fetchml.protocol.metrics import (
     decode_records,
     encode_metrics_payload,
     encode_record,
+    max_timestamp,
 )
 from fetchml.protocol.records import Metadata, decode_metadata, encode_metadata
 from fetchml.protocol.requests import (
@@ -23,8 +25,10 @@ from fetchml.protocol.requests import (
     CreateExperiment,
     GetExperiment,
     ListExperiments,
+    ListRuns,
     LogMetric,
     LogMetrics,
+    LogMetricsAt,
     MetricPoint,
     Prune,
     PrunePreview,
@@ -33,6 +37,7 @@ from fetchml.protocol.requests import (
     Request,
     Status,
     UpdateJob,
+    UpdateRun,
     WatchMetrics,
     WhoAmI,
     decode_request,
@@ -155,6 +160,36 @@ REQUEST_VECTORS = [
         "18 5ba7dccf22514f45ae84bfb8b12cd02e 00 0000000a",
         id="PRUNE_PREVIEW",
     ),
+    pytest.param(
+        UpdateRun(key_hash=KEY, commit_id=COMMIT, patch='{"status":"running","params":{"lr":0.1}}'),
+        "14 5ba7dccf22514f45ae84bfb8b12cd02e 0123456789abcdef0123456789abcdef01234567 0028"
+        " 7b22737461747573223a2272756e6e696e67222c22706172616d73223a7b226c72223a302e317d7d",
+        id="UPDATE_RUN",
+    ),
+    pytest.param(
+        LogMetricsAt(
+            key_hash=KEY,
+            commit_id=COMMIT,
+            count=2,
+            records=encode_record(1795735109, 0, 1.0, b"loss")
+            + encode_record(1795735110, 1, 0.5, b"loss"),
+        ),
+        "15 5ba7dccf22514f45ae84bfb8b12cd02e 0123456789abcdef0123456789abcdef01234567 0002"
+        " 000000006b08be45 00000000 3ff0000000000000 046c6f7373"
+        " 000000006b08be46 00000001 3fe0000000000000 046c6f7373",
+        id="LOG_METRICS_AT",
+    ),
+    pytest.param(
+        ListRuns(key_hash=KEY, filter=""),
+        "17 5ba7dccf22514f45ae84bfb8b12cd02e 0000",
+        id="LIST_RUNS-empty",
+    ),
+    pytest.param(
+        ListRuns(key_hash=KEY, filter='{"status":"running","limit":10}'),
+        "17 5ba7dccf22514f45ae84bfb8b12cd02e 001f"
+        " 7b22737461747573223a2272756e6e696e67222c226c696d6974223a31307d",
+        id="LIST_RUNS-filter",
+    ),
 ]
 
 RESPONSE_VECTORS = [
@@ -221,6 +256,25 @@ def test_decoded_enum_fields_are_enums() -> None:
     update = decode_request(unhex(cast(str, REQUEST_VECTORS[13].values[1])))
     assert isinstance(update, UpdateJob)
     assert update.status is JobStatus.COMPLETED
+
+
+def test_queue_job_spec_is_not_known_yet() -> None:
+    wire = unhex(
+        "16 5ba7dccf22514f45ae84bfb8b12cd02e 0123456789abcdef0123456789abcdef01234567 05 05"
+        " 747261696e 0021 7b22636f6d6d616e64223a5b22707974686f6e222c22747261696e2e7079225d7d"
+    )
+    with pytest.raises(MalformedRequest, match=r"^unknown opcode 0x16$"):
+        decode_request(wire)
+
+
+def test_log_metrics_at_records_are_metrics_bin_records() -> None:
+    request = decode_request(unhex(cast(str, REQUEST_VECTORS[17].values[1])))
+    assert isinstance(request, LogMetricsAt)
+    assert decode_records(request.records) == [
+        MetricRecord(1795735109, 0, 1.0, "loss"),
+        MetricRecord(1795735110, 1, 0.5, "loss"),
+    ]
+    assert max_timestamp(request.records) == 1795735110
 
 
 def test_log_metrics_count_and_commit_hex() -> None:

@@ -75,13 +75,13 @@ async def create(client: RawClient, commit: bytes = COMMIT) -> None:
 
 
 async def test_oversized_message_closes_with_1009(start_daemon: DaemonFactory) -> None:
-    daemon = await start_daemon(server={"max_message_bytes": 4096})
+    daemon = await start_daemon(server={"max_message_bytes": 131072})  # the lowest allowed
     client = await daemon.client()
-    at_limit = await client.call(bytes([0xEE]) + bytes(4095))  # exactly the limit: answered
+    at_limit = await client.call(bytes([0xEE]) + bytes(131071))  # exactly the limit: answered
     assert isinstance(at_limit, Error), at_limit
     assert (at_limit.code, at_limit.message) == (ErrorCode.INVALID_REQUEST, "unknown opcode 0xee")
 
-    await client.send(bytes([Opcode.LOG_METRICS]) + bytes(4096))
+    await client.send(bytes([Opcode.LOG_METRICS]) + bytes(131072))
     assert await closed_with(client) == 1009
     await whoami_ok(await daemon.client())
 

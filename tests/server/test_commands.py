@@ -124,7 +124,7 @@ def test_keygen_knows_custom_roles_only_with_a_config(
     config = write_config(tmp_path / "config.yaml", raw)
     code, out, err = keygen(capsys, "--user", "ann", "--role", "auditor")
     assert (code, out) == (2, "")
-    assert "roles: admin, analyst, researcher, worker (custom" in err
+    assert "roles: admin, analyst, member, researcher, worker (custom" in err
 
     code, out, err = keygen(capsys, "--user", "ann", "--role", "auditor", "--config", str(config))
     assert (code, err) == (0, "")
@@ -134,7 +134,7 @@ def test_keygen_knows_custom_roles_only_with_a_config(
     code, out, err = keygen(capsys, "--user", "ann", "--role", "wizard", "--config", str(config))
     assert (code, out) == (2, "")
     assert err == (
-        "error: unknown role 'wizard'; roles: admin, analyst, auditor, researcher, root, worker\n"
+        "error: unknown role 'wizard'; roles: admin, analyst, auditor, member, researcher, root, worker\n"
     )
 
 

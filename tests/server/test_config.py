@@ -9,6 +9,7 @@ import pytest
 from fetchml.server.config import (
     BUILTIN_ROLES,
     MAX_MESSAGE_LIMIT,
+    MIN_MESSAGE_LIMIT,
     ConfigError,
     Role,
     load_config,
@@ -19,7 +20,7 @@ from tests.support.keys import KEYS, key_entry
 
 HOME = Path("/srv/fetchml")
 GOOD = raw_config(HOME)
-ROLES = "admin, analyst, researcher, root, worker"
+ROLES = "admin, analyst, member, researcher, root, worker"
 PERMISSIONS = "*, jobs:claim, jobs:create, jobs:delete, jobs:read, jobs:update"
 
 
@@ -117,7 +118,7 @@ def test_a_value_of_the_wrong_type_names_key_type_and_value(
     ("section", "key", "low", "value"),
     [
         ("server", "port", 0, -1),
-        ("server", "max_message_bytes", 64, 63),
+        ("server", "max_message_bytes", 131072, 131071),
         ("server", "max_connections", 1, 0),
         ("server", "max_inflight_requests", 1, 0),
         ("server", "watch_buffer_bytes", 1, 0),
@@ -202,6 +203,50 @@ def test_roles_rules() -> None:
         role_error({"scope": "some"}) == "auth.roles.r.scope: must be one of all, own, got 'some'"
     )
     assert parse_config(with_role({})).auth.roles["r"] == Role(frozenset(), "own", "own")
+
+
+def test_max_message_bytes_floor_holds_a_whole_run_document() -> None:
+    assert MIN_MESSAGE_LIMIT == 131072
+    for small in (64, 4096, 65536, 131071):
+        assert error_of(changed(server={"max_message_bytes": small})) == (
+            f"server.max_message_bytes: must be at least 131072, got {small}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("spec", "read", "write"),
+    [
+        ({}, "own", "own"),
+        ({"scope": "all"}, "all", "all"),
+        ({"read_scope": "all"}, "all", "own"),
+        ({"write_scope": "all"}, "own", "all"),
+        ({"scope": "all", "write_scope": "own"}, "all", "own"),
+        ({"scope": "all", "read_scope": "own"}, "own", "all"),
+        ({"scope": "own", "read_scope": "all", "write_scope": "all"}, "all", "all"),
+        ({"read_scope": "own", "write_scope": "all"}, "own", "all"),
+    ],
+)
+def test_role_scopes_default_to_scope_then_own(spec: dict[str, str], read: str, write: str) -> None:
+    roles = {**GOOD["auth"]["roles"], "r": {"permissions": ["jobs:read"], **spec}}
+    role = parse_config(changed(auth={"roles": roles})).auth.roles["r"]
+    assert (role.read_scope, role.write_scope) == (read, write)
+
+
+@pytest.mark.parametrize("key", ["read_scope", "write_scope"])
+def test_a_bad_read_or_write_scope_is_named(key: str) -> None:
+    roles = {**GOOD["auth"]["roles"], "r": {"permissions": [], key: "mine"}}
+    assert error_of(changed(auth={"roles": roles})) == (
+        f"auth.roles.r.{key}: must be one of all, own, got 'mine'"
+    )
+
+
+def test_member_is_built_in_and_a_config_may_replace_it() -> None:
+    member = parse_config(GOOD).auth.roles["member"]
+    assert member == Role(frozenset({"jobs:create", "jobs:read", "jobs:update"}), "all", "own")
+    roles = {**GOOD["auth"]["roles"], "member": {"permissions": ["jobs:read"]}}
+    config = parse_config(changed(auth={"roles": roles}))
+    assert config.auth.roles["member"] == Role(frozenset({"jobs:read"}), "own", "own")
+    assert BUILTIN_ROLES["member"] == member  # the built-in itself is untouched
 
 
 def test_api_key_rules() -> None:
