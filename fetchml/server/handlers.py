@@ -7,7 +7,8 @@ No file I/O here: the store and the queue do that.
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import anyio
 
 from fetchml.protocol import runs, shapes
 from fetchml.protocol.enums import PruneType
+from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.metrics import (
     MetricRecord,
     decode_records,
@@ -361,21 +363,33 @@ def whoami(ctx: Context, who: Identity) -> Response:
 # -- runs -------------------------------------------------------------------------
 
 
+@contextmanager
+def _json_rules() -> Iterator[None]:
+    """The rules of a JSON text (protocol/runs.py) broken: INVALID_REQUEST, its message."""
+    try:
+        yield
+    except MalformedRequest as exc:
+        raise InvalidRequest(exc.message) from None
+
+
 async def update_run(ctx: Context, who: Identity, req: UpdateRun) -> Response:
     """A merge patch of run.json; class heartbeat (never rate limited, never audited)."""
     who.require("jobs:update")
-    patch = runs.parse_patch(req.patch)
+    with _json_rules():
+        patch = runs.parse_patch(req.patch)
     commit = req.commit_id.hex()
     meta = _owner(ctx, who, commit, write=True)
     name = meta.job_name if meta and 1 <= len(meta.job_name.encode()) <= 255 else commit
-    doc = await ctx.runs.update(commit, patch, default_name=name)
+    with _json_rules():
+        doc = await ctx.runs.update(commit, patch, default_name=name)
     return Data(timestamp=_now(), data_type="run", payload=shapes.dumps_utf8(doc).encode())
 
 
 async def list_runs(ctx: Context, who: Identity, req: ListRuns) -> Response:
     """A page of the experiments that match the filter, in the caller's read scope."""
     who.require("jobs:read")
-    query = runs.parse_filter(req.filter)
+    with _json_rules():
+        query = runs.parse_filter(req.filter)
     matches = select_runs(await ctx.runs.rows(), query, who.sees)
     page = await ctx.runs.whole(matches[query.offset : query.offset + query.limit])
     counts = {}
