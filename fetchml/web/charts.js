@@ -45,7 +45,9 @@ function appendColumns(target, cols, keep) {
   }
 }
 
-export function chartsView(root, app, ids) {
+export function chartsView(root, app, chosen) {
+  const unique = [...new Set(chosen)];
+  const ids = unique.slice(0, COLORS.length);
   const state = { runs: [], panels: new Map(), stopped: false, frame: 0, timer: 0, drawn: 0 };
   const debug = (window.__fetchml.charts = { panels: state.panels, runs: state.runs, waiters: new Map(), seen: {}, drawMs: [] });
   /** The uPlot data arrays of the panel of `name` (for tests and benches). */
@@ -279,12 +281,13 @@ export function chartsView(root, app, ids) {
       h("tbody", {}, rows)));
   }
 
-  Promise.allSettled(ids.slice(0, COLORS.length).map(loadRun)).then((results) => {
+  Promise.allSettled(ids.map(loadRun)).then((results) => {
     if (state.stopped) return;
     const failed = results.filter((r) => r.status === "rejected").map((r) => r.reason.message);
     renderCompare();
     showStatus();
     if (failed.length) status.textContent += `; ${failed.join("; ")}`;
+    if (unique.length > ids.length) status.textContent += `; showing the first ${ids.length} of ${unique.length} runs`;
     debug.loaded = Date.now();
   });
 
