@@ -148,7 +148,7 @@ def main() -> int:
             first = args.records + sent // RUNS + 1
             lags, marks, sent = streamed(page, proc.url, ids, args.stream_s, first)
             seen = page.js("return window.__fetchml.charts.seen")
-            draws = sorted(page.js("return window.__fetchml.charts.drawMs"))
+            draws = sorted(page.js("return window.__fetchml.charts.renderMs"))
             latencies = sorted(
                 max(0.0, seen[key] - acked)
                 for value, acked in marks

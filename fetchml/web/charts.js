@@ -49,7 +49,7 @@ export function chartsView(root, app, chosen) {
   const unique = [...new Set(chosen)];
   const ids = unique.slice(0, COLORS.length);
   const state = { runs: [], panels: new Map(), stopped: false, frame: 0, timer: 0, drawn: 0 };
-  const debug = (window.__fetchml.charts = { panels: state.panels, runs: state.runs, waiters: new Map(), seen: {}, drawMs: [] });
+  const debug = (window.__fetchml.charts = { panels: state.panels, runs: state.runs, waiters: new Map(), seen: {}, drawMs: [], renderMs: [] });
   /** The uPlot data arrays of the panel of `name` (for tests and benches). */
   debug.data = (name) => state.panels.get(name)?.u?.data.map((a) => Array.from(a)) ?? null;
   debug.labels = (name) => state.panels.get(name)?.u?.series.slice(1).map((s) => s.label) ?? null;
@@ -229,7 +229,10 @@ export function chartsView(root, app, chosen) {
         ...runs.map((r) => ({ label: r.name, stroke: r.color, width: 1.5, spanGaps: true, points: { show: false }, value: (u, v) => fmtValue(v ?? undefined) })),
       ],
       cursor: { drag: { x: true, y: false } },
-      hooks: { setScale: [(u, key) => { if (key === "x") zoomed(panel); }] },
+      hooks: {
+        setScale: [(u, key) => { if (key === "x") zoomed(panel); }],
+        draw: [() => { debug.renderMs.push(performance.now() - state.drawn); if (debug.renderMs.length > 1000) debug.renderMs.shift(); }],
+      },
     };
   }
 

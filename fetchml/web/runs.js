@@ -141,7 +141,7 @@ export function runsView(root, app) {
       ["duration", "duration", (s) => duration(s, now)],
     ];
     for (const p of paramColumns()) cols.push([`param:${p}`, p, (s) => s.run?.params?.[p]]);
-    if (kept.metric) cols.push(["metric", kept.metric, (s) => state.latest.get(latestKey(s))]);
+    if (kept.metric) cols.push(["metric", kept.metric, (s) => state.latest.get(s.id)?.value]);
     return cols;
   }
 
@@ -225,15 +225,15 @@ export function runsView(root, app) {
   /** The latest value of the chosen metric, for the visible rows only. */
   async function fetchLatest(visible) {
     const metric = kept.metric;
-    const missing = visible.filter((s) => s.metrics_count > 0 && !state.latest.has(latestKey(s)));
+    const missing = visible.filter((s) => s.metrics_count > 0 && state.latest.get(s.id)?.key !== latestKey(s));
     if (!missing.length) return;
     await Promise.all(missing.map(async (s) => {
       try {
         const page = decodeMetrics((await app.call("queryMetrics", { commit: s.id, name: metric, maxPoints: 2 })).payload);
         const col = page.names.get(metric);
-        state.latest.set(latestKey(s), col ? col.value[col.value.length - 1] : undefined);
+        state.latest.set(s.id, { key: latestKey(s), value: col ? col.value[col.value.length - 1] : undefined });
       } catch {
-        state.latest.set(latestKey(s), undefined); // shown empty; asked again once it grows
+        state.latest.set(s.id, { key: latestKey(s), value: undefined }); // asked again once it grows
       }
     }));
     if (!state.stopped && metric === kept.metric) render();
