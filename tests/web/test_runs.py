@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 
 from fetchml.client.connection import Client
 from fetchml.protocol.records import Metadata, encode_metadata
@@ -201,6 +202,13 @@ def test_two_selected_runs_draw_two_series_and_compare_their_params(
     assert data[2] == [2.0 / (s + 1) for s in range(40)]
     labels = page.js("return window.__fetchml.charts.labels('loss')")
     assert labels == ["resnet-a", "resnet-b"]
+    # Hovering shows each run's value in the legend.
+    plot = page.find("[data-metric='loss'] .u-over")
+    ActionChains(page.driver).move_to_element_with_offset(
+        plot, -plot.size["width"] // 2 + 2, 0
+    ).perform()
+    legend = "[data-metric='loss'] .u-legend .u-series:not(:first-child) .u-value"
+    page.wait(lambda: [v.text for v in page.all(legend)] == ["1", "2"], "the values at step 0")
     page.wait(lambda: chart(page, "acc") is not None, "the acc panel")
     diff = {
         tr.find_element("css selector", "th").text: "diff" in (tr.get_attribute("class") or "")
