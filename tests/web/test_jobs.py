@@ -34,3 +34,22 @@ def test_the_queue_as_the_key_sees_it_and_cancel(page: Page, dashd: DaemonProces
     assert not page.all(f"{row} button.cancel")
     assert run(statuses(dashd.url, ALICE_KEY))[mine] == "cancelled"
     assert run(statuses(dashd.url, BOB_KEY))[theirs] == "queued"
+
+
+def test_a_cancel_the_daemon_refuses_says_why(page: Page, dashd: DaemonProcess) -> None:
+    job = run(queue(dashd.url, ALICE_KEY, "alice-gone"))
+    page.logged_in(ALICE_KEY, "#/jobs")
+    row = f"#jobs-table tr[data-id='{job}']"
+    page.wait(lambda: page.all(f"{row} button.cancel"), "the job's cancel button")
+    page.click(f"{row} button.cancel")
+    page.wait(lambda: page.text(f"{row} button.cancel") == "Confirm cancel", "the confirm step")
+    # Cancelled meanwhile (on the page's connection, so no poll can redraw the row between
+    # that answer and the click), then confirmed.
+    page.driver.execute_async_script(
+        "const [row, done] = arguments;"
+        "window.__fetchml.app.call('cancelJob', {jobName: 'alice-gone'}).then(() => {"
+        "  document.querySelector(row + ' button.cancel').click(); done(); });",
+        row,
+    )
+    expected = "alice-gone: no queued or running job named 'alice-gone'"
+    page.wait(lambda: expected in page.text("#jobs-notice"), "the daemon's refusal")

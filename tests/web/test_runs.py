@@ -139,6 +139,13 @@ def test_the_table_shows_runs_with_params_and_experiments_without_a_document(
 
 def test_filters_and_sorting_change_the_rows(page: Page, lab: Lab) -> None:
     page.logged_in(ADMIN_KEY)
+    filter_by(page, param="lr")
+    page.wait(
+        lambda: page.text("#runs-notice") == 'error: param filter "lr": write key=value',
+        "a form error",
+    )
+    filter_by(page, tag="t" * 65)
+    page.wait(lambda: page.text("#runs-notice").startswith("error: tag: "), "the daemon's word")
     filter_by(page, project=lab.project)
     page.wait(lambda: sorted(names(page)) == ["resnet-a", "resnet-b"], "the project filter")
     filter_by(page, project=lab.project, param="lr=0.1")
@@ -229,6 +236,18 @@ def test_the_run_page_shows_the_document_and_each_metric(page: Page, lab: Lab) -
     cells = page.text("#run-metrics tr[data-metric='loss']").split("\t")
     assert cells == ["loss", "0.025", "39", "0.025", "1", "40"]
     assert page.driver.current_url.endswith(f"/#/run/{lab.a}")
+
+
+def test_unknown_runs_are_said_so(page: Page) -> None:
+    unknown = new_id()
+    page.logged_in(ADMIN_KEY, f"#/run/{unknown}")
+    page.wait(lambda: "no such run" in page.text("main .notice"), "the run page's error")
+    page.driver.get(f"{page.base}/#/charts/{unknown}")
+    page.wait(
+        lambda: f"run {unknown[:12]} not found" in page.text("#charts-status"), "the charts' error"
+    )
+    page.driver.get(f"{page.base}/#/charts/")
+    page.wait(lambda: page.text("#charts-status").startswith("no runs selected"), "no runs")
 
 
 def test_the_page_stays_on_its_origin_under_its_csp(
