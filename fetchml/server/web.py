@@ -4,6 +4,7 @@ package's `fetchml/web/`, with a Content-Security-Policy that allows only this o
 import dataclasses
 import hashlib
 import http
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -54,7 +55,7 @@ def is_web_path(path: str) -> bool:
 def web_response(connection: ServerConnection, request: Request, path: str) -> Response:
     """The file `path` names (its query string already removed), or 404."""
     name = INDEX if path == "/" else static_name(path)
-    found = asset(name) if name else None
+    found = assets().get(name) if name else None
     if found is None:
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
     fresh = any(found.etag in tags for tags in request.headers.get_all("If-None-Match"))
@@ -78,11 +79,16 @@ def static_name(path: str) -> str | None:
 
 
 @cache
-def asset(name: str) -> Asset | None:
-    """A regular file of the package's web directory, read once."""
-    file = WEB_ROOT / name
-    if file.is_symlink() or not file.is_file():
-        return None
-    body = file.read_bytes()
-    content_type = TYPES.get(file.suffix, "text/plain; charset=utf-8")
-    return Asset(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+def assets() -> dict[str, Asset]:
+    """Every regular file of the package's web directory (symlinks are not followed), by
+    its path under it, read once: about 200 KB."""
+    found = {}
+    for top, _, files in os.walk(WEB_ROOT):
+        for file in (Path(top) / f for f in files):
+            if file.is_symlink() or not file.is_file():
+                continue
+            body = file.read_bytes()
+            content_type = TYPES.get(file.suffix, "text/plain; charset=utf-8")
+            etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+            found[file.relative_to(WEB_ROOT).as_posix()] = Asset(body, content_type, etag)
+    return found

@@ -121,13 +121,17 @@ async def test_a_symlink_in_the_web_directory_is_not_followed(
     (root / "real.js").write_text("export {};\n")
     (root / "link.js").symlink_to(tmp_path / "outside.txt")
     (tmp_path / "outside.txt").write_text("secret\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.js").write_text("secret\n")
+    (root / "dir").symlink_to(tmp_path / "elsewhere")
     monkeypatch.setattr(web, "WEB_ROOT", root)
-    web.asset.cache_clear()
+    web.assets.cache_clear()
     try:
         assert (await get(daemon, "/static/real.js"))[0] == 200
         assert (await get(daemon, "/static/link.js"))[0] == 404
+        assert (await get(daemon, "/static/dir/x.js"))[0] == 404
     finally:
-        web.asset.cache_clear()
+        web.assets.cache_clear()
 
 
 async def test_the_address_whitelist_applies_to_the_dashboard(
