@@ -150,3 +150,10 @@ def test_the_page_loads_under_300_kb_compressed() -> None:
     print(f"dashboard assets: {len(files)} files, {total} bytes gzipped: {sizes}")
     assert {"index.html", "app.js", "vendor/uPlot.esm.js"} <= set(sizes)
     assert total < 300_000
+
+
+async def test_keys_do_not_gate_the_dashboard_files(start_daemon: DaemonFactory) -> None:
+    daemon = await start_daemon(auth={"require_handshake_key": True})
+    assert (await get(daemon, "/ws"))[0] == 401
+    for path in ("/", "/static/app.js"):
+        assert (await get(daemon, path))[0] == 200
