@@ -2,6 +2,7 @@
 client; the page's requests stay on its origin under its CSP."""
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,23 +290,31 @@ def test_zoom_reads_the_range_again_and_the_axis_log_and_smoothing_controls(
     assert data is not None
     width = page.js("return window.__fetchml.charts.panels.get('loss').u.width")
     assert len(data[0]) == min(3000, 2 * width) < 3000  # downsampled to twice the width
-    shown = [s for s in data[0] if 1000 <= s <= 1100]
-    assert len(shown) < 101
-
-    page.js("window.__fetchml.charts.panels.get('loss').u.setScale('x', {min: 1000, max: 1100})")
+    # Drag across about 4% of the plot: that range is read again at full resolution.
+    plot = page.find("[data-metric='loss'] .u-over")
+    left = plot.size["width"] // 3
+    (
+        ActionChains(page.driver)
+        .move_to_element_with_offset(plot, left - plot.size["width"] // 2, 0)
+        .click_and_hold()
+        .move_by_offset(plot.size["width"] // 25, 0)
+        .release()
+        .perform()
+    )
+    scale = "const u = window.__fetchml.charts.panels.get('loss').u; return [u.scales.x.min, u.scales.x.max]"
+    low, high = page.js(scale)
+    assert 0 < low < high < 2999 and high - low < 300
+    wanted = list(range(math.ceil(low), math.floor(high) + 1))
+    assert len([s for s in data[0] if low <= s <= high]) < len(wanted)
     page.wait(
-        lambda: (
-            [s for s in (chart(page, "loss") or [[]])[0] if 1000 <= s <= 1100]
-            == list(range(1000, 1101))
-        ),
+        lambda: [s for s in (chart(page, "loss") or [[]])[0] if low <= s <= high] == wanted,
         "every point of the zoomed range",
     )
-    page.js(
-        "const u = window.__fetchml.charts.panels.get('loss').u; u.setScale('x', {min: 0, max: 2999})"
-    )
+    ActionChains(page.driver).double_click(plot).perform()  # back to the whole range
     page.wait(
         lambda: len((chart(page, "loss") or [[]])[0]) == len(data[0]), "the whole range again"
     )
+    assert page.js(scale) == [0, 2999]
 
     page.click("#log-y")
     page.wait(
