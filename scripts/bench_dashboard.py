@@ -7,7 +7,8 @@ Figures and targets:
   50 ms timer on the page (p99 and max) stays under 100 ms;
 - a live point reaches the chart within 500 ms of its acknowledgement (p50 / max).
 
-Usage: scripts/bench_dashboard.py [--records N] [--stream-s S] [--json FILE]
+Usage: .venv/bin/python scripts/bench_dashboard.py [--records N] [--stream-s S] [--json FILE]
+(the `dev` extra, and Chromium: scripts/install-browser)
 """
 
 import argparse
