@@ -21,9 +21,10 @@ function started(s) {
 
 function duration(s, now) {
   const run = s.run;
-  if (!run?.started_at) return null;
+  const start = run?.started_at ?? run?.created_at;
+  if (!start) return null;
   const end = run.ended_at ?? (run.status === "running" ? now : run.heartbeat_at ?? now);
-  return end - run.started_at;
+  return end - start;
 }
 
 /** The LIST_RUNS filter of the form: empty fields left out; param `k=v, k2=v2`. */
