@@ -17,7 +17,14 @@ def test_the_wheel_installs_only_fetchml_and_imports_beside_a_client_py(tmp_path
         capture_output=True,
     )
     (wheel,) = dist.glob("fetchml-*.whl")
-    tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/", 1)[0] for name in names}
+    # The dashboard's files are package data.
+    assert {
+        "fetchml/web/index.html",
+        "fetchml/web/app.js",
+        "fetchml/web/vendor/uPlot.esm.js",
+    } <= set(names)
     assert {t for t in tops if not t.endswith(".dist-info")} == {"fetchml"}
 
     venv = tmp_path / "venv"

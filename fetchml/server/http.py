@@ -32,6 +32,7 @@ from fetchml.protocol.keys import SUBPROTOCOL as _SUBPROTOCOL
 from .audit import AuthFailures
 from .auth import KeyTable
 from .throttle import Throttle, Unverified
+from .web import is_web_path, web_response
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,8 @@ class Gate:
             return _response(
                 connection, generate_latest(self.metrics.registry).decode(), CONTENT_TYPE_LATEST
             )
+        if is_web_path(path):
+            return web_response(connection, request, path)
         if path != WS_PATH:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
         try:

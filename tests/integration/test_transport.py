@@ -188,7 +188,8 @@ async def test_prometheus_metrics(daemon: Daemon) -> None:
     assert value("fetchml_flush_seconds_bucket", le="+Inf") == 1.0
 
 
-@pytest.mark.parametrize("path", ["/", "/ws/extra", "/wss", "/healthz", "/metrics/x"])
+# "/" serves the dashboard (tests/web/test_routes.py).
+@pytest.mark.parametrize("path", ["/index.html", "/ws/extra", "/wss", "/healthz", "/metrics/x"])
 async def test_other_paths_are_404(daemon: Daemon, path: str) -> None:
     assert (await http_get(daemon, path)).status == 404
     assert await refused(daemon, path) == 404
