@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/: the daemon harness, the test keys, the browser
 
 from fetchml.client.connection import Client  # noqa: E402
+from tests.support.browser import Page, start_chromium  # noqa: E402
 from tests.support.daemon import daemon_at  # noqa: E402
 from tests.support.experiments import big_metrics, make_experiment, meta_bytes  # noqa: E402
 from tests.support.keys import ADMIN_KEY  # noqa: E402
-from tests.web.browser import Page, start_chromium  # noqa: E402
 
 RUNS = 10
 RATE = 1000  # points per second per run while streaming

@@ -5,31 +5,16 @@ a reader of what a run holds on the daemon."""
 import asyncio
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from fetchml.client import Client, Metric, Run
+from fetchml.client import Client
 from tests.support.daemon import DaemonProcess, daemon_at
 from tests.support.keys import ADMIN_KEY
+from tests.support.runs import Stored
 
 os.environ["KERAS_BACKEND"] = "jax"  # before any test module imports keras
-
-
-@dataclass(frozen=True)
-class Stored:
-    """A run as the daemon reports it: its document and every record, in log order."""
-
-    run: Run
-    records: list[Metric]
-
-    def series(self, name: str) -> list[tuple[int, float]]:
-        return [(r.step, r.value) for r in self.records if r.name == name]
-
-    @property
-    def names(self) -> set[str]:
-        return {r.name for r in self.records}
 
 
 @pytest.fixture(scope="package")

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from fetchml.integrations.keras import FetchmlCallback
-
-from .conftest import Stored
+from tests.support.runs import Stored
 
 
 class BatchLogs(keras.callbacks.Callback):  # type: ignore[misc]

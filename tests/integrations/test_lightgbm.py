@@ -9,8 +9,7 @@ import pytest
 
 from fetchml.client import MetricLogger
 from fetchml.integrations.lightgbm import FetchmlCallback, callback
-
-from .conftest import Stored
+from tests.support.runs import Stored
 
 ReadRun = Callable[[str | None], Stored]
 PARAMS = {"objective": "regression", "verbose": -1, "min_data_in_leaf": 5, "num_leaves": 4}

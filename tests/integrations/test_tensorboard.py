@@ -11,8 +11,7 @@ import pytest
 
 from fetchml.client import MetricLogger
 from fetchml.integrations.tensorboard import SummaryWriter
-
-from .conftest import Stored
+from tests.support.runs import Stored
 
 ReadRun = Callable[[str | None], Stored]
 

@@ -8,8 +8,7 @@ import xgboost as xgb
 
 from fetchml.client import MetricLogger
 from fetchml.integrations.xgboost import FetchmlCallback
-
-from .conftest import Stored
+from tests.support.runs import Stored
 
 ReadRun = Callable[[str | None], Stored]
 

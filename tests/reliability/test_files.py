@@ -297,6 +297,7 @@ def row(
         "user": user,
         "metrics_count": count,
         "damaged": damaged,
+        "run": None,
     }
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.chrome.webdriver import WebDriver
 
+from tests.support.browser import Page, failure_dir, start_chromium
 from tests.support.daemon import DaemonProcess, daemon_at
-
-from .browser import Page, failure_dir, start_chromium
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -4,7 +4,7 @@ bytes as the Python codec (copied here, like tests/protocol/test_protocol_vector
 import hashlib
 from typing import Any
 
-from .browser import Page
+from tests.support.browser import Page
 
 KEY = "5ba7dccf22514f45ae84bfb8b12cd02e"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -1,10 +1,9 @@
 """The jobs view: the queue and its history as STATUS shows them to the key, and cancel."""
 
 from fetchml.client.connection import Client
+from tests.support.browser import Page, new_id, run
 from tests.support.daemon import DaemonProcess
 from tests.support.keys import ALICE_KEY, BOB_KEY
-
-from .browser import Page, new_id, run
 
 
 async def queue(url: str, key: str, name: str) -> str:

@@ -6,10 +6,9 @@ import time
 from typing import Any
 
 from fetchml.client.connection import Client
+from tests.support.browser import Page, make_run, run
 from tests.support.daemon import DaemonProcess
 from tests.support.keys import ADMIN_KEY
-
-from .browser import Page, make_run, run
 
 
 async def log_acked(url: str, rid: str, points: list[tuple[str, float, int]]) -> float:

@@ -7,10 +7,9 @@ import asyncio
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from tests.support.browser import Page
 from tests.support.daemon import DaemonProcess
 from tests.support.keys import ALICE_KEY
-
-from .browser import Page
 
 WRONG = "fml_not_a_configured_key"
 

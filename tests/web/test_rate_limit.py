@@ -6,11 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.browser import Page
 from tests.support.daemon import DaemonProcess, daemon_at
 from tests.support.http import samples
 from tests.support.keys import ALICE_KEY
-
-from .browser import Page
 
 RATE = 600  # control requests a minute: a burst of 600, then ten a second
 EXTRA = 20

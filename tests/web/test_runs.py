@@ -12,11 +12,10 @@ from selenium.webdriver.common.action_chains import ActionChains
 
 from fetchml.client.connection import Client
 from fetchml.protocol.records import Metadata, encode_metadata
+from tests.support.browser import Page, make_run, new_id, run
 from tests.support.daemon import DaemonProcess
 from tests.support.experiments import make_experiment
 from tests.support.keys import ADMIN_KEY, BOB_KEY
-
-from .browser import Page, make_run, new_id, run
 
 GIT = "0123456789abcdef0123456789abcdef01234567"
 
