@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fetchml.protocol import requests as rq
+from fetchml.protocol import shapes
 from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.metrics import acked_records, encode_record
 
 from .errors import InvalidRequest, ProtocolViolation
-from .models import parse_commit
+from .models import _read, parse_commit
 from .pipeline import Pipeline
 
 RUN_STATUSES = ("running", "finished", "failed", "crashed")
@@ -43,10 +44,9 @@ class Run:
 
     @classmethod
     def from_json(cls, obj: Any) -> "Run":
-        if not isinstance(obj, dict):
-            raise ProtocolViolation(f"run: expected an object, got {type(obj).__name__}")
+        doc = _read(shapes.read_run, obj)
         try:
-            return cls(**{name: obj[name] for name in _RUN_FIELDS} | {"tags": tuple(obj["tags"])})
+            return cls(**{name: doc[name] for name in _RUN_FIELDS} | {"tags": tuple(doc["tags"])})
         except (KeyError, TypeError) as exc:
             raise ProtocolViolation(f"run: malformed document ({exc})") from None
 
@@ -77,20 +77,10 @@ class RunSummary:
         return self.job_name or self.id
 
     @classmethod
-    def from_json(cls, obj: Any) -> "RunSummary":
-        try:
-            meta = obj["metadata"]
-            run = obj["run"]
-            return cls(
-                id=obj["id"],
-                metrics_count=obj["metrics_count"],
-                timestamp=meta["timestamp"],
-                job_name=meta["job_name"],
-                user=meta["user"],
-                run=None if run is None else Run.from_json(run),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ProtocolViolation(f"runs: malformed summary ({exc})") from None
+    def from_values(cls, values: dict[str, Any]) -> "RunSummary":
+        """From one row as shapes.read_runs gives it."""
+        run = values["run"]
+        return cls(**values | {"run": None if run is None else Run.from_json(run)})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,11 +94,9 @@ class RunsPage:
 
     @classmethod
     def from_json(cls, obj: Any) -> "RunsPage":
-        try:
-            rows = tuple(RunSummary.from_json(row) for row in obj["runs"])
-            return cls(runs=rows, total=obj["total"], next_offset=obj["next_offset"])
-        except (KeyError, TypeError) as exc:
-            raise ProtocolViolation(f"runs: malformed page ({exc})") from None
+        values = _read(shapes.read_runs, obj)
+        rows = tuple(RunSummary.from_values(row) for row in values["runs"])
+        return cls(runs=rows, total=values["total"], next_offset=values["next_offset"])
 
 
 def json_text(obj: Mapping[str, Any], what: str) -> str:

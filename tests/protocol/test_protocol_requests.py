@@ -49,6 +49,7 @@ from fetchml.protocol.requests import (
     WhoAmI,
     decode_request,
     encode_request,
+    log_metrics_at_head,
 )
 from fetchml.protocol.rules import check_metric_name
 from tests.support.wire import MIN_BODY
@@ -937,3 +938,13 @@ def changed_at_wires(draw: st.DrawFn) -> bytes:
 def test_records_at_matches_decode_request(wire: bytes) -> None:
     check_records_at(wire)
     check_record_tails(wire)
+
+
+def test_log_metrics_at_head_is_the_encoded_requests_head() -> None:
+    records = encode_record(1795735109, 0, 1.0, b"loss") + encode_record(
+        1795735110, 1, 0.5, b"loss"
+    )
+    request = LogMetricsAt(key_hash=KEY, commit_id=COMMIT, count=2, records=records)
+    assert log_metrics_at_head(KEY, COMMIT, 2) + records == encode_request(request)
+    with pytest.raises(MalformedRequest, match=r"count must be 1\.\.65535, got 0"):
+        log_metrics_at_head(KEY, COMMIT, 0)

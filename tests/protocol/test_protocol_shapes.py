@@ -10,6 +10,7 @@ import pytest
 from fetchml.client import models
 from fetchml.client.errors import ProtocolViolation
 from fetchml.client.output import metric_json
+from fetchml.client.runs import RunsPage
 from fetchml.protocol import shapes
 from fetchml.protocol.enums import JobStatus, PruneType
 from fetchml.protocol.errors import MalformedResponse
@@ -246,3 +247,39 @@ async def test_client_writes_back_what_a_real_daemon_sent_byte_for_byte(daemon: 
     records = models.Experiment.from_json(json.loads(texts["experiment"])).metrics
     assert [metric_json(r) for r in records] == [shapes.dumps(m) for m in metrics]
     assert len(records) == 2 and math.isnan(records[1].value)
+
+
+def test_run_shapes_round_trip_and_refuse_malformed_json() -> None:
+    doc = {"name": "r", "status": "running"}
+    page = shapes.runs(
+        runs=[
+            shapes.run_summary(
+                id="ab" * 20, metrics_count=3, timestamp=5, job_name="j", user="u", run=doc
+            )
+        ],
+        total=1,
+        next_offset=None,
+    )
+    assert shapes.read_runs(page) == {
+        "runs": [
+            {
+                "id": "ab" * 20,
+                "metrics_count": 3,
+                "timestamp": 5,
+                "job_name": "j",
+                "user": "u",
+                "run": doc,
+            }
+        ],
+        "total": 1,
+        "next_offset": None,
+    }
+    assert shapes.read_run(doc) == doc
+    with pytest.raises(MalformedResponse, match="unexpected run JSON"):
+        shapes.read_run([doc])
+    bad = json.loads(json.dumps(page))
+    bad["runs"][0]["run"] = "document"
+    with pytest.raises(MalformedResponse, match="unexpected runs JSON"):
+        shapes.read_runs(bad)
+    with pytest.raises(ProtocolViolation, match="unexpected runs JSON"):
+        RunsPage.from_json(bad)  # the client reads runs through the same shapes
