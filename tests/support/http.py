@@ -20,24 +20,26 @@ class HttpResponse:
         self.body = body
 
 
-async def http_get(daemon: Daemon, path: str) -> HttpResponse:
-    """A plain HTTP/1.1 GET on the daemon's port, over a raw asyncio TCP connection."""
+async def http_get(daemon: Daemon, path: str, *headers: str) -> HttpResponse:
+    """A plain HTTP/1.1 GET on the daemon's port, over a raw asyncio TCP connection (the
+    path sent exactly as given, with any extra `Name: value` header lines)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *headers]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         await writer.drain()
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
-        headers = {}
-        for line in lines:
+        status_line, *rest = head.split("\r\n")
+        fields = {}
+        for line in rest:
             if line:
                 name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
+                fields[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(fields.get("content-length", "0")))
     finally:
         writer.close()
         await writer.wait_closed()
-    return HttpResponse(int(status_line.split()[1]), headers, body)
+    return HttpResponse(int(status_line.split()[1]), fields, body)
 
 
 Headers = list[tuple[str, str]]

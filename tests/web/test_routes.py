@@ -1,13 +1,13 @@
 """The dashboard's files over plain HTTP: GET / and /static/<path>, their headers, the path
 rules, the address whitelist and the size of what a browser loads."""
 
-import asyncio
 import gzip
 from pathlib import Path
 
 import pytest
 
 from fetchml.server import web
+from tests.support.http import http_get
 from tests.support.inproc import Daemon, DaemonFactory
 
 WEB = Path(web.__file__).resolve().parent.parent / "web"
@@ -15,23 +15,8 @@ WEB = Path(web.__file__).resolve().parent.parent / "web"
 
 async def get(daemon: Daemon, path: str, *headers: str) -> tuple[int, dict[str, str], bytes]:
     """A raw HTTP/1.1 GET (the path sent exactly as given): status, headers, body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
-    try:
-        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *headers]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await writer.drain()
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *rest = head.split("\r\n")
-        fields = {}
-        for line in rest:
-            if line:
-                name, _, value = line.partition(":")
-                fields[name.strip().lower()] = value.strip()
-        body = await reader.readexactly(int(fields.get("content-length", "0")))
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    return int(status_line.split()[1]), fields, body
+    response = await http_get(daemon, path, *headers)
+    return response.status, response.headers, response.body
 
 
 def directives(csp: str) -> dict[str, str]:
