@@ -12,7 +12,8 @@ Usage::
         print(await c.latest(commit))
 """
 
-from collections.abc import Callable, Generator
+import json
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -91,21 +92,38 @@ class Client(MetricsAPI, RunsAPI):
         return parse_json(response.status_json.encode(), Status.from_json)
 
     async def queue_job(
-        self, job_name: str, commit: str | bytes, priority: int = DEFAULT_PRIORITY
+        self,
+        job_name: str,
+        commit: str | bytes,
+        priority: int = DEFAULT_PRIORITY,
+        *,
+        spec: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Queue a job (creating the experiment when it does not exist); priority 0..255."""
+        """Queue a job (creating the experiment when it does not exist); priority 0..255.
+        With `spec` (command, env, workdir, max_attempts, timeout_s) a worker can run it."""
         commit_id = parse_commit(commit)
         try:
-            request = rq.QueueJob(
-                key_hash=self._key, commit_id=commit_id, priority=priority, job_name=job_name
-            )
-        except MalformedRequest as exc:
-            raise InvalidRequest(exc.message) from None
+            request: rq.QueueJob | rq.QueueJobSpec
+            if spec is None:
+                request = rq.QueueJob(
+                    key_hash=self._key, commit_id=commit_id, priority=priority, job_name=job_name
+                )
+            else:
+                request = rq.QueueJobSpec(
+                    key_hash=self._key,
+                    commit_id=commit_id,
+                    priority=priority,
+                    job_name=job_name,
+                    spec=json.dumps(dict(spec), ensure_ascii=False, allow_nan=False),
+                )
+        except (MalformedRequest, ValueError, TypeError) as exc:
+            raise InvalidRequest(f"spec: {exc}" if spec is not None else str(exc)) from None
         return await self._json(request, "job", Job.from_json)
 
-    async def cancel_job(self, job_name: str) -> int:
-        """Cancel every queued or running job of that name you may update; return how many."""
-        message = await self._success(rq.CancelJob(key_hash=self._key, job_name=job_name))
+    async def cancel_job(self, job: str) -> int:
+        """Cancel a job by its ID, or every queued or running job of that name you may
+        update (an exact ID wins over names); return how many."""
+        message = await self._success(rq.CancelJob(key_hash=self._key, job_name=job))
         words = message.split()
         return int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
 
@@ -114,15 +132,26 @@ class Client(MetricsAPI, RunsAPI):
         request = rq.ClaimJob(key_hash=self._key, worker_id=worker_id)
         return await self._json(request, "job", lambda o: None if o is None else Job.from_json(o))
 
-    async def update_job(self, job_id: str, status: JobStatus | str, error: str = "") -> str:
-        """Set a running job's status (running, completed or failed); return the server's message."""
+    async def update_job(
+        self,
+        job_id: str,
+        status: JobStatus | str,
+        error: str = "",
+        *,
+        worker_id: str | None = None,
+    ) -> str:
+        """Set a running job's status (running, completed or failed); return the server's
+        message. `running` on a running job is a heartbeat. With `worker_id`, a job that
+        was given to another worker meanwhile is INVALID_REQUEST "job reassigned"."""
         if isinstance(status, str):
             try:
                 status = JobStatus[status.upper()]
             except KeyError:
                 raise InvalidRequest(f"unknown job status {status!r}") from None
         try:
-            request = rq.UpdateJob(key_hash=self._key, job_id=job_id, status=status, error=error)
+            request = rq.UpdateJob(
+                key_hash=self._key, job_id=job_id, status=status, error=error, worker_id=worker_id
+            )
         except MalformedRequest as exc:
             raise InvalidRequest(exc.message) from None
         return await self._success(request)

@@ -103,6 +103,12 @@ class Job:
     error: str | None = None
     datasets: tuple[str, ...] = ()
     claimed_by: str | None = None
+    spec: dict[str, Any] | None = None
+    """What a worker runs: command, env, workdir, max_attempts, timeout_s (None for a job
+    queued without one)."""
+    attempts: int = 0
+    """How many times the job's lease expired (its worker died) and it was requeued."""
+    heartbeat_at: int | None = None
 
     @property
     def status_name(self) -> str:

@@ -20,6 +20,7 @@ class Opcode(IntEnum):
     WHOAMI = 0x13
     UPDATE_RUN = 0x14
     LOG_METRICS_AT = 0x15
+    QUEUE_JOB_SPEC = 0x16
     LIST_RUNS = 0x17
     PRUNE_PREVIEW = 0x18
 

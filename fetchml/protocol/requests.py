@@ -96,6 +96,7 @@ class _Request:
     @classmethod
     def decode_body(cls, key_hash: bytes, data: bytes, pos: int) -> tuple["_Request", int]:
         values, pos = cls._decode_fields(data, pos)
+        values, pos = cls._decode_tail(values, data, pos)
         for name, enum in _ENUMS.items():
             if name in values:
                 try:
@@ -105,6 +106,13 @@ class _Request:
                         f"{cls.OPCODE.name}: invalid {name} {values[name]}"
                     ) from None
         return cls(key_hash=key_hash, **values), pos
+
+    @classmethod
+    def _decode_tail(
+        cls, values: dict[str, Any], data: bytes, pos: int
+    ) -> tuple[dict[str, Any], int]:
+        """Optional fields after the LAYOUT (none unless a class says otherwise)."""
+        return values, pos
 
     def encode_body(self) -> bytes:
         parts: list[bytes] = []
@@ -127,6 +135,21 @@ class QueueJob(_Request):
     commit_id: bytes
     priority: int
     job_name: str
+
+    def __post_init__(self) -> None:
+        check_priority(self.priority)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueJobSpec(_Request):
+    """QUEUE_JOB plus the job's spec, a JSON object (protocol/jobspec.py checks its text)."""
+
+    OPCODE = Opcode.QUEUE_JOB_SPEC
+    LAYOUT = (*QueueJob.LAYOUT, ("spec", "str16"))
+    commit_id: bytes
+    priority: int
+    job_name: str
+    spec: str
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
@@ -302,17 +325,41 @@ class ClaimJob(_Request):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateJob(_Request):
+    """A worker's report on its job; `worker_id` (a trailing str8 that old clients never
+    send) must then equal the job's."""
+
     OPCODE = Opcode.UPDATE_JOB
     LAYOUT = (("job_id", "str8"), ("status", "u8"), ("error", "str16"))
     job_id: str
     status: JobStatus
     error: str = ""
+    worker_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in UPDATABLE_JOB_STATUSES:
             raise MalformedRequest(
                 f"UPDATE_JOB status must be 1 running, 2 completed or 3 failed, got {self.status}"
             )
+
+    @classmethod
+    def _decode_tail(
+        cls, values: dict[str, Any], data: bytes, pos: int
+    ) -> tuple[dict[str, Any], int]:
+        if pos == len(data):
+            return values, pos
+        end = pos + 1 + data[pos]
+        if end > len(data):
+            raise _Short
+        return values | {"worker_id": data[pos + 1 : end].decode()}, end
+
+    def encode_body(self) -> bytes:
+        body = _Request.encode_body(self)
+        if self.worker_id is None:
+            return body
+        raw = self.worker_id.encode()
+        if len(raw) > 0xFF:
+            raise MalformedRequest(f"worker_id too long: {len(raw)} bytes")
+        return body + bytes([len(raw)]) + raw
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -422,6 +469,7 @@ class ListRuns(_Request):
 
 Request = (
     QueueJob
+    | QueueJobSpec
     | Status
     | CancelJob
     | Prune
@@ -445,6 +493,7 @@ REQUEST_TYPES: dict[int, type[_Request]] = {
     cls.OPCODE: cls
     for cls in (
         QueueJob,
+        QueueJobSpec,
         Status,
         CancelJob,
         Prune,

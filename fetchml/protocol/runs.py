@@ -1,109 +1,28 @@
 """Run documents and run filters: the rules of UPDATE_RUN's patch, run.json and
-LIST_RUNS's filter, with no I/O.
-
-JSON texts are strict RFC 8259 objects: NaN and Infinity literals, numbers that
-overflow binary64, integers beyond ±2^53, duplicate keys, lone surrogates and
-U+0000 are refused. Every complaint is a MalformedRequest whose message begins
-with the dotted path of the first offending key in document order and a colon.
+LIST_RUNS's filter, with no I/O. Texts are strict JSON (protocol/strictjson.py).
 """
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import MalformedRequest
+from .strictjson import Pairs, decode, fail, is_int, items, parse_object, plain
 
 MAX_DOCUMENT_BYTES = 65536
 STATUSES = ("running", "finished", "failed", "crashed")
 TERMINAL = frozenset({"finished", "failed", "crashed"})
 MAX_PARAMS = 1000
 SERVER_KEYS = ("created_at", "started_at", "ended_at", "heartbeat_at")
-_SAFE_INT = 2**53
 _HEX = re.compile(r"[0-9a-f]+")
-_BAD_CHARS = re.compile(r"[\ud800-\udfff\x00]")
 
 
-class _Bad:
-    """A value the decoder met that JSON texts here may not hold; reported by the walk."""
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-
-class _Pairs(list[tuple[str, Any]]):
-    """An object as its (key, value) pairs, in document order, duplicates kept."""
-
-
-_DECODER = json.JSONDecoder(
-    object_pairs_hook=_Pairs,
-    parse_constant=lambda name: _Bad(f"{name} is not JSON"),
-    parse_int=lambda text: (
-        int(text) if abs(int(text)) <= _SAFE_INT else _Bad("integer beyond ±2^53")
-    ),
-    parse_float=lambda text: (
-        _Bad("number overflows binary64") if abs(float(text)) == float("inf") else float(text)
-    ),
-)
-
-
-def _fail(path: str, why: str) -> MalformedRequest:
-    return MalformedRequest(f"{path}: {why}")
-
-
-def _string(text: str, path: str) -> str:
-    if _BAD_CHARS.search(text):
-        raise _fail(path, "lone surrogate or U+0000 in a string")
-    return text
-
-
-def _items(pairs: _Pairs, path: str) -> Iterator[tuple[str, str, Any]]:
-    """An object's (dotted path, key, raw value) in document order; duplicates refused."""
-    seen: set[str] = set()
-    for key, item in pairs:
-        where = f"{path}.{key}" if path else key
-        _string(key, where)
-        if key in seen:
-            raise _fail(where, "duplicate key")
-        seen.add(key)
-        yield where, key, item
-
-
-def _plain(value: Any, path: str) -> Any:
-    """`value` as plain dicts and lists, checked in document order."""
-    if isinstance(value, _Bad):
-        raise _fail(path, value.why)
-    if isinstance(value, str):
-        return _string(value, path)
-    if isinstance(value, _Pairs):
-        return {key: _plain(item, where) for where, key, item in _items(value, path)}
-    if isinstance(value, list):
-        return [_plain(item, path) for item in value]
-    return value
-
-
-def _decode(text: str, what: str) -> _Pairs:
-    try:
-        value = _DECODER.decode(text)
-    except json.JSONDecodeError as exc:
-        raise _fail(what, f"invalid JSON ({exc})") from None
-    if not isinstance(value, _Pairs):
-        raise _fail(what, "expected a JSON object")
-    return value
-
-
-def parse_object(text: str, what: str) -> dict[str, Any]:
-    """A strict JSON object; `what` names the text in messages about the whole of it."""
-    result: dict[str, Any] = _plain(_decode(text, what), "")
-    return result
-
-
-def _checked_params(raw: _Pairs, patch: bool) -> dict[str, Any]:
+def _checked_params(raw: Pairs, patch: bool) -> dict[str, Any]:
     """A patch's or filter's `params`, each entry checked strictly and then by its rule."""
     params: dict[str, Any] = {}
-    for where, key, item in _items(raw, "params"):
-        value = params[key] = _plain(item, where)
+    for where, key, item in items(raw, "params"):
+        value = params[key] = plain(item, where)
         _param(where, key, value, patch)
     return params
 
@@ -113,10 +32,6 @@ def _checked_params(raw: _Pairs, patch: bool) -> dict[str, Any]:
 
 def _size(text: str) -> int:
     return len(text.encode())
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _text(low: int, high: int) -> Any:
@@ -135,7 +50,7 @@ def _git_commit(value: Any) -> str | None:
 
 
 def _pid(value: Any) -> str | None:
-    return None if _is_int(value) and 0 <= value < 2**31 else "must be an integer 0..2147483647"
+    return None if is_int(value) and 0 <= value < 2**31 else "must be an integer 0..2147483647"
 
 
 def _status(value: Any) -> str | None:
@@ -163,17 +78,17 @@ def _param_value(value: Any) -> str | None:
 
 def _param(where: str, key: str, value: Any, patch: bool) -> None:
     if not 1 <= _size(key) <= 255:
-        raise _fail(where, "a param's key must be 1..255 bytes")
+        raise fail(where, "a param's key must be 1..255 bytes")
     if value is None and patch:
         return
     why = _param_value(value)
     if why:
-        raise _fail(where, why)
+        raise fail(where, why)
 
 
 def _params(value: Any, path: str, patch: bool) -> None:
     if not isinstance(value, dict):
-        raise _fail(path, "must be an object")
+        raise fail(path, "must be an object")
     for key, item in value.items():
         _param(f"{path}.{key}", key, item, patch)
 
@@ -201,7 +116,7 @@ def _check_field(key: str, value: Any, patch: bool) -> None:
         return
     why = _CLIENT_FIELDS[key][0](value)
     if why:
-        raise _fail(key, why)
+        raise fail(key, why)
 
 
 def default_value(key: str, default_name: str) -> Any:
@@ -217,18 +132,18 @@ def default_value(key: str, default_name: str) -> Any:
 def parse_patch(text: str) -> dict[str, Any]:
     """UPDATE_RUN's patch, checked on its own (the merged document's limits come later)."""
     patch: dict[str, Any] = {}
-    for where, key, raw in _items(_decode(text, "patch"), ""):
-        if key == "params" and isinstance(raw, _Pairs):
+    for where, key, raw in items(decode(text, "patch"), ""):
+        if key == "params" and isinstance(raw, Pairs):
             patch[key] = _checked_params(raw, patch=True)
             continue
-        value = patch[key] = _plain(raw, where)
+        value = patch[key] = plain(raw, where)
         if key == "heartbeat":
             if value is not True:
-                raise _fail(key, "must be true")
+                raise fail(key, "must be true")
         elif key in SERVER_KEYS:
-            raise _fail(key, "written by the server")
+            raise fail(key, "written by the server")
         elif key not in _CLIENT_FIELDS:
-            raise _fail(key, "unknown key")
+            raise fail(key, "unknown key")
         elif value is not None:
             _check_field(key, value, patch=True)
     return patch
@@ -270,10 +185,10 @@ def apply_patch(
             doc["ended_at"] = now
     doc["heartbeat_at"] = now
     if len(doc["params"]) > MAX_PARAMS:
-        raise _fail("params", f"more than {MAX_PARAMS} keys ({len(doc['params'])})")
+        raise fail("params", f"more than {MAX_PARAMS} keys ({len(doc['params'])})")
     size = _size(dumps(doc))
     if size > MAX_DOCUMENT_BYTES:
-        raise _fail("run", f"document too large ({size} > {MAX_DOCUMENT_BYTES})")
+        raise fail("run", f"document too large ({size} > {MAX_DOCUMENT_BYTES})")
     return doc
 
 
@@ -294,7 +209,7 @@ def load_document(raw: bytes) -> dict[str, Any] | None:
             if doc[key] is not None or not _CLIENT_FIELDS[key][2]:
                 _check_field(key, doc[key], patch=False)
         for key in SERVER_KEYS:
-            if doc[key] is not None and not _is_int(doc[key]):
+            if doc[key] is not None and not is_int(doc[key]):
                 return None
     except (UnicodeDecodeError, MalformedRequest):
         return None
@@ -377,11 +292,11 @@ def _any_string(value: Any) -> str | None:
 
 
 def _limit(value: Any) -> str | None:
-    return None if _is_int(value) and 1 <= value <= 1000 else "must be an integer 1..1000"
+    return None if is_int(value) and 1 <= value <= 1000 else "must be an integer 1..1000"
 
 
 def _offset(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 0 else "must be an integer >= 0"
+    return None if is_int(value) and value >= 0 else "must be an integer >= 0"
 
 
 def _order(value: Any) -> str | None:
@@ -410,15 +325,15 @@ _FILTER_FIELDS = {
 def parse_filter(text: str) -> RunFilter:
     """LIST_RUNS's filter; an empty text is `{}`."""
     found: dict[str, Any] = {}
-    for where, key, raw in _items(_decode(text or "{}", "filter"), ""):
-        if key == "params" and isinstance(raw, _Pairs):
+    for where, key, raw in items(decode(text or "{}", "filter"), ""):
+        if key == "params" and isinstance(raw, Pairs):
             found[key] = _checked_params(raw, patch=False)
             continue
-        value = found[key] = _plain(raw, where)
+        value = found[key] = plain(raw, where)
         check = _FILTER_FIELDS.get(key)
         if check is None:
-            raise _fail(key, "unknown key")
+            raise fail(key, "unknown key")
         why = check(value)
         if why:
-            raise _fail(key, why)
+            raise fail(key, why)
     return RunFilter(**found)

@@ -270,8 +270,11 @@ def job(
     datasets: Iterable[str],
     commit_id: str,
     user: str,
+    spec: dict[str, Any] | None,
+    attempts: int,
+    heartbeat_at: int | None,
 ) -> dict[str, Any]:
-    """`job` (QUEUE_JOB, CLAIM_JOB, the items of STATUS `jobs`)."""
+    """`job` (QUEUE_JOB, QUEUE_JOB_SPEC, CLAIM_JOB, the items of STATUS `jobs`)."""
     return {
         "id": id,
         "job_name": job_name,
@@ -286,6 +289,9 @@ def job(
         "error": error,
         "datasets": list(datasets),
         "metadata": {"commit_id": commit_id, "user": user},
+        "spec": spec,
+        "attempts": attempts,
+        "heartbeat_at": heartbeat_at,
     }
 
 
@@ -306,7 +312,19 @@ def _read_job(obj: Any) -> dict[str, Any]:
         "datasets": tuple(str(d) for d in obj.get("datasets") or ()),
         "commit_id": str(meta["commit_id"]),
         "user": str(meta["user"]),
+        "spec": _opt_spec(obj.get("spec")),
+        "attempts": _int(obj.get("attempts", 0)),
+        "heartbeat_at": _opt_int(obj.get("heartbeat_at")),
     }
+
+
+def _opt_spec(value: Any) -> dict[str, Any] | None:
+    """A job's spec (an object) or None; a daemon before revision 4 sends none."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"spec: expected an object, got {type(value).__name__}")
+    return value
 
 
 def read_job(obj: Any) -> dict[str, Any]:

@@ -141,7 +141,9 @@ class App:
                 max_open_files=cfg.storage.max_open_files,
                 cache_bytes=cfg.storage.cache_bytes,
             ) as store:
-                jobs = await SqliteJobQueue.open(cfg.storage.jobs_db, cfg.jobs.keep_days)
+                jobs = await SqliteJobQueue.open(
+                    cfg.storage.jobs_db, cfg.jobs.keep_days, cfg.jobs.lease_s
+                )
                 try:
                     self.ctx = Context(
                         cfg,

@@ -34,6 +34,7 @@ from fetchml.protocol.requests import (
     PrunePreview,
     QueryMetrics,
     QueueJob,
+    QueueJobSpec,
     Request,
     Status,
     UpdateJob,
@@ -108,7 +109,7 @@ def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
             return Barrier(req, who, partial(handlers.whoami, ctx, who))
         case PrunePreview():
             return Barrier(req, who, partial(handlers.prune_preview, ctx, who, req))
-        case QueueJob():
+        case QueueJob() | QueueJobSpec():
             return Barrier(req, who, partial(handlers.queue_job, ctx, who, req))
         case Status():
             return Barrier(req, who, partial(handlers.status, ctx, who, req))

@@ -48,5 +48,9 @@ class JobNotFound(ServerError):
     code = ErrorCode.JOB_NOT_FOUND
 
 
+class JobCancelled(ServerError):
+    code = ErrorCode.JOB_CANCELLED
+
+
 class DiskFull(ServerError):
     code = ErrorCode.DISK_FULL

@@ -17,6 +17,7 @@ import anyio
 from fetchml.protocol import runs, shapes
 from fetchml.protocol.enums import PruneType
 from fetchml.protocol.errors import MalformedRequest
+from fetchml.protocol.jobspec import parse_spec
 from fetchml.protocol.metrics import (
     MetricRecord,
     decode_records,
@@ -34,6 +35,7 @@ from fetchml.protocol.requests import (
     PrunePreview,
     QueryMetrics,
     QueueJob,
+    QueueJobSpec,
     Status,
     UpdateJob,
     UpdateRun,
@@ -269,10 +271,15 @@ def prune_preview(ctx: Context, who: Identity, req: PrunePreview) -> Response:
 # -- jobs -----------------------------------------------------------------------
 
 
-async def queue_job(ctx: Context, who: Identity, req: QueueJob) -> Response:
+async def queue_job(ctx: Context, who: Identity, req: QueueJob | QueueJobSpec) -> Response:
+    """QUEUE_JOB, and QUEUE_JOB_SPEC with its spec checked before anything is made."""
     who.require("jobs:create")
     if not req.job_name:
         raise InvalidRequest("job name must not be empty")
+    args, spec = "", None
+    if isinstance(req, QueueJobSpec):
+        with _json_rules():
+            args, spec = req.spec, parse_spec(req.spec)
     commit = req.commit_id.hex()
     if ctx.store.exists(commit):
         meta = ctx.store.metadata(commit)
@@ -288,7 +295,12 @@ async def queue_job(ctx: Context, who: Identity, req: QueueJob) -> Response:
             existing = ctx.store.metadata(commit)
             who.require_write(existing.user if existing else None)
     job = await ctx.jobs.enqueue(
-        job_name=req.job_name, commit_id=commit, user=who.user, priority=req.priority
+        job_name=req.job_name,
+        commit_id=commit,
+        user=who.user,
+        priority=req.priority,
+        args=args,
+        spec=spec,
     )
     ctx.audit("queue_job", who, commit=commit, job_name=req.job_name, job_id=job.id)
     return _data("job", job.to_json())
@@ -340,6 +352,7 @@ async def update_job(ctx: Context, who: Identity, req: UpdateJob) -> Response:
         req.error,
         who.write_owner,
         caller=None if "*" in who.permissions else who.user,
+        worker_id=req.worker_id,
     )
     ctx.audit("update_job", who, job_id=job.id, status=job.status.name.lower())
     return Success(timestamp=_now(), message=f"job {job.id} {job.status.name.lower()}")

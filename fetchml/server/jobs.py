@@ -7,6 +7,11 @@ SQLite's write lock before reading, so a claim is atomic even against another
 process using the same file. Queue order: higher priority first, then
 insertion order (FIFO). Completed, failed and cancelled jobs that ended more
 than `keep_days` ago are deleted at open and then at most once an hour.
+
+Leases: a running job queued with a spec whose max(started_at, heartbeat_at) is
+more than `lease_s` old has lost its worker. Before every operation such jobs get
+`attempts` + 1 and are queued again in their old place, or fail "lease expired"
+once `attempts` reaches the spec's `max_attempts`.
 """
 
 import json
@@ -28,19 +33,28 @@ from fetchml.protocol import shapes
 from fetchml.protocol.enums import UPDATABLE_JOB_STATUSES, JobStatus
 from fetchml.protocol.rules import PRIORITY_MAX, PRIORITY_MIN
 
-from .errors import DatabaseError, DiskFull, InvalidRequest, JobNotFound, PermissionDenied
+from .errors import (
+    DatabaseError,
+    DiskFull,
+    InvalidRequest,
+    JobCancelled,
+    JobNotFound,
+    PermissionDenied,
+)
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DIR_MODE = 0o750
 FILE_MODE = 0o600
 BUSY_TIMEOUT_S = 30.0
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 CANCEL_DENIED = "You can only cancel your own jobs"
 CLAIMED_DENIED = "job claimed by another user"
+REASSIGNED = "job reassigned"
+LEASE_EXPIRED = "lease expired"
 MAX_ERROR_BYTES = 4096
 """UPDATE_JOB's error text is kept to this many bytes (cut at a UTF-8 boundary)."""
 PURGE_INTERVAL_S = 3600
@@ -63,7 +77,10 @@ _SCHEMA = (
         datasets   TEXT    NOT NULL DEFAULT '[]',
         commit_id  TEXT    NOT NULL,
         user       TEXT    NOT NULL,
-        claimed_by TEXT
+        claimed_by TEXT,
+        spec       TEXT,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        heartbeat_at INTEGER
     )""",
     "CREATE INDEX jobs_claim_order ON jobs (status, priority DESC, seq)",
     "CREATE INDEX jobs_by_name ON jobs (job_name, status)",
@@ -73,6 +90,13 @@ _V2_INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (user, created_at, seq)",
     "CREATE INDEX IF NOT EXISTS jobs_by_end ON jobs (ended_at)",
 )
+_V3_COLUMNS = (
+    ("claimed_by", "claimed_by TEXT"),
+    ("spec", "spec TEXT"),
+    ("attempts", "attempts INTEGER NOT NULL DEFAULT 0"),
+    ("heartbeat_at", "heartbeat_at INTEGER"),
+)
+"""Columns added since schema 1, each with its definition for ALTER TABLE."""
 _FINISHED = (int(JobStatus.COMPLETED), int(JobStatus.FAILED), int(JobStatus.CANCELLED))
 _ACTIVE = (int(JobStatus.QUEUED), int(JobStatus.RUNNING))
 
@@ -97,7 +121,12 @@ class Job:
     commit_id: str
     user: str
     claimed_by: str | None = None
-    """The user whose key claimed the job (None until claimed)."""
+    """The user whose key claimed the job (None until claimed, cleared on requeue)."""
+    spec: dict[str, Any] | None = None
+    """QUEUE_JOB_SPEC's spec with its defaults filled in (None for QUEUE_JOB)."""
+    attempts: int = 0
+    """How many leases of this job expired."""
+    heartbeat_at: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `job` JSON object of PROTOCOL.md section 4."""
@@ -126,7 +155,18 @@ MIN_JOB_JSON_BYTES = len(
 class JobQueue(Protocol):
     """What the daemon needs from a job store. `user=None` means scope `all`."""
 
-    async def enqueue(self, *, job_name: str, commit_id: str, user: str, priority: int) -> Job: ...
+    async def enqueue(
+        self,
+        *,
+        job_name: str,
+        commit_id: str,
+        user: str,
+        priority: int,
+        args: str = "",
+        spec: dict[str, Any] | None = None,
+    ) -> Job:
+        """Queue a job; `args` is a spec's text, `spec` its parse (protocol/jobspec.py)."""
+        ...
 
     async def list_jobs(self, user: str | None, limit: int | None = None) -> list[Job]:
         """The user's jobs (every job for None), newest first, ties later insertion first;
@@ -142,7 +182,8 @@ class JobQueue(Protocol):
         ...
 
     async def cancel(self, job_name: str, user: str | None) -> int:
-        """Cancel the queued/running jobs of that name the caller may update; return the count."""
+        """Cancel the queued/running jobs of that name the caller may update, or only the job
+        whose ID it is; return the count."""
         ...
 
     async def claim(
@@ -160,9 +201,12 @@ class JobQueue(Protocol):
         user: str | None,
         *,
         caller: str | None = None,
+        worker_id: str | None = None,
     ) -> Job:
-        """A worker's report on a running job: RUNNING, COMPLETED or FAILED. With `caller`
-        (a user without `*`), a job claimed by another user is PERMISSION_DENIED."""
+        """A worker's report on a running job: RUNNING (a heartbeat), COMPLETED or FAILED.
+        With `caller` (a user without `*`), a job claimed by another user is
+        PERMISSION_DENIED; with `worker_id`, a job now held by another worker (or by none)
+        is INVALID_REQUEST "job reassigned"."""
         ...
 
     async def get(self, job_id: str) -> Job | None: ...
@@ -173,21 +217,33 @@ class JobQueue(Protocol):
 class SqliteJobQueue:
     """JobQueue on the standard-library sqlite3; open it with `await SqliteJobQueue.open(path)`."""
 
-    def __init__(self, conn: sqlite3.Connection, keep_days: float = 90.0) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        keep_days: float = 90.0,
+        lease_s: float = 0.0,
+    ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._lock = anyio.Lock()
         self._keep_s = int(keep_days * DAY_S)
+        self._lease_s = lease_s
         self._purged_at = _now()
 
     @classmethod
-    async def open(cls, path: Path, keep_days: float = 90.0) -> Self:
-        """Open (create, or migrate from schema 1) the database; delete old finished jobs."""
+    async def open(
+        cls,
+        path: Path,
+        keep_days: float = 90.0,
+        lease_s: float = 0.0,
+    ) -> Self:
+        """Open (create, or migrate from an older schema) the database; delete old finished
+        jobs. `lease_s` 0 turns leases off."""
         try:
             conn = await anyio.to_thread.run_sync(_connect, path)
         except (OSError, sqlite3.Error) as exc:
             logger.exception("cannot open job database %s", path)
             raise DatabaseError("database error") from exc
-        queue = cls(conn, keep_days)
+        queue = cls(conn, keep_days, lease_s)
         await anyio.to_thread.run_sync(_purge, conn, queue._purged_at - queue._keep_s)
         return queue
 
@@ -200,7 +256,16 @@ class SqliteJobQueue:
                 except sqlite3.Error:
                     logger.exception("error closing job database")
 
-    async def enqueue(self, *, job_name: str, commit_id: str, user: str, priority: int) -> Job:
+    async def enqueue(
+        self,
+        *,
+        job_name: str,
+        commit_id: str,
+        user: str,
+        priority: int,
+        args: str = "",
+        spec: dict[str, Any] | None = None,
+    ) -> Job:
         if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
             raise InvalidRequest(f"priority must be {PRIORITY_MIN}..{PRIORITY_MAX}, got {priority}")
         if not COMMIT_RE.fullmatch(commit_id):
@@ -208,43 +273,45 @@ class SqliteJobQueue:
         job = Job(
             id=str(uuid.uuid4()),
             job_name=job_name,
+            args=args,
             status=JobStatus.QUEUED,
             priority=priority,
             created_at=_now(),
             commit_id=commit_id,
             user=user,
+            spec=spec,
         )
-        await self._run(lambda conn: _insert(conn, job))
+        await self._run(lambda conn, now: _insert(conn, job))
         return job
 
     async def list_jobs(self, user: str | None, limit: int | None = None) -> list[Job]:
         where, params = ("", ()) if user is None else ("WHERE user = ?", (user,))
         sql = f"SELECT {_COLUMNS} FROM jobs {where} ORDER BY created_at DESC, seq DESC LIMIT ?"
         args = (*params, -1 if limit is None else limit)
-        return await self._run(lambda conn: [_to_job(row) for row in conn.execute(sql, args)])
+        return await self._run(lambda conn, now: [_to_job(row) for row in conn.execute(sql, args)])
 
     async def count_jobs(self, user: str | None) -> int:
         where, params = ("", ()) if user is None else ("WHERE user = ?", (user,))
-        row = await self._run(
-            lambda conn: conn.execute(f"SELECT COUNT(*) FROM jobs {where}", params).fetchone()
-        )
+        sql = f"SELECT COUNT(*) FROM jobs {where}"
+        row = await self._run(lambda conn, now: conn.execute(sql, params).fetchone())
         return int(row[0])
 
     async def queue_length(self) -> int:
         sql = "SELECT COUNT(*) FROM jobs WHERE status = ?"
-        row = await self._run(lambda conn: conn.execute(sql, (int(JobStatus.QUEUED),)).fetchone())
+        queued = (int(JobStatus.QUEUED),)
+        row = await self._run(lambda conn, now: conn.execute(sql, queued).fetchone())
         return int(row[0])
 
     async def get(self, job_id: str) -> Job | None:
-        return await self._run(lambda conn: _get(conn, job_id))
+        return await self._run(lambda conn, now: _get(conn, job_id))
 
     async def cancel(self, job_name: str, user: str | None) -> int:
-        return await self._run(lambda conn: _cancel(conn, job_name, user))
+        return await self._run(lambda conn, now: _cancel(conn, now, job_name, user))
 
     async def claim(
         self, worker_id: str, user: str | None = None, *, claimer: str | None = None
     ) -> Job | None:
-        return await self._run(lambda conn: _claim(conn, worker_id, user, claimer))
+        return await self._run(lambda conn, now: _claim(conn, now, worker_id, user, claimer))
 
     async def update(
         self,
@@ -254,16 +321,18 @@ class SqliteJobQueue:
         user: str | None,
         *,
         caller: str | None = None,
+        worker_id: str | None = None,
     ) -> Job:
         if status not in UPDATABLE_JOB_STATUSES:
             raise InvalidRequest(f"invalid job status {int(status)}: expected 1, 2 or 3")
-        error = cap_error(error)
-        return await self._run(lambda conn: _update(conn, job_id, status, error, user, caller))
+        report = _Report(job_id, status, cap_error(error), user, caller, worker_id)
+        return await self._run(lambda conn, now: _update(conn, now, report))
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` on the connection in a worker thread, one call at a time; first delete
-        old finished jobs when the last time was PURGE_INTERVAL_S ago (or the clock stepped
-        back). A full disk is DISK_FULL, any other SQLite error DATABASE_ERROR."""
+    async def _run(self, fn: Callable[[sqlite3.Connection, int], T]) -> T:
+        """Run `fn(conn, now)` in a worker thread, one call at a time; first expire lost
+        leases, and delete old finished jobs when the last time was PURGE_INTERVAL_S ago
+        (or the clock stepped back). A full disk is DISK_FULL, any other SQLite error
+        DATABASE_ERROR."""
         async with self._lock:
             conn = self._conn
             if conn is None:
@@ -272,11 +341,14 @@ class SqliteJobQueue:
             purge = not 0 <= now - self._purged_at < PURGE_INTERVAL_S
             if purge:
                 self._purged_at = now
+            lease_s = self._lease_s
 
             def call(conn: sqlite3.Connection) -> T:
                 if purge:
                     _purge(conn, now - self._keep_s)
-                return fn(conn)
+                if lease_s > 0:
+                    _expire_leases(conn, now, lease_s)
+                return fn(conn, now)
 
             try:
                 return await anyio.to_thread.run_sync(call, conn)
@@ -286,6 +358,18 @@ class SqliteJobQueue:
                     raise DiskFull("disk full") from exc
                 logger.exception("job database error")
                 raise DatabaseError("database error") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """An UPDATE_JOB as the queue checks it."""
+
+    job_id: str
+    status: JobStatus
+    error: str
+    user: str | None
+    caller: str | None
+    worker_id: str | None
 
 
 def cap_error(text: str) -> str:
@@ -325,14 +409,16 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _migrate(conn: sqlite3.Connection, version: int) -> None:
-    """Create the schema (version 0) or bring a schema 1 file (before `claimed_by`) up to date."""
+    """Create the schema (version 0) or bring an older file up to date (schema 1 had no
+    `claimed_by`, schema 2 no spec, attempts and heartbeat_at)."""
     if version == 0:
         for statement in _SCHEMA:
             conn.execute(statement)
-    elif version == 1:
+    elif version in (1, 2):
         columns = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
-        if "claimed_by" not in columns:
-            conn.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
+        for name, definition in _V3_COLUMNS:
+            if name not in columns:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {definition}")
     elif version != SCHEMA_VERSION:
         raise sqlite3.DatabaseError(f"unsupported job schema version {version}")
     if version != SCHEMA_VERSION:
@@ -384,7 +470,11 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _to_job(row: sqlite3.Row) -> Job:
     values = {name: row[name] for name in _FIELDS}
-    values.update(status=JobStatus(row["status"]), datasets=tuple(json.loads(row["datasets"])))
+    values.update(
+        status=JobStatus(row["status"]),
+        datasets=tuple(json.loads(row["datasets"])),
+        spec=None if row["spec"] is None else json.loads(row["spec"]),
+    )
     return Job(**values)
 
 
@@ -395,14 +485,64 @@ def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
 
 def _insert(conn: sqlite3.Connection, job: Job) -> None:
     values = {name: getattr(job, name) for name in _FIELDS}
-    values.update(status=int(job.status), datasets=json.dumps(job.datasets))
+    values.update(
+        status=int(job.status),
+        datasets=json.dumps(job.datasets),
+        spec=None if job.spec is None else json.dumps(job.spec),
+    )
     placeholders = ", ".join(f":{name}" for name in values)
     conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({placeholders})", values)
 
 
-def _cancel(conn: sqlite3.Connection, job_name: str, user: str | None) -> int:
-    active = "job_name = ? AND status IN (?, ?)"
+def _expire_leases(conn: sqlite3.Connection, now: int, lease_s: float) -> None:
+    """Requeue (or fail, after max_attempts) the running jobs whose worker went silent."""
+    lost = (
+        "status = ? AND spec IS NOT NULL"
+        " AND MAX(started_at, COALESCE(heartbeat_at, started_at)) < ?"
+    )
+    deadline = now - lease_s
+    running = int(JobStatus.RUNNING)
+    if conn.execute(f"SELECT 1 FROM jobs WHERE {lost} LIMIT 1", (running, deadline)).fetchone():
+        with _transaction(conn):
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {lost}", (running, deadline))
+            for job in [_to_job(row) for row in rows]:
+                _lease_lost(conn, now, job)
+
+
+def _lease_lost(conn: sqlite3.Connection, now: int, job: Job) -> None:
+    attempts = job.attempts + 1
+    max_attempts = int((job.spec or {}).get("max_attempts", 1))
+    if attempts >= max_attempts:
+        logger.warning("job %s failed: lease expired (worker %s)", job.id, job.worker_id)
+        conn.execute(
+            "UPDATE jobs SET status = ?, attempts = ?, ended_at = ?, error = ? WHERE id = ?",
+            (int(JobStatus.FAILED), attempts, now, LEASE_EXPIRED, job.id),
+        )
+        return
+    logger.warning("job %s requeued: lease expired (worker %s)", job.id, job.worker_id)
+    conn.execute(
+        "UPDATE jobs SET status = ?, attempts = ?, worker_id = NULL, started_at = NULL,"
+        " heartbeat_at = NULL, claimed_by = NULL WHERE id = ?",
+        (int(JobStatus.QUEUED), attempts, job.id),
+    )
+
+
+def _cancel(conn: sqlite3.Connection, now: int, job_name: str, user: str | None) -> int:
+    """By ID when `job_name` is some job's ID (names are then not looked at), else by name."""
+    cancelled = int(JobStatus.CANCELLED)
     with _transaction(conn):
+        job = _get(conn, job_name)
+        if job is not None:
+            if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+                raise JobNotFound(
+                    f"job {job.id} is {job.status.name.lower()}, not queued or running"
+                )
+            if user is not None and job.user != user:
+                raise PermissionDenied(CANCEL_DENIED)
+            sql = "UPDATE jobs SET status = ?, ended_at = ? WHERE id = ?"
+            conn.execute(sql, (cancelled, now, job.id))
+            return 1
+        active = "job_name = ? AND status IN (?, ?)"
         rows = conn.execute(f"SELECT user FROM jobs WHERE {active}", (job_name, *_ACTIVE))
         owners = {row["user"] for row in rows}
         if not owners:
@@ -411,13 +551,13 @@ def _cancel(conn: sqlite3.Connection, job_name: str, user: str | None) -> int:
             raise PermissionDenied(CANCEL_DENIED)
         cursor = conn.execute(
             f"UPDATE jobs SET status = ?, ended_at = ? WHERE {active} AND (? IS NULL OR user = ?)",
-            (int(JobStatus.CANCELLED), _now(), job_name, *_ACTIVE, user, user),
+            (cancelled, now, job_name, *_ACTIVE, user, user),
         )
         return cursor.rowcount
 
 
 def _claim(
-    conn: sqlite3.Connection, worker_id: str, user: str | None, claimer: str | None
+    conn: sqlite3.Connection, now: int, worker_id: str, user: str | None, claimer: str | None
 ) -> Job | None:
     mine = "" if user is None else " AND user = ?"
     with _transaction(conn):
@@ -427,11 +567,10 @@ def _claim(
         ).fetchone()
         if row is None:
             return None
-        job = _to_job(row)
         job = replace(
-            job,
+            _to_job(row),
             status=JobStatus.RUNNING,
-            started_at=_now(),
+            started_at=now,
             worker_id=worker_id,
             claimed_by=claimer,
         )
@@ -442,27 +581,26 @@ def _claim(
         return job
 
 
-def _update(
-    conn: sqlite3.Connection,
-    job_id: str,
-    status: JobStatus,
-    error: str,
-    user: str | None,
-    caller: str | None,
-) -> Job:
+def _update(conn: sqlite3.Connection, now: int, report: _Report) -> Job:
+    job_id, status = report.job_id, report.status
     with _transaction(conn):
         job = _get(conn, job_id)
         if job is None:
             raise JobNotFound(f"job {job_id} not found")
-        if user is not None and job.user != user:
+        if report.user is not None and job.user != report.user:
             raise PermissionDenied("You can only update your own jobs")
-        if caller is not None and job.claimed_by not in (None, caller):
+        if report.caller is not None and job.claimed_by not in (None, report.caller):
             raise PermissionDenied(CLAIMED_DENIED)
+        if job.status == JobStatus.CANCELLED:
+            raise JobCancelled(f"job {job_id} was cancelled")
+        if report.worker_id is not None and report.worker_id != job.worker_id:
+            raise InvalidRequest(REASSIGNED)
         if job.status != JobStatus.RUNNING:
             raise InvalidRequest(f"job {job_id} is not running (it is {job.status.name.lower()})")
         if status == JobStatus.RUNNING:
-            return job
-        job = replace(job, status=status, ended_at=_now(), error=error or None)
+            conn.execute("UPDATE jobs SET heartbeat_at = ? WHERE id = ?", (now, job_id))
+            return replace(job, heartbeat_at=now)
+        job = replace(job, status=status, ended_at=now, error=report.error or None)
         conn.execute(
             "UPDATE jobs SET status = ?, ended_at = ?, error = ? WHERE id = ?",
             (int(status), job.ended_at, job.error, job_id),

@@ -79,6 +79,9 @@ JOB_KEYS = {
     "error",
     "datasets",
     "metadata",
+    "spec",
+    "attempts",
+    "heartbeat_at",
 }
 EXPERIMENT_ROW_KEYS = {
     "commit_id",
@@ -159,6 +162,9 @@ async def test_queue_job_returns_the_job_and_creates_the_experiment(daemon: Daem
         "error": None,
         "datasets": [],
         "metadata": {"commit_id": cid.hex(), "user": "alice"},
+        "spec": None,
+        "attempts": 0,
+        "heartbeat_at": None,
     }
     doc = data_of(
         await client.call(GetExperiment(key_hash=hash_of("alice"), commit_id=cid)), "experiment"
@@ -747,7 +753,7 @@ async def test_reserved_opcodes_are_unsupported(daemon: Daemon, opcode: int) -> 
     await still_open(client)
 
 
-@pytest.mark.parametrize("opcode", [0x00, 0x16, 0x7F, 0xFF])
+@pytest.mark.parametrize("opcode", [0x00, 0x19, 0x7F, 0xFF])
 async def test_unknown_opcodes_are_invalid(daemon: Daemon, opcode: int) -> None:
     client = await daemon.client()
     error = error_of(await client.call(raw(opcode)), ErrorCode.INVALID_REQUEST)

@@ -63,7 +63,7 @@ UPDATE = frozenset(
         Opcode.UPDATE_RUN,
     }
 )
-CREATE = frozenset({Opcode.QUEUE_JOB, Opcode.CREATE_EXPERIMENT})
+CREATE = frozenset({Opcode.QUEUE_JOB, Opcode.QUEUE_JOB_SPEC, Opcode.CREATE_EXPERIMENT})
 CLAIM = frozenset({Opcode.CLAIM_JOB, Opcode.UPDATE_JOB})
 ALLOWED = {
     "admin": EVERY,  # role "root": permissions ["*"], scope all
@@ -77,8 +77,10 @@ ALLOWED = {
 def assert_allowed(op: Opcode, resp: Response, user: str, cid: bytes) -> None:
     """The success response of each opcode, on the setup of test_role_table."""
     match op:
-        case Opcode.QUEUE_JOB:
-            assert data_of(resp, "job")["metadata"] == {"commit_id": cid.hex(), "user": user}
+        case Opcode.QUEUE_JOB | Opcode.QUEUE_JOB_SPEC:
+            job = data_of(resp, "job")
+            assert job["metadata"] == {"commit_id": cid.hex(), "user": user}
+            assert (job["spec"] is None) == (op is Opcode.QUEUE_JOB)
         case Opcode.STATUS:
             assert isinstance(resp, StatusReport)
             assert status_of(resp)["user"] == user

@@ -42,6 +42,7 @@ from fetchml.protocol.requests import (
     MetricPoint,
     PrunePreview,
     QueueJob,
+    QueueJobSpec,
     Status,
     UpdateRun,
     WhoAmI,
@@ -279,6 +280,11 @@ async def test_doc_json_shapes_match_a_real_daemon(daemon: Any) -> None:
         )
         log = LogMetrics(key_hash=admin, commit_id=commit, metrics=(MetricPoint(7, 0.25, "loss"),))
         assert isinstance(await c.call(log), Success)
+        spec = '{"command":["python","train.py"]}'
+        queued = QueueJobSpec(
+            key_hash=admin, commit_id=commit, priority=9, job_name="train", spec=spec
+        )
+        assert isinstance(await c.call(queued), Data)  # claimed below: `job` has a spec
         await c.call(QueueJob(key_hash=admin, commit_id=commit, priority=5, job_name="train"))
         other = CreateExperiment(key_hash=admin, commit_id=b"\xff" * 20, job_name="")
         assert isinstance(await c.call(other), Success)

@@ -41,6 +41,7 @@ from fetchml.protocol.requests import (
     PrunePreview,
     QueryMetrics,
     QueueJob,
+    QueueJobSpec,
     Request,
     Status,
     UpdateJob,
@@ -182,6 +183,7 @@ REQUEST_STRATEGIES: dict[type[Request], st.SearchStrategy[Request]] = {
         job_id=str8s,
         status=st.sampled_from(sorted(UPDATABLE_JOB_STATUSES)),
         error=str16s,
+        worker_id=st.none() | str8s,
     ),
     WhoAmI: st.builds(WhoAmI, key_hash=key_hashes),
     PrunePreview: st.builds(
@@ -195,6 +197,14 @@ REQUEST_STRATEGIES: dict[type[Request], st.SearchStrategy[Request]] = {
         log_metrics_at, key_hashes, commits, st.lists(records, min_size=1, max_size=8)
     ),
     ListRuns: st.builds(ListRuns, key_hash=key_hashes, filter=str16s),
+    QueueJobSpec: st.builds(
+        QueueJobSpec,
+        key_hash=key_hashes,
+        commit_id=commits,
+        priority=u8,
+        job_name=str8s,
+        spec=str16s,
+    ),
 }
 any_request = st.one_of(list(REQUEST_STRATEGIES.values()))
 
@@ -255,7 +265,7 @@ def test_message_shorter_than_header(size: int) -> None:
     assert text == f"message too short: {size} bytes, a request needs at least 17"
 
 
-@pytest.mark.parametrize("opcode", [0x00, 0x16, 0x7F, 0x80, 0xFF])
+@pytest.mark.parametrize("opcode", [0x00, 0x19, 0x7F, 0x80, 0xFF])
 def test_unknown_opcode(opcode: int) -> None:
     assert rejected(message(opcode)) == f"unknown opcode 0x{opcode:02x}"
 
@@ -335,7 +345,9 @@ VALID_REQUESTS: list[Request] = [
     QueryMetrics(key_hash=KEY, commit_id=COMMIT, name="loss", limit=1000),
     WatchMetrics(key_hash=KEY, commit_id=COMMIT, from_index=100, name="acc"),
     ClaimJob(key_hash=KEY, worker_id="gpu-01"),
-    UpdateJob(key_hash=KEY, job_id="job-1", status=JobStatus.FAILED, error="boom"),
+    UpdateJob(
+        key_hash=KEY, job_id="job-1", status=JobStatus.FAILED, error="boom", worker_id="gpu-01"
+    ),
     WhoAmI(key_hash=KEY),
     PrunePreview(key_hash=KEY, prune_type=PruneType.OLDER_THAN_DAYS, value=30),
     UpdateRun(key_hash=KEY, commit_id=COMMIT, patch='{"status":"running"}'),
@@ -343,6 +355,9 @@ VALID_REQUESTS: list[Request] = [
         KEY,
         COMMIT,
         [encode_record(1795735109, 0, 1.0, b"loss"), encode_record(1795735110, 1, 0.5, b"acc")],
+    ),
+    QueueJobSpec(
+        key_hash=KEY, commit_id=COMMIT, priority=5, job_name="train", spec='{"command":["x"]}'
     ),
     ListRuns(key_hash=KEY, filter='{"limit":10}'),
 ]
@@ -355,8 +370,28 @@ def test_valid_requests_cover_every_opcode() -> None:
 @pytest.mark.parametrize("request_", VALID_REQUESTS, ids=lambda r: r.OPCODE.name)
 def test_every_cut_of_a_valid_body_is_too_short(request_: Request) -> None:
     wire = encode_request(request_)
+    old_form = b""
+    if isinstance(request_, UpdateJob):  # without its trailing worker_id it is still whole
+        old_form = encode_request(dataclasses.replace(request_, worker_id=None))
+        assert decode_request(old_form) == dataclasses.replace(request_, worker_id=None)
     for cut in range(17, len(wire)):
-        assert rejected(wire[:cut]) == short_body_message(request_.OPCODE, cut - 17)
+        if cut != len(old_form):
+            assert rejected(wire[:cut]) == short_body_message(request_.OPCODE, cut - 17)
+
+
+def test_update_job_without_worker_id_is_the_old_form() -> None:
+    old = UpdateJob(key_hash=KEY, job_id="j", status=JobStatus.RUNNING)
+    assert old.worker_id is None
+    assert encode_request(old) == message(Opcode.UPDATE_JOB, str8("j") + b"\x01\x00\x00")
+    empty = decode_request(encode_request(old) + b"\x00")
+    assert isinstance(empty, UpdateJob)
+    assert empty.worker_id == ""
+
+
+def test_update_job_worker_id_over_255_bytes_is_refused() -> None:
+    long = UpdateJob(key_hash=KEY, job_id="j", status=JobStatus.RUNNING, worker_id="w" * 256)
+    with pytest.raises(MalformedRequest, match="worker_id too long: 256 bytes"):
+        encode_request(long)
 
 
 @pytest.mark.parametrize("request_", VALID_REQUESTS, ids=lambda r: r.OPCODE.name)
@@ -402,6 +437,18 @@ INVALID_UTF8_BODIES: dict[str, tuple[Opcode, Callable[[bytes], bytes]]] = {
     "UPDATE_JOB error": (
         Opcode.UPDATE_JOB,
         lambda bad: str8("j") + b"\x03" + struct.pack(">H", len(bad)) + bad,
+    ),
+    "UPDATE_JOB worker_id": (
+        Opcode.UPDATE_JOB,
+        lambda bad: str8("j") + b"\x01\x00\x00" + str8(bad),
+    ),
+    "QUEUE_JOB_SPEC job_name": (
+        Opcode.QUEUE_JOB_SPEC,
+        lambda bad: COMMIT + b"\x05" + str8(bad) + b"\x00\x02{}",
+    ),
+    "QUEUE_JOB_SPEC spec": (
+        Opcode.QUEUE_JOB_SPEC,
+        lambda bad: COMMIT + b"\x05" + str8("j") + struct.pack(">H", len(bad)) + bad,
     ),
     "UPDATE_RUN patch": (Opcode.UPDATE_RUN, lambda bad: COMMIT + struct.pack(">H", len(bad)) + bad),
     "LOG_METRICS_AT name": (

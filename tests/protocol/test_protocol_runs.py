@@ -15,10 +15,10 @@ from fetchml.protocol.runs import (
     dumps,
     load_document,
     parse_filter,
-    parse_object,
     parse_patch,
     same_value,
 )
+from fetchml.protocol.strictjson import parse_object
 
 ID = "0123456789abcdef0123456789abcdef01234567"
 

@@ -36,7 +36,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 JOB: dict[str, Any] = {
     "id": "6f1c0e2a-8d53-4a8e-9b0e-3c1f5a7d2b10",
     "job_name": "train",
-    "args": "",
+    "args": '{"command":["python","train.py"]}',
     "status": JobStatus.RUNNING,
     "priority": 5,
     "created_at": 1764000000,
@@ -48,13 +48,25 @@ JOB: dict[str, Any] = {
     "datasets": (),
     "commit_id": COMMIT,
     "user": "alice",
+    "spec": {
+        "command": ["python", "train.py"],
+        "env": {},
+        "workdir": None,
+        "max_attempts": 1,
+        "timeout_s": 0,
+    },
+    "attempts": 0,
+    "heartbeat_at": 1764000090,
 }
 # The protocol document's `job` example, compact.
 JOB_TEXT = (
-    '{"id":"6f1c0e2a-8d53-4a8e-9b0e-3c1f5a7d2b10","job_name":"train","args":"","status":"running",'
+    '{"id":"6f1c0e2a-8d53-4a8e-9b0e-3c1f5a7d2b10","job_name":"train",'
+    '"args":"{\\"command\\":[\\"python\\",\\"train.py\\"]}","status":"running",'
     '"priority":5,"created_at":1764000000,"started_at":1764000060,"ended_at":null,'
     '"worker_id":"gpu-01","claimed_by":"wendy","error":null,"datasets":[],'
-    '"metadata":{"commit_id":"0123456789abcdef0123456789abcdef01234567","user":"alice"}}'
+    '"metadata":{"commit_id":"0123456789abcdef0123456789abcdef01234567","user":"alice"},'
+    '"spec":{"command":["python","train.py"],"env":{},"workdir":null,"max_attempts":1,'
+    '"timeout_s":0},"attempts":0,"heartbeat_at":1764000090}'
 )
 
 

@@ -34,6 +34,7 @@ from fetchml.protocol.requests import (
     PrunePreview,
     QueryMetrics,
     QueueJob,
+    QueueJobSpec,
     Request,
     Status,
     UpdateJob,
@@ -154,6 +155,15 @@ REQUEST_VECTORS = [
         " 36663163306532612d386435332d346138652d396230652d336331663561376432623130 02 0000",
         id="UPDATE_JOB",
     ),
+    pytest.param(
+        UpdateJob(
+            key_hash=KEY, job_id=JOB_ID, status=JobStatus.RUNNING, error="", worker_id="gpu-01"
+        ),
+        "12 5ba7dccf22514f45ae84bfb8b12cd02e 24"
+        " 36663163306532612d386435332d346138652d396230652d336331663561376432623130 01 0000"
+        " 06 6770752d3031",
+        id="UPDATE_JOB-worker_id",
+    ),
     pytest.param(WhoAmI(key_hash=KEY), "13 5ba7dccf22514f45ae84bfb8b12cd02e", id="WHOAMI"),
     pytest.param(
         PrunePreview(key_hash=KEY, prune_type=PruneType.KEEP_NEWEST, value=10),
@@ -178,6 +188,18 @@ REQUEST_VECTORS = [
         " 000000006b08be45 00000000 3ff0000000000000 046c6f7373"
         " 000000006b08be46 00000001 3fe0000000000000 046c6f7373",
         id="LOG_METRICS_AT",
+    ),
+    pytest.param(
+        QueueJobSpec(
+            key_hash=KEY,
+            commit_id=COMMIT,
+            priority=5,
+            job_name="train",
+            spec='{"command":["python","train.py"]}',
+        ),
+        "16 5ba7dccf22514f45ae84bfb8b12cd02e 0123456789abcdef0123456789abcdef01234567 05 05"
+        " 747261696e 0021 7b22636f6d6d616e64223a5b22707974686f6e222c22747261696e2e7079225d7d",
+        id="QUEUE_JOB_SPEC",
     ),
     pytest.param(
         ListRuns(key_hash=KEY, filter=""),
@@ -249,26 +271,27 @@ def test_request_vectors_cover_every_opcode() -> None:
     assert {cast(Request, p.values[0]).OPCODE for p in REQUEST_VECTORS} == set(Opcode)
 
 
+def _vector(name: str | None) -> str:
+    """The hex of the request vector with that id."""
+    return next(cast(str, p.values[1]) for p in REQUEST_VECTORS if p.id == name)
+
+
 def test_decoded_enum_fields_are_enums() -> None:
     prune = decode_request(unhex("04 5ba7dccf22514f45ae84bfb8b12cd02e 01 0000001e"))
     assert isinstance(prune, Prune)
     assert prune.prune_type is PruneType.OLDER_THAN_DAYS
-    update = decode_request(unhex(cast(str, REQUEST_VECTORS[13].values[1])))
+    update = decode_request(unhex(_vector("UPDATE_JOB")))
     assert isinstance(update, UpdateJob)
     assert update.status is JobStatus.COMPLETED
 
 
-def test_queue_job_spec_is_not_known_yet() -> None:
-    wire = unhex(
-        "16 5ba7dccf22514f45ae84bfb8b12cd02e 0123456789abcdef0123456789abcdef01234567 05 05"
-        " 747261696e 0021 7b22636f6d6d616e64223a5b22707974686f6e222c22747261696e2e7079225d7d"
-    )
-    with pytest.raises(MalformedRequest, match=r"^unknown opcode 0x16$"):
-        decode_request(wire)
+def test_opcode_0x19_is_not_known() -> None:
+    with pytest.raises(MalformedRequest, match=r"^unknown opcode 0x19$"):
+        decode_request(unhex("19 5ba7dccf22514f45ae84bfb8b12cd02e"))
 
 
 def test_log_metrics_at_records_are_metrics_bin_records() -> None:
-    request = decode_request(unhex(cast(str, REQUEST_VECTORS[17].values[1])))
+    request = decode_request(unhex(_vector("LOG_METRICS_AT")))
     assert isinstance(request, LogMetricsAt)
     assert decode_records(request.records) == [
         MetricRecord(1795735109, 0, 1.0, "loss"),
@@ -278,7 +301,7 @@ def test_log_metrics_at_records_are_metrics_bin_records() -> None:
 
 
 def test_log_metrics_count_and_commit_hex() -> None:
-    request = decode_request(unhex(cast(str, REQUEST_VECTORS[7].values[1])))
+    request = decode_request(unhex(_vector("LOG_METRICS")))
     assert isinstance(request, LogMetrics)
     assert request.count == 2
     assert request.commit_hex == "0123456789abcdef0123456789abcdef01234567"

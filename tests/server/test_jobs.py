@@ -13,6 +13,7 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -24,6 +25,7 @@ from fetchml.server.errors import (
     DatabaseError,
     DiskFull,
     InvalidRequest,
+    JobCancelled,
     JobNotFound,
     PermissionDenied,
 )
@@ -286,14 +288,15 @@ async def test_update_completed_and_failed(queue: SqliteJobQueue, clock: Clock) 
     assert await queue.get(b.id) == failed
 
 
-async def test_update_running_keeps_it_running(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_update_running_is_a_heartbeat(queue: SqliteJobQueue, clock: Clock) -> None:
     await add(queue, "a")
     job = await queue.claim("w1")
     assert job is not None
+    assert job.heartbeat_at is None
     clock.t += 10
     again = await queue.update(job.id, JobStatus.RUNNING, "", None)
-    assert again == job
-    assert await queue.get(job.id) == job
+    assert again == replace(job, heartbeat_at=clock.t)
+    assert await queue.get(job.id) == again
 
 
 async def test_update_errors(queue: SqliteJobQueue) -> None:
@@ -342,7 +345,7 @@ async def test_cancel_own_jobs_only(queue: SqliteJobQueue, clock: Clock) -> None
         await queue.cancel("train", "alice")  # only bob's is left
     assert info.value.message == "You can only cancel your own jobs"
     assert info.value.code is ErrorCode.PERMISSION_DENIED
-    with pytest.raises(InvalidRequest, match=r"not running.*cancelled"):
+    with pytest.raises(JobCancelled, match=rf"^job {a2.id} was cancelled$"):
         await queue.update(a2.id, JobStatus.COMPLETED, "", None)
 
 
@@ -399,6 +402,9 @@ async def test_to_json_exact_shape(queue: SqliteJobQueue, clock: Clock) -> None:
         "error": None,
         "datasets": [],
         "metadata": {"commit_id": C1, "user": "alice"},
+        "spec": None,
+        "attempts": 0,
+        "heartbeat_at": None,
     }
     clock.t += 1
     claimed = await queue.claim("gpu-1", claimer="wendy")
@@ -421,6 +427,9 @@ async def test_to_json_exact_shape(queue: SqliteJobQueue, clock: Clock) -> None:
         "error",
         "datasets",
         "metadata",
+        "spec",
+        "attempts",
+        "heartbeat_at",
     ]
     assert (data["status"], data["started_at"], data["ended_at"]) == (
         "failed",
@@ -725,7 +734,7 @@ async def test_a_schema_1_file_is_migrated(db_path: Path, clock: Clock) -> None:
         await q.close()
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs.SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs.SCHEMA_VERSION == 3
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert {"jobs_by_time", "jobs_by_user", "jobs_by_end"} <= indexes
     finally:

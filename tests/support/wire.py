@@ -31,6 +31,7 @@ from fetchml.protocol.requests import (
     PrunePreview,
     QueryMetrics,
     QueueJob,
+    QueueJobSpec,
     Request,
     Status,
     UpdateJob,
@@ -82,6 +83,7 @@ MIN_BODY = {
     Opcode.PRUNE_PREVIEW: 5,
     Opcode.UPDATE_RUN: 22,
     Opcode.LOG_METRICS_AT: 22,
+    Opcode.QUEUE_JOB_SPEC: 24,
     Opcode.LIST_RUNS: 2,
 }
 """Minimum body lengths of PROTOCOL.md section 3 (every string empty, every count zero)."""
@@ -121,6 +123,9 @@ def sample_request(op: Opcode, key: bytes, cid: bytes, job_id: str = "no-such-jo
             commit_id=cid,
             count=1,
             records=encode_record(int(time.time()), 1, 0.5, b"loss"),
+        ),
+        Opcode.QUEUE_JOB_SPEC: lambda: QueueJobSpec(
+            key_hash=key, commit_id=cid, priority=5, job_name="job", spec='{"command":["true"]}'
         ),
         Opcode.LIST_RUNS: lambda: ListRuns(key_hash=key),
     }
