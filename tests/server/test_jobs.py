@@ -30,27 +30,16 @@ from fetchml.server.errors import (
     PermissionDenied,
 )
 from fetchml.server.jobs import Job, JobQueue, SqliteJobQueue
+from tests.support.clock import Clock
 
 REPO = Path(__file__).resolve().parents[2]
 C1 = "0123456789abcdef0123456789abcdef01234567"
 C2 = "89abcdef0123456789abcdef0123456789abcdef"
 
 
-class Clock:
-    """Stands in for jobs._now; `t` is the current Unix second."""
-
-    def __init__(self, t: int = 1_764_000_000) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(jobs, "_now", c)
-    return c
+    return Clock.install(monkeypatch, jobs)
 
 
 @pytest.fixture
@@ -737,6 +726,40 @@ async def test_a_schema_1_file_is_migrated(db_path: Path, clock: Clock) -> None:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs.SCHEMA_VERSION == 3
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert {"jobs_by_time", "jobs_by_user", "jobs_by_end"} <= indexes
+    finally:
+        conn.close()
+
+
+async def test_a_schema_2_file_gains_spec_attempts_and_heartbeat(
+    db_path: Path, clock: Clock
+) -> None:
+    db_path.parent.mkdir()
+    conn = sqlite3.connect(db_path)
+    for statement in SCHEMA_1[:-1]:
+        conn.execute(statement)
+    conn.execute("ALTER TABLE jobs ADD COLUMN claimed_by TEXT")
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(
+        "INSERT INTO jobs (id, job_name, status, priority, created_at, started_at, worker_id,"
+        " commit_id, user, claimed_by) VALUES ('j1', 'old', 1, 5, 1000, 1001, 'w0', ?, 'alice',"
+        " 'wendy')",
+        (C1,),
+    )
+    conn.commit()
+    conn.close()
+    q = await SqliteJobQueue.open(db_path, lease_s=60)  # the old job is long past any lease
+    try:
+        old = await q.get("j1")
+        assert old is not None
+        assert (old.spec, old.attempts, old.heartbeat_at) == (None, 0, None)
+        assert (old.status, old.claimed_by) == (JobStatus.RUNNING, "wendy")  # no spec: no lease
+        beat = await q.update("j1", JobStatus.RUNNING, "", None)
+        assert beat.heartbeat_at == clock.t
+    finally:
+        await q.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     finally:
         conn.close()
 
