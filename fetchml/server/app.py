@@ -17,6 +17,7 @@ from .. import __version__
 from .audit import AuditLog
 from .auth import KeyTable, RateLimiter
 from .config import Config, ConfigError, config_warnings, load_config
+from .errors import ServerError
 from .connection import Connection
 from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
@@ -77,9 +78,19 @@ class App:
 
     def _revoke(self) -> None:
         """Close the connections the new keys no longer admit (1008, with the reason)."""
+        assert self.ctx is not None
+        store = self.ctx.store
+
+        def owner_of(commit: str) -> str | None:
+            try:
+                meta = store.metadata(commit)
+            except ServerError:  # pruned meanwhile: its watchers are closed anyway
+                return None
+            return meta.user if meta else None
+
         closed = 0
         for conn in list(self.connections):
-            why = conn.revoked(self.keys)
+            why = conn.revoked(self.keys, owner_of)
             if why:
                 conn.shut(1008, why)
                 closed += 1

@@ -124,8 +124,9 @@ class Connection:
             self._seq.shut(code, reason)
             self._wake_writer()
 
-    def revoked(self, keys: KeyTable) -> str | None:
-        """Why this connection may not stay open under `keys` (SIGHUP), if so."""
+    def revoked(self, keys: KeyTable, owner_of: Callable[[str], str | None]) -> str | None:
+        """Why this connection may not stay open under `keys` (SIGHUP), if so; `owner_of`
+        gives a watched experiment's owner (None: unknown)."""
         if not keys.allows_peer(self.peer):
             return "address not allowed"
         if self.bound is None and keys.require_key:
@@ -133,8 +134,9 @@ class Connection:
         if self.bound is not None and keys.lookup(self.bound) is None:
             return "key revoked"
         if self.watching is not None:
-            who = keys.lookup(self.watching[0])
-            if who is None or not who.can("jobs:read"):
+            key_hash, commit = self.watching
+            who = keys.lookup(key_hash)
+            if who is None or not who.can("jobs:read") or not who.sees(owner_of(commit)):
                 return "key revoked"
         return None
 

@@ -1,6 +1,6 @@
 """SIGHUP closes what the reloaded auth section no longer admits: connections bound to a
-removed key, watchers whose role lost jobs:read, connections without a handshake key once
-one is required, peers outside a new ip_whitelist."""
+removed key, watchers whose role lost jobs:read or the read scope of what they watch,
+connections without a handshake key once one is required, peers outside a new ip_whitelist."""
 
 import asyncio
 import signal
@@ -67,13 +67,20 @@ async def test_reload_closes_what_the_new_auth_section_no_longer_admits(tmp_path
         alice = await daemon.client(additional_headers={"X-API-Key": KEYS["alice"][1]})
         ana_watch = await watcher(daemon, "ana")
         admin_watch = await watcher(daemon, "admin")
+        wendy_watch = await watcher(daemon, "wendy")  # the worker role reads everything ...
         for name, client in (("bob", bob), ("alice", alice)):
             assert await user(client, KEYS[name][1]) == name
 
         del auth["api_keys"]["bob"]
         auth["roles"]["viewer"]["permissions"] = []  # ana keeps her key, loses jobs:read
-        closed = await reload_and_wait(daemon, config, raw, bob, ana_watch)
-        assert closed == [(1008, "key revoked")] * 2
+        # ... until it may read only its own: the admin's experiment is no longer wendy's to watch
+        auth["roles"]["worker"] = {
+            "permissions": ["jobs:read", "jobs:update", "jobs:claim"],
+            "read_scope": "own",
+            "write_scope": "all",
+        }
+        closed = await reload_and_wait(daemon, config, raw, bob, ana_watch, wendy_watch)
+        assert closed == [(1008, "key revoked")] * 3
         assert await user(alice, KEYS["alice"][1]) == "alice"
         logged = LogMetric(key_hash=hash_of("admin"), commit_id=COMMIT, step=1, value=1.0, name="x")
         assert isinstance(await admin.call(logged), Success)
