@@ -17,8 +17,8 @@ from .. import __version__
 from .audit import AuditLog
 from .auth import KeyTable, RateLimiter
 from .config import Config, ConfigError, config_warnings, load_config
-from .errors import ServerError
 from .connection import Connection
+from .errors import ServerError
 from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
 from .health import CachedCount
