@@ -127,3 +127,23 @@ async def test_a_restarted_worker_kills_what_its_killed_predecessor_left(
         second.log()
     )
     assert not (workdir / job.id / "pid").exists()
+
+
+async def test_a_second_signal_kills_the_jobs_at_once_and_exits_1(
+    admin: Client, start_worker: StartWorker, workdir: Path
+) -> None:
+    program = python("import time; print('up', flush=True); time.sleep(600)")
+    job = await admin.queue_job("held", commit_of("second"), spec={"command": program})
+    worker = start_worker("--grace", "600")
+    await poll(lambda: "up" in output_log(workdir, job).split(), "the job to run")
+    leader = int((workdir / job.id / "pid").read_text().split()[0])
+    worker.signal(signal.SIGINT)
+    await worker.wait_log("SIGINT: no more claims")
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit() == 1
+    print(f"second signal -> worker gone: {time.monotonic() - started:.2f} s")
+    assert not pid_alive(leader)
+    assert "SIGTERM again: killing the running jobs" in worker.log()
+    left = (await wait_jobs(admin, [job.id], states=("running",)))[job.id]
+    assert left.error is None  # no result: its lease gives it back to the queue
