@@ -8,8 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from fetchml.client.connection import Client
 from fetchml.client.models import Job
+from tests.support.config import write_config
 from tests.support.daemon import daemon_at, poll
 from tests.support.experiments import commit_of
 from tests.support.keys import ADMIN_KEY, WORKER_KEY
@@ -116,6 +119,35 @@ async def test_a_daemon_restart_loses_neither_the_job_nor_its_result(tmp_path: P
             assert done.status_name == "completed", worker.log()
             assert run is not None and "done" in run["output"]
             assert "reconnected" in worker.log()
+        finally:
+            worker.reap()
+    finally:
+        daemon.reap()
+
+
+async def test_a_revoked_key_stops_the_worker_and_its_jobs(tmp_path: Path) -> None:
+    daemon = daemon_at(tmp_path, jobs={"lease_s": 20})
+    workdir = tmp_path / "jobs"
+    try:
+        await daemon.spawn().wait_ready()
+        async with Client.connect(daemon.url, ADMIN_KEY) as admin:
+            job = await admin.queue_job("held", commit_of("revoked"), spec={"command": SLEEPER})
+        worker = WorkerProcess(daemon.url, WORKER_KEY, workdir, tmp_path / "worker.log")
+        try:
+            await poll(lambda: "early" in output_log(workdir, job), "the job to start")
+            leader = int((workdir / job.id / "pid").read_text().split()[0])
+            assert daemon.config is not None
+            config = yaml.safe_load(daemon.config.read_text())
+            del config["auth"]["api_keys"]["wendy"]
+            write_config(daemon.config, config)
+            daemon.send_signal(signal.SIGHUP)
+            assert await worker.wait_exit() == 1
+            assert (
+                worker.log()
+                .rstrip()
+                .endswith("error: the daemon refused the worker's key: Invalid API key")
+            )
+            assert not pid_alive(leader)
         finally:
             worker.reap()
     finally:
