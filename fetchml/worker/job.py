@@ -110,8 +110,14 @@ class JobRun:
             await self._deliver(JobStatus.FAILED, "no command")
             return
         job_dir = self.setup.workdir / self.job.id
-        job_dir.mkdir(parents=True, exist_ok=True)
-        out = OutputLog(job_dir / OUTPUT_LOG)
+        try:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            out = OutputLog(job_dir / OUTPUT_LOG)
+        except OSError as exc:
+            error = f"cannot start: {job_dir}: {exc.strerror or exc}"
+            logger.warning("job %s: %s", self.job.id, error)
+            await self._deliver(JobStatus.FAILED, error)
+            return
         try:
             await self._run(spec, job_dir, out)
         finally:

@@ -87,7 +87,7 @@ async def test_a_failing_job_reports_its_exit_and_stderr_tail_and_its_output_rea
 
 
 async def test_jobs_that_cannot_start_fail_at_once_with_the_reason(
-    admin: Client, start_worker: StartWorker
+    admin: Client, start_worker: StartWorker, workdir: Path
 ) -> None:
     no_spec = await admin.queue_job("bare", commit_of("bare"))
     missing = await admin.queue_job(
@@ -96,8 +96,11 @@ async def test_jobs_that_cannot_start_fail_at_once_with_the_reason(
     bad_dir = await admin.queue_job(
         "dir", commit_of("dir"), spec={"command": ["true"], "workdir": "/nonexistent/dir"}
     )
+    blocked = await admin.queue_job("blocked", commit_of("blocked"), spec={"command": ["true"]})
+    workdir.mkdir()
+    (workdir / blocked.id).write_text("a file where the job's directory goes")
     worker = start_worker()
-    jobs = await wait_jobs(admin, [no_spec.id, missing.id, bad_dir.id])
+    jobs = await wait_jobs(admin, [no_spec.id, missing.id, bad_dir.id, blocked.id])
     assert {j.status_name for j in jobs.values()} == {"failed"}, worker.log()
     assert jobs[no_spec.id].error == "no command"
     assert jobs[missing.id].error == (
@@ -106,6 +109,7 @@ async def test_jobs_that_cannot_start_fail_at_once_with_the_reason(
     )
     error = jobs[bad_dir.id].error
     assert error is not None and "/nonexistent/dir: No such file or directory" in error
+    assert jobs[blocked.id].error == f"cannot start: {workdir.resolve() / blocked.id}: File exists"
 
 
 async def test_two_slots_run_two_jobs_at_once_each_on_its_own_gpu(
