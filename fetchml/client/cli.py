@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="environment variable for the command; repeatable",
     )
-    cmd.add_argument("--workdir", metavar="DIR", help="directory to run in (default: the worker's)")
+    cmd.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="directory to run in, relative to here (default: the job's own on the worker)",
+    )
     cmd.add_argument(
         "--max-attempts",
         type=jobcmds.max_attempts,

@@ -9,6 +9,7 @@ names, for fetch_ml's own workers.
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -75,7 +76,7 @@ def check_queue(args: argparse.Namespace, command: list[str] | None) -> str | No
     if not command:
         return "no command after --"
     spec: dict[str, Any] = {"command": command, "env": dict(args.env or [])}
-    spec["workdir"] = args.workdir
+    spec["workdir"] = None if args.workdir is None else os.path.abspath(args.workdir)
     spec["max_attempts"] = 1 if args.max_attempts is None else args.max_attempts
     spec["timeout_s"] = 0 if args.timeout is None else args.timeout
     try:

@@ -109,6 +109,8 @@ def test_the_command_after_dashes_is_the_spec(run: Cli, outside_git: Path) -> No
         "max_attempts": 1,
         "timeout_s": 0,
     }
+    here = queued(run, "jc-here", "--workdir", "src", "--", "true")
+    assert here["spec"]["workdir"] == str(outside_git / "src")  # from where it was typed
     row = sync(run_row(run.server.url, plain["metadata"]["commit_id"]))
     assert row.run is not None and (row.run.name, row.run.git_commit) == ("jc-plain", None)
 
