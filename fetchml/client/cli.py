@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for fetch_ml's own workers on experiment COMMIT)",
         "fetchml queue train-lr --env SEED=1 -- python train.py --lr 0.1",
     )
+    cmd.usage = "%(prog)s [-h] [options] job [-- COMMAND [ARG...]]"
     cmd.add_argument("job", help="job name (and the run's name)")
     cmd.add_argument(
         "--commit",
