@@ -21,7 +21,7 @@ from fetchml.protocol.jobspec import MAX_ATTEMPTS, MAX_TIMEOUT_S, parse_spec
 
 from .cliargs import HEAD, MIN_PREFIX, git_head, int_in
 from .connection import Client
-from .errors import FetchmlError, InvalidRequest
+from .errors import FetchmlError, InvalidRequest, PermissionDenied
 from .live import CLEAR
 from .models import Job, Status
 from .output import dumps, emit, jobs_table
@@ -153,11 +153,19 @@ def _queued(job: Job) -> str:
     )
 
 
+async def _status_if_readable(client: Client) -> Status:
+    """STATUS, or no jobs for a key without jobs:read (it may still cancel)."""
+    try:
+        return await client.status()
+    except PermissionDenied:
+        return Status(user="", role="", jobs=(), queue_length=0, total=0)
+
+
 async def cancel(client: Client, args: argparse.Namespace) -> int:
-    before = await client.status()
+    before = await _status_if_readable(client)
     target = cancel_target(before, args.job)
     count = await client.cancel_job(target)
-    after = await client.status()
+    after = await _status_if_readable(client)
     was_active = {job.id for job in before.jobs if job.status in ACTIVE}
     by_id = any(job.id == target for job in (*before.jobs, *after.jobs))
     gone = [
@@ -171,6 +179,8 @@ async def cancel(client: Client, args: argparse.Namespace) -> int:
         emit(dumps({"cancelled": count, "ids": [job.id for job in gone]}))
     elif by_id and gone:
         emit(f"cancelled job {target} ({gone[0].job_name})")
+    elif not after.user:  # jobs not readable: only the count is known
+        emit(f"cancelled {count} job(s) by ID or name {target}")
     else:
         emit("\n".join([f"cancelled {count} job(s) named {target}", *(job.id for job in gone)]))
     return 0

@@ -19,16 +19,27 @@ from fetchml.protocol.enums import JobStatus
 from tests.support.cli import Cli
 from tests.support.daemon import DaemonProcess, daemon_at
 from tests.support.experiments import commit_of
-from tests.support.keys import ADMIN_KEY
+from tests.support.keys import ADMIN_KEY, KEYS, key_entry
 
 GIT = commit_of("jobs-git")
 LEASE_S = 1
+CANCEL_ONLY_KEY = "fml_test_cancel_only_key"
+"""A role with jobs:update alone: it may cancel, not read STATUS."""
 
 
 @pytest.fixture(scope="module")
 def jobsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     """The module's daemon, with a short lease so a lost worker requeues its job."""
-    proc = daemon_at(tmp_path_factory.mktemp("daemon"), jobs={"lease_s": LEASE_S}).start()
+    keys = {user: key_entry(key, role) for user, (role, key) in KEYS.items()}
+    auth = {
+        "api_keys": keys | {"carl": key_entry(CANCEL_ONLY_KEY, "canceller")},
+        "roles": {
+            "root": {"permissions": ["*"], "scope": "all"},
+            "canceller": {"permissions": ["jobs:update"], "scope": "all"},
+        },
+    }
+    home = tmp_path_factory.mktemp("daemon")
+    proc = daemon_at(home, jobs={"lease_s": LEASE_S}, auth=auth).start()
     yield proc
     proc.close()
 
@@ -204,6 +215,18 @@ def test_cancel_by_name_cancels_every_job_of_it(run: Cli, outside_git: Path) -> 
     assert status[other] is JobStatus.QUEUED
     code, out, err = run("cancel", "jc-name")
     assert (code, out, err) == (1, "", "error: no queued or running job named 'jc-name'\n")
+
+
+def test_a_key_that_cannot_read_jobs_still_cancels(run: Cli, outside_git: Path) -> None:
+    ids = [queued(run, "jc-blind", "--", "true")["id"] for _ in range(3)]
+    code, _, err = run("jobs", key=CANCEL_ONLY_KEY)
+    assert (code, err) == (1, "error: Insufficient permissions\n")
+    out = run.ok("cancel", ids[0], key=CANCEL_ONLY_KEY)
+    assert out == f"cancelled 1 job(s) by ID or name {ids[0]}\n"
+    out = run.ok("cancel", "jc-blind", key=CANCEL_ONLY_KEY)
+    assert out == "cancelled 2 job(s) by ID or name jc-blind\n"
+    status = {i: job.status for i, job in sync(jobs_of(run.server.url)).items()}
+    assert [status[i] for i in ids] == [JobStatus.CANCELLED] * 3
 
 
 def test_an_ambiguous_id_prefix_names_its_jobs() -> None:
