@@ -118,7 +118,7 @@ async def queue(client: Client, args: argparse.Namespace) -> int:
     if args.spec is None:
         emit(NO_COMMAND_NOTE, sys.stderr)
         job = await client.queue_job(args.job, args.commit, args.priority)
-        emit(dumps(job.to_json()) if args.json else _queued(job))
+        emit(dumps(job.to_json()) if args.json else _queued(job, on_commit=True))
         return 0
     run_id = new_run_id().hex() if args.run is None else args.run
     job = await client.queue_job(args.job, run_id, args.priority, spec=args.spec)
@@ -146,11 +146,9 @@ async def queue(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _queued(job: Job) -> str:
-    return (
-        f"queued {job.job_name} as {job.id} "
-        f"(commit {job.commit_id}, priority {job.priority}, {job.status_name})"
-    )
+def _queued(job: Job, on_commit: bool = False) -> str:
+    commit = f"commit {job.commit_id}, " if on_commit else ""
+    return f"queued {job.job_name} as {job.id} ({commit}priority {job.priority}, {job.status_name})"
 
 
 async def _status_if_readable(client: Client) -> Status:

@@ -132,7 +132,7 @@ def test_a_fresh_run_per_job_named_after_it(run: Cli, outside_git: Path) -> None
     runs = []
     for out in (first, second):
         lines = out.splitlines()
-        assert re.fullmatch(r"queued jc-twice as [0-9a-f-]{36} \(commit [0-9a-f]{40}, .*", lines[0])
+        assert re.fullmatch(r"queued jc-twice as [0-9a-f-]{36} \(priority 5, queued\)", lines[0])
         match = re.fullmatch(rf"run ([0-9a-f]{{40}}) \(new\), git commit {GIT}", lines[1])
         assert match, lines[1]
         runs.append(match.group(1))
