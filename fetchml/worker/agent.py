@@ -93,6 +93,17 @@ def kill_all_leftovers(workdir: Path) -> None:
             )
 
 
+def first_error(group: ExceptionGroup[Exception]) -> Exception:
+    """The first FetchmlError inside (nested) task groups, else the group itself."""
+    errors = group.subgroup(FetchmlError)
+    while errors is not None:
+        inner = errors.exceptions[0]
+        if not isinstance(inner, ExceptionGroup):
+            return inner
+        errors = inner
+    return group
+
+
 class Agent:
     def __init__(self, options: Options, settings: Settings) -> None:
         self.options = options
@@ -105,14 +116,18 @@ class Agent:
         with locked(options.workdir):
             kill_all_leftovers(options.workdir)
             setup = await self._setup()
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(self._signals, outer.cancel_scope)
-                async with anyio.create_task_group() as tasks:
-                    for slot in slots(options.name, options.gpus, options.concurrency):
-                        tasks.start_soon(self._slot, slot, setup)
-                outer.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await self.link.close()
+            try:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._signals, outer.cancel_scope)
+                    async with anyio.create_task_group() as tasks:
+                        for slot in slots(options.name, options.gpus, options.concurrency):
+                            tasks.start_soon(self._slot, slot, setup)
+                    outer.cancel_scope.cancel()
+            except ExceptionGroup as group:  # e.g. the key was revoked: the jobs are killed
+                raise first_error(group) from None
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.link.close()
         logger.info("worker stopped")
         return 1 if self.forced else 0
 

@@ -1,6 +1,7 @@
 """Stopping jobs: cancel, timeout, the worker's own shutdown, and what a worker killed
 with SIGKILL leaves behind. Real processes; pids are checked in /proc."""
 
+import asyncio
 import signal
 import sys
 import textwrap
@@ -52,11 +53,19 @@ async def test_cancel_stops_the_whole_group_and_sigkills_what_ignores_sigterm(
     print(f"cancel -> child gone: {took:.2f} s (heartbeat 1 s + grace {GRACE_S:g} s)")
     assert term_file.exists(), "the child got SIGTERM first"
     assert took >= GRACE_S
-    await worker.wait_log(f"job {job.id}: cancelled")
     assert (await wait_jobs(admin, [job.id]))[job.id].status_name == "cancelled"
+    await worker.wait_log(f"job {job.id} exited: killed by signal")
     assert "job cancelled: stopping it" in output_log(workdir, job)
-    run = (await admin.get_experiment(job.commit_id)).run
-    assert run is not None and "job cancelled: stopping it" in run["output"]
+
+    async def output() -> str:
+        run = (await admin.get_experiment(job.commit_id)).run
+        return "" if run is None else str(run["output"])
+
+    deadline = time.monotonic() + 30
+    while "job cancelled: stopping it" not in await output():
+        assert time.monotonic() < deadline, "the run's output never told of the cancel"
+        await asyncio.sleep(0.05)
+    assert "job cancelled" in worker.log()
     assert not (workdir / job.id / "pid").exists()
 
 
@@ -118,3 +127,23 @@ async def test_a_restarted_worker_kills_what_its_killed_predecessor_left(
         second.log()
     )
     assert not (workdir / job.id / "pid").exists()
+
+
+async def test_a_second_signal_kills_the_jobs_at_once_and_exits_1(
+    admin: Client, start_worker: StartWorker, workdir: Path
+) -> None:
+    program = python("import time; print('up', flush=True); time.sleep(600)")
+    job = await admin.queue_job("held", commit_of("second"), spec={"command": program})
+    worker = start_worker("--grace", "600")
+    await poll(lambda: "up" in output_log(workdir, job).split(), "the job to run")
+    leader = int((workdir / job.id / "pid").read_text().split()[0])
+    worker.signal(signal.SIGINT)
+    await worker.wait_log("SIGINT: no more claims")
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert await worker.wait_exit() == 1
+    print(f"second signal -> worker gone: {time.monotonic() - started:.2f} s")
+    assert not pid_alive(leader)
+    assert "SIGTERM again: killing the running jobs" in worker.log()
+    left = (await wait_jobs(admin, [job.id], states=("running",)))[job.id]
+    assert left.error is None  # no result: its lease gives it back to the queue
