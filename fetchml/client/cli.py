@@ -18,7 +18,7 @@ from fetchml.protocol.rules import CLI_PRIORITY_MAX, CLI_PRIORITY_MIN, DEFAULT_P
 
 from .. import __version__
 from ..worker import cli as worker_cli
-from . import commands, compare, runcmds
+from . import commands, compare, jobcmds, runcmds
 from .cliargs import (
     HEAD,
     commit,
@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="machine-readable JSON output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Handler, help: str, example: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Handler, help: str, example: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
         cmd = sub.add_parser(
             name,
+            aliases=aliases,
             parents=[common],
             help=help,
             description=help,
@@ -94,16 +97,54 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=handler)
         return cmd
 
-    cmd = add("status", commands.status, "show jobs and queue length", "fetchml status --watch")
+    cmd = add(
+        "status",
+        jobcmds.status,
+        "show jobs (attempts, worker, last heartbeat, command) and queue length",
+        "fetchml jobs --watch",
+        aliases=["jobs"],
+    )
     cmd.add_argument("--watch", action="store_true", help="refresh until interrupted")
     cmd.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     cmd.add_argument("--count", type=int, default=0, help="with --watch: stop after N refreshes")
 
     cmd = add(
-        "queue", commands.queue, "queue a job", f"fetchml queue train --commit {C} --priority 7"
+        "queue",
+        jobcmds.queue,
+        "queue a command for a worker, on a run of its own (without a command: a job "
+        "for fetch_ml's own workers on experiment COMMIT)",
+        "fetchml queue train-lr --env SEED=1 -- python train.py --lr 0.1",
     )
-    cmd.add_argument("job", help="job name")
-    cmd.add_argument("--commit", type=commit, help="COMMIT (default: HEAD)")
+    cmd.usage = "%(prog)s [-h] [options] job [-- COMMAND [ARG...]]"
+    cmd.add_argument("job", help="job name (and the run's name)")
+    cmd.add_argument(
+        "--commit",
+        type=commit,
+        help="the run's git commit (default: HEAD in a git checkout); without a command, "
+        "the experiment (default: HEAD)",
+    )
+    cmd.add_argument("--run", type=commit, metavar="RUN", help="resume this run (default: new)")
+    cmd.add_argument(
+        "--env",
+        type=jobcmds.env_pair,
+        action="append",
+        metavar="KEY=VALUE",
+        help="environment variable for the command; repeatable",
+    )
+    cmd.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="directory to run in, relative to here (default: the job's own on the worker)",
+    )
+    cmd.add_argument(
+        "--max-attempts",
+        type=jobcmds.max_attempts,
+        metavar="N",
+        help="runs at most N times when its worker dies (default 1)",
+    )
+    cmd.add_argument(
+        "--timeout", type=jobcmds.timeout, metavar="SECONDS", help="kill after (default 0: never)"
+    )
     cmd.add_argument(
         "--priority",
         type=priority,
@@ -112,9 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     cmd = add(
-        "cancel", commands.cancel, "cancel queued or running jobs by name", "fetchml cancel train"
+        "cancel",
+        jobcmds.cancel,
+        "cancel one job by its ID (or a unique prefix), or every job of a name",
+        "fetchml cancel 3fa8c1d2   or   fetchml cancel train",
     )
-    cmd.add_argument("job", help="job name")
+    cmd.add_argument("job", metavar="ID-or-NAME")
 
     cmd = add(
         "prune",
@@ -273,7 +317,12 @@ async def _run(args: argparse.Namespace) -> int:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse; `tag`'s -TAG words look like options, so they come back unrecognized."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    words, command = jobcmds.split_command(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(words)
+    if args.command == "queue":
+        problem = jobcmds.check_queue(args, command)
+        if problem:
+            parser.error(problem)
     if args.command == "tag":
         words = [*args.changes, *extra]
         if any(w.startswith("--") for w in extra):
@@ -289,8 +338,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _heads(args: argparse.Namespace) -> None:
     """Replace HEAD by `git rev-parse HEAD` wherever a commit or run is taken."""
-    if args.command == "queue" and args.commit is None:
-        args.commit = git_head("no --commit given")
+    if args.command == "queue":
+        jobcmds.queue_heads(args)
     for field in ("commit", "run"):
         if getattr(args, field, None) == HEAD:
             setattr(args, field, git_head("HEAD given"))

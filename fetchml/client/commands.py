@@ -14,9 +14,9 @@ from . import runcmds
 from .connection import Client
 from .errors import InvalidRequest
 from .export import ProgressBar, export_metrics, guess_format, load_optional
-from .live import CLEAR, LiveView
+from .live import LiveView
 from .models import Metric, metric_to_json
-from .output import dumps, emit, fmt_time, fmt_value, jobs_table, metric_json, metrics_table, table
+from .output import dumps, emit, fmt_time, fmt_value, metric_json, metrics_table, table
 from .watch import WatchOptions
 
 PROGRESS_MIN_RECORDS = 100_000
@@ -29,44 +29,6 @@ async def resolve_commit(client: Client, commit: str, what: str = "commit") -> s
     if len(commit) == 40:
         return commit
     return await runcmds.resolve(client, commit, what)
-
-
-async def status(client: Client, args: argparse.Namespace) -> int:
-    shown = 0
-    while True:
-        report = await client.status()
-        if args.json:
-            emit(dumps(report.to_json()))
-        else:
-            head = (
-                f"user {report.user} ({report.role}): {report.total} job(s) visible"
-                + (f", newest {len(report.jobs)} shown" if len(report.jobs) < report.total else "")
-                + f", {report.queue_length} queued in total"
-            )
-            text = head + "\n" + jobs_table(report.jobs)
-            emit((CLEAR if args.watch and sys.stdout.isatty() else "") + text)
-        shown += 1
-        if not args.watch or (args.count and shown >= args.count):
-            return 0
-        await asyncio.sleep(args.interval)
-
-
-async def queue(client: Client, args: argparse.Namespace) -> int:
-    job = await client.queue_job(args.job, args.commit, args.priority)
-    if args.json:
-        emit(dumps(job.to_json()))
-    else:
-        emit(
-            f"queued {job.job_name} as {job.id} "
-            f"(commit {job.commit_id}, priority {job.priority}, {job.status_name})"
-        )
-    return 0
-
-
-async def cancel(client: Client, args: argparse.Namespace) -> int:
-    count = await client.cancel_job(args.job)
-    emit(dumps({"cancelled": count}) if args.json else f"cancelled {count} job(s) named {args.job}")
-    return 0
 
 
 async def prune(client: Client, args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Text output for the CLI: aligned tables, times, values, and JSON."""
 
 import math
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -9,6 +10,9 @@ from typing import Any, TextIO
 from fetchml.protocol import shapes
 
 from .models import Job, Metric
+
+COMMAND_WIDTH = 40
+"""The jobs table cuts a longer command to this many characters."""
 
 
 def fmt_time(ts: int | None) -> str:
@@ -68,23 +72,40 @@ def table(
     return "\n".join(lines)
 
 
-def jobs_table(jobs: Sequence[Job]) -> str:
+def fmt_age(ts: int | None, now: float) -> str:
+    """`12s ago`, `3m05s ago`; `-` for None."""
+    return "-" if ts is None else f"{fmt_duration(max(0, int(now) - ts))} ago"
+
+
+def fmt_command(spec: dict[str, Any] | None, width: int = COMMAND_WIDTH) -> str:
+    """A job's command as a shell would take it, cut to `width` characters; `-` without one."""
+    if spec is None:
+        return "-"
+    text = shlex.join(spec["command"])
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def jobs_table(jobs: Sequence[Job], now: float | None = None) -> str:
+    """ATTEMPTS is leases lost / the spec's max_attempts; HEARTBEAT the last one's age."""
+    clock = time.time() if now is None else now
     rows = [
         (
             job.id[:8],
             job.job_name,
             job.status_name,
             job.priority,
-            job.commit_id[:12],
+            job.attempts if job.spec is None else f"{job.attempts}/{job.spec['max_attempts']}",
+            job.worker_id,
+            fmt_age(job.heartbeat_at, clock),
             job.user,
             fmt_time(job.created_at),
-            job.worker_id or "",
+            job.commit_id[:12],
+            fmt_command(job.spec),
         )
         for job in jobs
     ]
-    return table(
-        ("ID", "NAME", "STATUS", "PRI", "COMMIT", "USER", "CREATED", "WORKER"), rows, right={3}
-    )
+    headers = ("ID", "NAME", "STATUS", "PRI", "ATTEMPTS", "WORKER", "HEARTBEAT", "USER")
+    return table((*headers, "CREATED", "RUN", "COMMAND"), rows, right={3, 4})
 
 
 def metrics_table(records: Iterable[Metric], with_time: bool = True) -> str:

@@ -158,8 +158,10 @@ def test_queue_status_cancel(run: Cli, tmp_path: Path, monkeypatch: pytest.Monke
     watched = run.ok("status", "--watch", "--count", "2", "--interval", "0", "--json")
     assert [json.loads(line)["user"] for line in watched.splitlines()] == ["admin", "admin"]
 
-    assert run.ok("cancel", "cli-train") == "cancelled 2 job(s) named cli-train\n"
-    assert run.json("cancel", "cli-git") == {"cancelled": 1}
+    train = sorted(j["id"] for j in status["jobs"] if j["job_name"] == "cli-train")
+    lines = run.ok("cancel", "cli-train").splitlines()
+    assert lines[0] == "cancelled 2 job(s) named cli-train" and sorted(lines[1:]) == train
+    assert run.json("cancel", "cli-git") == {"cancelled": 1, "ids": [from_git["id"]]}
     code, out, err = run("cancel", "cli-train")
     assert (code, out) == (1, "")
     assert err.startswith("error: ") and err.count("\n") == 1
