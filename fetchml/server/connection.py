@@ -343,6 +343,7 @@ class Connection:
         return encode_response(response)
 
     async def _watch(self, sub: Subscriber) -> None:
+        sub.ws = self.ws
         self.ctx.hub.add(sub)
         self.metrics.watchers.inc()
         try:
