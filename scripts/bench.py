@@ -79,6 +79,8 @@ WATCH_RATE = 50
 """LOG_METRICS messages per second while watchers measure push latency."""
 WATCH_HISTORY = 10_000
 """Records already in a watched experiment: watchers start at this index."""
+FEW_WATCHERS = 10
+"""Watchers in the second watcher-cost figure (the first has Sizes.watchers)."""
 LTTB_POINTS = 1_000
 IDLE_SETTLE_S = 1.0
 READ_NAMES = [
@@ -416,50 +418,57 @@ def push_latency(b: Bench) -> list[Row]:
 
 
 def watcher_cost(b: Bench) -> list[Row]:
-    """Max-speed LOG_METRICS ingest with and without watchers on the experiment."""
+    """Max-speed LOG_METRICS ingest with and without caught-up watchers on the experiment:
+    b.sizes.watchers of them, then FEW_WATCHERS; each against its own run without."""
+    return [
+        ingest_with_watchers(b, "watched_ingest", b.sizes.watchers, ""),
+        ingest_with_watchers(b, "watched_ingest_few", FEW_WATCHERS, "-few"),
+    ]
+
+
+def ingest_with_watchers(b: Bench, figure: str, count: int, suffix: str) -> Row:
     options = dict(per_message=STREAM_BATCH, seconds=b.sizes.ingest_seconds, window=BATCH_WINDOW)
+    alone_label, watched_label = f"ingest-alone{suffix}", f"ingest-watched{suffix}"
     cpu = b.write.cpu_seconds()
-    alone = b.load(Pipeline, b.write, commits=commit("ingest-alone"), **options)
+    alone = b.load(Pipeline, b.write, commits=commit(alone_label), **options)
     alone_cpu = b.write.cpu_seconds() - cpu
-    b.verify(b.write, {"ingest-alone": WATCH_HISTORY + (alone.acked() if alone else 0)})
+    b.verify(b.write, {alone_label: WATCH_HISTORY + (alone.acked() if alone else 0)})
     watchers = b.start_load(
         Watchers,
         b.write,
-        commits=commit("ingest-watched"),
-        watchers=b.sizes.watchers,
+        commits=commit(watched_label),
+        watchers=count,
         from_index=WATCH_HISTORY,
     )
     try:
         cpu = b.write.cpu_seconds()
-        watched = b.load(Pipeline, b.write, commits=commit("ingest-watched"), **options)
+        watched = b.load(Pipeline, b.write, commits=commit(watched_label), **options)
         watched_cpu = b.write.cpu_seconds() - cpu
     finally:
         followed = b.finish_load(watchers, Watchers, b.write)
     watched_acked = watched.acked() if watched else 0
-    b.verify(b.write, {"ingest-watched": WATCH_HISTORY + watched_acked})
-    b.details["watcher_cost"] = {
+    b.verify(b.write, {watched_label: WATCH_HISTORY + watched_acked})
+    b.details[f"watcher_cost{suffix}"] = {
         "alone": {"load": detail(alone), "daemon_cpu_s": alone_cpu},
         "watched": {"load": detail(watched), "daemon_cpu_s": watched_cpu},
         "watchers": detail(followed),
     }
     b.notes.append(
-        f"watcher cost: daemon CPU per million metrics {cpu_per_million(alone, alone_cpu)} s "
+        f"{count} watchers: daemon CPU per million metrics {cpu_per_million(alone, alone_cpu)} s "
         f"alone, {cpu_per_million(watched, watched_cpu)} s with watchers (their process "
         "competes for the same CPUs)"
     )
     if followed:
         b.notes.append(
-            f"watcher cost: {followed.watchers} watchers received {followed.records:,} "
-            f"records in {followed.pushes:,} pushes while {watched_acked:,} were written; "
-            f"closed as too slow {followed.slow_closes} times (they resume)"
+            f"{count} watchers received {followed.records:,} records in {followed.pushes:,} "
+            f"pushes while {watched_acked:,} were written; closed as too slow "
+            f"{followed.slow_closes} times (they resume)"
         )
-    return [
-        Row(
-            BY_KEY["watched_ingest"],
-            watched.metrics_per_second if watched else None,
-            alone.metrics_per_second if alone else None,
-        )
-    ]
+    return Row(
+        BY_KEY[figure],
+        watched.metrics_per_second if watched else None,
+        alone.metrics_per_second if alone else None,
+    )
 
 
 def cpu_per_million(result: Pipeline | None, cpu_seconds: float) -> str:
@@ -599,7 +608,8 @@ def write_daemon_experiments(sizes: Sizes) -> dict[str, bytes]:
     history = many_names_records(WATCH_HISTORY)
     experiments = {label: b"" for label in ("single", "latency", "batch", "at-plain", "at-client")}
     experiments.update({f"stream-{i}": b"" for i in range(STREAMS)})
-    experiments.update({label: history for label in ("watch", "ingest-alone", "ingest-watched")})
+    watched = ("watch", "ingest-alone", "ingest-watched", "ingest-alone-few", "ingest-watched-few")
+    experiments.update({label: history for label in watched})
     experiments["reads-many"] = many_names_records(sizes.read_records)
     experiments["reads-one"] = one_series_records(sizes.read_records)
     return experiments
@@ -651,6 +661,7 @@ def name_values(sizes: Sizes) -> dict[str, Any]:
         "streams": STREAMS,
         "lttb_points": LTTB_POINTS,
         "read_names": len(READ_NAMES),
+        "few_watchers": FEW_WATCHERS,
     }
 
 

@@ -144,6 +144,14 @@ FIGURES: tuple[Figure, ...] = (
         "metrics/s",
         "no watchers",
         True,
+        Target(0.5, of_ratio=True),
+    ),
+    Figure(
+        "watched_ingest_few",
+        "ingest with {few_watchers} watchers vs without",
+        "metrics/s",
+        "no watchers",
+        True,
         Target(0.9, of_ratio=True),
     ),
     Figure(
