@@ -15,6 +15,7 @@ dropped connection, a crash, an error in its log, or an experiment that does not
 hold exactly the records acknowledged. Speed never changes the exit status.
 
     scripts/bench [--quick] [--json bench-results.json] [--dir DIR]
+    scripts/bench --large [--large-records 100000000] [--large-small 20000]
     scripts/bench --table [bench-results.json]    # the README's markdown table
 """
 
@@ -32,6 +33,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import bench_large
+import bench_large_data
 from bench_figures import BY_KEY, Row, console_table, markdown_table, rows_from_json
 from bench_records import (
     Idle,
@@ -675,19 +678,21 @@ def environment(tmp: Path) -> dict[str, Any]:
     }
 
 
-def print_report(rows: list[Row], b: Bench, mode: str) -> None:
+def print_report(rows: list[Row], b: Bench, mode: str, names: dict[str, Any]) -> None:
     print()
-    print(console_table(rows, name_values(b.sizes), mode))
+    print(console_table(rows, names, mode))
     for note in b.notes:
         print(f"note: {note}")
     for error in b.errors:
         print(f"ERROR: {error}")
 
 
-def write_report(path: Path, rows: list[Row], b: Bench, mode: str, env: dict[str, Any]) -> None:
+def write_report(
+    path: Path, rows: list[Row], b: Bench, mode: str, env: dict[str, Any], names: dict[str, Any]
+) -> None:
     report = {
         "mode": mode,
-        "sizes": name_values(b.sizes),
+        "sizes": names,
         "environment": env,
         "rows": [r.as_json() for r in rows],
         "notes": b.notes,
@@ -716,6 +721,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temp data dir")
     parser.add_argument(
+        "--large",
+        action="store_true",
+        help="read costs of one large experiment beside many small ones (cached data)",
+    )
+    parser.add_argument("--large-records", type=int, default=100_000_000, metavar="N")
+    parser.add_argument("--large-small", type=int, default=20_000, metavar="N")
+    parser.add_argument("--large-cache", type=Path, default=bench_large_data.CACHE, metavar="DIR")
+    parser.add_argument(
+        "--large-ack-seconds",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long another client logs metrics during the first pass",
+    )
+    parser.add_argument(
+        "--keep-page-cache", action="store_true", help="--large: do not drop the page cache"
+    )
+    parser.add_argument(
         "--table",
         type=Path,
         nargs="?",
@@ -725,22 +748,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.table:
         return print_markdown(args.table)
-    mode = "quick" if args.quick else "full"
+    if args.large_records < len(bench_large_data.NAMES) or args.large_small < 1:
+        parser.error(
+            f"--large-records must be at least {len(bench_large_data.NAMES)} (one per name) "
+            "and --large-small at least 1"
+        )
+    mode = "large" if args.large else "quick" if args.quick else "full"
+    large = bench_large.LargeSizes(
+        args.large_records, args.large_small, args.large_ack_seconds, not args.keep_page_cache
+    )
     raise_open_file_limit()
     rows: list[Row] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fetchml-bench-", dir=args.dir) as tmp:
         b = Bench(Path(tmp), QUICK if args.quick else FULL)
+        names = large.names() if args.large else name_values(b.sizes)
         env = environment(Path(tmp))
         try:
-            run(b, rows)
+            if args.large:
+                rows += bench_large.run(b, large, args.large_cache)
+            else:
+                run(b, rows)
         except Exception as exc:  # a dead daemon, a server that would not start
             traceback.print_exc()
             b.errors.append(f"benchmark stopped: {exc}")
         finally:
             b.stop_all()
-    print_report(rows, b, mode)
-    write_report(args.json, rows, b, mode, env)
+    print_report(rows, b, mode, names)
+    write_report(args.json, rows, b, mode, env, names)
     print(f"\n{len(b.errors)} errors, {time.monotonic() - started:.0f} s; results in {args.json}")
     return 1 if b.errors else 0
 
