@@ -729,13 +729,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-small", type=int, default=20_000, metavar="N")
     parser.add_argument("--large-cache", type=Path, default=bench_large_data.CACHE, metavar="DIR")
     parser.add_argument(
-        "--large-ack-seconds",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="how long another client logs metrics during the first pass",
-    )
-    parser.add_argument(
         "--keep-page-cache", action="store_true", help="--large: do not drop the page cache"
     )
     parser.add_argument(
@@ -754,9 +747,7 @@ def main(argv: list[str] | None = None) -> int:
             "and --large-small at least 1"
         )
     mode = "large" if args.large else "quick" if args.quick else "full"
-    large = bench_large.LargeSizes(
-        args.large_records, args.large_small, args.large_ack_seconds, not args.keep_page_cache
-    )
+    large = bench_large.LargeSizes(args.large_records, args.large_small, not args.keep_page_cache)
     raise_open_file_limit()
     rows: list[Row] = []
     started = time.monotonic()

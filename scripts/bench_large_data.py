@@ -20,10 +20,13 @@ import numpy.typing as npt
 from bench_servers import TIMESTAMP, commit, make_bench_experiment
 
 from fetchml.protocol.metrics import RECORD_MIN, encode_record, walk
+from tests.support.experiments import make_experiment, meta_bytes
 
 CACHE = Path.home() / ".cache" / "fetchml-bench" / "large"
 LARGE = "large"
 """The large experiment's label (bench_servers.commit gives its ID)."""
+ACKS = "acks"
+"""The experiment another client logs to while the first pass runs: made empty each run."""
 NAMES = (
     "loss",
     "accuracy",
@@ -42,6 +45,8 @@ SMALL_RECORDS = 10
 GO_FILES = {"meta.bin", "metrics.bin", "files"}
 """What the Go manager leaves in an experiment directory; anything else is the daemon's."""
 SCAN_BYTES = 64 << 20
+FORMAT = 1
+"""Written in the marker: a cache of another format is rebuilt."""
 
 
 def value_of(name_index: int, steps: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
@@ -84,19 +89,23 @@ def build(records: int, small: int, cache: Path = CACHE) -> Path:
     every file the daemon added to an experiment (sidecars, run documents) removed."""
     root = cache / f"{records}-{small}"
     marker = root / "complete"
-    if not marker.exists():
+    if not marker.exists() or json.loads(marker.read_text()).get("format") != FORMAT:
         shutil.rmtree(root, ignore_errors=True)
         base = root / "experiments"
         started = time.monotonic()
-        make_bench_experiment(base, LARGE)
+        large = commit(LARGE)  # the newest: first in LIST_EXPERIMENTS
+        make_experiment(base, large, None, meta_bytes(large, "bench", TIMESTAMP + 1))
         write_large(base / commit(LARGE) / "metrics.bin", records)
         tail = b"".join(encode_record(TIMESTAMP, s, 0.5, b"loss") for s in range(SMALL_RECORDS))
         for i in range(small):
             make_bench_experiment(base, f"small-{i}", tail)
         took = time.monotonic() - started
-        marker.write_text(json.dumps({"records": records, "small": small, "build_s": took}))
-    reset(root / "experiments")
-    return root / "experiments"
+        marker.write_text(json.dumps({"format": FORMAT, "small": small, "build_s": took}))
+    base = root / "experiments"
+    reset(base)
+    shutil.rmtree(base / commit(ACKS), ignore_errors=True)
+    make_bench_experiment(base, ACKS, b"")
+    return base
 
 
 def reset(base: Path) -> None:
@@ -217,7 +226,7 @@ def list_small(base: Path, large: Scan) -> tuple[int, float]:
         if entry.name.startswith("."):
             continue
         (Path(entry.path) / "meta.bin").read_bytes()
-        if entry.name != commit(LARGE):
+        if entry.name != commit(LARGE):  # (the large one was counted by the scan)
             walk((Path(entry.path) / "metrics.bin").read_bytes(), array("q"))
         found += 1
     return found, time.perf_counter() - started + large.seconds

@@ -189,7 +189,7 @@ def test_large_mode_at_a_tiny_size(tmp_path: Path) -> None:
     results = tmp_path / "large.json"
     argv = [
         *("--large", "--large-records", "2003", "--large-small", "20"),
-        *("--large-cache", str(tmp_path / "cache"), "--large-ack-seconds", "1"),
+        *("--large-cache", str(tmp_path / "cache")),
         *("--keep-page-cache", "--json", str(results), "--dir", str(tmp_path)),
     ]
     done = subprocess.run(
@@ -242,7 +242,7 @@ def test_large_data_is_cached_and_rebuilt_when_half_built(tmp_path: Path) -> Non
     base = bench_large_data.build(30, 3, tmp_path)
     large = base / commit(bench_large_data.LARGE)
     assert sorted(p.name for p in base.iterdir()) == sorted(
-        [large.name, *(commit(f"small-{i}") for i in range(3))]
+        [large.name, commit("acks"), *(commit(f"small-{i}") for i in range(3))]
     )
     (large / "index").mkdir()  # what a daemon may leave: removed before each run
     (large / "index" / "names").write_bytes(b"x")
@@ -251,7 +251,12 @@ def test_large_data_is_cached_and_rebuilt_when_half_built(tmp_path: Path) -> Non
     assert bench_large_data.build(30, 3, tmp_path) == base
     assert sorted(p.name for p in large.iterdir()) == ["files", "meta.bin", "metrics.bin"]
     assert (large / "metrics.bin").stat().st_ino == inode  # reused
-    (base.parent / "complete").unlink()  # as a build cut short leaves it
-    (large / "metrics.bin").write_bytes(b"")
-    bench_large_data.build(30, 3, tmp_path)
-    assert bench_large_data.scan(large / "metrics.bin", "loss").count == 30  # rebuilt
+    for broken in ("cut short", "another format"):
+        (large / "metrics.bin").write_bytes(b"")
+        marker = base.parent / "complete"
+        if broken == "cut short":
+            marker.unlink()
+        else:
+            marker.write_text(json.dumps({"format": bench_large_data.FORMAT + 1}))
+        bench_large_data.build(30, 3, tmp_path)
+        assert bench_large_data.scan(large / "metrics.bin", "loss").count == 30, broken
