@@ -397,7 +397,7 @@ def check_reads(
 
 
 def push_latency(b: Bench) -> list[Row]:
-    """Watchers on one experiment under a paced writer: the writer's ack to each receipt.
+    """Watchers on one experiment under a paced writer: each write's send to its push.
     Baseline: the round trip of the same frames at the same rate through the echo server."""
     options = dict(
         commits=commit("watch"),
