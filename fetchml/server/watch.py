@@ -70,10 +70,13 @@ class Subscriber:
 
     @property
     def caught_up(self) -> bool:
-        """Live with nothing queued, on a connection whose writes are not paused (its
-        buffer is under websockets' write limit): a push may be written to it now."""
-        ws = self.ws
-        return self.live and not self.batches and ws is not None and not ws.paused
+        """Live with nothing queued, on a connection whose write buffer is within its
+        high-water mark (where websockets' own sends would wait): a push may be written
+        to it now."""
+        if not self.live or self.batches or self.ws is None:
+            return False
+        transport = self.ws.transport
+        return transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
 
     def wake(self) -> None:
         if self._wakeup is not None:
