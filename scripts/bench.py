@@ -15,6 +15,7 @@ dropped connection, a crash, an error in its log, or an experiment that does not
 hold exactly the records acknowledged. Speed never changes the exit status.
 
     scripts/bench [--quick] [--json bench-results.json] [--dir DIR]
+    scripts/bench --large [--large-records 100000000] [--large-small 20000]
     scripts/bench --table [bench-results.json]    # the README's markdown table
 """
 
@@ -32,6 +33,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import bench_large
+import bench_large_data
 from bench_figures import BY_KEY, Row, console_table, markdown_table, rows_from_json
 from bench_records import (
     Idle,
@@ -79,6 +82,8 @@ WATCH_RATE = 50
 """LOG_METRICS messages per second while watchers measure push latency."""
 WATCH_HISTORY = 10_000
 """Records already in a watched experiment: watchers start at this index."""
+FEW_WATCHERS = 10
+"""Watchers in the second watcher-cost figure (the first has Sizes.watchers)."""
 LTTB_POINTS = 1_000
 IDLE_SETTLE_S = 1.0
 READ_NAMES = [
@@ -392,7 +397,7 @@ def check_reads(
 
 
 def push_latency(b: Bench) -> list[Row]:
-    """Watchers on one experiment under a paced writer: the writer's ack to each receipt.
+    """Watchers on one experiment under a paced writer: each write's send to its push.
     Baseline: the round trip of the same frames at the same rate through the echo server."""
     options = dict(
         commits=commit("watch"),
@@ -416,50 +421,57 @@ def push_latency(b: Bench) -> list[Row]:
 
 
 def watcher_cost(b: Bench) -> list[Row]:
-    """Max-speed LOG_METRICS ingest with and without watchers on the experiment."""
+    """Max-speed LOG_METRICS ingest with and without caught-up watchers on the experiment:
+    b.sizes.watchers of them, then FEW_WATCHERS; each against its own run without."""
+    return [
+        ingest_with_watchers(b, "watched_ingest", b.sizes.watchers, ""),
+        ingest_with_watchers(b, "watched_ingest_few", FEW_WATCHERS, "-few"),
+    ]
+
+
+def ingest_with_watchers(b: Bench, figure: str, count: int, suffix: str) -> Row:
     options = dict(per_message=STREAM_BATCH, seconds=b.sizes.ingest_seconds, window=BATCH_WINDOW)
+    alone_label, watched_label = f"ingest-alone{suffix}", f"ingest-watched{suffix}"
     cpu = b.write.cpu_seconds()
-    alone = b.load(Pipeline, b.write, commits=commit("ingest-alone"), **options)
+    alone = b.load(Pipeline, b.write, commits=commit(alone_label), **options)
     alone_cpu = b.write.cpu_seconds() - cpu
-    b.verify(b.write, {"ingest-alone": WATCH_HISTORY + (alone.acked() if alone else 0)})
+    b.verify(b.write, {alone_label: WATCH_HISTORY + (alone.acked() if alone else 0)})
     watchers = b.start_load(
         Watchers,
         b.write,
-        commits=commit("ingest-watched"),
-        watchers=b.sizes.watchers,
+        commits=commit(watched_label),
+        watchers=count,
         from_index=WATCH_HISTORY,
     )
     try:
         cpu = b.write.cpu_seconds()
-        watched = b.load(Pipeline, b.write, commits=commit("ingest-watched"), **options)
+        watched = b.load(Pipeline, b.write, commits=commit(watched_label), **options)
         watched_cpu = b.write.cpu_seconds() - cpu
     finally:
         followed = b.finish_load(watchers, Watchers, b.write)
     watched_acked = watched.acked() if watched else 0
-    b.verify(b.write, {"ingest-watched": WATCH_HISTORY + watched_acked})
-    b.details["watcher_cost"] = {
+    b.verify(b.write, {watched_label: WATCH_HISTORY + watched_acked})
+    b.details[f"watcher_cost{suffix}"] = {
         "alone": {"load": detail(alone), "daemon_cpu_s": alone_cpu},
         "watched": {"load": detail(watched), "daemon_cpu_s": watched_cpu},
         "watchers": detail(followed),
     }
     b.notes.append(
-        f"watcher cost: daemon CPU per million metrics {cpu_per_million(alone, alone_cpu)} s "
+        f"{count} watchers: daemon CPU per million metrics {cpu_per_million(alone, alone_cpu)} s "
         f"alone, {cpu_per_million(watched, watched_cpu)} s with watchers (their process "
         "competes for the same CPUs)"
     )
     if followed:
         b.notes.append(
-            f"watcher cost: {followed.watchers} watchers received {followed.records:,} "
-            f"records in {followed.pushes:,} pushes while {watched_acked:,} were written; "
-            f"closed as too slow {followed.slow_closes} times (they resume)"
+            f"{count} watchers received {followed.records:,} records in {followed.pushes:,} "
+            f"pushes while {watched_acked:,} were written; closed as too slow "
+            f"{followed.slow_closes} times (they resume)"
         )
-    return [
-        Row(
-            BY_KEY["watched_ingest"],
-            watched.metrics_per_second if watched else None,
-            alone.metrics_per_second if alone else None,
-        )
-    ]
+    return Row(
+        BY_KEY[figure],
+        watched.metrics_per_second if watched else None,
+        alone.metrics_per_second if alone else None,
+    )
 
 
 def cpu_per_million(result: Pipeline | None, cpu_seconds: float) -> str:
@@ -599,7 +611,8 @@ def write_daemon_experiments(sizes: Sizes) -> dict[str, bytes]:
     history = many_names_records(WATCH_HISTORY)
     experiments = {label: b"" for label in ("single", "latency", "batch", "at-plain", "at-client")}
     experiments.update({f"stream-{i}": b"" for i in range(STREAMS)})
-    experiments.update({label: history for label in ("watch", "ingest-alone", "ingest-watched")})
+    watched = ("watch", "ingest-alone", "ingest-watched", "ingest-alone-few", "ingest-watched-few")
+    experiments.update({label: history for label in watched})
     experiments["reads-many"] = many_names_records(sizes.read_records)
     experiments["reads-one"] = one_series_records(sizes.read_records)
     return experiments
@@ -651,6 +664,7 @@ def name_values(sizes: Sizes) -> dict[str, Any]:
         "streams": STREAMS,
         "lttb_points": LTTB_POINTS,
         "read_names": len(READ_NAMES),
+        "few_watchers": FEW_WATCHERS,
     }
 
 
@@ -664,19 +678,21 @@ def environment(tmp: Path) -> dict[str, Any]:
     }
 
 
-def print_report(rows: list[Row], b: Bench, mode: str) -> None:
+def print_report(rows: list[Row], b: Bench, mode: str, names: dict[str, Any]) -> None:
     print()
-    print(console_table(rows, name_values(b.sizes), mode))
+    print(console_table(rows, names, mode))
     for note in b.notes:
         print(f"note: {note}")
     for error in b.errors:
         print(f"ERROR: {error}")
 
 
-def write_report(path: Path, rows: list[Row], b: Bench, mode: str, env: dict[str, Any]) -> None:
+def write_report(
+    path: Path, rows: list[Row], b: Bench, mode: str, env: dict[str, Any], names: dict[str, Any]
+) -> None:
     report = {
         "mode": mode,
-        "sizes": name_values(b.sizes),
+        "sizes": names,
         "environment": env,
         "rows": [r.as_json() for r in rows],
         "notes": b.notes,
@@ -705,6 +721,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temp data dir")
     parser.add_argument(
+        "--large",
+        action="store_true",
+        help="read costs of one large experiment beside many small ones (cached data)",
+    )
+    parser.add_argument("--large-records", type=int, default=100_000_000, metavar="N")
+    parser.add_argument("--large-small", type=int, default=20_000, metavar="N")
+    parser.add_argument("--large-cache", type=Path, default=bench_large_data.CACHE, metavar="DIR")
+    parser.add_argument(
+        "--keep-page-cache", action="store_true", help="--large: do not drop the page cache"
+    )
+    parser.add_argument(
         "--table",
         type=Path,
         nargs="?",
@@ -714,22 +741,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.table:
         return print_markdown(args.table)
-    mode = "quick" if args.quick else "full"
+    if args.large_records < len(bench_large_data.NAMES) or args.large_small < 1:
+        parser.error(
+            f"--large-records must be at least {len(bench_large_data.NAMES)} (one per name) "
+            "and --large-small at least 1"
+        )
+    mode = "large" if args.large else "quick" if args.quick else "full"
+    large = bench_large.LargeSizes(args.large_records, args.large_small, not args.keep_page_cache)
     raise_open_file_limit()
     rows: list[Row] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fetchml-bench-", dir=args.dir) as tmp:
         b = Bench(Path(tmp), QUICK if args.quick else FULL)
+        names = large.names() if args.large else name_values(b.sizes)
         env = environment(Path(tmp))
         try:
-            run(b, rows)
+            if args.large:
+                rows += bench_large.run(b, large, args.large_cache)
+            else:
+                run(b, rows)
         except Exception as exc:  # a dead daemon, a server that would not start
             traceback.print_exc()
             b.errors.append(f"benchmark stopped: {exc}")
         finally:
             b.stop_all()
-    print_report(rows, b, mode)
-    write_report(args.json, rows, b, mode, env)
+    print_report(rows, b, mode, names)
+    write_report(args.json, rows, b, mode, env, names)
     print(f"\n{len(b.errors)} errors, {time.monotonic() - started:.0f} s; results in {args.json}")
     return 1 if b.errors else 0
 

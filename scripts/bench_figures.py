@@ -144,6 +144,14 @@ FIGURES: tuple[Figure, ...] = (
         "metrics/s",
         "no watchers",
         True,
+        Target(0.5, of_ratio=True),
+    ),
+    Figure(
+        "watched_ingest_few",
+        "ingest with {few_watchers} watchers vs without",
+        "metrics/s",
+        "no watchers",
+        True,
         Target(0.9, of_ratio=True),
     ),
     Figure(
@@ -163,7 +171,54 @@ FIGURES: tuple[Figure, ...] = (
         Target(25 * 1024),
     ),
 )
-BY_KEY = {f.key: f for f in FIGURES}
+LARGE_ROW = "{figure} ({large_records:,} records beside {large_small:,} small)"
+LARGE_BASELINE = "py+numpy read of the files"
+CACHE_BYTES = 256 << 20
+"""storage.cache_bytes of the --large daemon (the default)."""
+
+
+def _large(key: str, figure: str, unit: str, limit: float | None, higher: bool = False) -> Figure:
+    return Figure(
+        f"large_{key}",
+        LARGE_ROW.replace("{figure}", figure),
+        unit,
+        LARGE_BASELINE,
+        higher,
+        None if limit is None else Target(limit),
+    )
+
+
+LARGE_FIGURES: tuple[Figure, ...] = (
+    _large("first_pass", "first pass (first query after start)", "records/s", 5_000_000, True),
+    Figure(
+        "large_first_pass_ack_p99",
+        "LOG_METRIC ack p99 of another client during the first pass",
+        "ms",
+        "same load, daemon idle",
+        False,
+        Target(20),
+        ratio=False,
+    ),
+    _large("list_cold", "LIST_EXPERIMENTS cold", "ms", 1000),
+    _large("list_warm", "LIST_EXPERIMENTS warm", "ms", 200),
+    _large("get_cold", "GET_EXPERIMENT (count, latest per name) cold", "ms", 100),
+    _large("get_warm", "GET_EXPERIMENT (count, latest per name) warm", "ms", 100),
+    _large("latest_cold", "QUERY latest value per name (max_points 2) cold", "ms", 100),
+    _large("latest_warm", "QUERY latest value per name (max_points 2) warm", "ms", 100),
+    _large("lttb_cold", "QUERY one name, LTTB {lttb_points:,} points cold", "ms", 1000),
+    _large("lttb_warm", "QUERY one name, LTTB {lttb_points:,} points warm", "ms", 300),
+    _large("range_cold", "QUERY paging one name, {range_steps:,} steps cold", "ms", None),
+    _large("range_warm", "QUERY paging one name, {range_steps:,} steps warm", "ms", None),
+    Figure(
+        "large_rss",
+        "daemon VmRSS after the queries vs storage.cache_bytes + 200 MB",
+        "bytes",
+        "RSS before the first request",
+        False,
+        Target(CACHE_BYTES + (200 << 20)),
+    ),
+)
+BY_KEY = {f.key: f for f in FIGURES + LARGE_FIGURES}
 
 
 @dataclass(frozen=True)

@@ -433,17 +433,18 @@ async def receive_pushes(ws: ClientConnection, receipts: Receipts, errors: Error
         errors[f"watcher got {exc}"] += 1
 
 
-def push_latencies(receipts: Receipts, acks: list[float], ends: list[int]) -> list[float]:
-    """Per written message: its ack time to the first push reaching past its records."""
+def push_latencies(receipts: Receipts, sends: list[float], ends: list[int]) -> list[float]:
+    """Per written message: from its send to the first push reaching past its records
+    (a push may arrive before the writer's ack: the daemon writes it at commit)."""
     out = []
     pushes = receipts.pushes
     j = 0
-    for ack, end in zip(acks, ends, strict=False):
+    for sent, end in zip(sends, ends, strict=False):
         while j < len(pushes) and pushes[j][1] < end:
             j += 1
         if j == len(pushes):
             break
-        out.append(pushes[j][0] - ack)
+        out.append(pushes[j][0] - sent)
     return out
 
 
@@ -483,7 +484,7 @@ async def run_watch(args: argparse.Namespace, errors: Errors) -> Watch:
     wrong = [r.records for r in receipts if r.records != expected]
     if wrong:
         errors[f"{len(wrong)} watchers got other than {expected} records, e.g. {wrong[0]}"] += 1
-    pushes = [x for r in receipts for x in push_latencies(r, acks, ends)]
+    pushes = [x for r in receipts for x in push_latencies(r, run.sends[: len(acks)], ends)]
     return Watch(
         watchers=len(watchers),
         ok=run.ok,

@@ -345,6 +345,7 @@ class Connection:
         return encode_response(response)
 
     async def _watch(self, sub: Subscriber) -> None:
+        sub.ws = self.ws
         self.ctx.hub.add(sub)
         self.metrics.watchers.inc()
         try:

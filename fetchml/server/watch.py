@@ -1,9 +1,14 @@
 """WATCH_METRICS fan-out: backfill from disk, then each committed batch, in order.
 
-A subscriber is *live* once it has caught up with the file: from then on the
-store's commit hook queues ready-made packets for it (built once per batch
-and name filter, shared by every watcher). Queued bytes beyond the buffer
-limit make it a slow subscriber, which the connection closes with 1008.
+A subscriber is *live* once it has caught up with the file. Live subscribers
+of one name filter that have nothing queued and a writable connection are
+*caught up*: the store's commit hook builds one DATA packet (and its frame)
+per batch and filter and writes the same bytes to all of them at once,
+without waking their tasks. Any other live subscriber gets the batch's
+records queued (shared per filter); its own task merges and sends them, so
+a watcher whose socket is full never holds up ingest or the others. Queued
+bytes beyond the buffer limit make it a slow subscriber, which the
+connection closes with 1008.
 """
 
 import time
@@ -12,6 +17,9 @@ from collections.abc import Awaitable, Callable
 from itertools import pairwise
 
 import anyio
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from fetchml.protocol.metrics import RECORD_MIN, metrics_packet, walk
 
@@ -54,8 +62,21 @@ class Subscriber:
         self.batches: deque[tuple[bytes, int, int]] = deque()
         """Committed records not yet sent: (records, count, index just past the batch)."""
         self.queued = 0
+        self.ws: ServerConnection | None = None
+        """The watcher's connection, once its stream runs: caught up, it is pushed to
+        directly."""
         self._wakeup: anyio.Event | None = None
         """Set by the next wake(); a fresh one for each wait, never cleared."""
+
+    @property
+    def caught_up(self) -> bool:
+        """Live with nothing queued, on a connection whose write buffer is within its
+        high-water mark (where websockets' own sends would wait): a push may be written
+        to it now."""
+        if not self.live or self.batches or self.ws is None:
+            return False
+        transport = self.ws.transport
+        return transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
 
     def wake(self) -> None:
         if self._wakeup is not None:
@@ -144,6 +165,7 @@ class WatchHub:
             return
         end = first + count
         shared: dict[bytes | None, tuple[bytes, int]] = {}
+        direct: dict[bytes | None, list[ServerConnection]] = {}
         for sub in subs:
             if not sub.live or first > sub.next:
                 sub.live = False  # behind, or a gap (another writer): read from disk
@@ -157,7 +179,30 @@ class WatchHub:
                 if sub.name not in shared:
                     shared[sub.name] = filter_records(data, count, sub.name)
                 records, kept = shared[sub.name]
+                if kept and sub.caught_up:
+                    assert sub.ws is not None
+                    direct.setdefault(sub.name, []).append(sub.ws)
+                    sub.next = end
+                    continue
             if kept:
                 sub.push(records, kept, end)
             else:
                 sub.next = end
+        for name, connections in direct.items():
+            records, kept = shared[name]
+            write_to_all(connections, metrics_packet(int(time.time()), end, kept, records))
+
+
+def write_to_all(connections: list[ServerConnection], packet: bytes) -> None:
+    """`packet` as one binary frame on each open connection, written now, never awaited.
+
+    The frame is serialized once and the same bytes go to every connection without an
+    extension: websockets' broadcast() would build (copy) it once per connection. A
+    connection with permessage-deflate needs a frame of its own: broadcast() makes it.
+    """
+    frame = Frame(Opcode.BINARY, packet).serialize(mask=False)
+    for ws in connections:
+        if ws.protocol.state is State.OPEN and not ws.protocol.extensions:
+            ws.transport.write(frame)
+        else:
+            broadcast([ws], packet)  # skips a connection that is closing
