@@ -17,6 +17,7 @@ from typing import Any
 from fetchml.protocol.rules import CLI_PRIORITY_MAX, CLI_PRIORITY_MIN, DEFAULT_PRIORITY
 
 from .. import __version__
+from ..worker import cli as worker_cli
 from . import commands, compare, runcmds
 from .cliargs import (
     HEAD,
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show it")
 
     add("whoami", commands.whoami, "show your user, role and permissions", "fetchml whoami")
+    worker_cli.add_parser(sub)
     return parser
 
 
@@ -303,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     try:
+        if args.command == "worker":
+            return worker_cli.run(args)
         _heads(args)
         return asyncio.run(_run(args))
     except FetchmlError as exc:

@@ -1,0 +1,74 @@
+"""The worker's one connection to the daemon, opened again whenever it drops.
+
+`call(fn)` runs `fn(client)` and, when the connection is lost or cannot be
+opened, reconnects with backoff (RECONNECT_S doubling up to MAX_RECONNECT_S,
+with jitter) and runs it again, for as long as it takes: a daemon restart
+costs a running job nothing. Every other error reaches the caller. A request
+whose answer was lost is sent again: heartbeats and results are idempotent,
+and a lost claim's job comes back when its lease expires.
+"""
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+
+from fetchml.client.connection import Client
+from fetchml.client.errors import FetchmlConnectionError
+from fetchml.client.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RECONNECT_S = 0.25
+MAX_RECONNECT_S = 5.0
+
+
+def backoff(attempt: int, initial: float, maximum: float) -> float:
+    """Seconds before try `attempt` (1-based) of something that keeps failing: `initial`
+    doubling up to `maximum`, times a random factor in [0.75, 1]."""
+    return min(maximum, initial * 2.0 ** min(attempt - 1, 30)) * random.uniform(0.75, 1.0)
+
+
+class Link:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Client | None = None
+        self._lock = anyio.Lock()
+
+    async def call(self, fn: Callable[[Client], Awaitable[T]]) -> T:
+        while True:
+            client = await self._connected()
+            try:
+                return await fn(client)
+            except FetchmlConnectionError as exc:
+                await self._drop(client, exc)
+
+    async def _connected(self) -> Client:
+        async with self._lock:
+            attempt = 0
+            while self._client is None:
+                try:
+                    self._client = await Client.connect(self.settings.url, self.settings.api_key)
+                except FetchmlConnectionError as exc:
+                    attempt += 1
+                    delay = backoff(attempt, RECONNECT_S, MAX_RECONNECT_S)
+                    logger.warning("%s; retrying in %.1f s", exc, delay)
+                    await anyio.sleep(delay)
+                else:
+                    if attempt:
+                        logger.info("reconnected to %s", self.settings.url)
+            return self._client
+
+    async def _drop(self, client: Client, exc: Exception) -> None:
+        if self._client is client:
+            self._client = None
+            logger.warning("%s; reconnecting", exc)
+            client.abort()  # already broken: no closing handshake to wait for
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
