@@ -53,6 +53,7 @@ from bench_servers import (
     commit,
     raise_open_file_limit,
 )
+from bench_workers import IDLE_WORKERS, idle_workers
 from websockets.sync.client import connect
 from websockets.version import version as websockets_version
 
@@ -107,6 +108,7 @@ FULL = Sizes(
     ingest_seconds=3,
     idle_connections=10_000,
     runs=20_000,
+    worker_seconds=60,
 )
 QUICK = Sizes(
     single_messages=20_000,
@@ -120,6 +122,7 @@ QUICK = Sizes(
     ingest_seconds=1,
     idle_connections=1_000,
     runs=2_000,
+    worker_seconds=12,
 )
 
 
@@ -635,6 +638,8 @@ def run(b: Bench, rows: list[Row]) -> None:
     b.stop_all()
     rows += idle_memory(b)
     progress("idle_memory", started)
+    rows += idle_workers(b)
+    progress("idle_workers", started)
 
 
 def progress(step: str, started: float) -> None:
@@ -651,6 +656,7 @@ def name_values(sizes: Sizes) -> dict[str, Any]:
         "streams": STREAMS,
         "lttb_points": LTTB_POINTS,
         "read_names": len(READ_NAMES),
+        "idle_workers": IDLE_WORKERS,
     }
 
 
