@@ -23,12 +23,17 @@ from pathlib import Path
 
 import anyio
 
-from fetchml.client.errors import ConfigurationError, FetchmlError, PermissionDenied
+from fetchml.client.errors import (
+    AuthenticationFailed,
+    ConfigurationError,
+    FetchmlError,
+    PermissionDenied,
+)
 from fetchml.client.models import Job
 from fetchml.client.settings import Settings
 
 from .job import JobRun, Setup, Shutdown, Slot
-from .link import Link, backoff
+from .link import KeyRefused, Link, backoff
 from .process import kill_leftovers
 
 logger = logging.getLogger(__name__)
@@ -93,6 +98,17 @@ def kill_all_leftovers(workdir: Path) -> None:
             )
 
 
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The KeyRefused errors inside (nested) task groups."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found += _leaves(exc)
+        elif isinstance(exc, KeyRefused):
+            found.append(exc)
+    return found
+
+
 class Agent:
     def __init__(self, options: Options, settings: Settings) -> None:
         self.options = options
@@ -101,18 +117,33 @@ class Agent:
         self.forced = False
 
     async def run(self) -> int:
+        """0 after a clean stop, 1 after a second signal; a refused key raises
+        AuthenticationFailed (the jobs are killed)."""
+        try:
+            return await self._run()
+        except KeyRefused as exc:
+            refused = str(exc)
+        except ExceptionGroup as group:
+            if group.subgroup(KeyRefused) is None:
+                raise
+            refused = str(_leaves(group)[0])
+        raise AuthenticationFailed(f"the daemon refused the worker's key: {refused}")
+
+    async def _run(self) -> int:
         options = self.options
         with locked(options.workdir):
             kill_all_leftovers(options.workdir)
             setup = await self._setup()
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(self._signals, outer.cancel_scope)
-                async with anyio.create_task_group() as tasks:
-                    for slot in slots(options.name, options.gpus, options.concurrency):
-                        tasks.start_soon(self._slot, slot, setup)
-                outer.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await self.link.close()
+            try:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self._signals, outer.cancel_scope)
+                    async with anyio.create_task_group() as tasks:
+                        for slot in slots(options.name, options.gpus, options.concurrency):
+                            tasks.start_soon(self._slot, slot, setup)
+                    outer.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.link.close()
         logger.info("worker stopped")
         return 1 if self.forced else 0
 

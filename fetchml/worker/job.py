@@ -2,7 +2,7 @@
 
 While the program runs: a heartbeat (UPDATE_JOB running with the slot's
 worker_id) every `heartbeat_s`; the end of output.log into the run
-document's `output` every TAIL_S seconds when it grew; the spec's timeout;
+document's `output` when it grew, at most every TAIL_S seconds; the spec's timeout;
 the worker's shutdown. The job is stopped (SIGTERM to its group, SIGKILL
 after the grace) when the heartbeat is answered JOB_CANCELLED, when it says
 the job is no longer this slot's (reassigned, not running, gone), at the
@@ -33,7 +33,9 @@ from .process import JOB_ID_ENV, JobProcess, exit_line
 logger = logging.getLogger(__name__)
 
 TAIL_S = 10.0
-"""The run's `output` is sent at most this often while the job runs."""
+"""The run's `output` is sent at most this often while the job runs..."""
+TAIL_POLL_S = 1.0
+"""...and when output.log has grown, checked this often (so the first lines show soon)."""
 DRAIN_S = 2.0
 """How long stderr is read after the job's group is gone (a process that left the
 group may still hold the pipe)."""
@@ -108,8 +110,14 @@ class JobRun:
             await self._deliver(JobStatus.FAILED, "no command")
             return
         job_dir = self.setup.workdir / self.job.id
-        job_dir.mkdir(parents=True, exist_ok=True)
-        out = OutputLog(job_dir / OUTPUT_LOG)
+        try:
+            job_dir.mkdir(parents=True, exist_ok=True)
+            out = OutputLog(job_dir / OUTPUT_LOG)
+        except OSError as exc:
+            error = f"cannot start: {job_dir}: {exc.strerror or exc}"
+            logger.warning("job %s: %s", self.job.id, error)
+            await self._deliver(JobStatus.FAILED, error)
+            return
         try:
             await self._run(spec, job_dir, out)
         finally:
@@ -214,11 +222,12 @@ class JobRun:
     async def _tail_updates(self, out: OutputLog) -> None:
         sent = -1
         while True:
-            await anyio.sleep(TAIL_S)
+            await anyio.sleep(TAIL_POLL_S)
             size = out.size()
             if size != sent:
                 sent = size
                 await self._send_output(out)
+                await anyio.sleep(TAIL_S - TAIL_POLL_S)
 
     async def _timeout(self, proc: JobProcess, out: OutputLog, timeout_s: int) -> None:
         await anyio.sleep(timeout_s)
@@ -237,23 +246,22 @@ class JobRun:
         if self.lost:
             logger.info("job %s: %s after it was taken from this worker", job.id, line)
             return
-        await self._send_output(out)
-        if self.why == "cancelled":
-            logger.info("job %s: cancelled, %s", job.id, line)
-            return
+        status, headline = JobStatus.FAILED, line
         if self.why == "timeout":
             headline = f"timeout after {timeout_s} s; {line}"
         elif self.why == "worker stopped":
-            shutdown = self.setup.shutdown
-            headline = f"worker stopped ({shutdown.signal}; still running after the {self.setup.grace:g} s grace); {line}"
-        elif returncode == 0:
-            logger.info("job %s exited: %s", job.id, line)
-            await self._deliver(JobStatus.COMPLETED, "")
-            return
-        else:
-            headline = line
-        logger.info("job %s exited: %s", job.id, headline)
-        await self._deliver(JobStatus.FAILED, error_text(headline, bytes(out.stderr)))
+            grace, signal_name = self.setup.grace, self.setup.shutdown.signal
+            headline = (
+                f"worker stopped ({signal_name}; still running after the {grace:g} s grace); {line}"
+            )
+        elif self.why is None and returncode == 0:
+            status = JobStatus.COMPLETED
+        logger.info("job %s exited: %s", job.id, headline if self.why != "cancelled" else line)
+        await self._send_output(out)
+        if self.why == "cancelled":
+            return  # the daemon has its result
+        error = "" if status == JobStatus.COMPLETED else error_text(headline, bytes(out.stderr))
+        await self._deliver(status, error)
 
     async def _send_output(self, out: OutputLog) -> None:
         """The end of output.log as the run's `output` (other keys untouched)."""

@@ -3,7 +3,9 @@
 `call(fn)` runs `fn(client)` and, when the connection is lost or cannot be
 opened, reconnects with backoff (RECONNECT_S doubling up to MAX_RECONNECT_S,
 with jitter) and runs it again, for as long as it takes: a daemon restart
-costs a running job nothing. Every other error reaches the caller. A request
+costs a running job nothing. A key the daemon refuses at connect (revoked)
+raises KeyRefused, which stops the worker. Every other error reaches the
+caller. A request
 whose answer was lost is sent again: heartbeats and results are idempotent,
 and a lost claim's job comes back when its lease expires.
 """
@@ -16,7 +18,7 @@ from typing import TypeVar
 import anyio
 
 from fetchml.client.connection import Client
-from fetchml.client.errors import FetchmlConnectionError
+from fetchml.client.errors import AuthenticationFailed, FetchmlConnectionError
 from fetchml.client.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,11 @@ def backoff(attempt: int, initial: float, maximum: float) -> float:
     """Seconds before try `attempt` (1-based) of something that keeps failing: `initial`
     doubling up to `maximum`, times a random factor in [0.75, 1]."""
     return min(maximum, initial * 2.0 ** min(attempt - 1, 30)) * random.uniform(0.75, 1.0)
+
+
+class KeyRefused(Exception):
+    """The daemon refuses the worker's key: nothing more can be done (not a FetchmlError,
+    so that no retry loop takes it for an answer about one job)."""
 
 
 class Link:
@@ -52,6 +59,8 @@ class Link:
             while self._client is None:
                 try:
                     self._client = await Client.connect(self.settings.url, self.settings.api_key)
+                except AuthenticationFailed as exc:
+                    raise KeyRefused(exc.message) from None
                 except FetchmlConnectionError as exc:
                     attempt += 1
                     delay = backoff(attempt, RECONNECT_S, MAX_RECONNECT_S)

@@ -5,8 +5,11 @@ through the worker, which appends it to the file and keeps its last 4 KiB
 for the error text. Lines the worker adds start with `[fetchml worker]`.
 """
 
+import logging
 import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 16_384
 """The run document's `output`: at most this many bytes of UTF-8."""
@@ -54,14 +57,24 @@ class OutputLog:
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         self.stderr = bytearray()
+        self._failed = False
 
     @property
     def fd(self) -> int:
         """The descriptor the job's stdout is given."""
         return self._fd
 
+    def _write(self, data: bytes) -> None:
+        """Append; a failure (disk full) is logged once and costs only the log's lines."""
+        try:
+            os.write(self._fd, data)
+        except OSError as exc:
+            if not self._failed:
+                logger.warning("%s: %s (output lost)", self.path, exc.strerror or exc)
+            self._failed = True
+
     def write_stderr(self, chunk: bytes) -> None:
-        os.write(self._fd, chunk)
+        self._write(chunk)
         self.stderr += chunk
         del self.stderr[:-STDERR_RING_BYTES]
 
@@ -70,16 +83,15 @@ class OutputLog:
         size = self.size()
         fresh = size == 0 or os.pread(self._fd, 1, size - 1) == b"\n"
         text = f"{NOTE_PREFIX}{line}\n" if fresh else f"\n{NOTE_PREFIX}{line}\n"
-        os.write(self._fd, text.encode())
+        self._write(text.encode())
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
 
     def tail(self) -> str:
         """The run document's `output`: the file's last OUTPUT_TAIL_BYTES as text."""
-        with self.path.open("rb") as f:
-            f.seek(max(0, self.size() - OUTPUT_TAIL_BYTES))
-            return text_tail(f.read(), OUTPUT_TAIL_BYTES)
+        data = os.pread(self._fd, OUTPUT_TAIL_BYTES, max(0, self.size() - OUTPUT_TAIL_BYTES))
+        return text_tail(data, OUTPUT_TAIL_BYTES)
 
     def close(self) -> None:
         os.close(self._fd)
