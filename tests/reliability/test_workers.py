@@ -13,8 +13,6 @@ import contextlib
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,9 +22,10 @@ import pytest
 
 from fetchml.client import Client
 from fetchml.client.models import Job
-from tests.support.daemon import DEADLINE_S, ROOT, DaemonProcess, daemon_at, poll
+from tests.support.daemon import DEADLINE_S, DaemonProcess, daemon_at, poll
 from tests.support.experiments import commit_of
 from tests.support.keys import ADMIN_KEY, WORKER_KEY
+from tests.support.worker import WorkerProcess, file_text, pid_alive
 
 LONG = os.environ.get("FETCHML_LONG") == "1"
 RACE_JOBS = 2000 if LONG else 200
@@ -39,41 +38,27 @@ SH = "/bin/sh"
 
 
 class Workers:
-    """`fetchml worker` subprocesses (their output in tmp_path/<name>.log); every one still
-    running at the end is killed, and so is every pid a job program recorded."""
+    """`fetchml worker` subprocesses, each on its own --workdir unless given one; at the end
+    every one still running is killed, and so is every `sleep` a job program recorded in a
+    file of `pid_files`."""
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.started: list[WorkerProcess] = []
         self.pid_files: list[Path] = []
 
-    def start(self, url: str, name: str, *args: str, workdir: Path | None = None) -> Any:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "FETCHML_URL": url}
-        env["FETCHML_API_KEY"] = WORKER_KEY
+    def start(self, url: str, name: str, *args: str, workdir: Path | None = None) -> WorkerProcess:
+        log = self.home / f"worker-{name}-{len(self.started)}.log"
         workdir = workdir or self.home / f"{name}-jobs"
-        argv = [sys.executable, "-m", "fetchml.client.cli", "worker", "--name", name]
-        with (self.home / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [*argv, "--workdir", str(workdir), *args],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.procs.append(proc)
+        proc = WorkerProcess(url, WORKER_KEY, workdir, log, "--name", name, *args)
+        self.started.append(proc)
         return proc
 
-    def log(self, name: str) -> str:
-        return (self.home / f"{name}.log").read_text(errors="replace")
-
     def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for proc in self.started:
+            proc.reap()
         for path in self.pid_files:
-            if path.exists():
+            if path.exists() and path.read_text().strip():
                 kill_sleeper(int(path.read_text()))
 
 
@@ -84,6 +69,11 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
         yield started
     finally:
         started.cleanup()
+
+
+async def kill9(worker: WorkerProcess) -> None:
+    worker.signal(signal.SIGKILL)
+    assert await worker.wait_exit() == -signal.SIGKILL
 
 
 def start_daemon(tmp_path: Path, lease_s: float) -> DaemonProcess:
@@ -107,15 +97,6 @@ def kill_sleeper(pid: int) -> None:
     with contextlib.suppress(OSError):
         if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep\0"):
             os.kill(pid, signal.SIGKILL)
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def pgid_of(pid: int) -> int:
@@ -155,10 +136,6 @@ async def wait_for(url: str, job_id: str, check: Callable[[Job], bool], what: st
     return job
 
 
-async def wait_file(path: Path, what: str) -> None:
-    await poll(path.exists, what)
-
-
 # -- a worker killed with -9 ----------------------------------------------------------------------
 
 FIRST_RUN_HANGS = """
@@ -179,13 +156,11 @@ async def kill_worker_mid_job(
     env = {"RUNS": str(runs), "LEADER": str(leader)}
     job = await queue(daemon.url, "crash", FIRST_RUN_HANGS, env=env, max_attempts=max_attempts)
     worker = workers.start(daemon.url, "a")
-    await wait_file(leader, "the job to start")
-    pid = int(leader.read_text())
-    assert alive(pid)
-    worker.kill()
-    worker.wait()
+    pid = int(await file_text(leader))
+    assert pid_alive(pid)
+    await kill9(worker)
     killed = time.monotonic()
-    await poll(lambda: not alive(pid), "the job's program to die with its worker")
+    await poll(lambda: not pid_alive(pid), "the job's program to die with its worker")
     print(f"job program gone {time.monotonic() - killed:.3f} s after its worker's SIGKILL")
     return job, runs
 
@@ -322,15 +297,13 @@ async def test_a_restarted_worker_kills_the_leftovers_of_its_previous_run(
     await queue(daemon.url, "leftover", GRANDCHILD, env=env, max_attempts=1)
     workdir = tmp_path / "jobs"
     worker = workers.start(daemon.url, "k", workdir=workdir)
-    await wait_file(leader, "the job to start")
-    leader_pid, grand_pid = int(leader.read_text()), int(grand.read_text())
+    leader_pid, grand_pid = int(await file_text(leader)), int(grand.read_text())
     assert pgid_of(grand_pid) == pgid_of(leader_pid) == leader_pid
-    worker.kill()
-    worker.wait()
-    await poll(lambda: not alive(leader_pid), "the leader to die with its worker")
-    assert alive(grand_pid)  # PDEATHSIG did not reach it
+    await kill9(worker)
+    await poll(lambda: not pid_alive(leader_pid), "the leader to die with its worker")
+    assert pid_alive(grand_pid)  # PDEATHSIG did not reach it
 
     restarted = time.monotonic()
     workers.start(daemon.url, "k", workdir=workdir)
-    await poll(lambda: not alive(grand_pid), "the restarted worker to kill the leftover")
+    await poll(lambda: not pid_alive(grand_pid), "the restarted worker to kill the leftover")
     print(f"leftover killed {time.monotonic() - restarted:.2f} s after the worker restarted")
