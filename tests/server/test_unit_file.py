@@ -1,6 +1,7 @@
 """scripts/fetchml.service: the hardening settings, systemd-analyze's verdict on them, and
 the README's install steps agreeing with the unit."""
 
+import argparse
 import os
 import re
 import shutil
@@ -8,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from fetchml.worker import cli as worker_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "scripts" / "fetchml.service"
@@ -308,16 +311,31 @@ def test_worker_unit_lets_jobs_use_gpus_and_jits(worker: dict[str, list[str]]) -
     assert worker["SystemCallFilter"] == ["@system-service", "~@privileged"]
 
 
+def worker_options(worker: dict[str, list[str]]) -> argparse.Namespace:
+    """ExecStart='s `fetchml worker` options as the command parses them (%H: a host name)."""
+    (exec_start,) = worker["ExecStart"]
+    program, command, *args = exec_start.replace("%H", "gpu-box-1").split()
+    assert (program, command) == ("/opt/fetchml/.venv/bin/fetchml", "worker")
+    parser = argparse.ArgumentParser()
+    worker_cli.add_parser(parser.add_subparsers())
+    return parser.parse_args([command, *args])
+
+
+def test_worker_unit_runs_the_worker_on_its_state_directory(
+    worker: dict[str, list[str]],
+) -> None:
+    options = worker_options(worker)
+    (state,) = worker["StateDirectory"]
+    assert options.workdir == Path("/var/lib") / state / "jobs"
+    assert options.name == "gpu-box-1"
+
+
 def test_worker_unit_stop_outlasts_the_grace(worker: dict[str, list[str]]) -> None:
     """systemd's SIGTERM reaches the worker alone (KillMode=mixed), which gives its jobs
     --grace seconds, then SIGTERM and --grace more before SIGKILL: TimeoutStopSec= must
     cover both, or systemd SIGKILLs the jobs before the worker reports them."""
-    (exec_start,) = worker["ExecStart"]
-    argv = exec_start.split()
-    assert argv[:2] == ["/opt/fetchml/.venv/bin/fetchml", "worker"]
-    grace = int(argv[argv.index("--grace") + 1])
     (stop,) = worker["TimeoutStopSec"]
-    assert int(stop) > 2 * grace
+    assert int(stop) > 2 * worker_options(worker).grace
 
 
 def test_check_unit_passes_the_worker_unit() -> None:
