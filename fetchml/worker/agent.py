@@ -124,9 +124,10 @@ class Agent:
         except KeyRefused as exc:
             refused = str(exc)
         except ExceptionGroup as group:
-            if group.subgroup(KeyRefused) is None:
+            found = _leaves(group)
+            if not found:
                 raise
-            refused = str(_leaves(group)[0])
+            refused = str(found[0])
         raise AuthenticationFailed(f"the daemon refused the worker's key: {refused}")
 
     async def _run(self) -> int:

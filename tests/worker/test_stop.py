@@ -147,3 +147,22 @@ async def test_a_second_signal_kills_the_jobs_at_once_and_exits_1(
     assert "SIGTERM again: killing the running jobs" in worker.log()
     left = (await wait_jobs(admin, [job.id], states=("running",)))[job.id]
     assert left.error is None  # no result: its lease gives it back to the queue
+
+
+async def test_what_a_finished_job_left_in_its_group_is_killed(
+    admin: Client, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    pid_file = tmp_path / "background.pid"
+    background = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(600)"
+    program = python(
+        f"""
+        import pathlib, subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", {background!r}], stderr=subprocess.DEVNULL)
+        while not pathlib.Path({str(pid_file)!r}).exists():
+            time.sleep(0.01)
+        """
+    )
+    job = await admin.queue_job("leaves", commit_of("leaves"), spec={"command": program})
+    start_worker()
+    assert (await wait_jobs(admin, [job.id]))[job.id].status_name == "completed"
+    assert not pid_alive(int(pid_file.read_text()))
