@@ -122,7 +122,7 @@ QUICK = Sizes(
     ingest_seconds=1,
     idle_connections=1_000,
     runs=2_000,
-    worker_seconds=12,
+    worker_seconds=8,
 )
 
 
@@ -707,7 +707,7 @@ def print_markdown(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="about 30 s, smaller counts (CI)")
+    parser.add_argument("--quick", action="store_true", help="about 45 s, smaller counts (CI)")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temp data dir")
     parser.add_argument(
