@@ -56,6 +56,7 @@ from bench_servers import (
     commit,
     raise_open_file_limit,
 )
+from bench_workers import IDLE_WORKERS, idle_workers
 from websockets.sync.client import connect
 from websockets.version import version as websockets_version
 
@@ -112,6 +113,7 @@ FULL = Sizes(
     ingest_seconds=3,
     idle_connections=10_000,
     runs=20_000,
+    worker_seconds=60,
 )
 QUICK = Sizes(
     single_messages=20_000,
@@ -125,6 +127,7 @@ QUICK = Sizes(
     ingest_seconds=1,
     idle_connections=1_000,
     runs=2_000,
+    worker_seconds=8,
 )
 
 
@@ -648,6 +651,8 @@ def run(b: Bench, rows: list[Row]) -> None:
     b.stop_all()
     rows += idle_memory(b)
     progress("idle_memory", started)
+    rows += idle_workers(b)
+    progress("idle_workers", started)
 
 
 def progress(step: str, started: float) -> None:
@@ -665,6 +670,7 @@ def name_values(sizes: Sizes) -> dict[str, Any]:
         "lttb_points": LTTB_POINTS,
         "read_names": len(READ_NAMES),
         "few_watchers": FEW_WATCHERS,
+        "idle_workers": IDLE_WORKERS,
     }
 
 
@@ -717,7 +723,7 @@ def print_markdown(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="about 30 s, smaller counts (CI)")
+    parser.add_argument("--quick", action="store_true", help="about 45 s, smaller counts (CI)")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temp data dir")
     parser.add_argument(

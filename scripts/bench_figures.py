@@ -170,6 +170,15 @@ FIGURES: tuple[Figure, ...] = (
         False,
         Target(25 * 1024),
     ),
+    Figure(
+        "idle_workers",
+        "daemon CPU with {idle_workers} idle workers claiming, {worker_seconds:g} s",
+        "%",
+        "no workers",
+        False,
+        Target(1.0),
+        ratio=False,
+    ),
 )
 LARGE_ROW = "{figure} ({large_records:,} records beside {large_small:,} small)"
 LARGE_BASELINE = "py+numpy read of the files"
@@ -259,11 +268,11 @@ def rows_from_json(rows: list[dict[str, Any]]) -> list[Row]:
 
 
 def number(value: float | None, unit: str = "") -> str:
-    """Milliseconds under 100 to three significant digits, min/max to two decimals,
-    everything else whole, with thousands separators."""
+    """Milliseconds under 100 to three significant digits, min/max and percentages to two
+    decimals, everything else whole, with thousands separators."""
     if value is None:
         return "n/a"
-    if unit == "min/max":
+    if unit in ("min/max", "%"):
         return f"{value:.2f}"
     if unit == "ms" and abs(value) < 100:
         return f"{value:.3g}"

@@ -13,6 +13,8 @@ responses, closed or refused connections, missing answers. Modes:
   watch     watchers plus a paced writer in this process: push latency
   watchers  watchers that only receive, until stdin closes (prints "ready" first)
   idle      idle connections, held until stdin closes (prints "ready" first)
+  claims    idle workers: claim loops with the worker's backoff, one connection each,
+            until stdin closes (prints "ready" after every loop's first claim)
 
 Times come from time.perf_counter(), within this process only.
 """
@@ -31,6 +33,7 @@ from hashlib import sha256
 from typing import Any
 
 from bench_records import (
+    Claims,
     Idle,
     Paced,
     Pass,
@@ -49,6 +52,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from fetchml.protocol.enums import PacketType
 from fetchml.protocol.metrics import decode_records, encode_record
 from fetchml.protocol.requests import (
+    ClaimJob,
     LogMetric,
     LogMetrics,
     LogMetricsAt,
@@ -59,6 +63,8 @@ from fetchml.protocol.requests import (
     encode_request,
 )
 from fetchml.protocol.responses import Data, Error, decode_response
+from fetchml.worker.agent import IDLE_S, MAX_IDLE_S
+from fetchml.worker.link import backoff
 
 NAMES = ["loss", "accuracy", "learning_rate", "grad_norm", "val_loss"]
 MAX_RESPONSE_BYTES = 4 << 20
@@ -579,6 +585,65 @@ async def run_idle(args: argparse.Namespace, errors: Errors) -> Idle:
     return Idle(connections=len(connections))
 
 
+# -- claims: idle workers --------------------------------------------------------------
+
+
+def is_empty_claim(message: bytes | str, errors: Errors) -> bool:
+    """A DATA `job` answer with no job."""
+    if isinstance(message, bytes):
+        response = decode_response(message)
+        if isinstance(response, Data) and response.data_type == "job":
+            if response.payload == b"null":
+                return True
+            errors["a claim got a job"] += 1
+            return False
+    errors[describe(message)] += 1
+    return False
+
+
+async def run_claims(args: argparse.Namespace, errors: Errors) -> Claims:
+    """Each connection claims as one worker slot: CLAIM_JOB, and while the queue is empty
+    the worker's own backoff (1 s doubling to 10 s, with jitter) before the next."""
+    key = key_hash(args.key)
+    opened = await open_many(lambda: open_ws(args.url, args.key), args.workers)
+    connections = [ws for ws in opened if isinstance(ws, ClientConnection)]
+    for failure in (f for f in opened if not isinstance(f, ClientConnection)):
+        errors[f"connection not opened: {exception_text(failure)}"] += 1
+    frames = [
+        encode_request(ClaimJob(key_hash=key, worker_id=f"idle-{i}"))
+        for i in range(len(connections))
+    ]
+    claims = 0
+
+    async def claim(ws: ClientConnection, frame: bytes) -> bool:
+        await ws.send(frame)
+        return is_empty_claim(await ws.recv(), errors)
+
+    async def claim_loop(ws: ClientConnection, frame: bytes) -> None:
+        nonlocal claims
+        idle = 1  # the first claim is done
+        try:
+            while True:
+                await asyncio.sleep(backoff(idle, IDLE_S, MAX_IDLE_S))
+                empty = await claim(ws, frame)
+                claims += empty
+                idle += 1
+        except ConnectionClosed as exc:
+            errors[closed_text(exc)] += 1
+
+    await asyncio.gather(*(claim(ws, frame) for ws, frame in zip(connections, frames, strict=True)))
+    loops = [
+        asyncio.create_task(claim_loop(ws, f)) for ws, f in zip(connections, frames, strict=True)
+    ]
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.read)  # the bench closes our stdin when done
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+    await asyncio.gather(*(ws.close() for ws in connections))
+    return Claims(workers=len(connections), claims=claims)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 MODES: dict[str, Callable[[argparse.Namespace, Errors], Coroutine[Any, Any, Result]]] = {
@@ -588,6 +653,7 @@ MODES: dict[str, Callable[[argparse.Namespace, Errors], Coroutine[Any, Any, Resu
     "watch": run_watch,
     "watchers": run_watchers,
     "idle": run_idle,
+    "claims": run_claims,
 }
 
 
@@ -607,6 +673,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--watchers", type=int, default=100)
     parser.add_argument("--from-index", type=int, default=0)
     parser.add_argument("--connections", type=int, default=1000, help="idle")
+    parser.add_argument("--workers", type=int, default=100, help="claims: claim loops")
     parser.add_argument("--many", default="", help="reads: commit hex with many names")
     parser.add_argument("--one", default="", help="reads: commit hex with one long series")
     parser.add_argument("--name", default="loss", help="reads: the long series' name")

@@ -117,7 +117,16 @@ class Idle:
     connections: int
 
 
-Result = Pipeline | Paced | Reads | Watch | Watchers | Idle
+@dataclass
+class Claims:
+    """Idle claim loops, one connection each, as `fetchml worker` slots with no jobs."""
+
+    workers: int
+    claims: int
+    """CLAIM_JOB requests answered (with no job) after the first round."""
+
+
+Result = Pipeline | Paced | Reads | Watch | Watchers | Idle | Claims
 MODES: dict[str, type[Result]] = {
     "pipeline": Pipeline,
     "paced": Paced,
@@ -125,6 +134,7 @@ MODES: dict[str, type[Result]] = {
     "watch": Watch,
     "watchers": Watchers,
     "idle": Idle,
+    "claims": Claims,
 }
 
 

@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from bench_records import MODES, Idle, Paced, Pipeline, Reads, Watch, Watchers, read_report
+from bench_records import (
+    MODES,
+    Claims,
+    Idle,
+    Paced,
+    Pipeline,
+    Reads,
+    Watch,
+    Watchers,
+    read_report,
+)
 from websockets.sync.client import connect
 
 from fetchml.protocol.requests import ListExperiments, encode_request
@@ -36,7 +46,7 @@ KEY_HASH = key_hash(KEY)
 MAX_CONNECTIONS = 12_000
 LOAD_TIMEOUT_S = 600
 MODE_OF = {kind: mode for mode, kind in MODES.items()}
-R = TypeVar("R", Pipeline, Paced, Reads, Watch, Watchers, Idle)
+R = TypeVar("R", Pipeline, Paced, Reads, Watch, Watchers, Idle, Claims)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Sizes:
     ingest_seconds: float  # of max-speed ingest, with and without watchers
     idle_connections: int
     runs: int  # experiments with run documents, listed by LIST_RUNS
+    worker_seconds: float  # of idle workers' claim loops while the daemon's CPU is measured
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -205,7 +216,7 @@ class Bench:
         return self.load_result(kind, server, done.returncode, done.stdout, done.stderr)
 
     def start_load(
-        self, kind: type[Watchers | Idle], server: Server, **options: Any
+        self, kind: type[Watchers | Idle | Claims], server: Server, **options: Any
     ) -> subprocess.Popen[str]:
         """Start a load generator that holds its connections until its stdin closes."""
         proc = subprocess.Popen(

@@ -4,12 +4,15 @@ load generator's typed records read back as they were written."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fetchml.protocol.metrics import iter_records, scan
+from tests.support.daemon import daemon_at
+from tests.support.keys import ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -18,6 +21,7 @@ import bench  # noqa: E402
 import bench_large_data  # noqa: E402
 from bench_figures import BY_KEY, FIGURES, LARGE_FIGURES, Row, markdown_table  # noqa: E402
 from bench_records import (  # noqa: E402
+    Claims,
     Idle,
     Paced,
     Pass,
@@ -72,6 +76,7 @@ def test_table_prints_the_readme_lines_from_a_results_file(tmp_path: Path) -> No
         {"figure": "lttb", "value": None, "baseline": 3281.4},
         {"figure": "watched_ingest", "value": 45.0, "baseline": 100.0},
         {"figure": "watched_ingest_few", "value": 95.0, "baseline": 100.0},
+        {"figure": "idle_workers", "value": 0.4567, "baseline": 0.05},
     ]
     done = run_table(tmp_path, {"sizes": sizes, "rows": rows})
     assert done.returncode == 0, done.stderr
@@ -90,6 +95,8 @@ def test_table_prints_the_readme_lines_from_a_results_file(tmp_path: Path) -> No
         " | >= 0.5x: **miss** |",
         "| ingest with 10 watchers vs without (metrics/s) | 95 | 100 (no watchers) | 0.95x"
         " | >= 0.9x: pass |",
+        "| daemon CPU with 100 idle workers claiming, 8 s (%) | 0.46 | 0.05 (no workers) |"
+        " | <= 1: pass |",
     ]
 
 
@@ -137,6 +144,7 @@ REPORTS = [
     ),
     Report("watchers", Watchers(watchers=2, records=10, pushes=3, slow_closes=1)),
     Report("idle", None, ["connection not opened: OSError: refused (x3)"]),
+    Report("claims", Claims(workers=100, claims=420)),
 ]
 
 
@@ -179,6 +187,41 @@ def test_the_load_generator_prints_a_report() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "ready"
     assert read_report(done.stdout.splitlines()[-1]) == Report("idle", Idle(connections=0), [])
+
+
+def test_claim_loops_back_off_like_the_worker(tmp_path: Path) -> None:
+    """bench_load.py's `claims` mode against a real daemon: every loop claims once before
+    "ready", then waits the worker's first backoff (0.75-1 s) before its second claim and
+    1.5-2 s more before its third, so 1.9 s after "ready" each loop claimed exactly once
+    more, and every answer was "no job"."""
+    server = daemon_at(tmp_path)
+    server.start()
+    try:
+        load = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "bench_load.py"),
+                "claims",
+                "--url",
+                server.url,
+                "--key",
+                ADMIN_KEY,
+                "--workers",
+                "5",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert load.stdout is not None
+        assert load.stdout.readline().strip() == "ready"
+        time.sleep(1.9)
+        stdout, stderr = load.communicate(timeout=60)
+    finally:
+        server.close()
+    assert load.returncode == 0, stderr
+    assert read_report(stdout.splitlines()[-1]) == Report("claims", Claims(5, 5), [])
 
 
 # -- --large ---------------------------------------------------------------------------------

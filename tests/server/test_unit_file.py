@@ -1,6 +1,7 @@
 """scripts/fetchml.service: the hardening settings, systemd-analyze's verdict on them, and
 the README's install steps agreeing with the unit."""
 
+import argparse
 import os
 import re
 import shutil
@@ -8,6 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from fetchml.worker import cli as worker_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "scripts" / "fetchml.service"
@@ -221,3 +224,155 @@ def test_readme_install_steps_agree_with_the_unit(service: dict[str, list[str]])
     assert config_step in header
     assert f"{program} check-config {config}" in header
     assert f"--shell /usr/sbin/nologin {user}" in header
+
+
+# -- check-unit's limit -------------------------------------------------------------------------
+
+
+def test_check_unit_takes_a_max_exposure() -> None:
+    """The daemon's unit (1.2) fails a limit of 1.0, given as an argument or in the
+    environment; a limit that is not a number is refused before anything runs."""
+    _require_systemd_analyze()
+    result = run_check_unit(str(UNIT), "1.0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "above 1.0" in result.stdout
+    result = run_check_unit(env={**os.environ, "MAX_EXPOSURE": "1.0"})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "above 1.0" in result.stdout
+    result = run_check_unit(str(UNIT), "3.0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(max 3.0): OK" in result.stdout
+    result = run_check_unit(str(UNIT), "two")
+    assert result.returncode == 2
+    assert "MAX_EXPOSURE must be a number" in result.stderr
+
+
+# -- the worker's unit --------------------------------------------------------------------------
+
+WORKER_UNIT = ROOT / "scripts" / "fetchml-worker.service"
+WORKER_MAX_EXPOSURE = 3.0
+
+
+@pytest.fixture(scope="module")
+def worker() -> dict[str, list[str]]:
+    return parse_unit(WORKER_UNIT.read_text(encoding="utf-8"))["Service"]
+
+
+WORKER_EXPECTED = {
+    "Type": "exec",
+    "EnvironmentFile": "/etc/fetchml/worker.env",
+    "Restart": "on-failure",
+    "KillMode": "mixed",
+    "User": "fetchml-worker",
+    "Group": "fetchml-worker",
+    "StateDirectory": "fetchml-worker",
+    "WorkingDirectory": "/var/lib/fetchml-worker",
+    "UMask": "0077",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "DevicePolicy": "closed",
+    "NoNewPrivileges": "yes",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    "SystemCallArchitectures": "native",
+    "SystemCallErrorNumber": "EPERM",
+    "LockPersonality": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "RestrictNamespaces": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "ProtectProc": "invisible",
+    "RemoveIPC": "yes",
+}
+
+
+@pytest.mark.parametrize(("key", "value"), WORKER_EXPECTED.items(), ids=list(WORKER_EXPECTED))
+def test_worker_unit_setting(worker: dict[str, list[str]], key: str, value: str) -> None:
+    assert worker.get(key) == [value]
+
+
+def test_worker_unit_lets_jobs_use_gpus_and_jits(worker: dict[str, list[str]]) -> None:
+    """User code needs the NVIDIA devices (and nothing else of /dev), JIT compilers
+    (writable and executable memory) and the driver's files under /proc."""
+    assert worker["DeviceAllow"] == [
+        "char-nvidia-frontend rw",
+        "char-nvidia-uvm rw",
+        "char-nvidia-caps r",
+    ]
+    for absent in ("PrivateDevices", "MemoryDenyWriteExecute", "ProcSubset", "PrivateNetwork"):
+        assert absent not in worker, absent
+    assert worker["SystemCallFilter"] == ["@system-service", "~@privileged"]
+
+
+def worker_options(worker: dict[str, list[str]]) -> argparse.Namespace:
+    """ExecStart='s `fetchml worker` options as the command parses them (%H: a host name)."""
+    (exec_start,) = worker["ExecStart"]
+    program, command, *args = exec_start.replace("%H", "gpu-box-1").split()
+    assert (program, command) == ("/opt/fetchml/.venv/bin/fetchml", "worker")
+    parser = argparse.ArgumentParser()
+    worker_cli.add_parser(parser.add_subparsers())
+    return parser.parse_args([command, *args])
+
+
+def test_worker_unit_runs_the_worker_on_its_state_directory(
+    worker: dict[str, list[str]],
+) -> None:
+    options = worker_options(worker)
+    (state,) = worker["StateDirectory"]
+    assert options.workdir == Path("/var/lib") / state / "jobs"
+    assert options.name == "gpu-box-1"
+
+
+def test_worker_unit_stop_outlasts_the_grace(worker: dict[str, list[str]]) -> None:
+    """systemd's SIGTERM reaches the worker alone (KillMode=mixed), which gives its jobs
+    --grace seconds, then SIGTERM and --grace more before SIGKILL: TimeoutStopSec= must
+    cover both, or systemd SIGKILLs the jobs before the worker reports them."""
+    (stop,) = worker["TimeoutStopSec"]
+    assert int(stop) > 2 * worker_options(worker).grace
+
+
+def test_check_unit_passes_the_worker_unit() -> None:
+    _require_systemd_analyze()
+    result = run_check_unit(str(WORKER_UNIT), str(WORKER_MAX_EXPOSURE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"exposure (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout
+    print(f"worker unit exposure {match.group(1)} (max {WORKER_MAX_EXPOSURE})")
+    assert float(match.group(1)) <= WORKER_MAX_EXPOSURE
+
+
+def readme_worker_steps() -> list[str]:
+    """The commands of the first sh block under README.md's "## Workers"."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Workers\n", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_worker_steps_agree_with_the_unit(worker: dict[str, list[str]]) -> None:
+    steps = readme_worker_steps()
+    header = WORKER_UNIT.read_text(encoding="utf-8").split("[Unit]")[0]
+    (user,) = worker["User"]
+    (home,) = worker["WorkingDirectory"]
+    (env_file,) = worker["EnvironmentFile"]
+    useradd = (
+        f"useradd --system --user-group --no-create-home --home-dir {home}"
+        f" --shell /usr/sbin/nologin {user}"
+    )
+    install = (
+        "install -D -m 0644 scripts/fetchml-worker.service"
+        " /etc/systemd/system/fetchml-worker.service"
+    )
+    env_step = f"install -D -o root -g root -m 0600 /dev/null {env_file}"
+    keygen = "fetchml-server keygen --user gpu-box-1 --role worker"
+    for step in (useradd, install, env_step, keygen):
+        assert step in steps, step
+        assert " ".join(step.split()) in " ".join(header.replace("\\\n#", " ").split()), step
+    assert steps[-1] == "systemctl daemon-reload && systemctl enable --now fetchml-worker"
