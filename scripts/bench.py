@@ -114,6 +114,7 @@ FULL = Sizes(
     idle_connections=10_000,
     runs=20_000,
     worker_seconds=60,
+    worker_ramp_seconds=30,
 )
 QUICK = Sizes(
     single_messages=20_000,
@@ -128,6 +129,7 @@ QUICK = Sizes(
     idle_connections=1_000,
     runs=2_000,
     worker_seconds=8,
+    worker_ramp_seconds=0,
 )
 
 

@@ -172,7 +172,7 @@ FIGURES: tuple[Figure, ...] = (
     ),
     Figure(
         "idle_workers",
-        "daemon CPU with {idle_workers} idle workers claiming, {worker_seconds:g} s",
+        "daemon CPU with {idle_workers} idle workers claiming, {worker_seconds:g} s after {worker_ramp_seconds:g} s",
         "%",
         "no workers",
         False,

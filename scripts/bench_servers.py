@@ -65,6 +65,7 @@ class Sizes:
     idle_connections: int
     runs: int  # experiments with run documents, listed by LIST_RUNS
     worker_seconds: float  # of idle workers' claim loops while the daemon's CPU is measured
+    worker_ramp_seconds: float  # of claim loops before that: the backoff's ramp to 10 s
 
 
 # -- processes ------------------------------------------------------------------------------

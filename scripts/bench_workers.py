@@ -1,8 +1,10 @@
 """The daemon's cost of idle workers: IDLE_WORKERS claim loops (the load generator's
 `claims` mode: CLAIM_JOB on an empty queue, then the worker's own backoff of 1 s doubling
 to 10 s with jitter, one connection each) against a fresh daemon, whose CPU time
-(/proc/<pid>/stat) over the window is a percentage of one core. The baseline is the
-same daemon with no workers, over a quarter of the window. Used by scripts/bench.py."""
+(/proc/<pid>/stat) over the window is a percentage of one core. The full run measures
+once the loops have waited through the backoff's ramp (idle workers in their steady
+state); --quick measures from their first claim. The baseline is the same daemon with no
+workers, over a quarter of the window. Used by scripts/bench.py."""
 
 import statistics
 import time
@@ -31,6 +33,7 @@ def idle_workers(b: Bench) -> list[Row]:
     alone, _ = cpu_percent(server, window / 4)
     loops = b.start_load(Claims, server, workers=IDLE_WORKERS)
     try:
+        time.sleep(b.sizes.worker_ramp_seconds)
         loaded, cpu_s = cpu_percent(server, window)
     finally:
         result = b.finish_load(loops, Claims, server)
@@ -38,20 +41,19 @@ def idle_workers(b: Bench) -> list[Row]:
     if result is not None and result.workers != IDLE_WORKERS:
         b.errors.append(f"idle workers: {result.workers} of {IDLE_WORKERS} connected")
     claims = result.claims if result else 0
+    ramp = b.sizes.worker_ramp_seconds
     b.details["idle_workers"] = {
         "alone_percent": alone,
         "percent": loaded,
         "cpu_s": cpu_s,
         "claims": claims,
+        "ramp_seconds": ramp,
         "seconds": window,
     }
-    per_claim = (cpu_s - alone / 100 * window) / claims if claims else 0.0
     steady = IDLE_WORKERS / statistics.fmean(backoff(99, IDLE_S, MAX_IDLE_S) for _ in range(1000))
     b.notes.append(
-        f"idle workers: {claims:,} empty claims in {window:g} s ({claims / window:.1f}/s; the "
-        f"window starts after each worker's first claim, so it holds the backoff's ramp from "
-        f"1 s to 10 s) cost the daemon {cpu_s:.2f} s of CPU, {per_claim * 1e3:.2f} ms a claim "
-        f"beyond its idle cost; at the longest backoff they claim {steady:.1f}/s: "
-        f"{steady * per_claim * 100:.2f}% at that cost"
+        f"idle workers: {claims:,} empty claims in {ramp + window:g} s; over the last "
+        f"{window:g} s the daemon used {cpu_s:.2f} s of CPU ({loaded:.2f}% of a core; alone "
+        f"{alone:.2f}%); at the longest backoff 100 workers claim about {steady:.1f} times a second"
     )
     return [Row(BY_KEY["idle_workers"], loaded, alone)]

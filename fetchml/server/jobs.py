@@ -311,7 +311,27 @@ class SqliteJobQueue:
     async def claim(
         self, worker_id: str, user: str | None = None, *, claimer: str | None = None
     ) -> Job | None:
+        if await self._nothing_to_claim(user):
+            return None
         return await self._run(lambda conn, now: _claim(conn, now, worker_id, user, claimer))
+
+    async def _nothing_to_claim(self, user: str | None) -> bool:
+        """True when no job is queued for `user` (every user's for None) and no lease has
+        expired: an idle worker's claim, answered on the event loop by one indexed read,
+        without a thread or a write lock. Any doubt (old jobs due for deletion, a busy
+        database, an error) says False, and the claim takes the full path."""
+        async with self._lock:
+            conn, now = self._conn, _now()
+            if conn is None or not 0 <= now - self._purged_at < PURGE_INTERVAL_S:
+                return False
+            try:
+                conn.execute("PRAGMA busy_timeout = 0")  # never wait on the event loop
+                try:
+                    return not _claimable(conn, now, self._lease_s, user)
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            except sqlite3.Error:
+                return False
 
     async def update(
         self,
@@ -494,17 +514,29 @@ def _insert(conn: sqlite3.Connection, job: Job) -> None:
     conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({placeholders})", values)
 
 
+_LOST = (
+    "status = ? AND spec IS NOT NULL AND MAX(started_at, COALESCE(heartbeat_at, started_at)) < ?"
+)
+"""A running job (with a spec) silent since before the deadline: its lease expired."""
+
+
+def _claimable(conn: sqlite3.Connection, now: int, lease_s: float, user: str | None) -> bool:
+    """A job is queued for `user` (anyone's for None), or a lease has expired."""
+    mine, args = ("", ()) if user is None else (" AND user = ?", (user,))
+    sql = f"SELECT EXISTS (SELECT 1 FROM jobs WHERE status = ?{mine})"
+    if lease_s > 0:
+        sql += f" OR EXISTS (SELECT 1 FROM jobs WHERE {_LOST})"
+        args = (*args, int(JobStatus.RUNNING), now - lease_s)
+    return bool(conn.execute(sql, (int(JobStatus.QUEUED), *args)).fetchone()[0])
+
+
 def _expire_leases(conn: sqlite3.Connection, now: int, lease_s: float) -> None:
     """Requeue (or fail, after max_attempts) the running jobs whose worker went silent."""
-    lost = (
-        "status = ? AND spec IS NOT NULL"
-        " AND MAX(started_at, COALESCE(heartbeat_at, started_at)) < ?"
-    )
     deadline = now - lease_s
     running = int(JobStatus.RUNNING)
-    if conn.execute(f"SELECT 1 FROM jobs WHERE {lost} LIMIT 1", (running, deadline)).fetchone():
+    if conn.execute(f"SELECT 1 FROM jobs WHERE {_LOST} LIMIT 1", (running, deadline)).fetchone():
         with _transaction(conn):
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {lost}", (running, deadline))
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {_LOST}", (running, deadline))
             for job in [_to_job(row) for row in rows]:
                 _lease_lost(conn, now, job)
 

@@ -227,3 +227,21 @@ async def test_reassigned_comes_before_not_running(queue: SqliteJobQueue) -> Non
 
 def vars_of(job: Job) -> dict[str, Any]:
     return {name: getattr(job, name) for name in jobs._FIELDS}
+
+
+async def test_a_claim_finds_a_job_whose_lease_expired(queue: SqliteJobQueue, clock: Clock) -> None:
+    """An idle claim is answered from one read; a lost lease must still be seen by it."""
+    job = await add(queue, max_attempts=2)
+    await claimed(queue, "w1")
+    assert await queue.claim("w2") is None  # nothing queued, no lease lost yet
+    clock.t += LEASE_S + 1
+    again = await queue.claim("w2")
+    assert again is not None and (again.id, again.attempts) == (job.id, 1)
+
+
+async def test_a_claim_of_scope_own_sees_only_its_user_s_jobs(queue: SqliteJobQueue) -> None:
+    await add(queue, user="bob")
+    assert await queue.claim("w1", "alice") is None
+    mine = await add(queue, user="alice")
+    got = await queue.claim("w1", "alice")
+    assert got is not None and got.id == mine.id
