@@ -15,9 +15,7 @@ from tests.support.daemon import poll
 from tests.support.experiments import metrics_path
 from tests.support.inproc import Daemon, DaemonFactory
 from tests.support.keys import ADMIN
-from tests.support.wire import RawClient
-
-from .test_watch import (
+from tests.support.watch import (
     Stream,
     commit_of,
     create,
@@ -27,6 +25,7 @@ from .test_watch import (
     watch,
     write,
 )
+from tests.support.wire import RawClient
 
 BIG = "n" * 200
 """221-byte records: a few MB fill a watcher's socket."""
