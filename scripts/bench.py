@@ -87,18 +87,7 @@ FEW_WATCHERS = 10
 """Watchers in the second watcher-cost figure (the first has Sizes.watchers)."""
 LTTB_POINTS = 1_000
 IDLE_SETTLE_S = 1.0
-READ_NAMES = [
-    "loss",
-    "accuracy",
-    "learning_rate",
-    "grad_norm",
-    "val_loss",
-    "val_accuracy",
-    "epoch",
-    "throughput",
-    "gpu_util",
-    "memory_gb",
-]
+READ_NAMES = list(bench_large_data.NAMES)  # the same ten names in every read figure
 
 
 FULL = Sizes(
