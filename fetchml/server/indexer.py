@@ -11,7 +11,6 @@ lock, so one writer at a time.
 import logging
 import os
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +20,9 @@ import numpy.typing as npt
 from fetchml.protocol.metrics import scan
 
 from . import sidecar
+from .entries import Damaged, open_entry
 from .fastscan import Buffer, Parsed, find_starts, parse
-from .files import FileScan, write_all
+from .files import METRICS, FileScan, scan_file, write_all
 from .sidecar import ANCHOR, ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record
 
 logger = logging.getLogger(__name__)
@@ -152,23 +152,24 @@ def _record(row: np.void) -> Record:
 
 
 def extend(
-    directory: Path, fd: int, cp: Checkpoint | None, cancelled: Callable[[], bool] = bool
+    directory: Path, fd: int, cp: Checkpoint | None, limit: int = -1
 ) -> tuple[Checkpoint, FileScan]:
     """Index metrics.bin (open as `fd`) from the end of `cp` (a trusted checkpoint) or from
-    the start, up to the end of its valid prefix; save and return the new checkpoint with
-    what files.scan_file would have found from there."""
+    the start, up to the end of its valid prefix (or `limit` bytes, known valid); save and
+    return the new checkpoint with what files.scan_file would have found from there."""
     size = os.fstat(fd).st_size
-    if cp is None:
+    if limit >= 0:
+        size = min(size, limit)
+    if cp is None:  # from scratch: nothing of the old sidecars stays
+        sidecar.remove(directory)
         cp = Checkpoint(0, 0, 0, 0, b"")
     builder = _Builder(directory, cp)
     try:
         pos, count = cp.end, cp.count
         carry = b""
         while True:
-            if cancelled():
-                raise InterruptedError("indexing cancelled")
             at = pos + len(carry)
-            chunk = os.pread(fd, READ_BYTES, at) if at < size else b""
+            chunk = os.pread(fd, min(READ_BYTES, size - at), at) if at < size else b""
             data = carry + chunk
             buf = Buffer(data)
             found, stop = find_starts(buf)
@@ -189,3 +190,51 @@ def extend(
         return builder.finish(fd, pos, count), FileScan(pos, count, size)
     finally:
         builder.close()
+
+
+def resume(
+    directory: Path, fd: int, end: int, count: int, cp: Checkpoint | None, index_bytes: int
+) -> tuple[FileScan, Checkpoint | None]:
+    """What files.scan_file(fd, end, count) finds, with the sidecars' help: the scan starts
+    after a trusted checkpoint when that is further, and when `index_bytes` (0: never) or
+    more of the file are past the checkpoint, they are indexed on the way. Also returns
+    the checkpoint now trusted (None when there is none)."""
+    cp = check(directory, fd, cp)
+    if cp is not None and cp.end > end:
+        end, count = cp.end, cp.count
+    size = os.fstat(fd).st_size
+    if index_bytes and size - (cp.end if cp else 0) >= index_bytes:
+        try:
+            cp, result = extend(directory, fd, cp)
+            return result, cp
+        except (OSError, TooManyNames, Damaged) as exc:
+            logger.warning("%s: sidecars not written: %s", directory.name, exc)
+    return scan_file(fd, end, count), cp
+
+
+def check(directory: Path, fd: int, cp: Checkpoint | None) -> Checkpoint | None:
+    """`cp` (or the stored checkpoint when None) if it still describes the file."""
+    if cp is None:
+        cp, why = sidecar.trusted(directory, fd)
+    else:
+        try:
+            sidecar.verify(directory, fd, cp)
+            why = None
+        except (sidecar.Unusable, OSError) as exc:
+            cp, why = None, str(exc)
+    if why:
+        logger.warning("%s: sidecars ignored (%s); they are rebuilt", directory.name, why)
+    return cp
+
+
+def extend_to(directory: Path, cp: Checkpoint | None, end: int) -> Checkpoint:
+    """The sidecars extended (or rebuilt) to cover the first `end` bytes of metrics.bin,
+    a valid prefix."""
+    fd = open_entry(directory, METRICS, os.O_RDONLY)
+    try:
+        cp = check(directory, fd, cp)
+        if cp is not None and cp.end >= end:
+            return cp
+        return extend(directory, fd, cp, end)[0]
+    finally:
+        os.close(fd)

@@ -281,7 +281,9 @@ def check_rows(directory: Path, k: int, info: NameInfo) -> None:
     """Unusable unless the column's first `info.rows` rows have the CRC the checkpoint holds."""
     crc = 0
     for start in range(0, info.rows, CHECK_ROWS):
-        crc = zlib.crc32(read_rows(directory, k, start, min(info.rows, start + CHECK_ROWS)), crc)
+        crc = zlib.crc32(
+            read_rows(directory, k, start, min(info.rows, start + CHECK_ROWS)).tobytes(), crc
+        )
     if crc != info.crc:
         raise Unusable(f"{k}.col does not match the checkpoint")
 

@@ -13,16 +13,19 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import anyio
+import anyio.abc
 
 from fetchml.protocol.records import Metadata, encode_metadata
 
-from . import experiment
+from . import experiment, indexer, sidecar
 from .budget import CacheBudget
+from .entries import Damaged
 from .errors import AlreadyExists, NotFound, ServerError, StorageFault
 from .experiment import Experiment, FileState, MetaInfo, Phase
 from .files import (
@@ -44,15 +47,20 @@ from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
 from .metriclog import MetricLog
 from .offsets import Chunk, read_range
+from .sidecar import Checkpoint
 
 logger = logging.getLogger(__name__)
 
 CACHE_BYTES = 256 << 20
 """Default memory for the caches (record-offset indexes, metric columns): storage.cache_bytes."""
+INDEX_BYTES = 16 << 20
+"""Default of storage.index_bytes: sidecars are written once this much of metrics.bin is
+not covered by them."""
 INLINE_WRITE_BYTES = 256 << 10
 """Flushes up to this size are written on the event loop in durability `write`."""
 
 Durability = Literal["write", "fsync"]
+T = TypeVar("T")
 
 
 class ExperimentStore:
@@ -65,8 +73,10 @@ class ExperimentStore:
         durability: Durability = "write",
         max_open_files: int = 256,
         cache_bytes: int = CACHE_BYTES,
+        index_bytes: int = INDEX_BYTES,
     ) -> None:
         self.base = Path(base_path)
+        self.index_bytes = index_bytes
         self.budget = CacheBudget(cache_bytes)
         """Shared by the record-offset indexes and the metric columns (server.series)."""
         self.durability = durability
@@ -75,12 +85,13 @@ class ExperimentStore:
         """Called with (records, seconds) after each flush; for metrics."""
         self._open = OpenExperiments(self.base, max_open_files, self._forget_index)
         self._commits: GroupCommit[Experiment] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> "ExperimentStore":
         self.base.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._stack.callback(self._open.close)  # runs last, even when cancelled
-        tg = await self._stack.enter_async_context(anyio.create_task_group())
+        tg = self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._commits = GroupCommit(tg, self._write, self._open.evict, self.hooks, self.flush_hooks)
         return self
 
@@ -89,7 +100,7 @@ class ExperimentStore:
         try:
             await self._stack.aclose()
         finally:
-            self._commits = None
+            self._commits = self._tg = None
 
     def held(self, commit: str) -> Experiment | None:
         """The experiment if the store holds it now (for inspection)."""
@@ -244,15 +255,48 @@ class ExperimentStore:
         exp.settle(state, fd)
         if exp.phase is Phase.CORRUPT:
             raise StorageFault("metrics file corrupt")
+        covered = exp.sidecar.end if exp.sidecar else 0
+        if (
+            state.end - covered >= self.index_bytes > 0
+            and not exp.sidecar_lock.locked()
+            and self._tg is not None
+        ):
+            self._tg.start_soon(self._index, exp)
         return state.count - count
+
+    async def _index(self, exp: Experiment) -> None:
+        """Extend the sidecars over what was appended, off the event loop; appends go on."""
+        async with exp.sidecar_lock:
+            if exp.phase not in (Phase.OPEN, Phase.KNOWN):
+                return
+            await self._extend_sidecars(exp)
+
+    async def _extend_sidecars(self, exp: Experiment) -> None:
+        """Under exp.sidecar_lock: the sidecars cover the valid prefix known now."""
+        end = exp.state.end
+        if exp.sidecar is not None and exp.sidecar.end >= end:
+            return
+        try:
+            cp = await anyio.to_thread.run_sync(indexer.extend_to, exp.path, exp.sidecar, end)
+        except (OSError, indexer.TooManyNames, Damaged) as exc:
+            logger.warning("%s: sidecars not extended: %s", exp.commit, exc)
+            return
+        exp.trust(cp)
 
     async def _open_for_append(self, exp: Experiment) -> None:
         """Under exp.lock: open the file for appending, recovering it first."""
         if exp.phase is Phase.REMOVED:
             raise NotFound(f"experiment {exp.commit} not found")
-        fd, state = await anyio.to_thread.run_sync(
-            experiment.open_for_append, exp.path, exp.commit, exp.state
-        )
+        async with exp.sidecar_lock:
+            fd, state, cp = await anyio.to_thread.run_sync(
+                experiment.open_for_append,
+                exp.path,
+                exp.commit,
+                exp.state,
+                exp.sidecar,
+                self.index_bytes,
+            )
+            exp.trust(cp)
         exp.settle(state, fd)
         if exp.phase is Phase.CORRUPT:
             raise StorageFault("metrics file corrupt")
@@ -273,10 +317,7 @@ class ExperimentStore:
         ):
             try:
                 async with exp.lock:
-                    state = await anyio.to_thread.run_sync(
-                        experiment.refresh, exp.path, exp.state, True
-                    )
-                    exp.settle(state, exp.fd)
+                    await self._refresh(exp, True)
             except OSError as exc:
                 logger.error("reading %s failed: %s", exp.metrics_path, exc)
                 raise storage_error(exc) from None
@@ -294,15 +335,20 @@ class ExperimentStore:
             raise NotFound(f"experiment {commit} not found")
         try:
             async with exp.lock:
-                known = exp.phase is not Phase.UNSCANNED
-                state = await anyio.to_thread.run_sync(
-                    experiment.refresh, exp.path, exp.state, known
-                )
-                exp.settle(state, exp.fd)
+                await self._refresh(exp, exp.phase is not Phase.UNSCANNED)
         except OSError as exc:
             logger.error("reading %s failed: %s", exp.metrics_path, exc)
             raise storage_error(exc) from None
         return exp
+
+    async def _refresh(self, exp: Experiment, known: bool) -> None:
+        """Under exp.lock: what is known of the file, from it and its sidecars."""
+        async with exp.sidecar_lock:
+            state, cp = await anyio.to_thread.run_sync(
+                experiment.refresh, exp.path, exp.state, known, exp.sidecar, self.index_bytes
+            )
+            exp.trust(cp)
+        exp.settle(state, exp.fd)
 
     async def read(
         self, commit: str, start: int = 0, max_bytes: int = READ_CHUNK, max_records: int = 0
@@ -335,6 +381,35 @@ class ExperimentStore:
             index.charge(self.budget, ("offsets", commit))
         return chunk
 
+    async def on_sidecars(
+        self, commit: str, work: Callable[[Path, Checkpoint, set[int]], T]
+    ) -> T | None:
+        """`work(directory, checkpoint, checked columns)` in a worker thread, on sidecars
+        that cover the valid prefix as it was when called; they are extended first, and
+        rebuilt once when `work` finds them damaged. None when they cannot be written
+        (the caller reads metrics.bin instead)."""
+        exp = await self._scanned(commit)
+        count = exp.state.count
+        for _ in range(2):
+            async with exp.sidecar_lock:
+                if exp.phase is Phase.REMOVED:
+                    raise NotFound(f"experiment {commit} not found")
+                await self._extend_sidecars(exp)
+                cp = exp.sidecar
+                if cp is None or cp.count < count:
+                    return None
+                try:
+                    return await anyio.to_thread.run_sync(work, exp.path, cp, exp.checked)
+                except (sidecar.Unusable, OSError) as exc:
+                    logger.warning("%s: sidecars damaged (%s): rebuilding", commit, exc)
+                    exp.trust(None)
+                    try:
+                        await anyio.to_thread.run_sync(sidecar.remove, exp.path)
+                    except OSError as err:
+                        logger.warning("%s: sidecars not removed: %s", commit, err)
+                        return None
+        return None
+
     async def prefix(self, commit: str) -> tuple[Path, int, int]:
         """The metrics file and its valid prefix now: (path, records, bytes)."""
         exp = await self._scanned(commit)
@@ -363,7 +438,7 @@ class ExperimentStore:
         victims = self.prune_selection(kind, value, now, owner)
         for commit in victims:
             exp = self._open.get(commit)
-            async with exp.lock:
+            async with exp.lock, exp.sidecar_lock:
                 exp.settle(exp.state, None, removed=True)  # a flush still holding it fails
                 await anyio.to_thread.run_sync(shutil.rmtree, exp.path)
             self._open.drop(commit)
