@@ -3,6 +3,7 @@ prune selects. `list_unheld` runs in a worker thread: it takes what is known of 
 file and returns what is known now, for the event loop to keep.
 """
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -13,12 +14,15 @@ from fetchml.protocol import shapes
 from fetchml.protocol.records import Metadata
 from fetchml.protocol.runs import RunFilter
 
+from . import sidecar
 from .entries import Damaged, open_entry
 from .experiment import FileState
 from .files import METRICS, load_metadata, scan_file
 
 if TYPE_CHECKING:
     from .runs import Row
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,20 +35,46 @@ class ExperimentInfo:
     """Why `meta` is None: a damaged entry, or "metadata unreadable" (files.load_metadata)."""
 
 
+class Unindexed(Exception):
+    """The file has more not covered by sidecars than the store indexes on the way: the
+    store opens the experiment to count it (and index it)."""
+
+
+Listed = tuple[ExperimentInfo | None, FileState | None]
+"""(the listing, None when the experiment must be opened or is gone; what is known of its
+file now, None when nothing new)."""
+
+
 def list_unheld(
-    base: Path, commit: str, known: FileState | None
-) -> tuple[ExperimentInfo, FileState | None]:
-    """Worker thread: the listing of an experiment the store does not hold, and what is
-    known of its file now (None when nothing new)."""
+    base: Path, wanted: list[tuple[str, FileState | None]], index_bytes: int
+) -> list[Listed]:
+    """Worker thread: the listings of experiments the store does not hold."""
+    out: list[Listed] = []
+    for commit, known in wanted:
+        try:
+            out.append(_list_one(base, commit, known, index_bytes))
+        except Unindexed:
+            out.append((None, None))
+        except OSError as exc:
+            logger.error("listing %s: %s", commit, exc)
+            out.append((ExperimentInfo(commit, None, 0, "storage error"), None))
+    return out
+
+
+def _list_one(base: Path, commit: str, known: FileState | None, index_bytes: int) -> Listed:
     meta, damaged = load_metadata(base / commit)
     try:
-        count, state = count_unheld(base, commit, known)
+        count, state = count_unheld(base, commit, known, index_bytes)
     except Damaged as exc:
         return ExperimentInfo(commit, None, 0, damaged or exc.message), None
     return ExperimentInfo(commit, meta, count, damaged), state
 
 
-def count_unheld(base: Path, commit: str, known: FileState | None) -> tuple[int, FileState | None]:
+def count_unheld(
+    base: Path, commit: str, known: FileState | None, index_bytes: int = 0
+) -> tuple[int, FileState | None]:
+    """Records in the valid prefix, from what is known or a trusted checkpoint of the
+    sidecars onwards; Unindexed when that leaves `index_bytes` (> 0) or more to read."""
     try:
         fd = open_entry(base / commit, METRICS, os.O_RDONLY)
     except FileNotFoundError:
@@ -54,6 +84,12 @@ def count_unheld(base: Path, commit: str, known: FileState | None) -> tuple[int,
         if known is not None and size == known.size:
             return known.count, None
         start = known if known is not None and size > known.end else FileState()
+        if size - start.end >= (index_bytes or 1 << 62) or start.end == 0:
+            cp, _ = sidecar.trusted(base / commit, fd)
+            if cp is not None and cp.end > start.end:
+                start = FileState(cp.end, cp.count, 0, start.epoch)
+        if size - start.end >= (index_bytes or 1 << 62):
+            raise Unindexed(commit)
         result = scan_file(fd, start.end, start.count)
         return result.records, FileState(result.end, result.records, size, start.epoch)
     finally:

@@ -163,25 +163,33 @@ class ExperimentStore:
 
     async def list_experiments(self) -> list[ExperimentInfo]:
         """Newest first (ties: commit ascending); unreadable metadata last, by commit.
-        A damaged experiment is listed with its reason; it never fails the listing."""
+        A damaged experiment is listed with its reason; it never fails the listing.
+        Experiments not held are looked at in one worker thread, without taking a slot of
+        the open-experiment LRU, unless their files need indexing."""
+        commits = self.commits()
+        unheld = [(c, self._open.known.get(c)) for c in commits if c not in self._open]
+        listed = dict(
+            zip(
+                (c for c, _ in unheld),
+                await anyio.to_thread.run_sync(list_unheld, self.base, unheld, self.index_bytes),
+                strict=True,
+            )
+        )
         infos = []
-        for commit in self.commits():
-            try:
-                if commit in self._open:
+        for commit in commits:
+            info, state = listed.get(commit, (None, None))
+            if state is not None and commit not in self._open:
+                self._open.known[commit] = state
+            if info is None and os.path.lexists(self.base / commit):
+                try:
                     info = await self._list_held(commit)
-                else:  # in a worker thread, without taking a slot of the open-experiment LRU
-                    known = self._open.known.get(commit)
-                    info, state = await anyio.to_thread.run_sync(
-                        list_unheld, self.base, commit, known
-                    )
-                    if state is not None and commit not in self._open:
-                        self._open.known[commit] = state
-            except NotFound:
-                continue
-            except OSError as exc:
-                logger.error("listing %s: %s", commit, exc)
-                info = ExperimentInfo(commit, None, 0, "storage error")
-            infos.append(info)
+                except NotFound:
+                    continue
+                except OSError as exc:
+                    logger.error("listing %s: %s", commit, exc)
+                    info = ExperimentInfo(commit, None, 0, "storage error")
+            if info is not None:
+                infos.append(info)
         return sort_experiments(infos)
 
     async def _list_held(self, commit: str) -> ExperimentInfo:
