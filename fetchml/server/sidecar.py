@@ -288,12 +288,21 @@ def check_rows(directory: Path, k: int, info: NameInfo) -> None:
         raise Unusable(f"{k}.col does not match the checkpoint")
 
 
-def read_anchors(directory: Path, cp: Checkpoint) -> npt.NDArray[np.uint64]:
+ANCHORS_CHECKED = -1
+"""In a set of checked columns: the anchors were checked too."""
+
+
+def anchor(directory: Path, cp: Checkpoint, checked: set[int], a: int) -> int:
+    """The byte offset of record a * ANCHOR; the anchors are checked against the checkpoint
+    the first time (Unusable)."""
     fd = os.open(directory / INDEX / ANCHORS, os.O_RDONLY | SAFE_FLAGS)
     try:
-        data = os.pread(fd, cp.anchors * 8, 0)
+        if ANCHORS_CHECKED not in checked:
+            data = os.pread(fd, cp.anchors * 8, 0)
+            if len(data) != cp.anchors * 8 or zlib.crc32(data) != cp.anchors_crc:
+                raise Unusable("anchors do not match the checkpoint")
+            checked.add(ANCHORS_CHECKED)
+        (offset,) = struct.unpack("<Q", os.pread(fd, 8, a * 8))
+        return int(offset)
     finally:
         os.close(fd)
-    if len(data) != cp.anchors * 8 or zlib.crc32(data) != cp.anchors_crc:
-        raise Unusable("anchors do not match the checkpoint")
-    return np.frombuffer(data, "<u8")

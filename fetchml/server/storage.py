@@ -46,7 +46,7 @@ from .listing import list_unheld, select_prune
 from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
 from .metriclog import MetricLog
-from .offsets import Chunk, read_range
+from .offsets import Chunk, read_anchored, read_range
 from .sidecar import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -369,6 +369,10 @@ class ExperimentStore:
         if start >= total:
             return Chunk(b"", total, 0, total)
         stop = min(total, start + max_records) if max_records else total
+        if exp.sidecar is not None and exp.sidecar.anchors:
+            chunk = await self._read_anchored(exp, start, max_bytes, stop)
+            if chunk is not None:
+                return chunk
         index = exp.index
         try:
             async with index.lock:  # appends go on meanwhile
@@ -388,6 +392,43 @@ class ExperimentStore:
         if self._open.held(commit) is exp:  # an evicted or pruned one is not charged
             index.charge(self.budget, ("offsets", commit))
         return chunk
+
+    async def _read_anchored(
+        self, exp: Experiment, start: int, max_bytes: int, stop: int
+    ) -> Chunk | None:
+        """A read that walks from the sidecars' nearest anchor, without an offset index;
+        None when the anchors are not usable (the caller indexes the file)."""
+        state = exp.state
+        async with exp.sidecar_lock:
+            cp = exp.sidecar
+            if cp is None or not cp.anchors:
+                return None
+            a = min(start // sidecar.ANCHOR, cp.anchors - 1)
+            try:
+                at = await anyio.to_thread.run_sync(sidecar.anchor, exp.path, cp, exp.checked, a)
+                return await anyio.to_thread.run_sync(
+                    read_anchored,
+                    exp.path,
+                    at,
+                    a * sidecar.ANCHOR,
+                    state.end,
+                    start,
+                    max_bytes,
+                    stop,
+                    state.count,
+                )
+            except (sidecar.Unusable, OSError) as exc:
+                await self._discard(exp, exc)
+                return None
+
+    async def _discard(self, exp: Experiment, why: Exception) -> None:
+        """Under exp.sidecar_lock: sidecars found damaged go, to be rebuilt."""
+        logger.warning("%s: sidecars damaged (%s): rebuilding", exp.commit, why)
+        exp.trust(None)
+        try:
+            await anyio.to_thread.run_sync(sidecar.remove, exp.path)
+        except OSError as exc:
+            logger.warning("%s: sidecars not removed: %s", exp.commit, exc)
 
     async def on_sidecars(
         self, commit: str, work: Callable[[Path, Checkpoint, set[int]], T]
@@ -409,13 +450,7 @@ class ExperimentStore:
                 try:
                     return await anyio.to_thread.run_sync(work, exp.path, cp, exp.checked)
                 except (sidecar.Unusable, OSError) as exc:
-                    logger.warning("%s: sidecars damaged (%s): rebuilding", commit, exc)
-                    exp.trust(None)
-                    try:
-                        await anyio.to_thread.run_sync(sidecar.remove, exp.path)
-                    except OSError as err:
-                        logger.warning("%s: sidecars not removed: %s", commit, err)
-                        return None
+                    await self._discard(exp, exc)
         return None
 
     async def prefix(self, commit: str) -> tuple[Path, int, int]:
