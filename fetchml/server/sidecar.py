@@ -306,3 +306,26 @@ def anchor(directory: Path, cp: Checkpoint, checked: set[int], a: int) -> int:
         return int(offset)
     finally:
         os.close(fd)
+
+
+def audit(directory: Path, fd: int, valid_end: int) -> tuple[Checkpoint | None, str | None]:
+    """For fsck and inspect, every byte checked: (the checkpoint, what is wrong with the
+    sidecars); (None, None) when there are none."""
+    if not os.path.lexists(directory / INDEX):
+        return None, None
+    try:
+        cp = load(directory)
+        if cp is None:
+            raise Unusable("no checkpoint")
+        verify(directory, fd, cp)
+        if cp.end > valid_end:
+            raise Unusable("the checkpoint covers more than the valid prefix")
+        for k, info in enumerate(cp.names):
+            check_rows(directory, k, info)
+        if cp.anchors:
+            anchor(directory, cp, set(), 0)
+    except Unusable as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror})"
+    return cp, None
