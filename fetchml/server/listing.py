@@ -5,10 +5,11 @@ file and returns what is known now, for the event loop to keep.
 
 import logging
 import os
+import stat as stat_module
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from fetchml.protocol import shapes
 from fetchml.protocol.records import Metadata
@@ -40,34 +41,67 @@ class Unindexed(Exception):
     store opens the experiment to count it (and index it)."""
 
 
-Listed = tuple[ExperimentInfo | None, FileState | None]
-"""(the listing, None when the experiment must be opened or is gone; what is known of its
-file now, None when nothing new)."""
+class Seen(NamedTuple):
+    """An experiment directory's metadata as last read, and the directory's stat then
+    (meta.bin is only ever replaced by a rename, which changes the directory's mtime)."""
+
+    stat: tuple[int, int, int]
+    meta: Metadata | None
+    damaged: str | None
+
+
+SEEN_BYTES = 300
+"""What a Seen costs in memory, about (charged to the cache budget)."""
+
+
+class Listed(NamedTuple):
+    info: ExperimentInfo | None
+    """None when the experiment must be opened (Unindexed) or is gone."""
+    state: FileState | None
+    """What is known of its file now, None when nothing new."""
+    seen: Seen | None
 
 
 def list_unheld(
-    base: Path, wanted: list[tuple[str, FileState | None]], index_bytes: int
+    base: Path, wanted: list[tuple[str, FileState | None, Seen | None]], index_bytes: int
 ) -> list[Listed]:
-    """Worker thread: the listings of experiments the store does not hold."""
+    """Worker thread: the listings of experiments the store does not hold. What was known
+    is used when a stat of the directory and of metrics.bin shows nothing changed."""
     out: list[Listed] = []
-    for commit, known in wanted:
+    for commit, known, seen in wanted:
         try:
-            out.append(_list_one(base, commit, known, index_bytes))
+            out.append(_list_one(base, commit, known, seen, index_bytes))
         except Unindexed:
-            out.append((None, None))
+            out.append(Listed(None, None, None))
+        except FileNotFoundError:
+            out.append(Listed(None, None, None))
         except OSError as exc:
             logger.error("listing %s: %s", commit, exc)
-            out.append((ExperimentInfo(commit, None, 0, "storage error"), None))
+            out.append(Listed(ExperimentInfo(commit, None, 0, "storage error"), None, None))
     return out
 
 
-def _list_one(base: Path, commit: str, known: FileState | None, index_bytes: int) -> Listed:
-    meta, damaged = load_metadata(base / commit)
+def _list_one(
+    base: Path, commit: str, known: FileState | None, seen: Seen | None, index_bytes: int
+) -> Listed:
+    directory = f"{base}/{commit}"
+    st = os.stat(directory, follow_symlinks=False)
+    stat = (st.st_mtime_ns, st.st_ino, st.st_mode)
+    if seen is None or seen.stat != stat:
+        seen = Seen(stat, *load_metadata(base / commit))
+    meta, damaged = seen.meta, seen.damaged
+    if known is not None:
+        try:
+            mst = os.stat(f"{directory}/{METRICS}", follow_symlinks=False)
+            if stat_module.S_ISREG(mst.st_mode) and mst.st_size == known.size:
+                return Listed(ExperimentInfo(commit, meta, known.count, damaged), None, seen)
+        except FileNotFoundError:
+            pass
     try:
         count, state = count_unheld(base, commit, known, index_bytes)
     except Damaged as exc:
-        return ExperimentInfo(commit, None, 0, damaged or exc.message), None
-    return ExperimentInfo(commit, meta, count, damaged), state
+        return Listed(ExperimentInfo(commit, None, 0, damaged or exc.message), None, seen)
+    return Listed(ExperimentInfo(commit, meta, count, damaged), state, seen)
 
 
 def count_unheld(

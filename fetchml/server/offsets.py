@@ -103,7 +103,8 @@ def read_anchored(
                 at += starts[start - first]
                 break
             at, first = at + after, first + len(starts)
-        data = os.pread(fd, min(max(max_bytes, RECORD_MAX), end - at), at)
+        want = min(max_bytes, (stop - start) * RECORD_MAX)
+        data = os.pread(fd, min(max(want, RECORD_MAX), end - at), at)
     finally:
         os.close(fd)
     starts = array("q")

@@ -41,8 +41,8 @@ from .files import (
 )
 from .groupcommit import MAX_FLUSH_BYTES as MAX_FLUSH_BYTES
 from .groupcommit import CommitHook, FlushHook, GroupCommit
+from .listing import SEEN_BYTES, Seen, list_unheld, select_prune
 from .listing import ExperimentInfo as ExperimentInfo
-from .listing import list_unheld, select_prune
 from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
 from .metriclog import MetricLog
@@ -84,6 +84,8 @@ class ExperimentStore:
         self.flush_hooks: list[FlushHook] = []
         """Called with (records, seconds) after each flush; for metrics."""
         self._open = OpenExperiments(self.base, max_open_files, self._forget_index)
+        self._seen: dict[str, Seen] = {}
+        """Metadata of experiments not held, as LIST last read it (listing.Seen)."""
         self._commits: GroupCommit[Experiment] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
@@ -167,17 +169,15 @@ class ExperimentStore:
         Experiments not held are looked at in one worker thread, without taking a slot of
         the open-experiment LRU, unless their files need indexing."""
         commits = self.commits()
-        unheld = [(c, self._open.known.get(c)) for c in commits if c not in self._open]
-        listed = dict(
-            zip(
-                (c for c, _ in unheld),
-                await anyio.to_thread.run_sync(list_unheld, self.base, unheld, self.index_bytes),
-                strict=True,
-            )
-        )
+        seen = self._seen
+        unheld = [(c, self._open.known.get(c), seen.get(c)) for c in commits if c not in self._open]
+        listed = await anyio.to_thread.run_sync(list_unheld, self.base, unheld, self.index_bytes)
+        found = dict(zip((c for c, _, _ in unheld), listed, strict=True))
+        self._seen = {c: r.seen for c, r in found.items() if r.seen is not None}
+        self.budget.charge(("listing",), len(self._seen) * SEEN_BYTES, self._forget_seen)
         infos = []
         for commit in commits:
-            info, state = listed.get(commit, (None, None))
+            info, state, _ = found.get(commit, (None, None, None))
             if state is not None and commit not in self._open:
                 self._open.known[commit] = state
             if info is None and os.path.lexists(self.base / commit):
@@ -191,6 +191,10 @@ class ExperimentStore:
             if info is not None:
                 infos.append(info)
         return sort_experiments(infos)
+
+    def _forget_seen(self) -> bool:
+        self._seen = {}
+        return True
 
     async def _list_held(self, commit: str) -> ExperimentInfo:
         meta, damaged = self.metadata(commit), self.damaged(commit)
