@@ -169,6 +169,9 @@ def tail_digest(fd: int, end: int) -> bytes:
 
 def load(directory: Path) -> Checkpoint | None:
     """The checkpoint as stored, None when there is none; Unusable when it does not decode."""
+    index = directory / INDEX
+    if os.path.lexists(index) and (os.path.islink(index) or not os.path.isdir(index)):
+        raise Unusable("index is not a directory")
     try:
         fd = open_entry(directory / INDEX, CHECKPOINT, os.O_RDONLY, MAX_CHECKPOINT_BYTES)
     except FileNotFoundError:
