@@ -2,6 +2,7 @@
 way a sidecar can lie makes it ignored and rebuilt, never trusted over metrics.bin."""
 
 import functools
+import hashlib
 import os
 import random
 import shutil
@@ -260,7 +261,7 @@ def test_damaged_column_rows_fail_their_check(tmp_path: Path) -> None:
     data[30] ^= 0xFF  # a row's timestamp: the sizes still match the checkpoint
     path.write_bytes(bytes(data))
     assert trusted(directory) == (cp, None)  # a checkpoint is cheap to trust ...
-    with pytest.raises(sidecar.Unusable, match="2.col does not match"):
+    with pytest.raises(sidecar.Unusable, match=r"2\.col does not match"):
         sidecar.check_rows(directory, 2, cp.names[2])  # ... its columns are checked on use
     with pytest.raises(sidecar.Unusable, match="anchors do not match"):
         anchors = directory / "index" / "anchors"
@@ -275,7 +276,7 @@ def test_a_checkpoint_round_trips_and_names_its_version() -> None:
     assert sidecar.decode(data) == cp
     with pytest.raises(sidecar.Unusable, match="trailing bytes"):
         body = data[:-32] + b"x"
-        sidecar.decode(body + __import__("hashlib").sha256(body).digest())
+        sidecar.decode(body + hashlib.sha256(body).digest())
 
 
 def test_the_first_pass_keeps_up_with_a_big_file(tmp_path: Path) -> None:
@@ -286,7 +287,7 @@ def test_the_first_pass_keeps_up_with_a_big_file(tmp_path: Path) -> None:
     for n in sizes:
         directory = make_experiment(tmp_path / str(n), "cd" * 20, big_metrics(n, names)).parent
         start = os.times().elapsed
-        cp, end, count = build(directory)
+        cp, _, count = build(directory)
         seconds = os.times().elapsed - start
         print(f"first pass: {n} records in {seconds:.2f} s, {n / seconds / 1e6:.1f} M records/s")
         assert count == n and cp.count == n and len(cp.names) == 10
