@@ -17,7 +17,7 @@ from fetchml.protocol.requests import QueryMetrics
 
 from . import sidecar
 from .errors import InvalidRequest
-from .series import lttb, release_free_memory
+from .series import lttb_windows, release_free_memory
 from .sidecar import ROW, Checkpoint, NameInfo, Record
 
 ALL_STEPS = (0, 0xFFFFFFFF)
@@ -113,19 +113,32 @@ def downsample(
 
 
 def _downsample_one(directory: Path, k: int, info: NameInfo, req: QueryMetrics) -> list[bytes]:
-    steps = np.empty(info.rows, np.uint32)
-    values = np.empty(info.rows, np.float64)
+    """LTTB over the name's points in the step range, read a window at a time."""
     with Column(directory, k, info.rows) as column:
-        for lo in range(0, info.rows, WINDOW_ROWS):
-            window = column.read(lo, lo + WINDOW_ROWS)
-            steps[lo : lo + len(window)] = window["step"]
-            values[lo : lo + len(window)] = window["value"]
-        picked = None
+        picked = None  # the rows in the step range, when it is not every step
         if (req.step_from, req.step_to) != ALL_STEPS:
-            picked = np.flatnonzero((steps >= req.step_from) & (steps <= req.step_to))
-            steps, values = steps[picked], values[picked]
-        chosen = lttb(steps, values, req.max_points)
-        del steps, values
+            parts = []
+            for lo in range(0, info.rows, WINDOW_ROWS):
+                step = column.read(lo, lo + WINDOW_ROWS)["step"]
+                parts.append(lo + np.flatnonzero((step >= req.step_from) & (step <= req.step_to)))
+            picked = np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+        def load(lo: int, hi: int) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float64]]:
+            if picked is None:
+                rows = column.read(lo, hi)
+                return rows["step"], rows["value"]
+            at = picked[lo:hi]
+            steps, values = [], []
+            for start in range(int(at[0]), int(at[-1]) + 1, WINDOW_ROWS):  # sparse: in pieces
+                rows = column.read(start, start + WINDOW_ROWS)
+                these = at[np.searchsorted(at, start) : np.searchsorted(at, start + WINDOW_ROWS)]
+                these = these - start
+                steps.append(rows["step"][these])
+                values.append(rows["value"][these])
+            return np.concatenate(steps), np.concatenate(values)
+
+        n = info.rows if picked is None else len(picked)
+        chosen = lttb_windows(n, req.max_points, load)
         at = chosen if picked is None else picked[chosen].tolist()
         out = [_row_record(column.read(i, i + 1)[0], info.name) for i in at]
     release_free_memory()

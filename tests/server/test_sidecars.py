@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from fetchml.protocol.metrics import decode_records, encode_record, scan
-from fetchml.server import fastscan, indexer, sidecar
+from fetchml.server import fastscan, indexer, series, sidecar
 from fetchml.server.files import scan_file
 from fetchml.server.sidecar import Checkpoint
 from tests.support.experiments import STAMP, big_metrics, make_experiment
@@ -291,3 +292,23 @@ def test_the_first_pass_keeps_up_with_a_big_file(tmp_path: Path) -> None:
         seconds = os.times().elapsed - start
         print(f"first pass: {n} records in {seconds:.2f} s, {n / seconds / 1e6:.1f} M records/s")
         assert count == n and cp.count == n and len(cp.names) == 10
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lttb_a_window_at_a_time_is_lttb_and_holds_a_window(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(500, 5000))
+    xs = np.sort(rng.integers(0, 10 * n, n)).astype(np.uint32)
+    ys = rng.normal(size=n)
+    ys[rng.integers(0, n, 5)] = np.nan
+    loaded: list[int] = []
+
+    def load(lo: int, hi: int) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.float64]]:
+        loaded.append(hi - lo)
+        return xs[lo:hi], ys[lo:hi]
+
+    for threshold in (3, 40, 300, n - 1):
+        loaded.clear()
+        bucket = -(-(n - 2) // (threshold - 2)) + 1
+        assert series.lttb_windows(n, threshold, load, window=64) == series.lttb(xs, ys, threshold)
+        assert max(loaded) <= max(64, bucket)
