@@ -43,11 +43,14 @@ class Unindexed(Exception):
 
 class Seen(NamedTuple):
     """An experiment directory's metadata as last read, and the directory's stat then
-    (meta.bin is only ever replaced by a rename, which changes the directory's mtime)."""
+    (meta.bin is only ever replaced by a rename, which changes the directory's mtime);
+    what was known of metrics.bin, and its inode, size and mtime then."""
 
     stat: tuple[int, int, int]
     meta: Metadata | None
     damaged: str | None
+    metrics: tuple[int, int, int] | None = None
+    state: FileState | None = None
 
 
 SEEN_BYTES = 300
@@ -90,17 +93,22 @@ def _list_one(
     if seen is None or seen.stat != stat:
         seen = Seen(stat, *load_metadata(base / commit))
     meta, damaged = seen.meta, seen.damaged
-    if known is not None:
-        try:
-            mst = os.stat(f"{directory}/{METRICS}", follow_symlinks=False)
-            if stat_module.S_ISREG(mst.st_mode) and mst.st_size == known.size:
-                return Listed(ExperimentInfo(commit, meta, known.count, damaged), None, seen)
-        except FileNotFoundError:
-            pass
+    try:
+        mst = os.stat(f"{directory}/{METRICS}", follow_symlinks=False)
+        sig = (mst.st_ino, mst.st_size, mst.st_mtime_ns)
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or a damaged experiment
+        mst, sig = None, None
+    if mst is not None and stat_module.S_ISREG(mst.st_mode):
+        if known is None and sig == seen.metrics:
+            known = seen.state  # from a listing saved before this process
+        if known is not None and mst.st_size == known.size:
+            seen = seen._replace(metrics=sig, state=known)
+            return Listed(ExperimentInfo(commit, meta, known.count, damaged), known, seen)
     try:
         count, state = count_unheld(base, commit, known, index_bytes)
     except Damaged as exc:
         return Listed(ExperimentInfo(commit, None, 0, damaged or exc.message), None, seen)
+    seen = seen._replace(metrics=sig, state=state or known)
     return Listed(ExperimentInfo(commit, meta, count, damaged), state, seen)
 
 

@@ -23,7 +23,7 @@ import anyio.abc
 
 from fetchml.protocol.records import Metadata, encode_metadata
 
-from . import experiment, indexer, sidecar
+from . import experiment, indexer, listcache, sidecar
 from .budget import CacheBudget
 from .entries import Damaged
 from .errors import AlreadyExists, NotFound, ServerError, StorageFault
@@ -84,8 +84,9 @@ class ExperimentStore:
         self.flush_hooks: list[FlushHook] = []
         """Called with (records, seconds) after each flush; for metrics."""
         self._open = OpenExperiments(self.base, max_open_files, self._forget_index)
-        self._seen: dict[str, Seen] = {}
-        """Metadata of experiments not held, as LIST last read it (listing.Seen)."""
+        self._seen: dict[str, Seen] | None = None
+        """Experiments not held, as LIST last found them (listing.Seen); None until the
+        saved listing (listcache.py) is read."""
         self._commits: GroupCommit[Experiment] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
@@ -170,10 +171,14 @@ class ExperimentStore:
         the open-experiment LRU, unless their files need indexing."""
         commits = self.commits()
         seen = self._seen
+        if seen is None:
+            seen = await anyio.to_thread.run_sync(listcache.load, self.base)
         unheld = [(c, self._open.known.get(c), seen.get(c)) for c in commits if c not in self._open]
         listed = await anyio.to_thread.run_sync(list_unheld, self.base, unheld, self.index_bytes)
         found = dict(zip((c for c, _, _ in unheld), listed, strict=True))
         self._seen = {c: r.seen for c, r in found.items() if r.seen is not None}
+        if self._seen != seen:
+            await anyio.to_thread.run_sync(listcache.save, self.base, self._seen)
         self.budget.charge(("listing",), len(self._seen) * SEEN_BYTES, self._forget_seen)
         infos = []
         for commit in commits:
@@ -193,7 +198,7 @@ class ExperimentStore:
         return sort_experiments(infos)
 
     def _forget_seen(self) -> bool:
-        self._seen = {}
+        self._seen = {}  # the saved listing is not read again: a LIST reads every experiment
         return True
 
     async def _list_held(self, commit: str) -> ExperimentInfo:

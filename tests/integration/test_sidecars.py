@@ -10,6 +10,7 @@ scans and answers 0.
 """
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,9 @@ async def test_a_restarted_daemon_answers_from_the_sidecars_without_a_scan(
         assert await answers(client) == expected(data)  # from the sidecars alone
     checkpoint = metrics.parent / "index" / "checkpoint"
     checkpoint.write_bytes(checkpoint.read_bytes()[:-1])  # a damaged checkpoint: not trusted
+    # LIST's saved listing holds the count it found, and nothing a stat sees has changed
+    # since (the first record was broken in place before the second daemon listed).
+    (tmp_path / "experiments" / ".fetchml-listing").unlink()
     async with in_process_daemons(tmp_path) as start:
         client = await (await start(storage=SIDECARS)).client()
         got = await answers(client)
@@ -116,3 +120,35 @@ async def test_appends_after_a_restart_extend_the_sidecars(tmp_path: Path) -> No
         late = QueryMetrics(key_hash=ADMIN, commit_id=commit_bytes(), name="late/name")
         assert [r.step for r in page_of(await client.call(late)).records] == [7]
     assert len(stamped) == len(b"".join(record(s, n) for s, _, n in more))
+
+
+async def test_a_restarted_daemon_lists_from_its_saved_listing(tmp_path: Path) -> None:
+    base = tmp_path / "experiments"
+    commits = [f"{k:040x}" for k in range(5)]
+    paths = [
+        make_experiment(
+            base,
+            c,
+            b"".join(record(s) for s in range(k + 1)),
+            meta_bytes(c, timestamp=1764000000 - k),
+        )
+        for k, c in enumerate(commits)
+    ]
+
+    async def counts() -> list[int]:
+        async with in_process_daemons(tmp_path) as start:
+            client = await (await start()).client()
+            listing = await call_json(client, ListExperiments(key_hash=ADMIN))
+            return [item["metrics_count"] for item in listing]
+
+    assert await counts() == [1, 2, 3, 4, 5]
+    # Unseen by a stat (same inode, size and mtime): the saved count is used, the file is
+    # not read. An append is seen, and read.
+    st = paths[0].stat()
+    paths[0].write_bytes(b"\0" * st.st_size)
+    os.utime(paths[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    with paths[1].open("ab") as f:
+        f.write(record(99))
+    assert await counts() == [1, 3, 3, 4, 5]
+    (base / ".fetchml-listing").write_bytes(b"{not json")  # ignored: everything is read
+    assert await counts() == [0, 3, 3, 4, 5]
