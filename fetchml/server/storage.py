@@ -89,6 +89,8 @@ class ExperimentStore:
         saved listing (listcache.py) is read."""
         self._commits: GroupCommit[Experiment] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._indexing: set[str] = set()
+        """Experiments whose sidecars a background task is extending."""
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> "ExperimentStore":
@@ -275,30 +277,39 @@ class ExperimentStore:
         covered = exp.sidecar.end if exp.sidecar else 0
         if (
             state.end - covered >= self.index_bytes > 0
-            and not exp.sidecar_lock.locked()
+            and exp.commit not in self._indexing
             and self._tg is not None
         ):
+            self._indexing.add(exp.commit)
             self._tg.start_soon(self._index, exp)
         return state.count - count
 
     async def _index(self, exp: Experiment) -> None:
         """Extend the sidecars over what was appended, off the event loop; appends go on."""
-        async with exp.sidecar_lock:
-            if exp.phase not in (Phase.OPEN, Phase.KNOWN):
-                return
-            await self._extend_sidecars(exp)
+        try:
+            while exp.phase in (Phase.OPEN, Phase.KNOWN):
+                covered = exp.sidecar.end if exp.sidecar else 0
+                if exp.state.end - covered < self.index_bytes:
+                    return
+                async with exp.sidecar_lock:
+                    if not await self._extend_sidecars(exp):
+                        return
+        finally:
+            self._indexing.discard(exp.commit)
 
-    async def _extend_sidecars(self, exp: Experiment) -> None:
-        """Under exp.sidecar_lock: the sidecars cover the valid prefix known now."""
+    async def _extend_sidecars(self, exp: Experiment) -> bool:
+        """Under exp.sidecar_lock: the sidecars cover the valid prefix known now (False
+        when they could not be written)."""
         end = exp.state.end
         if exp.sidecar is not None and exp.sidecar.end >= end:
-            return
+            return True
         try:
             cp = await anyio.to_thread.run_sync(indexer.extend_to, exp.path, exp.sidecar, end)
         except (OSError, indexer.TooManyNames, Damaged) as exc:
             logger.warning("%s: sidecars not extended: %s", exp.commit, exc)
-            return
+            return False
         exp.trust(cp)
+        return True
 
     async def _open_for_append(self, exp: Experiment) -> None:
         """Under exp.lock: open the file for appending, recovering it first."""

@@ -15,9 +15,12 @@ import numpy.typing as npt
 import pytest
 
 from fetchml.protocol.metrics import decode_records, encode_record, scan
+from fetchml.protocol.records import Metadata
 from fetchml.server import fastscan, indexer, series, sidecar
 from fetchml.server.files import scan_file
 from fetchml.server.sidecar import Checkpoint
+from fetchml.server.storage import ExperimentStore
+from tests.support.daemon import poll
 from tests.support.experiments import STAMP, big_metrics, make_experiment
 
 NAMES = (b"loss", b"accuracy", b"lr", b"grad/norm")
@@ -312,3 +315,21 @@ def test_lttb_a_window_at_a_time_is_lttb_and_holds_a_window(seed: int) -> None:
         bucket = -(-(n - 2) // (threshold - 2)) + 1
         assert series.lttb_windows(n, threshold, load, window=64) == series.lttb(xs, ys, threshold)
         assert max(loaded) <= max(64, bucket)
+
+
+async def test_appends_extend_the_sidecars_in_the_background(tmp_path: Path) -> None:
+    commit = "ef" * 20
+    async with ExperimentStore(tmp_path, index_bytes=4096) as store:
+        await store.create(Metadata(commit_id=commit, timestamp=1764000000, user="alice"))
+        for i in range(10):
+            await store.append(commit, records(200, seed=i), 200)  # no read, no query
+
+        def covered() -> int:
+            cp = sidecar.load(tmp_path / commit)
+            return cp.count if cp else 0
+
+        await poll(lambda: covered() >= 1800, "the sidecars to cover the appends")
+    cp = sidecar.load(tmp_path / commit)
+    assert cp is not None
+    data = (tmp_path / commit / "metrics.bin").read_bytes()
+    assert columns(tmp_path / commit, cp) == expected_columns(data[: cp.end])
