@@ -71,30 +71,36 @@ def list_unheld(
     """Worker thread: the listings of experiments the store does not hold. What was known
     is used when a stat of the directory and of metrics.bin shows nothing changed."""
     out: list[Listed] = []
-    for commit, known, seen in wanted:
-        try:
-            out.append(_list_one(base, commit, known, seen, index_bytes))
-        except Unindexed:
-            out.append(Listed(None, None, None))
-        except FileNotFoundError:
-            out.append(Listed(None, None, None))
-        except OSError as exc:
-            logger.error("listing %s: %s", commit, exc)
-            out.append(Listed(ExperimentInfo(commit, None, 0, "storage error"), None, None))
+    base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for commit, known, seen in wanted:
+            try:
+                out.append(_list_one(base, base_fd, commit, known, seen, index_bytes))
+            except (Unindexed, FileNotFoundError):
+                out.append(Listed(None, None, None))
+            except OSError as exc:
+                logger.error("listing %s: %s", commit, exc)
+                out.append(Listed(ExperimentInfo(commit, None, 0, "storage error"), None, None))
+    finally:
+        os.close(base_fd)
     return out
 
 
 def _list_one(
-    base: Path, commit: str, known: FileState | None, seen: Seen | None, index_bytes: int
+    base: Path,
+    base_fd: int,
+    commit: str,
+    known: FileState | None,
+    seen: Seen | None,
+    index_bytes: int,
 ) -> Listed:
-    directory = f"{base}/{commit}"
-    st = os.stat(directory, follow_symlinks=False)
+    st = os.stat(commit, dir_fd=base_fd, follow_symlinks=False)
     stat = (st.st_mtime_ns, st.st_ino, st.st_mode)
     if seen is None or seen.stat != stat:
         seen = Seen(stat, *load_metadata(base / commit))
     meta, damaged = seen.meta, seen.damaged
     try:
-        mst = os.stat(f"{directory}/{METRICS}", follow_symlinks=False)
+        mst = os.stat(f"{commit}/{METRICS}", dir_fd=base_fd, follow_symlinks=False)
         sig = (mst.st_ino, mst.st_size, mst.st_mtime_ns)
     except (FileNotFoundError, NotADirectoryError):  # none yet, or a damaged experiment
         mst, sig = None, None
@@ -102,7 +108,8 @@ def _list_one(
         if known is None and sig == seen.metrics:
             known = seen.state  # from a listing saved before this process
         if known is not None and mst.st_size == known.size:
-            seen = seen._replace(metrics=sig, state=known)
+            if sig != seen.metrics or known is not seen.state:
+                seen = seen._replace(metrics=sig, state=known)
             return Listed(ExperimentInfo(commit, meta, known.count, damaged), known, seen)
     try:
         count, state = count_unheld(base, commit, known, index_bytes)
