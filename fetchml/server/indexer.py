@@ -27,7 +27,7 @@ from .sidecar import ANCHOR, ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record
 
 logger = logging.getLogger(__name__)
 
-READ_BYTES = 16 << 20
+READ_BYTES = 4 << 20
 MAX_NAMES = 4096
 """An experiment with more distinct names than this gets no columns (TooManyNames)."""
 
