@@ -13,19 +13,17 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import anyio.abc
 
 from fetchml.protocol.records import Metadata, encode_metadata
 
-from . import experiment, indexer, listcache, sidecar
+from . import experiment, listcache
 from .budget import CacheBudget
-from .entries import Damaged
 from .errors import AlreadyExists, NotFound, ServerError, StorageFault
 from .experiment import Experiment, FileState, MetaInfo, Phase
 from .files import (
@@ -41,13 +39,13 @@ from .files import (
 )
 from .groupcommit import MAX_FLUSH_BYTES as MAX_FLUSH_BYTES
 from .groupcommit import CommitHook, FlushHook, GroupCommit
+from .indexing import Sidecars, T, Work
 from .listing import SEEN_BYTES, Seen, list_unheld, select_prune
 from .listing import ExperimentInfo as ExperimentInfo
 from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
 from .metriclog import MetricLog
-from .offsets import Chunk, read_anchored, read_range
-from .sidecar import Checkpoint
+from .offsets import Chunk, read_range
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +58,6 @@ INLINE_WRITE_BYTES = 256 << 10
 """Flushes up to this size are written on the event loop in durability `write`."""
 
 Durability = Literal["write", "fsync"]
-T = TypeVar("T")
 
 
 class ExperimentStore:
@@ -76,7 +73,7 @@ class ExperimentStore:
         index_bytes: int = INDEX_BYTES,
     ) -> None:
         self.base = Path(base_path)
-        self.index_bytes = index_bytes
+        self.sidecars = Sidecars(index_bytes)
         self.budget = CacheBudget(cache_bytes)
         """Shared by the record-offset indexes and the metric columns (server.series)."""
         self.durability = durability
@@ -89,8 +86,6 @@ class ExperimentStore:
         saved listing (listcache.py) is read."""
         self._commits: GroupCommit[Experiment] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._indexing: set[str] = set()
-        """Experiments whose sidecars a background task is extending."""
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> "ExperimentStore":
@@ -274,42 +269,8 @@ class ExperimentStore:
         exp.settle(state, fd)
         if exp.phase is Phase.CORRUPT:
             raise StorageFault("metrics file corrupt")
-        covered = exp.sidecar.end if exp.sidecar else 0
-        if (
-            state.end - covered >= self.index_bytes > 0
-            and exp.commit not in self._indexing
-            and self._tg is not None
-        ):
-            self._indexing.add(exp.commit)
-            self._tg.start_soon(self._index, exp)
+        self.sidecars.written(self._tg, exp)
         return state.count - count
-
-    async def _index(self, exp: Experiment) -> None:
-        """Extend the sidecars over what was appended, off the event loop; appends go on."""
-        try:
-            while exp.phase in (Phase.OPEN, Phase.KNOWN):
-                covered = exp.sidecar.end if exp.sidecar else 0
-                if exp.state.end - covered < self.index_bytes:
-                    return
-                async with exp.sidecar_lock:
-                    if not await self._extend_sidecars(exp):
-                        return
-        finally:
-            self._indexing.discard(exp.commit)
-
-    async def _extend_sidecars(self, exp: Experiment) -> bool:
-        """Under exp.sidecar_lock: the sidecars cover the valid prefix known now (False
-        when they could not be written)."""
-        end = exp.state.end
-        if exp.sidecar is not None and exp.sidecar.end >= end:
-            return True
-        try:
-            cp = await anyio.to_thread.run_sync(indexer.extend_to, exp.path, exp.sidecar, end)
-        except (OSError, indexer.TooManyNames, Damaged) as exc:
-            logger.warning("%s: sidecars not extended: %s", exp.commit, exc)
-            return False
-        exp.trust(cp)
-        return True
 
     async def _open_for_append(self, exp: Experiment) -> None:
         """Under exp.lock: open the file for appending, recovering it first."""
@@ -390,7 +351,7 @@ class ExperimentStore:
             return Chunk(b"", total, 0, total)
         stop = min(total, start + max_records) if max_records else total
         if exp.sidecar is not None and exp.sidecar.anchors:
-            chunk = await self._read_anchored(exp, start, max_bytes, stop)
+            chunk = await self.sidecars.read(exp, start, max_bytes, stop)
             if chunk is not None:
                 return chunk
         index = exp.index
@@ -413,65 +374,14 @@ class ExperimentStore:
             index.charge(self.budget, ("offsets", commit))
         return chunk
 
-    async def _read_anchored(
-        self, exp: Experiment, start: int, max_bytes: int, stop: int
-    ) -> Chunk | None:
-        """A read that walks from the sidecars' nearest anchor, without an offset index;
-        None when the anchors are not usable (the caller indexes the file)."""
-        state = exp.state
-        async with exp.sidecar_lock:
-            cp = exp.sidecar
-            if cp is None or not cp.anchors:
-                return None
-            a = min(start // sidecar.ANCHOR, cp.anchors - 1)
-            try:
-                at = await anyio.to_thread.run_sync(sidecar.anchor, exp.path, cp, exp.checked, a)
-                return await anyio.to_thread.run_sync(
-                    read_anchored,
-                    exp.path,
-                    at,
-                    a * sidecar.ANCHOR,
-                    state.end,
-                    start,
-                    max_bytes,
-                    stop,
-                    state.count,
-                )
-            except (sidecar.Unusable, OSError) as exc:
-                await self._discard(exp, exc)
-                return None
+    async def on_sidecars(self, commit: str, work: Work[T]) -> T | None:
+        """`work` in a worker thread on the experiment's sidecars, current with its valid
+        prefix (indexing.Sidecars.run); None when they cannot be written."""
+        return await self.sidecars.run(await self._scanned(commit), work)
 
-    async def _discard(self, exp: Experiment, why: Exception) -> None:
-        """Under exp.sidecar_lock: sidecars found damaged go, to be rebuilt."""
-        logger.warning("%s: sidecars damaged (%s): rebuilding", exp.commit, why)
-        exp.trust(None)
-        try:
-            await anyio.to_thread.run_sync(sidecar.remove, exp.path)
-        except OSError as exc:
-            logger.warning("%s: sidecars not removed: %s", exp.commit, exc)
-
-    async def on_sidecars(
-        self, commit: str, work: Callable[[Path, Checkpoint, set[int]], T]
-    ) -> T | None:
-        """`work(directory, checkpoint, checked columns)` in a worker thread, on sidecars
-        that cover the valid prefix as it was when called; they are extended first, and
-        rebuilt once when `work` finds them damaged. None when they cannot be written
-        (the caller reads metrics.bin instead)."""
-        exp = await self._scanned(commit)
-        count = exp.state.count
-        for _ in range(2):
-            async with exp.sidecar_lock:
-                if exp.phase is Phase.REMOVED:
-                    raise NotFound(f"experiment {commit} not found")
-                await self._extend_sidecars(exp)
-                cp = exp.sidecar
-                if cp is None or cp.count < count:
-                    return None
-                try:
-                    return await anyio.to_thread.run_sync(work, exp.path, cp, exp.checked)
-                except (sidecar.Unusable, OSError) as exc:
-                    await self._discard(exp, exc)
-        return None
+    @property
+    def index_bytes(self) -> int:
+        return self.sidecars.index_bytes
 
     async def prefix(self, commit: str) -> tuple[Path, int, int]:
         """The metrics file and its valid prefix now: (path, records, bytes)."""
