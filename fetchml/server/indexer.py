@@ -11,7 +11,7 @@ lock, so one writer at a time.
 import logging
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +28,15 @@ from .sidecar import ANCHOR, ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record
 logger = logging.getLogger(__name__)
 
 READ_BYTES = 4 << 20
+"""metrics.bin bytes parsed at a time."""
 MAX_NAMES = 4096
-"""An experiment with more distinct names than this gets no columns (TooManyNames)."""
-
-
+"""An experiment with more distinct names than this gets no sidecars (TooManyNames)."""
 FEW_NAMES = 16
 """Up to this many names in a buffer, each is picked out by a comparison; more are sorted."""
 
 
 class TooManyNames(Exception):
-    pass
+    """More distinct names than MAX_NAMES (a column file each): no sidecars."""
 
 
 @dataclass(eq=False)
@@ -46,20 +45,22 @@ class _Column:
     info: NameInfo
     fd: int
     crc: int
-    pending: list[npt.NDArray[np.void]] = field(default_factory=list)
 
 
 class _Builder:
     def __init__(self, directory: Path, cp: Checkpoint) -> None:
         self.directory = directory
-        self.cp = cp
         self.columns: dict[bytes, _Column] = {}
         sidecar.make_index(directory)
         self.fds: list[int] = []
-        for k, info in enumerate(cp.names):
-            fd = self._open(sidecar.column_path(directory, k), info.rows * ROW.itemsize)
-            self.columns[info.name] = _Column(k, info, fd, info.crc)
-        self.anchors_fd = self._open(directory / INDEX / ANCHORS, cp.anchors * 8)
+        try:
+            for k, info in enumerate(cp.names):
+                fd = self._open(sidecar.column_path(directory, k), info.rows * ROW.itemsize)
+                self.columns[info.name] = _Column(k, info, fd, info.crc)
+            self.anchors_fd = self._open(directory / INDEX / ANCHORS, cp.anchors * 8)
+        except BaseException:
+            self.close()
+            raise
         self.anchors, self.anchors_crc = cp.anchors, cp.anchors_crc
 
     def _open(self, path: Path, keep: int) -> int:
@@ -82,7 +83,7 @@ class _Builder:
         first_anchor = -count % ANCHOR
         if first_anchor < n:
             at = (starts[first_anchor::ANCHOR] + base).astype("<u8").tobytes()
-            os.write(self.anchors_fd, at)
+            write_all(self.anchors_fd, at)
             self.anchors += len(at) // 8
             self.anchors_crc = zlib.crc32(at, self.anchors_crc)
         if len(names) == 1:
