@@ -3,6 +3,7 @@ way a sidecar can lie makes it ignored and rebuilt, never trusted over metrics.b
 
 import functools
 import hashlib
+import io
 import os
 import random
 import shutil
@@ -14,10 +15,19 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from fetchml.protocol.metrics import decode_records, encode_record, scan
+from fetchml.protocol.metrics import (
+    MetricRecord,
+    decode_metrics_payload,
+    decode_records,
+    encode_record,
+    scan,
+)
 from fetchml.protocol.records import Metadata
-from fetchml.server import fastscan, indexer, series, sidecar
+from fetchml.protocol.requests import QueryMetrics
+from fetchml.server import fastscan, indexer, series, sidecar, tools
 from fetchml.server.files import scan_file
+from fetchml.server.query import query_page
+from fetchml.server.series import SeriesCache
 from fetchml.server.sidecar import Checkpoint
 from fetchml.server.storage import ExperimentStore
 from tests.support.daemon import poll
@@ -333,3 +343,62 @@ async def test_appends_extend_the_sidecars_in_the_background(tmp_path: Path) -> 
     assert cp is not None
     data = (tmp_path / commit / "metrics.bin").read_bytes()
     assert columns(tmp_path / commit, cp) == expected_columns(data[: cp.end])
+
+
+def test_fsck_reports_stale_sidecars_and_repair_writes_them_again(tmp_path: Path) -> None:
+    directory = experiment(tmp_path, records(5000))
+    build(directory)
+    out = io.StringIO()
+    assert tools.fsck(tmp_path, repair=False, out=out) == 0
+    assert "sidecars" not in out.getvalue()
+    inspected = io.StringIO()
+    tools.inspect(tmp_path, None, as_json=False, out=inspected)
+    assert "  sidecars: 5000 records" in inspected.getvalue()
+    _changed_bytes(directory)
+    out = io.StringIO()
+    assert tools.fsck(tmp_path, repair=False, out=out) == 1
+    assert f"{directory.name}: sidecars stale or damaged: metrics.bin's bytes" in out.getvalue()
+    out = io.StringIO()
+    assert tools.fsck(tmp_path, repair=True, out=out) == 1
+    assert f"{directory.name}: repaired: sidecars rebuilt (5000 records)" in out.getvalue()
+    assert tools.fsck(tmp_path, repair=False, out=io.StringIO()) == 0
+    os.truncate(directory / "index" / "0.col", 10)
+    inspected = io.StringIO()
+    tools.inspect(tmp_path, None, as_json=False, out=inspected)
+    assert "  sidecars: ignored (0.col is shorter" in inspected.getvalue()
+
+
+async def test_without_sidecars_queries_read_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(indexer, "MAX_NAMES", 2)  # four names: the sidecars cannot be written
+    commit = "fe" * 20
+    data = records(3000)
+    make_experiment(tmp_path, commit, data)
+    cid = bytes.fromhex(commit)
+    async with ExperimentStore(tmp_path, index_bytes=1024) as store:
+        assert await store.count(commit) == 3000
+        cache = SeriesCache(store)
+        page = decode_metrics_payload(
+            await query_page(
+                store,
+                cache,
+                QueryMetrics(
+                    key_hash=bytes(16), commit_id=cid, name="lr", step_from=10, step_to=99
+                ),
+                1 << 20,
+            )
+        )
+        latest = decode_metrics_payload(
+            await query_page(
+                store, cache, QueryMetrics(key_hash=bytes(16), commit_id=cid, max_points=2), 1 << 20
+            )
+        )
+    everything = decode_records(data)
+    assert list(page.records) == [r for r in everything if r.name == "lr" and 10 <= r.step <= 99]
+    by_name: dict[str, list[MetricRecord]] = {}
+    for r in everything:
+        by_name.setdefault(r.name, []).append(r)
+    assert list(latest.records) == [r for rs in by_name.values() for r in (rs[0], rs[-1])]
+    assert "sidecars not written: more than 2 names" in caplog.text
+    assert sidecar.load(tmp_path / commit) is None
