@@ -44,7 +44,7 @@ from .files import (
     write_file_atomic,
 )
 from .groupcommit import Queue
-from .indexer import resume
+from .indexer import UNINDEXABLE, resume
 from .offsets import OffsetIndex
 from .sidecar import Checkpoint
 
@@ -120,6 +120,8 @@ class Experiment:
     when both are held."""
     checked: set[int] = field(default_factory=set)
     """Columns of `sidecar` whose rows were checked or written by this process."""
+    no_sidecars: bool = False
+    """Writing them failed (logged): reads use metrics.bin alone."""
 
     @property
     def metrics_path(self) -> Path:
@@ -135,7 +137,10 @@ class Experiment:
         )
 
     def trust(self, cp: Checkpoint | None) -> None:
-        """Keep what a worker found of the sidecars."""
+        """Keep what a worker found of the sidecars (UNINDEXABLE: none are written for it
+        while this object stands for the experiment)."""
+        if cp is UNINDEXABLE:
+            self.no_sidecars, cp = True, None
         if (
             cp is None
             or self.sidecar is None

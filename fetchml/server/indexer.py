@@ -35,6 +35,10 @@ FEW_NAMES = 16
 """Up to this many names in a buffer, each is picked out by a comparison; more are sorted."""
 
 
+UNINDEXABLE = Checkpoint(0, 0, -1, 0, b"")
+"""What `resume` gives when the sidecars could not be written: the store stops trying."""
+
+
 class TooManyNames(Exception):
     """More distinct names than MAX_NAMES (a column file each): no sidecars."""
 
@@ -199,7 +203,7 @@ def resume(
     """What files.scan_file(fd, end, count) finds, with the sidecars' help: the scan starts
     after a trusted checkpoint when that is further, and when `index_bytes` (0: never) or
     more of the file are past the checkpoint, they are indexed on the way. Also returns
-    the checkpoint now trusted (None when there is none)."""
+    the checkpoint now trusted (None when there is none; UNINDEXABLE when writing failed)."""
     cp = check(directory, fd, cp)
     if cp is not None and cp.end > end:
         end, count = cp.end, cp.count
@@ -210,6 +214,7 @@ def resume(
             return result, cp
         except (OSError, TooManyNames, Damaged) as exc:
             logger.warning("%s: sidecars not written: %s", directory.name, exc)
+            return scan_file(fd, end, count), UNINDEXABLE
     return scan_file(fd, end, count), cp
 
 

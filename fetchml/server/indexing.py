@@ -26,6 +26,10 @@ Work = Callable[[Path, Checkpoint, set[int]], T]
 
 
 class Sidecars:
+    def bytes_for(self, exp: Experiment) -> int:
+        """index_bytes for a worker step on `exp` (0 once writing its sidecars failed)."""
+        return 0 if exp.no_sidecars else self.index_bytes
+
     def __init__(self, index_bytes: int) -> None:
         self.index_bytes = index_bytes
         """Sidecars are extended once this much of metrics.bin is not covered (0: only
@@ -38,6 +42,7 @@ class Sidecars:
         covered = exp.sidecar.end if exp.sidecar else 0
         if (
             exp.state.end - covered >= self.index_bytes > 0
+            and not exp.no_sidecars
             and exp.commit not in self._extending
             and tg is not None
         ):
@@ -67,6 +72,7 @@ class Sidecars:
             cp = await anyio.to_thread.run_sync(indexer.extend_to, exp.path, exp.sidecar, end)
         except (OSError, indexer.TooManyNames, Damaged) as exc:
             logger.warning("%s: sidecars not extended: %s", exp.commit, exc)
+            exp.no_sidecars = True
             return False
         exp.trust(cp)
         return True
@@ -102,7 +108,7 @@ class Sidecars:
         first, and written again once when `work` finds them damaged. None when they
         cannot be written (the caller reads metrics.bin instead)."""
         count = exp.state.count
-        for _ in range(2):
+        for _ in range(0 if exp.no_sidecars else 2):
             async with exp.sidecar_lock:
                 if exp.phase is Phase.REMOVED:
                     raise NotFound(f"experiment {exp.commit} not found")

@@ -283,7 +283,7 @@ class ExperimentStore:
                 exp.commit,
                 exp.state,
                 exp.sidecar,
-                self.index_bytes,
+                self.sidecars.bytes_for(exp),
             )
             exp.trust(cp)
         exp.settle(state, fd)
@@ -334,7 +334,12 @@ class ExperimentStore:
         """Under exp.lock: what is known of the file, from it and its sidecars."""
         async with exp.sidecar_lock:
             state, cp = await anyio.to_thread.run_sync(
-                experiment.refresh, exp.path, exp.state, known, exp.sidecar, self.index_bytes
+                experiment.refresh,
+                exp.path,
+                exp.state,
+                known,
+                exp.sidecar,
+                self.sidecars.bytes_for(exp),
             )
             exp.trust(cp)
         exp.settle(state, exp.fd)

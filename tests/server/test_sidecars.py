@@ -401,4 +401,5 @@ async def test_without_sidecars_queries_read_the_file(
         by_name.setdefault(r.name, []).append(r)
     assert list(latest.records) == [r for rs in by_name.values() for r in (rs[0], rs[-1])]
     assert "sidecars not written: more than 2 names" in caplog.text
+    assert caplog.text.count("sidecars not") == 1  # tried once, not on every read
     assert sidecar.load(tmp_path / commit) is None
