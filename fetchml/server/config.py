@@ -58,6 +58,7 @@ class StorageConfig:
     durability: str = "write"
     max_open_files: int = 256
     cache_bytes: int = 256 << 20
+    index_bytes: int = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +279,7 @@ def parse_config(raw: Any) -> Config:
     _choice("storage.durability", storage.durability, {"write", "fsync"})
     _positive("storage.max_open_files", storage.max_open_files)
     _positive("storage.cache_bytes", storage.cache_bytes, 1 << 20)
+    _positive("storage.index_bytes", storage.index_bytes, 0)
     rate: RateLimitConfig = _section(RateLimitConfig, data.get("rate_limit"), "rate_limit")
     _positive("rate_limit.control_requests_per_minute", rate.control_requests_per_minute)
     log: LoggingConfig = _section(LoggingConfig, data.get("logging"), "logging")

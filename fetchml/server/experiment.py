@@ -44,7 +44,9 @@ from .files import (
     write_file_atomic,
 )
 from .groupcommit import Queue
+from .indexer import UNINDEXABLE, resume
 from .offsets import OffsetIndex
+from .sidecar import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +113,15 @@ class Experiment:
     index: OffsetIndex = field(default_factory=OffsetIndex)
     queue: Queue = field(default_factory=Queue)
     """Appends waiting for group commit, and the batch being written."""
+    sidecar: Checkpoint | None = None
+    """The last checkpoint of the sidecars written or trusted (sidecar.py)."""
+    sidecar_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    """Held while a worker writes the sidecars, or a reader relies on them; inside `lock`
+    when both are held."""
+    checked: set[int] = field(default_factory=set)
+    """Columns of `sidecar` whose rows were checked or written by this process."""
+    no_sidecars: bool = False
+    """Writing them failed (logged): reads use metrics.bin alone."""
 
     @property
     def metrics_path(self) -> Path:
@@ -118,7 +129,29 @@ class Experiment:
 
     @property
     def busy(self) -> bool:
-        return self.queue.busy or self.lock.locked() or self.index.lock.locked()
+        return (
+            self.queue.busy
+            or self.lock.locked()
+            or self.index.lock.locked()
+            or self.sidecar_lock.locked()
+        )
+
+    def trust(self, cp: Checkpoint | None) -> None:
+        """Keep what a worker found of the sidecars (UNINDEXABLE: none are written for it
+        while this object stands for the experiment)."""
+        if cp is UNINDEXABLE:
+            self.no_sidecars, cp = True, None
+        if (
+            cp is None
+            or self.sidecar is None
+            or (cp.dev, cp.ino)
+            != (
+                self.sidecar.dev,
+                self.sidecar.ino,
+            )
+        ):
+            self.checked = set()
+        self.sidecar = cp
 
     def settle(self, state: FileState, fd: int | None, *, removed: bool = False) -> None:
         """The one place that changes the state and the phase. A descriptor is kept only
@@ -164,10 +197,13 @@ def create(base: Path, final: Path, meta: Metadata) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def open_for_append(path: Path, commit: str, state: FileState) -> tuple[int | None, FileState]:
+def open_for_append(
+    path: Path, commit: str, state: FileState, cp: Checkpoint | None, index_bytes: int
+) -> tuple[int | None, FileState, Checkpoint | None]:
     """Open (creating it if missing), recover a torn tail, check the rest. Resumes after a
-    prefix already known valid; a corrupt file that has not changed is not scanned again.
-    The descriptor is None when the file is corrupt."""
+    prefix already known valid (or a trusted checkpoint of the sidecars, which it extends:
+    indexer.resume); a corrupt file that has not changed is not scanned again. The
+    descriptor is None when the file is corrupt."""
     metrics = path / METRICS
     created = not os.path.lexists(metrics)
     try:
@@ -183,7 +219,8 @@ def open_for_append(path: Path, commit: str, state: FileState) -> tuple[int | No
             if state.corrupt and size == state.size:
                 new = state
             else:
-                new = recover(fd, metrics, state if size >= state.end else state.restart())
+                start = state if size >= state.end else state.restart()
+                new, cp = recover(fd, metrics, start, cp, index_bytes)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     except BaseException:
@@ -191,16 +228,26 @@ def open_for_append(path: Path, commit: str, state: FileState) -> tuple[int | No
         raise
     if new.corrupt:
         os.close(fd)
-        return None, new
-    return fd, new
+        return None, new, cp
+    return fd, new, cp
 
 
-def recover(fd: int, metrics: Path, state: FileState) -> FileState:
+def recover(
+    fd: int,
+    metrics: Path,
+    state: FileState,
+    cp: Checkpoint | None = None,
+    index_bytes: int = -1,
+) -> tuple[FileState, Checkpoint | None]:
     """Scan on from `state`; cut a torn tail (keeping a copy). A larger remainder is
-    corruption: logged, left alone."""
+    corruption: logged, left alone. With `index_bytes` >= 0, with the sidecars' help
+    (indexer.resume)."""
     if state.corrupt:
         state = state.restart()
-    result = scan_file(fd, state.end, state.count)
+    if index_bytes < 0:
+        result = scan_file(fd, state.end, state.count)
+    else:
+        result, cp = resume(metrics.parent, fd, state.end, state.count, cp, index_bytes)
     new = FileState(result.end, result.records, result.size, state.epoch)
     remainder = result.size - result.end
     if new.corrupt:
@@ -221,7 +268,7 @@ def recover(fd: int, metrics: Path, state: FileState) -> FileState:
             result.records,
             copy.name,
         )
-    return new
+    return new, cp
 
 
 def append(
@@ -240,7 +287,7 @@ def append(
             if size < state.end:
                 logger.error("%s shrank to %d bytes under us; rescanning", metrics, size)
                 state = state.restart()
-            state = recover(fd, metrics, state)
+            state, _ = recover(fd, metrics, state)
             if state.corrupt:
                 return state
         try:
@@ -257,20 +304,23 @@ def append(
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def refresh(path: Path, state: FileState, known: bool) -> FileState:
-    """Read-only: extend what is known of a file written by someone else (or nobody)."""
+def refresh(
+    path: Path, state: FileState, known: bool, cp: Checkpoint | None = None, index_bytes: int = 0
+) -> tuple[FileState, Checkpoint | None]:
+    """Read-only on metrics.bin: extend what is known of a file written by someone else
+    (or nobody), with the sidecars' help (indexer.resume)."""
     try:
         fd = open_entry(path, METRICS, os.O_RDONLY)
     except FileNotFoundError:  # nothing, or nothing any more
-        return state.restart() if state.size else state
+        return (state.restart() if state.size else state), None
     try:
         size = os.fstat(fd).st_size
-        if known and size == state.size:
-            return state
+        if known and size == state.size and size - (cp.end if cp else 0) < (index_bytes or 1 << 62):
+            return state, cp
         if size < state.end:
             state = state.restart()
-        result = scan_file(fd, state.end, state.count)
-        return FileState(result.end, result.records, size, state.epoch)
+        result, cp = resume(path, fd, state.end, state.count, cp, index_bytes)
+        return FileState(result.end, result.records, size, state.epoch), cp
     finally:
         os.close(fd)
 

@@ -200,10 +200,12 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
 async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) -> Response:
     """The longest prefix of the listing's order that fits in max_message_bytes."""
     who.require("jobs:read")
+    infos = await ctx.store.list_experiments()
+    ctx.runs.know({info.commit: info.meta for info in infos if info.meta is not None})
     rows = {row.commit: row for row in await ctx.runs.rows()}
     room = ctx.config.server.max_message_bytes - 256 - 2
     out: list[dict[str, Any]] = []
-    for info in await ctx.store.list_experiments():
+    for info in infos:
         if not who.sees(info.meta.user if info.meta else None):
             continue
         row = rows.get(info.commit)

@@ -3,22 +3,27 @@ prune selects. `list_unheld` runs in a worker thread: it takes what is known of 
 file and returns what is known now, for the event loop to keep.
 """
 
+import logging
 import os
+import stat as stat_module
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from fetchml.protocol import shapes
 from fetchml.protocol.records import Metadata
 from fetchml.protocol.runs import RunFilter
 
+from . import sidecar
 from .entries import Damaged, open_entry
 from .experiment import FileState
 from .files import METRICS, load_metadata, scan_file
 
 if TYPE_CHECKING:
     from .runs import Row
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,20 +36,94 @@ class ExperimentInfo:
     """Why `meta` is None: a damaged entry, or "metadata unreadable" (files.load_metadata)."""
 
 
+class Unindexed(Exception):
+    """The file has more not covered by sidecars than the store indexes on the way: the
+    store opens the experiment to count it (and index it)."""
+
+
+class Seen(NamedTuple):
+    """An experiment directory's metadata as last read, and the directory's stat then
+    (meta.bin is only ever replaced by a rename, which changes the directory's mtime);
+    what was known of metrics.bin, and its inode, size and mtime then."""
+
+    stat: tuple[int, int, int]
+    meta: Metadata | None
+    damaged: str | None
+    metrics: tuple[int, int, int] | None = None
+    state: FileState | None = None
+
+
+SEEN_BYTES = 300
+"""What a Seen costs in memory, about (charged to the cache budget)."""
+
+
+class Listed(NamedTuple):
+    info: ExperimentInfo | None
+    """None when the experiment must be opened (Unindexed) or is gone."""
+    state: FileState | None
+    """What is known of its file now, None when nothing new."""
+    seen: Seen | None
+
+
 def list_unheld(
-    base: Path, commit: str, known: FileState | None
-) -> tuple[ExperimentInfo, FileState | None]:
-    """Worker thread: the listing of an experiment the store does not hold, and what is
-    known of its file now (None when nothing new)."""
-    meta, damaged = load_metadata(base / commit)
+    base: Path, wanted: list[tuple[str, FileState | None, Seen | None]], index_bytes: int
+) -> list[Listed]:
+    """Worker thread: the listings of experiments the store does not hold. What was known
+    is used when a stat of the directory and of metrics.bin shows nothing changed."""
+    out: list[Listed] = []
+    base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        count, state = count_unheld(base, commit, known)
+        for commit, known, seen in wanted:
+            try:
+                out.append(_list_one(base, base_fd, commit, known, seen, index_bytes))
+            except (Unindexed, FileNotFoundError):
+                out.append(Listed(None, None, None))
+            except OSError as exc:
+                logger.error("listing %s: %s", commit, exc)
+                out.append(Listed(ExperimentInfo(commit, None, 0, "storage error"), None, None))
+    finally:
+        os.close(base_fd)
+    return out
+
+
+def _list_one(
+    base: Path,
+    base_fd: int,
+    commit: str,
+    known: FileState | None,
+    seen: Seen | None,
+    index_bytes: int,
+) -> Listed:
+    st = os.stat(commit, dir_fd=base_fd, follow_symlinks=False)
+    stat = (st.st_mtime_ns, st.st_ino, st.st_mode)
+    if seen is None or seen.stat != stat:
+        seen = Seen(stat, *load_metadata(base / commit))
+    meta, damaged = seen.meta, seen.damaged
+    try:
+        mst = os.stat(f"{commit}/{METRICS}", dir_fd=base_fd, follow_symlinks=False)
+        sig = (mst.st_ino, mst.st_size, mst.st_mtime_ns)
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or a damaged experiment
+        mst, sig = None, None
+    if mst is not None and stat_module.S_ISREG(mst.st_mode):
+        if known is None and sig == seen.metrics:
+            known = seen.state  # from a listing saved before this process
+        if known is not None and mst.st_size == known.size:
+            if sig != seen.metrics or known is not seen.state:
+                seen = seen._replace(metrics=sig, state=known)
+            return Listed(ExperimentInfo(commit, meta, known.count, damaged), known, seen)
+    try:
+        count, state = count_unheld(base, commit, known, index_bytes)
     except Damaged as exc:
-        return ExperimentInfo(commit, None, 0, damaged or exc.message), None
-    return ExperimentInfo(commit, meta, count, damaged), state
+        return Listed(ExperimentInfo(commit, None, 0, damaged or exc.message), None, seen)
+    seen = seen._replace(metrics=sig, state=state or known)
+    return Listed(ExperimentInfo(commit, meta, count, damaged), state, seen)
 
 
-def count_unheld(base: Path, commit: str, known: FileState | None) -> tuple[int, FileState | None]:
+def count_unheld(
+    base: Path, commit: str, known: FileState | None, index_bytes: int = 0
+) -> tuple[int, FileState | None]:
+    """Records in the valid prefix, from what is known or a trusted checkpoint of the
+    sidecars onwards; Unindexed when that leaves `index_bytes` (> 0) or more to read."""
     try:
         fd = open_entry(base / commit, METRICS, os.O_RDONLY)
     except FileNotFoundError:
@@ -54,6 +133,12 @@ def count_unheld(base: Path, commit: str, known: FileState | None) -> tuple[int,
         if known is not None and size == known.size:
             return known.count, None
         start = known if known is not None and size > known.end else FileState()
+        if size - start.end >= (index_bytes or 1 << 62) or start.end == 0:
+            cp, _ = sidecar.trusted(base / commit, fd)
+            if cp is not None and cp.end > start.end:
+                start = FileState(cp.end, cp.count, 0, start.epoch)
+        if size - start.end >= (index_bytes or 1 << 62):
+            raise Unindexed(commit)
         result = scan_file(fd, start.end, start.count)
         return result.records, FileState(result.end, result.records, size, start.epoch)
     finally:

@@ -8,6 +8,7 @@ event loop holds `lock` for it; the event loop drops it (budget) or starts it ag
 """
 
 import bisect
+import errno
 import os
 from array import array
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import anyio
+
+from fetchml.protocol.metrics import RECORD_MAX, walk
 
 from . import files
 from .budget import CacheBudget
@@ -81,3 +84,31 @@ def read_range(
     finally:
         os.close(fd)
     return Chunk(data, start, stop_index - start, total)
+
+
+def read_anchored(
+    path: Path, at: int, first: int, end: int, start: int, max_bytes: int, stop: int, total: int
+) -> Chunk:
+    """What read_range gives, walking from record `first` at byte `at` (an anchor of the
+    sidecars) instead of an offset index."""
+    fd = open_entry(path, METRICS, os.O_RDONLY)
+    try:
+        while first < start:  # skip whole records up to `start`
+            buf = os.pread(fd, min(files.READ_CHUNK, end - at), at)
+            starts: array[int] = array("q")
+            after = walk(buf, starts)
+            if not starts:
+                raise OSError(errno.EIO, f"short read at offset {at}")
+            if start - first < len(starts):
+                at += starts[start - first]
+                break
+            at, first = at + after, first + len(starts)
+        want = min(max_bytes, (stop - start) * RECORD_MAX)
+        data = os.pread(fd, min(max(want, RECORD_MAX), end - at), at)
+    finally:
+        os.close(fd)
+    starts = array("q")
+    after = walk(data, starts)
+    starts.append(after)
+    take = max(1, min(bisect.bisect_right(starts, max_bytes) - 1, stop - start))
+    return Chunk(data[: starts[take]], start, take, total)

@@ -1,5 +1,6 @@
 """QUERY_METRICS: filtered pages by record index, and LTTB downsampling per name."""
 
+from functools import partial
 from itertools import pairwise
 
 import anyio
@@ -8,6 +9,7 @@ import numpy as np
 from fetchml.protocol.metrics import RECORD_MIN, RECORD_STEP, encode_metrics_payload, walk
 from fetchml.protocol.requests import QueryMetrics
 
+from . import columns
 from .errors import InvalidRequest
 from .series import Series, SeriesCache, lttb
 from .storage import ExperimentStore
@@ -24,11 +26,20 @@ async def query_page(
     store: ExperimentStore, cache: SeriesCache, req: QueryMetrics, max_message_bytes: int
 ) -> bytes:
     """The DATA `metrics` payload for one QUERY_METRICS request."""
-    if req.max_points:
-        return await downsample(cache, req, max_message_bytes)
     commit = req.commit_hex
     limit = req.limit or DEFAULT_LIMIT
     budget = max_message_bytes - PAGE_OVERHEAD - 12
+    if req.max_points or req.name:  # one name's columns, or the checkpoint's first and last
+        work = (
+            partial(columns.downsample, req=req, budget=budget)
+            if req.max_points
+            else partial(columns.page, req=req, budget=budget, limit=limit)
+        )
+        payload = await store.on_sidecars(commit, work)
+        if payload is not None:
+            return payload
+    if req.max_points:  # no sidecars (they could not be written): the file itself
+        return await downsample(cache, req, max_message_bytes)
     name = req.name.encode() if req.name else None
     plain = name is None and (req.step_from, req.step_to) == ALL_STEPS
     parts: list[bytes] = []

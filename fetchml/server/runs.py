@@ -199,6 +199,11 @@ class RunStore:
         self._rows.pop(commit, None)
         return True
 
+    def know(self, metas: dict[str, Metadata]) -> None:
+        """meta.bin of experiments as the store's listing just read them (not read again)."""
+        for commit, meta in metas.items():
+            self._metas.setdefault(commit, meta)
+
     def forget(self, commit: str) -> None:
         """The experiment is gone (pruned)."""
         self._drop(commit)

@@ -230,42 +230,78 @@ def _parse(data: bytes, pieces: dict[bytes, list[tuple[U64, U32, F64]]]) -> int:
     return pos
 
 
+Load = Callable[[int, int], tuple[npt.NDArray[np.generic], npt.NDArray[np.generic]]]
+"""(x, y) of points [lo, hi)."""
+LTTB_WINDOW = 1 << 20
+"""Points held at a time by lttb_windows (whole buckets: more when one bucket is larger)."""
+
+
 def lttb(xs: npt.NDArray[np.generic], ys: F64, threshold: int) -> list[int]:
     """Largest-Triangle-Three-Buckets: indices of `threshold` points, first and last kept.
     A point whose area is NaN is never picked over one whose area is a number."""
-    n = len(xs)
+    return lttb_windows(len(xs), threshold, lambda lo, hi: (xs[lo:hi], ys[lo:hi]))
+
+
+def _windows(bounds: list[int], window: int) -> list[tuple[int, int]]:
+    """Runs of whole buckets [first, stop) of about `window` points (at least one bucket)."""
+    out = []
+    first = 0
+    last = len(bounds) - 1  # buckets: [bounds[i], bounds[i + 1]) for i < last
+    while first < last:
+        stop = first + 1
+        while stop < last and bounds[stop + 1] - bounds[first] <= window:
+            stop += 1
+        out.append((first, stop))
+        first = stop
+    return out
+
+
+def lttb_windows(n: int, threshold: int, load: Load, window: int = LTTB_WINDOW) -> list[int]:
+    """`lttb` over `n` points read a window of whole buckets at a time by `load`: the same
+    answer, holding about `window` points (the sums of a bucket do not depend on the
+    window it is read in)."""
     if threshold >= n:
         return list(range(n))
     if threshold == 1:
         return [0]
     if threshold == 2:
         return [0, n - 1]
-    x = xs.astype(np.float64)
-    y = ys.astype(np.float64)
     every = (n - 2) / (threshold - 2)
     # Bucket i holds [bounds[i], bounds[i + 1]); after the last one, the last point alone.
     bounds = [int(i * every) + 1 for i in range(threshold - 1)]
-    spans = np.diff(bounds)
-    avg_x = [*(np.add.reduceat(x, bounds)[:-1] / spans).tolist(), float(x[-1])]
-    avg_y = [*(np.add.reduceat(y, bounds)[:-1] / spans).tolist(), float(y[-1])]
+    runs = _windows(bounds, window)
+    lx, ly = (float(v[0]) for v in load(n - 1, n))
+    avg_x: list[float] = []
+    avg_y: list[float] = []
+    for first, stop in runs:
+        x, y = (np.asarray(v, dtype=np.float64) for v in load(bounds[first], bounds[stop]))
+        starts = [b - bounds[first] for b in bounds[first:stop]]
+        spans = np.diff(bounds[first : stop + 1])
+        avg_x += (np.add.reduceat(x, starts) / spans).tolist()
+        avg_y += (np.add.reduceat(y, starts) / spans).tolist()
+    avg_x.append(lx)
+    avg_y.append(ly)
     small = every < SMALL_BUCKET
-    xl, yl = (x.tolist(), y.tolist()) if small else (x, y)
     chosen = [0]
-    a = 0
-    for i in range(threshold - 2):
-        start, stop = bounds[i], bounds[i + 1]
-        ax, ay = float(xl[a]), float(yl[a])
-        # Twice the triangle's area is |dx * (y - ay) + dy * (x - ax)|.
-        dx, dy = ax - avg_x[i + 1], avg_y[i + 1] - ay
-        if small:
-            a, best = start, -1.0
-            for j in range(start, stop):
-                area = abs(dx * (yl[j] - ay) + dy * (xl[j] - ax))
-                if area > best:
-                    a, best = j, area
-        else:
-            areas = np.abs(dx * (y[start:stop] - ay) + dy * (x[start:stop] - ax))
-            a = start + int(np.argmax(np.fmax(areas, -1.0)))  # NaN: -1
-        chosen.append(a)
+    ax, ay = (float(v[0]) for v in load(0, 1))
+    for first, stop in runs:
+        base = bounds[first]
+        x, y = (np.asarray(v, dtype=np.float64) for v in load(base, bounds[stop]))
+        xl, yl = (x.tolist(), y.tolist()) if small else (x, y)
+        for i in range(first, stop):
+            lo, hi = bounds[i] - base, bounds[i + 1] - base
+            # Twice the triangle's area is |dx * (y - ay) + dy * (x - ax)|.
+            dx, dy = ax - avg_x[i + 1], avg_y[i + 1] - ay
+            if small:
+                a, best = lo, -1.0
+                for j in range(lo, hi):
+                    area = abs(dx * (yl[j] - ay) + dy * (xl[j] - ax))
+                    if area > best:
+                        a, best = j, area
+            else:
+                areas = np.abs(dx * (y[lo:hi] - ay) + dy * (x[lo:hi] - ax))
+                a = lo + int(np.argmax(np.fmax(areas, -1.0)))  # NaN: -1
+            ax, ay = float(xl[a]), float(yl[a])
+            chosen.append(base + a)
     chosen.append(n - 1)
     return chosen

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import anyio
+import anyio.abc
 
 from fetchml.protocol.records import Metadata, encode_metadata
 
-from . import experiment
+from . import experiment, listcache
 from .budget import CacheBudget
 from .errors import AlreadyExists, NotFound, ServerError, StorageFault
 from .experiment import Experiment, FileState, MetaInfo, Phase
@@ -38,8 +39,9 @@ from .files import (
 )
 from .groupcommit import MAX_FLUSH_BYTES as MAX_FLUSH_BYTES
 from .groupcommit import CommitHook, FlushHook, GroupCommit
+from .indexing import Sidecars, T, Work
+from .listing import SEEN_BYTES, Seen, list_unheld, select_prune
 from .listing import ExperimentInfo as ExperimentInfo
-from .listing import list_unheld, select_prune
 from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
 from .metriclog import MetricLog
@@ -49,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 CACHE_BYTES = 256 << 20
 """Default memory for the caches (record-offset indexes, metric columns): storage.cache_bytes."""
+INDEX_BYTES = 16 << 20
+"""Default of storage.index_bytes: sidecars are written once this much of metrics.bin is
+not covered by them."""
 INLINE_WRITE_BYTES = 256 << 10
 """Flushes up to this size are written on the event loop in durability `write`."""
 
@@ -65,8 +70,10 @@ class ExperimentStore:
         durability: Durability = "write",
         max_open_files: int = 256,
         cache_bytes: int = CACHE_BYTES,
+        index_bytes: int = INDEX_BYTES,
     ) -> None:
         self.base = Path(base_path)
+        self.sidecars = Sidecars(index_bytes)
         self.budget = CacheBudget(cache_bytes)
         """Shared by the record-offset indexes and the metric columns (server.series)."""
         self.durability = durability
@@ -74,13 +81,17 @@ class ExperimentStore:
         self.flush_hooks: list[FlushHook] = []
         """Called with (records, seconds) after each flush; for metrics."""
         self._open = OpenExperiments(self.base, max_open_files, self._forget_index)
+        self._seen: dict[str, Seen] | None = None
+        """Experiments not held, as LIST last found them (listing.Seen); None until the
+        saved listing (listcache.py) is read."""
         self._commits: GroupCommit[Experiment] | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> "ExperimentStore":
         self.base.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         self._stack.callback(self._open.close)  # runs last, even when cancelled
-        tg = await self._stack.enter_async_context(anyio.create_task_group())
+        tg = self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._commits = GroupCommit(tg, self._write, self._open.evict, self.hooks, self.flush_hooks)
         return self
 
@@ -89,7 +100,7 @@ class ExperimentStore:
         try:
             await self._stack.aclose()
         finally:
-            self._commits = None
+            self._commits = self._tg = None
 
     def held(self, commit: str) -> Experiment | None:
         """The experiment if the store holds it now (for inspection)."""
@@ -152,26 +163,40 @@ class ExperimentStore:
 
     async def list_experiments(self) -> list[ExperimentInfo]:
         """Newest first (ties: commit ascending); unreadable metadata last, by commit.
-        A damaged experiment is listed with its reason; it never fails the listing."""
+        A damaged experiment is listed with its reason; it never fails the listing.
+        Experiments not held are looked at in one worker thread, without taking a slot of
+        the open-experiment LRU, unless their files need indexing."""
+        commits = self.commits()
+        seen = self._seen
+        if seen is None:
+            seen = await anyio.to_thread.run_sync(listcache.load, self.base)
+        unheld = [(c, self._open.known.get(c), seen.get(c)) for c in commits if c not in self._open]
+        listed = await anyio.to_thread.run_sync(list_unheld, self.base, unheld, self.index_bytes)
+        found = dict(zip((c for c, _, _ in unheld), listed, strict=True))
+        self._seen = {c: r.seen for c, r in found.items() if r.seen is not None}
+        if self._seen != seen:
+            await anyio.to_thread.run_sync(listcache.save, self.base, self._seen)
+        self.budget.charge(("listing",), len(self._seen) * SEEN_BYTES, self._forget_seen)
         infos = []
-        for commit in self.commits():
-            try:
-                if commit in self._open:
+        for commit in commits:
+            info, state, _ = found.get(commit, (None, None, None))
+            if state is not None and commit not in self._open:
+                self._open.known[commit] = state
+            if info is None and os.path.lexists(self.base / commit):
+                try:
                     info = await self._list_held(commit)
-                else:  # in a worker thread, without taking a slot of the open-experiment LRU
-                    known = self._open.known.get(commit)
-                    info, state = await anyio.to_thread.run_sync(
-                        list_unheld, self.base, commit, known
-                    )
-                    if state is not None and commit not in self._open:
-                        self._open.known[commit] = state
-            except NotFound:
-                continue
-            except OSError as exc:
-                logger.error("listing %s: %s", commit, exc)
-                info = ExperimentInfo(commit, None, 0, "storage error")
-            infos.append(info)
+                except NotFound:
+                    continue
+                except OSError as exc:
+                    logger.error("listing %s: %s", commit, exc)
+                    info = ExperimentInfo(commit, None, 0, "storage error")
+            if info is not None:
+                infos.append(info)
         return sort_experiments(infos)
+
+    def _forget_seen(self) -> bool:
+        self._seen = {}  # the saved listing is not read again: a LIST reads every experiment
+        return True
 
     async def _list_held(self, commit: str) -> ExperimentInfo:
         meta, damaged = self.metadata(commit), self.damaged(commit)
@@ -244,15 +269,23 @@ class ExperimentStore:
         exp.settle(state, fd)
         if exp.phase is Phase.CORRUPT:
             raise StorageFault("metrics file corrupt")
+        self.sidecars.written(self._tg, exp)
         return state.count - count
 
     async def _open_for_append(self, exp: Experiment) -> None:
         """Under exp.lock: open the file for appending, recovering it first."""
         if exp.phase is Phase.REMOVED:
             raise NotFound(f"experiment {exp.commit} not found")
-        fd, state = await anyio.to_thread.run_sync(
-            experiment.open_for_append, exp.path, exp.commit, exp.state
-        )
+        async with exp.sidecar_lock:
+            fd, state, cp = await anyio.to_thread.run_sync(
+                experiment.open_for_append,
+                exp.path,
+                exp.commit,
+                exp.state,
+                exp.sidecar,
+                self.sidecars.bytes_for(exp),
+            )
+            exp.trust(cp)
         exp.settle(state, fd)
         if exp.phase is Phase.CORRUPT:
             raise StorageFault("metrics file corrupt")
@@ -273,10 +306,7 @@ class ExperimentStore:
         ):
             try:
                 async with exp.lock:
-                    state = await anyio.to_thread.run_sync(
-                        experiment.refresh, exp.path, exp.state, True
-                    )
-                    exp.settle(state, exp.fd)
+                    await self._refresh(exp, True)
             except OSError as exc:
                 logger.error("reading %s failed: %s", exp.metrics_path, exc)
                 raise storage_error(exc) from None
@@ -294,15 +324,25 @@ class ExperimentStore:
             raise NotFound(f"experiment {commit} not found")
         try:
             async with exp.lock:
-                known = exp.phase is not Phase.UNSCANNED
-                state = await anyio.to_thread.run_sync(
-                    experiment.refresh, exp.path, exp.state, known
-                )
-                exp.settle(state, exp.fd)
+                await self._refresh(exp, exp.phase is not Phase.UNSCANNED)
         except OSError as exc:
             logger.error("reading %s failed: %s", exp.metrics_path, exc)
             raise storage_error(exc) from None
         return exp
+
+    async def _refresh(self, exp: Experiment, known: bool) -> None:
+        """Under exp.lock: what is known of the file, from it and its sidecars."""
+        async with exp.sidecar_lock:
+            state, cp = await anyio.to_thread.run_sync(
+                experiment.refresh,
+                exp.path,
+                exp.state,
+                known,
+                exp.sidecar,
+                self.sidecars.bytes_for(exp),
+            )
+            exp.trust(cp)
+        exp.settle(state, exp.fd)
 
     async def read(
         self, commit: str, start: int = 0, max_bytes: int = READ_CHUNK, max_records: int = 0
@@ -315,6 +355,10 @@ class ExperimentStore:
         if start >= total:
             return Chunk(b"", total, 0, total)
         stop = min(total, start + max_records) if max_records else total
+        if exp.sidecar is not None and exp.sidecar.anchors:
+            chunk = await self.sidecars.read(exp, start, max_bytes, stop)
+            if chunk is not None:
+                return chunk
         index = exp.index
         try:
             async with index.lock:  # appends go on meanwhile
@@ -334,6 +378,15 @@ class ExperimentStore:
         if self._open.held(commit) is exp:  # an evicted or pruned one is not charged
             index.charge(self.budget, ("offsets", commit))
         return chunk
+
+    async def on_sidecars(self, commit: str, work: Work[T]) -> T | None:
+        """`work` in a worker thread on the experiment's sidecars, current with its valid
+        prefix (indexing.Sidecars.run); None when they cannot be written."""
+        return await self.sidecars.run(await self._scanned(commit), work)
+
+    @property
+    def index_bytes(self) -> int:
+        return self.sidecars.index_bytes
 
     async def prefix(self, commit: str) -> tuple[Path, int, int]:
         """The metrics file and its valid prefix now: (path, records, bytes)."""
@@ -363,7 +416,7 @@ class ExperimentStore:
         victims = self.prune_selection(kind, value, now, owner)
         for commit in victims:
             exp = self._open.get(commit)
-            async with exp.lock:
+            async with exp.lock, exp.sidecar_lock:
                 exp.settle(exp.state, None, removed=True)  # a flush still holding it fails
                 await anyio.to_thread.run_sync(shutil.rmtree, exp.path)
             self._open.drop(commit)

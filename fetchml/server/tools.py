@@ -15,6 +15,7 @@ from typing import TextIO
 from fetchml.protocol import shapes
 from fetchml.protocol.metrics import decode_records
 
+from . import indexer, sidecar
 from .entries import Damaged, open_entry
 from .files import (
     COMMIT_RE,
@@ -33,23 +34,34 @@ from .rundoc import RUN, read_document
 from .storage import ExperimentInfo, sort_experiments
 
 
-def _valid_prefix(directory: Path) -> tuple[bytes, int]:
-    """(valid prefix bytes, record count) of metrics.bin; empty when there is no file."""
+def _valid_prefix(directory: Path) -> tuple[bytes, int, str | None]:
+    """(valid prefix bytes, record count, what its sidecars hold) of metrics.bin; empty
+    when there is no file."""
     try:
         fd = open_entry(directory, METRICS, os.O_RDONLY)
     except FileNotFoundError:
-        return b"", 0
+        return b"", 0, None
     try:
         result = scan_file(fd)
-        return os.pread(fd, result.end, 0), result.records
+        return os.pread(fd, result.end, 0), result.records, _sidecars(directory, fd, result.end)
     finally:
         os.close(fd)
 
 
-def _load(directory: Path) -> tuple[ExperimentInfo, bytes]:
+def _sidecars(directory: Path, fd: int, end: int) -> str | None:
+    cp, problem = sidecar.audit(directory, fd, end)
+    if problem:
+        return f"ignored ({problem}): rebuilt when needed"
+    if cp is None:
+        return None
+    return f"{cp.count} records ({cp.end} bytes), {len(cp.names)} names"
+
+
+def _load(directory: Path) -> tuple[ExperimentInfo, bytes, str | None]:
     meta, damaged = load_metadata(directory)
+    sidecars = None
     try:
-        data, count = _valid_prefix(directory)
+        data, count, sidecars = _valid_prefix(directory)
     except (Damaged, OSError) as exc:
         data, count = b"", 0
         if not damaged:
@@ -58,7 +70,7 @@ def _load(directory: Path) -> tuple[ExperimentInfo, bytes]:
                 if isinstance(exc, Damaged)
                 else f"metrics.bin unreadable ({exc.strerror})"
             )
-    return ExperimentInfo(directory.name, meta, count, damaged), data
+    return ExperimentInfo(directory.name, meta, count, damaged), data, sidecars
 
 
 def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO | None = None) -> int:
@@ -71,8 +83,9 @@ def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO | None = 
         print(f"error: no experiment {commit} in {base}", file=sys.stderr)
         return 1
     loaded = [_load(base / c) for c in ([commit] if commit else list_commits(base))]
-    data_of = {info.commit: data for info, data in loaded}
-    infos = sort_experiments([info for info, _ in loaded])
+    data_of = {info.commit: data for info, data, _ in loaded}
+    sidecars_of = {info.commit: sidecars for info, _, sidecars in loaded}
+    infos = sort_experiments([info for info, _, _ in loaded])
     code = 1 if any(i.damaged for i in infos) else 0
     if as_json:
         doc = {
@@ -100,6 +113,8 @@ def inspect(base: Path, commit: str | None, as_json: bool, out: TextIO | None = 
         elif i.damaged:
             out.write(f"  damaged: {i.damaged}\n")
         out.write(f"  metrics: {i.metrics_count}\n")
+        if sidecars_of[i.commit]:
+            out.write(f"  sidecars: {sidecars_of[i.commit]}\n")
         for index, r in enumerate(decode_records(data_of[i.commit])):
             out.write(
                 f"  {index:>8}  step {r.step:<10} {r.name:<24} {r.value!r:<24} t={r.timestamp}\n"
@@ -157,22 +172,43 @@ def _check(directory: Path, repair: bool, out: TextIO) -> int:
     try:
         result = scan_file(fd)
         remainder = result.size - result.end
-        if not remainder:
-            return problems
-        kind = "corrupt" if remainder > MAX_TORN_BYTES else "torn tail"
-        out.write(
-            f"{commit}: metrics.bin {kind}: {remainder} bytes after {result.records} "
-            f"valid records ({result.end} bytes)\n"
-        )
-        if repair:
-            copy = cut_tail(fd, path, result.end, result.size)
-            out.write(f"{commit}: repaired: truncated to {result.end} bytes, copy in {copy.name}\n")
-        return problems + 1
+        if remainder:
+            problems += 1
+            kind = "corrupt" if remainder > MAX_TORN_BYTES else "torn tail"
+            out.write(
+                f"{commit}: metrics.bin {kind}: {remainder} bytes after {result.records} "
+                f"valid records ({result.end} bytes)\n"
+            )
+            if repair:
+                copy = cut_tail(fd, path, result.end, result.size)
+                out.write(
+                    f"{commit}: repaired: truncated to {result.end} bytes, copy in {copy.name}\n"
+                )
     except OSError as exc:
         out.write(f"{commit}: metrics.bin cannot be read or repaired: {exc.strerror}\n")
+        os.close(fd)
         return problems + 1
+    try:
+        return problems + _check_sidecars(directory, fd, result.end, repair, out)
     finally:
         os.close(fd)
+
+
+def _check_sidecars(directory: Path, fd: int, end: int, repair: bool, out: TextIO) -> int:
+    """Stale or damaged sidecars: reported; with `repair`, rebuilt."""
+    _, problem = sidecar.audit(directory, fd, end)
+    if problem is None:
+        return 0
+    commit = directory.name
+    out.write(f"{commit}: sidecars stale or damaged: {problem} (the daemon ignores them)\n")
+    if repair:
+        try:
+            cp, _ = indexer.extend(directory, fd, None, end)
+        except (OSError, Damaged, indexer.TooManyNames) as exc:
+            out.write(f"{commit}: sidecars cannot be rebuilt: {exc}\n")
+            return 1
+        out.write(f"{commit}: repaired: sidecars rebuilt ({cp.count} records)\n")
+    return 1
 
 
 def _check_run(directory: Path, repair: bool, out: TextIO) -> int:

@@ -507,8 +507,9 @@ async def test_no_string_from_the_wire_becomes_a_path(
 
     made = sorted(tree(root) - before)
     allowed = re.compile(
-        r"a/b/c/d/e/(experiments/[0-9a-f]{40}(/files|/meta\.bin|/metrics\.bin)?"
-        r"|jobs\.sqlite3(-wal|-shm|-journal)?|audit\.jsonl)"
+        r"a/b/c/d/e/(experiments/[0-9a-f]{40}(/files|/meta\.bin|/metrics\.bin"
+        r"|/index(/checkpoint|/anchors|/[0-9]+\.col)?)?"
+        r"|experiments/\.fetchml-listing|jobs\.sqlite3(-wal|-shm|-journal)?|audit\.jsonl)"
     )
     assert [p for p in made if not allowed.fullmatch(p)] == []
     assert len([p for p in made if p.endswith("metrics.bin")]) == len(TRAVERSALS)

@@ -1,0 +1,184 @@
+"""Records of a metrics.bin buffer found and checked with numpy, for the first pass over a
+big file (indexer.py): the same answers as protocol.metrics.walk and scan, without a
+Python step per record.
+
+Finding records: the buffer is cut into lanes of LANE bytes and every lane follows the
+length bytes at once, one numpy step per record of a lane. Lane 0 starts at a record;
+the others start anywhere and (almost always) fall into step with the records within a
+few of them. Each lane walks OVERLAP bytes into the next one, and where its walk meets a
+position of the next lane's walk, the next lane is on the records from there (both
+follow the same lengths). That is checked for every lane, so the result is exact; when a
+lane does not meet the next one, the buffer is walked in Python instead.
+"""
+
+from array import array
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+from numpy.lib.stride_tricks import as_strided
+
+from fetchml.protocol.metrics import MAX_TIMESTAMP, MIN_TIMESTAMP, RECORD_MIN, walk
+
+LANE = 4096
+OVERLAP = 1024
+SEEK = 128
+_PAD = 512
+_SAMPLE = 4096
+HOPS = 3
+HEAD = np.dtype([("ts", ">u8"), ("step", ">u4"), ("value", ">f8"), ("len", "u1")])
+_WIDE = 64
+"""Names longer than this are grouped in Python."""
+_MIX = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93] * 2,
+    dtype=np.uint64,
+)
+
+I64 = npt.NDArray[np.int64]
+
+
+class Buffer:
+    """Bytes of metrics.bin starting at a record, with zeros after them to read past the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+        self.u8 = np.frombuffer(data + bytes(_PAD), np.uint8)
+
+    def rows(self, at: I64, width: int) -> npt.NDArray[np.uint8]:
+        """The `width` bytes at each offset of `at` (zeros past the end), one row each."""
+        window = as_strided(self.u8, shape=(self.size + 1, width), strides=(1, 1), writeable=False)
+        return window[np.minimum(at, self.size)]
+
+
+def find_starts(buf: Buffer) -> tuple[I64, int]:
+    """(the start of every whole record of the buffer; the offset after the last one):
+    what protocol.metrics.walk gives."""
+    size = buf.size
+    lanes = size // LANE
+    if lanes < 2:
+        return _walk(buf.data)
+    u8 = buf.u8
+    begin = np.arange(lanes, dtype=np.int64) * LANE
+    limit = np.minimum(begin + LANE + OVERLAP, size)
+    limit[-1] = size
+    pos = _landing(buf, begin)
+    active = np.ones(lanes, dtype=bool)
+    steps = []
+    while active.any():
+        length = u8[pos + RECORD_MIN - 1]
+        after = pos + RECORD_MIN + length
+        whole = active & (pos + RECORD_MIN <= size) & (after <= size)
+        steps.append(np.where(whole, pos, -1))
+        pos = np.where(whole, after, pos)
+        active = whole & (pos < limit)
+    walked = np.stack(steps)  # walked[i, j]: lane j's i-th record, -1 past its end
+    # Where lane j meets lane j + 1: the first of its records at or past lane j + 1's
+    # start that lane j + 1 also reached.
+    key = np.arange(lanes, dtype=np.int64) << 32
+    theirs = (walked + key)[:, 1:].T[(walked >= 0)[:, 1:].T]
+    mine = walked[:, :-1]
+    probe = np.where(mine >= begin[1:], mine + key[1:], -1)
+    at = np.minimum(np.searchsorted(theirs, probe), len(theirs) - 1)
+    meets = (probe >= 0) & (theirs[at] == probe)
+    if not meets.any(axis=0).all():
+        return _walk(buf.data)
+    first = meets.argmax(axis=0)
+    meet = mine[first, np.arange(lanes - 1)]
+    low = np.concatenate(([0], meet))
+    high = np.concatenate((meet, [size + 1]))
+    keep = (walked >= low) & (walked < high)
+    return walked.T[keep.T], int(pos[-1])
+
+
+def _plausible(buf: Buffer, at: I64) -> npt.NDArray[np.bool_]:
+    """A whole record head could start at `at`: its timestamp is plausible."""
+    ts = buf.rows(at, 8).view(">u8")[:, 0]
+    return (at + RECORD_MIN <= buf.size) & (ts >= MIN_TIMESTAMP) & (ts < MAX_TIMESTAMP)
+
+
+def _landing(buf: Buffer, begin: I64) -> I64:
+    """Where each lane starts walking: the first offset in its first SEEK bytes from which
+    HOPS records in a row have plausible timestamps and non-empty names (lane 0: 0);
+    its own start when there is none."""
+    at = (begin[1:, None] + np.arange(SEEK)).reshape(-1)
+    lane = np.repeat(np.arange(1, len(begin)), SEEK)
+    keep = _plausible(buf, at)
+    at, lane = at[keep], lane[keep]
+    pos = at
+    for _ in range(HOPS):
+        length = buf.u8[np.minimum(pos + RECORD_MIN - 1, buf.size)]
+        pos = pos + RECORD_MIN + length
+        keep = (length > 0) & _plausible(buf, pos)
+        at, lane, pos = at[keep], lane[keep], pos[keep]
+    start = begin.copy()
+    found, first = np.unique(lane, return_index=True)
+    start[found] = at[first]
+    return start
+
+
+def _walk(buf: bytes) -> tuple[I64, int]:
+    starts: array[int] = array("q")
+    stop = walk(buf, starts)
+    return np.frombuffer(starts, np.int64), stop
+
+
+class Parsed(NamedTuple):
+    heads: npt.NDArray[np.void]
+    """HEAD of each record."""
+    group: npt.NDArray[np.intp]
+    """Each record's name, as its position in `names`."""
+    names: list[bytes]
+    """In order of first appearance."""
+    plain: bool
+    """Every record valid on its own (timestamp, a name of 1..255 bytes without 0x00)."""
+
+
+def parse(buf: Buffer, starts: I64) -> Parsed:
+    """The records of the buffer at `starts` (whole ones: find_starts), grouped by name."""
+    heads = buf.rows(starts, HEAD.itemsize).view(HEAD)[:, 0]
+    lens = heads["len"]
+    ts = heads["ts"]
+    plain = bool(((ts >= MIN_TIMESTAMP) & (ts < MAX_TIMESTAMP) & (lens > 0)).all())
+    width = max(8, -(-int(lens.max(initial=0)) // 8) * 8)
+    if not len(starts) or width > _WIDE:
+        group, names, clean = _group_python(buf.data, starts, lens)
+        return Parsed(heads, group, names, plain and clean)
+    columns = np.arange(width, dtype=np.int64)
+    padded = buf.rows(starts + RECORD_MIN, width)
+    inside = columns[None, :] < lens[:, None]
+    clean = bool((padded[inside] != 0).all())
+    padded[~inside] = 0
+    words = np.ascontiguousarray(padded).view("<u8")  # a name, padded with zeros
+    mixed = words * _MIX[: words.shape[1]]
+    hashes = mixed.sum(axis=1, dtype=np.uint64)
+    known = np.unique(hashes[:_SAMPLE])  # most buffers hold no name their start lacks
+    inverse = np.searchsorted(known, hashes)
+    inverse[inverse == len(known)] = 0
+    if not (known[inverse] == hashes).all():
+        known, inverse = np.unique(hashes, return_inverse=True)
+        inverse = inverse.reshape(-1)
+    first = np.full(len(known), len(hashes))
+    np.minimum.at(first, inverse, np.arange(len(hashes)))
+    if not (words == words[first[inverse]]).all():  # two names with one hash: rare
+        group, names, _ = _group_python(buf.data, starts, lens)
+        return Parsed(heads, group, names, plain and clean)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    at = (starts[first[order]] + RECORD_MIN).tolist()
+    data = buf.data
+    names = [data[a : a + data[a - 1]] for a in at]
+    return Parsed(heads, rank[inverse], names, plain and clean)
+
+
+def _group_python(
+    buf: bytes, starts: I64, lens: npt.NDArray[np.uint8]
+) -> tuple[npt.NDArray[np.intp], list[bytes], bool]:
+    ids: dict[bytes, int] = {}
+    which = [
+        ids.setdefault(buf[a + RECORD_MIN : a + RECORD_MIN + n], len(ids))
+        for a, n in zip(starts.tolist(), lens.tolist(), strict=True)
+    ]
+    clean = not any(b"\0" in name for name in ids)
+    return np.array(which, dtype=np.intp), list(ids), clean

@@ -1,0 +1,246 @@
+"""Building and extending an experiment's sidecars (sidecar.py) in one pass over the part of
+metrics.bin after the last checkpoint: it validates the records by PROTOCOL.md's rule
+(the same valid prefix as files.scan_file), appends each name's rows to its column, and
+writes a new checkpoint. Records are found by their length bytes and checked with numpy
+over big reads; a stretch that is not plainly valid is checked by protocol.metrics.scan.
+
+Plain synchronous code for a worker thread; the caller holds the experiment's sidecar
+lock, so one writer at a time.
+"""
+
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from fetchml.protocol.metrics import scan
+
+from . import sidecar
+from .entries import Damaged, open_entry
+from .fastscan import Buffer, Parsed, find_starts, parse
+from .files import METRICS, FileScan, scan_file, write_all
+from .sidecar import ANCHOR, ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record
+
+logger = logging.getLogger(__name__)
+
+READ_BYTES = 4 << 20
+"""metrics.bin bytes parsed at a time."""
+MAX_NAMES = 4096
+"""An experiment with more distinct names than this gets no sidecars (TooManyNames)."""
+FEW_NAMES = 16
+"""Up to this many names in a buffer, each is picked out by a comparison; more are sorted."""
+
+
+UNINDEXABLE = Checkpoint(0, 0, -1, 0, b"")
+"""What `resume` gives when the sidecars could not be written: the store stops trying."""
+
+
+class TooManyNames(Exception):
+    """More distinct names than MAX_NAMES (a column file each): no sidecars."""
+
+
+@dataclass(eq=False)
+class _Column:
+    k: int
+    info: NameInfo
+    fd: int
+    crc: int
+
+
+class _Builder:
+    def __init__(self, directory: Path, cp: Checkpoint) -> None:
+        self.directory = directory
+        self.columns: dict[bytes, _Column] = {}
+        sidecar.make_index(directory)
+        self.fds: list[int] = []
+        try:
+            for k, info in enumerate(cp.names):
+                fd = self._open(sidecar.column_path(directory, k), info.rows * ROW.itemsize)
+                self.columns[info.name] = _Column(k, info, fd, info.crc)
+            self.anchors_fd = self._open(directory / INDEX / ANCHORS, cp.anchors * 8)
+        except BaseException:
+            self.close()
+            raise
+        self.anchors, self.anchors_crc = cp.anchors, cp.anchors_crc
+
+    def _open(self, path: Path, keep: int) -> int:
+        fd = sidecar.open_append(path, keep)
+        self.fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+    def add(self, parsed: Parsed, starts: npt.NDArray[np.int64], base: int, count: int) -> None:
+        """Valid records (at `starts` of a buffer at file offset `base`), the first of them
+        record number `count`."""
+        n = len(starts)
+        if not n:
+            return
+        heads, group, names = parsed.heads, parsed.group, parsed.names
+        numbers = np.arange(count, count + n, dtype=np.uint64)
+        first_anchor = -count % ANCHOR
+        if first_anchor < n:
+            at = (starts[first_anchor::ANCHOR] + base).astype("<u8").tobytes()
+            write_all(self.anchors_fd, at)
+            self.anchors += len(at) // 8
+            self.anchors_crc = zlib.crc32(at, self.anchors_crc)
+        if len(names) == 1:
+            picks = [np.arange(n)]
+        elif len(names) <= FEW_NAMES:
+            picks = [np.flatnonzero(group == g) for g in range(len(names))]
+        else:
+            order = np.argsort(group, kind="stable")
+            picks = np.split(order, np.cumsum(np.bincount(group, minlength=len(names)))[:-1])
+        for name, pick in zip(names, picks, strict=True):
+            rows = np.empty(len(pick), ROW)
+            rows["index"] = numbers[pick]
+            rows["ts"] = heads["ts"][pick]
+            rows["step"] = heads["step"][pick]
+            rows["value"] = heads["value"][pick]
+            self._append(name, rows)
+
+    def _append(self, name: bytes, rows: npt.NDArray[np.void]) -> None:
+        column = self.columns.get(name)
+        first = _record(rows[0])
+        last = _record(rows[-1])
+        values = rows["value"]
+        low, high = float(np.fmin.reduce(values)), float(np.fmax.reduce(values))
+        if column is None:
+            if len(self.columns) >= MAX_NAMES:
+                raise TooManyNames(f"more than {MAX_NAMES} names")
+            k = len(self.columns)
+            fd = self._open(sidecar.column_path(self.directory, k), 0)
+            info = NameInfo(name, 0, 0, first, last, low, high)
+            column = self.columns[name] = _Column(k, info, fd, 0)
+        old = column.info
+        data = rows.tobytes()
+        write_all(column.fd, data)
+        column.crc = zlib.crc32(data, column.crc)
+        column.info = NameInfo(
+            name,
+            old.rows + len(rows),
+            column.crc,
+            old.first,
+            last,
+            float(np.fmin(old.low, low)),
+            float(np.fmax(old.high, high)),
+        )
+
+    def finish(self, fd: int, end: int, count: int) -> Checkpoint:
+        for column in self.columns.values():
+            os.fdatasync(column.fd)
+        os.fdatasync(self.anchors_fd)
+        st = os.fstat(fd)
+        names = sorted(self.columns.values(), key=lambda c: c.k)
+        cp = Checkpoint(
+            st.st_dev,
+            st.st_ino,
+            end,
+            count,
+            sidecar.tail_digest(fd, end),
+            tuple(c.info for c in names),
+            self.anchors,
+            self.anchors_crc,
+        )
+        sidecar.save(self.directory, cp)
+        return cp
+
+
+def _record(row: np.void) -> Record:
+    return Record(int(row["index"]), int(row["ts"]), int(row["step"]), float(row["value"]))
+
+
+def extend(
+    directory: Path, fd: int, cp: Checkpoint | None, limit: int = -1
+) -> tuple[Checkpoint, FileScan]:
+    """Index metrics.bin (open as `fd`) from the end of `cp` (a trusted checkpoint) or from
+    the start, up to the end of its valid prefix (or `limit` bytes, known valid); save and
+    return the new checkpoint with what files.scan_file would have found from there."""
+    size = os.fstat(fd).st_size
+    if limit >= 0:
+        size = min(size, limit)
+    if cp is None:  # from scratch: nothing of the old sidecars stays
+        sidecar.remove(directory)
+        cp = Checkpoint(0, 0, 0, 0, b"")
+    builder = _Builder(directory, cp)
+    try:
+        pos, count = cp.end, cp.count
+        carry = b""
+        while True:
+            at = pos + len(carry)
+            chunk = os.pread(fd, min(READ_BYTES, size - at), at) if at < size else b""
+            data = carry + chunk
+            buf = Buffer(data)
+            found, stop = find_starts(buf)
+            parsed = parse(buf, found)
+            if len(found) and parsed.plain:
+                end, incomplete = stop, True
+            else:  # the end of the valid prefix is in this buffer: the slow, exact rule
+                result = scan(data)
+                end, incomplete = result.end, result.incomplete
+                found = found[found < end]
+                parsed = parse(buf, found)
+            builder.add(parsed, found, pos, count)
+            count += len(found)
+            pos += end
+            carry = data[end:]
+            if not (incomplete and chunk):
+                break
+        return builder.finish(fd, pos, count), FileScan(pos, count, size)
+    finally:
+        builder.close()
+
+
+def resume(
+    directory: Path, fd: int, end: int, count: int, cp: Checkpoint | None, index_bytes: int
+) -> tuple[FileScan, Checkpoint | None]:
+    """What files.scan_file(fd, end, count) finds, with the sidecars' help: the scan starts
+    after a trusted checkpoint when that is further, and when `index_bytes` (0: never) or
+    more of the file are past the checkpoint, they are indexed on the way. Also returns
+    the checkpoint now trusted (None when there is none; UNINDEXABLE when writing failed)."""
+    cp = check(directory, fd, cp)
+    if cp is not None and cp.end > end:
+        end, count = cp.end, cp.count
+    size = os.fstat(fd).st_size
+    if index_bytes and size - (cp.end if cp else 0) >= index_bytes:
+        try:
+            cp, result = extend(directory, fd, cp)
+            return result, cp
+        except (OSError, TooManyNames, Damaged) as exc:
+            logger.warning("%s: sidecars not written: %s", directory.name, exc)
+            return scan_file(fd, end, count), UNINDEXABLE
+    return scan_file(fd, end, count), cp
+
+
+def check(directory: Path, fd: int, cp: Checkpoint | None) -> Checkpoint | None:
+    """`cp` (or the stored checkpoint when None) if it still describes the file."""
+    if cp is None:
+        cp, why = sidecar.trusted(directory, fd)
+    else:
+        try:
+            sidecar.verify(directory, fd, cp)
+            why = None
+        except (sidecar.Unusable, OSError) as exc:
+            cp, why = None, str(exc)
+    if why:
+        logger.warning("%s: sidecars ignored (%s); they are rebuilt", directory.name, why)
+    return cp
+
+
+def extend_to(directory: Path, cp: Checkpoint | None, end: int) -> Checkpoint:
+    """The sidecars extended (or rebuilt) to cover the first `end` bytes of metrics.bin,
+    a valid prefix."""
+    fd = open_entry(directory, METRICS, os.O_RDONLY)
+    try:
+        cp = check(directory, fd, cp)
+        if cp is not None and cp.end >= end:
+            return cp
+        return extend(directory, fd, cp, end)[0]
+    finally:
+        os.close(fd)
