@@ -13,6 +13,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +22,9 @@ from fetchml.protocol.metrics import scan
 
 from . import sidecar
 from .entries import Damaged, open_entry
-from .fastscan import Buffer, Parsed, find_starts, parse
+from .fastscan import I64, Buffer, Cycles, Parsed, find_starts, parse, periodic
 from .files import METRICS, FileScan, scan_file, write_all
-from .sidecar import ANCHOR, ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record
+from .sidecar import ANCHOR, ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record, Rows
 
 logger = logging.getLogger(__name__)
 
@@ -76,33 +77,14 @@ class _Builder:
         for fd in self.fds:
             os.close(fd)
 
-    def add(self, parsed: Parsed, starts: npt.NDArray[np.int64], base: int, count: int) -> None:
-        """Valid records (at `starts` of a buffer at file offset `base`), the first of them
-        record number `count`."""
-        n = len(starts)
-        if not n:
-            return
-        heads, group, names = parsed.heads, parsed.group, parsed.names
-        numbers = np.arange(count, count + n, dtype=np.uint64)
-        first_anchor = -count % ANCHOR
-        if first_anchor < n:
-            at = (starts[first_anchor::ANCHOR] + base).astype("<u8").tobytes()
+    def add(self, batch: "_Batch") -> None:
+        """Records of one read: each name's rows and the anchors."""
+        if len(batch.anchors):
+            at = batch.anchors.astype("<u8")
             write_all(self.anchors_fd, at)
-            self.anchors += len(at) // 8
+            self.anchors += len(at)
             self.anchors_crc = zlib.crc32(at, self.anchors_crc)
-        if len(names) == 1:
-            picks = [np.arange(n)]
-        elif len(names) <= FEW_NAMES:
-            picks = [np.flatnonzero(group == g) for g in range(len(names))]
-        else:
-            order = np.argsort(group, kind="stable")
-            picks = np.split(order, np.cumsum(np.bincount(group, minlength=len(names)))[:-1])
-        for name, pick in zip(names, picks, strict=True):
-            rows = np.empty(len(pick), ROW)
-            rows["index"] = numbers[pick]
-            rows["ts"] = heads["ts"][pick]
-            rows["step"] = heads["step"][pick]
-            rows["value"] = heads["value"][pick]
+        for name, rows in zip(batch.names, batch.rows, strict=True):
             self._append(name, rows)
 
     def _append(self, name: bytes, rows: npt.NDArray[np.void]) -> None:
@@ -119,7 +101,7 @@ class _Builder:
             info = NameInfo(name, 0, 0, first, last, low, high)
             column = self.columns[name] = _Column(k, info, fd, 0)
         old = column.info
-        data = rows.tobytes()
+        data = rows.view(np.uint8)
         write_all(column.fd, data)
         column.crc = zlib.crc32(data, column.crc)
         column.info = NameInfo(
@@ -152,6 +134,79 @@ class _Builder:
         return cp
 
 
+class _Batch(NamedTuple):
+    """Records of one read, ready for the sidecars."""
+
+    records: int
+    names: list[bytes]
+    rows: list[Rows]
+    """Each name's rows, in the order of `names`."""
+    anchors: I64
+    """The file offset of each record whose number is a multiple of ANCHOR."""
+
+
+def _general(parsed: Parsed, starts: I64, base: int, count: int) -> _Batch:
+    """The records at `starts` of a buffer at file offset `base`, the first of them record
+    number `count`."""
+    n = len(starts)
+    heads, group, names = parsed.heads, parsed.group, parsed.names
+    numbers = np.arange(count, count + n, dtype=np.uint64)
+    if len(names) == 1:
+        picks = [np.arange(n)]
+    elif len(names) <= FEW_NAMES:
+        picks = [np.flatnonzero(group == g) for g in range(len(names))]
+    else:
+        order = np.argsort(group, kind="stable")
+        picks = np.split(order, np.cumsum(np.bincount(group, minlength=len(names)))[:-1])
+    out = []
+    for pick in picks:
+        rows = np.empty(len(pick), ROW)
+        rows["index"] = numbers[pick]
+        rows["ts"] = heads["ts"][pick]
+        rows["step"] = heads["step"][pick]
+        rows["value"] = heads["value"][pick]
+        out.append(rows)
+    return _Batch(n, names, out, starts[-count % ANCHOR :: ANCHOR] + base)
+
+
+def _cycles(cycles: Cycles, base: int, count: int) -> _Batch:
+    """Whole cycles of a buffer at file offset `base`, the first record number `count`."""
+    table, period = cycles.table, len(cycles.names)
+    n = len(table) * period
+    first = np.arange(count, count + n, period, dtype=np.uint64)[:, None]
+    names = list(dict.fromkeys(cycles.names))
+    out = []
+    for name in names:
+        at = [j for j, other in enumerate(cycles.names) if other == name]
+        rows = np.empty((len(table), len(at)), ROW)
+        rows["index"] = first + np.array(at, dtype=np.uint64)
+        for i, j in enumerate(at):
+            rows["ts"][:, i] = table[f"ts{j}"]
+            rows["step"][:, i] = table[f"step{j}"]
+            rows["value"][:, i] = table[f"value{j}"]
+        out.append(rows.reshape(-1))
+    numbers = np.arange(-count % ANCHOR, n, ANCHOR)
+    offsets = np.array(cycles.offsets, dtype=np.int64)
+    anchors = numbers // period * cycles.size + offsets[numbers % period] + base
+    return _Batch(n, names, out, anchors)
+
+
+def _parse(data: bytes, base: int, count: int) -> tuple[_Batch, int, bool]:
+    """The valid records of a buffer at file offset `base` (the first record number
+    `count`), where they end, and whether more bytes may extend them."""
+    buf = Buffer(data)
+    found, stop = find_starts(buf)
+    parsed = parse(buf, found)
+    if len(found) and parsed.plain:
+        end, incomplete = stop, True
+    else:  # the end of the valid prefix is in this buffer: the slow, exact rule
+        result = scan(data)
+        end, incomplete = result.end, result.incomplete
+        found = found[found < end]
+        parsed = parse(buf, found)
+    return _general(parsed, found, base, count), end, incomplete
+
+
 def _record(row: np.void) -> Record:
     return Record(int(row["index"]), int(row["ts"]), int(row["step"]), float(row["value"]))
 
@@ -176,18 +231,15 @@ def extend(
             at = pos + len(carry)
             chunk = os.pread(fd, min(READ_BYTES, size - at), at) if at < size else b""
             data = carry + chunk
-            buf = Buffer(data)
-            found, stop = find_starts(buf)
-            parsed = parse(buf, found)
-            if len(found) and parsed.plain:
-                end, incomplete = stop, True
-            else:  # the end of the valid prefix is in this buffer: the slow, exact rule
-                result = scan(data)
-                end, incomplete = result.end, result.incomplete
-                found = found[found < end]
-                parsed = parse(buf, found)
-            builder.add(parsed, found, pos, count)
-            count += len(found)
+            cycles = periodic(data) if chunk else None
+            if cycles is not None:  # the rest of the buffer comes again with the next read
+                batch = _cycles(cycles, pos, count)
+                end, incomplete = len(cycles.table) * cycles.size, True
+            else:
+                batch, end, incomplete = _parse(data, pos, count)
+            if batch.records:
+                builder.add(batch)
+            count += batch.records
             pos += end
             carry = data[end:]
             if not (incomplete and chunk):
