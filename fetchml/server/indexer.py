@@ -80,9 +80,9 @@ class _Builder:
     def add(self, batch: "_Batch") -> None:
         """Records of one read: each name's rows and the anchors."""
         if len(batch.anchors):
-            at = batch.anchors.astype("<u8")
+            at = batch.anchors.astype("<u8").tobytes()
             write_all(self.anchors_fd, at)
-            self.anchors += len(at)
+            self.anchors += len(at) // 8
             self.anchors_crc = zlib.crc32(at, self.anchors_crc)
         for name, rows in zip(batch.names, batch.rows, strict=True):
             self._append(name, rows)
@@ -101,7 +101,7 @@ class _Builder:
             info = NameInfo(name, 0, 0, first, last, low, high)
             column = self.columns[name] = _Column(k, info, fd, 0)
         old = column.info
-        data = rows.view(np.uint8)
+        data = rows.tobytes()
         write_all(column.fd, data)
         column.crc = zlib.crc32(data, column.crc)
         column.info = NameInfo(
