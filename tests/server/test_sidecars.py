@@ -16,6 +16,8 @@ import numpy.typing as npt
 import pytest
 
 from fetchml.protocol.metrics import (
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
     MetricRecord,
     decode_metrics_payload,
     decode_records,
@@ -171,6 +173,104 @@ def test_names_are_grouped_exactly_beyond_the_numpy_width() -> None:
     parsed = fastscan.parse(buf, starts)
     assert parsed.names == names
     assert parsed.group.tolist() == [i % 3 for i in range(300)]
+
+
+# -- the first pass's fast path: buffers repeating one layout -------------------------------
+
+LOW, HIGH = MIN_TIMESTAMP, MAX_TIMESTAMP - 1
+
+
+def cycle(layout: list[tuple[bytes, int]], n: int, first: int = 0) -> bytes:
+    """`n` records repeating `layout` (name, timestamp), steps from `first`."""
+    return b"".join(
+        encode_record(layout[i % len(layout)][1], i, i / 7, layout[i % len(layout)][0])
+        for i in range(first, first + n)
+    )
+
+
+def cycled(*names: bytes) -> list[tuple[bytes, int]]:
+    return [(name, STAMP) for name in names]
+
+
+TEN = cycled(*(f"metric/{i:03d}".encode() for i in range(10)))
+
+
+def swapped(at: int, name: bytes, ts: int = STAMP) -> bytes:
+    """9,000 records cycling TEN names, record `at` made of `name` and `ts` instead."""
+    return cycle(TEN, at) + cycle([(name, ts)], 1, at) + cycle(TEN, 8999 - at, at + 1)
+
+
+WIDE = [bytes([33 + i % 90]) * (1 + i * 37 % 255) for i in range(100)]
+
+ODD_FILES: dict[str, bytes] = {
+    "one name": cycle(cycled(b"loss"), 9000),
+    "a name twice a cycle": cycle(cycled(b"loss", b"acc", b"loss", b"lr"), 9000),
+    "long names": cycle(cycled(b"x" * 255, b"y", b"z" * 254), 5000),
+    "names that look like lengths": cycle(cycled(bytes([21]) * 30, bytes([25, 4]), b"\x7f"), 9000),
+    "timestamps at the edges": cycle([(b"loss", LOW), (b"acc", HIGH)], 9000),
+    "more names than a cycle holds": cycle(cycled(*WIDE), 5000),
+    "a record off the cycle": cycle(TEN, 5000) + cycle(cycled(b"eval"), 1) + cycle(TEN, 4000),
+    "another name of one length": swapped(5000, b"metric/00x"),
+    "a timestamp too late": swapped(7000, b"metric/000", HIGH + 1),
+    "a timestamp too early": swapped(7000, b"metric/000", LOW - 1),
+    "0x00 in a name": swapped(7000, b"metric/0\x000"),
+    "an empty name": cycle(TEN, 7000) + cycle(cycled(b""), 1) + cycle(TEN, 2000),
+    "an empty name in every cycle": cycle(cycled(b"loss", b""), 9000),
+    "torn in a name": cycle(TEN, 9000)[:-3],
+    "torn in a head": cycle(TEN, 9000) + cycle(TEN, 1)[:9],
+}
+
+
+@pytest.mark.parametrize("read_bytes", [1 << 12, indexer.READ_BYTES], ids=["4 KiB", "default"])
+@pytest.mark.parametrize("odd", list(ODD_FILES))
+def test_the_first_pass_is_exact_on_odd_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, odd: str, read_bytes: int
+) -> None:
+    monkeypatch.setattr(indexer, "READ_BYTES", read_bytes)
+    data = ODD_FILES[odd]
+    directory = experiment(tmp_path, data)
+    cp, end, count = build(directory)
+    valid = scan(data)
+    assert (end, count) == (valid.end, valid.records)
+    assert (cp.end, cp.count) == (end, count)
+    expected = expected_columns(data)
+    assert columns(directory, cp) == expected
+    assert [info.name for info in cp.names] == list(expected)
+    starts, _ = fastscan._walk(data[:end])
+    anchors = np.fromfile(directory / "index" / "anchors", "<u8")
+    assert anchors.tolist() == starts[:: sidecar.ANCHOR].tolist() and cp.anchors == len(anchors)
+
+
+def test_a_buffer_of_one_layout_is_taken_as_its_whole_cycles() -> None:
+    data = cycle(TEN, 1005)
+    cycles = fastscan.periodic(data)
+    assert cycles is not None
+    assert cycles.names == [name for name, _ in TEN]
+    assert (len(cycles.table), cycles.size) == (100, len(cycle(TEN, 10)))
+    decoded = decode_records(data[: 100 * cycles.size])
+    for j, name in enumerate(cycles.names):
+        assert cycles.offsets[j] == sum(21 + len(n) for n in cycles.names[:j])
+        mine = decoded[j::10]
+        assert all(r.name.encode() == name for r in mine)
+        assert cycles.table[f"ts{j}"].tolist() == [r.timestamp for r in mine]
+        assert cycles.table[f"step{j}"].tolist() == [r.step for r in mine]
+        assert cycles.table[f"value{j}"].tolist() == [r.value for r in mine]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "more names than a cycle holds",
+        "another name of one length",
+        "a timestamp too late",
+        "a timestamp too early",
+        "0x00 in a name",
+        "an empty name in every cycle",
+    ],
+)
+def test_a_buffer_off_its_layout_is_left_to_the_search(odd: str) -> None:
+    # Each breaks the layout after the records it is read from.
+    assert fastscan.periodic(ODD_FILES[odd]) is None
 
 
 def test_sidecars_are_extended_by_what_was_appended(tmp_path: Path) -> None:
