@@ -11,6 +11,7 @@ lock, so one writer at a time.
 import logging
 import os
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +35,9 @@ MAX_NAMES = 4096
 """An experiment with more distinct names than this gets no sidecars (TooManyNames)."""
 FEW_NAMES = 16
 """Up to this many names in a buffer, each is picked out by a comparison; more are sorted."""
+SYNC_BYTES = 64 << 20
+"""Column bytes written between two syncs, which run in a thread of their own while the pass
+goes on: the one at the end has little left to write."""
 
 
 UNINDEXABLE = Checkpoint(0, 0, -1, 0, b"")
@@ -58,6 +62,9 @@ class _Builder:
         self.columns: dict[bytes, _Column] = {}
         sidecar.make_index(directory)
         self.fds: list[int] = []
+        self.pool = ThreadPoolExecutor(1, "sidecar-sync")
+        self.syncing: Future[None] | None = None
+        self.unsynced = 0
         try:
             for k, info in enumerate(cp.names):
                 fd = self._open(sidecar.column_path(directory, k), info.rows * ROW.itemsize)
@@ -74,6 +81,7 @@ class _Builder:
         return fd
 
     def close(self) -> None:
+        self.pool.shutdown()  # a sync under way ends before its descriptors close
         for fd in self.fds:
             os.close(fd)
 
@@ -86,6 +94,11 @@ class _Builder:
             self.anchors_crc = zlib.crc32(at, self.anchors_crc)
         for name, rows in zip(batch.names, batch.rows, strict=True):
             self._append(name, rows)
+        if self.unsynced >= SYNC_BYTES and (self.syncing is None or self.syncing.done()):
+            if self.syncing is not None:
+                self.syncing.result()  # raises what the last one failed with
+            self.syncing = self.pool.submit(_sync, list(self.fds))
+            self.unsynced = 0
 
     def _append(self, name: bytes, rows: npt.NDArray[np.void]) -> None:
         column = self.columns.get(name)
@@ -103,6 +116,7 @@ class _Builder:
         old = column.info
         data = rows.tobytes()
         write_all(column.fd, data)
+        self.unsynced += len(data)
         column.crc = zlib.crc32(data, column.crc)
         column.info = NameInfo(
             name,
@@ -115,9 +129,9 @@ class _Builder:
         )
 
     def finish(self, fd: int, end: int, count: int) -> Checkpoint:
-        for column in self.columns.values():
-            os.fdatasync(column.fd)
-        os.fdatasync(self.anchors_fd)
+        if self.syncing is not None:
+            self.syncing.result()
+        _sync(self.fds)
         st = os.fstat(fd)
         names = sorted(self.columns.values(), key=lambda c: c.k)
         cp = Checkpoint(
@@ -205,6 +219,11 @@ def _parse(data: bytes, base: int, count: int) -> tuple[_Batch, int, bool]:
         found = found[found < end]
         parsed = parse(buf, found)
     return _general(parsed, found, base, count), end, incomplete
+
+
+def _sync(fds: list[int]) -> None:
+    for fd in fds:
+        os.fdatasync(fd)
 
 
 def _record(row: np.void) -> Record:

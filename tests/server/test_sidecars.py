@@ -227,6 +227,7 @@ def test_the_first_pass_is_exact_on_odd_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, odd: str, read_bytes: int
 ) -> None:
     monkeypatch.setattr(indexer, "READ_BYTES", read_bytes)
+    monkeypatch.setattr(indexer, "SYNC_BYTES", read_bytes)  # syncs in the background too
     data = ODD_FILES[odd]
     directory = experiment(tmp_path, data)
     cp, end, count = build(directory)
