@@ -1,8 +1,9 @@
 """Building and extending an experiment's sidecars (sidecar.py) in one pass over the part of
 metrics.bin after the last checkpoint: it validates the records by PROTOCOL.md's rule
 (the same valid prefix as files.scan_file), appends each name's rows to its column, and
-writes a new checkpoint. Records are found by their length bytes and checked with numpy
-over big reads; a stretch that is not plainly valid is checked by protocol.metrics.scan.
+writes a new checkpoint. Each big read is made into rows by batches.py: at once when it
+repeats one layout of names, else found by their length bytes and checked with numpy; a
+stretch that is not plainly valid is checked by protocol.metrics.scan.
 
 Plain synchronous code for a worker thread; the caller holds the experiment's sidecar
 lock, so one writer at a time.
@@ -14,18 +15,16 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from fetchml.protocol.metrics import scan
-
 from . import sidecar
+from .batches import Batch, cycles, general
 from .entries import Damaged, open_entry
-from .fastscan import I64, Buffer, Cycles, Parsed, find_starts, parse, periodic
+from .fastscan import periodic
 from .files import METRICS, FileScan, scan_file, write_all
-from .sidecar import ANCHOR, ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record, Rows
+from .sidecar import ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +32,6 @@ READ_BYTES = 4 << 20
 """metrics.bin bytes parsed at a time."""
 MAX_NAMES = 4096
 """An experiment with more distinct names than this gets no sidecars (TooManyNames)."""
-FEW_NAMES = 16
-"""Up to this many names in a buffer, each is picked out by a comparison; more are sorted."""
 SYNC_BYTES = 64 << 20
 """Column bytes written between two syncs, which run in a thread of their own while the pass
 goes on: the one at the end has little left to write."""
@@ -85,7 +82,7 @@ class _Builder:
         for fd in self.fds:
             os.close(fd)
 
-    def add(self, batch: "_Batch") -> None:
+    def add(self, batch: Batch) -> None:
         """Records of one read: each name's rows and the anchors."""
         if len(batch.anchors):
             at = batch.anchors.astype("<u8").tobytes()
@@ -148,79 +145,6 @@ class _Builder:
         return cp
 
 
-class _Batch(NamedTuple):
-    """Records of one read, ready for the sidecars."""
-
-    records: int
-    names: list[bytes]
-    rows: list[Rows]
-    """Each name's rows, in the order of `names`."""
-    anchors: I64
-    """The file offset of each record whose number is a multiple of ANCHOR."""
-
-
-def _general(parsed: Parsed, starts: I64, base: int, count: int) -> _Batch:
-    """The records at `starts` of a buffer at file offset `base`, the first of them record
-    number `count`."""
-    n = len(starts)
-    heads, group, names = parsed.heads, parsed.group, parsed.names
-    numbers = np.arange(count, count + n, dtype=np.uint64)
-    if len(names) == 1:
-        picks = [np.arange(n)]
-    elif len(names) <= FEW_NAMES:
-        picks = [np.flatnonzero(group == g) for g in range(len(names))]
-    else:
-        order = np.argsort(group, kind="stable")
-        picks = np.split(order, np.cumsum(np.bincount(group, minlength=len(names)))[:-1])
-    out = []
-    for pick in picks:
-        rows = np.empty(len(pick), ROW)
-        rows["index"] = numbers[pick]
-        rows["ts"] = heads["ts"][pick]
-        rows["step"] = heads["step"][pick]
-        rows["value"] = heads["value"][pick]
-        out.append(rows)
-    return _Batch(n, names, out, starts[-count % ANCHOR :: ANCHOR] + base)
-
-
-def _cycles(cycles: Cycles, base: int, count: int) -> _Batch:
-    """Whole cycles of a buffer at file offset `base`, the first record number `count`."""
-    table, period = cycles.table, len(cycles.names)
-    n = len(table) * period
-    first = np.arange(count, count + n, period, dtype=np.uint64)[:, None]
-    names = list(dict.fromkeys(cycles.names))
-    out = []
-    for name in names:
-        at = [j for j, other in enumerate(cycles.names) if other == name]
-        rows = np.empty((len(table), len(at)), ROW)
-        rows["index"] = first + np.array(at, dtype=np.uint64)
-        for i, j in enumerate(at):
-            rows["ts"][:, i] = table[f"ts{j}"]
-            rows["step"][:, i] = table[f"step{j}"]
-            rows["value"][:, i] = table[f"value{j}"]
-        out.append(rows.reshape(-1))
-    numbers = np.arange(-count % ANCHOR, n, ANCHOR)
-    offsets = np.array(cycles.offsets, dtype=np.int64)
-    anchors = numbers // period * cycles.size + offsets[numbers % period] + base
-    return _Batch(n, names, out, anchors)
-
-
-def _parse(data: bytes, base: int, count: int) -> tuple[_Batch, int, bool]:
-    """The valid records of a buffer at file offset `base` (the first record number
-    `count`), where they end, and whether more bytes may extend them."""
-    buf = Buffer(data)
-    found, stop = find_starts(buf)
-    parsed = parse(buf, found)
-    if len(found) and parsed.plain:
-        end, incomplete = stop, True
-    else:  # the end of the valid prefix is in this buffer: the slow, exact rule
-        result = scan(data)
-        end, incomplete = result.end, result.incomplete
-        found = found[found < end]
-        parsed = parse(buf, found)
-    return _general(parsed, found, base, count), end, incomplete
-
-
 def _sync(fds: list[int]) -> None:
     for fd in fds:
         os.fdatasync(fd)
@@ -250,12 +174,12 @@ def extend(
             at = pos + len(carry)
             chunk = os.pread(fd, min(READ_BYTES, size - at), at) if at < size else b""
             data = carry + chunk
-            cycles = periodic(data) if chunk else None
-            if cycles is not None:  # the rest of the buffer comes again with the next read
-                batch = _cycles(cycles, pos, count)
-                end, incomplete = len(cycles.table) * cycles.size, True
+            found = periodic(data) if chunk else None
+            if found is not None:  # the rest of the buffer comes again with the next read
+                batch = cycles(found, pos, count)
+                end, incomplete = len(found.table) * found.size, True
             else:
-                batch, end, incomplete = _parse(data, pos, count)
+                batch, end, incomplete = general(data, pos, count)
             if batch.records:
                 builder.add(batch)
             count += batch.records
