@@ -242,6 +242,42 @@ def test_the_first_pass_is_exact_on_odd_files(
     assert anchors.tolist() == starts[:: sidecar.ANCHOR].tolist() and cp.anchors == len(anchors)
 
 
+@pytest.mark.parametrize("seed", range(200 if os.environ.get("FETCHML_LONG") else 12))
+def test_the_first_pass_is_exact_on_cycles_broken_at_random(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    names = [
+        bytes(
+            rng.choice(b"ab\x15\x00" if rng.random() < 0.02 else b"abcdefgh\x15") for _ in range(n)
+        )
+        for n in rng.choices([1, 2, 3, 10, 200], k=rng.randrange(1, 8))
+    ]
+    layout = cycled(*rng.choices(names, k=rng.randrange(1, 12)))
+    parts, steps = [], 0
+    for _ in range(rng.randrange(1, 6)):
+        n = rng.randrange(3000)
+        parts.append(cycle(layout, n, steps))
+        steps += n
+        if rng.random() < 0.3:
+            ts = rng.choice([STAMP, MIN_TIMESTAMP - 1, MAX_TIMESTAMP, 5])
+            parts.append(encode_record(ts, 0, 0.0, rng.choice([*names, b"", b"zz"])))
+    data = b"".join(parts)
+    if rng.random() < 0.3:
+        data = data[: rng.randrange(len(data) + 1)]
+    monkeypatch.setattr(indexer, "READ_BYTES", rng.choice([64, 300, 4096, 1 << 16]))
+    monkeypatch.setattr(indexer, "SYNC_BYTES", rng.choice([1, 64 << 20]))
+    directory = experiment(tmp_path, data)
+    cp, end, count = build(directory)
+    valid = scan(data)
+    assert (end, count) == (valid.end, valid.records)
+    assert columns(directory, cp) == expected_columns(data)
+    starts, _ = fastscan._walk(data[:end])
+    anchors = np.fromfile(directory / "index" / "anchors", "<u8")
+    assert anchors.tolist() == starts[:: sidecar.ANCHOR].tolist()
+
+
 def test_a_buffer_of_one_layout_is_taken_as_its_whole_cycles() -> None:
     data = cycle(TEN, 1005)
     cycles = fastscan.periodic(data)
