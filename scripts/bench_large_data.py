@@ -109,8 +109,12 @@ def build(records: int, small: int, cache: Path = CACHE) -> Path:
 
 
 def reset(base: Path) -> None:
-    """Leave only what the Go manager wrote in each experiment directory."""
+    """Leave only what the Go manager wrote: experiment directories holding its files (a
+    daemon's dot files beside them, such as its lock and saved listing, go too)."""
     for entry in os.scandir(base):
+        if not entry.is_dir(follow_symlinks=False):
+            os.unlink(entry.path)
+            continue
         for inner in os.scandir(entry.path):
             if inner.name not in GO_FILES:
                 if inner.is_dir(follow_symlinks=False):

@@ -290,9 +290,12 @@ def test_large_data_is_cached_and_rebuilt_when_half_built(tmp_path: Path) -> Non
     (large / "index").mkdir()  # what a daemon may leave: removed before each run
     (large / "index" / "names").write_bytes(b"x")
     (large / "run.json").write_text("{}")
+    (base / ".fetchml-server.lock").write_bytes(b"")  # and the daemon's files beside them
+    (base / ".fetchml-listing").write_text("{}")
     inode = (large / "metrics.bin").stat().st_ino
     assert bench_large_data.build(30, 3, tmp_path) == base
     assert sorted(p.name for p in large.iterdir()) == ["files", "meta.bin", "metrics.bin"]
+    assert not [p for p in base.iterdir() if p.name.startswith(".")]
     assert (large / "metrics.bin").stat().st_ino == inode  # reused
     for broken in ("cut short", "another format"):
         (large / "metrics.bin").write_bytes(b"")
