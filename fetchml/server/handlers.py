@@ -18,11 +18,7 @@ from fetchml.protocol import runs, shapes
 from fetchml.protocol.enums import PruneType
 from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.jobspec import parse_spec
-from fetchml.protocol.metrics import (
-    MetricRecord,
-    decode_records,
-    stamp_records,
-)
+from fetchml.protocol.metrics import stamp_records
 from fetchml.protocol.records import Metadata
 from fetchml.protocol.requests import (
     CancelJob,
@@ -43,6 +39,7 @@ from fetchml.protocol.requests import (
 )
 from fetchml.protocol.responses import Data, Response, StatusReport, Success
 
+from . import newest
 from .auth import Identity, RateLimiter
 from .config import Config
 from .errors import InvalidRequest, NotFound, ServerError, StorageFault
@@ -165,32 +162,17 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
         data += chunk.data
         index += chunk.records
 
-    def shape(records: list[MetricRecord], truncated: bool) -> dict[str, Any]:
-        return shapes.experiment(
-            commit_id=commit,
-            **shapes.meta_fields(meta),
-            metrics=records,
-            metrics_count=total,
-            metrics_truncated=truncated,
-            run=run,
-        )
+    shape = shapes.experiment(
+        commit_id=commit,
+        **shapes.meta_fields(meta),
+        metrics=(),
+        metrics_count=total,
+        metrics_truncated=False,
+        run=run,
+    )
 
-    def document() -> bytes:  # decoding and JSON of up to max_message_bytes: off the event loop
-        records = decode_records(data)
-        doc = shape(records, False)
-        text = shapes.dumps_utf8(doc).encode()
-        if len(text) > budget or start > 0:
-            sizes = [len(shapes.dumps_utf8(m).encode()) + 1 for m in doc["metrics"]]
-            room = budget - len(shapes.dumps_utf8(shape([], True)).encode())
-            keep = 0
-            for size in reversed(sizes):
-                if room < size:
-                    break
-                room -= size
-                keep += 1
-            truncated = keep < total
-            text = shapes.dumps_utf8(shape(records[len(records) - keep :], truncated)).encode()
-        return text
+    def document() -> bytes:  # JSON of up to max_message_bytes: off the event loop
+        return newest.document(data, shape, total, start, budget)
 
     async with ctx.heavy.slot(who.user):
         payload = await anyio.to_thread.run_sync(document)
