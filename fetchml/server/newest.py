@@ -26,7 +26,8 @@ def document(data: bytes, shape: dict[str, Any], total: int, start: int, budget:
     walk(data, starts)
     head = shapes.dumps_utf8(shape | {"metrics_truncated": True})
     room = budget - len(head.encode())
-    unpack, names = RECORD_HEAD.unpack_from, {}
+    unpack = RECORD_HEAD.unpack_from
+    names: dict[bytes, tuple[str, int]] = {}
     parts: list[str] = []
     for at in reversed(starts):
         timestamp, step, value, length = unpack(data, at)
