@@ -7,7 +7,7 @@ No file I/O here: the store and the queue do that.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,7 +49,7 @@ from .listing import page_cut, select_runs
 from .query import is_heavy, query_page
 from .runs import RunStore
 from .series import SeriesCache
-from .storage import LIST_CHUNK, ExperimentInfo, ExperimentStore
+from .storage import ExperimentInfo, ExperimentStore
 from .watch import Subscriber, WatchHub
 
 logger = logging.getLogger(__name__)
@@ -189,8 +189,13 @@ async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) ->
     room = ctx.config.server.max_message_bytes - 256 - 2
     parts: list[bytes] = []
     made: dict[str, Item] = {}
-    async with aclosing(ctx.store.listed()) as listed:
-        async for batch in _batches(listed, who):
+
+    def sees(info: ExperimentInfo) -> bool:
+        return who.sees(info.meta.user if info.meta else None)
+
+    async with aclosing(ctx.store.listed(sees)) as listed:
+        async for infos in listed:
+            batch = [info for info in infos if sees(info)]  # some were found unreadable
             ctx.runs.know({info.commit: info.meta for info in batch if info.meta is not None})
             rows = {row.commit: row for row in await ctx.runs.rows([i.commit for i in batch])}
             for info in batch:
@@ -235,22 +240,6 @@ def _item(old: Item | None, info: ExperimentInfo, doc: dict[str, Any] | None) ->
         run=doc,
     )
     return Item(info, doc, shapes.dumps_utf8(item).encode())
-
-
-async def _batches(
-    listed: AsyncIterator[ExperimentInfo], who: Identity
-) -> AsyncIterator[list[ExperimentInfo]]:
-    """The experiments in the caller's scope, in batches that double from LIST_CHUNK."""
-    batch: list[ExperimentInfo] = []
-    size = LIST_CHUNK
-    async for info in listed:
-        if who.sees(info.meta.user if info.meta else None):
-            batch.append(info)
-            if len(batch) == size:
-                yield batch
-                batch, size = [], size * 2
-    if batch:
-        yield batch
 
 
 async def query_metrics(ctx: Context, who: Identity, req: QueryMetrics) -> Response:

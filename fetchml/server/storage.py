@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -93,6 +93,7 @@ class ExperimentStore:
         self._saving = False
         self._order: tuple[list[ExperimentInfo], list[ExperimentInfo]] | None = None
         """The held experiments' metadata and the order last made with it."""
+        self._first_unreadable = 0
         self._tree: Listing | None = None
         """The experiments of the tree, reused while the base directory's mtime says none
         was added or removed (runs.list_tree)."""
@@ -177,30 +178,36 @@ class ExperimentStore:
     async def list_experiments(self) -> list[ExperimentInfo]:
         """Every experiment in the listing's order (`listed`)."""
         async with aclosing(self.listed()) as listed:
-            return [info async for info in listed]
+            return [info async for infos in listed for info in infos]
 
-    async def listed(self) -> AsyncGenerator[ExperimentInfo, None]:
-        """Newest first (ties: commit ascending); unreadable metadata last, by commit.
-        A damaged experiment is listed with its reason; it never fails the listing.
-        The order comes from a stat of every experiment's directory; each count is taken
-        when its experiment is reached, so a caller that stops early counts no more.
-        Experiments not held are looked at in worker threads, without taking a slot of
-        the open-experiment LRU, unless their files need indexing."""
+    async def listed(
+        self, wanted: Callable[[ExperimentInfo], bool] | None = None
+    ) -> AsyncGenerator[list[ExperimentInfo], None]:
+        """The experiments (those `wanted`, by their metadata) in steps: newest first
+        (ties: commit ascending); unreadable metadata last, by commit. A damaged
+        experiment is listed with its reason; it never fails the listing.
+        The order comes from a stat of every experiment's directory; the counts are taken
+        a step at a time, so a caller that stops early counts no more. Experiments not
+        held are looked at in worker threads, without taking a slot of the
+        open-experiment LRU, unless their files need indexing."""
         order = await self._ordered()
-        first = next((i for i, info in enumerate(order) if info.meta is None), len(order))
+        first = self._first_unreadable
+        readable, unreadable = order[:first], order[first:]
+        if wanted is not None:
+            readable = [info for info in readable if wanted(info)]
+            unreadable = [info for info in unreadable if wanted(info)]
         demoted: list[ExperimentInfo] = []
         at, size = 0, LIST_CHUNK
         try:
-            while at < first:
-                for info in await self._counted(order[at : min(first, at + size)]):
-                    if info.meta is None:
-                        demoted.append(info)  # found damaged: listed with the unreadable
-                    else:
-                        yield info
+            while at < len(readable):
+                infos = await self._counted(readable[at : at + size])
+                if any(info.meta is None for info in infos):  # found damaged: listed last
+                    demoted += [info for info in infos if info.meta is None]
+                    infos = [info for info in infos if info.meta is not None]
+                yield infos
                 at, size = at + size, size * 2
-            rest = await self._counted(order[first:]) + demoted
-            for info in sorted(rest, key=lambda i: i.commit):
-                yield info
+            rest = await self._counted(unreadable) + demoted
+            yield sorted(rest, key=lambda i: i.commit)
         finally:
             self._save_listing()
 
@@ -230,7 +237,11 @@ class ExperimentStore:
             infos = [
                 ExperimentInfo(c, s.meta, 0, s.damaged) for c, s in seen.items() if c not in held
             ]
-            self._order = held_infos, sort_experiments(infos + held_infos)
+            order = sort_experiments(infos + held_infos)
+            self._order = held_infos, order
+            self._first_unreadable = next(
+                (i for i, info in enumerate(order) if info.meta is None), len(order)
+            )
         return self._order[1]
 
     async def _counted(self, infos: list[ExperimentInfo]) -> list[ExperimentInfo]:
