@@ -86,8 +86,8 @@ class ExperimentStore:
         """Called with (records, seconds) after each flush; for metrics."""
         self._open = OpenExperiments(self.base, max_open_files, self._forget_index)
         self._seen: dict[str, Seen] | None = None
-        """Experiments not held, as LIST last found them (listing.Seen); None until the
-        saved listing (listcache.py) is read."""
+        """Experiments as LIST last found them (listing.Seen; a held one as it was before
+        it was opened); None until the saved listing (listcache.py) is read."""
         self._unsaved = False
         """`_seen` differs from what `<base>/.fetchml-listing` holds."""
         self._saving = False
