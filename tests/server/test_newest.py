@@ -54,7 +54,7 @@ def test_document_is_the_shapes_one(seed: int) -> None:
         for _ in range(count)
     )
     run = None if seed % 2 else {"status": "running", "name": "r\u00e9", "tags": ["a"]}
-    meta = {
+    meta: dict[str, Any] = {
         "commit_id": "ab" * 20,
         "timestamp": 1764000000,
         "job_name": 'job "metrics":[]',
