@@ -23,7 +23,7 @@ import anyio.abc
 
 from fetchml.protocol.records import Metadata, encode_metadata
 
-from . import experiment, listcache
+from . import experiment
 from .budget import CacheBudget
 from .errors import AlreadyExists, NotFound, ServerError, StorageFault
 from .experiment import Experiment, FileState, MetaInfo, Phase
@@ -41,13 +41,13 @@ from .files import (
 from .groupcommit import MAX_FLUSH_BYTES as MAX_FLUSH_BYTES
 from .groupcommit import CommitHook, FlushHook, GroupCommit
 from .indexing import Sidecars, T, Work
-from .listing import SEEN_BYTES, Seen, list_unheld, look_unheld, select_prune
+from .lister import Lister
 from .listing import ExperimentInfo as ExperimentInfo
+from .listing import select_prune
 from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
 from .metriclog import MetricLog
 from .offsets import Chunk, read_range
-from .runs import Listing, list_tree
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ CACHE_BYTES = 256 << 20
 INDEX_BYTES = 16 << 20
 """Default of storage.index_bytes: sidecars are written once this much of metrics.bin is
 not covered by them."""
-LIST_CHUNK = 512
-"""Experiments counted in the first step of a listing; each next step counts twice as many."""
 INLINE_WRITE_BYTES = 256 << 10
 """Flushes up to this size are written on the event loop in durability `write`."""
 
@@ -85,18 +83,7 @@ class ExperimentStore:
         self.flush_hooks: list[FlushHook] = []
         """Called with (records, seconds) after each flush; for metrics."""
         self._open = OpenExperiments(self.base, max_open_files, self._forget_index)
-        self._seen: dict[str, Seen] | None = None
-        """Experiments as LIST last found them (listing.Seen; a held one as it was before
-        it was opened); None until the saved listing (listcache.py) is read."""
-        self._unsaved = False
-        """`_seen` differs from what `<base>/.fetchml-listing` holds."""
-        self._saving = False
-        self._order: tuple[list[ExperimentInfo], list[ExperimentInfo]] | None = None
-        """The held experiments' metadata and the order last made with it."""
-        self._first_unreadable = 0
-        self._tree: Listing | None = None
-        """The experiments of the tree, reused while the base directory's mtime says none
-        was added or removed (runs.list_tree)."""
+        self.lister = Lister(self, self._open)
         self._commits: GroupCommit[Experiment] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
@@ -159,7 +146,7 @@ class ExperimentStore:
         if os.path.lexists(final):
             raise AlreadyExists(f"experiment {commit} already exists")
         await anyio.to_thread.run_sync(experiment.create, self.base, final, meta)
-        self._tree = None
+        self.lister.tree = None
         self._open.get(commit).meta = MetaInfo(meta, None)
 
     async def write_metadata(self, meta: Metadata) -> None:
@@ -180,118 +167,13 @@ class ExperimentStore:
         async with aclosing(self.listed()) as listed:
             return [info async for infos in listed for info in infos]
 
-    async def listed(
+    def listed(
         self, wanted: Callable[[ExperimentInfo], bool] | None = None
     ) -> AsyncGenerator[list[ExperimentInfo], None]:
-        """The experiments (those `wanted`, by their metadata) in steps: newest first
-        (ties: commit ascending); unreadable metadata last, by commit. A damaged
-        experiment is listed with its reason; it never fails the listing.
-        The order comes from a stat of every experiment's directory; the counts are taken
-        a step at a time, so a caller that stops early counts no more. Experiments not
-        held are looked at in worker threads, without taking a slot of the
-        open-experiment LRU, unless their files need indexing."""
-        order = await self._ordered()
-        first = self._first_unreadable
-        readable, unreadable = order[:first], order[first:]
-        if wanted is not None:
-            readable = [info for info in readable if wanted(info)]
-            unreadable = [info for info in unreadable if wanted(info)]
-        demoted: list[ExperimentInfo] = []
-        at, size = 0, LIST_CHUNK
-        try:
-            while at < len(readable):
-                infos = await self._counted(readable[at : at + size])
-                if any(info.meta is None for info in infos):  # found damaged: listed last
-                    demoted += [info for info in infos if info.meta is None]
-                    infos = [info for info in infos if info.meta is not None]
-                yield infos
-                at, size = at + size, size * 2
-            rest = await self._counted(unreadable) + demoted
-            yield sorted(rest, key=lambda i: i.commit)
-        finally:
-            self._save_listing()
+        """The listing in steps (lister.Lister.listed)."""
+        return self.lister.listed(wanted, self._tg)
 
-    async def _ordered(self) -> list[ExperimentInfo]:
-        """Every experiment with its metadata in the listing's order (counts not taken);
-        the last order again when no experiment's metadata changed."""
-        self._tree = await anyio.to_thread.run_sync(list_tree, self.base, self._tree)
-        if self._seen is None:
-            self._seen = await anyio.to_thread.run_sync(listcache.load, self.base)
-        held = {exp.commit for exp in self._open}
-        seen, changed = await anyio.to_thread.run_sync(
-            look_unheld, self.base, self._tree[1], held, self._seen
-        )
-        self._seen = seen
-        self._unsaved |= changed
-        self.budget.charge(("listing",), len(seen) * SEEN_BYTES, self._forget_seen)
-        held_infos = []
-        for commit in sorted(held):
-            if not os.path.lexists(self.base / commit):
-                continue
-            try:
-                meta, damaged = self.metadata(commit), self.damaged(commit)
-            except NotFound:
-                continue
-            held_infos.append(ExperimentInfo(commit, meta, 0, damaged))
-        if changed or self._order is None or self._order[0] != held_infos:
-            infos = [
-                ExperimentInfo(c, s.meta, 0, s.damaged) for c, s in seen.items() if c not in held
-            ]
-            order = sort_experiments(infos + held_infos)
-            self._order = held_infos, order
-            self._first_unreadable = next(
-                (i for i, info in enumerate(order) if info.meta is None), len(order)
-            )
-        return self._order[1]
-
-    async def _counted(self, infos: list[ExperimentInfo]) -> list[ExperimentInfo]:
-        """`infos` counted now, in their order; those gone are left out."""
-        seen = self._seen or {}
-        unheld = [
-            (c, self._open.known.get(c), s)
-            for c, s in ((i.commit, seen.get(i.commit)) for i in infos)
-            if s is not None and c not in self._open
-        ]
-        listed = await anyio.to_thread.run_sync(list_unheld, self.base, unheld, self.index_bytes)
-        found = dict(zip((c for c, _, _ in unheld), listed, strict=True))
-        out = []
-        for commit in (i.commit for i in infos):
-            info, state, now_seen = found.get(commit, (None, None, None))
-            if now_seen is not None and self._seen is not None and now_seen is not seen.get(commit):
-                self._seen[commit], self._unsaved = now_seen, True
-            if state is not None and commit not in self._open:
-                self._open.known[commit] = state
-            if info is None and os.path.lexists(self.base / commit):
-                try:
-                    info = await self._list_held(commit)
-                except NotFound:
-                    continue
-                except OSError as exc:
-                    logger.error("listing %s: %s", commit, exc)
-                    info = ExperimentInfo(commit, None, 0, "storage error")
-            if info is not None:
-                out.append(info)
-        return out
-
-    def _save_listing(self) -> None:
-        """Save the listing in the background when it changed and no save is under way."""
-        if self._seen is None or not self._unsaved or self._saving or self._tg is None:
-            return
-        self._saving, self._unsaved, snapshot = True, False, dict(self._seen)
-
-        async def save() -> None:
-            try:
-                await anyio.to_thread.run_sync(listcache.save, self.base, snapshot)
-            finally:
-                self._saving = False
-
-        self._tg.start_soon(save)
-
-    def _forget_seen(self) -> bool:
-        self._seen = {}  # the saved listing is not read again: a LIST reads every experiment
-        return True
-
-    async def _list_held(self, commit: str) -> ExperimentInfo:
+    async def list_held(self, commit: str) -> ExperimentInfo:
         meta, damaged = self.metadata(commit), self.damaged(commit)
         try:
             return ExperimentInfo(commit, meta, await self.count(commit), damaged)
@@ -515,7 +397,7 @@ class ExperimentStore:
             self._open.drop(commit)
             self._forget_index(exp)
         if victims:
-            self._tree = None
+            self.lister.tree = None
             await anyio.to_thread.run_sync(fsync_dir, self.base)
         return victims
 

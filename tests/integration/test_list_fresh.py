@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fetchml.protocol.requests import ListExperiments, UpdateRun
-from fetchml.server.storage import LIST_CHUNK
+from fetchml.server.lister import LIST_CHUNK
 from tests.support.experiments import big_metrics, make_experiment, meta_bytes, record
 from tests.support.inproc import Daemon, DaemonFactory
 from tests.support.keys import ADMIN
