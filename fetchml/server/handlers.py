@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,11 +18,7 @@ from fetchml.protocol import runs, shapes
 from fetchml.protocol.enums import PruneType
 from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.jobspec import parse_spec
-from fetchml.protocol.metrics import (
-    MetricRecord,
-    decode_records,
-    stamp_records,
-)
+from fetchml.protocol.metrics import stamp_records
 from fetchml.protocol.records import Metadata
 from fetchml.protocol.requests import (
     CancelJob,
@@ -43,6 +39,7 @@ from fetchml.protocol.requests import (
 )
 from fetchml.protocol.responses import Data, Response, StatusReport, Success
 
+from . import newest
 from .auth import Identity, RateLimiter
 from .config import Config
 from .errors import InvalidRequest, NotFound, ServerError, StorageFault
@@ -52,7 +49,7 @@ from .listing import page_cut, select_runs
 from .query import is_heavy, query_page
 from .runs import RunStore
 from .series import SeriesCache
-from .storage import ExperimentStore
+from .storage import ExperimentInfo, ExperimentStore
 from .watch import Subscriber, WatchHub
 
 logger = logging.getLogger(__name__)
@@ -73,6 +70,8 @@ class Context:
     series: SeriesCache = field(init=False)
     heavy: HeavyLimiter = field(init=False)
     runs: RunStore = field(init=False)
+    listed: "dict[str, Item]" = field(init=False, default_factory=dict)
+    """The items the last LIST_EXPERIMENTS sent (at most one message of JSON)."""
 
     def __post_init__(self) -> None:
         self.series = SeriesCache(self.store)
@@ -165,32 +164,17 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
         data += chunk.data
         index += chunk.records
 
-    def shape(records: list[MetricRecord], truncated: bool) -> dict[str, Any]:
-        return shapes.experiment(
-            commit_id=commit,
-            **shapes.meta_fields(meta),
-            metrics=records,
-            metrics_count=total,
-            metrics_truncated=truncated,
-            run=run,
-        )
+    shape = shapes.experiment(
+        commit_id=commit,
+        **shapes.meta_fields(meta),
+        metrics=(),
+        metrics_count=total,
+        metrics_truncated=False,
+        run=run,
+    )
 
-    def document() -> bytes:  # decoding and JSON of up to max_message_bytes: off the event loop
-        records = decode_records(data)
-        doc = shape(records, False)
-        text = shapes.dumps_utf8(doc).encode()
-        if len(text) > budget or start > 0:
-            sizes = [len(shapes.dumps_utf8(m).encode()) + 1 for m in doc["metrics"]]
-            room = budget - len(shapes.dumps_utf8(shape([], True)).encode())
-            keep = 0
-            for size in reversed(sizes):
-                if room < size:
-                    break
-                room -= size
-                keep += 1
-            truncated = keep < total
-            text = shapes.dumps_utf8(shape(records[len(records) - keep :], truncated)).encode()
-        return text
+    def document() -> bytes:  # JSON of up to max_message_bytes: off the event loop
+        return newest.document(data, shape, total, start, budget)
 
     async with ctx.heavy.slot(who.user):
         payload = await anyio.to_thread.run_sync(document)
@@ -198,31 +182,64 @@ async def get_experiment(ctx: Context, who: Identity, req: GetExperiment) -> Res
 
 
 async def list_experiments(ctx: Context, who: Identity, req: ListExperiments) -> Response:
-    """The longest prefix of the listing's order that fits in max_message_bytes."""
+    """The longest prefix of the listing's order that fits in max_message_bytes. Only
+    that prefix is counted and given its run document; an item's JSON is reused while
+    its metadata, count and document are the same objects as when it was made."""
     who.require("jobs:read")
-    infos = await ctx.store.list_experiments()
-    ctx.runs.know({info.commit: info.meta for info in infos if info.meta is not None})
-    rows = {row.commit: row for row in await ctx.runs.rows()}
     room = ctx.config.server.max_message_bytes - 256 - 2
-    out: list[dict[str, Any]] = []
-    for info in infos:
-        if not who.sees(info.meta.user if info.meta else None):
-            continue
-        row = rows.get(info.commit)
-        if row is not None and not row.loaded.full:
-            (row,) = await ctx.runs.current([row])
-        item = shapes.experiments_item(
-            commit_id=info.commit,
-            **shapes.meta_fields(info.meta),
-            metrics_count=info.metrics_count,
-            damaged=info.damaged,
-            run=row.doc if row else None,
-        )
-        room -= len(shapes.dumps_utf8(item).encode()) + (1 if out else 0)
-        if room < 0:
-            break
-        out.append(item)
-    return Data(timestamp=_now(), data_type="experiments", payload=shapes.dumps_utf8(out).encode())
+    parts: list[bytes] = []
+    made: dict[str, Item] = {}
+
+    def sees(info: ExperimentInfo) -> bool:
+        return who.sees(info.meta.user if info.meta else None)
+
+    async with aclosing(ctx.store.listed(sees)) as listed:
+        async for infos in listed:
+            batch = [info for info in infos if sees(info)]  # some were found unreadable
+            ctx.runs.know({info.commit: info.meta for info in batch if info.meta is not None})
+            rows = {row.commit: row for row in await ctx.runs.rows([i.commit for i in batch])}
+            for info in batch:
+                row = rows.get(info.commit)
+                if row is not None and not row.loaded.full:
+                    (row,) = await ctx.runs.current([row])
+                item = _item(ctx.listed.get(info.commit), info, row.doc if row else None)
+                room -= len(item.text) + (1 if parts else 0)
+                if room < 0:
+                    break
+                parts.append(item.text)
+                made[info.commit] = item
+            if room < 0:
+                break
+    ctx.listed = made
+    return Data(timestamp=_now(), data_type="experiments", payload=b"[" + b",".join(parts) + b"]")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One LIST_EXPERIMENTS item's JSON and what it was made of."""
+
+    info: ExperimentInfo
+    doc: dict[str, Any] | None
+    text: bytes
+
+
+def _item(old: Item | None, info: ExperimentInfo, doc: dict[str, Any] | None) -> Item:
+    if (
+        old is not None
+        and old.doc is doc
+        and old.info.meta is info.meta
+        and old.info.metrics_count == info.metrics_count
+        and old.info.damaged == info.damaged
+    ):
+        return old
+    item = shapes.experiments_item(
+        commit_id=info.commit,
+        **shapes.meta_fields(info.meta),
+        metrics_count=info.metrics_count,
+        damaged=info.damaged,
+        run=doc,
+    )
+    return Item(info, doc, shapes.dumps_utf8(item).encode())
 
 
 async def query_metrics(ctx: Context, who: Identity, req: QueryMetrics) -> Response:

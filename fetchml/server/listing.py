@@ -6,7 +6,7 @@ file and returns what is known now, for the event loop to keep.
 import logging
 import os
 import stat as stat_module
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -65,15 +65,69 @@ class Listed(NamedTuple):
     seen: Seen | None
 
 
+LOST = (0, 0, 0)
+"""The stat of a Seen whose directory could not be read (an OSError other than absence)."""
+
+
+def look_unheld(
+    base: Path, commits: list[str], held: "Container[str]", seen: dict[str, Seen]
+) -> tuple[dict[str, Seen], bool]:
+    """Worker thread: the metadata of each experiment in `commits` not `held`, what was
+    `seen` reused when a stat of its directory shows no change (those gone are left
+    out, those held kept as they were); and whether anything differs from `seen`."""
+    out: dict[str, Seen] = {}
+    changed, reused = False, 0
+    base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for commit in commits:
+            old = seen.get(commit)
+            if commit in held:  # kept as it was, for when it is no longer held
+                if old is not None:
+                    out[commit], reused = old, reused + 1
+                continue
+            try:
+                st = os.stat(commit, dir_fd=base_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.error("listing %s: %s", commit, exc)
+                out[commit], changed = Seen(LOST, None, "storage error"), True
+                continue
+            stat = (st.st_mtime_ns, st.st_ino, st.st_mode)
+            if old is None or old.stat != stat:
+                old, changed = Seen(stat, *load_metadata(base / commit)), True
+            else:
+                reused += 1
+            out[commit] = old
+    finally:
+        os.close(base_fd)
+    return out, changed or reused != len(seen)
+
+
 def list_unheld(
-    base: Path, wanted: list[tuple[str, FileState | None, Seen | None]], index_bytes: int
+    base: Path, wanted: list[tuple[str, FileState | None, Seen]], index_bytes: int
 ) -> list[Listed]:
-    """Worker thread: the listings of experiments the store does not hold. What was known
-    is used when a stat of the directory and of metrics.bin shows nothing changed."""
+    """Worker thread: the listings of experiments the store does not hold, their
+    metadata as `look_unheld` found it. What was known of metrics.bin is used when a
+    stat of it shows nothing changed."""
     out: list[Listed] = []
     base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for commit, known, seen in wanted:
+            if seen.stat == LOST:
+                out.append(Listed(ExperimentInfo(commit, None, 0, seen.damaged), None, None))
+                continue
+            state = seen.state
+            if state is not None and (known is None or known is state):  # the common case
+                try:
+                    mst = os.stat(f"{commit}/{METRICS}", dir_fd=base_fd, follow_symlinks=False)
+                except OSError:
+                    mst = None
+                sig = None if mst is None else (mst.st_ino, mst.st_size, mst.st_mtime_ns)
+                if sig is not None and sig == seen.metrics and sig[1] == state.size:
+                    info = ExperimentInfo(commit, seen.meta, state.count, seen.damaged)
+                    out.append(Listed(info, state, seen))
+                    continue
             try:
                 out.append(_list_one(base, base_fd, commit, known, seen, index_bytes))
             except (Unindexed, FileNotFoundError):
@@ -91,13 +145,9 @@ def _list_one(
     base_fd: int,
     commit: str,
     known: FileState | None,
-    seen: Seen | None,
+    seen: Seen,
     index_bytes: int,
 ) -> Listed:
-    st = os.stat(commit, dir_fd=base_fd, follow_symlinks=False)
-    stat = (st.st_mtime_ns, st.st_ino, st.st_mode)
-    if seen is None or seen.stat != stat:
-        seen = Seen(stat, *load_metadata(base / commit))
     meta, damaged = seen.meta, seen.damaged
     try:
         mst = os.stat(f"{commit}/{METRICS}", dir_fd=base_fd, follow_symlinks=False)

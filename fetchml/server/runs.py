@@ -268,17 +268,19 @@ class RunStore:
         assert reported is not None
         return reported
 
-    async def rows(self) -> list[Row]:
+    async def rows(self, commits: list[str] | None = None) -> list[Row]:
         """Every experiment of the tree with its meta.bin and reported document, in one
         worker pass that reads only what changed. Every run.json is checked against the
         cache at most every `recheck_s`; `current` checks the rows a page serves. A row
         that a concurrent UPDATE_RUN outdates is cached anyway: its stamp no longer
-        matches, so it is read again."""
-        self._listing = await anyio.to_thread.run_sync(list_tree, self.base, self._listing)
-        commits = self._listing[1]
+        matches, so it is read again. With `commits`, only theirs, each checked now."""
+        whole = commits is None
+        if commits is None:
+            self._listing = await anyio.to_thread.run_sync(list_tree, self.base, self._listing)
+            commits = self._listing[1]
         before, appended = dict(self._rows), dict(self._appended)
-        check = time.monotonic() - self._checked >= self.recheck_s
-        if check:
+        check = not whole or time.monotonic() - self._checked >= self.recheck_s
+        if check and whole:
             self._checked = time.monotonic()
         found = await anyio.to_thread.run_sync(
             scan,
@@ -301,7 +303,7 @@ class RunStore:
                 self._keep(row)
             else:
                 self._rows[row.commit] = row
-        if len(self._rows) > len(found) or len(self._metas) > len(found):
+        if whole and (len(self._rows) > len(found) or len(self._metas) > len(found)):
             for commit in (self._rows.keys() | self._metas.keys()) - set(commits):
                 self.forget(commit)
         return found

@@ -13,7 +13,8 @@ import logging
 import os
 import shutil
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -22,7 +23,7 @@ import anyio.abc
 
 from fetchml.protocol.records import Metadata, encode_metadata
 
-from . import experiment, listcache
+from . import experiment
 from .budget import CacheBudget
 from .errors import AlreadyExists, NotFound, ServerError, StorageFault
 from .experiment import Experiment, FileState, MetaInfo, Phase
@@ -40,8 +41,9 @@ from .files import (
 from .groupcommit import MAX_FLUSH_BYTES as MAX_FLUSH_BYTES
 from .groupcommit import CommitHook, FlushHook, GroupCommit
 from .indexing import Sidecars, T, Work
-from .listing import SEEN_BYTES, Seen, list_unheld, select_prune
+from .lister import Lister
 from .listing import ExperimentInfo as ExperimentInfo
+from .listing import select_prune
 from .listing import sort_experiments as sort_experiments
 from .lru import OpenExperiments
 from .metriclog import MetricLog
@@ -81,9 +83,7 @@ class ExperimentStore:
         self.flush_hooks: list[FlushHook] = []
         """Called with (records, seconds) after each flush; for metrics."""
         self._open = OpenExperiments(self.base, max_open_files, self._forget_index)
-        self._seen: dict[str, Seen] | None = None
-        """Experiments not held, as LIST last found them (listing.Seen); None until the
-        saved listing (listcache.py) is read."""
+        self.lister = Lister(self, self._open)
         self._commits: GroupCommit[Experiment] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack = AsyncExitStack()
@@ -146,6 +146,7 @@ class ExperimentStore:
         if os.path.lexists(final):
             raise AlreadyExists(f"experiment {commit} already exists")
         await anyio.to_thread.run_sync(experiment.create, self.base, final, meta)
+        self.lister.tree = None
         self._open.get(commit).meta = MetaInfo(meta, None)
 
     async def write_metadata(self, meta: Metadata) -> None:
@@ -162,43 +163,17 @@ class ExperimentStore:
         return list_commits(self.base)
 
     async def list_experiments(self) -> list[ExperimentInfo]:
-        """Newest first (ties: commit ascending); unreadable metadata last, by commit.
-        A damaged experiment is listed with its reason; it never fails the listing.
-        Experiments not held are looked at in one worker thread, without taking a slot of
-        the open-experiment LRU, unless their files need indexing."""
-        commits = self.commits()
-        seen = self._seen
-        if seen is None:
-            seen = await anyio.to_thread.run_sync(listcache.load, self.base)
-        unheld = [(c, self._open.known.get(c), seen.get(c)) for c in commits if c not in self._open]
-        listed = await anyio.to_thread.run_sync(list_unheld, self.base, unheld, self.index_bytes)
-        found = dict(zip((c for c, _, _ in unheld), listed, strict=True))
-        self._seen = {c: r.seen for c, r in found.items() if r.seen is not None}
-        if self._seen != seen:
-            await anyio.to_thread.run_sync(listcache.save, self.base, self._seen)
-        self.budget.charge(("listing",), len(self._seen) * SEEN_BYTES, self._forget_seen)
-        infos = []
-        for commit in commits:
-            info, state, _ = found.get(commit, (None, None, None))
-            if state is not None and commit not in self._open:
-                self._open.known[commit] = state
-            if info is None and os.path.lexists(self.base / commit):
-                try:
-                    info = await self._list_held(commit)
-                except NotFound:
-                    continue
-                except OSError as exc:
-                    logger.error("listing %s: %s", commit, exc)
-                    info = ExperimentInfo(commit, None, 0, "storage error")
-            if info is not None:
-                infos.append(info)
-        return sort_experiments(infos)
+        """Every experiment in the listing's order (`listed`)."""
+        async with aclosing(self.listed()) as listed:
+            return [info async for infos in listed for info in infos]
 
-    def _forget_seen(self) -> bool:
-        self._seen = {}  # the saved listing is not read again: a LIST reads every experiment
-        return True
+    def listed(
+        self, wanted: Callable[[ExperimentInfo], bool] | None = None
+    ) -> AsyncGenerator[list[ExperimentInfo], None]:
+        """The listing in steps (lister.Lister.listed)."""
+        return self.lister.listed(wanted, self._tg)
 
-    async def _list_held(self, commit: str) -> ExperimentInfo:
+    async def list_held(self, commit: str) -> ExperimentInfo:
         meta, damaged = self.metadata(commit), self.damaged(commit)
         try:
             return ExperimentInfo(commit, meta, await self.count(commit), damaged)
@@ -422,6 +397,7 @@ class ExperimentStore:
             self._open.drop(commit)
             self._forget_index(exp)
         if victims:
+            self.lister.tree = None
             await anyio.to_thread.run_sync(fsync_dir, self.base)
         return victims
 

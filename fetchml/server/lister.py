@@ -1,0 +1,161 @@
+"""LIST's side of the store: what it found of every experiment (listing.Seen, saved by
+listcache.py), the order made from it, and the listing given a step at a time, each
+step counted when it is reached. Event loop only; worker threads get values
+(listing.look_unheld, listing.list_unheld) and give back new ones.
+"""
+
+import logging
+import os
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+
+from . import listcache
+from .errors import NotFound
+from .listing import SEEN_BYTES, ExperimentInfo, Seen, list_unheld, look_unheld, sort_experiments
+from .lru import OpenExperiments
+from .runs import Listing, list_tree
+
+if TYPE_CHECKING:
+    from .storage import ExperimentStore
+
+logger = logging.getLogger(__name__)
+
+LIST_CHUNK = 512
+"""Experiments counted in the first step of a listing; each next step counts twice as many."""
+
+
+class Lister:
+    """The store's listing (ExperimentStore.listed)."""
+
+    def __init__(self, store: "ExperimentStore", opened: OpenExperiments) -> None:
+        self.store = store
+        self.opened = opened
+        self._seen: dict[str, Seen] | None = None
+        """Experiments as LIST last found them (a held one as it was before it was
+        opened); None until the saved listing (listcache.py) is read."""
+        self._unsaved = False
+        """`_seen` differs from what `<base>/.fetchml-listing` holds."""
+        self._saving = False
+        self._order: tuple[list[ExperimentInfo], list[ExperimentInfo]] | None = None
+        """The held experiments' metadata and the order last made with it."""
+        self._first_unreadable = 0
+        self.tree: Listing | None = None
+        """The experiments of the tree, reused while the base directory's mtime says none
+        was added or removed (runs.list_tree); the store sets it to None when it creates
+        or removes one."""
+
+    async def listed(
+        self, wanted: Callable[[ExperimentInfo], bool] | None, tg: anyio.abc.TaskGroup | None
+    ) -> AsyncGenerator[list[ExperimentInfo], None]:
+        """The experiments (those `wanted`, by their metadata) in steps: newest first
+        (ties: commit ascending); unreadable metadata last, by commit. A damaged
+        experiment is listed with its reason; it never fails the listing.
+        The order comes from a stat of every experiment's directory; the counts are taken
+        a step at a time, so a caller that stops early counts no more. Experiments not
+        held are looked at in worker threads, without taking a slot of the
+        open-experiment LRU, unless their files need indexing."""
+        order = await self._ordered()
+        first = self._first_unreadable
+        readable, unreadable = order[:first], order[first:]
+        if wanted is not None:
+            readable = [info for info in readable if wanted(info)]
+            unreadable = [info for info in unreadable if wanted(info)]
+        demoted: list[ExperimentInfo] = []
+        at, size = 0, LIST_CHUNK
+        try:
+            while at < len(readable):
+                infos = await self._counted(readable[at : at + size])
+                if any(info.meta is None for info in infos):  # found damaged: listed last
+                    demoted += [info for info in infos if info.meta is None]
+                    infos = [info for info in infos if info.meta is not None]
+                yield infos
+                at, size = at + size, size * 2
+            rest = await self._counted(unreadable) + demoted
+            yield sorted(rest, key=lambda i: i.commit)
+        finally:
+            self._save_listing(tg)
+
+    async def _ordered(self) -> list[ExperimentInfo]:
+        """Every experiment with its metadata in the listing's order (counts not taken);
+        the last order again when no experiment's metadata changed."""
+        self.tree = await anyio.to_thread.run_sync(list_tree, self.store.base, self.tree)
+        if self._seen is None:
+            self._seen = await anyio.to_thread.run_sync(listcache.load, self.store.base)
+        held = {exp.commit for exp in self.opened}
+        seen, changed = await anyio.to_thread.run_sync(
+            look_unheld, self.store.base, self.tree[1], held, self._seen
+        )
+        self._seen = seen
+        self._unsaved |= changed
+        self.store.budget.charge(("listing",), len(seen) * SEEN_BYTES, self._forget_seen)
+        held_infos = []
+        for commit in sorted(held):
+            if not os.path.lexists(self.store.base / commit):
+                continue
+            try:
+                meta, damaged = self.store.metadata(commit), self.store.damaged(commit)
+            except NotFound:
+                continue
+            held_infos.append(ExperimentInfo(commit, meta, 0, damaged))
+        if changed or self._order is None or self._order[0] != held_infos:
+            infos = [
+                ExperimentInfo(c, s.meta, 0, s.damaged) for c, s in seen.items() if c not in held
+            ]
+            order = sort_experiments(infos + held_infos)
+            self._order = held_infos, order
+            self._first_unreadable = next(
+                (i for i, info in enumerate(order) if info.meta is None), len(order)
+            )
+        return self._order[1]
+
+    async def _counted(self, infos: list[ExperimentInfo]) -> list[ExperimentInfo]:
+        """`infos` counted now, in their order; those gone are left out."""
+        seen = self._seen or {}
+        unheld = [
+            (c, self.opened.known.get(c), s)
+            for c, s in ((i.commit, seen.get(i.commit)) for i in infos)
+            if s is not None and c not in self.opened
+        ]
+        listed = await anyio.to_thread.run_sync(
+            list_unheld, self.store.base, unheld, self.store.index_bytes
+        )
+        found = dict(zip((c for c, _, _ in unheld), listed, strict=True))
+        out = []
+        for commit in (i.commit for i in infos):
+            info, state, now_seen = found.get(commit, (None, None, None))
+            if now_seen is not None and self._seen is not None and now_seen is not seen.get(commit):
+                self._seen[commit], self._unsaved = now_seen, True
+            if state is not None and commit not in self.opened:
+                self.opened.known[commit] = state
+            if info is None and os.path.lexists(self.store.base / commit):
+                try:
+                    info = await self.store.list_held(commit)
+                except NotFound:
+                    continue
+                except OSError as exc:
+                    logger.error("listing %s: %s", commit, exc)
+                    info = ExperimentInfo(commit, None, 0, "storage error")
+            if info is not None:
+                out.append(info)
+        return out
+
+    def _save_listing(self, tg: anyio.abc.TaskGroup | None) -> None:
+        """Save the listing in the background when it changed and no save is under way."""
+        if self._seen is None or not self._unsaved or self._saving or tg is None:
+            return
+        self._saving, self._unsaved, snapshot = True, False, dict(self._seen)
+
+        async def save() -> None:
+            try:
+                await anyio.to_thread.run_sync(listcache.save, self.store.base, snapshot)
+            finally:
+                self._saving = False
+
+        tg.start_soon(save)
+
+    def _forget_seen(self) -> bool:
+        self._seen = {}  # the saved listing is not read again: a LIST reads every experiment
+        return True
