@@ -148,6 +148,10 @@ class JobRun:
             returncode = await self._supervise(proc, out, spec["timeout_s"])
         finally:
             proc.finish()
+            # Reap the leader (even when cancelled): its transport must close in this loop,
+            # not be collected after the loop is gone (a traceback at the worker's exit).
+            with anyio.CancelScope(shield=True), anyio.move_on_after(DRAIN_S):
+                await proc.wait()
         await self._finish(returncode, out, spec["timeout_s"])
 
     async def _supervise(self, proc: JobProcess, out: OutputLog, timeout_s: int) -> int:
