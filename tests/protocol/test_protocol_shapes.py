@@ -295,3 +295,19 @@ def test_run_shapes_round_trip_and_refuse_malformed_json() -> None:
         shapes.read_runs(bad)
     with pytest.raises(ProtocolViolation, match="unexpected runs JSON"):
         RunsPage.from_json(bad)  # the client reads runs through the same shapes
+
+
+@pytest.mark.parametrize("spec", [[], "python train.py", 1])
+def test_a_job_whose_spec_is_not_an_object_is_malformed(spec: object) -> None:
+    with pytest.raises(MalformedResponse, match="spec: expected an object"):
+        shapes.read_job(json.loads(JOB_TEXT) | {"spec": spec})
+
+
+def test_a_job_from_a_daemon_before_specs_reads_with_the_defaults() -> None:
+    old = {
+        k: v
+        for k, v in json.loads(JOB_TEXT).items()
+        if k not in ("spec", "attempts", "heartbeat_at")
+    }
+    read = shapes.read_job(old)
+    assert (read["spec"], read["attempts"], read["heartbeat_at"]) == (None, 0, None)
