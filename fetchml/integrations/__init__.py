@@ -12,14 +12,15 @@ failing the training.
 import json
 import logging
 from collections.abc import Mapping, Set
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from fetchml.client import MetricLogger
 from fetchml.client.runinfo import MAX_KEY_BYTES, MAX_PARAMS, MAX_STRING_BYTES, param_value
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunHandle", "flat_params"]
+__all__ = ["RunHandle", "RunOwner", "flat_params"]
 
 _SHOWN = 5
 """How many dropped keys the warning names."""
@@ -149,3 +150,24 @@ def flat_params(
 def entry_size(key: str, value: Any) -> int:
     """About the bytes a param takes in the run document's JSON."""
     return len(json.dumps([key, value], ensure_ascii=False, separators=(",", ":")).encode())
+
+
+class RunOwner:
+    """An integration that writes to `self.run`: `close()` ends the run, and as a context
+    manager it ends it with the block's exception (a failed run when it raised)."""
+
+    run: RunHandle
+
+    def close(self) -> None:
+        self.run.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.run.close(exc)

@@ -8,19 +8,18 @@ close it with `cb.close()` or `with callback(...) as cb:` (a block that raises
 fails the run; a logger left open closes at exit).
 """
 
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from lightgbm.callback import CallbackEnv
 
 from fetchml.client import MetricLogger
 
-from . import RunHandle
+from . import RunHandle, RunOwner
 
 __all__ = ["FetchmlCallback", "callback"]
 
 
-class FetchmlCallback:
+class FetchmlCallback(RunOwner):
     """A LightGBM callback (called after every round); also a context manager."""
 
     before_iteration = False
@@ -39,20 +38,6 @@ class FetchmlCallback:
             self.run.log(metrics, env.iteration)
         if env.iteration + 1 >= env.end_iteration:
             self.run.close()
-
-    def close(self) -> None:
-        self.run.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.run.close(exc)
 
 
 def callback(logger: MetricLogger | None = None, **logger_kwargs: Any) -> FetchmlCallback:

@@ -12,17 +12,16 @@ Images, histograms, graphs and text are not supported (AttributeError).
 """
 
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from fetchml.client import MetricLogger
 
-from . import RunHandle
+from . import RunHandle, RunOwner
 
 __all__ = ["SummaryWriter"]
 
 
-class SummaryWriter:
+class SummaryWriter(RunOwner):
     def __init__(
         self,
         log_dir: str | None = None,
@@ -81,17 +80,3 @@ class SummaryWriter:
 
     def flush(self) -> None:
         self.run.flush()
-
-    def close(self) -> None:
-        self.run.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.run.close(exc)
