@@ -56,19 +56,22 @@ class Client(MetricsAPI, RunsAPI):
         open_timeout: float = 10.0,
         config_path: Path | None = None,
         handshake_key: bool = True,
+        keepalive: bool = True,
     ) -> "_Connect":
         """`async with Client.connect(...) as c` or `c = await Client.connect(...)`.
 
         `url` and `api_key` default to FETCHML_URL / FETCHML_API_KEY, then
         `api_url` / `api_key` in ~/.ml/config.toml; the URL to ws://127.0.0.1:9103/ws.
         The raw key goes in the handshake (`X-API-Key`) unless `handshake_key=False`,
-        so a wrong key raises AuthenticationFailed here.
+        so a wrong key raises AuthenticationFailed here. `keepalive=False` sends no
+        pings: for a caller that times its own requests out (the worker).
         """
 
         async def open_client() -> Client:
             settings = resolve_settings(url, api_key, config_path=config_path)
             key = settings.api_key if handshake_key else None
-            ws = await open_websocket(settings.url, open_timeout, key)
+            ping = 20.0 if keepalive else None
+            ws = await open_websocket(settings.url, open_timeout, key, ping)
             return cls(
                 ws,
                 settings,

@@ -37,14 +37,18 @@ def log_event(event: Progress | Log) -> None:
 
 
 async def open_websocket(
-    url: str, open_timeout: float = 10.0, api_key: str | None = None
+    url: str,
+    open_timeout: float = 10.0,
+    api_key: str | None = None,
+    ping_interval: float | None = 20.0,
 ) -> ClientConnection:
     """Connect to the daemon's /ws endpoint; every failure is a FetchmlError.
 
     With `api_key`, the raw key goes in the handshake (`X-API-Key`): a wrong key
     fails here with AuthenticationFailed, and a daemon that requires handshake
     keys lets the connection in. A key that is not visible ASCII (see
-    protocol.keys) goes only in the requests, as its hash.
+    protocol.keys) goes only in the requests, as its hash. `ping_interval` None sends
+    no keepalive pings (for a caller whose own requests time out instead).
     """
     headers = None
     if api_key and handshake_key_ok(api_key):
@@ -56,6 +60,7 @@ async def open_websocket(
             compression=None,
             max_size=None,
             open_timeout=open_timeout,
+            ping_interval=ping_interval,
             user_agent_header=USER_AGENT,
         )
     except InvalidStatus as exc:

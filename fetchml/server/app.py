@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import signal
 import ssl
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection, serve
 
 from .. import __version__
@@ -114,15 +116,23 @@ class App:
             if not self.connections and self.stop_requested.is_set():
                 self.drained.set()
 
-    async def _sweep(self, gate: Gate) -> None:
-        """Close connections that showed no valid key within auth_timeout_s; report the
-        authentication failures whose minute is over."""
-        timeout = self.config.server.auth_timeout_s
+    async def _sweep(self, gate: Gate, tg: TaskGroup) -> None:
+        """Close connections that showed no valid key within auth_timeout_s; ping those
+        silent for ping_interval_s (a connection that sends requests is known to be alive,
+        so idle workers' claims cost no pings); report the authentication failures whose
+        minute is over."""
+        s = self.config.server
+        timeout, interval = s.auth_timeout_s, s.ping_interval_s
         while True:
-            await anyio.sleep(min(1.0, timeout / 4))
-            for conn in gate.unverified.expired(time.monotonic(), timeout):
+            await anyio.sleep(min(1.0, timeout / 4, interval / 4 or 1.0))
+            now = time.monotonic()
+            for conn in gate.unverified.expired(now, timeout):
                 gate.unverified.discard(conn)
                 conn.shut(1008, "authentication timeout")
+            if interval:
+                for conn in self.connections:
+                    if conn.needs_ping(now, interval):
+                        tg.start_soon(conn.ping, s.ping_timeout_s or math.inf)
             gate.failures.flush()
 
     def _ssl(self) -> ssl.SSLContext | None:
@@ -196,8 +206,7 @@ class App:
                 max_size=s.max_message_bytes,
                 compression="deflate" if s.compression else None,
                 open_timeout=s.open_timeout_s,
-                ping_interval=s.ping_interval_s or None,
-                ping_timeout=s.ping_timeout_s or None,
+                ping_interval=None,  # _sweep pings the connections that fell silent
                 ssl=self._ssl(),
                 server_header=f"fetchml/{__version__}",
                 logger=QuietLogger(logging.getLogger("websockets.server")),
@@ -209,7 +218,7 @@ class App:
             if handle_signals:
                 await tg.start(self._signals)
             tg.start_soon(self.notifier.watchdog_loop)
-            tg.start_soon(self._sweep, gate)
+            tg.start_soon(self._sweep, gate, tg)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
             if on_ready:

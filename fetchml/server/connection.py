@@ -17,12 +17,12 @@ import anyio
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from fetchml.protocol.enums import ErrorCode, Opcode
+from fetchml.protocol.enums import ErrorCode, JobStatus, Opcode
 from fetchml.protocol.errors import ProtocolError
 from fetchml.protocol.keys import key_hash
 from fetchml.protocol.metrics import ack_packet, record_tails, records_at
-from fetchml.protocol.requests import Request, decode_request
-from fetchml.protocol.responses import Error, encode_response
+from fetchml.protocol.requests import ClaimJob, Request, UpdateJob, decode_request
+from fetchml.protocol.responses import Data, Error, Response, encode_response
 
 from .auth import Identity, KeyTable
 from .dispatch import (
@@ -96,6 +96,9 @@ class Connection:
         self._seq: Sequencer | None = None
         """Made with the first message: an idle connection holds little else."""
         self._shut: tuple[int, str] | None = None
+        self.heard = time.monotonic()
+        """When the last message came in: a connection silent for ping_interval_s is pinged."""
+        self._pinging = False
 
     @property
     def accepted(self) -> int:
@@ -140,10 +143,30 @@ class Connection:
                 return "key revoked"
         return None
 
+    def needs_ping(self, now: float, interval: float) -> bool:
+        return not self._pinging and now - self.heard >= interval
+
+    async def ping(self, timeout: float) -> None:
+        """Keepalive: a Ping, and a close 1011 when no Pong comes within `timeout`."""
+        self._pinging = True
+        try:
+            pong = await self.ws.ping()
+            with anyio.fail_after(timeout):
+                await pong
+        except TimeoutError:
+            logger.info("closing %s: keepalive ping timeout", self.peer)
+            await self.ws.close(1011, "keepalive ping timeout")
+        except ConnectionClosed:
+            pass
+        finally:
+            self._pinging = False
+            self.heard = time.monotonic()
+
     async def serve(self) -> None:
         first: bytes | str | None = None
         with self._reading, contextlib.suppress(ConnectionClosed):
             first = await self.ws.recv()  # an idle connection waits here and holds little else
+            self.heard = time.monotonic()
         close = self._shut
         if first is not None:
             close = await self._serve(first)
@@ -203,6 +226,7 @@ class Connection:
                 message = await recv()
             except ConnectionClosed:
                 return
+            self.heard = time.monotonic()
 
     def _accept(self, message: bytes) -> Outcome:
         """Decode, authenticate, dispatch. Errors become ready ERROR packets."""
@@ -335,7 +359,8 @@ class Connection:
                 "internal error: user=%s op=%s%s", who.user, req.OPCODE.name, _commit(req)
             )
             return self._error(req.OPCODE, None)
-        logger.info(
+        logger.log(
+            logging.DEBUG if _hum(req, response) else logging.INFO,
             "user=%s op=%s%s ok %.1fms",
             who.user,
             req.OPCODE.name,
@@ -361,6 +386,14 @@ class Connection:
         finally:
             self.ctx.hub.remove(sub)
             self.metrics.watchers.dec()
+
+
+def _hum(req: Request, response: Response) -> bool:
+    """Workers' steady traffic, an empty claim or a heartbeat: logged at debug, or 100 idle
+    workers would write ten lines a second."""
+    if isinstance(req, ClaimJob):
+        return isinstance(response, Data) and response.payload == b"null"
+    return isinstance(req, UpdateJob) and req.status == JobStatus.RUNNING
 
 
 def _commit(req: Request) -> str:

@@ -8,6 +8,10 @@ raises KeyRefused, which stops the worker. Every other error reaches the
 caller. A request
 whose answer was lost is sent again: heartbeats and results are idempotent,
 and a lost claim's job comes back when its lease expires.
+
+The connection sends no keepalive pings: a call unanswered for CALL_TIMEOUT_S
+takes the daemon for gone instead, and an idle worker calls every 10 s at most,
+so 100 idle workers cost the daemon their claims and nothing else.
 """
 
 import logging
@@ -26,6 +30,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RECONNECT_S = 0.25
 MAX_RECONNECT_S = 5.0
+CALL_TIMEOUT_S = 40.0
+"""As long as websockets' keepalive takes to give up (20 s ping interval + 20 s timeout)."""
 
 
 def backoff(attempt: int, initial: float, maximum: float) -> float:
@@ -49,16 +55,21 @@ class Link:
         while True:
             client = await self._connected()
             try:
-                return await fn(client)
+                with anyio.fail_after(CALL_TIMEOUT_S):
+                    return await fn(client)
             except FetchmlConnectionError as exc:
                 await self._drop(client, exc)
+            except TimeoutError:
+                await self._drop(client, f"no answer in {CALL_TIMEOUT_S:g} s")
 
     async def _connected(self) -> Client:
         async with self._lock:
             attempt = 0
             while self._client is None:
                 try:
-                    self._client = await Client.connect(self.settings.url, self.settings.api_key)
+                    self._client = await Client.connect(
+                        self.settings.url, self.settings.api_key, keepalive=False
+                    )
                 except AuthenticationFailed as exc:
                     raise KeyRefused(exc.message) from None
                 except FetchmlConnectionError as exc:
@@ -71,7 +82,7 @@ class Link:
                         logger.info("reconnected to %s", self.settings.url)
             return self._client
 
-    async def _drop(self, client: Client, exc: Exception) -> None:
+    async def _drop(self, client: Client, exc: Exception | str) -> None:
         if self._client is client:
             self._client = None
             logger.warning("%s; reconnecting", exc)
