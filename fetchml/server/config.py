@@ -122,6 +122,20 @@ class RunsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    redis_url: str = ""
+    """Empty: standalone (the default). redis://, rediss:// (TLS) or unix:// turns cluster
+    mode on: jobs, node registration, fan-out and limits go through this Redis."""
+    key_prefix: str = "fetchml:"
+    node_name: str = ""
+    """This node's name among the cluster's; empty: host:port."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redis_url)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     auth: AuthConfig
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -130,6 +144,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -292,6 +307,14 @@ def parse_config(raw: Any) -> Config:
     _positive("jobs.lease_s", jobs.lease_s, 0)
     runs: RunsConfig = _section(RunsConfig, data.get("runs"), "runs")
     _positive("runs.crash_after_s", runs.crash_after_s, 1)
+    cluster: ClusterConfig = _section(ClusterConfig, data.get("cluster"), "cluster")
+    scheme = cluster.redis_url.partition("://")[0]
+    if cluster.redis_url and scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"cluster.redis_url: expected redis://, rediss:// or unix://, got {cluster.redis_url!r}"
+        )
+    if cluster.redis_url and not cluster.key_prefix:
+        raise ConfigError("cluster.key_prefix: must not be empty")
     return Config(
         auth=auth,
         server=server,
@@ -300,6 +323,7 @@ def parse_config(raw: Any) -> Config:
         logging=log,
         jobs=jobs,
         runs=runs,
+        cluster=cluster,
     )
 
 

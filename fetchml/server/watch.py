@@ -153,6 +153,17 @@ class WatchHub:
             if not subs:
                 del self._subs[sub.commit]
 
+    def watched(self) -> list[str]:
+        """The experiments with watchers."""
+        return list(self._subs)
+
+    def nudge(self, commit: str) -> None:
+        """Another process appended to the experiment (cluster fan-out, or the file grew):
+        its watchers read what is new from the file, in order, as a late watcher does."""
+        for sub in self._subs.get(commit, ()):
+            sub.live = False
+            sub.wake()
+
     def end(self, commit: str) -> None:
         """The experiment is gone (pruned): its watchers are closed, never fed a successor."""
         for sub in self._subs.pop(commit, ()):

@@ -285,3 +285,16 @@ def test_load_config_names_unreadable_and_broken_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(broken)
     assert str(info.value).startswith("invalid YAML: ")
+
+
+def test_cluster_mode_is_off_unless_a_redis_url_is_given() -> None:
+    assert not parse_config(GOOD).cluster.enabled
+    cluster = parse_config(changed(cluster={"redis_url": "rediss://:pw@redis:6380/0"})).cluster
+    assert cluster.enabled and cluster.key_prefix == "fetchml:" and cluster.node_name == ""
+    assert error_of(changed(cluster={"redis_url": "http://redis"})) == (
+        "cluster.redis_url: expected redis://, rediss:// or unix://, got 'http://redis'"
+    )
+    assert error_of(changed(cluster={"redis_url": "redis://r", "key_prefix": ""})) == (
+        "cluster.key_prefix: must not be empty"
+    )
+    assert error_of(changed(cluster={"redis": "x"})) == "cluster.redis: unknown key"
