@@ -147,7 +147,7 @@ class App:
         self, on_ready: Callable[[int], None] | None = None, handle_signals: bool = True
     ) -> None:
         cfg = self.config
-        lock = lock_data_dir(cfg.storage.base_path)
+        lock = lock_data_dir(cfg.storage.base_path, shared=cfg.cluster.enabled)
         log = cfg.logging
         audit = AuditLog(
             log.audit_file,

@@ -222,19 +222,27 @@ class DataDirBusy(Exception):
     """Another process holds the data directory (or its lock file is damaged)."""
 
 
-def lock_data_dir(base: Path) -> int:
-    """One daemon per data directory: a second one fails at start, naming the first."""
+def lock_data_dir(base: Path, shared: bool = False) -> int:
+    """One standalone daemon per data directory (an exclusive flock): a second one fails
+    at start, naming the first. Cluster nodes share the directory (`shared`: a shared
+    flock), so a standalone daemon or `fsck --repair` cannot start beside them, nor they
+    beside one."""
     base.mkdir(mode=0o750, parents=True, exist_ok=True)
     try:
         fd = open_regular(base / ".fetchml-server.lock", os.O_RDWR | os.O_CREAT)
     except Damaged as exc:
         raise DataDirBusy(f"{base} cannot be locked: {exc.message}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
+        if shared:
+            raise DataDirBusy(
+                f"{base} is in use by a standalone fetchml-server or fsck (pid {holder})"
+            ) from None
         raise DataDirBusy(f"{base} is in use by another fetchml-server (pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if not shared:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

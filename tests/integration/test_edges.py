@@ -109,3 +109,26 @@ def test_fsck_repair_refuses_while_a_daemon_holds_the_directory(tmp_path: Path) 
 
         os.close(held)
     assert fsck(tmp_path, repair=True) == 0
+
+
+def test_cluster_nodes_share_the_directory_and_standalone_daemons_and_repair_do_not(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    from fetchml.server.files import DataDirBusy, lock_data_dir
+
+    nodes = [lock_data_dir(tmp_path, shared=True) for _ in range(2)]
+    try:
+        with pytest.raises(DataDirBusy, match="in use by another fetchml-server"):
+            lock_data_dir(tmp_path)
+        assert fsck(tmp_path, repair=True) == 2
+    finally:
+        for fd in nodes:
+            os.close(fd)
+    standalone = lock_data_dir(tmp_path)
+    try:
+        with pytest.raises(DataDirBusy, match="in use by a standalone fetchml-server or fsck"):
+            lock_data_dir(tmp_path, shared=True)
+    finally:
+        os.close(standalone)
