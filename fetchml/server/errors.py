@@ -54,3 +54,9 @@ class JobCancelled(ServerError):
 
 class DiskFull(ServerError):
     code = ErrorCode.DISK_FULL
+
+
+class ServiceUnavailable(ServerError):
+    """The cluster's Redis is unreachable: what needs it waits until it is back."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
