@@ -44,7 +44,7 @@ async def test_three_nodes_answer_and_stop_together(tmp_path: Path) -> None:
 async def _check(proc: "subprocess.Popen[str]", first: int) -> list[int]:
     try:
         assert proc.stdout is not None
-        lines = []
+        lines: list[str] = []
         with anyio.fail_after(60):
             while not any("FETCHML_URL=" in line for line in lines):
                 line = await anyio.to_thread.run_sync(proc.stdout.readline)
