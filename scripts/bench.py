@@ -8,13 +8,16 @@ pre-encoded frames. The read baselines run in this process on the same
 metrics.bin. Prints a table (ratio = fetchml figure / baseline figure, target,
 PASS or MISS) and writes it as JSON. The figures are declared once, in
 scripts/bench_figures.py; the processes are run by scripts/bench_servers.py and the
-load generator's results are scripts/bench_records.py types.
+load generator's results are scripts/bench_records.py types. The full run ends with
+the cluster figures (Debian's redis-server and three daemons over one data directory);
+--quick leaves them out.
 
 Exits non-zero only when the daemon misbehaves: an ERROR response, a refused or
 dropped connection, a crash, an error in its log, or an experiment that does not
 hold exactly the records acknowledged. Speed never changes the exit status.
 
     scripts/bench [--quick] [--json bench-results.json] [--dir DIR]
+    scripts/bench --cluster    # only the cluster figures (scripts/bench_cluster.py)
     scripts/bench --large [--large-records 100000000] [--large-small 20000]
     scripts/bench --table [bench-results.json]    # the README's markdown table
 """
@@ -33,6 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import bench_cluster
 import bench_large
 import bench_large_data
 from bench_figures import BY_KEY, Row, console_table, markdown_table, rows_from_json
@@ -104,6 +108,8 @@ FULL = Sizes(
     runs=20_000,
     worker_seconds=60,
     worker_ramp_seconds=30,
+    cluster_seconds=5,
+    cluster_messages=1_000,
 )
 QUICK = Sizes(
     single_messages=20_000,
@@ -119,6 +125,8 @@ QUICK = Sizes(
     runs=2_000,
     worker_seconds=8,
     worker_ramp_seconds=0,
+    cluster_seconds=1,
+    cluster_messages=100,
 )
 
 
@@ -403,6 +411,8 @@ def push_latency(b: Bench) -> list[Row]:
     daemon = b.load(Watch, b.write, watchers=b.sizes.watchers, from_index=WATCH_HISTORY, **options)
     written = daemon.ok * STREAM_BATCH if daemon else 0
     b.verify(b.write, {"watch": WATCH_HISTORY + written})
+    if daemon and daemon.silent:
+        b.errors.append(f"write: {daemon.silent} of {daemon.watchers} watchers got no push")
     b.details["push_latency"] = {"echo": detail(echo), "write": detail(daemon)}
     return [
         Row(
@@ -632,7 +642,8 @@ def start_main_servers(b: Bench) -> None:
     b.fsync = b.start_daemon("fsync", "fsync", {"latency": b"", "batch": b""})
 
 
-def run(b: Bench, rows: list[Row]) -> None:
+def run(b: Bench, rows: list[Row], cluster: bool) -> None:
+    """Every figure but the cluster's; then those too when `cluster`."""
     started = time.monotonic()
     start_main_servers(b)
     progress("servers started", started)
@@ -644,6 +655,8 @@ def run(b: Bench, rows: list[Row]) -> None:
     progress("idle_memory", started)
     rows += idle_workers(b)
     progress("idle_workers", started)
+    if cluster:
+        rows += bench_cluster.run(b, lambda step: progress(step, started))
 
 
 def progress(step: str, started: float) -> None:
@@ -662,6 +675,10 @@ def name_values(sizes: Sizes) -> dict[str, Any]:
         "read_names": len(READ_NAMES),
         "few_watchers": FEW_WATCHERS,
         "idle_workers": IDLE_WORKERS,
+        "cluster_nodes": bench_cluster.CLUSTER_NODES,
+        "cluster_rate": bench_cluster.CLUSTER_RATE,
+        "cluster_batch": bench_cluster.CLUSTER_BATCH,
+        "cluster_ingest_batch": bench_cluster.INGEST_BATCH,
     }
 
 
@@ -715,6 +732,9 @@ def print_markdown(path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="about 45 s, smaller counts (CI)")
+    parser.add_argument(
+        "--cluster", action="store_true", help="only the cluster figures (needs redis-server)"
+    )
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--dir", type=Path, default=None, help="parent of the temp data dir")
     parser.add_argument(
@@ -743,7 +763,14 @@ def main(argv: list[str] | None = None) -> int:
             f"--large-records must be at least {len(bench_large_data.NAMES)} (one per name) "
             "and --large-small at least 1"
         )
-    mode = "large" if args.large else "quick" if args.quick else "full"
+    if args.cluster and args.large:
+        parser.error("--cluster and --large are separate runs")
+    mode = (
+        "large" if args.large else "cluster" if args.cluster else "quick" if args.quick else "full"
+    )
+    missing = bench_cluster.redis_missing()
+    if mode in ("cluster", "full") and missing:
+        parser.error(f"{missing} (or run --quick)")
     large = bench_large.LargeSizes(args.large_records, args.large_small, not args.keep_page_cache)
     raise_open_file_limit()
     rows: list[Row] = []
@@ -755,8 +782,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.large:
                 rows += bench_large.run(b, large, args.large_cache)
+            elif args.cluster:
+                started_at = time.monotonic()
+                rows += bench_cluster.run(b, lambda step: progress(step, started_at))
             else:
-                run(b, rows)
+                run(b, rows, cluster=mode == "full")
         except Exception as exc:  # a dead daemon, a server that would not start
             traceback.print_exc()
             b.errors.append(f"benchmark stopped: {exc}")

@@ -39,6 +39,9 @@ PY_READ = "py read+parse"
 ACK_ROW = "LOG_METRIC ack p50 / p99 at {latency_rate:,} metrics/s, {durability}"
 STREAM_ROW = "{streams} connections streaming"
 PUSH_ROW = "WATCH push p50 / p99, {watchers} watchers"
+CLUSTER_PUSH_ROW = (
+    "cross-node WATCH push p50 / p99, {cluster_rate:,} metrics/s in LOG_METRICS of {cluster_batch}"
+)
 
 FIGURES: tuple[Figure, ...] = (
     Figure(
@@ -178,6 +181,35 @@ FIGURES: tuple[Figure, ...] = (
         False,
         Target(1.0),
         ratio=False,
+    ),
+    *(
+        Figure(
+            f"cluster_push_{percentile}",
+            f"cross-node WATCH push {percentile}, {{cluster_rate:,}} metrics/s",
+            "ms",
+            "same node",
+            False,
+            Target(200) if percentile == "p99" else None,
+            row=CLUSTER_PUSH_ROW,
+            label=percentile,
+            ratio=False,
+        )
+        for percentile in ("p50", "p99")
+    ),
+    Figure(
+        "cluster_ingest",
+        "{cluster_nodes} nodes ingesting, one experiment each, LOG_METRICS {cluster_ingest_batch:,}/msg",
+        "metrics/s",
+        "1 node, same load",
+        True,
+        Target(0.9, of_ratio=True),
+    ),
+    Figure(
+        "cluster_shared",
+        "one experiment from {cluster_nodes} nodes at once, LOG_METRICS {cluster_ingest_batch:,}/msg",
+        "metrics/s",
+        "1 node, same load",
+        True,
     ),
 )
 LARGE_ROW = "{figure} ({large_records:,} records beside {large_small:,} small)"

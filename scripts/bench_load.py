@@ -1,16 +1,20 @@
 """The benchmark's load generator, run by scripts/bench.py in its own process.
 
 Every mode drives one server URL (the daemon or the baseline echo server, the
-same way for both) and prints a bench_records.Report as JSON on the last line of
-stdout: the mode's typed result, and what went wrong in its "errors" list: ERROR
-responses, closed or refused connections, missing answers. Modes:
+same way for both; pipeline and watch also drive a cluster's nodes) and prints a
+bench_records.Report as JSON on the last line of stdout: the mode's typed result,
+and what went wrong in its "errors" list: ERROR responses, closed or refused
+connections, missing answers. Modes:
 
   pipeline  LOG_METRIC(S) frames (LOG_METRICS_AT with --at), pre-encoded, pipelined
             (a window in flight) on one or more connections, for a number of
-            messages or of seconds
+            messages or of seconds; with several URLs (comma-separated), connection
+            i goes to the i-th, round-robin
   paced     frames at a fixed rate on one connection: request-to-ack latency
   reads     QUERY_METRICS: paging a whole experiment, latest per name, LTTB
-  watch     watchers plus a paced writer in this process: push latency
+  watch     watchers plus a paced writer in this process: push latency (the writer on
+            --writer-url when given: another node's); a watcher with no push within
+            --push-timeout seconds of the last write counts as silent, not an error
   watchers  watchers that only receive, until stdin closes (prints "ready" first)
   idle      idle connections, held until stdin closes (prints "ready" first)
   claims    idle workers: claim loops with the worker's backoff, one connection each,
@@ -237,7 +241,8 @@ async def run_pipeline(args: argparse.Namespace, errors: Errors) -> Pipeline:
     distinct = min(args.messages, args.distinct_frames)
     make = metric_frames_at if args.at else metric_frames
     frames = [make(key, c, args.per_message, distinct) for c in commits]
-    connections = [await open_ws(args.url) for _ in commits]
+    urls = args.url.split(",")
+    connections = [await open_ws(urls[i % len(urls)]) for i in range(len(commits))]
     try:
         deadline = time.perf_counter() + args.seconds if args.seconds else math.inf
         streams = await asyncio.gather(
@@ -477,17 +482,18 @@ async def run_watch(args: argparse.Namespace, errors: Errors) -> Watch:
     ]
     count = max(1, round(args.rate * args.seconds))
     frames = metric_frames(key, commit, args.per_message, min(count, 100))
-    async with open_ws(args.url) as writer:
+    async with open_ws(args.writer_url or args.url) as writer:
         run = await paced(writer, frames, args.rate, count, errors)
     acks = run.answers
     ends = [args.from_index + (i + 1) * args.per_message for i in range(len(acks))]
     end = ends[-1] if ends else args.from_index
-    await wait_caught_up(receipts, end, timeout=30)
+    await wait_caught_up(receipts, end, timeout=args.push_timeout)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*(ws.close() for ws in watchers))
     expected = run.ok * args.per_message
-    wrong = [r.records for r in receipts if r.records != expected]
+    silent = sum(1 for r in receipts if not r.pushes) if expected else 0
+    wrong = [r.records for r in receipts if r.pushes and r.records != expected]
     if wrong:
         errors[f"{len(wrong)} watchers got other than {expected} records, e.g. {wrong[0]}"] += 1
     pushes = [x for r in receipts for x in push_latencies(r, run.sends[: len(acks)], ends)]
@@ -497,6 +503,7 @@ async def run_watch(args: argparse.Namespace, errors: Errors) -> Watch:
         ack_latency_ms=percentiles(latencies(run)),
         push_latency_ms=percentiles(pushes),
         samples=len(pushes),
+        silent=silent,
     )
 
 
@@ -660,7 +667,7 @@ MODES: dict[str, Callable[[argparse.Namespace, Errors], Coroutine[Any, Any, Resu
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=sorted(MODES))
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True, help="comma-separated for pipeline")
     parser.add_argument("--key", default="", help="raw API key")
     parser.add_argument("--commits", default="", help="commit hex, comma-separated for pipeline")
     parser.add_argument("--per-message", type=int, default=1, help="metrics per frame")
@@ -671,6 +678,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--at", type=int, default=0, help="pipeline: 1 sends LOG_METRICS_AT")
     parser.add_argument("--rate", type=float, default=10_000, help="paced, watch: frames/s")
     parser.add_argument("--watchers", type=int, default=100)
+    parser.add_argument("--writer-url", default="", help="watch: the writer's (default --url)")
+    parser.add_argument(
+        "--push-timeout", type=float, default=30.0, help="watch: s after the last write"
+    )
     parser.add_argument("--from-index", type=int, default=0)
     parser.add_argument("--connections", type=int, default=1000, help="idle")
     parser.add_argument("--workers", type=int, default=100, help="claims: claim loops")

@@ -100,8 +100,10 @@ class Watch:
     ok: int
     ack_latency_ms: Percentiles | None
     push_latency_ms: Percentiles | None
-    """A written message's ack to the first push reaching past its records."""
+    """A written message's send to the first push reaching past its records."""
     samples: int
+    silent: int = 0
+    """Watchers that got no push at all (within the push timeout after the last write)."""
 
 
 @dataclass

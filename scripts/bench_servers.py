@@ -31,7 +31,7 @@ from fetchml.protocol.responses import Data, decode_response
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests/support: the daemon harness, config, experiments, keys
 
-from tests.support.config import raw_config  # noqa: E402
+from tests.support.config import raw_config, updated  # noqa: E402
 from tests.support.daemon import DaemonProcess  # noqa: E402
 from tests.support.experiments import commit_of, make_experiment, meta_bytes  # noqa: E402
 from tests.support.keys import key_entry, key_hash  # noqa: E402
@@ -66,6 +66,8 @@ class Sizes:
     runs: int  # experiments with run documents, listed by LIST_RUNS
     worker_seconds: float  # of idle workers' claim loops while the daemon's CPU is measured
     worker_ramp_seconds: float  # of claim loops before that: the backoff's ramp to 10 s
+    cluster_seconds: float  # of the paced writer while a watcher on a node measures pushes
+    cluster_messages: int  # LOG_METRICS frames per connection in the cluster ingest runs
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -164,13 +166,22 @@ class Bench:
         self.servers.append(server)
         return server
 
-    def start_daemon(self, name: str, durability: str, experiments: dict[str, bytes]) -> Server:
+    def start_daemon(
+        self,
+        name: str,
+        durability: str,
+        experiments: dict[str, bytes],
+        **sections: dict[str, Any],
+    ) -> Server:
+        """A daemon whose config is daemon_config updated by `sections`, its experiments
+        made first (in its storage.base_path)."""
         home = self.tmp / name
         home.mkdir()
+        raw = updated(daemon_config(home, durability), **sections)
         for label, records in experiments.items():
-            make_bench_experiment(home / "experiments", label, records)
+            make_bench_experiment(Path(raw["storage"]["base_path"]), label, records)
         config = home / "config.yaml"
-        config.write_text(yaml.safe_dump(daemon_config(home, durability)))
+        config.write_text(yaml.safe_dump(raw))
         argv = [sys.executable, "-m", "fetchml.server", "serve", "--config", str(config)]
         server = Server(name, argv, home / "daemon.log", is_daemon=True)
         self.servers.append(server)
@@ -200,8 +211,9 @@ class Bench:
     # load generator
 
     def load_argv(self, mode: str, server: Server, options: dict[str, Any]) -> list[str]:
-        argv = [sys.executable, str(LOAD), mode, "--url", server.url, "--key", KEY]
-        for name, value in options.items():
+        """The load generator's command line: `server`'s URL unless options give `url`."""
+        argv = [sys.executable, str(LOAD), mode, "--key", KEY]
+        for name, value in {"url": server.url, **options}.items():
             argv += [f"--{name.replace('_', '-')}", str(value)]
         return argv
 

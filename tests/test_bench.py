@@ -10,14 +10,16 @@ from typing import Any
 
 import pytest
 
-from fetchml.protocol.metrics import iter_records, scan
+from fetchml.protocol.metrics import encode_record, iter_records, scan
 from tests.support.daemon import daemon_at
+from tests.support.experiments import make_experiment
 from tests.support.keys import ADMIN_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench  # noqa: E402
+import bench_cluster  # noqa: E402
 import bench_large_data  # noqa: E402
 from bench_figures import BY_KEY, FIGURES, LARGE_FIGURES, Row, markdown_table  # noqa: E402
 from bench_records import (  # noqa: E402
@@ -77,6 +79,10 @@ def test_table_prints_the_readme_lines_from_a_results_file(tmp_path: Path) -> No
         {"figure": "watched_ingest", "value": 45.0, "baseline": 100.0},
         {"figure": "watched_ingest_few", "value": 95.0, "baseline": 100.0},
         {"figure": "idle_workers", "value": 0.4567, "baseline": 0.05},
+        {"figure": "cluster_push_p50", "value": 103.2, "baseline": 1.52},
+        {"figure": "cluster_push_p99", "value": None, "baseline": 3.9},
+        {"figure": "cluster_ingest", "value": 850.0, "baseline": 1000.0},
+        {"figure": "cluster_shared", "value": 700.0, "baseline": 1000.0},
     ]
     done = run_table(tmp_path, {"sizes": sizes, "rows": rows})
     assert done.returncode == 0, done.stderr
@@ -97,6 +103,12 @@ def test_table_prints_the_readme_lines_from_a_results_file(tmp_path: Path) -> No
         " | >= 0.9x: pass |",
         "| daemon CPU with 100 idle workers claiming, 8 s after 0 s (%) | 0.46 | 0.05 (no workers) |"
         " | <= 1: pass |",
+        "| cross-node WATCH push p50 / p99, 1,000 metrics/s in LOG_METRICS of 10 (ms)"
+        " | 103 / n/a | 1.52 / 3.9 (same node) | | p99 <= 200: n/a |",
+        "| 3 nodes ingesting, one experiment each, LOG_METRICS 1,000/msg (metrics/s) | 850"
+        " | 1,000 (1 node, same load) | 0.85x | >= 0.9x: **miss** |",
+        "| one experiment from 3 nodes at once, LOG_METRICS 1,000/msg (metrics/s) | 700"
+        " | 1,000 (1 node, same load) | 0.70x | |",
     ]
 
 
@@ -141,6 +153,10 @@ REPORTS = [
     Report(
         "watch",
         Watch(watchers=2, ok=3, ack_latency_ms=PERCENTILES, push_latency_ms=None, samples=0),
+    ),
+    Report(
+        "watch",
+        Watch(1, ok=3, ack_latency_ms=None, push_latency_ms=PERCENTILES, samples=3, silent=1),
     ),
     Report("watchers", Watchers(watchers=2, records=10, pushes=3, slow_closes=1)),
     Report("idle", None, ["connection not opened: OSError: refused (x3)"]),
@@ -222,6 +238,91 @@ def test_claim_loops_back_off_like_the_worker(tmp_path: Path) -> None:
         server.close()
     assert load.returncode == 0, stderr
     assert read_report(stdout.splitlines()[-1]) == Report("claims", Claims(5, 5), [])
+
+
+# -- cluster figures ------------------------------------------------------------------------
+
+
+def test_cluster_figures_need_redis_server(tmp_path: Path) -> None:
+    """Without redis-server on PATH, --cluster (and the full run) stop at once, saying why."""
+    for argv in (["--cluster"], []):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "bench.py"), *argv, "--dir", str(tmp_path)],
+            env={"PATH": str(tmp_path), "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "need Debian's redis-server: apt-get install redis-server" in done.stderr
+        assert list(tmp_path.iterdir()) == []
+
+
+def load(*argv: str) -> Report:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_load.py"), *argv, "--key", ADMIN_KEY],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return read_report(done.stdout.splitlines()[-1])
+
+
+def test_load_generator_spreads_connections_and_times_out_a_watcher_of_another_daemon(
+    tmp_path: Path,
+) -> None:
+    """pipeline sends connection i to the i-th URL; watch writes on --writer-url, and its
+    watcher on a daemon that never sees those records is reported silent after
+    --push-timeout, neither waited for nor an error."""
+    one, two = commit("spread-0"), commit("spread-1")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    servers = [daemon_at(tmp_path / name) for name in ("a", "b")]
+    for server in servers:
+        for cid in (one, two):
+            make_experiment(server.data, cid, b"")
+        server.spawn()
+    try:
+        for server in servers:
+            server.ready()
+        urls = ",".join(server.url for server in servers)
+        spread = load(
+            *("pipeline", "--url", urls, "--commits", f"{one},{two}"),
+            *("--per-message", "10", "--messages", "3", "--window", "3"),
+        )
+        watch = load(
+            *("watch", "--url", servers[1].url, "--writer-url", servers[0].url),
+            *("--commits", one, "--per-message", "10", "--rate", "20", "--seconds", "0.2"),
+            *("--watchers", "1", "--push-timeout", "0.3"),
+        )
+    finally:
+        for server in servers:
+            server.close()
+    assert spread.errors == [] and isinstance(spread.result, Pipeline)
+    assert [s.ok for s in spread.result.streams] == [3, 3]
+    held = {
+        (name, cid): len(iter_records((server.data / cid / "metrics.bin").read_bytes()))
+        for name, server in zip("ab", servers, strict=True)
+        for cid in (one, two)
+    }
+    assert held == {("a", one): 30 + 40, ("a", two): 0, ("b", one): 0, ("b", two): 30}
+    assert watch.errors == [] and isinstance(watch.result, Watch)
+    assert (watch.result.ok, watch.result.silent, watch.result.samples) == (4, 1, 0)
+    assert watch.result.push_latency_ms is None
+
+
+def test_cluster_check_counts_the_file_and_what_follows_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.bin"
+    records = b"".join(encode_record(1764000000, i, 0.5, b"loss") for i in range(3))
+    path.write_bytes(records)
+    assert bench_cluster.file_problems(path, 3) == []
+    assert bench_cluster.file_problems(path, 4) == [f"{path}: 3 records, 4 were acknowledged"]
+    path.write_bytes(records + records[:7])
+    assert bench_cluster.file_problems(path, 3) == [f"{path}: 7 bytes after the last valid record"]
+    assert bench_cluster.file_problems(tmp_path / "none", 0) == []
 
 
 # -- --large ---------------------------------------------------------------------------------
