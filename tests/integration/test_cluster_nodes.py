@@ -1,0 +1,249 @@
+"""Cluster nodes against a real redis-server: registration and /health, limits and
+bad-key throttling counted across nodes (and per node while Redis is down), fsck --repair
+refused while a node is alive. Daemons run in this event loop on one data directory."""
+
+import json
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.requests import WhoAmI
+from fetchml.server import cluster
+from fetchml.server.__main__ import main
+from fetchml.server.app import App
+from fetchml.server.cluster import NodeNameTaken, live_nodes
+from fetchml.server.config import ClusterConfig
+from tests.support.config import make_config, raw_config, write_config
+from tests.support.http import handshake, http_get, samples, status
+from tests.support.inproc import Daemon, DaemonFactory
+from tests.support.keys import ALICE_KEY, UNKNOWN_KEY, hash_of
+from tests.support.redis import RedisServer
+from tests.support.wire import RawClient, error_of
+
+WRONG = [("X-API-Key", "fml_wrong_key_not_configured")]
+HEALTH_FIELDS = ["status", "version", "uptime_s", "experiments", "connections", "watchers"]
+
+
+@pytest.fixture(autouse=True)
+def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heartbeats every 50 ms, so that a test sees a change within a fraction of a second."""
+    monkeypatch.setattr(cluster, "BEAT_S", 0.05)
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> float:
+    """Seconds until `check()` holds; fails naming `what` after `timeout`."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await anyio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def health(daemon: Daemon) -> dict[str, Any]:
+    response = await http_get(daemon, "/health")
+    assert response.status == 200
+    body: dict[str, Any] = json.loads(response.body)
+    return body
+
+
+def node_of(daemon: Daemon) -> str:
+    return f"{socket.gethostname()}:{daemon.app.port}"
+
+
+async def two_nodes(start: DaemonFactory, redis: RedisServer, **sections: Any) -> list[Daemon]:
+    url = redis.url
+    a = await start(cluster={"redis_url": url}, **sections)
+    b = await start(cluster={"redis_url": url, "node_name": "node-b"}, **sections)
+    names = sorted([node_of(a), "node-b"])
+    for d in (a, b):  # each sees both at its next heartbeat
+        await until(lambda d=d: _has(d, names), f"both nodes in {d.url}'s /health")
+    return [a, b]
+
+
+async def _has(daemon: Daemon, names: list[str]) -> bool:
+    return (await health(daemon))["nodes"] == names
+
+
+async def whoami(client: RawClient) -> ErrorCode | None:
+    response = await client.call(WhoAmI(key_hash=hash_of("alice")))
+    return getattr(response, "code", None)
+
+
+# -- registration and /health ----------------------------------------------------------------
+
+
+async def test_health_names_this_node_and_the_live_ones_and_degrades_while_redis_is_down(
+    start_daemon: DaemonFactory, redis_server: RedisServer
+) -> None:
+    a, b = await two_nodes(start_daemon, redis_server)
+    body = await health(b)
+    assert list(body)[: len(HEALTH_FIELDS)] == HEALTH_FIELDS
+    assert (body["status"], body["node"]) == ("ok", "node-b")
+    assert (await health(a))["node"] == node_of(a)
+    scraped = samples((await http_get(a, "/metrics")).body.decode())
+    assert scraped[("fetchml_cluster_nodes", frozenset())] == 2.0
+    assert scraped[("fetchml_redis_up", frozenset())] == 1.0
+
+    redis_server.kill()
+    for d in (a, b):
+        took = await until(lambda d=d: _status(d, "degraded"), "degraded")
+        print(f"\n{d.app.link and d.app.link.name}: degraded {took * 1000:.0f} ms after SIGKILL")
+    assert (await health(a))["nodes"] == sorted([node_of(a), "node-b"])  # the last seen
+    scraped = samples((await http_get(a, "/metrics")).body.decode())
+    assert scraped[("fetchml_redis_up", frozenset())] == 0.0
+
+    redis_server.start()  # same port, empty: each node registers again by itself
+    names = sorted([node_of(a), "node-b"])
+    for d in (a, b):
+        took = await until(lambda d=d: _ok_with(d, names), "ok with both nodes again")
+        print(f"back to ok with both nodes {took * 1000:.0f} ms after the restart")
+
+
+async def _status(daemon: Daemon, expected: str) -> bool:
+    return (await health(daemon))["status"] == expected
+
+
+async def _ok_with(daemon: Daemon, names: list[str]) -> bool:
+    body = await health(daemon)
+    return body["status"] == "ok" and body["nodes"] == names
+
+
+async def test_standalone_health_has_no_node(daemon: Daemon) -> None:
+    body = await health(daemon)
+    assert (body["status"], body["node"], body["nodes"]) == ("ok", None, [])
+
+
+async def test_a_second_live_node_of_the_same_name_refuses_to_start_until_the_first_stops(
+    start_daemon: DaemonFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    section = {"redis_url": redis_server.url, "node_name": "gpu-1"}
+    first = await start_daemon(cluster=section)
+    twin = App(make_config(tmp_path, cluster=section))
+    with pytest.raises(NodeNameTaken, match=r"node name 'gpu-1' is held by a live node \(host"):
+        await twin.run(None, False)
+
+    first.app.stop_requested.set()  # a clean shutdown removes its registration
+    config = ClusterConfig(redis_url=redis_server.url)
+    await until(lambda: _no_nodes(config), "the first node's registration removed")
+    again = await start_daemon(cluster=section)
+    assert (await health(again))["node"] == "gpu-1"
+
+
+async def _no_nodes(config: ClusterConfig) -> bool:
+    return not await live_nodes(config)
+
+
+# -- limits across nodes -----------------------------------------------------------------------
+
+
+async def test_the_control_request_limit_is_shared_by_the_nodes(
+    start_daemon: DaemonFactory, redis_server: RedisServer
+) -> None:
+    limit = {"control_requests_per_minute": 4}
+    a, b = await two_nodes(start_daemon, redis_server, rate_limit=limit)
+    on_a, on_b = await a.client(), await b.client()
+    assert [await whoami(c) for c in (on_a, on_b, on_a, on_b)] == [None] * 4
+    error_of(await on_a.call(WhoAmI(key_hash=hash_of("alice"))), ErrorCode.SERVER_OVERLOADED)
+    assert await whoami(on_b) == ErrorCode.SERVER_OVERLOADED
+    assert await whoami(await b.client(additional_headers={"X-API-Key": ALICE_KEY})) == (
+        ErrorCode.SERVER_OVERLOADED
+    )
+
+
+async def test_bad_key_failures_on_all_nodes_throttle_the_address_on_each(
+    start_daemon: DaemonFactory, redis_server: RedisServer
+) -> None:
+    a, b = await two_nodes(start_daemon, redis_server)
+    for d in (a, b, a, b, a, b, a, b, a):
+        assert await status(d, WRONG) == 401
+    assert (await status(a), await status(b)) == (101, 101)  # 9 failures: not yet
+    # The tenth: an unknown key on a connection without a handshake key, on b.
+    client = await b.client()
+    response = await client.call(WhoAmI(key_hash=UNKNOWN_KEY))
+    error_of(response, ErrorCode.AUTHENTICATION_FAILED)
+    took = await until(lambda: _throttled(a), "the address throttled on the other node too")
+    print(f"\nthrottled on node a {took * 1000:.0f} ms after the tenth failure on node b")
+    code, headers = await handshake(b)
+    assert (code, headers["retry-after"]) == (429, "1")
+
+
+async def _throttled(daemon: Daemon) -> bool:
+    return await status(daemon) == 429
+
+
+async def test_while_redis_is_down_limits_count_per_node_without_stalling(
+    start_daemon: DaemonFactory, redis_server: RedisServer
+) -> None:
+    a, b = await two_nodes(
+        start_daemon, redis_server, rate_limit={"control_requests_per_minute": 2}
+    )
+    on_a, on_b = await a.client(), await b.client()
+    redis_server.kill()
+    for d in (a, b):
+        await until(lambda d=d: _status(d, "degraded"), "degraded")
+    slowest = 0.0
+    results = []
+    for c in (on_a, on_a, on_a, on_b, on_b, on_b):  # each node its own 2 per minute
+        start = time.monotonic()
+        results.append(await whoami(c))
+        slowest = max(slowest, time.monotonic() - start)
+    overloaded = ErrorCode.SERVER_OVERLOADED
+    assert results == [None, None, overloaded, None, None, overloaded]
+    for _ in range(10):  # bad keys: each node counts its own
+        start = time.monotonic()
+        assert await status(a, WRONG) == 401
+        slowest = max(slowest, time.monotonic() - start)
+    assert (await status(a), await status(b)) == (429, 101)
+    print(f"\nslowest answer while Redis was down: {slowest * 1000:.1f} ms")
+    assert slowest < 0.2
+
+    redis_server.start()
+    for d in (a, b):
+        await until(lambda d=d: _status(d, "ok"), "ok again")
+    bob = hash_of("bob")
+    for c in (on_a, on_b):  # shared again: bob's 2 are spent on the two nodes together
+        assert getattr(await c.call(WhoAmI(key_hash=bob)), "code", None) is None
+    error_of(await on_a.call(WhoAmI(key_hash=bob)), ErrorCode.SERVER_OVERLOADED)
+
+
+# -- fsck --------------------------------------------------------------------------------------
+
+
+async def test_fsck_repair_refuses_while_a_node_is_alive_in_redis(
+    start_daemon: DaemonFactory,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    section = {"redis_url": redis_server.url, "node_name": "gpu-7"}
+    node = await start_daemon(cluster=section)
+    # A data directory this machine's flock does not see held: as on another machine.
+    elsewhere = tmp_path / "mount"
+    elsewhere.mkdir()
+    config = write_config(tmp_path / "fsck.yaml", raw_config(tmp_path, cluster=section))
+    argv = ["fsck", "--base-path", str(elsewhere), "--repair", "--config", str(config)]
+    assert await anyio.to_thread.run_sync(main, argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"error: cluster nodes are alive: gpu-7 (pid {os.getpid()} on {socket.gethostname()})"
+        in err
+    )
+    assert "stop them before --repair" in err
+    assert await anyio.to_thread.run_sync(main, argv[:3]) == 0  # checking alone is fine
+
+    node.app.stop_requested.set()
+    await until(lambda: _no_nodes(ClusterConfig(redis_url=redis_server.url)), "node gone")
+    assert await anyio.to_thread.run_sync(main, argv) == 0
+    assert "0 experiments checked, 0 problem(s) found" in capsys.readouterr().out
+
+    redis_server.kill()
+    assert await anyio.to_thread.run_sync(main, argv) == 2
+    assert "error: cannot reach Redis to check for live nodes" in capsys.readouterr().err
