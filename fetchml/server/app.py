@@ -9,7 +9,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -159,7 +159,9 @@ class App:
         lock = lock_data_dir(cfg.storage.base_path, shared=cfg.cluster.enabled)
         limiter = RateLimiter(cfg.rate_limit.control_requests_per_minute)
         if cfg.cluster.enabled:
-            self.link = ClusterLink(cfg.cluster)
+            self.link = link = ClusterLink(cfg.cluster)
+            self.metrics.cluster_nodes.set_function(lambda: len(link.live))
+            self.metrics.redis_up.set_function(lambda: float(link.up))
             limiter = SharedRateLimiter(limiter.per_minute, self.link)
         log = cfg.logging
         audit = AuditLog(
@@ -227,7 +229,7 @@ class App:
                 server_header=f"fetchml/{__version__}",
                 logger=QuietLogger(logging.getLogger("websockets.server")),
             ) as server,
-            self._node(server.sockets[0].getsockname()[1]),
+            self._registered(server.sockets[0].getsockname()[1]),
             anyio.create_task_group() as tg,
         ):
             self.port = server.sockets[0].getsockname()[1]
@@ -259,22 +261,9 @@ class App:
             tg.cancel_scope.cancel()
             gate.failures.flush(force=True)
 
-    @contextlib.asynccontextmanager
-    async def _node(self, port: int) -> AsyncIterator[None]:
-        """Cluster mode: this node registered in Redis while it serves (NodeNameTaken when a
-        live node holds its name), removed on a clean shutdown."""
-        link = self.link
-        if link is None:
-            yield
-            return
-        try:
-            await link.start(port)
-            self.metrics.cluster_nodes.set_function(lambda: len(link.live))
-            self.metrics.redis_up.set_function(lambda: float(link.up))
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                await link.stop()
+    def _registered(self, port: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Cluster mode: this node registered in Redis while it serves."""
+        return self.link.serving(port) if self.link else contextlib.nullcontext()
 
     async def _signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

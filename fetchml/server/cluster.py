@@ -1,12 +1,13 @@
 """A cluster node's link to Redis: its registration, the nodes alive, and whether Redis
 answers (`up`). redis-py is imported when a link is made, never on the standalone path."""
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -131,6 +132,16 @@ class ClusterLink:
             return
         if self.taken:
             raise NodeNameTaken(self.taken)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, port: int) -> AsyncIterator[None]:
+        """`start` on entry, `stop` on exit (even when cancelled)."""
+        try:
+            await self.start(port)
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.stop()
 
     async def beat(self) -> None:
         """Refresh the registration (set again if it expired meanwhile) and the live nodes."""

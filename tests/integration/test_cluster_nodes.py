@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,12 @@ async def two_nodes(start: DaemonFactory, redis: RedisServer, **sections: Any) -
     b = await start(cluster={"redis_url": url, "node_name": "node-b"}, **sections)
     names = sorted([node_of(a), "node-b"])
     for d in (a, b):  # each sees both at its next heartbeat
-        await until(lambda d=d: _has(d, names), f"both nodes in {d.url}'s /health")
+        await until(partial(_has, d, names), f"both nodes in {d.url}'s /health")
     return [a, b]
 
 
 async def _has(daemon: Daemon, names: list[str]) -> bool:
-    return (await health(daemon))["nodes"] == names
+    return bool((await health(daemon))["nodes"] == names)
 
 
 async def whoami(client: RawClient) -> ErrorCode | None:
@@ -94,7 +95,7 @@ async def test_health_names_this_node_and_the_live_ones_and_degrades_while_redis
 
     redis_server.kill()
     for d in (a, b):
-        took = await until(lambda d=d: _status(d, "degraded"), "degraded")
+        took = await until(partial(_status, d, "degraded"), "degraded")
         print(f"\n{d.app.link and d.app.link.name}: degraded {took * 1000:.0f} ms after SIGKILL")
     assert (await health(a))["nodes"] == sorted([node_of(a), "node-b"])  # the last seen
     scraped = samples((await http_get(a, "/metrics")).body.decode())
@@ -103,17 +104,17 @@ async def test_health_names_this_node_and_the_live_ones_and_degrades_while_redis
     redis_server.start()  # same port, empty: each node registers again by itself
     names = sorted([node_of(a), "node-b"])
     for d in (a, b):
-        took = await until(lambda d=d: _ok_with(d, names), "ok with both nodes again")
+        took = await until(partial(_ok_with, d, names), "ok with both nodes again")
         print(f"back to ok with both nodes {took * 1000:.0f} ms after the restart")
 
 
 async def _status(daemon: Daemon, expected: str) -> bool:
-    return (await health(daemon))["status"] == expected
+    return bool((await health(daemon))["status"] == expected)
 
 
 async def _ok_with(daemon: Daemon, names: list[str]) -> bool:
     body = await health(daemon)
-    return body["status"] == "ok" and body["nodes"] == names
+    return bool(body["status"] == "ok" and body["nodes"] == names)
 
 
 async def test_standalone_health_has_no_node(daemon: Daemon) -> None:
@@ -135,6 +136,25 @@ async def test_a_second_live_node_of_the_same_name_refuses_to_start_until_the_fi
     await until(lambda: _no_nodes(config), "the first node's registration removed")
     again = await start_daemon(cluster=section)
     assert (await health(again))["node"] == "gpu-1"
+
+
+async def test_the_name_of_a_node_that_died_is_free_once_its_entry_expires(
+    start_daemon: DaemonFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import redis.asyncio
+
+    # What a node killed with SIGKILL leaves: its entry, expiring TTL_S after its last beat.
+    entry = {"name": "gpu-1", "host": "elsewhere", "pid": 1, "port": 9103, "started": 0.0}
+    async with redis.asyncio.from_url(redis_server.url) as r:
+        await r.set("fetchml:node:gpu-1", json.dumps(dict(entry, heartbeat=time.time())), px=300)
+        await r.sadd("fetchml:nodes", "gpu-1")
+    section = {"redis_url": redis_server.url, "node_name": "gpu-1"}
+    with pytest.raises(NodeNameTaken, match=r"\(host elsewhere, pid 1, last heartbeat"):
+        await App(make_config(tmp_path, cluster=section)).run(None, False)
+    await anyio.sleep(0.3)
+    node = await start_daemon(cluster=section)
+    assert (await health(node))["nodes"] == ["gpu-1"]
+    assert (await live_nodes(ClusterConfig(redis_url=redis_server.url)))[0]["pid"] == os.getpid()
 
 
 async def _no_nodes(config: ClusterConfig) -> bool:
@@ -188,7 +208,7 @@ async def test_while_redis_is_down_limits_count_per_node_without_stalling(
     on_a, on_b = await a.client(), await b.client()
     redis_server.kill()
     for d in (a, b):
-        await until(lambda d=d: _status(d, "degraded"), "degraded")
+        await until(partial(_status, d, "degraded"), "degraded")
     slowest = 0.0
     results = []
     for c in (on_a, on_a, on_a, on_b, on_b, on_b):  # each node its own 2 per minute
@@ -207,7 +227,7 @@ async def test_while_redis_is_down_limits_count_per_node_without_stalling(
 
     redis_server.start()
     for d in (a, b):
-        await until(lambda d=d: _status(d, "ok"), "ok again")
+        await until(partial(_status, d, "ok"), "ok again")
     bob = hash_of("bob")
     for c in (on_a, on_b):  # shared again: bob's 2 are spent on the two nodes together
         assert getattr(await c.call(WhoAmI(key_hash=bob)), "code", None) is None
