@@ -3,6 +3,7 @@ bad-key throttling counted across nodes (and per node while Redis is down), fsck
 refused while a node is alive. Daemons run in this event loop on one data directory."""
 
 import json
+import logging
 import os
 import socket
 import time
@@ -82,8 +83,9 @@ async def whoami(client: RawClient) -> ErrorCode | None:
 
 
 async def test_health_names_this_node_and_the_live_ones_and_degrades_while_redis_is_down(
-    start_daemon: DaemonFactory, redis_server: RedisServer
+    start_daemon: DaemonFactory, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="fetchml.server.cluster")
     a, b = await two_nodes(start_daemon, redis_server)
     body = await health(b)
     assert list(body)[: len(HEALTH_FIELDS)] == HEALTH_FIELDS
@@ -98,6 +100,8 @@ async def test_health_names_this_node_and_the_live_ones_and_degrades_while_redis
         took = await until(partial(_status, d, "degraded"), "degraded")
         print(f"\n{d.app.link and d.app.link.name}: degraded {took * 1000:.0f} ms after SIGKILL")
     assert (await health(a))["nodes"] == sorted([node_of(a), "node-b"])  # the last seen
+    await anyio.sleep(5 * cluster.BEAT_S)  # heartbeats fail meanwhile: logged once per node
+    assert transitions(caplog) == ["lost", "lost"]
     scraped = samples((await http_get(a, "/metrics")).body.decode())
     assert scraped[("fetchml_redis_up", frozenset())] == 0.0
 
@@ -106,6 +110,26 @@ async def test_health_names_this_node_and_the_live_ones_and_degrades_while_redis
     for d in (a, b):
         took = await until(partial(_ok_with, d, names), "ok with both nodes again")
         print(f"back to ok with both nodes {took * 1000:.0f} ms after the restart")
+    assert transitions(caplog) == ["lost", "lost", "back", "back"]
+
+
+def transitions(caplog: pytest.LogCaptureFixture) -> list[str]:
+    lines = [r for r in caplog.records if r.name == "fetchml.server.cluster"]
+    return ["lost" if "unreachable" in r.getMessage() else "back" for r in lines]
+
+
+async def test_a_password_in_the_url_is_used_and_never_logged(
+    start_daemon: DaemonFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path / "locked", password="s3cret-pw").start()
+    try:
+        node = await start_daemon(cluster={"redis_url": server.url, "node_name": "n"})
+        assert (await health(node))["status"] == "ok"
+        server.kill()
+        await until(partial(_status, node, "degraded"), "degraded")
+        assert "s3cret-pw" not in caplog.text and "unreachable" in caplog.text
+    finally:
+        server.stop()
 
 
 async def _status(daemon: Daemon, expected: str) -> bool:
