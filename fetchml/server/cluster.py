@@ -170,7 +170,7 @@ class ClusterLink:
     async def stop(self) -> None:
         """Remove this node's registration (clean shutdown); then close the client."""
         try:
-            if self.registered:
+            if self.registered and self.up:
                 args = [self._mine(), self.name]
                 keys = [self.key("node", self.name), self.key("nodes")]
                 await self.call(lambda r: self._release(keys=keys, args=args))

@@ -5,6 +5,7 @@ refused while a node is alive. Daemons run in this event loop on one data direct
 import json
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -139,6 +140,46 @@ async def _status(daemon: Daemon, expected: str) -> bool:
 async def _ok_with(daemon: Daemon, names: list[str]) -> bool:
     body = await health(daemon)
     return bool(body["status"] == "ok" and body["nodes"] == names)
+
+
+async def test_a_node_starts_while_redis_is_down_and_registers_once_it_answers(
+    start_daemon: DaemonFactory, redis_server: RedisServer
+) -> None:
+    redis_server.kill()
+    node = await start_daemon(cluster={"redis_url": redis_server.url, "node_name": "late"})
+    body = await health(node)
+    assert (body["status"], body["node"], body["nodes"]) == ("degraded", "late", [])
+    redis_server.start()
+    await until(partial(_ok_with, node, ["late"]), "registered once Redis answers")
+
+
+async def test_a_hung_redis_never_holds_health_and_limits_fall_back_after_the_timeout(
+    start_daemon: DaemonFactory, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster, "TIMEOUT_S", 0.3)
+    node = await start_daemon(cluster={"redis_url": redis_server.url})
+    client = await node.client()
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # alive, answering nothing
+    try:
+        start = time.monotonic()
+        assert await whoami(client) is None  # waits for the timeout, then counts on this node
+        first = time.monotonic() - start
+        slowest = 0.0
+        while (await health(node))["status"] == "ok":
+            assert time.monotonic() - start < 5.0, "never degraded"
+        for _ in range(5):
+            t = time.monotonic()
+            await health(node)
+            assert await whoami(client) is None
+            slowest = max(slowest, time.monotonic() - t)
+        print(f"\nhung Redis: first control request {first * 1000:.0f} ms (timeout 300 ms);")
+        print(f"once degraded, slowest /health + WHOAMI {slowest * 1000:.1f} ms")
+        assert first < 3.0  # 10x the timeout
+        assert slowest < 0.2
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    await until(partial(_status, node, "ok"), "ok once Redis answers again")
 
 
 async def test_standalone_health_has_no_node(daemon: Daemon) -> None:
