@@ -3,11 +3,11 @@ nodes do not multiply them. While Redis is unreachable both fall back to this no
 counters (the standalone ones), and go back to Redis once the heartbeat finds it again.
 
 Each counted control request costs one round trip (INCR and PEXPIRE in one MULTI, its
-window starting at the user's first request); a bad-key failure costs one (a script;
-failures are sent in batches) and a handshake without a key one more (the address's throttle, read before it is
-answered).
+window starting at the user's first request); a bad-key failure one (a script), and a
+handshake without a key one more (its address's throttle, read before it is answered).
 """
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -27,12 +27,12 @@ logger = logging.getLogger(__name__)
 
 WINDOW_MS = 60_000
 
-# KEYS: failures, strikes, throttled; ARGV: failures, window ms, backoff ms, max ms, forget ms.
-# The failure that reaches the limit throttles the address for a backoff that doubles with
+# KEYS: failures, strikes, throttled; ARGV: failures, window ms, backoff ms, max ms, forget ms,
+# the failures to add. The failure that reaches the limit throttles the address for a backoff that doubles with
 # each throttle; the milliseconds the address stays throttled (<= 0: not throttled).
 _FAIL = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+local n = redis.call('INCRBY', KEYS[1], ARGV[6])
+if n == tonumber(ARGV[6]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 if n >= tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])
@@ -87,7 +87,7 @@ class SharedThrottle(Throttle):
     def __init__(self, link: ClusterLink, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock=clock)
         self.link = link
-        self._pending: list[str] = []
+        self._pending: collections.Counter[str] = collections.Counter()
         self._until: dict[str, float] = {}
         """Throttles read from Redis: address to the clock's time it ends."""
         self._wake = anyio.Event()
@@ -96,7 +96,7 @@ class SharedThrottle(Throttle):
     def failure(self, peer: str) -> float:
         local = super().failure(peer)
         if self.link.up:
-            self._pending.append(peer)
+            self._pending[peer] += 1
             self._wake.set()
         return max(local, self._remote(peer))
 
@@ -125,16 +125,23 @@ class SharedThrottle(Throttle):
         self._learn(peer, int(ttl))
 
     async def flush(self) -> None:
-        peers, self._pending = self._pending, []
-        if not peers or not self.link.up:
+        pending, self._pending = self._pending, collections.Counter()
+        if not pending or not self.link.up:
             return
-        args = [FAILURES, int(WINDOW_S * 1000), int(BACKOFF_S * 1000), int(MAX_BACKOFF_S * 1000)]
-        args.append(int(FORGET_S * 1000))
+        peers = list(pending)
+        limits = [
+            FAILURES,
+            WINDOW_S * 1000,
+            BACKOFF_S * 1000,
+            MAX_BACKOFF_S * 1000,
+            FORGET_S * 1000,
+        ]
 
         async def send(r: "Redis") -> list[int]:
             ttls = []
-            for peer in peers:
+            for peer in peers:  # one call per address, however many failures it had
                 keys = [self.link.key(kind, peer) for kind in ("authfail", "strikes", "throttled")]
+                args = [*map(int, limits), pending[peer]]
                 ttls.append(int(await self._fail(keys=keys, args=args, client=r)))
             return ttls
 
