@@ -7,6 +7,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -334,3 +336,9 @@ async def test_fsck_repair_refuses_while_a_node_is_alive_in_redis(
     redis_server.kill()
     assert await anyio.to_thread.run_sync(main, argv) == 2
     assert "error: cannot reach Redis to check for live nodes" in capsys.readouterr().err
+
+
+def test_the_standalone_daemon_never_imports_redis() -> None:
+    code = "import sys, fetchml.server.app, fetchml.server.__main__; print('redis' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
