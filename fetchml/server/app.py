@@ -58,7 +58,8 @@ class App:
 
     def health(self) -> dict[str, object]:
         """O(1): the experiment count is cached; "degraded" while the data directory
-        cannot be listed (the count is then the last one that could be made)."""
+        cannot be listed (the count is then the last one that could be made) or the
+        cluster's Redis does not answer (the nodes are those of the last heartbeat)."""
         experiments = self.experiment_count.get()
         link = self.link
         ok = self.experiment_count.ok and (link is None or link.up)
@@ -238,8 +239,8 @@ class App:
                 await tg.start(self._signals)
             tg.start_soon(self.notifier.watchdog_loop)
             tg.start_soon(self._sweep, gate, tg)
-            if self.link and shared is not None:
-                tg.start_soon(self.link.run)
+            if shared is not None:
+                tg.start_soon(shared.link.run)
                 tg.start_soon(shared.run)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
