@@ -85,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     fsck = sub.add_parser("fsck", help="check metrics and metadata files; exit 1 on problems")
     fsck.add_argument("--base-path", required=True, type=Path)
     fsck.add_argument("--repair", action="store_true", help="truncate torn or corrupt tails")
+    fsck.add_argument(
+        "--config",
+        type=Path,
+        help="the daemons' config: with cluster.redis_url, --repair "
+        "refuses while any cluster node is alive in Redis",
+    )
     return parser
 
 
@@ -128,6 +134,8 @@ def _tool(args: argparse.Namespace) -> int:
     try:
         if args.command == "inspect":
             return tools.inspect(args.base_path, args.commit, args.json)
+        if args.repair and args.config is not None and not _no_live_nodes(args.config):
+            return 2
         return tools.fsck(args.base_path, args.repair)
     except BrokenPipeError:
         raise
@@ -136,6 +144,35 @@ def _tool(args: argparse.Namespace) -> int:
             traceback.print_exc()
         print(f"error: {args.command} failed: {exc}", file=sys.stderr)
         return 2
+
+
+def _no_live_nodes(config_path: Path) -> bool:
+    """True when the config is standalone or no cluster node is alive in its Redis (the
+    data directory's flock only sees the daemons on this machine); else says why not."""
+    import anyio
+
+    from .cluster import RedisDown, live_nodes
+    from .config import ConfigError, load_config
+
+    try:
+        cluster = load_config(config_path).cluster
+    except ConfigError as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return False
+    if not cluster.enabled:
+        return True
+    try:
+        nodes = anyio.run(live_nodes, cluster)
+    except RedisDown as exc:
+        print(f"error: cannot reach Redis to check for live nodes: {exc}", file=sys.stderr)
+        return False
+    if nodes:
+        names = ", ".join(f"{n['name']} (pid {n['pid']} on {n['host']})" for n in nodes)
+        print(
+            f"error: cluster nodes are alive: {names}: stop them before --repair", file=sys.stderr
+        )
+        return False
+    return True
 
 
 def entry() -> None:

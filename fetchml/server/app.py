@@ -1,5 +1,6 @@
 """Build the parts, serve, handle signals, tell systemd, drain on shutdown."""
 
+import contextlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from .. import __version__
 from .audit import AuditLog
 from .auth import KeyTable, RateLimiter
+from .cluster import ClusterLink, NodeNameTaken
 from .config import Config, ConfigError, config_warnings, load_config
 from .connection import Connection
 from .errors import ServerError
@@ -26,6 +28,7 @@ from .handlers import Context
 from .health import CachedCount
 from .http import Gate, Metrics, QuietLogger, select_subprotocol
 from .jobs import SqliteJobQueue
+from .sharedlimits import SharedRateLimiter, SharedThrottle
 from .storage import ExperimentStore
 from .systemd import Notifier
 from .watch import WatchHub
@@ -50,18 +53,25 @@ class App:
         self.gate: Gate | None = None
         self.drained = anyio.Event()
         """Set when the last connection has ended after stop_requested."""
+        self.link: ClusterLink | None = None
+        """Cluster mode: this node's link to Redis."""
 
     def health(self) -> dict[str, object]:
         """O(1): the experiment count is cached; "degraded" while the data directory
-        cannot be listed (the count is then the last one that could be made)."""
+        cannot be listed (the count is then the last one that could be made) or the
+        cluster's Redis does not answer (the nodes are those of the last heartbeat)."""
         experiments = self.experiment_count.get()
+        link = self.link
+        ok = self.experiment_count.ok and (link is None or link.up)
         return {
-            "status": "ok" if self.experiment_count.ok else "degraded",
+            "status": "ok" if ok else "degraded",
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "experiments": experiments,
             "connections": len(self.connections),
             "watchers": len(self.hub),
+            "node": link.name if link else None,
+            "nodes": list(link.live) if link else [],
         }
 
     def reload(self) -> None:
@@ -148,6 +158,12 @@ class App:
     ) -> None:
         cfg = self.config
         lock = lock_data_dir(cfg.storage.base_path, shared=cfg.cluster.enabled)
+        limiter = RateLimiter(cfg.rate_limit.control_requests_per_minute)
+        if cfg.cluster.enabled:
+            self.link = link = ClusterLink(cfg.cluster)
+            self.metrics.cluster_nodes.set_function(lambda: len(link.live))
+            self.metrics.redis_up.set_function(lambda: float(link.up))
+            limiter = SharedRateLimiter(limiter.per_minute, self.link)
         log = cfg.logging
         audit = AuditLog(
             log.audit_file,
@@ -172,7 +188,7 @@ class App:
                         store,
                         jobs,
                         self.hub,
-                        RateLimiter(cfg.rate_limit.control_requests_per_minute),
+                        limiter,
                         audit,
                     )
                     store.hooks.append(self.hub.on_commit)
@@ -196,12 +212,15 @@ class App:
             audit=self.ctx.audit if self.ctx else lambda *a, **k: None,
             max_per_ip=s.max_connections_per_ip,
         )
+        shared = SharedThrottle(self.link) if self.link else None
+        if shared is not None:
+            gate.throttle = shared
         async with (
             serve(
                 self._handle,
                 s.host,
                 s.port,
-                process_request=gate,
+                process_request=gate.shared if self.link else gate,
                 select_subprotocol=select_subprotocol,
                 max_size=s.max_message_bytes,
                 compression="deflate" if s.compression else None,
@@ -211,6 +230,7 @@ class App:
                 server_header=f"fetchml/{__version__}",
                 logger=QuietLogger(logging.getLogger("websockets.server")),
             ) as server,
+            self._registered(server.sockets[0].getsockname()[1]),
             anyio.create_task_group() as tg,
         ):
             self.port = server.sockets[0].getsockname()[1]
@@ -219,6 +239,9 @@ class App:
                 await tg.start(self._signals)
             tg.start_soon(self.notifier.watchdog_loop)
             tg.start_soon(self._sweep, gate, tg)
+            if shared is not None:
+                tg.start_soon(shared.link.run)
+                tg.start_soon(shared.run)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
             if on_ready:
@@ -238,6 +261,10 @@ class App:
                     conn.ws.transport.abort()  # a peer that stopped reading would hold us
             tg.cancel_scope.cancel()
             gate.failures.flush(force=True)
+
+    def _registered(self, port: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Cluster mode: this node registered in Redis while it serves."""
+        return self.link.serving(port) if self.link else contextlib.nullcontext()
 
     async def _signals(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -290,6 +317,9 @@ def run(config_path: Path) -> int:
     try:
         anyio.run(App(config, config_path).run)
     except DataDirBusy as exc:
+        logger.error("%s", exc)
+        return 1
+    except NodeNameTaken as exc:
         logger.error("%s", exc)
         return 1
     return 0

@@ -101,6 +101,9 @@ class KeyTable:
 class RateLimiter:
     """Token bucket per user for control requests: `per_minute` burst, refilled evenly."""
 
+    shared = False
+    """Counted by `count` when the request runs (in Redis), not by `check` when accepted."""
+
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -113,3 +116,6 @@ class RateLimiter:
             self._buckets[user] = (tokens, now)
             raise Overloaded(f"rate limit exceeded: {self.per_minute} control requests per minute")
         self._buckets[user] = (tokens - 1.0, now)
+
+    async def count(self, user: str) -> None:
+        self.check(user)

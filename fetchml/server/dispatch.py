@@ -96,7 +96,23 @@ def accept_log_at(
 
 def dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
     if rate_limited(req):
+        if ctx.limiter.shared:  # counted in Redis as the request runs
+            barrier = _dispatch(ctx, who, req)
+            assert isinstance(barrier, Barrier)  # every rate-limited request is one
+            return Barrier(req, who, partial(_counted, ctx, who, barrier.run))
         ctx.limiter.check(who.user)
+    return _dispatch(ctx, who, req)
+
+
+async def _counted(
+    ctx: Context, who: Identity, run: Callable[[], Awaitable[Response] | Response]
+) -> Response:
+    await ctx.limiter.count(who.user)
+    result = run()
+    return await result if isinstance(result, Awaitable) else result
+
+
+def _dispatch(ctx: Context, who: Identity, req: Request) -> Outcome:
     match req:
         case LogMetric() | LogMetrics():
             return accept_log(ctx, who, req.OPCODE, req.commit_hex, req.tails())

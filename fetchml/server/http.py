@@ -86,6 +86,12 @@ class Metrics:
         self.audit_write_errors = Counter(
             "fetchml_audit_write_errors", "Audit lines that could not be written", registry=r
         )
+        self.cluster_nodes = Gauge(
+            "fetchml_cluster_nodes", "Cluster nodes alive in Redis (0 standalone)", registry=r
+        )
+        self.redis_up = Gauge(
+            "fetchml_redis_up", "1 while the cluster's Redis answers (0 standalone)", registry=r
+        )
 
     def on_flush(self, records: int, seconds: float) -> None:
         self.metrics_appended.inc(records)
@@ -247,6 +253,17 @@ class Gate:
             return self._refuse(connection, SERVICE_UNAVAILABLE, "too many connections")
         return None
 
+    async def shared(self, connection: ServerConnection, request: Request) -> Response | None:
+        """process_request in cluster mode: a key-less upgrade first reads whether its address
+        is throttled on any node; the failures a handshake counted are shared before it is
+        answered."""
+        if request.path.split("?", 1)[0] == WS_PATH and _keyless(request.headers):
+            peer = connection.remote_address[0] if connection.remote_address else "?"
+            await self.throttle.refresh(peer)
+        response = self(connection, request)
+        await self.throttle.flush()
+        return response
+
     def failed(self, peer: str, reason: str, counts: bool = True) -> bool:
         """An authentication failure from `peer`: counted and reported, and when it
         `counts` towards the throttle, True when the address is throttled now."""
@@ -282,6 +299,13 @@ class Gate:
 
 SERVICE_UNAVAILABLE = http.HTTPStatus.SERVICE_UNAVAILABLE
 TOO_MANY = http.HTTPStatus.TOO_MANY_REQUESTS
+
+
+def _keyless(headers: Headers) -> bool:
+    try:
+        return handshake_key(headers) is None
+    except BadHandshakeKey:
+        return False
 
 
 def _response(connection: ServerConnection, body: str, content_type: str) -> Response:

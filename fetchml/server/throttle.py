@@ -79,6 +79,12 @@ class Throttle:
         state = self._peers.get(peer)
         return max(0.0, state.until - self.clock()) if state else 0.0
 
+    async def refresh(self, peer: str) -> None:
+        """Learn whether `peer` is throttled elsewhere (cluster mode)."""
+
+    async def flush(self) -> None:
+        """Share the failures counted since the last flush (cluster mode)."""
+
 
 class Unverified(Generic[T]):
     """Connections that have not shown a valid key yet, by address, oldest first."""
