@@ -21,6 +21,7 @@ from .auth import KeyTable, RateLimiter
 from .config import Config, ConfigError, config_warnings, load_config
 from .connection import Connection
 from .errors import ServerError
+from .fanout import Fanout
 from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
 from .health import CachedCount
@@ -46,6 +47,8 @@ class App:
         self.stop_requested = anyio.Event()
         self.notifier = Notifier()
         self.ctx: Context | None = None
+        self.fanout: Fanout | None = None
+        """Cluster mode: the fan-out over Redis; `fanout.up` is False while Redis is away."""
         self.experiment_count = CachedCount(lambda: len(list_commits(config.storage.base_path)))
         self.gate: Gate | None = None
         self.drained = anyio.Event()
@@ -176,6 +179,9 @@ class App:
                         audit,
                     )
                     store.hooks.append(self.hub.on_commit)
+                    if cfg.cluster.enabled:
+                        self.fanout = self.ctx.fanout = Fanout(cfg.cluster, self.ctx)
+                        store.hooks.append(self.fanout.on_commit)
                     store.flush_hooks.append(self.metrics.on_flush)
                     await self._serve(on_ready, handle_signals)
                 finally:
@@ -219,6 +225,9 @@ class App:
                 await tg.start(self._signals)
             tg.start_soon(self.notifier.watchdog_loop)
             tg.start_soon(self._sweep, gate, tg)
+            if self.fanout is not None:
+                node = self.config.cluster.node_name or f"{s.host}:{self.port}"
+                tg.start_soon(self.fanout.run, node)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
             if on_ready:
