@@ -78,6 +78,7 @@ class Context:
         self.heavy = HeavyLimiter(self.config.server.heavy_queries_per_user)
         self.runs = RunStore(self.store.base, self.store.budget, self.config.runs.crash_after_s)
         self.store.hooks.append(self.runs.on_commit)
+        self.store.forget_hooks += [self.series.drop, self.runs.forget]
 
 
 def _now() -> int:
@@ -275,8 +276,6 @@ async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
     pruned = await ctx.store.prune(kind, req.value, owner=owner)
     for commit in pruned:
         ctx.hub.end(commit)
-        ctx.series.drop(commit)
-        ctx.runs.forget(commit)
     ctx.audit("prune", who, prune_type=kind, value=req.value, pruned=pruned)
     return _data("pruned", shapes.pruned(pruned))
 
