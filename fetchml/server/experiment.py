@@ -330,7 +330,9 @@ def refresh(
             return state, cp
         if size < state.end:
             state = state.restart()
-        result, cp = resume(path, fd, state.end, state.count, cp, index_bytes)
+        indexing = index_bytes and size - (cp.end if cp else 0) >= index_bytes
+        with exlock.held(path) if indexing else contextlib.nullcontext():  # sidecar writes
+            result, cp = resume(path, fd, state.end, state.count, cp, index_bytes)
         return FileState(result.end, result.records, size, state.epoch), cp
     finally:
         os.close(fd)
