@@ -188,7 +188,7 @@ class Fanout:
             if "pruned" in message:
                 commit = check_commit(message["pruned"])
                 self.ctx.store.forget(commit)
-                self.ctx.drop(commit)
+                self.ctx.hub.end(commit)
             else:
                 commit = check_commit(message["commit"])
                 self.ctx.hub.nudge(commit)

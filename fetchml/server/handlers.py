@@ -83,12 +83,7 @@ class Context:
         self.heavy = HeavyLimiter(self.config.server.heavy_queries_per_user)
         self.runs = RunStore(self.store.base, self.store.budget, self.config.runs.crash_after_s)
         self.store.hooks.append(self.runs.on_commit)
-
-    def drop(self, commit: str) -> None:
-        """A pruned experiment (here or on another node): its watchers end, its caches go."""
-        self.hub.end(commit)
-        self.series.drop(commit)
-        self.runs.forget(commit)
+        self.store.forget_hooks += [self.series.drop, self.runs.forget]
 
 
 def _now() -> int:
@@ -287,7 +282,7 @@ async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
         await ctx.fanout.require()  # the other nodes must hear of it
     pruned = await ctx.store.prune(kind, req.value, owner=owner)
     for commit in pruned:
-        ctx.drop(commit)
+        ctx.hub.end(commit)
     if ctx.fanout is not None:
         ctx.fanout.pruned(pruned)
     ctx.audit("prune", who, prune_type=kind, value=req.value, pruned=pruned)
