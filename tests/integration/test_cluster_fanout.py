@@ -30,7 +30,7 @@ from tests.support.watch import (
     watch,
     write,
 )
-from tests.support.wire import RawClient, closed_with, data_of, expect_error
+from tests.support.wire import RawClient, closed_with, data_of, expect_error, query_all
 
 TARGET_S = 0.02
 """Cross-node push latency claimed at p99 (the file poller's interval is 200 ms)."""
@@ -207,6 +207,10 @@ async def test_prune_on_one_node_ends_watchers_and_drops_caches_on_the_others(
         on_b, GetExperiment(key_hash=ADMIN, commit_id=gone), ErrorCode.RESOURCE_NOT_FOUND
     )
     data_of(await on_b.call(GetExperiment(key_hash=ADMIN, commit_id=kept)), "experiment")
+
+    # Created again under the same commit: b serves the new file, nothing it knew of the old.
+    await write(await create(a, gone), batch(gone, 100, 2))
+    assert [r.step for r in await query_all(on_b, gone)] == [100, 101]
 
 
 async def test_without_redis_ingest_and_same_node_watches_go_on_and_prune_is_refused(
