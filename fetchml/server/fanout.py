@@ -125,7 +125,7 @@ class Fanout:
             ends, self._ends = self._ends, {}
             pruned, self._pruned = self._pruned, []
             if not self.up:
-                continue  # dropped: other nodes poll the files meanwhile
+                continue  # dropped while Redis is away: other nodes poll the files meanwhile
             messages = [self._message(pruned=commit) for commit in pruned]
             messages += [self._message(commit=commit, end=end) for commit, end in ends.items()]
             try:
@@ -157,7 +157,7 @@ class Fanout:
                     self.ctx.hub.nudge(commit)
                 await self._listen(pubsub)
             except (RedisError, OSError) as exc:
-                if self.up:
+                if backoff == MIN_BACKOFF_S:  # the first failure since starting or subscribing
                     logger.warning("fan-out: Redis unreachable, reconnecting: %s", exc)
                 self.up = False
             finally:

@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -293,3 +294,22 @@ async def test_a_malformed_message_is_logged_and_ignored(
 def test_a_standalone_daemon_never_imports_redis() -> None:
     code = "import sys, fetchml.server.app; assert 'redis' not in sys.modules, 'redis imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_node_started_while_redis_is_down_works_and_subscribes_when_it_comes(
+    start_daemon: DaemonFactory, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "late")
+    try:
+        a: Daemon = await start_daemon(cluster={"redis_url": server.url, "node_name": "a"})
+        commit = commit_of(136)
+        writer = await create(a, commit)
+        here = Follower(await start_watch(a, watch(commit)))
+        await write(writer, batch(commit, 0, 3))
+        await here.until(3)
+        assert not fanout(a).up
+        server.start()
+        await poll(lambda: fanout(a).up, "the node to subscribe")
+        here.task.cancel()
+    finally:
+        server.stop()
