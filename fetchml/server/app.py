@@ -23,6 +23,7 @@ from .cluster import ClusterLink, NodeNameTaken
 from .config import Config, ConfigError, config_warnings, load_config
 from .connection import Connection
 from .errors import ServerError
+from .fanout import Fanout
 from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
 from .health import CachedCount
@@ -49,6 +50,8 @@ class App:
         self.stop_requested = anyio.Event()
         self.notifier = Notifier()
         self.ctx: Context | None = None
+        self.fanout: Fanout | None = None
+        """Cluster mode: the fan-out over Redis; `fanout.up` is False while Redis is away."""
         self.experiment_count = CachedCount(lambda: len(list_commits(config.storage.base_path)))
         self.gate: Gate | None = None
         self.drained = anyio.Event()
@@ -59,10 +62,13 @@ class App:
     def health(self) -> dict[str, object]:
         """O(1): the experiment count is cached; "degraded" while the data directory
         cannot be listed (the count is then the last one that could be made) or the
-        cluster's Redis does not answer (the nodes are those of the last heartbeat)."""
+        cluster's Redis does not answer or the fan-out is not subscribed (the nodes are
+        those of the last heartbeat)."""
         experiments = self.experiment_count.get()
         link = self.link
+        fanout = self.fanout
         ok = self.experiment_count.ok and (link is None or link.up)
+        ok = ok and (fanout is None or fanout.up)
         return {
             "status": "ok" if ok else "degraded",
             "version": __version__,
@@ -192,6 +198,9 @@ class App:
                         audit,
                     )
                     store.hooks.append(self.hub.on_commit)
+                    if cfg.cluster.enabled:
+                        self.fanout = self.ctx.fanout = Fanout(cfg.cluster, self.ctx)
+                        store.hooks.append(self.fanout.on_commit)
                     store.flush_hooks.append(self.metrics.on_flush)
                     await self._serve(on_ready, handle_signals)
                 finally:
@@ -242,6 +251,8 @@ class App:
             if shared is not None:
                 tg.start_soon(shared.link.run)
                 tg.start_soon(shared.run)
+            if self.fanout is not None and self.link is not None:
+                tg.start_soon(self.fanout.run, self.link.name)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
             if on_ready:

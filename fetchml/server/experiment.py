@@ -29,7 +29,7 @@ import anyio
 
 from fetchml.protocol.records import Metadata, encode_metadata
 
-from . import files
+from . import exlock, files
 from .entries import open_entry
 from .errors import AlreadyExists, NotFound
 from .files import (
@@ -172,6 +172,14 @@ class Experiment:
     def close(self) -> None:
         self.settle(self.state, None)
 
+    def remove(self) -> None:
+        """Pruned: the descriptor is closed now, or by the `settle` that ends a worker step
+        holding `lock` (which may be using it)."""
+        if self.lock.locked():
+            self.phase = Phase.REMOVED
+        else:
+            self.settle(self.state, None, removed=True)
+
 
 # -- worker steps: values in, a new FileState out ---------------------------------------
 
@@ -215,6 +223,7 @@ def open_for_append(
             fsync_dir(path)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            exlock.check_same(fd, path)  # not pruned since the directory was opened
             size = os.fstat(fd).st_size
             if state.corrupt and size == state.size:
                 new = state
@@ -274,14 +283,16 @@ def recover(
 def append(
     fd: int, metrics: Path, state: FileState, data: bytes, count: int, fsync: bool, wait: bool
 ) -> FileState | None:
-    """Lock, check the file's end, write, sync. The new state holds the records at its
-    end; a corrupt one (found on the way) means nothing was written. None when `wait` is
-    False and another process holds the file lock."""
+    """Lock, check that the path still names the file (NotFound: pruned or replaced) and
+    the file's end, write, sync. The new state holds the records at its end; a corrupt one
+    (found on the way) means nothing was written. None when `wait` is False and another
+    process holds the file lock."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return None
     try:
+        exlock.check_same(fd, metrics.parent)
         size = os.fstat(fd).st_size
         if size != state.end:  # another writer, or a failed partial write
             if size < state.end:
@@ -319,7 +330,9 @@ def refresh(
             return state, cp
         if size < state.end:
             state = state.restart()
-        result, cp = resume(path, fd, state.end, state.count, cp, index_bytes)
+        indexing = index_bytes and size - (cp.end if cp else 0) >= index_bytes
+        with exlock.held(path) if indexing else contextlib.nullcontext():  # sidecar writes
+            result, cp = resume(path, fd, state.end, state.count, cp, index_bytes)
         return FileState(result.end, result.records, size, state.epoch), cp
     finally:
         os.close(fd)

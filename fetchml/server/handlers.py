@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -52,6 +52,9 @@ from .series import SeriesCache
 from .storage import ExperimentInfo, ExperimentStore
 from .watch import Subscriber, WatchHub
 
+if TYPE_CHECKING:
+    from .fanout import Fanout
+
 logger = logging.getLogger(__name__)
 
 Audit = Callable[..., None]
@@ -67,6 +70,8 @@ class Context:
     hub: WatchHub
     limiter: RateLimiter
     audit: Audit = field(default=lambda *a, **k: None)
+    fanout: "Fanout | None" = None
+    """Cluster mode: the fan-out to the other nodes."""
     series: SeriesCache = field(init=False)
     heavy: HeavyLimiter = field(init=False)
     runs: RunStore = field(init=False)
@@ -78,6 +83,7 @@ class Context:
         self.heavy = HeavyLimiter(self.config.server.heavy_queries_per_user)
         self.runs = RunStore(self.store.base, self.store.budget, self.config.runs.crash_after_s)
         self.store.hooks.append(self.runs.on_commit)
+        self.store.forget_hooks += [self.series.drop, self.runs.forget]
 
 
 def _now() -> int:
@@ -272,11 +278,13 @@ def _prune_target(
 
 async def prune(ctx: Context, who: Identity, req: Prune) -> Response:
     kind, owner = _prune_target(who, req)
+    if ctx.fanout is not None:
+        await ctx.fanout.require()  # the other nodes must hear of it
     pruned = await ctx.store.prune(kind, req.value, owner=owner)
     for commit in pruned:
         ctx.hub.end(commit)
-        ctx.series.drop(commit)
-        ctx.runs.forget(commit)
+    if ctx.fanout is not None:
+        ctx.fanout.pruned(pruned)
     ctx.audit("prune", who, prune_type=kind, value=req.value, pruned=pruned)
     return _data("pruned", shapes.pruned(pruned))
 

@@ -6,7 +6,7 @@ repeats one layout of names, else found by their length bytes and checked with n
 stretch that is not plainly valid is checked by protocol.metrics.scan.
 
 Plain synchronous code for a worker thread; the caller holds the experiment's sidecar
-lock, so one writer at a time.
+lock and its flock (exlock.py), so one writer at a time, in every process.
 """
 
 import logging
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from . import sidecar
+from . import exlock, sidecar
 from .batches import Batch, cycles, general
-from .entries import Damaged, open_entry
+from .entries import Damaged
 from .fastscan import periodic
-from .files import METRICS, FileScan, scan_file, write_all
+from .files import FileScan, scan_file, write_all
 from .sidecar import ANCHORS, INDEX, ROW, Checkpoint, NameInfo, Record
 
 logger = logging.getLogger(__name__)
@@ -230,12 +230,9 @@ def check(directory: Path, fd: int, cp: Checkpoint | None) -> Checkpoint | None:
 
 def extend_to(directory: Path, cp: Checkpoint | None, end: int) -> Checkpoint:
     """The sidecars extended (or rebuilt) to cover the first `end` bytes of metrics.bin,
-    a valid prefix."""
-    fd = open_entry(directory, METRICS, os.O_RDONLY)
-    try:
+    a valid prefix. Under the experiment's flock (exlock.held): NotFound when it is gone."""
+    with exlock.held(directory) as fd:
         cp = check(directory, fd, cp)
         if cp is not None and cp.end >= end:
             return cp
         return extend(directory, fd, cp, end)[0]
-    finally:
-        os.close(fd)

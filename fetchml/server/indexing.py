@@ -3,6 +3,7 @@ background as a file grows, read under each experiment's sidecar lock, and throw
 to be written again when found damaged. Event loop only; the work runs in worker threads.
 """
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from . import indexer, sidecar
+from . import exlock, indexer, sidecar
 from .entries import Damaged
 from .errors import NotFound
 from .experiment import Experiment, Phase
@@ -70,6 +71,8 @@ class Sidecars:
             return True
         try:
             cp = await anyio.to_thread.run_sync(indexer.extend_to, exp.path, exp.sidecar, end)
+        except NotFound:  # pruned meanwhile
+            return False
         except (OSError, indexer.TooManyNames, Damaged) as exc:
             logger.warning("%s: sidecars not extended: %s", exp.commit, exc)
             exp.no_sidecars = True
@@ -127,6 +130,12 @@ class Sidecars:
         logger.warning("%s: sidecars damaged (%s): rebuilding", exp.commit, why)
         exp.trust(None)
         try:
-            await anyio.to_thread.run_sync(sidecar.remove, exp.path)
+            await anyio.to_thread.run_sync(_remove, exp.path)
         except OSError as exc:
             logger.warning("%s: sidecars not removed: %s", exp.commit, exc)
+
+
+def _remove(directory: Path) -> None:
+    """The sidecars deleted under the experiment's flock (nothing when it is gone)."""
+    with contextlib.suppress(NotFound), exlock.held(directory):
+        sidecar.remove(directory)

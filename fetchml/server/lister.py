@@ -142,6 +142,13 @@ class Lister:
                 out.append(info)
         return out
 
+    def forget(self, commit: str) -> None:
+        """The experiment is gone: the tree is listed again and its entry dropped."""
+        self.tree = None
+        if self._seen is not None and self._seen.pop(commit, None) is not None:
+            self._unsaved = True
+        self._order = None
+
     def _save_listing(self, tg: anyio.abc.TaskGroup | None) -> None:
         """Save the listing in the background when it changed and no save is under way."""
         if self._seen is None or not self._unsaved or self._saving or tg is None:

@@ -1,7 +1,7 @@
 """run.json, one experiment's run document, as files: read (never through a symlink,
 only a regular file of at most 64 KiB), checked against what is known by its stat,
 written whole and atomically (files.write_file_atomic: temporary file, fsync, rename,
-fsync of the directory; mode 0600), and reported with the derived `crashed`. Plain
+fsync of the directory; mode 0600; an update under the experiment's flock), and reported with the derived `crashed`. Plain
 blocking functions on values, run in worker threads (the stat-only ones on the
 event loop too).
 """
@@ -13,7 +13,9 @@ from typing import Any
 
 from fetchml.protocol import runs
 
+from . import exlock
 from .entries import Damaged, open_entry
+from .errors import StorageFault
 from .files import METRICS, write_file_atomic
 
 RUN = "run.json"
@@ -97,6 +99,18 @@ def write_document(directory: Path, doc: dict[str, Any]) -> Loaded:
     path = directory / RUN
     write_file_atomic(path, runs.dumps(doc).encode())
     return Loaded(_stamp(os.stat(path, follow_symlinks=False)), doc)
+
+
+def update_document(directory: Path, patch: dict[str, Any], default_name: str, now: int) -> Loaded:
+    """Worker: UPDATE_RUN under the experiment's flock (exlock.held), so that concurrent
+    updates by several processes all land: run.json read now, the patch applied, the
+    document written whole. NotFound when the experiment is gone."""
+    with exlock.held(directory):
+        loaded = read_document(directory)
+        if loaded.unreadable:
+            raise StorageFault(UNREADABLE)
+        doc = runs.apply_patch(loaded.doc, patch, default_name=default_name, now=now)
+        return write_document(directory, doc)
 
 
 def metrics_mtime(directory: str | Path) -> float:

@@ -1,8 +1,8 @@
 """Run documents in the daemon: UPDATE_RUN's merge, and what listings know of every
 experiment (meta.bin, run.json), cached. The files themselves: rundoc.py.
 
-- run.json is written by one UPDATE_RUN at a time per experiment (a lock each), off
-  the event loop; a document that is not a regular file, over 64 KiB or not a valid
+- run.json is written by one UPDATE_RUN at a time per experiment (a lock each, and
+  the experiment's flock across processes: rundoc.update_document), off the event loop; a document that is not a regular file, over 64 KiB or not a valid
   document is *unreadable*: reported as null.
 - The cache holds one Row per experiment: its document with the file's (inode, size,
   mtime, ctime), checked against a fresh stat before a single document is used, by
@@ -11,7 +11,9 @@ experiment (meta.bin, run.json), cached. The files themselves: rundoc.py.
   when served. It is charged to the store's CacheBudget. meta.bin, once readable, is
   cached for good, as the store does.
 - Reported status: a stored `running` whose clock (heartbeat, creation, last append)
-  is more than crash_after_s old is reported `crashed` (never written).
+  is more than crash_after_s old is reported `crashed` (never written). The last append
+  is this process's, or metrics.bin's mtime when later (another process's appends keep
+  a run alive): looked at before a run is reported crashed.
 Event loop only, except the module functions, which worker threads run on values.
 """
 
@@ -20,22 +22,20 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from fetchml.protocol import runs
 from fetchml.protocol.records import Metadata
 
 from .budget import CacheBudget
-from .errors import StorageFault
 from .files import list_commits, load_metadata, storage_error
 from .rundoc import (
     ABSENT,
     RUN,
     SMALL_DOCUMENT,
-    UNREADABLE,
     Loaded,
     Stamp,
     cached,
@@ -43,7 +43,7 @@ from .rundoc import (
     metrics_mtime,
     read_document,
     report,
-    write_document,
+    update_document,
 )
 
 ENTRY_OVERHEAD = 256
@@ -147,9 +147,10 @@ def scan(
         last = appended.get(commit)
         until = math.inf
         if doc is not None and doc["status"] == "running":
-            if last is None:
-                last = metrics_mtime(directory)
-            until = max(doc["heartbeat_at"] or 0, doc["created_at"] or 0, last) + crash_after_s
+            clock = max(doc["heartbeat_at"] or 0, doc["created_at"] or 0)
+            if last is None or max(clock, last) + crash_after_s < now:  # appended elsewhere?
+                last = max(last or 0.0, metrics_mtime(directory))
+            until = max(clock, last) + crash_after_s
             doc = report(doc, now, last, crash_after_s)
         rows.append(Row(commit, meta, loaded, doc, last, path, until))
     return rows
@@ -211,18 +212,23 @@ class RunStore:
         self._appended.pop(commit, None)
         self.budget.forget(("run", commit))
 
-    def last_append(self, commit: str) -> float:
-        """The server clock of the experiment's last append: tracked from group commit,
-        metrics.bin's mtime for what came before this process."""
+    def last_append(self, commit: str, fresh: bool = False) -> float:
+        """The server clock of the experiment's last append: tracked from group commit, or
+        metrics.bin's mtime when that is later (what came before this process, or from
+        another one), looked at when nothing is tracked or `fresh`."""
         last = self._appended.get(commit)
-        if last is None:
-            last = self._appended[commit] = metrics_mtime(self.base / commit)
+        if last is None or fresh:
+            last = self._appended[commit] = max(last or 0.0, metrics_mtime(self.base / commit))
         return last
 
     def reported(self, commit: str, doc: dict[str, Any] | None) -> dict[str, Any] | None:
         if doc is None or doc["status"] != "running":
             return doc
-        return report(doc, self.clock(), self.last_append(commit), self.crash_after_s)
+        now = self.clock()
+        out = report(doc, now, self.last_append(commit), self.crash_after_s)
+        if out is not doc:  # crashed, unless another process appended since: the file says
+            out = report(doc, now, self.last_append(commit, True), self.crash_after_s)
+        return out
 
     def _store(self, commit: str, loaded: Loaded) -> None:
         entry = cached(loaded)
@@ -248,23 +254,18 @@ class RunStore:
         lock = self._locks.setdefault(commit, anyio.Lock())
         try:
             async with lock:
-                loaded = await self.load(commit)
-                if loaded.unreadable:
-                    raise StorageFault(UNREADABLE)
-                doc = runs.apply_patch(
-                    loaded.doc, patch, default_name=default_name, now=int(self.clock())
+                work = partial(
+                    update_document, self.base / commit, patch, default_name, int(self.clock())
                 )
                 try:
-                    written = await anyio.to_thread.run_sync(
-                        write_document, self.base / commit, doc
-                    )
+                    written = await anyio.to_thread.run_sync(work)
                 except OSError as exc:
                     raise storage_error(exc) from exc
                 self._store(commit, written)
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(commit, None)
-        reported = self.reported(commit, doc)
+        reported = self.reported(commit, written.doc)
         assert reported is not None
         return reported
 
@@ -297,8 +298,10 @@ class RunStore:
             old = before.get(row.commit)
             if row is old:
                 continue
-            if row.last_append is not None:
-                self._appended.setdefault(row.commit, row.last_append)
+            if row.last_append is not None and row.last_append > self._appended.get(
+                row.commit, -math.inf
+            ):
+                self._appended[row.commit] = row.last_append
             if old is None or row.loaded is not old.loaded or row.meta is not old.meta:
                 self._keep(row)
             else:

@@ -11,7 +11,6 @@ event loop, and worker threads get values and give back new ones.
 import asyncio
 import logging
 import os
-import shutil
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AsyncExitStack, aclosing
@@ -23,7 +22,7 @@ import anyio.abc
 
 from fetchml.protocol.records import Metadata, encode_metadata
 
-from . import experiment
+from . import exlock, experiment
 from .budget import CacheBudget
 from .errors import AlreadyExists, NotFound, ServerError, StorageFault
 from .experiment import Experiment, FileState, MetaInfo, Phase
@@ -32,7 +31,6 @@ from .files import (
     META,
     READ_CHUNK,
     check_commit,
-    fsync_dir,
     list_commits,
     load_metadata,
     storage_error,
@@ -82,6 +80,9 @@ class ExperimentStore:
         self.hooks: list[CommitHook] = []
         self.flush_hooks: list[FlushHook] = []
         """Called with (records, seconds) after each flush; for metrics."""
+        self.forget_hooks: list[Callable[[str], None]] = []
+        """Called with the commit of an experiment the store forgets (`forget`): the caches
+        kept beside the store (run documents, columns) drop theirs."""
         self._open = OpenExperiments(self.base, max_open_files, self._forget_index)
         self.lister = Lister(self, self._open)
         self._commits: GroupCommit[Experiment] | None = None
@@ -112,6 +113,19 @@ class ExperimentStore:
 
     def _forget_index(self, exp: Experiment) -> None:
         self.budget.forget(("offsets", exp.commit))
+
+    def forget(self, commit: str) -> None:
+        """The experiment is gone (pruned here or by another process): its open file, what
+        is known of it and every cache of it (`forget_hooks` too) are dropped, so its next
+        use looks at the disk again. A worker step under way keeps the file until it ends."""
+        exp = self._open.held(commit)
+        self._open.drop(commit)
+        if exp is not None:
+            exp.remove()
+            self._forget_index(exp)
+        self.lister.forget(commit)
+        for hook in self.forget_hooks:
+            hook(commit)
 
     # -- paths and metadata ------------------------------------------------
 
@@ -220,9 +234,16 @@ class ExperimentStore:
                 )
                 assert state is not None  # a write that waits always gets the lock
                 return self._written(exp, state, fd, count)
+        except NotFound:  # pruned or replaced by another process: its file goes
+            if self._open.held(exp.commit) is exp:
+                self.forget(exp.commit)
+            raise
         except OSError as exc:
             logger.error("append to %s failed: %s", exp.commit, exc)
             raise storage_error(exc) from None
+        finally:
+            if exp.phase is Phase.REMOVED and not exp.lock.locked():
+                exp.close()  # forgotten during the step: its descriptor goes now
 
     def _write_inline(self, exp: Experiment, data: bytes, count: int) -> int | None:
         """A small write to the page cache, on the event loop: a thread hop would cost more
@@ -268,31 +289,19 @@ class ExperimentStore:
     # -- reads -------------------------------------------------------------
 
     async def count(self, commit: str) -> int:
-        """Records in the valid prefix now, whoever appended them (a file this process
-        holds open is checked for another process's appends too, unless a worker step,
-        which checks it itself, is under way)."""
-        exp = await self._scanned(commit)
-        fd = exp.fd
-        if (
-            exp.phase is Phase.OPEN
-            and fd is not None
-            and not exp.lock.locked()
-            and os.fstat(fd).st_size != exp.state.end
-        ):
-            try:
-                async with exp.lock:
-                    await self._refresh(exp, True)
-            except OSError as exc:
-                logger.error("reading %s failed: %s", exp.metrics_path, exc)
-                raise storage_error(exc) from None
-        return exp.state.count
+        """Records in the valid prefix now, whoever appended them."""
+        return (await self._scanned(commit)).state.count
 
     async def _scanned(self, commit: str) -> Experiment:
-        """An experiment whose valid prefix is known and current."""
+        """An experiment whose valid prefix is known and current: another process's appends
+        are read first (on a file this process holds open, unless a worker step is under
+        way, which reads them itself)."""
         exp = self._open.get(commit)
         if exp.phase is Phase.OPEN:
-            return exp
-        if not os.path.lexists(exp.path):  # removed from outside
+            fd = exp.fd
+            if fd is None or exp.lock.locked() or os.fstat(fd).st_size == exp.state.end:
+                return exp
+        elif not os.path.lexists(exp.path):  # removed from outside
             self._open.drop(commit)
             if not exp.busy:
                 exp.close()
@@ -388,18 +397,15 @@ class ExperimentStore:
         """Remove experiments (Go PruneExperiments): keep the newest `value`, or
         remove those older than `value` days. Unreadable metadata is never pruned.
         With `owner`, only that user's experiments are considered."""
-        victims = self.prune_selection(kind, value, now, owner)
-        for commit in victims:
+        pruned = []
+        for commit in self.prune_selection(kind, value, now, owner):
             exp = self._open.get(commit)
             async with exp.lock, exp.sidecar_lock:
                 exp.settle(exp.state, None, removed=True)  # a flush still holding it fails
-                await anyio.to_thread.run_sync(shutil.rmtree, exp.path)
-            self._open.drop(commit)
-            self._forget_index(exp)
-        if victims:
-            self.lister.tree = None
-            await anyio.to_thread.run_sync(fsync_dir, self.base)
-        return victims
+                if await anyio.to_thread.run_sync(exlock.remove, exp.path):
+                    pruned.append(commit)
+            self.forget(commit)
+        return pruned
 
     def prune_selection(
         self,

@@ -1,0 +1,79 @@
+"""The experiment's flock: what every process that changes one experiment directory
+(daemons sharing the data directory, fetch_ml's Go writer) agrees on.
+
+An exclusive flock on metrics.bin is held by each step that changes the experiment:
+appends (experiment.append), UPDATE_RUN's read and write of run.json, sidecar writes and
+prune. Holding it, a step checks that the path still names the file it locked (device
+and inode): prune renames the directory away under the lock before deleting it, so a
+step that finds the name gone or replaced answers NotFound, and no step ever makes an
+experiment directory. Plain blocking functions, for worker threads.
+"""
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .entries import Damaged, open_entry
+from .errors import NotFound
+from .files import METRICS, fsync_dir
+
+logger = logging.getLogger(__name__)
+
+PRUNED = ".pruned-"
+"""Prefix of the hidden name a pruned directory has until it is deleted."""
+
+
+def check_same(fd: int, directory: Path) -> None:
+    """NotFound unless the directory's metrics.bin is the file open as `fd`."""
+    try:
+        st = os.stat(directory / METRICS, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    held = os.fstat(fd)
+    if st is None or (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+        raise NotFound(f"experiment {directory.name} not found")
+
+
+@contextlib.contextmanager
+def held(directory: Path) -> Iterator[int]:
+    """The experiment's flock, checked: metrics.bin opened for reading and writing (made,
+    empty, when missing: the directory itself never is), locked and checked to still be the
+    experiment's. NotFound when the experiment is gone."""
+    try:
+        fd = open_entry(directory, METRICS, os.O_RDWR | os.O_CREAT)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"experiment {directory.name} not found") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        check_same(fd, directory)
+        yield fd
+    finally:
+        os.close(fd)  # and with it the lock
+
+
+def remove(directory: Path) -> bool:
+    """Prune: rename the directory to a hidden name in the same parent under its flock,
+    then delete it. False when it was gone already (another process pruned it)."""
+    away = directory.with_name(f"{PRUNED}{directory.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        with held(directory):
+            os.rename(directory, away)
+            fsync_dir(directory.parent)
+    except NotFound:
+        return False
+    except Damaged:  # no usable metrics.bin to lock: nothing appends to it either
+        try:
+            os.rename(directory, away)
+        except FileNotFoundError:
+            return False
+        fsync_dir(directory.parent)
+    try:
+        shutil.rmtree(away)
+    except OSError as exc:
+        logger.warning("%s: renamed away but not deleted: %s", away, exc)
+    return True
