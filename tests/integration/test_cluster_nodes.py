@@ -130,7 +130,7 @@ async def test_a_password_in_the_url_is_used_and_never_logged(
     server = RedisServer(tmp_path / "locked", password="s3cret-pw").start()
     try:
         node = await start_daemon(cluster={"redis_url": server.url, "node_name": "n"})
-        assert (await health(node))["status"] == "ok"
+        await until(partial(_status, node, "ok"), "ok (registered and subscribed)")
         server.kill()
         await until(partial(_status, node, "degraded"), "degraded")
         assert "s3cret-pw" not in caplog.text and "unreachable" in caplog.text
@@ -202,8 +202,8 @@ async def test_a_rediss_url_connects_over_tls(start_daemon: DaemonFactory, tmp_p
             await anyio.sleep(0.02)
         url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
         node = await start_daemon(cluster={"redis_url": url, "node_name": "tls"})
-        body = await health(node)
-        assert (body["status"], body["nodes"]) == ("ok", ["tls"])
+        await until(partial(_status, node, "ok"), "ok over TLS (registered and subscribed)")
+        assert (await health(node))["nodes"] == ["tls"]
     finally:
         proc.kill()
         proc.wait()
