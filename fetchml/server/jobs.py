@@ -33,6 +33,7 @@ from fetchml.protocol import shapes
 from fetchml.protocol.enums import UPDATABLE_JOB_STATUSES, JobStatus
 from fetchml.protocol.rules import PRIORITY_MAX, PRIORITY_MIN
 
+from .config import Config
 from .errors import (
     DatabaseError,
     DiskFull,
@@ -214,6 +215,37 @@ class JobQueue(Protocol):
     async def close(self) -> None: ...
 
 
+def new_job(
+    job_name: str, commit_id: str, user: str, priority: int, args: str, spec: dict[str, Any] | None
+) -> Job:
+    """A queued job with a fresh ID, created now."""
+    return Job(
+        id=str(uuid.uuid4()),
+        job_name=job_name,
+        args=args,
+        status=JobStatus.QUEUED,
+        priority=priority,
+        created_at=_now(),
+        commit_id=commit_id,
+        user=user,
+        spec=spec,
+    )
+
+
+async def open_queue(config: Config) -> JobQueue:
+    """The cluster's Redis queue when `cluster.redis_url` is set, else the SQLite file."""
+    if config.cluster.enabled:
+        from .jobs_redis import RedisJobQueue  # redis is needed in cluster mode only
+
+        cluster = config.cluster
+        return await RedisJobQueue.open(
+            cluster.redis_url, cluster.key_prefix, config.jobs.keep_days, config.jobs.lease_s
+        )
+    return await SqliteJobQueue.open(
+        config.storage.jobs_db, config.jobs.keep_days, config.jobs.lease_s
+    )
+
+
 class SqliteJobQueue:
     """JobQueue on the standard-library sqlite3; open it with `await SqliteJobQueue.open(path)`."""
 
@@ -270,17 +302,7 @@ class SqliteJobQueue:
             raise InvalidRequest(f"priority must be {PRIORITY_MIN}..{PRIORITY_MAX}, got {priority}")
         if not COMMIT_RE.fullmatch(commit_id):
             raise InvalidRequest("commit_id must be 40 lowercase hex characters")
-        job = Job(
-            id=str(uuid.uuid4()),
-            job_name=job_name,
-            args=args,
-            status=JobStatus.QUEUED,
-            priority=priority,
-            created_at=_now(),
-            commit_id=commit_id,
-            user=user,
-            spec=spec,
-        )
+        job = new_job(job_name, commit_id, user, priority, args, spec)
         await self._run(lambda conn, now: _insert(conn, job))
         return job
 
