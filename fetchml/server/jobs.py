@@ -218,7 +218,12 @@ class JobQueue(Protocol):
 def new_job(
     job_name: str, commit_id: str, user: str, priority: int, args: str, spec: dict[str, Any] | None
 ) -> Job:
-    """A queued job with a fresh ID, created now."""
+    """A queued job with a fresh ID, created now; INVALID_REQUEST for a bad priority or
+    commit ID."""
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidRequest(f"priority must be {PRIORITY_MIN}..{PRIORITY_MAX}, got {priority}")
+    if not COMMIT_RE.fullmatch(commit_id):
+        raise InvalidRequest("commit_id must be 40 lowercase hex characters")
     return Job(
         id=str(uuid.uuid4()),
         job_name=job_name,
@@ -298,10 +303,6 @@ class SqliteJobQueue:
         args: str = "",
         spec: dict[str, Any] | None = None,
     ) -> Job:
-        if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-            raise InvalidRequest(f"priority must be {PRIORITY_MIN}..{PRIORITY_MAX}, got {priority}")
-        if not COMMIT_RE.fullmatch(commit_id):
-            raise InvalidRequest("commit_id must be 40 lowercase hex characters")
         job = new_job(job_name, commit_id, user, priority, args, spec)
         await self._run(lambda conn, now: _insert(conn, job))
         return job
