@@ -41,8 +41,10 @@ if deadline ~= "" then
   for _, id in ipairs(redis.call("ZRANGEBYSCORE", P .. "running", "-inf", "(" .. deadline)) do
     local k = jkey(id)
     local j = redis.call("HMGET", k, "attempts", "spec", "user", "score", "worker_id")
-    local attempts = tonumber(j[1]) + 1
-    if attempts >= (cjson.decode(j[2]).max_attempts or 1) then
+    local attempts = tonumber(j[1] or 0) + 1
+    if not j[2] then  -- the hash is gone (deleted by hand): forget the lease
+      redis.call("ZREM", P .. "running", id)
+    elseif attempts >= (cjson.decode(j[2]).max_attempts or 1) then
       finish(id, k, "3")
       redis.call("HSET", k, "attempts", attempts, "error", "lease expired")
       table.insert(expired, {id, j[5], "failed"})
@@ -142,8 +144,9 @@ local user, n = opt(ARGV[4]), tonumber(ARGV[5])
 local out = {}
 if n ~= 0 then
   local index = user and (P .. "user:" .. user) or (P .. "all")
-  for i, entry in ipairs(redis.call("ZREVRANGE", index, 0, n < 0 and -1 or n - 1)) do
-    out[i] = redis.call("HGETALL", jkey(entry:sub(17)))
+  for _, entry in ipairs(redis.call("ZREVRANGE", index, 0, n < 0 and -1 or n - 1)) do
+    local job = redis.call("HGETALL", jkey(entry:sub(17)))
+    if #job > 0 then table.insert(out, job) end  -- else deleted by hand
   end
 end
 return {expired, out}
@@ -158,8 +161,10 @@ local n = 0
 for _, id in ipairs(redis.call("ZRANGEBYSCORE", P .. "ended", "-inf", "(" .. ARGV[4])) do
   local k = jkey(id)
   local user, entry = unpack(redis.call("HMGET", k, "user", "entry"))
-  redis.call("ZREM", P .. "all", entry)
-  redis.call("ZREM", P .. "user:" .. user, entry)
+  if entry then
+    redis.call("ZREM", P .. "all", entry)
+    redis.call("ZREM", P .. "user:" .. user, entry)
+  end
   redis.call("ZREM", P .. "ended", id)
   redis.call("DEL", k)
   n = n + 1

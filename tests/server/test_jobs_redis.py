@@ -15,11 +15,13 @@ import pytest
 import redis
 
 from fetchml.protocol.enums import ErrorCode, JobStatus
-from fetchml.server import jobs_redis
+from fetchml.protocol.jobspec import parse_spec
+from fetchml.server import jobs, jobs_redis
 from fetchml.server.errors import DatabaseError, ServiceUnavailable
 from fetchml.server.jobs import JobQueue
 from fetchml.server.jobs_redis import RedisJobQueue
 from tests.support import jobqueues
+from tests.support.clock import Clock
 from tests.support.daemon import free_port
 from tests.support.redis import RedisServer
 
@@ -257,3 +259,29 @@ async def test_a_closed_queue_refuses_calls(url: str) -> None:
     await q.close()
     with pytest.raises(DatabaseError, match="closed"):
         await q.claim("w1")
+
+
+async def test_a_job_deleted_by_hand_breaks_nothing(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock.install(monkeypatch, jobs)
+    q = await RedisJobQueue.open(url, "lab:", keep_days=1, lease_s=60)
+    try:
+        spec = '{"command": ["x"]}'
+        for name in ("lost", "done"):
+            await q.enqueue(
+                job_name=name, commit_id=C1, user="alice", priority=5, args=spec,
+                spec=parse_spec(spec),
+            )  # fmt: skip
+            claimed = await q.claim("w1")
+            assert claimed is not None
+            if name == "done":
+                await q.update(claimed.id, JobStatus.COMPLETED, "", None)
+            with redis.Redis.from_url(url) as client:
+                client.delete(f"lab:job:{claimed.id}")
+        clock.t += 2 * 86400  # the lease of one and the history of the other are due
+        assert await q.queue_length() == 0
+        assert await q.list_jobs(None) == []
+        assert await q.claim("w2") is None
+    finally:
+        await q.close()
