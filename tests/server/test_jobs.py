@@ -327,6 +327,33 @@ async def test_update_errors(queue: JobQueue) -> None:
         await queue.update(running.id, JobStatus.RUNNING, "", None)
 
 
+async def test_every_refusal_has_its_code_and_exact_message(queue: JobQueue) -> None:
+    job = await add(queue, "train")
+    refusals: list[tuple[Callable[[], Awaitable[object]], type[Exception], str]] = [
+        (lambda: queue.update("nope", JobStatus.COMPLETED, "", None), JobNotFound,
+         "job nope not found"),
+        (lambda: queue.update(job.id, JobStatus.COMPLETED, "", None), InvalidRequest,
+         f"job {job.id} is not running (it is queued)"),
+        (lambda: queue.update(job.id, JobStatus.COMPLETED, "", "bob"), PermissionDenied,
+         "You can only update your own jobs"),
+        (lambda: queue.update(job.id, JobStatus.QUEUED, "", None), InvalidRequest,
+         "invalid job status 0: expected 1, 2 or 3"),
+        (lambda: queue.cancel("nope", None), JobNotFound,
+         "no queued or running job named 'nope'"),
+        (lambda: queue.cancel("train", "bob"), PermissionDenied,
+         "You can only cancel your own jobs"),
+        (lambda: add(queue, "x", priority=256), InvalidRequest,
+         "priority must be 0..255, got 256"),
+        (lambda: queue.enqueue(job_name="x", commit_id="0", user="a", priority=5),
+         InvalidRequest, "commit_id must be 40 lowercase hex characters"),
+    ]  # fmt: skip
+    for call, error, message in refusals:
+        with pytest.raises(error) as info:
+            await call()
+        assert info.value.args == (message,)
+    assert await queue.list_jobs(None) == [job]
+
+
 # --- cancel ----------------------------------------------------------------------------------
 
 

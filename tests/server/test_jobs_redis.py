@@ -6,6 +6,7 @@ import logging
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -18,13 +19,15 @@ from fetchml.protocol.enums import ErrorCode, JobStatus
 from fetchml.protocol.jobspec import parse_spec
 from fetchml.server import jobs, jobs_redis
 from fetchml.server.errors import DatabaseError, ServiceUnavailable
-from fetchml.server.jobs import JobQueue
+from fetchml.server.jobs import JobQueue, open_queue
 from fetchml.server.jobs_redis import RedisJobQueue
 from tests.support import jobqueues
 from tests.support.clock import Clock
+from tests.support.config import make_config
 from tests.support.daemon import free_port
 from tests.support.redis import RedisServer
 
+REPO = Path(__file__).resolve().parents[2]
 C1 = "0123456789abcdef0123456789abcdef01234567"
 
 job_redis = jobqueues.job_redis
@@ -285,3 +288,42 @@ async def test_a_job_deleted_by_hand_breaks_nothing(
         assert await q.claim("w2") is None
     finally:
         await q.close()
+
+
+STANDALONE = """
+import sys
+from pathlib import Path
+import anyio
+from fetchml.server.app import App
+from fetchml.server.jobs import SqliteJobQueue, open_queue
+from tests.support.config import make_config
+
+async def main() -> None:
+    config = make_config(Path(sys.argv[1]))
+    App(config)
+    queue = await open_queue(config)
+    assert isinstance(queue, SqliteJobQueue)
+    await queue.close()
+
+anyio.run(main)
+assert "redis" not in sys.modules, "standalone imported redis"
+"""
+
+
+def test_standalone_never_imports_redis(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-c", STANDALONE, str(tmp_path)], check=True, cwd=REPO, timeout=60
+    )
+
+
+async def test_cluster_mode_opens_the_redis_queue(url: str, tmp_path: Path) -> None:
+    config = make_config(tmp_path, cluster={"redis_url": url, "key_prefix": "lab:"})
+    q = await open_queue(config)
+    try:
+        assert isinstance(q, RedisJobQueue)
+        job_id = await add(q)
+    finally:
+        await q.close()
+    with redis.Redis.from_url(url) as client:
+        assert client.exists(f"lab:job:{job_id}")
+    assert not (tmp_path / "jobs.sqlite3").exists()
