@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fetchml.protocol.enums import UPDATABLE_JOB_STATUSES, JobStatus
@@ -224,14 +224,18 @@ class RedisJobQueue:
         deadline = "" if self._lease_s <= 0 else repr(now - self._lease_s)
         try:
             expired, answer = await script(client, [self._prefix, str(now), deadline, *args])
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            self.reachable = False
+        except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
             message = f"job queue unavailable: Redis at {self._where}: {reason}"
+            if self.reachable is not False:
+                logger.warning("%s", message)
+            self.reachable = False
             raise ServiceUnavailable(message) from exc
         except RedisError as exc:
             logger.exception("job queue: Redis error")
             raise DatabaseError("database error") from exc
+        if self.reachable is False:
+            logger.warning("job queue: Redis at %s answers again", self._where)
         self.reachable = True
         for job_id, worker, outcome in expired:
             logger.warning("job %s %s: lease expired (worker %s)", job_id, outcome, worker)

@@ -122,6 +122,27 @@ async def test_redis_down_is_service_unavailable_then_it_recovers(tmp_path: Path
         server.stop()
 
 
+async def test_a_read_only_replica_is_service_unavailable(
+    queue: RedisJobQueue, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As after a failover that left this node on the old primary, now a replica."""
+    caplog.set_level(logging.WARNING, logger="fetchml.server.jobs_redis")
+    job_id = await add(queue)
+    with redis.Redis.from_url(url) as client:
+        client.replicaof("127.0.0.1", str(free_port()))  # a primary that never answers
+        try:
+            for _ in range(2):
+                with pytest.raises(ServiceUnavailable, match="read only replica"):
+                    await queue.claim("w1")
+        finally:
+            client.replicaof("NO", "ONE")
+    claimed = await queue.claim("w1")  # the data stayed (a replica keeps it until it syncs)
+    assert claimed is not None and claimed.id == job_id
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages  # once when it goes, once when it is back
+    assert "read only replica" in messages[0] and "answers again" in messages[1]
+
+
 async def test_a_queue_opens_while_redis_is_down(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis")  # not started
     q = await RedisJobQueue.open(server.url, "lab:")
