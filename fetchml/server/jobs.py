@@ -8,6 +8,9 @@ process using the same file. Queue order: higher priority first, then
 insertion order (FIFO). Completed, failed and cancelled jobs that ended more
 than `keep_days` ago are deleted at open and then at most once an hour.
 
+`open_queue` opens this queue, or in cluster mode `RedisJobQueue` (jobs_redis.py), which
+keeps the same contract in the cluster's Redis.
+
 Leases: a running job queued with a spec whose max(started_at, heartbeat_at) is
 more than `lease_s` old has lost its worker. Before every operation such jobs get
 `attempts` + 1 and are queued again in their old place, or fail "lease expired"
