@@ -28,7 +28,7 @@ from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
 from .health import CachedCount
 from .http import Gate, Metrics, QuietLogger, select_subprotocol
-from .jobs import SqliteJobQueue
+from .jobs import open_queue
 from .sharedlimits import SharedRateLimiter, SharedThrottle
 from .storage import ExperimentStore
 from .systemd import Notifier
@@ -185,9 +185,7 @@ class App:
                 cache_bytes=cfg.storage.cache_bytes,
                 index_bytes=cfg.storage.index_bytes,
             ) as store:
-                jobs = await SqliteJobQueue.open(
-                    cfg.storage.jobs_db, cfg.jobs.keep_days, cfg.jobs.lease_s
-                )
+                jobs = await open_queue(cfg)
                 try:
                     self.ctx = Context(
                         cfg,

@@ -8,6 +8,9 @@ process using the same file. Queue order: higher priority first, then
 insertion order (FIFO). Completed, failed and cancelled jobs that ended more
 than `keep_days` ago are deleted at open and then at most once an hour.
 
+`open_queue` opens this queue, or in cluster mode `RedisJobQueue` (jobs_redis.py), which
+keeps the same contract in the cluster's Redis.
+
 Leases: a running job queued with a spec whose max(started_at, heartbeat_at) is
 more than `lease_s` old has lost its worker. Before every operation such jobs get
 `attempts` + 1 and are queued again in their old place, or fail "lease expired"
@@ -33,6 +36,7 @@ from fetchml.protocol import shapes
 from fetchml.protocol.enums import UPDATABLE_JOB_STATUSES, JobStatus
 from fetchml.protocol.rules import PRIORITY_MAX, PRIORITY_MIN
 
+from .config import Config
 from .errors import (
     DatabaseError,
     DiskFull,
@@ -214,6 +218,42 @@ class JobQueue(Protocol):
     async def close(self) -> None: ...
 
 
+def new_job(
+    job_name: str, commit_id: str, user: str, priority: int, args: str, spec: dict[str, Any] | None
+) -> Job:
+    """A queued job with a fresh ID, created now; INVALID_REQUEST for a bad priority or
+    commit ID."""
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidRequest(f"priority must be {PRIORITY_MIN}..{PRIORITY_MAX}, got {priority}")
+    if not COMMIT_RE.fullmatch(commit_id):
+        raise InvalidRequest("commit_id must be 40 lowercase hex characters")
+    return Job(
+        id=str(uuid.uuid4()),
+        job_name=job_name,
+        args=args,
+        status=JobStatus.QUEUED,
+        priority=priority,
+        created_at=_now(),
+        commit_id=commit_id,
+        user=user,
+        spec=spec,
+    )
+
+
+async def open_queue(config: Config) -> JobQueue:
+    """The cluster's Redis queue when `cluster.redis_url` is set, else the SQLite file."""
+    if config.cluster.enabled:
+        from .jobs_redis import RedisJobQueue  # redis is needed in cluster mode only
+
+        cluster = config.cluster
+        return await RedisJobQueue.open(
+            cluster.redis_url, cluster.key_prefix, config.jobs.keep_days, config.jobs.lease_s
+        )
+    return await SqliteJobQueue.open(
+        config.storage.jobs_db, config.jobs.keep_days, config.jobs.lease_s
+    )
+
+
 class SqliteJobQueue:
     """JobQueue on the standard-library sqlite3; open it with `await SqliteJobQueue.open(path)`."""
 
@@ -266,21 +306,7 @@ class SqliteJobQueue:
         args: str = "",
         spec: dict[str, Any] | None = None,
     ) -> Job:
-        if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-            raise InvalidRequest(f"priority must be {PRIORITY_MIN}..{PRIORITY_MAX}, got {priority}")
-        if not COMMIT_RE.fullmatch(commit_id):
-            raise InvalidRequest("commit_id must be 40 lowercase hex characters")
-        job = Job(
-            id=str(uuid.uuid4()),
-            job_name=job_name,
-            args=args,
-            status=JobStatus.QUEUED,
-            priority=priority,
-            created_at=_now(),
-            commit_id=commit_id,
-            user=user,
-            spec=spec,
-        )
+        job = new_job(job_name, commit_id, user, priority, args, spec)
         await self._run(lambda conn, now: _insert(conn, job))
         return job
 

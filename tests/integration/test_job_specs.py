@@ -17,6 +17,7 @@ from fetchml.protocol.requests import (
     Status,
     UpdateJob,
 )
+from tests.support import jobqueues
 from tests.support.experiments import commit_id
 from tests.support.inproc import Daemon, DaemonFactory
 from tests.support.keys import hash_of
@@ -29,6 +30,9 @@ from tests.support.wire import (
     status_of,
     success_of,
 )
+
+start_daemon = jobqueues.start_daemon
+job_redis = jobqueues.job_redis
 
 SPEC = '{"command": ["python", "train.py", "--lr", "0.1"], "env": {"SEED": "1"}}'
 

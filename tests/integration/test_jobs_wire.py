@@ -10,6 +10,7 @@ from fetchml.protocol.enums import ErrorCode, JobStatus
 from fetchml.protocol.requests import ClaimJob, CreateExperiment, QueueJob, Status, UpdateJob
 from fetchml.protocol.responses import StatusReport, encode_response
 from fetchml.protocol.shapes import dumps
+from tests.support import jobqueues
 from tests.support.config import raw_config, write_config
 from tests.support.daemon import daemons
 from tests.support.experiments import commit_id
@@ -17,6 +18,9 @@ from tests.support.inproc import DaemonFactory
 from tests.support.keys import hash_of
 from tests.support.mounts import fill, mount_tmpfs, unmount
 from tests.support.wire import RawClient, error_of, queue, status_of, success_of
+
+start_daemon = jobqueues.start_daemon
+job_redis = jobqueues.job_redis
 
 MAX_MESSAGE = 131072
 LONG_NAME = "n" * 255  # the longest job name: about 600 bytes of job JSON

@@ -1,8 +1,7 @@
-"""SqliteJobQueue's revision 4 rules: specs, leases, cancel by ID, UPDATE_JOB's worker_id and
+"""The JobQueue's revision 4 rules, over both backends: specs, leases, cancel by ID, UPDATE_JOB's worker_id and
 the order of its checks."""
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +10,10 @@ from fetchml.protocol.enums import ErrorCode, JobStatus
 from fetchml.protocol.jobspec import parse_spec
 from fetchml.server import jobs
 from fetchml.server.errors import InvalidRequest, JobCancelled, JobNotFound, PermissionDenied
-from fetchml.server.jobs import Job, SqliteJobQueue
+from fetchml.server.jobs import Job, JobQueue
+from tests.support import jobqueues
 from tests.support.clock import Clock
+from tests.support.jobqueues import JobStore
 
 C1 = "0123456789abcdef0123456789abcdef01234567"
 LEASE_S = 120
@@ -23,9 +24,13 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return Clock.install(monkeypatch, jobs)
 
 
+store = jobqueues.store
+job_redis = jobqueues.job_redis
+
+
 @pytest.fixture
-async def queue(tmp_path: Path, clock: Clock) -> AsyncIterator[SqliteJobQueue]:
-    q = await SqliteJobQueue.open(tmp_path / "jobs.db", lease_s=LEASE_S)
+async def queue(store: JobStore, clock: Clock) -> AsyncIterator[JobQueue]:
+    q = await store.open(lease_s=LEASE_S)
     yield q
     await q.close()
 
@@ -36,7 +41,7 @@ def spec_of(**keys: Any) -> tuple[str, dict[str, Any]]:
 
 
 async def add(
-    q: SqliteJobQueue, name: str = "train", user: str = "alice", priority: int = 5, **keys: Any
+    q: JobQueue, name: str = "train", user: str = "alice", priority: int = 5, **keys: Any
 ) -> Job:
     args, spec = spec_of(**keys)
     return await q.enqueue(
@@ -44,13 +49,13 @@ async def add(
     )
 
 
-async def claimed(q: SqliteJobQueue, worker: str = "w1") -> Job:
+async def claimed(q: JobQueue, worker: str = "w1") -> Job:
     job = await q.claim(worker, claimer="wendy")
     assert job is not None
     return job
 
 
-async def test_the_spec_is_stored_with_its_text(queue: SqliteJobQueue) -> None:
+async def test_the_spec_is_stored_with_its_text(queue: JobQueue) -> None:
     job = await add(queue, max_attempts=3)
     again = await queue.get(job.id)
     assert again == job
@@ -68,7 +73,7 @@ async def test_the_spec_is_stored_with_its_text(queue: SqliteJobQueue) -> None:
 # -- leases -----------------------------------------------------------------------------
 
 
-async def test_a_silent_job_is_requeued_in_its_place(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_a_silent_job_is_requeued_in_its_place(queue: JobQueue, clock: Clock) -> None:
     first = await add(queue, "first", priority=7, max_attempts=2)
     later = await add(queue, "later", priority=7)
     lost = await claimed(queue)
@@ -82,7 +87,7 @@ async def test_a_silent_job_is_requeued_in_its_place(queue: SqliteJobQueue, cloc
     assert (await queue.get(later.id)) == later
 
 
-async def test_a_heartbeat_extends_the_lease(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_a_heartbeat_extends_the_lease(queue: JobQueue, clock: Clock) -> None:
     job = await add(queue)
     await claimed(queue)
     for _ in range(3):
@@ -100,7 +105,7 @@ async def test_a_heartbeat_extends_the_lease(queue: SqliteJobQueue, clock: Clock
     assert (failed.attempts, failed.worker_id) == (1, "w1")
 
 
-async def test_max_attempts_then_lease_expired(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_max_attempts_then_lease_expired(queue: JobQueue, clock: Clock) -> None:
     job = await add(queue, max_attempts=3)
     for attempt in range(1, 4):
         await claimed(queue, f"w{attempt}")
@@ -114,7 +119,7 @@ async def test_max_attempts_then_lease_expired(queue: SqliteJobQueue, clock: Clo
     assert done is not None and done.error == "lease expired"
 
 
-async def test_a_requeued_job_refuses_its_old_worker(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_a_requeued_job_refuses_its_old_worker(queue: JobQueue, clock: Clock) -> None:
     job = await add(queue, max_attempts=2)
     await claimed(queue, "w1")
     clock.t += LEASE_S + 1
@@ -127,7 +132,7 @@ async def test_a_requeued_job_refuses_its_old_worker(queue: SqliteJobQueue, cloc
     assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
 
 
-async def test_jobs_without_a_spec_hold_no_lease(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_jobs_without_a_spec_hold_no_lease(queue: JobQueue, clock: Clock) -> None:
     job = await queue.enqueue(job_name="old", commit_id=C1, user="alice", priority=5)
     await claimed(queue)
     clock.t += 10 * LEASE_S
@@ -135,8 +140,8 @@ async def test_jobs_without_a_spec_hold_no_lease(queue: SqliteJobQueue, clock: C
     assert still is not None and (still.status, still.attempts) == (JobStatus.RUNNING, 0)
 
 
-async def test_lease_0_turns_leases_off(tmp_path: Path, clock: Clock) -> None:
-    q = await SqliteJobQueue.open(tmp_path / "jobs.db", lease_s=0)
+async def test_lease_0_turns_leases_off(store: JobStore, clock: Clock) -> None:
+    q = await store.open(lease_s=0)
     try:
         job = await add(q)
         await claimed(q)
@@ -147,7 +152,7 @@ async def test_lease_0_turns_leases_off(tmp_path: Path, clock: Clock) -> None:
         await q.close()
 
 
-async def test_a_final_failed_report_stays_failed(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_a_final_failed_report_stays_failed(queue: JobQueue, clock: Clock) -> None:
     job = await add(queue, max_attempts=5)
     await claimed(queue)
     await queue.update(job.id, JobStatus.FAILED, "CUDA out of memory", None, worker_id="w1")
@@ -160,7 +165,7 @@ async def test_a_final_failed_report_stays_failed(queue: SqliteJobQueue, clock: 
 # -- cancel by ID -----------------------------------------------------------------------
 
 
-async def test_cancel_by_id_cancels_that_job_only(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_cancel_by_id_cancels_that_job_only(queue: JobQueue, clock: Clock) -> None:
     one = await add(queue, "train")
     two = await add(queue, "train")
     clock.t += 3
@@ -173,14 +178,14 @@ async def test_cancel_by_id_cancels_that_job_only(queue: SqliteJobQueue, clock: 
         await queue.cancel(two.id, "alice")
 
 
-async def test_an_id_wins_over_a_name(queue: SqliteJobQueue) -> None:
+async def test_an_id_wins_over_a_name(queue: JobQueue) -> None:
     target = await add(queue, "train")
     named = await add(queue, target.id)  # a job whose *name* is the other's ID
     assert await queue.cancel(target.id, None) == 1
     assert (await queue.get(named.id)) == named
 
 
-async def test_cancel_by_id_outside_the_scope(queue: SqliteJobQueue) -> None:
+async def test_cancel_by_id_outside_the_scope(queue: JobQueue) -> None:
     bobs = await add(queue, "train", user="bob")
     with pytest.raises(PermissionDenied, match=r"^You can only cancel your own jobs$"):
         await queue.cancel(bobs.id, "alice")
@@ -193,7 +198,7 @@ async def test_cancel_by_id_outside_the_scope(queue: SqliteJobQueue) -> None:
 # -- UPDATE_JOB's order of checks -------------------------------------------------------
 
 
-async def test_update_checks_in_order(queue: SqliteJobQueue) -> None:
+async def test_update_checks_in_order(queue: JobQueue) -> None:
     job = await add(queue)
     await claimed(queue, "w1")
     await queue.cancel(job.id, None)
@@ -213,7 +218,7 @@ async def test_update_checks_in_order(queue: SqliteJobQueue) -> None:
     assert info.value.code is ErrorCode.JOB_CANCELLED
 
 
-async def test_reassigned_comes_before_not_running(queue: SqliteJobQueue) -> None:
+async def test_reassigned_comes_before_not_running(queue: JobQueue) -> None:
     job = await add(queue)
     await claimed(queue, "w1")
     await queue.update(job.id, JobStatus.COMPLETED, "", None, worker_id="w1")
@@ -229,7 +234,7 @@ def vars_of(job: Job) -> dict[str, Any]:
     return {name: getattr(job, name) for name in jobs._FIELDS}
 
 
-async def test_a_claim_finds_a_job_whose_lease_expired(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_a_claim_finds_a_job_whose_lease_expired(queue: JobQueue, clock: Clock) -> None:
     """An idle claim is answered from one read; a lost lease must still be seen by it."""
     job = await add(queue, max_attempts=2)
     await claimed(queue, "w1")
@@ -239,7 +244,7 @@ async def test_a_claim_finds_a_job_whose_lease_expired(queue: SqliteJobQueue, cl
     assert again is not None and (again.id, again.attempts) == (job.id, 1)
 
 
-async def test_a_claim_of_scope_own_sees_only_its_user_s_jobs(queue: SqliteJobQueue) -> None:
+async def test_a_claim_of_scope_own_sees_only_its_user_s_jobs(queue: JobQueue) -> None:
     await add(queue, user="bob")
     assert await queue.claim("w1", "alice") is None
     mine = await add(queue, user="alice")

@@ -1,6 +1,7 @@
-"""SqliteJobQueue: order, claims (also racing across connections and processes), updates,
-cancels, persistence, the job JSON, file modes, database failures, the claimer rule, the
-error cap, deletion of old jobs and the schema 1 migration."""
+"""The JobQueue contract over both backends (SqliteJobQueue and RedisJobQueue): order, claims
+(also racing across queue objects and processes), updates, cancels, persistence, the job
+JSON, a closed queue, the claimer rule, the error cap and deletion of old jobs. SQLite alone:
+file modes, database failures, a full disk and the schema 1 and 2 migrations."""
 
 import dataclasses
 import json
@@ -30,7 +31,10 @@ from fetchml.server.errors import (
     PermissionDenied,
 )
 from fetchml.server.jobs import Job, JobQueue, SqliteJobQueue
+from fetchml.server.jobs_redis import RedisJobQueue
+from tests.support import jobqueues
 from tests.support.clock import Clock
+from tests.support.jobqueues import JobStore
 
 REPO = Path(__file__).resolve().parents[2]
 C1 = "0123456789abcdef0123456789abcdef01234567"
@@ -47,8 +51,19 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "jobs.db"
 
 
+store = jobqueues.store
+job_redis = jobqueues.job_redis
+
+
 @pytest.fixture
-async def queue(db_path: Path) -> AsyncIterator[SqliteJobQueue]:
+async def queue(store: JobStore) -> AsyncIterator[JobQueue]:
+    q = await store.open()
+    yield q
+    await q.close()
+
+
+@pytest.fixture
+async def sqlite_queue(db_path: Path) -> AsyncIterator[SqliteJobQueue]:
     q = await SqliteJobQueue.open(db_path)
     yield q
     await q.close()
@@ -61,7 +76,7 @@ async def add(q: JobQueue, name: str, user: str = "alice", priority: int = 5) ->
 # --- enqueue, list, queue_length -------------------------------------------------------------
 
 
-async def test_enqueue_returns_a_queued_job(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_enqueue_returns_a_queued_job(queue: JobQueue, clock: Clock) -> None:
     job = await queue.enqueue(job_name="resnet", commit_id=C2, user="bob", priority=7)
     assert uuid.UUID(job.id).version == 4
     assert job == Job(
@@ -84,20 +99,20 @@ async def test_enqueue_returns_a_queued_job(queue: SqliteJobQueue, clock: Clock)
     [(C1, -1), (C1, 256), (C1.upper(), 5), (C1[:-1], 5), (C1 + "0", 5), ("g" * 40, 5)],
 )
 async def test_enqueue_rejects_bad_priority_or_commit(
-    queue: SqliteJobQueue, commit_id: str, priority: int
+    queue: JobQueue, commit_id: str, priority: int
 ) -> None:
     with pytest.raises(InvalidRequest):
         await queue.enqueue(job_name="x", commit_id=commit_id, user="a", priority=priority)
     assert await queue.list_jobs(None) == []
 
 
-async def test_enqueue_accepts_priority_bounds(queue: SqliteJobQueue) -> None:
+async def test_enqueue_accepts_priority_bounds(queue: JobQueue) -> None:
     assert (await add(queue, "low", priority=0)).priority == 0
     assert (await add(queue, "high", priority=255)).priority == 255
 
 
 async def test_list_is_newest_first_ties_later_insertion_first(
-    queue: SqliteJobQueue, clock: Clock
+    queue: JobQueue, clock: Clock
 ) -> None:
     created = {}
     for name, t, user in [
@@ -116,7 +131,7 @@ async def test_list_is_newest_first_ties_later_insertion_first(
     assert (await queue.list_jobs(None))[0] == created["c"]
 
 
-async def test_queue_length_counts_queued_jobs_of_all_users(queue: SqliteJobQueue) -> None:
+async def test_queue_length_counts_queued_jobs_of_all_users(queue: JobQueue) -> None:
     assert await queue.queue_length() == 0
     await add(queue, "a", "alice")
     await add(queue, "b", "alice")
@@ -131,7 +146,7 @@ async def test_queue_length_counts_queued_jobs_of_all_users(queue: SqliteJobQueu
 # --- claim -----------------------------------------------------------------------------------
 
 
-async def test_claim_highest_priority_first_then_fifo(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_claim_highest_priority_first_then_fifo(queue: JobQueue, clock: Clock) -> None:
     order = [
         ("p5-first", 5),
         ("p9-first", 9),
@@ -154,14 +169,14 @@ async def test_claim_highest_priority_first_then_fifo(queue: SqliteJobQueue, clo
     assert claimed == ["p255", "p9-first", "p9-second", "p5-first", "p5-second", "p1", "p0"]
 
 
-async def test_claim_on_empty_queue_returns_none(queue: SqliteJobQueue) -> None:
+async def test_claim_on_empty_queue_returns_none(queue: JobQueue) -> None:
     assert await queue.claim("w1") is None
     await add(queue, "only")
     assert await queue.claim("w1") is not None
     assert await queue.claim("w1") is None
 
 
-async def test_50_concurrent_claims_over_20_jobs(queue: SqliteJobQueue) -> None:
+async def test_50_concurrent_claims_over_20_jobs(queue: JobQueue) -> None:
     ids = {(await add(queue, f"job{i}", priority=i % 3)).id for i in range(20)}
     results: list[Job | None] = []
 
@@ -178,8 +193,8 @@ async def test_50_concurrent_claims_over_20_jobs(queue: SqliteJobQueue) -> None:
     assert await queue.queue_length() == 0
 
 
-async def test_claim_race_between_two_queues_on_one_file(db_path: Path) -> None:
-    q = await SqliteJobQueue.open(db_path)
+async def test_claim_race_between_two_queues_on_one_store(store: JobStore) -> None:
+    q = await store.open()
     ids = {(await add(q, f"job{i}")).id for i in range(100)}
     await q.close()
     barrier = threading.Barrier(2, timeout=30)
@@ -187,7 +202,7 @@ async def test_claim_race_between_two_queues_on_one_file(db_path: Path) -> None:
 
     def run(worker: str) -> None:
         async def main() -> None:
-            mine = await SqliteJobQueue.open(db_path)
+            mine = await store.open()
             barrier.wait()
             while (job := await mine.claim(worker)) is not None:
                 claimed[worker].append(job.id)
@@ -209,14 +224,14 @@ CLAIMER = """
 import json, sys
 from pathlib import Path
 import anyio
-from fetchml.server.jobs import SqliteJobQueue
+from tests.support.jobqueues import open_store
 
 async def main() -> None:
-    q = await SqliteJobQueue.open(Path(sys.argv[1]))
+    q = await open_store(sys.argv[1], sys.argv[2])
     print("ready", flush=True)
     sys.stdin.readline()
     ids = []
-    while (job := await q.claim(sys.argv[2])) is not None:
+    while (job := await q.claim(sys.argv[3])) is not None:
         ids.append(job.id)
     await q.close()
     print(json.dumps(ids), flush=True)
@@ -225,9 +240,9 @@ anyio.run(main)
 """
 
 
-def test_claim_race_between_two_processes(db_path: Path) -> None:
+def test_claim_race_between_two_processes(store: JobStore) -> None:
     async def setup() -> set[str]:
-        q = await SqliteJobQueue.open(db_path)
+        q = await store.open()
         ids = {(await add(q, f"job{i}", priority=i % 4)).id for i in range(150)}
         await q.close()
         return ids
@@ -236,7 +251,7 @@ def test_claim_race_between_two_processes(db_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CLAIMER, str(db_path), f"proc{n}"],
+            [sys.executable, "-c", CLAIMER, store.kind, store.location, f"proc{n}"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -257,7 +272,7 @@ def test_claim_race_between_two_processes(db_path: Path) -> None:
 # --- update ----------------------------------------------------------------------------------
 
 
-async def test_update_completed_and_failed(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_update_completed_and_failed(queue: JobQueue, clock: Clock) -> None:
     await add(queue, "a")
     await add(queue, "b")
     a = await queue.claim("w1")
@@ -277,7 +292,7 @@ async def test_update_completed_and_failed(queue: SqliteJobQueue, clock: Clock) 
     assert await queue.get(b.id) == failed
 
 
-async def test_update_running_is_a_heartbeat(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_update_running_is_a_heartbeat(queue: JobQueue, clock: Clock) -> None:
     await add(queue, "a")
     job = await queue.claim("w1")
     assert job is not None
@@ -288,7 +303,7 @@ async def test_update_running_is_a_heartbeat(queue: SqliteJobQueue, clock: Clock
     assert await queue.get(job.id) == again
 
 
-async def test_update_errors(queue: SqliteJobQueue) -> None:
+async def test_update_errors(queue: JobQueue) -> None:
     queued = await add(queue, "queued")
     await add(queue, "run", priority=9)
     running = await queue.claim("w1")
@@ -312,10 +327,37 @@ async def test_update_errors(queue: SqliteJobQueue) -> None:
         await queue.update(running.id, JobStatus.RUNNING, "", None)
 
 
+async def test_every_refusal_has_its_code_and_exact_message(queue: JobQueue) -> None:
+    job = await add(queue, "train")
+    refusals: list[tuple[Callable[[], Awaitable[object]], type[Exception], str]] = [
+        (lambda: queue.update("nope", JobStatus.COMPLETED, "", None), JobNotFound,
+         "job nope not found"),
+        (lambda: queue.update(job.id, JobStatus.COMPLETED, "", None), InvalidRequest,
+         f"job {job.id} is not running (it is queued)"),
+        (lambda: queue.update(job.id, JobStatus.COMPLETED, "", "bob"), PermissionDenied,
+         "You can only update your own jobs"),
+        (lambda: queue.update(job.id, JobStatus.QUEUED, "", None), InvalidRequest,
+         "invalid job status 0: expected 1, 2 or 3"),
+        (lambda: queue.cancel("nope", None), JobNotFound,
+         "no queued or running job named 'nope'"),
+        (lambda: queue.cancel("train", "bob"), PermissionDenied,
+         "You can only cancel your own jobs"),
+        (lambda: add(queue, "x", priority=256), InvalidRequest,
+         "priority must be 0..255, got 256"),
+        (lambda: queue.enqueue(job_name="x", commit_id="0", user="a", priority=5),
+         InvalidRequest, "commit_id must be 40 lowercase hex characters"),
+    ]  # fmt: skip
+    for call, error, message in refusals:
+        with pytest.raises(error) as info:
+            await call()
+        assert info.value.args == (message,)
+    assert await queue.list_jobs(None) == [job]
+
+
 # --- cancel ----------------------------------------------------------------------------------
 
 
-async def test_cancel_own_jobs_only(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_cancel_own_jobs_only(queue: JobQueue, clock: Clock) -> None:
     a1 = await add(queue, "train", "alice")
     a2 = await add(queue, "train", "alice", priority=9)
     b1 = await add(queue, "train", "bob")
@@ -338,7 +380,7 @@ async def test_cancel_own_jobs_only(queue: SqliteJobQueue, clock: Clock) -> None
         await queue.update(a2.id, JobStatus.COMPLETED, "", None)
 
 
-async def test_cancel_all_and_not_found(queue: SqliteJobQueue) -> None:
+async def test_cancel_all_and_not_found(queue: JobQueue) -> None:
     with pytest.raises(JobNotFound):
         await queue.cancel("train", None)
     await add(queue, "train", "alice")
@@ -359,14 +401,14 @@ async def test_cancel_all_and_not_found(queue: SqliteJobQueue) -> None:
 # --- persistence, JSON, files ----------------------------------------------------------------
 
 
-async def test_jobs_survive_reopen(db_path: Path, clock: Clock) -> None:
-    q = await SqliteJobQueue.open(db_path)
+async def test_jobs_survive_reopen(store: JobStore, clock: Clock) -> None:
+    q = await store.open()
     for i in range(4):
         await add(q, f"job{i}", priority=i % 2)
     running = await q.claim("w1")
     before = await q.list_jobs(None)
     await q.close()
-    q = await SqliteJobQueue.open(db_path)
+    q = await store.open()
     try:
         assert await q.list_jobs(None) == before
         assert running is not None and await q.get(running.id) == running
@@ -375,7 +417,7 @@ async def test_jobs_survive_reopen(db_path: Path, clock: Clock) -> None:
         await q.close()
 
 
-async def test_to_json_exact_shape(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_to_json_exact_shape(queue: JobQueue, clock: Clock) -> None:
     job = await queue.enqueue(job_name="resnet50-baseline", commit_id=C1, user="alice", priority=5)
     assert job.to_json() == {
         "id": job.id,
@@ -438,8 +480,10 @@ async def test_to_json_exact_shape(queue: SqliteJobQueue, clock: Clock) -> None:
     assert with_datasets.to_json()["datasets"] == ["mnist", "cifar"]
 
 
-async def test_files_modes_wal_and_schema_version(queue: SqliteJobQueue, db_path: Path) -> None:
-    await add(queue, "a")
+async def test_files_modes_wal_and_schema_version(
+    sqlite_queue: SqliteJobQueue, db_path: Path
+) -> None:
+    await add(sqlite_queue, "a")
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(db_path.parent.stat().st_mode) == 0o750
     conn = sqlite3.connect(db_path)
@@ -501,8 +545,9 @@ async def test_newer_schema_version_is_refused(db_path: Path) -> None:
 
 
 async def test_sqlite_errors_become_database_error(
-    queue: SqliteJobQueue, db_path: Path, caplog: pytest.LogCaptureFixture
+    sqlite_queue: SqliteJobQueue, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    queue = sqlite_queue
     job = await add(queue, "a")
     conn = sqlite3.connect(db_path)
     conn.execute("DROP TABLE jobs")
@@ -526,24 +571,24 @@ async def test_sqlite_errors_become_database_error(
     assert all("no such table" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
 
 
-async def test_closed_queue_refuses_calls(db_path: Path) -> None:
-    q = await SqliteJobQueue.open(db_path)
+async def test_closed_queue_refuses_calls(store: JobStore) -> None:
+    q = await store.open()
     await q.close()
     await q.close()  # idempotent
     with pytest.raises(DatabaseError):
         await q.claim("w1")
 
 
-def test_sqlite_queue_satisfies_the_protocol() -> None:
-    queue_type: type[JobQueue] = SqliteJobQueue  # checked by mypy
-    assert queue_type is SqliteJobQueue
+def test_both_queues_satisfy_the_protocol() -> None:
+    queue_types: tuple[type[JobQueue], ...] = (SqliteJobQueue, RedisJobQueue)  # checked by mypy
+    assert len(queue_types) == 2
 
 
 # --- the claimer, the error cap, listing limits ----------------------------------------------
 
 
 async def test_claimed_by_is_set_and_only_the_claimer_may_update(
-    queue: SqliteJobQueue,
+    queue: JobQueue,
 ) -> None:
     done = await add(queue, "done", priority=9)
     await add(queue, "run")
@@ -587,7 +632,7 @@ async def test_claimed_by_is_set_and_only_the_claimer_may_update(
     ids=["exact", "one-over", "2-byte-cut", "3-byte-cut", "short"],
 )
 async def test_update_keeps_the_first_4096_bytes_of_the_error(
-    queue: SqliteJobQueue, error: str, kept: str
+    queue: JobQueue, error: str, kept: str
 ) -> None:
     await add(queue, "a")
     job = await queue.claim("w1")
@@ -598,7 +643,7 @@ async def test_update_keeps_the_first_4096_bytes_of_the_error(
     assert len(kept.encode()) <= jobs.MAX_ERROR_BYTES
 
 
-async def test_list_limit_and_count(queue: SqliteJobQueue, clock: Clock) -> None:
+async def test_list_limit_and_count(queue: JobQueue, clock: Clock) -> None:
     for i, user in enumerate(["alice", "bob", "alice", "alice"]):
         clock.t = 100 + i
         await add(queue, f"j{i}", user)
@@ -613,7 +658,7 @@ async def test_list_limit_and_count(queue: SqliteJobQueue, clock: Clock) -> None
 # --- deleting old finished jobs --------------------------------------------------------------
 
 
-async def finished_jobs(q: SqliteJobQueue, clock: Clock) -> dict[str, Job]:
+async def finished_jobs(q: JobQueue, clock: Clock) -> dict[str, Job]:
     """One job in each state; the finished ones end at clock.t."""
     made = {name: await add(q, name) for name in ("completed", "failed", "cancelled")}
     for name in ("completed", "failed"):
@@ -627,16 +672,16 @@ async def finished_jobs(q: SqliteJobQueue, clock: Clock) -> dict[str, Job]:
     return made
 
 
-async def test_old_finished_jobs_are_deleted_at_open(db_path: Path, clock: Clock) -> None:
-    q = await SqliteJobQueue.open(db_path, keep_days=90)
+async def test_old_finished_jobs_are_deleted_at_open(store: JobStore, clock: Clock) -> None:
+    q = await store.open(keep_days=90)
     made = await finished_jobs(q, clock)
     await q.close()
     clock.t += 90 * 86400  # exactly keep_days: kept
-    q = await SqliteJobQueue.open(db_path, keep_days=90)
+    q = await store.open(keep_days=90)
     assert len(await q.list_jobs(None)) == 5
     await q.close()
     clock.t += 1
-    q = await SqliteJobQueue.open(db_path, keep_days=90)
+    q = await store.open(keep_days=90)
     try:
         left = {job.job_name for job in await q.list_jobs(None)}
         assert left == {"queued", "running"}  # never deleted, however old
@@ -646,9 +691,9 @@ async def test_old_finished_jobs_are_deleted_at_open(db_path: Path, clock: Clock
 
 
 async def test_old_finished_jobs_are_deleted_at_most_once_an_hour(
-    db_path: Path, clock: Clock
+    store: JobStore, clock: Clock
 ) -> None:
-    q = await SqliteJobQueue.open(db_path, keep_days=1)
+    q = await store.open(keep_days=1)
     try:
         await finished_jobs(q, clock)
         ended = clock.t
@@ -767,8 +812,9 @@ async def test_a_schema_2_file_gains_spec_attempts_and_heartbeat(
 # --- a full disk -----------------------------------------------------------------------------
 
 
-async def test_a_full_database_is_disk_full(queue: SqliteJobQueue, db_path: Path) -> None:
+async def test_a_full_database_is_disk_full(sqlite_queue: SqliteJobQueue) -> None:
     """SQLite's own SQLITE_FULL (here from max_page_count, as from ENOSPC on a full disk)."""
+    queue = sqlite_queue
     assert queue._conn is not None
     pages = queue._conn.execute("PRAGMA page_count").fetchone()[0]
     queue._conn.execute(f"PRAGMA max_page_count = {pages + 1}")
