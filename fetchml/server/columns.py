@@ -23,6 +23,8 @@ from .sidecar import ROW, Checkpoint, NameInfo, Record
 ALL_STEPS = (0, 0xFFFFFFFF)
 WINDOW_ROWS = 1 << 18
 """Rows looked at a time while paging (7 MiB)."""
+MIN_READ_ROWS = 1 << 14
+"""Rows read at least at a time while filling a page."""
 TOO_MANY = "too many points: lower max_points or filter by name"
 
 
@@ -167,7 +169,9 @@ def page(
         with Column(directory, k, info.rows) as column:
             at = column.find(req.after)
             while at < info.rows and next_index == 0:
-                window = column.read(at, at + WINDOW_ROWS)
+                # the rows a page still needs (and one after), not a whole window each page
+                rows = WINDOW_ROWS if count == room else room - count + 1
+                window = column.read(at, at + min(WINDOW_ROWS, max(rows, MIN_READ_ROWS)))
                 step = window["step"]
                 hits = window[(step >= req.step_from) & (step <= req.step_to)]
                 if count == room:  # full by bytes: continue from the next matching record

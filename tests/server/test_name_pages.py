@@ -73,6 +73,7 @@ async def test_one_name_pages_stop_where_the_scan_stops(
     step_from: int, step_to: int, limit: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(columns, "WINDOW_ROWS", WINDOW)
+    monkeypatch.setattr(columns, "MIN_READ_ROWS", 10)  # reads as short as a page needs
     data = metrics()
     path = make_experiment(tmp_path / "experiments", COMMIT, data)
     async with in_process_daemons(tmp_path) as start:
