@@ -11,9 +11,9 @@ renamed into place when complete.
 
 import csv
 import importlib
+import io
 import os
 from collections.abc import AsyncIterator, Sequence
-from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -50,13 +50,20 @@ class CsvWriter:
         self._csv.writerows((*lead, r.name, r.step, repr(r.value), r.timestamp) for r in records)
 
     def write_columns(self, name: str, columns: Columns, run: str) -> None:
-        rows = (
-            repeat(name),
-            columns.step.tolist(),
-            csv_values(columns.value),
-            columns.timestamp.tolist(),
+        # The lead cells as the csv module quotes them, then numbers, which it never quotes.
+        lead = io.StringIO()
+        csv.writer(lead, self._csv.dialect).writerow((run, name) if self._lead else (name,))
+        end = str(self._csv.dialect.lineterminator)
+        head = lead.getvalue().removesuffix(end) + ","
+        self._file.writelines(
+            f"{head}{step},{value},{timestamp}{end}"
+            for step, value, timestamp in zip(
+                columns.step.tolist(),
+                csv_values(columns.value),
+                columns.timestamp.tolist(),
+                strict=True,
+            )
         )
-        self._csv.writerows(zip(repeat(run), *rows) if self._lead else zip(*rows, strict=False))
 
     def close(self) -> None:
         self._file.close()

@@ -13,13 +13,14 @@ import pytest
 
 from fetchml.client import (
     Client,
+    Columns,
     ConfigurationError,
     InvalidRequest,
     NotFound,
     ProtocolViolation,
     cli,
 )
-from fetchml.client.columns import Columns, decode_page
+from fetchml.client.columns import decode_page
 from fetchml.client.export import open_writer
 from fetchml.client.metrics import MetricsAPI
 from fetchml.client.models import Metric
@@ -32,7 +33,7 @@ from tests.support.keys import ADMIN_KEY
 C = commit_of("columns")
 SECOND = commit_of("columns-second")
 MISSING = commit_of("columns-missing")
-NAMES = ("loss", "acc", "grad/ünïcode")
+NAMES = ("loss", "acc", 'grad,"ünï"/code')  # the last one quoted in CSV, escaped in JSON
 PER_NAME = 6_000  # a "loss" page holds about 5,200 records at the daemon's 128 KiB
 SPECIAL = (math.nan, math.inf, -math.inf, -0.0, 5e-324, 1e308, -1.5, 0.1)
 PAGE_BYTES = 128 << 10
@@ -191,12 +192,14 @@ def test_to_pandas_without_pandas_names_the_extra(monkeypatch: pytest.MonkeyPatc
 # -- the CLI: the same bytes as the records path, without it -----------------------------------
 
 
-async def records_export(server: DaemonProcess, runs: list[str], path: Path, fmt: str) -> None:
-    """What `fetchml export --name loss` wrote from records, page by page."""
+async def records_export(
+    server: DaemonProcess, runs: list[str], name: str, path: Path, fmt: str
+) -> None:
+    """What `fetchml export --name NAME --steps 3:` wrote from records, page by page."""
     writer = open_writer(fmt, path, with_run=len(runs) > 1)
     async with Client.connect(server.url, ADMIN_KEY) as client:
         for run in runs:
-            async for records in client.query_pages(run, name="loss", step_from=3):
+            async for records in client.query_pages(run, name=name, step_from=3):
                 writer.write(records.records, run)
     writer.close()
 
@@ -220,10 +223,11 @@ def run_cli(server: DaemonProcess, capsys: pytest.CaptureFixture[str], *argv: st
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
-@pytest.mark.parametrize("runs", [[C], [C, SECOND]])
+@pytest.mark.parametrize(("runs", "name"), [([C], "loss"), ([C, SECOND], NAMES[2])])
 def test_cli_export_of_one_name_is_byte_identical(
     fmt: str,
     runs: list[str],
+    name: str,
     server: DaemonProcess,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -232,14 +236,16 @@ def test_cli_export_of_one_name_is_byte_identical(
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
     reference, path = tmp_path / f"records.{fmt}", tmp_path / f"columns.{fmt}"
-    asyncio.run(records_export(server, runs, reference, fmt))
+    asyncio.run(records_export(server, runs, name, reference, fmt))
     without_records(monkeypatch)
-    argv = ["export", *runs, "--name", "loss", "--steps", "3:", "-o", str(path), "--no-progress"]
+    argv = ["export", *runs, "--name", name, "--steps", "3:", "-o", str(path), "--no-progress"]
     assert (
         run_cli(server, capsys, *argv)
         == f"wrote {PER_NAME - 3 + 97 * (len(runs) - 1)} records to {path}\n"
     )
     assert path.read_bytes() == reference.read_bytes()
+    if fmt == "csv" and name == NAMES[2]:
+        assert '"grad,""ünï""/code"'.encode() in path.read_bytes()  # quoted as csv quotes it
 
 
 async def records_query(server: DaemonProcess, name: str, points: int) -> list[Metric]:
@@ -248,7 +254,7 @@ async def records_query(server: DaemonProcess, name: str, points: int) -> list[M
 
 
 @pytest.mark.parametrize("points", [0, 40])
-@pytest.mark.parametrize("name", ["loss", "grad/ünïcode", "nothing-logged"])
+@pytest.mark.parametrize("name", ["loss", NAMES[2], "nothing-logged"])
 def test_cli_query_of_one_name_is_byte_identical(
     name: str,
     points: int,
