@@ -48,17 +48,18 @@ def decode_page(payload: bytes, name: bytes) -> tuple[int, Records]:
     if len(payload) < PAGE.size:
         raise ProtocolViolation(f"metrics page too short: {len(payload)} bytes")
     next_index, count = PAGE.unpack_from(payload)
+    text = name.decode(errors="replace")
     dtype = record_dtype(name)
     size = len(payload) - PAGE.size
     if size != count * dtype.itemsize:
         raise ProtocolViolation(
-            f"metrics page says {count} records of {name!r} ({dtype.itemsize} bytes each) "
+            f"metrics page says {count} records of {text!r} ({dtype.itemsize} bytes each) "
             f"but holds {size} bytes"
         )
     records = np.frombuffer(payload, dtype, count, PAGE.size)
     names_ok = (records["length"] == len(name)).all() and (records["name"] == np.void(name)).all()
     if count and not names_ok:
-        raise ProtocolViolation(f"metrics page holds records not named {name!r}")
+        raise ProtocolViolation(f"metrics page holds records not named {text!r}")
     return next_index, records
 
 

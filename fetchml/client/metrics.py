@@ -180,7 +180,8 @@ class MetricsAPI(Pipeline):
         start_step: int | None = None,
         end_step: int | None = None,
     ) -> AsyncIterator[tuple[int, Columns]]:
-        """query_columns page by page: (next, columns) per page, as query_pages pages."""
+        """query_columns a page at a time: (next, columns) per page, following `next` as
+        query_pages does."""
         async for next_index, records in self._record_pages(commit, name, start_step, end_step):
             yield next_index, Columns.of([records])
 

@@ -2,14 +2,16 @@
 records, and the CLI's export and query of one name printed from them byte for byte."""
 
 import asyncio
+import contextlib
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from fetchml.client import (
     Client,
@@ -25,7 +27,7 @@ from fetchml.client.export import open_writer
 from fetchml.client.metrics import MetricsAPI
 from fetchml.client.models import Metric
 from fetchml.client.output import metric_json, metrics_table
-from fetchml.protocol.metrics import encode_metrics_payload, encode_record
+from fetchml.protocol.metrics import encode_metrics_payload, encode_record, metrics_packet
 from tests.support.daemon import DaemonProcess, daemon_at
 from tests.support.experiments import STAMP, commit_of, make_experiment
 from tests.support.keys import ADMIN_KEY
@@ -165,6 +167,39 @@ def test_decode_page_reads_the_records_in_place() -> None:
 def test_a_page_that_does_not_match_is_refused(payload: bytes, error: str) -> None:
     with pytest.raises(ProtocolViolation, match=error):
         decode_page(payload, b"loss")
+
+
+@contextlib.asynccontextmanager
+async def answering(pages: list[tuple[int, int, bytes]]) -> AsyncIterator[str]:
+    """A websockets server that answers each request with the next hand-made DATA
+    `metrics` page (next, count, records): a daemon that breaks the protocol."""
+
+    async def handler(ws: ServerConnection) -> None:
+        async for _ in ws:
+            next_index, count, records = pages.pop(0)
+            await ws.send(metrics_packet(STAMP, next_index, count, records))
+
+    async with serve(handler, "127.0.0.1", 0) as listening:
+        port = next(iter(listening.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ws"
+
+
+async def test_a_page_that_breaks_the_protocol_raises_through_the_client() -> None:
+    loss = encode_record(STAMP, 1, 1.0, b"loss")
+    pages = [
+        (5, 1, loss),
+        (5, 1, loss),
+        (9, 2, loss),
+        (0, 1, encode_record(STAMP, 1, 1.0, b"lost")),
+    ]
+    async with answering(pages) as url, Client.connect(url, ADMIN_KEY) as client:
+        with pytest.raises(ProtocolViolation, match="did not advance past record 5"):
+            await client.query_columns(C, "loss")
+        with pytest.raises(ProtocolViolation, match="says 2 records"):
+            await client.query_columns(C, "loss")
+        with pytest.raises(ProtocolViolation, match="not named 'loss'"):
+            await client.query_columns(C, "loss", max_points=10)
+    assert pages == []
 
 
 async def test_to_pandas(server: DaemonProcess) -> None:
