@@ -23,6 +23,7 @@ hold exactly the records acknowledged. Speed never changes the exit status.
 """
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -52,6 +53,7 @@ from bench_records import (
     Watchers,
 )
 from bench_servers import (
+    KEY,
     KEY_HASH,
     TIMESTAMP,
     Bench,
@@ -64,6 +66,7 @@ from bench_workers import IDLE_WORKERS, idle_workers
 from websockets.sync.client import connect
 from websockets.version import version as websockets_version
 
+from fetchml.client import Client, FetchmlError
 from fetchml.protocol import runs
 from fetchml.protocol.metrics import encode_record, iter_records
 from fetchml.protocol.requests import ListRuns, encode_request
@@ -364,9 +367,36 @@ def reads(b: Bench) -> list[Row]:
             daemon.second_pass.records_per_second if daemon else None,
             parsed / parse_s,
         ),
+        Row(
+            BY_KEY["columns"],
+            client_columns(b) if daemon else None,
+            daemon.second_pass.records_per_second if daemon else None,
+        ),
         Row(BY_KEY["lttb"], daemon.lttb_ms if daemon else None, lttb_s * 1000),
         Row(BY_KEY["latest"], daemon.latest_ms if daemon else None, latest_s * 1000),
     ]
+
+
+def client_columns(b: Bench, repeat: int = 3) -> float | None:
+    """Points/s of the real Client's query_columns over the "loss" points of reads-one
+    (read_records of them), median of `repeat`."""
+
+    async def rates() -> list[float]:
+        out = []
+        async with Client.connect(b.write.url, KEY) as client:
+            for _ in range(repeat):
+                started = time.perf_counter()
+                columns = await client.query_columns(commit("reads-one"), "loss")
+                out.append(len(columns) / (time.perf_counter() - started))
+                if len(columns) != b.sizes.read_records:
+                    b.errors.append(f"reads: query_columns returned {len(columns)} points")
+        return out
+
+    try:
+        return statistics.median(asyncio.run(rates()))
+    except FetchmlError as exc:
+        b.errors.append(f"reads: query_columns failed: {exc}")
+        return None
 
 
 def check_reads(

@@ -114,6 +114,14 @@ FIGURES: tuple[Figure, ...] = (
         Target(5_000_000),
     ),
     Figure(
+        "columns",
+        "Client.query_columns {read_records:,} points of one name, median of 3",
+        "points/s",
+        "QUERY paging, again",
+        True,
+        Target(5_000_000),
+    ),
+    Figure(
         "lttb",
         "LTTB {read_records:,} -> {lttb_points:,} points, median of {lttb_repeat}",
         "ms",

@@ -1,5 +1,6 @@
 """fetchml client: the async `Client`, the sync `MetricLogger`, and the `fetchml` CLI."""
 
+from .columns import Columns
 from .connection import Client
 from .errors import (
     AlreadyExists,
@@ -39,6 +40,7 @@ __all__ = [
     "AlreadyExists",
     "AuthenticationFailed",
     "Client",
+    "Columns",
     "ConfigurationError",
     "ConnectFailed",
     "ConnectionLost",

@@ -5,18 +5,30 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 from fetchml.protocol.shapes import json_value
 
 from . import runcmds
+from .columns import Columns
 from .connection import Client
 from .errors import InvalidRequest
 from .export import ProgressBar, export_metrics, guess_format, load_optional
 from .live import LiveView
 from .models import Metric, metric_to_json
-from .output import dumps, emit, fmt_time, fmt_value, metric_json, metrics_table, table
+from .output import (
+    columns_json,
+    dumps,
+    emit,
+    fmt_time,
+    fmt_value,
+    metric_json,
+    metrics_table,
+    points_table,
+    table,
+)
 from .watch import WatchOptions
 
 PROGRESS_MIN_RECORDS = 100_000
@@ -159,6 +171,8 @@ async def _record_pages(
 
 async def query(client: Client, args: argparse.Namespace) -> int:
     step_from, step_to = args.steps
+    if args.name:  # one name: numpy columns, no object per point
+        return await _query_columns(client, args, step_from, step_to)
     options: dict[str, Any] = {"name": args.name, "step_from": step_from, "step_to": step_to}
     if args.json:  # a JSON array, streamed page by page
         out = sys.stdout
@@ -175,6 +189,52 @@ async def query(client: Client, args: argparse.Namespace) -> int:
     async for records in _record_pages(client, args, options):
         found.extend(records)
     emit(metrics_table(found) if found else "(no matching metrics)")
+    return 0
+
+
+async def _column_pages(
+    client: Client, args: argparse.Namespace, step_from: int, step_to: int
+) -> AsyncIterator[Columns]:
+    steps = {"start_step": step_from, "end_step": step_to}
+    if args.points:
+        yield await client.query_columns(args.commit, args.name, max_points=args.points, **steps)
+        return
+    async for _, columns in client.query_column_pages(args.commit, args.name, **steps):
+        yield columns
+
+
+async def _query_columns(
+    client: Client, args: argparse.Namespace, step_from: int, step_to: int
+) -> int:
+    """`query --name`: the same output as for records, printed from columns."""
+    pages = _column_pages(client, args, step_from, step_to)
+    if args.json:  # a JSON array, streamed page by page
+        out = sys.stdout
+        out.write("[")
+        sep = ""
+        async for columns in pages:
+            if len(columns):
+                out.write(sep + ",\n".join(columns_json(args.name, columns)))
+                sep = ",\n"
+        out.write("]\n")
+        out.flush()
+        return 0
+    found = [columns async for columns in pages]
+    if not any(len(columns) for columns in found):
+        emit("(no matching metrics)")
+        return 0
+    points = (
+        point
+        for columns in found
+        for point in zip(
+            repeat(args.name),
+            columns.step.tolist(),
+            columns.value.tolist(),
+            columns.timestamp.tolist(),
+            strict=False,
+        )
+    )
+    emit(points_table(points))
     return 0
 
 

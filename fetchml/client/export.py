@@ -11,13 +11,15 @@ renamed into place when complete.
 
 import csv
 import importlib
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from fetchml.protocol import shapes
 
+from .columns import Columns, csv_values, json_values
 from .connection import Client
 from .errors import ConfigurationError
 from .models import MAX_STEP, Metric
@@ -29,6 +31,9 @@ RUN_COLUMN = "run"
 
 class Writer(Protocol):
     def write(self, records: Sequence[Metric], run: str) -> None: ...
+
+    def write_columns(self, name: str, columns: Columns, run: str) -> None:
+        """The same as write() for the points of one name, without an object per point."""
 
     def close(self) -> None: ...
 
@@ -44,6 +49,22 @@ class CsvWriter:
         lead = (run,) if self._lead else ()
         self._csv.writerows((*lead, r.name, r.step, repr(r.value), r.timestamp) for r in records)
 
+    def write_columns(self, name: str, columns: Columns, run: str) -> None:
+        # The lead cells as the csv module quotes them, then numbers, which it never quotes.
+        lead = io.StringIO()
+        csv.writer(lead, self._csv.dialect).writerow((run, name) if self._lead else (name,))
+        end = str(self._csv.dialect.lineterminator)
+        head = lead.getvalue().removesuffix(end) + ","
+        self._file.writelines(
+            f"{head}{step},{value},{timestamp}{end}"
+            for step, value, timestamp in zip(
+                columns.step.tolist(),
+                csv_values(columns.value),
+                columns.timestamp.tolist(),
+                strict=True,
+            )
+        )
+
     def close(self) -> None:
         self._file.close()
 
@@ -58,6 +79,20 @@ class JsonLinesWriter:
         for record in records:
             shape = shapes.metric(record)
             self._file.write(shapes.dumps(lead | {key: shape[key] for key in COLUMNS}) + "\n")
+
+    def write_columns(self, name: str, columns: Columns, run: str) -> None:
+        # The text shapes.dumps writes for write()'s dicts, put together directly.
+        head = "{" + (f'"{RUN_COLUMN}":{shapes.dumps(run)},' if self._with_run else "")
+        head += f'"name":{shapes.dumps(name)},"step":'
+        self._file.writelines(
+            f'{head}{step},"value":{value},"timestamp":{timestamp}}}\n'
+            for step, value, timestamp in zip(
+                columns.step.tolist(),
+                json_values(columns.value),
+                columns.timestamp.tolist(),
+                strict=True,
+            )
+        )
 
     def close(self) -> None:
         self._file.close()
@@ -100,6 +135,17 @@ class ParquetWriter:
             "timestamp": [r.timestamp for r in records],
         }
         self._writer.write_table(self._pa.table(columns, schema=self._schema))
+
+    def write_columns(self, name: str, columns: Columns, run: str) -> None:
+        pa, n = self._pa, len(columns)
+        lead = {RUN_COLUMN: pa.repeat(run, n)} if self._with_run else {}
+        table = lead | {
+            "name": pa.repeat(name, n),
+            "step": columns.step,
+            "value": columns.value,
+            "timestamp": columns.timestamp,
+        }
+        self._writer.write_table(pa.table(table, schema=self._schema))
 
     def close(self) -> None:
         self._writer.close()
@@ -173,13 +219,10 @@ async def export_metrics(
     count = base = 0
     try:
         for i, run in enumerate(runs):
-            async for page in client.query_pages(
-                run, name=name, step_from=step_from, step_to=step_to
-            ):
-                writer.write(page.records, run)
-                count += len(page.records)
-                if progress is not None and page.next:
-                    progress.update(base + page.next, count)
+            async for next_index, written in _pages(client, run, writer, name, step_from, step_to):
+                count += written
+                if progress is not None and next_index:
+                    progress.update(base + next_index, count)
             base += sizes[i] if i < len(sizes) else 0
     except BaseException:
         writer.close()
@@ -190,3 +233,19 @@ async def export_metrics(
     if progress is not None:
         progress.finish(count)
     return count
+
+
+async def _pages(
+    client: Client, run: str, writer: Writer, name: str, step_from: int, step_to: int
+) -> AsyncIterator[tuple[int, int]]:
+    """Write each page of `run`'s matching records: (next, records written) per page.
+    One name goes by columns (query_column_pages), all names by records."""
+    if name:
+        pages = client.query_column_pages(run, name, start_step=step_from, end_step=step_to)
+        async for next_index, columns in pages:
+            writer.write_columns(name, columns, run)
+            yield next_index, len(columns)
+        return
+    async for page in client.query_pages(run, step_from=step_from, step_to=step_to):
+        writer.write(page.records, run)
+        yield page.next, len(page.records)

@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import replace
 
 from fetchml.protocol import requests as rq
 from fetchml.protocol import rules
@@ -9,6 +10,7 @@ from fetchml.protocol.errors import MalformedRequest, MalformedResponse
 from fetchml.protocol.metrics import POINT, acked_records, decode_metrics_payload
 from fetchml.protocol.requests import MetricPoint
 
+from .columns import Columns, Records, decode_page
 from .errors import InvalidRequest, ProtocolViolation
 from .models import MAX_STEP, Metric, MetricsPage, parse_commit
 from .pipeline import Pipeline
@@ -150,6 +152,67 @@ class MetricsAPI(Pipeline):
         async for page in self.query_pages(commit, name=name, step_from=step_from, step_to=step_to):
             out.extend(page.records)
         return out
+
+    async def query_columns(
+        self,
+        commit: str | bytes,
+        name: str,
+        *,
+        start_step: int | None = None,
+        end_step: int | None = None,
+        max_points: int | None = None,
+    ) -> Columns:
+        """Every point of the metric `name` (steps `start_step`..`end_step`, inclusive) as
+        numpy columns; with `max_points`, at most that many chosen by LTTB."""
+        pages = [
+            records
+            async for _, records in self._record_pages(
+                commit, name, start_step, end_step, max_points
+            )
+        ]
+        return Columns.of(pages)
+
+    async def query_column_pages(
+        self,
+        commit: str | bytes,
+        name: str,
+        *,
+        start_step: int | None = None,
+        end_step: int | None = None,
+    ) -> AsyncIterator[tuple[int, Columns]]:
+        """query_columns a page at a time: (next, columns) per page, following `next` as
+        query_pages does."""
+        async for next_index, records in self._record_pages(commit, name, start_step, end_step):
+            yield next_index, Columns.of([records])
+
+    async def _record_pages(
+        self,
+        commit: str | bytes,
+        name: str,
+        start_step: int | None,
+        end_step: int | None,
+        max_points: int | None = None,
+    ) -> AsyncIterator[tuple[int, Records]]:
+        """(next, records) of each page of one name's records, decoded in place."""
+        encoded = _check_name(name).encode()
+        request = rq.QueryMetrics(
+            key_hash=self._key,
+            commit_id=parse_commit(commit),
+            name=name,
+            step_from=_check_step(0 if start_step is None else start_step),
+            step_to=_check_step(MAX_STEP if end_step is None else end_step),
+            max_points=max_points or 0,
+            limit=0 if max_points else QUERY_PAGE_SIZE,
+        )
+        while True:
+            next_index, records = decode_page(await self._data(request, "metrics"), encoded)
+            if len(records) or max_points:
+                yield next_index, records
+            if next_index == 0 or max_points:
+                return
+            if next_index <= request.after:
+                raise ProtocolViolation(f"query page did not advance past record {request.after}")
+            request = replace(request, after=next_index)
 
     async def latest(self, commit: str | bytes, name: str = "") -> dict[str, Metric]:
         """The last record logged under each name (one request: LTTB keeps first and last)."""

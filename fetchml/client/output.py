@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from fetchml.protocol import shapes
 
+from .columns import Columns, json_values
 from .models import Job, Metric
 
 COMMAND_WIDTH = 40
@@ -109,9 +110,14 @@ def jobs_table(jobs: Sequence[Job], now: float | None = None) -> str:
 
 
 def metrics_table(records: Iterable[Metric], with_time: bool = True) -> str:
+    return points_table(((r.name, r.step, r.value, r.timestamp) for r in records), with_time)
+
+
+def points_table(points: Iterable[tuple[str, int, float, int]], with_time: bool = True) -> str:
+    """(name, step, value, timestamp) per line, as metrics_table shows records."""
     rows = [
-        (r.name, r.step, fmt_value(r.value), fmt_time(r.timestamp) if with_time else "")
-        for r in records
+        (name, step, fmt_value(value), fmt_time(timestamp) if with_time else "")
+        for name, step, value, timestamp in points
     ]
     headers = ("NAME", "STEP", "VALUE", "TIME") if with_time else ("NAME", "STEP", "VALUE", "")
     return table(headers, rows, right={1, 2})
@@ -124,6 +130,20 @@ def dumps(obj: Any) -> str:
 
 def metric_json(record: Metric) -> str:
     return dumps(shapes.metric(record))
+
+
+def columns_json(name: str, columns: Columns) -> list[str]:
+    """metric_json of each point of one name's columns, without an object per point."""
+    head = f'{{"name":{dumps(name)},"value":'
+    return [
+        f'{head}{value},"step":{step},"timestamp":{timestamp}}}'
+        for value, step, timestamp in zip(
+            json_values(columns.value),
+            columns.step.tolist(),
+            columns.timestamp.tolist(),
+            strict=True,
+        )
+    ]
 
 
 def emit(text: str, stream: TextIO | None = None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from fetchml.protocol.metrics import encode_metrics_payload, encode_record
+from fetchml.protocol.metrics import RECORD_MIN, encode_metrics_payload, encode_record
 from fetchml.protocol.requests import QueryMetrics
 
 from . import sidecar
@@ -23,6 +23,8 @@ from .sidecar import ROW, Checkpoint, NameInfo, Record
 ALL_STEPS = (0, 0xFFFFFFFF)
 WINDOW_ROWS = 1 << 18
 """Rows looked at a time while paging (7 MiB)."""
+MIN_READ_ROWS = 1 << 14
+"""Rows read at least at a time while filling a page."""
 TOO_MANY = "too many points: lower max_points or filter by name"
 
 
@@ -154,33 +156,60 @@ def page(
     limit: int,
 ) -> bytes:
     """Records of one name in the step range from record `after`: what the scan of the file
-    would give (query.query_page), with `next` the record after the last one looked at."""
+    would give (query.query_page), with `next` the record after the last one looked at.
+    One name's records are all one size, so a page holds min(limit, budget // size)."""
     total = cp.count
     found = _named(cp, req.name)
     parts: list[bytes] = []
-    size = 0
-    next_index = 0
+    count = next_index = 0
     if found:
         k, info = found[0]
         check(directory, cp, checked, k)
+        room = min(limit, budget // (RECORD_MIN + len(info.name)))
         with Column(directory, k, info.rows) as column:
             at = column.find(req.after)
             while at < info.rows and next_index == 0:
-                window = column.read(at, at + WINDOW_ROWS)
+                # the rows a page still needs (and one after), not a whole window each page
+                rows = WINDOW_ROWS if count == room else room - count + 1
+                window = column.read(at, at + min(WINDOW_ROWS, max(rows, MIN_READ_ROWS)))
                 step = window["step"]
-                hits = np.flatnonzero((step >= req.step_from) & (step <= req.step_to))
-                for i in hits[: limit - len(parts)].tolist():
-                    r = window[i]
-                    record = _row_record(r, info.name)
-                    if size + len(record) > budget:
-                        next_index = int(r["index"])
-                        break
-                    parts.append(record)
-                    size += len(record)
-                    if len(parts) == limit:
-                        next_index = int(r["index"]) + 1
-                        break
+                hits = window[(step >= req.step_from) & (step <= req.step_to)]
+                if count == room:  # full by bytes: continue from the next matching record
+                    next_index = int(hits["index"][0]) if len(hits) else 0
+                    at += len(window)
+                    continue
+                taken = hits[: room - count]
+                parts.append(_records(taken, info.name))
+                count += len(taken)
+                if count == room and room == limit:
+                    next_index = int(taken["index"][-1]) + 1
+                elif count == room and len(hits) > len(taken):
+                    next_index = int(hits["index"][len(taken)])
                 at += len(window)
     if next_index >= total:
         next_index = 0
-    return encode_metrics_payload(next_index, len(parts), b"".join(parts))
+    return encode_metrics_payload(next_index, count, b"".join(parts))
+
+
+def _records(rows: npt.NDArray[np.void], name: bytes) -> bytes:
+    """The metrics.bin records of a name's column rows, encoded at once."""
+    out = np.empty(len(rows), record_dtype(name))
+    out["timestamp"] = rows["ts"]
+    out["step"] = rows["step"]
+    out["value"] = rows["value"]
+    out["length"] = len(name)
+    out["name"] = np.void(name)
+    return out.tobytes()
+
+
+def record_dtype(name: bytes) -> np.dtype[np.void]:
+    """A record named `name` as metrics.bin holds it: big-endian, no padding."""
+    return np.dtype(
+        [
+            ("timestamp", ">u8"),
+            ("step", ">u4"),
+            ("value", ">f8"),
+            ("length", "u1"),
+            ("name", f"V{len(name)}"),
+        ]
+    )
