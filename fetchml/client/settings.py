@@ -54,7 +54,7 @@ def parse_urls(text: str, source: str = "the URL") -> tuple[str, ...]:
                 f"empty URL in {source} {text!r}: expected URLs separated by commas"
             )
         try:
-            urls.append(normalize_url(item))
+            urls.append(normalize_url(item.strip()))
         except ConfigurationError as exc:
             raise ConfigurationError(f"{exc.message} (in {source})") from None
     return tuple(urls)
