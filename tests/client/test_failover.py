@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fetchml.client import Client, cli
-from fetchml.client.errors import ConfigurationError, ConnectFailed
+from fetchml.client import Client, MetricLogger, cli
+from fetchml.client.errors import AuthenticationFailed, ConfigurationError, ConnectFailed
 from fetchml.client.failover import Failover
 from fetchml.client.settings import resolve_settings
 from tests.support.daemon import free_port
@@ -53,7 +53,9 @@ def test_a_bad_url_list_names_the_bad_item(text: str, message: str) -> None:
 def test_bad_url_lists_from_the_environment_and_the_config_name_their_source(
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(ConfigurationError, match=r"'ws://': expected ws://HOST:PORT/ws \(in FETCHML_URL\)"):
+    with pytest.raises(
+        ConfigurationError, match=r"'ws://': expected ws://HOST:PORT/ws \(in FETCHML_URL\)"
+    ):
         resolve_settings(api_key="k", environ={"FETCHML_URL": f"{A}, ws://"})
     config = tmp_path / "config.toml"
     config.write_text(f'api_url = "{A},,"\n')
@@ -101,6 +103,24 @@ async def test_a_client_names_every_url_when_none_answers() -> None:
     with pytest.raises(ConnectFailed, match="no daemon of 2 URLs answers") as caught:
         await Client.connect(f"{first},{second}", ADMIN_KEY)
     assert first in caught.value.message and second in caught.value.message
+
+
+async def test_a_logger_starts_on_the_first_url_that_answers(daemon: Daemon) -> None:
+    """The start check waits until every URL was tried once: a refused key on the second
+    raises in the constructor (not only at the first flush)."""
+    urls = f"{dead_url()},{daemon.url}"
+    with pytest.raises(AuthenticationFailed):
+        await asyncio.to_thread(MetricLogger, url=urls, api_key="fml_not_a_key", name="x")
+
+    def log_three() -> str:
+        with MetricLogger(url=urls, api_key=ADMIN_KEY, name="listed") as ml:
+            for step in range(3):
+                ml.log("loss", 1.0, step=step)
+        return ml.run_id
+
+    run_id = await asyncio.to_thread(log_three)
+    async with Client.connect(daemon.url, ADMIN_KEY) as client:
+        assert [p.step for p in await client.query(run_id)] == [0, 1, 2]
 
 
 async def test_the_cli_with_a_url_list_uses_the_live_daemon(
