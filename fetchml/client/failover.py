@@ -1,8 +1,8 @@
 """Which of the client's URLs to connect to next, and how long to wait before it.
 
-Every reconnect loop of the clients (Client.connect, the MetricLogger's shipper,
-a watch, the worker's link) keeps one `Failover` over the URLs of its settings.
-The first URL is tried first. A connection that cannot be opened, or a session
+`Client.connect` tries the URLs of its settings once, in order, and takes the
+first that answers. Every reconnect loop (the MetricLogger's shipper, a watch,
+the worker's link) keeps one `Failover` over them. The first URL is tried first. A connection that cannot be opened, or a session
 that fails, moves to the next URL at once; the loop's own backoff applies only
 once the whole list has failed in a row: `delay(rounds)` after the last URL of
 each such round, rounds counting from 1. A connection that worked and then died
