@@ -1,7 +1,8 @@
 """`fetchml`: the command-line client.
 
 Every subcommand connects with `--url` / `--api-key` (else FETCHML_URL /
-FETCHML_API_KEY, else `api_url` / `api_key` in ~/.ml/config.toml), prints
+FETCHML_API_KEY, else `api_url` / `api_key` in ~/.ml/config.toml; several URLs
+separated by commas are tried in order), prints
 aligned tables (or JSON with `--json`), and exits 1 with one line
 `error: <the server's message>` on failure (2 for usage errors). A COMMIT or RUN
 is 40 hex characters, a unique prefix of 6 or more, or HEAD (`git rev-parse HEAD`).
@@ -48,7 +49,11 @@ COMPARE_LIMIT = 10
 
 
 def _connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("--url", default=default, help="ws://HOST:PORT/ws (env FETCHML_URL)")
+    parser.add_argument(
+        "--url",
+        default=default,
+        help="ws://HOST:PORT/ws, or several, comma-separated (env FETCHML_URL)",
+    )
     parser.add_argument("--api-key", default=default, help="raw API key (env FETCHML_API_KEY)")
 
 

@@ -24,7 +24,7 @@ from fetchml.protocol.errors import MalformedRequest
 from fetchml.protocol.responses import StatusReport
 from fetchml.protocol.rules import DEFAULT_PRIORITY
 
-from .errors import AlreadyExists, InvalidRequest, ProtocolViolation
+from .errors import AlreadyExists, ConnectFailed, InvalidRequest, ProtocolViolation
 from .metrics import MetricsAPI
 from .models import (
     Experiment,
@@ -62,6 +62,8 @@ class Client(MetricsAPI, RunsAPI):
 
         `url` and `api_key` default to FETCHML_URL / FETCHML_API_KEY, then
         `api_url` / `api_key` in ~/.ml/config.toml; the URL to ws://127.0.0.1:9103/ws.
+        Several URLs (comma-separated) are tried in order: the client connects to the
+        first that answers (`url`), and its watches start there.
         The raw key goes in the handshake (`X-API-Key`) unless `handshake_key=False`,
         so a wrong key raises AuthenticationFailed here. `keepalive=False` sends no
         pings: for a caller that times its own requests out (the worker).
@@ -71,10 +73,21 @@ class Client(MetricsAPI, RunsAPI):
             settings = resolve_settings(url, api_key, config_path=config_path)
             key = settings.api_key if handshake_key else None
             ping = 20.0 if keepalive else None
-            ws = await open_websocket(settings.url, open_timeout, key, ping)
+            failures: list[ConnectFailed] = []
+            for option in settings.urls:
+                try:
+                    ws = await open_websocket(option, open_timeout, key, ping)
+                    break
+                except ConnectFailed as exc:
+                    failures.append(exc)
+            else:
+                if len(failures) == 1:
+                    raise failures[0]
+                reasons = "; ".join(str(exc) for exc in failures)
+                raise ConnectFailed(f"no daemon of {len(failures)} URLs answers: {reasons}")
             return cls(
                 ws,
-                settings,
+                settings.starting_at(option),
                 max_in_flight=max_in_flight,
                 max_message_bytes=max_message_bytes,
                 on_event=on_event,

@@ -10,7 +10,8 @@ document changes (`patches`, queued by the caller; a heartbeat every
 batches (a refused one loses only itself).
 
 When the connection drops, or the daemon answers with a transient error,
-the shipper reconnects with exponential backoff, reads what the run holds
+the shipper reconnects, to the next of its URLs (failover.py) and with
+exponential backoff once all of them failed in a row, reads what the run holds
 from the window's start (LIST_RUNS for the count, QUERY_METRICS for the
 records) so the Batcher can skip what was stored though its answer was lost,
 and the Batcher puts every other unacknowledged batch back in line, in
@@ -37,6 +38,7 @@ from fetchml.protocol.enums import ErrorCode
 from .batches import Batch, Batcher, Item
 from .connection import Client
 from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
+from .failover import Failover
 from .ledger import Ledger
 from .pipeline import MAX_MESSAGE_BYTES
 from .resume import stored_after
@@ -120,36 +122,45 @@ class Shipper:
 
     async def run(self) -> None:
         self._wake = asyncio.Event()
-        failures = 0
+        cfg = self.config
+        urls = Failover(
+            cfg.settings.urls,
+            lambda rounds: backoff_delay(rounds, cfg.initial_backoff, cfg.max_backoff),
+        )
+        wait = 0.0
         connected_once = False
         try:
             while not self.abort and self.fatal is None:
                 if self.stop and self.idle:
                     break
-                if failures:
-                    await self._backoff(failures)
+                if wait:
+                    await self._backoff(wait)
                     if self.abort:
                         break
+                url = urls.url
                 try:
                     client = await Client.connect(
-                        self.config.settings.url,
-                        self.config.settings.api_key,
-                        open_timeout=self.config.open_timeout,
+                        url, cfg.settings.api_key, open_timeout=cfg.open_timeout
                     )
                 except FetchmlConnectionError as exc:
-                    failures += 1
+                    wait = urls.failed()
                     self.ledger.note(exc, "cannot connect")
-                    self.started.set()
+                    if urls.rounds:  # every URL tried: the start check waits for one
+                        self.started.set()
                     continue
                 except FetchmlError as exc:  # refused handshake (key, address) or bad URL
                     self._fail(exc)
                     break
                 if connected_once:
                     self.ledger.reconnects += 1
-                    logger.info("metric logger %s: reconnected", self.ledger.label)
+                    logger.info("metric logger %s: reconnected to %s", self.ledger.label, url)
                 connected_once = True
                 try:
-                    failures = 0 if await self._session(client) else failures + 1
+                    if await self._session(client):
+                        urls.dropped()
+                        wait = 0.0
+                    else:
+                        wait = urls.failed()
                 finally:
                     await self._close(client)
         finally:
@@ -172,10 +183,8 @@ class Shipper:
             self.ledger.reject(lost, str(exc), exc.code)
         self.space.set()
 
-    async def _backoff(self, failures: int) -> None:
+    async def _backoff(self, delay: float) -> None:
         """Wait before the next connection attempt (cut short only by an abort)."""
-        cfg = self.config
-        delay = backoff_delay(failures, cfg.initial_backoff, cfg.max_backoff)
         assert self._wake is not None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):

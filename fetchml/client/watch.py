@@ -5,6 +5,8 @@ push stream). Every DATA `metrics` packet carries `next`, the record index
 just past what it covers; after a drop, a daemon restart or a 1008 "subscriber
 too slow" close, the watch reconnects with exponential backoff and subscribes
 again from the last `next` it received, so it sees no gap and no duplicate.
+With several URLs it reconnects to the next one (failover.py): record indices
+are positions in the shared file, so the stream resumes on any daemon.
 
     async with client.watch(commit) as batches:
         async for batch in batches:
@@ -35,6 +37,7 @@ from fetchml.protocol.responses import (
 )
 
 from .errors import RETRYABLE, FetchmlConnectionError, NotFound, ProtocolViolation, error_from
+from .failover import Failover
 from .models import MetricsPage
 from .settings import Settings
 from .transport import EventHandler, backoff_delay, log_event, open_websocket
@@ -49,7 +52,8 @@ class WatchOptions:
     """Delay before the second reconnect attempt (the first is immediate); doubles each time."""
     max_backoff: float = 2.0
     max_retries: int | None = None
-    """Failed reconnect attempts in a row before giving up (None: keep trying)."""
+    """Failed reconnect attempts in a row before giving up (None: keep trying); with
+    several URLs, rounds in which every URL failed."""
     skip_empty: bool = True
     """Do not yield packets that carry no records (their `next` is still taken)."""
     wait_for_experiment: float = 0.0
@@ -79,6 +83,11 @@ class MetricWatch:
         self._on_event = on_event or log_event
         self._on_close = on_close
         self._ws: ClientConnection | None = None
+        opts = self._options
+        self._urls = Failover(
+            settings.urls,
+            lambda rounds: backoff_delay(rounds + 1, opts.initial_backoff, opts.max_backoff),
+        )
         self._subscribed_once = False
         self._closed = False
         self.reconnects = 0
@@ -105,12 +114,14 @@ class MetricWatch:
                 message = await ws.recv()
             except ConnectionClosed as exc:
                 self._ws = None
+                self._urls.dropped()
                 if not self._closed:
                     logger.info(
-                        "watch %s: connection lost (%s); resuming at %d",
+                        "watch %s: connection lost (%s); resuming at %d on %s",
                         self.commit,
                         exc,
                         self._next,
+                        self._urls.url,
                     )
                 continue
             response = self._decode(message)
@@ -169,35 +180,41 @@ class MetricWatch:
     async def _subscribe(self) -> ClientConnection | None:
         """Open a connection and send WATCH_METRICS from `next`; None once closed.
 
-        The first subscription fails at once (or, for a missing experiment, waits with
-        `wait_for_experiment`); later ones retry with backoff.
+        The first subscription fails once every URL failed (or, for a missing
+        experiment, waits with `wait_for_experiment`); later ones retry with backoff.
         """
-        attempt = 0
+        urls, wait = self._urls, 0.0
         while not self._closed:
-            attempt += 1
-            opts = self._options
-            await asyncio.sleep(backoff_delay(attempt, opts.initial_backoff, opts.max_backoff))
+            await asyncio.sleep(wait)
             if self._closed:
                 break
+            opts = self._options
             try:
-                ws = await self._try_subscribe()
+                ws = await self._try_subscribe(urls.url)
             except NotFound:
                 if self._subscribed_once or opts.wait_for_experiment <= 0:
                     raise
                 logger.info("watch %s: no such experiment yet, waiting", self.commit)
-                await asyncio.sleep(opts.wait_for_experiment)
-                attempt = 0
+                urls.succeeded()
+                wait = opts.wait_for_experiment
                 continue
             except FetchmlConnectionError as exc:
-                limit = self._options.max_retries
-                if (
-                    not self._subscribed_once
-                    or isinstance(exc, ProtocolViolation)
-                    or (limit is not None and attempt > limit)
+                url, wait = urls.url, urls.failed()
+                limit = opts.max_retries
+                if isinstance(exc, ProtocolViolation) or (
+                    (not self._subscribed_once or (limit is not None and urls.rounds > limit))
+                    and not urls.failures % len(urls.urls)
                 ):
                     raise
-                logger.info("watch %s: reconnect attempt %d failed: %s", self.commit, attempt, exc)
+                logger.info(
+                    "watch %s: reconnect attempt %d to %s failed: %s",
+                    self.commit,
+                    urls.failures,
+                    url,
+                    exc,
+                )
                 continue
+            urls.succeeded()
             if self._subscribed_once:
                 self.reconnects += 1
             self._subscribed_once = True
@@ -205,10 +222,8 @@ class MetricWatch:
             return ws
         return None
 
-    async def _try_subscribe(self) -> ClientConnection:
-        ws = await open_websocket(
-            self._settings.url, self._options.open_timeout, self._settings.api_key
-        )
+    async def _try_subscribe(self, url: str) -> ClientConnection:
+        ws = await open_websocket(url, self._options.open_timeout, self._settings.api_key)
         request = rq.WatchMetrics(
             key_hash=self._settings.key_hash,
             commit_id=self._commit,

@@ -39,7 +39,11 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         epilog="example:\n  fetchml worker --name gpu-box-1 --gpus 0,1,2,3 --concurrency 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cmd.add_argument("--url", default=argparse.SUPPRESS, help="ws://HOST:PORT/ws (env FETCHML_URL)")
+    cmd.add_argument(
+        "--url",
+        default=argparse.SUPPRESS,
+        help="ws://HOST:PORT/ws, or several, comma-separated (env FETCHML_URL)",
+    )
     cmd.add_argument(
         "--api-key", default=argparse.SUPPRESS, help="raw API key (env FETCHML_API_KEY)"
     )

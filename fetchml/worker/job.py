@@ -82,7 +82,7 @@ def job_env(job: Job, slot: Slot, setup: Setup, spec: dict[str, Any]) -> dict[st
     settings = setup.link.settings
     env = {**os.environ, **spec["env"]}
     env |= {
-        URL_ENV: settings.url,
+        URL_ENV: settings.url_list,
         KEY_ENV: settings.api_key,
         RUN_ID_ENV: job.commit_id,
         JOB_ID_ENV: job.id,

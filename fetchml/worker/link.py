@@ -1,9 +1,10 @@
 """The worker's one connection to the daemon, opened again whenever it drops.
 
 `call(fn)` runs `fn(client)` and, when the connection is lost or cannot be
-opened, reconnects with backoff (RECONNECT_S doubling up to MAX_RECONNECT_S,
-with jitter) and runs it again, for as long as it takes: a daemon restart
-costs a running job nothing. A key the daemon refuses at connect (revoked)
+opened, reconnects and runs it again, for as long as it takes: a daemon restart
+costs a running job nothing. With several URLs each reconnect goes to the next
+one (fetchml/client/failover.py), with backoff (RECONNECT_S doubling up to
+MAX_RECONNECT_S, with jitter) once every URL failed in a row. A key the daemon refuses at connect (revoked)
 raises KeyRefused, which stops the worker. Every other error reaches the
 caller. A request
 whose answer was lost is sent again: heartbeats and results are idempotent,
@@ -23,6 +24,7 @@ import anyio
 
 from fetchml.client.connection import Client
 from fetchml.client.errors import AuthenticationFailed, FetchmlConnectionError
+from fetchml.client.failover import Failover
 from fetchml.client.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class KeyRefused(Exception):
 class Link:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._urls = Failover(
+            settings.urls, lambda rounds: backoff(rounds, RECONNECT_S, MAX_RECONNECT_S)
+        )
         self._client: Client | None = None
         self._lock = anyio.Lock()
 
@@ -64,28 +69,28 @@ class Link:
 
     async def _connected(self) -> Client:
         async with self._lock:
-            attempt = 0
+            urls = self._urls
             while self._client is None:
+                url = urls.url
                 try:
-                    self._client = await Client.connect(
-                        self.settings.url, self.settings.api_key, keepalive=False
-                    )
+                    self._client = await Client.connect(url, self.settings.api_key, keepalive=False)
                 except AuthenticationFailed as exc:
                     raise KeyRefused(exc.message) from None
                 except FetchmlConnectionError as exc:
-                    attempt += 1
-                    delay = backoff(attempt, RECONNECT_S, MAX_RECONNECT_S)
-                    logger.warning("%s; retrying in %.1f s", exc, delay)
+                    delay = urls.failed()
+                    logger.warning("%s; trying %s in %.1f s", exc, urls.url, delay)
                     await anyio.sleep(delay)
                 else:
-                    if attempt:
-                        logger.info("reconnected to %s", self.settings.url)
+                    if urls.failures:
+                        logger.info("reconnected to %s", url)
+                    urls.succeeded()
             return self._client
 
     async def _drop(self, client: Client, exc: Exception | str) -> None:
         if self._client is client:
             self._client = None
-            logger.warning("%s; reconnecting", exc)
+            self._urls.dropped()
+            logger.warning("%s; reconnecting to %s", exc, self._urls.url)
             client.abort()  # already broken: no closing handshake to wait for
 
     async def close(self) -> None:
