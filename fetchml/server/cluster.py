@@ -84,6 +84,8 @@ class ClusterLink:
         """Names of the nodes alive at the last heartbeat (the last seen while Redis is down)."""
         self.taken = ""
         """Why this node is not registered: another live node holds its name."""
+        self._holder: str | None = None
+        """That node's entry, as read."""
         self._entry: dict[str, object] = {}
         self._claim = self.redis.register_script(_CLAIM)
         self._release = self.redis.register_script(_RELEASE)
@@ -128,6 +130,14 @@ class ClusterLink:
         self._entry["started"] = round(time.time(), 3)
         try:
             await self.beat()
+            if self.taken and self._holder and _dead_here(self._holder, self.host):
+                # This machine's node of that name was killed (systemd restarts it at once):
+                # its entry would hold the name for up to TTL_S. Remove exactly that entry.
+                logger.warning("%s; its process is gone from this host: taking over", self.taken)
+                args = [self._holder, self.name]
+                keys = [self.key("node", self.name), self.key("nodes")]
+                await self.call(lambda r: self._release(keys=keys, args=args))
+                await self.beat()
         except RedisDown:
             return
         if self.taken:
@@ -149,6 +159,7 @@ class ClusterLink:
         args: list[str | int] = [value, self._mine(), int(TTL_S * 1000), self.name]
         keys = [self.key("node", self.name), self.key("nodes")]
         holder = await self.call(lambda r: self._claim(keys=keys, args=args))
+        self._holder = None if holder is None else str(holder)
         self.taken = "" if holder is None else _taken(self.name, holder)
         self.registered = holder is None
         self.live = [node["name"] for node in await self.nodes()]
@@ -198,6 +209,20 @@ class ClusterLink:
         if gone:
             await self.call(lambda r: r.srem(self.key("nodes"), *gone))
         return [json.loads(v) for v in values if v is not None]
+
+
+def _dead_here(holder: str, host: str) -> bool:
+    """The entry is of a node on this host whose process no longer exists."""
+    try:
+        entry = json.loads(holder)
+        if entry["host"] != host:
+            return False
+        os.kill(int(entry["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, KeyError, TypeError, OSError):
+        return False
+    return False
 
 
 def _taken(name: str, holder: str) -> str:

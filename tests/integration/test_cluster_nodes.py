@@ -254,6 +254,28 @@ async def test_the_name_of_a_node_that_died_is_free_once_its_entry_expires(
     assert (await live_nodes(ClusterConfig(redis_url=redis_server.url)))[0]["pid"] == os.getpid()
 
 
+async def test_a_node_restarted_after_a_kill_takes_its_name_back_at_once(
+    start_daemon: DaemonFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    import redis.asyncio
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    here = socket.gethostname()
+    section = {"redis_url": redis_server.url, "node_name": "gpu-1"}
+    for pid, refused in ((os.getpid(), True), (dead.pid, False)):  # alive here, then gone
+        entry = {"name": "gpu-1", "host": here, "pid": pid, "port": 9103, "started": 0.0}
+        async with redis.asyncio.from_url(redis_server.url) as r:
+            await r.set("fetchml:node:gpu-1", json.dumps(dict(entry, heartbeat=time.time())))
+            await r.sadd("fetchml:nodes", "gpu-1")
+        if refused:
+            with pytest.raises(NodeNameTaken, match=rf"\(host {here}, pid {pid}, last"):
+                await App(make_config(tmp_path, cluster=section)).run(None, False)
+    node = await start_daemon(cluster=section)  # no TTL to wait for: the entry never expires
+    assert (await health(node))["nodes"] == ["gpu-1"]
+    assert (await live_nodes(ClusterConfig(redis_url=redis_server.url)))[0]["pid"] == os.getpid()
+
+
 async def _no_nodes(config: ClusterConfig) -> bool:
     return not await live_nodes(config)
 
