@@ -16,6 +16,7 @@ from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection, serve
 
 from .. import __version__
+from . import freshness
 from .audit import AuditLog
 from .auth import KeyTable, RateLimiter
 from .config import Config, ConfigError, config_warnings, load_config
@@ -219,6 +220,8 @@ class App:
                 await tg.start(self._signals)
             tg.start_soon(self.notifier.watchdog_loop)
             tg.start_soon(self._sweep, gate, tg)
+            if self.ctx is not None:
+                tg.start_soon(freshness.follow, self.ctx.store, self.hub)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
             if on_ready:

@@ -111,6 +111,12 @@ class ExperimentStore:
         exp = self._open.held(commit)
         return exp.phase if exp else None
 
+    def known_size(self, commit: str) -> int | None:
+        """metrics.bin's size when this store last looked (its own appends included); None
+        when it holds no state of it."""
+        exp = self._open.held(commit)
+        return None if exp is None or exp.phase is Phase.UNSCANNED else exp.state.size
+
     def _forget_index(self, exp: Experiment) -> None:
         self.budget.forget(("offsets", exp.commit))
 

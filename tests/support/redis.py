@@ -43,8 +43,8 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
-        log = (self.home / "redis.log").open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        with (self.home / "redis.log").open("ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + READY_S
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"redis-server exited: {self.log_tail()}"
