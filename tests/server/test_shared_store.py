@@ -117,3 +117,31 @@ def test_a_step_on_a_pruned_experiment_is_not_found_and_makes_nothing(tmp_path: 
     with pytest.raises(NotFound), exlock.held(directory):
         pass
     assert os.listdir(tmp_path) == []
+
+
+async def test_sidecars_are_written_under_the_experiment_flock(tmp_path: Path) -> None:
+    async with ExperimentStore(tmp_path, index_bytes=0) as store:
+        await store.create(meta())
+        await store.append(C, b"".join(rec(i) for i in range(10)), 10)
+        locked, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with exlock.held(tmp_path / C):
+                locked.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        locked.wait(30)
+        counted: list[int | None] = []
+        async with anyio.create_task_group() as tg:
+
+            async def query() -> None:
+                counted.append(await store.on_sidecars(C, lambda _d, cp, _c: cp.count))
+
+            tg.start_soon(query)
+            await anyio.sleep(0.2)
+            assert not counted and not (tmp_path / C / "index").exists()
+            release.set()
+        holder.join()
+        assert counted == [10]
