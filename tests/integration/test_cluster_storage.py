@@ -166,3 +166,27 @@ async def test_prune_on_a_while_b_appends_answers_not_found_and_never_recreates(
     error_of(await on_b.call(batch(commit, acked, 1)), ErrorCode.RESOURCE_NOT_FOUND)
     assert not [name for name in os.listdir(base) if name.startswith(".pruned-")]
     assert not os.path.lexists(base / commit.hex())
+
+
+async def test_appends_on_a_keep_a_run_alive_on_b(
+    start_daemon: DaemonFactory, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    a, b = await nodes(start_daemon, tmp_path, redis_server)
+    assert b.app.ctx is not None
+    now = time.time()
+    b.app.ctx.runs.clock = lambda: now + 400  # B's clock: past crash_after_s (300 s)
+    commit = commit_of(5)
+    on_a = await create(a, commit)
+    await run_patch(on_a, commit, {"status": "running"})
+    await write(on_a, batch(commit, 0, 1))
+    metrics = tmp_path / "shared" / commit.hex() / "metrics.bin"
+    os.utime(metrics, (now - 1000, now - 1000))
+    on_b = await b.client()
+    get = GetExperiment(key_hash=ADMIN, commit_id=commit)
+    assert data_of(await on_b.call(get), "experiment")["run"]["status"] == "crashed"
+    await write(on_a, batch(commit, 1, 1))
+    os.utime(metrics, (now + 350, now + 350))  # A's append, 50 s before B's clock
+    assert data_of(await on_b.call(get), "experiment")["run"]["status"] == "running"
+    running = json.dumps({"status": "running"})
+    listed = data_of(await on_b.call(ListRuns(key_hash=ADMIN, filter=running)), "runs")
+    assert [r["id"] for r in listed["runs"]] == [commit.hex()]
