@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+from websockets.exceptions import ConnectionClosed
+
 from fetchml.protocol.enums import ErrorCode, PruneType
 from fetchml.protocol.requests import (
     GetExperiment,
@@ -190,3 +193,23 @@ async def test_appends_on_a_keep_a_run_alive_on_b(
     running = json.dumps({"status": "running"})
     listed = data_of(await on_b.call(ListRuns(key_hash=ADMIN, filter=running)), "runs")
     assert [r["id"] for r in listed["runs"]] == [commit.hex()]
+
+
+async def test_prune_on_a_ends_watchers_on_b(
+    start_daemon: DaemonFactory, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    a, b = await nodes(start_daemon, tmp_path, redis_server)
+    commit = commit_of(6)
+    write_experiment(tmp_path / "shared", commit, timestamp=1_700_000_000, user="admin")
+    watcher = await start_watch(b, watch(commit))
+    await write(await b.client(), batch(commit, 0, 2))
+    await Stream(0).read_until(watcher, 2)
+    on_a = await a.client()
+    prune = Prune(key_hash=ADMIN, prune_type=PruneType.OLDER_THAN_DAYS, value=1)
+    assert data_of(await on_a.call(prune), "pruned") == {"pruned": [commit.hex()]}
+    pruned = time.monotonic()
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(watcher.recv(), WINDOW_S)
+    print(f"watcher on another node ended {(time.monotonic() - pruned) * 1000:.0f} ms after prune")
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    assert b.app.ctx is not None and b.app.ctx.store.held(commit.hex()) is None
