@@ -300,12 +300,20 @@ class ExperimentStore:
 
     async def _scanned(self, commit: str) -> Experiment:
         """An experiment whose valid prefix is known and current: another process's appends
-        are read first (on a file this process holds open, unless a worker step is under
-        way, which reads them itself)."""
+        are read first, and a file this process holds open is checked to be still the
+        experiment's (NotFound once another process pruned it), unless a worker step,
+        which checks both itself, is under way."""
         exp = self._open.get(commit)
         if exp.phase is Phase.OPEN:
             fd = exp.fd
-            if fd is None or exp.lock.locked() or os.fstat(fd).st_size == exp.state.end:
+            if fd is None or exp.lock.locked():
+                return exp
+            try:
+                exlock.check_same(fd, exp.path)
+            except NotFound:
+                self.forget(commit)
+                raise
+            if os.fstat(fd).st_size == exp.state.end:
                 return exp
         elif not os.path.lexists(exp.path):  # removed from outside
             self._open.drop(commit)

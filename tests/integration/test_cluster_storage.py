@@ -213,3 +213,22 @@ async def test_prune_on_a_ends_watchers_on_b(
     print(f"watcher on another node ended {(time.monotonic() - pruned) * 1000:.0f} ms after prune")
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
     assert b.app.ctx is not None and b.app.ctx.store.held(commit.hex()) is None
+
+
+async def test_b_reads_what_a_pruned_and_made_again_anew(
+    start_daemon: DaemonFactory, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    a, b = await nodes(start_daemon, tmp_path, redis_server)
+    commit = commit_of(7)
+    write_experiment(tmp_path / "shared", commit, timestamp=1_700_000_000, user="admin")
+    on_b = await b.client()
+    await write(on_b, batch(commit, 0, 2, name="old"))  # B holds the file open
+    assert len(await query_all(on_b, commit)) == 2
+    prune = Prune(key_hash=ADMIN, prune_type=PruneType.OLDER_THAN_DAYS, value=1)
+    on_a = await create(a, commit_of(8))  # the newest, kept
+    assert data_of(await on_a.call(prune), "pruned") == {"pruned": [commit.hex()]}
+    get = GetExperiment(key_hash=ADMIN, commit_id=commit)
+    error_of(await on_b.call(get), ErrorCode.RESOURCE_NOT_FOUND)
+    await write(await create(a, commit), batch(commit, 0, 1, name="anew"))
+    assert [r.name for r in await query_all(on_b, commit)] == ["anew"]
+    assert data_of(await on_b.call(get), "experiment")["metrics_count"] == 1
