@@ -28,15 +28,16 @@ PRUNED = ".pruned-"
 """Prefix of the hidden name a pruned directory has until it is deleted."""
 
 
-def check_same(fd: int, directory: Path) -> None:
-    """NotFound unless the directory's metrics.bin is the file open as `fd`."""
-    try:
-        st = os.stat(directory / METRICS, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
-        st = None
+def check_same(fd: int, metrics: Path) -> os.stat_result:
+    """The stat of the file open as `fd`; NotFound unless the path `metrics` names it."""
     held = os.fstat(fd)
-    if st is None or (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
-        raise NotFound(f"experiment {directory.name} not found")
+    try:
+        st = os.stat(metrics, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"experiment {metrics.parent.name} not found") from None
+    if (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+        raise NotFound(f"experiment {metrics.parent.name} not found")
+    return held
 
 
 @contextlib.contextmanager
@@ -50,7 +51,7 @@ def held(directory: Path) -> Iterator[int]:
         raise NotFound(f"experiment {directory.name} not found") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        check_same(fd, directory)
+        check_same(fd, directory / METRICS)
         yield fd
     finally:
         os.close(fd)  # and with it the lock

@@ -223,8 +223,7 @@ def open_for_append(
             fsync_dir(path)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            exlock.check_same(fd, path)  # not pruned since the directory was opened
-            size = os.fstat(fd).st_size
+            size = exlock.check_same(fd, metrics).st_size  # not pruned since opened
             if state.corrupt and size == state.size:
                 new = state
             else:
@@ -292,8 +291,7 @@ def append(
     except BlockingIOError:
         return None
     try:
-        exlock.check_same(fd, metrics.parent)
-        size = os.fstat(fd).st_size
+        size = exlock.check_same(fd, metrics).st_size
         if size != state.end:  # another writer, or a failed partial write
             if size < state.end:
                 logger.error("%s shrank to %d bytes under us; rescanning", metrics, size)

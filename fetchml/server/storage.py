@@ -309,11 +309,11 @@ class ExperimentStore:
             if fd is None or exp.lock.locked():
                 return exp
             try:
-                exlock.check_same(fd, exp.path)
+                held = exlock.check_same(fd, exp.metrics_path)
             except NotFound:
                 self.forget(commit)
                 raise
-            if os.fstat(fd).st_size == exp.state.end:
+            if held.st_size == exp.state.end:
                 return exp
         elif not os.path.lexists(exp.path):  # removed from outside
             self._open.drop(commit)
