@@ -163,6 +163,7 @@ class App:
                 max_open_files=cfg.storage.max_open_files,
                 cache_bytes=cfg.storage.cache_bytes,
                 index_bytes=cfg.storage.index_bytes,
+                shared=cfg.cluster.enabled,
             ) as store:
                 jobs = await SqliteJobQueue.open(
                     cfg.storage.jobs_db, cfg.jobs.keep_days, cfg.jobs.lease_s

@@ -280,18 +280,25 @@ def recover(
 
 
 def append(
-    fd: int, metrics: Path, state: FileState, data: bytes, count: int, fsync: bool, wait: bool
+    fd: int,
+    metrics: Path,
+    state: FileState,
+    data: bytes,
+    count: int,
+    fsync: bool,
+    wait: bool,
+    shared: bool = False,
 ) -> FileState | None:
-    """Lock, check that the path still names the file (NotFound: pruned or replaced) and
-    the file's end, write, sync. The new state holds the records at its end; a corrupt one
-    (found on the way) means nothing was written. None when `wait` is False and another
-    process holds the file lock."""
+    """Lock, check the file's end (and with `shared`, that the path still names the file:
+    NotFound when another process pruned or replaced it), write, sync. The new state holds
+    the records at its end; a corrupt one (found on the way) means nothing was written.
+    None when `wait` is False and another process holds the file lock."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return None
     try:
-        size = exlock.check_same(fd, metrics).st_size
+        size = (exlock.check_same(fd, metrics) if shared else os.fstat(fd)).st_size
         if size != state.end:  # another writer, or a failed partial write
             if size < state.end:
                 logger.error("%s shrank to %d bytes under us; rescanning", metrics, size)

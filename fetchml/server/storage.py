@@ -71,8 +71,12 @@ class ExperimentStore:
         max_open_files: int = 256,
         cache_bytes: int = CACHE_BYTES,
         index_bytes: int = INDEX_BYTES,
+        shared: bool = False,
     ) -> None:
         self.base = Path(base_path)
+        self.shared = shared
+        """Other daemons append to and prune this tree (cluster mode): appends and reads of
+        a file held open check that its path still names it (exlock.check_same)."""
         self.sidecars = Sidecars(index_bytes)
         self.budget = CacheBudget(cache_bytes)
         """Shared by the record-offset indexes and the metric columns (server.series)."""
@@ -237,6 +241,7 @@ class ExperimentStore:
                     count,
                     self.durability == "fsync",
                     True,
+                    self.shared,
                 )
                 assert state is not None  # a write that waits always gets the lock
                 return self._written(exp, state, fd, count)
@@ -264,7 +269,9 @@ class ExperimentStore:
             or exp.lock.locked()
         ):
             return None
-        state = experiment.append(fd, exp.metrics_path, exp.state, data, count, False, False)
+        state = experiment.append(
+            fd, exp.metrics_path, exp.state, data, count, False, False, self.shared
+        )
         return None if state is None else self._written(exp, state, fd, count)
 
     def _written(self, exp: Experiment, state: FileState, fd: int, count: int) -> int:
@@ -300,16 +307,16 @@ class ExperimentStore:
 
     async def _scanned(self, commit: str) -> Experiment:
         """An experiment whose valid prefix is known and current: another process's appends
-        are read first, and a file this process holds open is checked to be still the
-        experiment's (NotFound once another process pruned it), unless a worker step,
-        which checks both itself, is under way."""
+        are read first, and (`shared`) a file this process holds open is checked to be
+        still the experiment's (NotFound once another process pruned it), unless a worker
+        step, which checks both itself, is under way."""
         exp = self._open.get(commit)
         if exp.phase is Phase.OPEN:
             fd = exp.fd
             if fd is None or exp.lock.locked():
                 return exp
             try:
-                held = exlock.check_same(fd, exp.metrics_path)
+                held = exlock.check_same(fd, exp.metrics_path) if self.shared else os.fstat(fd)
             except NotFound:
                 self.forget(commit)
                 raise

@@ -62,8 +62,8 @@ async def test_an_append_to_a_replaced_experiment_is_not_found_and_never_lands(
     tmp_path: Path, durability: Durability
 ) -> None:
     async with (
-        ExperimentStore(tmp_path, durability=durability) as a,
-        ExperimentStore(tmp_path) as b,
+        ExperimentStore(tmp_path, durability=durability, shared=True) as a,
+        ExperimentStore(tmp_path, shared=True) as b,
     ):
         await a.create(meta())
         await a.append(C, rec(0), 1)
@@ -145,3 +145,4 @@ async def test_sidecars_are_written_under_the_experiment_flock(tmp_path: Path) -
             release.set()
         holder.join()
         assert counted == [10]
+
