@@ -145,4 +145,3 @@ async def test_sidecars_are_written_under_the_experiment_flock(tmp_path: Path) -
             release.set()
         holder.join()
         assert counted == [10]
-
