@@ -2,8 +2,9 @@
 (daemons sharing the data directory, fetch_ml's Go writer) agrees on.
 
 An exclusive flock on metrics.bin is held by each step that changes the experiment:
-appends (experiment.append), UPDATE_RUN's read and write of run.json, sidecar writes and
-prune. Holding it, a step checks that the path still names the file it locked (device
+appends (experiment.append), UPDATE_RUN's read and write of run.json, sidecar writes (in
+cluster mode: in a standalone daemon nothing else writes them, and appends need not wait
+for them) and prune. Holding it, a step checks that the path still names the file it locked (device
 and inode): prune renames the directory away under the lock before deleting it, so a
 step that finds the name gone or replaced answers NotFound, and no step ever makes an
 experiment directory. Plain blocking functions, for worker threads.
@@ -55,6 +56,20 @@ def held(directory: Path) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)  # and with it the lock
+
+
+@contextlib.contextmanager
+def opened(directory: Path, locked: bool) -> Iterator[int]:
+    """metrics.bin open for reading, under the experiment's flock (`held`) when `locked`."""
+    if locked:
+        with held(directory) as fd:
+            yield fd
+        return
+    fd = open_entry(directory, METRICS, os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def remove(directory: Path) -> bool:

@@ -321,10 +321,16 @@ def append(
 
 
 def refresh(
-    path: Path, state: FileState, known: bool, cp: Checkpoint | None = None, index_bytes: int = 0
+    path: Path,
+    state: FileState,
+    known: bool,
+    cp: Checkpoint | None = None,
+    index_bytes: int = 0,
+    shared: bool = False,
 ) -> tuple[FileState, Checkpoint | None]:
     """Read-only on metrics.bin: extend what is known of a file written by someone else
-    (or nobody), with the sidecars' help (indexer.resume)."""
+    (or nobody), with the sidecars' help (indexer.resume; with `shared`, sidecars are
+    written under the experiment's flock)."""
     try:
         fd = open_entry(path, METRICS, os.O_RDONLY)
     except FileNotFoundError:  # nothing, or nothing any more
@@ -335,8 +341,8 @@ def refresh(
             return state, cp
         if size < state.end:
             state = state.restart()
-        indexing = index_bytes and size - (cp.end if cp else 0) >= index_bytes
-        with exlock.held(path) if indexing else contextlib.nullcontext():  # sidecar writes
+        indexing = shared and index_bytes and size - (cp.end if cp else 0) >= index_bytes
+        with exlock.held(path) if indexing else contextlib.nullcontext():
             result, cp = resume(path, fd, state.end, state.count, cp, index_bytes)
         return FileState(result.end, result.records, size, state.epoch), cp
     finally:

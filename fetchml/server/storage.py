@@ -76,8 +76,9 @@ class ExperimentStore:
         self.base = Path(base_path)
         self.shared = shared
         """Other daemons append to and prune this tree (cluster mode): appends and reads of
-        a file held open check that its path still names it (exlock.check_same)."""
-        self.sidecars = Sidecars(index_bytes)
+        a file held open check that its path still names it (exlock.check_same), and
+        sidecars are written under the experiment's flock."""
+        self.sidecars = Sidecars(index_bytes, shared)
         self.budget = CacheBudget(cache_bytes)
         """Shared by the record-offset indexes and the metric columns (server.series)."""
         self.durability = durability
@@ -345,6 +346,7 @@ class ExperimentStore:
                 known,
                 exp.sidecar,
                 self.sidecars.bytes_for(exp),
+                self.shared,
             )
             exp.trust(cp)
         exp.settle(state, exp.fd)

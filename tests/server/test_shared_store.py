@@ -120,7 +120,7 @@ def test_a_step_on_a_pruned_experiment_is_not_found_and_makes_nothing(tmp_path: 
 
 
 async def test_sidecars_are_written_under_the_experiment_flock(tmp_path: Path) -> None:
-    async with ExperimentStore(tmp_path, index_bytes=0) as store:
+    async with ExperimentStore(tmp_path, index_bytes=0, shared=True) as store:
         await store.create(meta())
         await store.append(C, b"".join(rec(i) for i in range(10)), 10)
         locked, release = threading.Event(), threading.Event()
