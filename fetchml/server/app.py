@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection, serve
 
 from .. import __version__
+from . import freshness
 from .audit import AuditLog
 from .auth import KeyTable, RateLimiter
 from .cluster import ClusterLink, NodeNameTaken
@@ -184,6 +185,7 @@ class App:
                 max_open_files=cfg.storage.max_open_files,
                 cache_bytes=cfg.storage.cache_bytes,
                 index_bytes=cfg.storage.index_bytes,
+                shared=cfg.cluster.enabled,
             ) as store:
                 jobs = await open_queue(cfg)
                 try:
@@ -251,6 +253,8 @@ class App:
                 tg.start_soon(shared.run)
             if self.fanout is not None and self.link is not None:
                 tg.start_soon(self.fanout.run, self.link.name)
+            if self.ctx is not None:
+                tg.start_soon(freshness.follow, self.ctx.store, self.hub)
             logger.info("listening on %s://%s:%d/ws", scheme, s.host, self.port)
             self.notifier.ready(f"listening on port {self.port}")
             if on_ready:

@@ -2,8 +2,9 @@
 (daemons sharing the data directory, fetch_ml's Go writer) agrees on.
 
 An exclusive flock on metrics.bin is held by each step that changes the experiment:
-appends (experiment.append), UPDATE_RUN's read and write of run.json, sidecar writes and
-prune. Holding it, a step checks that the path still names the file it locked (device
+appends (experiment.append), UPDATE_RUN's read and write of run.json, sidecar writes (in
+cluster mode: in a standalone daemon nothing else writes them, and appends need not wait
+for them) and prune. Holding it, a step checks that the path still names the file it locked (device
 and inode): prune renames the directory away under the lock before deleting it, so a
 step that finds the name gone or replaced answers NotFound, and no step ever makes an
 experiment directory. Plain blocking functions, for worker threads.
@@ -28,15 +29,16 @@ PRUNED = ".pruned-"
 """Prefix of the hidden name a pruned directory has until it is deleted."""
 
 
-def check_same(fd: int, directory: Path) -> None:
-    """NotFound unless the directory's metrics.bin is the file open as `fd`."""
-    try:
-        st = os.stat(directory / METRICS, follow_symlinks=False)
-    except (FileNotFoundError, NotADirectoryError):
-        st = None
+def check_same(fd: int, metrics: Path) -> os.stat_result:
+    """The stat of the file open as `fd`; NotFound unless the path `metrics` names it."""
     held = os.fstat(fd)
-    if st is None or (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
-        raise NotFound(f"experiment {directory.name} not found")
+    try:
+        st = os.stat(metrics, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFound(f"experiment {metrics.parent.name} not found") from None
+    if (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+        raise NotFound(f"experiment {metrics.parent.name} not found")
+    return held
 
 
 @contextlib.contextmanager
@@ -50,10 +52,24 @@ def held(directory: Path) -> Iterator[int]:
         raise NotFound(f"experiment {directory.name} not found") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        check_same(fd, directory)
+        check_same(fd, directory / METRICS)
         yield fd
     finally:
         os.close(fd)  # and with it the lock
+
+
+@contextlib.contextmanager
+def opened(directory: Path, locked: bool) -> Iterator[int]:
+    """metrics.bin open for reading, under the experiment's flock (`held`) when `locked`."""
+    if locked:
+        with held(directory) as fd:
+            yield fd
+        return
+    fd = open_entry(directory, METRICS, os.O_RDONLY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def remove(directory: Path) -> bool:

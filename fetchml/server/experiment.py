@@ -223,8 +223,7 @@ def open_for_append(
             fsync_dir(path)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            exlock.check_same(fd, path)  # not pruned since the directory was opened
-            size = os.fstat(fd).st_size
+            size = exlock.check_same(fd, metrics).st_size  # not pruned since opened
             if state.corrupt and size == state.size:
                 new = state
             else:
@@ -281,19 +280,25 @@ def recover(
 
 
 def append(
-    fd: int, metrics: Path, state: FileState, data: bytes, count: int, fsync: bool, wait: bool
+    fd: int,
+    metrics: Path,
+    state: FileState,
+    data: bytes,
+    count: int,
+    fsync: bool,
+    wait: bool,
+    shared: bool = False,
 ) -> FileState | None:
-    """Lock, check that the path still names the file (NotFound: pruned or replaced) and
-    the file's end, write, sync. The new state holds the records at its end; a corrupt one
-    (found on the way) means nothing was written. None when `wait` is False and another
-    process holds the file lock."""
+    """Lock, check the file's end (and with `shared`, that the path still names the file:
+    NotFound when another process pruned or replaced it), write, sync. The new state holds
+    the records at its end; a corrupt one (found on the way) means nothing was written.
+    None when `wait` is False and another process holds the file lock."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return None
     try:
-        exlock.check_same(fd, metrics.parent)
-        size = os.fstat(fd).st_size
+        size = (exlock.check_same(fd, metrics) if shared else os.fstat(fd)).st_size
         if size != state.end:  # another writer, or a failed partial write
             if size < state.end:
                 logger.error("%s shrank to %d bytes under us; rescanning", metrics, size)
@@ -316,10 +321,16 @@ def append(
 
 
 def refresh(
-    path: Path, state: FileState, known: bool, cp: Checkpoint | None = None, index_bytes: int = 0
+    path: Path,
+    state: FileState,
+    known: bool,
+    cp: Checkpoint | None = None,
+    index_bytes: int = 0,
+    shared: bool = False,
 ) -> tuple[FileState, Checkpoint | None]:
     """Read-only on metrics.bin: extend what is known of a file written by someone else
-    (or nobody), with the sidecars' help (indexer.resume)."""
+    (or nobody), with the sidecars' help (indexer.resume; with `shared`, sidecars are
+    written under the experiment's flock)."""
     try:
         fd = open_entry(path, METRICS, os.O_RDONLY)
     except FileNotFoundError:  # nothing, or nothing any more
@@ -330,8 +341,8 @@ def refresh(
             return state, cp
         if size < state.end:
             state = state.restart()
-        indexing = index_bytes and size - (cp.end if cp else 0) >= index_bytes
-        with exlock.held(path) if indexing else contextlib.nullcontext():  # sidecar writes
+        indexing = shared and index_bytes and size - (cp.end if cp else 0) >= index_bytes
+        with exlock.held(path) if indexing else contextlib.nullcontext():
             result, cp = resume(path, fd, state.end, state.count, cp, index_bytes)
         return FileState(result.end, result.records, size, state.epoch), cp
     finally:

@@ -82,6 +82,8 @@ class Context:
         self.series = SeriesCache(self.store)
         self.heavy = HeavyLimiter(self.config.server.heavy_queries_per_user)
         self.runs = RunStore(self.store.base, self.store.budget, self.config.runs.crash_after_s)
+        if self.config.cluster.enabled:  # other nodes write run.json: listings check each
+            self.runs.recheck_s = 0
         self.store.hooks.append(self.runs.on_commit)
         self.store.forget_hooks += [self.series.drop, self.runs.forget]
 

@@ -6,7 +6,7 @@ repeats one layout of names, else found by their length bytes and checked with n
 stretch that is not plainly valid is checked by protocol.metrics.scan.
 
 Plain synchronous code for a worker thread; the caller holds the experiment's sidecar
-lock and its flock (exlock.py), so one writer at a time, in every process.
+lock (and in cluster mode its flock: exlock.py), so one writer at a time.
 """
 
 import logging
@@ -228,10 +228,11 @@ def check(directory: Path, fd: int, cp: Checkpoint | None) -> Checkpoint | None:
     return cp
 
 
-def extend_to(directory: Path, cp: Checkpoint | None, end: int) -> Checkpoint:
+def extend_to(directory: Path, cp: Checkpoint | None, end: int, shared: bool = False) -> Checkpoint:
     """The sidecars extended (or rebuilt) to cover the first `end` bytes of metrics.bin,
-    a valid prefix. Under the experiment's flock (exlock.held): NotFound when it is gone."""
-    with exlock.held(directory) as fd:
+    a valid prefix; with `shared`, under the experiment's flock (exlock.held: NotFound when
+    it is gone)."""
+    with exlock.opened(directory, shared) as fd:
         cp = check(directory, fd, cp)
         if cp is not None and cp.end >= end:
             return cp

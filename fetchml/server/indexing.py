@@ -31,8 +31,10 @@ class Sidecars:
         """index_bytes for a worker step on `exp` (0 once writing its sidecars failed)."""
         return 0 if exp.no_sidecars else self.index_bytes
 
-    def __init__(self, index_bytes: int) -> None:
+    def __init__(self, index_bytes: int, shared: bool = False) -> None:
         self.index_bytes = index_bytes
+        self.shared = shared
+        """Other daemons write them too: written under the experiment's flock."""
         """Sidecars are extended once this much of metrics.bin is not covered (0: only
         when a query needs them)."""
         self._extending: set[str] = set()
@@ -70,7 +72,9 @@ class Sidecars:
         if exp.sidecar is not None and exp.sidecar.end >= end:
             return True
         try:
-            cp = await anyio.to_thread.run_sync(indexer.extend_to, exp.path, exp.sidecar, end)
+            cp = await anyio.to_thread.run_sync(
+                indexer.extend_to, exp.path, exp.sidecar, end, self.shared
+            )
         except NotFound:  # pruned meanwhile
             return False
         except (OSError, indexer.TooManyNames, Damaged) as exc:
@@ -130,12 +134,16 @@ class Sidecars:
         logger.warning("%s: sidecars damaged (%s): rebuilding", exp.commit, why)
         exp.trust(None)
         try:
-            await anyio.to_thread.run_sync(_remove, exp.path)
+            await anyio.to_thread.run_sync(_remove, exp.path, self.shared)
         except OSError as exc:
             logger.warning("%s: sidecars not removed: %s", exp.commit, exc)
 
 
-def _remove(directory: Path) -> None:
-    """The sidecars deleted under the experiment's flock (nothing when it is gone)."""
+def _remove(directory: Path, shared: bool) -> None:
+    """The sidecars deleted (with `shared`, under the experiment's flock; nothing when it
+    is gone)."""
+    if not shared:
+        sidecar.remove(directory)
+        return
     with contextlib.suppress(NotFound), exlock.held(directory):
         sidecar.remove(directory)

@@ -1,9 +1,9 @@
 """run.json, one experiment's run document, as files: read (never through a symlink,
 only a regular file of at most 64 KiB), checked against what is known by its stat,
 written whole and atomically (files.write_file_atomic: temporary file, fsync, rename,
-fsync of the directory; mode 0600; an update under the experiment's flock), and reported with the derived `crashed`. Plain
-blocking functions on values, run in worker threads (the stat-only ones on the
-event loop too).
+fsync of the directory; mode 0600; an update under the experiment's flock), and
+reported with the derived `crashed`. Plain blocking functions on values, run in worker
+threads (the stat-only ones on the event loop too).
 """
 
 import os

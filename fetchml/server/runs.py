@@ -2,8 +2,9 @@
 experiment (meta.bin, run.json), cached. The files themselves: rundoc.py.
 
 - run.json is written by one UPDATE_RUN at a time per experiment (a lock each, and
-  the experiment's flock across processes: rundoc.update_document), off the event loop; a document that is not a regular file, over 64 KiB or not a valid
-  document is *unreadable*: reported as null.
+  the experiment's flock across processes: rundoc.update_document), off the event
+  loop; a document that is not a regular file, over 64 KiB or not a valid document is
+  *unreadable*: reported as null.
 - The cache holds one Row per experiment: its document with the file's (inode, size,
   mtime, ctime), checked against a fresh stat before a single document is used, by
   listings at most every RECHECK_S, and for the rows a page serves. A large document

@@ -71,9 +71,14 @@ class ExperimentStore:
         max_open_files: int = 256,
         cache_bytes: int = CACHE_BYTES,
         index_bytes: int = INDEX_BYTES,
+        shared: bool = False,
     ) -> None:
         self.base = Path(base_path)
-        self.sidecars = Sidecars(index_bytes)
+        self.shared = shared
+        """Other daemons append to and prune this tree (cluster mode): appends and reads of
+        a file held open check that its path still names it (exlock.check_same), and
+        sidecars are written under the experiment's flock."""
+        self.sidecars = Sidecars(index_bytes, shared)
         self.budget = CacheBudget(cache_bytes)
         """Shared by the record-offset indexes and the metric columns (server.series)."""
         self.durability = durability
@@ -110,6 +115,12 @@ class ExperimentStore:
     def phase(self, commit: str) -> Phase | None:
         exp = self._open.held(commit)
         return exp.phase if exp else None
+
+    def known_size(self, commit: str) -> int | None:
+        """metrics.bin's size when this store last looked (its own appends included); None
+        when it holds no state of it."""
+        exp = self._open.held(commit)
+        return None if exp is None or exp.phase is Phase.UNSCANNED else exp.state.size
 
     def _forget_index(self, exp: Experiment) -> None:
         self.budget.forget(("offsets", exp.commit))
@@ -231,6 +242,7 @@ class ExperimentStore:
                     count,
                     self.durability == "fsync",
                     True,
+                    self.shared,
                 )
                 assert state is not None  # a write that waits always gets the lock
                 return self._written(exp, state, fd, count)
@@ -258,7 +270,9 @@ class ExperimentStore:
             or exp.lock.locked()
         ):
             return None
-        state = experiment.append(fd, exp.metrics_path, exp.state, data, count, False, False)
+        state = experiment.append(
+            fd, exp.metrics_path, exp.state, data, count, False, False, self.shared
+        )
         return None if state is None else self._written(exp, state, fd, count)
 
     def _written(self, exp: Experiment, state: FileState, fd: int, count: int) -> int:
@@ -294,12 +308,20 @@ class ExperimentStore:
 
     async def _scanned(self, commit: str) -> Experiment:
         """An experiment whose valid prefix is known and current: another process's appends
-        are read first (on a file this process holds open, unless a worker step is under
-        way, which reads them itself)."""
+        are read first, and (`shared`) a file this process holds open is checked to be
+        still the experiment's (NotFound once another process pruned it), unless a worker
+        step, which checks both itself, is under way."""
         exp = self._open.get(commit)
         if exp.phase is Phase.OPEN:
             fd = exp.fd
-            if fd is None or exp.lock.locked() or os.fstat(fd).st_size == exp.state.end:
+            if fd is None or exp.lock.locked():
+                return exp
+            try:
+                held = exlock.check_same(fd, exp.metrics_path) if self.shared else os.fstat(fd)
+            except NotFound:
+                self.forget(commit)
+                raise
+            if held.st_size == exp.state.end:
                 return exp
         elif not os.path.lexists(exp.path):  # removed from outside
             self._open.drop(commit)
@@ -324,6 +346,7 @@ class ExperimentStore:
                 known,
                 exp.sidecar,
                 self.sidecars.bytes_for(exp),
+                self.shared,
             )
             exp.trust(cp)
         exp.settle(state, exp.fd)
