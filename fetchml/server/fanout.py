@@ -56,6 +56,8 @@ class Fanout:
         self.up = False
         """Subscribed to the channel now (/health reports "degraded" while False)."""
         self.published = 0
+        self.heard = 0
+        """Messages of other nodes acted upon."""
         self._ends: dict[str, int] = {}
         """The latest end of each experiment flushed since the last publish."""
         self._pruned: list[str] = []
@@ -185,6 +187,7 @@ class Fanout:
             message: dict[str, Any] = json.loads(data)
             if message["instance"] == self.instance:
                 return
+            self.heard += 1
             if "pruned" in message:
                 commit = check_commit(message["pruned"])
                 self.ctx.store.forget(commit)
