@@ -26,13 +26,12 @@ from fetchml.server.__main__ import main
 from fetchml.server.app import App
 from fetchml.server.cluster import NodeNameTaken, live_nodes
 from fetchml.server.config import ClusterConfig
-from tests.integration.test_tls import self_signed
 from tests.support.config import make_config, raw_config, write_config
-from tests.support.daemon import free_port
 from tests.support.http import handshake, http_get, samples, status
 from tests.support.inproc import Daemon, DaemonFactory
 from tests.support.keys import ALICE_KEY, UNKNOWN_KEY, hash_of
 from tests.support.redis import RedisServer
+from tests.support.tls import self_signed
 from tests.support.wire import RawClient, error_of
 
 WRONG = [("X-API-Key", "fml_wrong_key_not_configured")]
@@ -189,29 +188,13 @@ async def test_a_hung_redis_never_holds_health_and_limits_fall_back_after_the_ti
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 async def test_a_rediss_url_connects_over_tls(start_daemon: DaemonFactory, tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
-    port = free_port()
-    argv = ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-            "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-            "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(tmp_path / "tls", tls=self_signed(tmp_path)).start()
     try:
-        while not _listening(port):
-            assert proc.poll() is None, "redis-server with TLS did not start"
-            await anyio.sleep(0.02)
-        url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"
-        node = await start_daemon(cluster={"redis_url": url, "node_name": "tls"})
+        node = await start_daemon(cluster={"redis_url": server.url, "node_name": "tls"})
         await until(partial(_status, node, "ok"), "ok over TLS (registered and subscribed)")
         assert (await health(node))["nodes"] == ["tls"]
     finally:
-        proc.kill()
-        proc.wait()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        server.stop()
 
 
 async def test_standalone_health_has_no_node(daemon: Daemon) -> None:

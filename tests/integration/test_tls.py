@@ -3,7 +3,6 @@
 import json
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,9 @@ from fetchml.protocol.requests import WhoAmI, encode_request
 from fetchml.protocol.responses import Data, decode_response
 from tests.support.inproc import DaemonFactory
 from tests.support.keys import hash_of
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 async def test_wss_with_the_configured_certificate(

@@ -3,7 +3,6 @@ backends): keys under the prefix, scripts Redis forgot, Redis unreachable or sta
 a password, TLS, a dropped connection, Redis errors."""
 
 import logging
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from tests.support.clock import Clock
 from tests.support.config import make_config
 from tests.support.daemon import free_port
 from tests.support.redis import RedisServer
+from tests.support.tls import self_signed
 
 REPO = Path(__file__).resolve().parents[2]
 C1 = "0123456789abcdef0123456789abcdef01234567"
@@ -219,41 +219,17 @@ async def test_a_password_protected_redis(tmp_path: Path) -> None:
         server.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 async def test_tls_with_a_rediss_url(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    port = free_port()
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = RedisServer(tmp_path / "tls", tls=self_signed(tmp_path)).start()
     try:
-        q = await RedisJobQueue.open(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}", "lab:")
+        q = await RedisJobQueue.open(server.url, "lab:")
         try:
-            for _ in range(200):  # until redis-server listens
-                try:
-                    await q.queue_length()
-                    break
-                except ServiceUnavailable:
-                    time.sleep(0.02)
             job_id = await add(q)
             assert (await q.get(job_id)) is not None
         finally:
             await q.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 async def test_a_dropped_connection_is_made_again(queue: RedisJobQueue, url: str) -> None:

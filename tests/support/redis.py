@@ -15,25 +15,32 @@ READY_S = 10.0
 
 
 class RedisServer:
-    def __init__(self, home: Path, password: str = "") -> None:
+    def __init__(
+        self, home: Path, password: str = "", tls: tuple[Path, Path] | None = None
+    ) -> None:
+        """`tls`: (certificate, key): TLS only, on the port; the URL is rediss:// trusting
+        that certificate."""
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (apt-get install redis-server)"
         self.binary = binary
         self.home = home
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls[0]}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
         self.home.mkdir(parents=True, exist_ok=True)
         argv = [
             self.binary,
-            "--port", str(self.port),
+            "--port", "0" if self.tls else str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.home),
             "--save", "",
@@ -43,6 +50,10 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
+        if self.tls:
+            cert, key = (str(p) for p in self.tls)
+            argv += ["--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key]
+            argv += ["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
         with (self.home / "redis.log").open("ab") as log:  # the child keeps its own copy
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + READY_S
