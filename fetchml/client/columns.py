@@ -17,6 +17,7 @@ import numpy.typing as npt
 from fetchml.protocol.metrics import RECORD_MIN
 
 from .errors import ProtocolViolation
+from .extras import load_optional
 
 PAGE = struct.Struct(">QI")
 """A DATA `metrics` payload starts with [next:u64][count:u32]."""
@@ -93,7 +94,6 @@ class Columns:
 
     def to_pandas(self) -> Any:
         """A pandas DataFrame with columns step, value, timestamp (needs the `pandas` extra)."""
-        from .export import load_optional  # export imports the Client, which imports this
 
         pd = load_optional("pandas", "pandas", "Columns.to_pandas()")
         return pd.DataFrame({"step": self.step, "value": self.value, "timestamp": self.timestamp})

@@ -15,7 +15,8 @@ from . import runcmds
 from .columns import Columns
 from .connection import Client
 from .errors import InvalidRequest
-from .export import ProgressBar, export_metrics, guess_format, load_optional
+from .export import ProgressBar, export_metrics, guess_format
+from .extras import load_optional
 from .live import LiveView
 from .models import Metric, metric_to_json
 from .output import (

@@ -10,18 +10,18 @@ renamed into place when complete.
 """
 
 import csv
-import importlib
 import io
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from fetchml.protocol import shapes
 
 from .columns import Columns, csv_values, json_values
 from .connection import Client
 from .errors import ConfigurationError
+from .extras import load_optional
 from .models import MAX_STEP, Metric
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -96,16 +96,6 @@ class JsonLinesWriter:
 
     def close(self) -> None:
         self._file.close()
-
-
-def load_optional(module: str, extra: str, feature: str) -> Any:
-    """Import an optional dependency, or explain which extra provides it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ConfigurationError(
-            f"{feature} needs the optional {module} package: pip install 'fetchml[{extra}]'"
-        ) from None
 
 
 class ParquetWriter:

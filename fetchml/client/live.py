@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any
 
-from .export import load_optional
+from .extras import load_optional
 from .models import Metric
 from .output import emit, metrics_table
 

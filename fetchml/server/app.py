@@ -29,7 +29,7 @@ from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
 from .health import CachedCount
 from .http import Gate, Metrics, QuietLogger, select_subprotocol
-from .jobs import open_queue
+from .jobs import JobQueue, SqliteJobQueue
 from .sharedlimits import SharedRateLimiter, SharedThrottle
 from .storage import ExperimentStore
 from .systemd import Notifier
@@ -199,7 +199,7 @@ class App:
                     )
                     store.hooks.append(self.hub.on_commit)
                     if cfg.cluster.enabled:
-                        self.fanout = self.ctx.fanout = Fanout(cfg.cluster, self.ctx)
+                        self.fanout = self.ctx.fanout = Fanout(cfg.cluster, store, self.hub)
                         store.hooks.append(self.fanout.on_commit)
                     store.flush_hooks.append(self.metrics.on_flush)
                     await self._serve(on_ready, handle_signals)
@@ -316,6 +316,20 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # websockets' debug log prints handshake headers, X-API-Key included: never below INFO.
     logging.getLogger("websockets").setLevel(max(logging.INFO, root.level))
+
+
+async def open_queue(config: Config) -> JobQueue:
+    """The cluster's Redis queue when `cluster.redis_url` is set, else the SQLite file."""
+    if config.cluster.enabled:
+        from .jobs_redis import RedisJobQueue  # redis is needed in cluster mode only
+
+        cluster = config.cluster
+        return await RedisJobQueue.open(
+            cluster.redis_url, cluster.key_prefix, config.jobs.keep_days, config.jobs.lease_s
+        )
+    return await SqliteJobQueue.open(
+        config.storage.jobs_db, config.jobs.keep_days, config.jobs.lease_s
+    )
 
 
 def run(config_path: Path) -> int:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
 
-    from .handlers import Context
+    from .storage import ExperimentStore
+    from .watch import WatchHub
 
 logger = logging.getLogger(__name__)
 
@@ -46,13 +47,14 @@ MAX_BACKOFF_S = 1.0
 class Fanout:
     """This node's side of the cluster's fan-out channel (`<key_prefix>fanout`)."""
 
-    def __init__(self, cluster: ClusterConfig, ctx: "Context") -> None:
+    def __init__(self, cluster: ClusterConfig, store: "ExperimentStore", hub: "WatchHub") -> None:
         self.url = cluster.redis_url
         self.channel = f"{cluster.key_prefix}fanout"
         self.node = cluster.node_name
         self.instance = secrets.token_hex(8)
         """Tells this process's own messages apart, even under a node name given twice."""
-        self.ctx = ctx
+        self.store = store
+        self.hub = hub
         self.up = False
         """Subscribed to the channel now (/health reports "degraded" while False)."""
         self.published = 0
@@ -155,8 +157,8 @@ class Fanout:
                 self.up = True
                 backoff = MIN_BACKOFF_S
                 logger.info("fan-out: subscribed to %s as %s", self.channel, self.node)
-                for commit in self.ctx.hub.watched():  # what was missed while away
-                    self.ctx.hub.nudge(commit)
+                for commit in self.hub.watched():  # what was missed while away
+                    self.hub.nudge(commit)
                 await self._listen(pubsub)
             except (RedisError, OSError) as exc:
                 if backoff == MIN_BACKOFF_S:  # the first failure since starting or subscribing
@@ -190,10 +192,10 @@ class Fanout:
             self.heard += 1
             if "pruned" in message:
                 commit = check_commit(message["pruned"])
-                self.ctx.store.forget(commit)
-                self.ctx.hub.end(commit)
+                self.store.forget(commit)
+                self.hub.end(commit)
             else:
                 commit = check_commit(message["commit"])
-                self.ctx.hub.nudge(commit)
+                self.hub.nudge(commit)
         except Exception as exc:  # a bad message must not stop the subscription
             logger.warning("fan-out: ignored message %r: %r", data[:200], exc)

@@ -8,8 +8,8 @@ process using the same file. Queue order: higher priority first, then
 insertion order (FIFO). Completed, failed and cancelled jobs that ended more
 than `keep_days` ago are deleted at open and then at most once an hour.
 
-`open_queue` opens this queue, or in cluster mode `RedisJobQueue` (jobs_redis.py), which
-keeps the same contract in the cluster's Redis.
+In cluster mode `RedisJobQueue` (jobs_redis.py) keeps the same contract in the
+cluster's Redis (app.open_queue chooses).
 
 Leases: a running job queued with a spec whose max(started_at, heartbeat_at) is
 more than `lease_s` old has lost its worker. Before every operation such jobs get
@@ -36,7 +36,6 @@ from fetchml.protocol import shapes
 from fetchml.protocol.enums import UPDATABLE_JOB_STATUSES, JobStatus
 from fetchml.protocol.rules import PRIORITY_MAX, PRIORITY_MIN
 
-from .config import Config
 from .errors import (
     DatabaseError,
     DiskFull,
@@ -237,20 +236,6 @@ def new_job(
         commit_id=commit_id,
         user=user,
         spec=spec,
-    )
-
-
-async def open_queue(config: Config) -> JobQueue:
-    """The cluster's Redis queue when `cluster.redis_url` is set, else the SQLite file."""
-    if config.cluster.enabled:
-        from .jobs_redis import RedisJobQueue  # redis is needed in cluster mode only
-
-        cluster = config.cluster
-        return await RedisJobQueue.open(
-            cluster.redis_url, cluster.key_prefix, config.jobs.keep_days, config.jobs.lease_s
-        )
-    return await SqliteJobQueue.open(
-        config.storage.jobs_db, config.jobs.keep_days, config.jobs.lease_s
     )
 
 

@@ -17,8 +17,9 @@ import redis
 from fetchml.protocol.enums import ErrorCode, JobStatus
 from fetchml.protocol.jobspec import parse_spec
 from fetchml.server import jobs, jobs_redis
+from fetchml.server.app import open_queue
 from fetchml.server.errors import DatabaseError, ServiceUnavailable
-from fetchml.server.jobs import JobQueue, open_queue
+from fetchml.server.jobs import JobQueue
 from fetchml.server.jobs_redis import RedisJobQueue
 from tests.support import jobqueues
 from tests.support.clock import Clock
@@ -292,7 +293,8 @@ import sys
 from pathlib import Path
 import anyio
 from fetchml.server.app import App
-from fetchml.server.jobs import SqliteJobQueue, open_queue
+from fetchml.server.app import open_queue
+from fetchml.server.jobs import SqliteJobQueue
 from tests.support.config import make_config
 
 async def main() -> None:
