@@ -28,17 +28,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fetchml.client import Client, MetricLogger  # noqa: E402
+from bench_peers_fetchml import (  # noqa: E402
+    Run,
+    client_calls,
+    fill,
+    logger_closed,
+    logger_flushed,
+    read_columns,
+)
+
 from tests.support.daemon import DaemonProcess, daemon_at, free_port  # noqa: E402
-from tests.support.experiments import commit_of  # noqa: E402
-from tests.support.keys import ADMIN_KEY  # noqa: E402
 
 PEERS = ("fasttrackml==0.6.0", "mlflow-skinny==3.17.2")
 VENV = ROOT / ".venv-peers"
 PEER_CLIENT = ROOT / "scripts" / "bench_peers_mlflow.py"
 INDEX = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple/")
 START_TIMEOUT_S = 60
-CHUNK = 10_000  # points per log_metrics call when filling the read-back experiment
 
 
 @dataclass(frozen=True)
@@ -50,25 +55,20 @@ class Sizes:
     read_points: int  # points of one name read back
 
 
-FULL = Sizes(1_000, 100_000, 1_000_000, 20_000, 100_000)
+FULL = Sizes(1_000, 100_000, 1_000_000, 5_000, 100_000)
 QUICK = Sizes(100, 5_000, 50_000, 1_000, 5_000)
 
 
 @dataclass(frozen=True)
-class Run:
-    """One timed run: `count` units in `seconds`, and the server's CPU seconds meanwhile."""
-
-    seconds: float
-    count: int
-    cpu: float = 0.0
-
-
-@dataclass(frozen=True)
 class Figure:
+    """A row of the table: a rate (median units/s) or, with `cpu`, the server's median CPU
+    seconds per million units."""
+
     label: str
     unit: str
     peer: list[Run]
     ours: list[Run]
+    cpu: bool = False
 
 
 # -- the peers' venv --------------------------------------------------------------------------
@@ -91,24 +91,19 @@ def ensure_venv(venv: Path = VENV, index: str = INDEX) -> Path:
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     print(f"installing {' '.join(PEERS)} into {venv}", file=sys.stderr)
-    done = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--index-url", index, *PEERS],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"bench-peers: pip install {' '.join(PEERS)} failed:\n{done.stderr}")
+    server, client = PEERS
+    # fasttrackml's own dependency is the whole of mlflow 2, whose `mlflow` package would
+    # shadow mlflow-skinny's: only its Go binary (bin/fml) is wanted.
+    for packages in (["--no-deps", server], [client]):
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--index-url", index]
+        done = subprocess.run([*pip, *packages], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"bench-peers: pip install {packages[-1]} failed:\n{done.stderr}")
     stamp.write_text("\n".join(PEERS))
     return python
 
 
 # -- servers ----------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_fasttrackml(venv: Path, home: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -142,114 +137,17 @@ def start_fasttrackml(venv: Path, home: Path) -> tuple[subprocess.Popen[bytes], 
 
 
 def peer(python: Path, url: str, pid: int, mode: str, n: int, run_id: str = "") -> Run:
-    """One figure timed by the MLflow client; the server's CPU over the timed part."""
+    """One figure timed by the MLflow client (its run must then hold `n` points); `fill`
+    answers the new run's ID in place of the count."""
     argv = [str(python), str(PEER_CLIENT), mode, url, str(n), *([run_id] if run_id else [])]
     env = {**os.environ, "BENCH_SERVER_PID": str(pid)}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
         raise SystemExit(f"MLflow client {mode} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    expected = n
-    if result["count"] != expected:
-        raise SystemExit(f"MLflow {mode}: the run holds {result['count']} of {expected} points")
-    return Run(result["seconds"], n, result["cpu"])
-
-
-def peer_fill(python: Path, url: str, pid: int, n: int) -> str:
-    argv = [str(python), str(PEER_CLIENT), "fill", url, str(n)]
-    env = {**os.environ, "BENCH_SERVER_PID": str(pid)}
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
-    if done.returncode != 0:
-        raise SystemExit(f"MLflow client fill failed:\n{done.stderr[-3000:]}")
-    return str(json.loads(done.stdout.strip().splitlines()[-1])["run_id"])
-
-
-# -- fetchml's side ---------------------------------------------------------------------------
-
-
-def timed(pid: int, work: Callable[[], int]) -> Run:
-    cpu = cpu_seconds(pid)
-    start = time.perf_counter()
-    count = work()
-    seconds = time.perf_counter() - start
-    return Run(seconds, count, cpu_seconds(pid) - cpu)
-
-
-async def client_calls(url: str, pid: int, n: int) -> Run:
-    """`n` LOG_METRIC into a new experiment, each awaited before the next is sent."""
-    commit = commit_of(f"calls-{time.time_ns()}")
-    async with Client.connect(url, api_key=ADMIN_KEY) as client:
-        await client.create_experiment(commit)
-        await client.log_metric(commit, "warm-up", 0.0)
-        cpu = cpu_seconds(pid)
-        start = time.perf_counter()
-        for i in range(n):
-            await client.log_metric(commit, "loss", i * 0.5, step=i)
-        seconds = time.perf_counter() - start
-        cpu = cpu_seconds(pid) - cpu
-        held = len(await client.query_columns(commit, "loss"))
-    return checked(Run(seconds, n, cpu), held, "Client.log_metric")
-
-
-def logger_flushed(url: str, pid: int, n: int) -> Run:
-    """`n` MetricLogger.log calls, each followed by flush() (which waits for its ack)."""
-    ml = MetricLogger(url=url, api_key=ADMIN_KEY, name="bench-flush")
-    ml.log("warm-up", 0.0)
-    ml.flush()
-
-    def work() -> int:
-        for i in range(n):
-            ml.log("loss", i * 0.5, step=i)
-            ml.flush()
-        return n
-
-    run = timed(pid, work)
-    ml.close()
-    return checked(run, ml.stats().acknowledged - 1, "MetricLogger.log + flush()")
-
-
-def logger_closed(url: str, pid: int, n: int) -> Run:
-    """`n` MetricLogger.log calls, then close() (every point acknowledged)."""
-    ml = MetricLogger(url=url, api_key=ADMIN_KEY, name="bench-batched")
-
-    def work() -> int:
-        log = ml.log
-        for i in range(n):
-            log("loss", i * 0.5, step=i)
-        if not ml.close(timeout=600):
-            raise SystemExit("MetricLogger.close() failed")
-        return n
-
-    run = timed(pid, work)
-    return checked(run, ml.stats().acknowledged, "MetricLogger + close()")
-
-
-async def fill(url: str, n: int, label: str) -> str:
-    commit = commit_of(label)
-    async with Client.connect(url, api_key=ADMIN_KEY) as client:
-        await client.create_experiment(commit)
-        for first in range(0, n, CHUNK):
-            last = min(first + CHUNK, n)
-            await client.log_metrics(commit, (("loss", i * 0.5, i) for i in range(first, last)))
-    return commit
-
-
-async def read_columns(url: str, pid: int, commit: str, n: int) -> Run:
-    """Client.query_columns of every point of one name, after one untimed read."""
-    async with Client.connect(url, api_key=ADMIN_KEY) as client:
-        await client.query_columns(commit, "loss")
-        cpu = cpu_seconds(pid)
-        start = time.perf_counter()
-        columns = await client.query_columns(commit, "loss")
-        seconds = time.perf_counter() - start
-        cpu = cpu_seconds(pid) - cpu
-    return checked(Run(seconds, n, cpu), len(columns), "Client.query_columns")
-
-
-def checked(run: Run, held: int, what: str) -> Run:
-    if held != run.count:
-        raise SystemExit(f"{what}: the daemon holds {held} of {run.count} points")
-    return run
+    if result["count"] != n:
+        raise SystemExit(f"MLflow {mode}: the run holds {result['count']} of {n} points")
+    return Run(result["seconds"], n, result["cpu"], result["run_id"])
 
 
 # -- the table --------------------------------------------------------------------------------
@@ -269,20 +167,17 @@ def number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def table(figures: list[Figure], cpu: Figure) -> str:
-    """Markdown: each figure's medians and fetchml's lead (higher rates, less CPU)."""
-    lines = [
-        "| figure | FastTrackML | fetchml | fetchml's lead |",
-        "|---|---|---|---|",
-    ]
+def table(figures: list[Figure]) -> str:
+    """Markdown: each figure's medians and fetchml's lead (a higher rate, or less CPU)."""
+    lines = ["| figure | FastTrackML | fetchml | fetchml's lead |", "|---|---|---|---|"]
     for f in figures:
-        peer, ours = rate(f.peer), rate(f.ours)
-        lines.append(
-            f"| {f.label} ({f.unit}) | {number(peer)} | {number(ours)} | {ours / peer:.1f}x |"
-        )
-    peer, ours = cpu_per_million(cpu.peer), cpu_per_million(cpu.ours)
-    lead = f"{peer / ours:.1f}x" if ours > 0 else "n/a"
-    lines.append(f"| {cpu.label} ({cpu.unit}) | {peer:.3g} | {ours:.3g} | {lead} |")
+        if f.cpu:
+            peer, ours = cpu_per_million(f.peer), cpu_per_million(f.ours)
+            lead = f"{peer / ours:.1f}x" if ours > 0 else "n/a"
+        else:
+            peer, ours = rate(f.peer), rate(f.ours)
+            lead = f"{ours / peer:.1f}x"
+        lines.append(f"| {f.label} ({f.unit}) | {number(peer)} | {number(ours)} | {lead} |")
     return "\n".join(lines)
 
 
@@ -313,11 +208,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fetchml-peers-") as tmp:
         home = Path(tmp)
         (home / "fasttrackml").mkdir()
+        (home / "fetchml").mkdir()
         fml, fml_url = start_fasttrackml(python.parent.parent, home / "fasttrackml")
         daemon: DaemonProcess | None = None
         try:
             daemon = daemon_at(home / "fetchml").start()
-            figures = measure(python, fml_url, fml.pid, daemon.url, daemon.pid, sizes, args.rounds)
+            peers = Servers(python, fml_url, fml.pid, daemon.url, daemon.pid)
+            figures = measure(peers, sizes, args.rounds)
         finally:
             fml.terminate()
             fml.wait(30)
@@ -326,97 +223,99 @@ def main() -> int:
     load_after = os.getloadavg()
     print(
         f"{started}, {machine()}; load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after; medians of {args.rounds}, alternating"
+        f"{load_after[0]:.2f} after; medians of {args.rounds} alternating runs"
     )
-    print(table(figures[:-1], figures[-1]))
+    print(table(figures))
     return 0
 
 
-def measure(
-    python: Path, fml_url: str, fml_pid: int, url: str, pid: int, sizes: Sizes, rounds: int
-) -> list[Figure]:
-    names = ["sync", "flush", "batched", "async", "read"]
-    peer_runs: dict[str, list[Run]] = {name: [] for name in names}
-    our_runs: dict[str, list[Run]] = {name: [] for name in names}
-    peer_run_id = peer_fill(python, fml_url, fml_pid, sizes.read_points)
-    commit = asyncio.run(fill(url, sizes.read_points, "peers-read"))
-    steps: list[tuple[str, Callable[[], Run], Callable[[], Run]]] = [
-        (
-            "sync",
-            lambda: peer(python, fml_url, fml_pid, "sync", sizes.sync_calls),
-            lambda: asyncio.run(client_calls(url, pid, sizes.sync_calls)),
+@dataclass(frozen=True)
+class Servers:
+    python: Path  # the peers' venv
+    fml_url: str
+    fml_pid: int
+    url: str
+    pid: int
+
+
+def measure(s: Servers, sizes: Sizes, rounds: int) -> list[Figure]:
+    """Each pair of runs, FastTrackML's and fetchml's, in turn; who goes first alternates."""
+    read_run = peer(s.python, s.fml_url, s.fml_pid, "fill", sizes.read_points).run_id
+    commit = asyncio.run(fill(s.url, sizes.read_points, "peers-read"))
+
+    def theirs(mode: str, n: int, run_id: str = "") -> Callable[[], Run]:
+        return lambda: peer(s.python, s.fml_url, s.fml_pid, mode, n, run_id)
+
+    calls, points = sizes.sync_calls, sizes.logger_points
+    pairs: dict[str, tuple[Callable[[], Run], Callable[[], Run]]] = {
+        "sync": (theirs("sync", calls), lambda: asyncio.run(client_calls(s.url, s.pid, calls))),
+        "flush": (theirs("sync", calls), lambda: logger_flushed(s.url, s.pid, calls)),
+        "batched": (
+            theirs("batch", sizes.peer_batched),
+            lambda: logger_closed(s.url, s.pid, points),
         ),
-        (
-            "flush",
-            lambda: peer(python, fml_url, fml_pid, "sync", sizes.sync_calls),
-            lambda: logger_flushed(url, pid, sizes.sync_calls),
+        "async": (theirs("async", sizes.async_calls), lambda: logger_closed(s.url, s.pid, points)),
+        "read": (
+            theirs("read", sizes.read_points, read_run),
+            lambda: asyncio.run(read_columns(s.url, s.pid, commit, sizes.read_points)),
         ),
-        (
-            "batched",
-            lambda: peer(python, fml_url, fml_pid, "batch", sizes.peer_batched),
-            lambda: logger_closed(url, pid, sizes.logger_points),
-        ),
-        (
-            "async",
-            lambda: peer(python, fml_url, fml_pid, "async", sizes.async_calls),
-            lambda: logger_closed(url, pid, sizes.logger_points),
-        ),
-        (
-            "read",
-            lambda: peer(python, fml_url, fml_pid, "read", sizes.read_points, peer_run_id),
-            lambda: asyncio.run(read_columns(url, pid, commit, sizes.read_points)),
-        ),
-    ]
+    }
+    peer_runs: dict[str, list[Run]] = {name: [] for name in pairs}
+    our_runs: dict[str, list[Run]] = {name: [] for name in pairs}
     for r in range(rounds):
-        peers_first = r % 2 == 0
-        for name, theirs, ours in steps:
-            if peers_first:
-                peer_runs[name].append(theirs())
-                our_runs[name].append(ours())
+        for name, (peer_run, our_run) in pairs.items():
+            if r % 2 == 0:
+                peer_runs[name].append(peer_run())
+                our_runs[name].append(our_run())
             else:
-                our_runs[name].append(ours())
-                peer_runs[name].append(theirs())
-            print(f"round {r + 1}: {name} done", file=sys.stderr)
-    ingest_peer = peer_runs["batched"] + peer_runs["async"]
-    ingest_ours = our_runs["batched"] + our_runs["async"]
+                our_runs[name].append(our_run())
+                peer_runs[name].append(peer_run())
+            print(f"round {r + 1} of {rounds}: {name} done", file=sys.stderr)
+    logged = f"MetricLogger {points:,} + close()"
     return [
         Figure(
-            "one metric per synchronous call: log_metric vs Client.log_metric awaited",
+            "one metric per synchronous call, Client.log_metric awaited",
             "calls/s",
             peer_runs["sync"],
             our_runs["sync"],
         ),
         Figure(
-            "one metric per synchronous call: log_metric vs MetricLogger.log + flush()",
+            "one metric per synchronous call, MetricLogger.log + flush()",
             "calls/s",
             peer_runs["flush"],
             our_runs["flush"],
         ),
         Figure(
-            "batched, end to end incl. the final flush: log_batch of 1,000 vs MetricLogger "
-            f"{sizes.logger_points:,} + close()",
+            f"batched end to end: log_batch of 1,000 vs {logged}",
             "metrics/s",
             peer_runs["batched"],
             our_runs["batched"],
         ),
         Figure(
-            "async mode: log_metric(synchronous=False) + flush vs MetricLogger "
-            f"{sizes.logger_points:,} + close()",
+            f"async: log_metric(synchronous=False) + flush vs {logged}",
             "metrics/s",
             peer_runs["async"],
             our_runs["async"],
         ),
         Figure(
-            f"read back {sizes.read_points:,} points: get_metric_history vs Client.query_columns",
+            f"read back {sizes.read_points:,} points: get_metric_history vs query_columns",
             "points/s",
             peer_runs["read"],
             our_runs["read"],
         ),
         Figure(
-            "server CPU per million points ingested, batched and async runs",
+            "server CPU per million points, one per synchronous call",
             "s",
-            ingest_peer,
-            ingest_ours,
+            peer_runs["sync"],
+            our_runs["sync"],
+            cpu=True,
+        ),
+        Figure(
+            "server CPU per million points, batched",
+            "s",
+            peer_runs["batched"],
+            our_runs["batched"],
+            cpu=True,
         ),
     ]
 

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_peers import PEERS, Figure, Run, ensure_venv, table  # noqa: E402
+from bench_peers import PEERS, Figure, ensure_venv, table  # noqa: E402
+from bench_peers_fetchml import Run  # noqa: E402
 
 
 def closed_port_url() -> str:
@@ -30,10 +31,11 @@ def test_table_shows_medians_and_fetchml_lead() -> None:
     cpu = Figure(
         "cpu",
         "s",
+        cpu=True,
         peer=[Run(1.0, 1_000_000, 30.0), Run(1.0, 1_000_000, 20.0), Run(1.0, 2_000_000, 4.0)],
         ours=[Run(1.0, 1_000_000, 2.0), Run(1.0, 500_000, 1.0), Run(1.0, 1_000_000, 9.0)],
     )
-    lines = table([calls], cpu).splitlines()
+    lines = table([calls, cpu]).splitlines()
     assert lines[0] == "| figure | FastTrackML | fetchml | fetchml's lead |"
     assert lines[2] == "| sync (calls/s) | 500 | 4,000 | 8.0x |"
     assert lines[3] == "| cpu (s) | 20 | 2 | 10.0x |"
