@@ -15,10 +15,15 @@ names in a fixed order, so the buffer is whole cycles of one layout. The layout 
 from its first records, and every cycle is checked against it at once (each record's
 length byte and name, and its timestamp): when all match, those are the records, all
 valid, with no search at all.
+
+Records of a few names in any order come next (`_chained`): every offset where four zero
+bytes start (the high half of a plausible timestamp) is a candidate, and when the candidates
+that pass the head checks and follow one another cover the buffer from offset 0, they are
+its records, with no walk at all.
 """
 
 from array import array
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +45,16 @@ _MIX = np.array(
     dtype=np.uint64,
 )
 
+_ROUNDS = 3
+"""Times `_chained` drops candidates before it gives up."""
+
+_KEEP = np.array(
+    [[(1 << 8 * min(max(n - 8 * k, 0), 8)) - 1 for n in range(256)] for k in range(_WIDE // 8)],
+    dtype=np.uint64,
+)
+"""_KEEP[k][n]: the bytes of a word k (bytes 8k..8k+7) inside a name of n bytes."""
+_ONES = np.uint64(0x0101010101010101)
+
 MAX_PERIOD = 64
 """The longest cycle `periodic` looks for, in records."""
 
@@ -53,6 +68,13 @@ class Buffer:
         self.data = data
         self.size = len(data)
         self.u8 = np.frombuffer(data + bytes(_PAD), np.uint8)
+        self.words = self.at_every_offset("<u8")
+        """The 8 bytes at each offset as one word (its first byte the lowest)."""
+
+    def at_every_offset(self, dtype: str) -> npt.NDArray[Any]:
+        """A `dtype` value starting at each offset (zeros past the end)."""
+        count = len(self.u8) - np.dtype(dtype).itemsize + 1
+        return np.ndarray((count,), dtype, self.u8, strides=(1,))
 
     def rows(self, at: I64, width: int) -> npt.NDArray[np.uint8]:
         """The `width` bytes at each offset of `at` (zeros past the end), one row each."""
@@ -123,6 +145,9 @@ _HEAD = (("ts", ">u8", 0), ("step", ">u4", 8), ("value", ">f8", 12))
 def find_starts(buf: Buffer) -> tuple[I64, int]:
     """(the start of every whole record of the buffer; the offset after the last one):
     what protocol.metrics.walk gives."""
+    chained = _chained(buf)
+    if chained is not None:
+        return chained
     size = buf.size
     lanes = size // LANE
     if lanes < 2:
@@ -158,6 +183,42 @@ def find_starts(buf: Buffer) -> tuple[I64, int]:
     high = np.concatenate((meet, [size + 1]))
     keep = (walked >= low) & (walked < high)
     return walked.T[keep.T], int(pos[-1])
+
+
+def _chained(buf: Buffer) -> tuple[I64, int] | None:
+    """find_starts' answer when the buffer's records all have a plausible timestamp and a
+    non-empty name, found without a walk; None when that is not shown.
+
+    Candidates: the offsets where four zero bytes start, a plausible timestamp and a whole
+    record with a non-empty name. Those that no candidate leads to (bar 0), or that lead
+    to neither a candidate nor the end, are dropped until the rest form a chain: they
+    start at 0, each one ends where the next one starts and no whole record follows the
+    last. Then they are exactly the records a walk from 0 finds."""
+    size = buf.size
+    zero = buf.u8[: size + 3] == 0
+    at = np.flatnonzero(zero[:-3] & zero[1:-2] & zero[2:-1] & zero[3:])
+    length = buf.u8[at + RECORD_MIN - 1]
+    after = at + RECORD_MIN + length
+    keep = (buf.at_every_offset(">u8")[at] >= MIN_TIMESTAMP) & (length > 0) & (after <= size)
+    at, after = at[keep], after[keep]
+    for _ in range(_ROUNDS):
+        mark = np.zeros(size + 1, dtype=np.uint8)
+        mark[at] = 1
+        mark[after] |= 2
+        mark[0] |= 2
+        keep = (mark[at] >= 2) & ((mark[after] & 1 == 1) | ~_whole(buf, after))
+        at, after = at[keep], after[keep]
+        if len(at) and at[0] == 0 and (at[1:] == after[:-1]).all():
+            return None if _whole(buf, after[-1:]).any() else (at, int(after[-1]))
+    return None
+
+
+def _whole(buf: Buffer, at: I64) -> npt.NDArray[np.bool_]:
+    """A whole record starts at each offset of `at` (at most the buffer's size)."""
+    head = at + RECORD_MIN
+    length = buf.u8[np.minimum(head, buf.size) - 1].astype(np.int64)
+    whole: npt.NDArray[np.bool_] = (head <= buf.size) & (head + length <= buf.size)
+    return whole
 
 
 def _plausible(buf: Buffer, at: I64) -> npt.NDArray[np.bool_]:
@@ -213,14 +274,18 @@ def parse(buf: Buffer, starts: I64) -> Parsed:
     if not len(starts) or width > _WIDE:
         group, names, clean = _group_python(buf.data, starts, lens)
         return Parsed(heads, group, names, plain and clean)
-    columns = np.arange(width, dtype=np.int64)
-    padded = buf.rows(starts + RECORD_MIN, width)
-    inside = columns[None, :] < lens[:, None]
-    clean = bool((padded[inside] != 0).all())
-    padded[~inside] = 0
-    words = np.ascontiguousarray(padded).view("<u8")  # a name, padded with zeros
-    mixed = words * _MIX[: words.shape[1]]
-    hashes = mixed.sum(axis=1, dtype=np.uint64)
+    words = []  # each name's bytes 8k..8k+7, as one word: zeros past its end
+    zeros = np.zeros(len(starts), dtype=np.uint64)  # a word's zero bytes before the name ends
+    for k in range(width // 8):
+        keep = _KEEP[k][lens]
+        word = buf.words[starts + (RECORD_MIN + 8 * k)] & keep
+        filled = word | ~keep
+        zeros |= (filled - _ONES) & ~filled & (_ONES << np.uint64(7))
+        words.append(word)
+    clean = not zeros.any()
+    hashes = lens.astype(np.uint64)
+    for word, mix in zip(words, _MIX, strict=False):
+        hashes += word * mix
     known = np.unique(hashes[:_SAMPLE])  # most buffers hold no name their start lacks
     inverse = np.searchsorted(known, hashes)
     inverse[inverse == len(known)] = 0
@@ -229,7 +294,8 @@ def parse(buf: Buffer, starts: I64) -> Parsed:
         inverse = inverse.reshape(-1)
     first = np.full(len(known), len(hashes))
     np.minimum.at(first, inverse, np.arange(len(hashes)))
-    if not (words == words[first[inverse]]).all():  # two names with one hash: rare
+    same = first[inverse]
+    if not all((w == w[same]).all() for w in [lens, *words]):  # two names, one hash: rare
         group, names, _ = _group_python(buf.data, starts, lens)
         return Parsed(heads, group, names, plain and clean)
     order = np.argsort(first)
