@@ -45,6 +45,8 @@ _MIX = np.array(
     dtype=np.uint64,
 )
 
+_LONGEST = RECORD_MIN + 255
+"""Bytes of the longest record."""
 _ROUNDS = 3
 """Times `_chained` drops candidates before it gives up."""
 
@@ -53,7 +55,6 @@ _KEEP = np.array(
     dtype=np.uint64,
 )
 """_KEEP[k][n]: the bytes of a word k (bytes 8k..8k+7) inside a name of n bytes."""
-_ONES = np.uint64(0x0101010101010101)
 
 MAX_PERIOD = 64
 """The longest cycle `periodic` looks for, in records."""
@@ -191,7 +192,7 @@ def _chained(buf: Buffer) -> tuple[I64, int] | None:
 
     Candidates: the offsets where four zero bytes start, a plausible timestamp and a whole
     record with a non-empty name. Those that no candidate leads to (bar 0), or that lead
-    to neither a candidate nor the end, are dropped until the rest form a chain: they
+    to neither a candidate nor near the end, are dropped until the rest form a chain: they
     start at 0, each one ends where the next one starts and no whole record follows the
     last. Then they are exactly the records a walk from 0 finds."""
     size = buf.size
@@ -201,24 +202,20 @@ def _chained(buf: Buffer) -> tuple[I64, int] | None:
     after = at + RECORD_MIN + length
     keep = (buf.at_every_offset(">u8")[at] >= MIN_TIMESTAMP) & (length > 0) & (after <= size)
     at, after = at[keep], after[keep]
-    for _ in range(_ROUNDS):
-        mark = np.zeros(size + 1, dtype=np.uint8)
-        mark[at] = 1
-        mark[after] |= 2
-        mark[0] |= 2
-        keep = (mark[at] >= 2) & ((mark[after] & 1 == 1) | ~_whole(buf, after))
-        at, after = at[keep], after[keep]
+    for drop in range(_ROUNDS + 1):
+        if drop:
+            mark = np.zeros(size + 1, dtype=np.uint8)
+            mark[at] = 1
+            mark[after] |= 2
+            mark[0] |= 2
+            keep = (mark[at] >= 2) & ((mark[after] & 1 == 1) | (after > size - _LONGEST))
+            at, after = at[keep], after[keep]
         if len(at) and at[0] == 0 and (at[1:] == after[:-1]).all():
-            return None if _whole(buf, after[-1:]).any() else (at, int(after[-1]))
+            stop = int(after[-1])
+            if stop + RECORD_MIN <= size and stop + RECORD_MIN + buf.data[stop + 20] <= size:
+                return None  # a whole record follows the last: not a candidate
+            return at, stop
     return None
-
-
-def _whole(buf: Buffer, at: I64) -> npt.NDArray[np.bool_]:
-    """A whole record starts at each offset of `at` (at most the buffer's size)."""
-    head = at + RECORD_MIN
-    length = buf.u8[np.minimum(head, buf.size) - 1].astype(np.int64)
-    whole: npt.NDArray[np.bool_] = (head <= buf.size) & (head + length <= buf.size)
-    return whole
 
 
 def _plausible(buf: Buffer, at: I64) -> npt.NDArray[np.bool_]:
@@ -254,8 +251,6 @@ def _walk(buf: bytes) -> tuple[I64, int]:
 
 
 class Parsed(NamedTuple):
-    heads: npt.NDArray[np.void]
-    """HEAD of each record."""
     group: npt.NDArray[np.intp]
     """Each record's name, as its position in `names`."""
     names: list[bytes]
@@ -266,54 +261,68 @@ class Parsed(NamedTuple):
 
 def parse(buf: Buffer, starts: I64) -> Parsed:
     """The records of the buffer at `starts` (whole ones: find_starts), grouped by name."""
-    heads = buf.rows(starts, HEAD.itemsize).view(HEAD)[:, 0]
-    lens = heads["len"]
-    ts = heads["ts"]
+    lens = buf.u8[starts + RECORD_MIN - 1]
+    ts = buf.at_every_offset(">u8")[starts]
     plain = bool(((ts >= MIN_TIMESTAMP) & (ts < MAX_TIMESTAMP) & (lens > 0)).all())
     width = max(8, -(-int(lens.max(initial=0)) // 8) * 8)
-    if not len(starts) or width > _WIDE:
-        group, names, clean = _group_python(buf.data, starts, lens)
-        return Parsed(heads, group, names, plain and clean)
-    words = []  # each name's bytes 8k..8k+7, as one word: zeros past its end
-    zeros = np.zeros(len(starts), dtype=np.uint64)  # a word's zero bytes before the name ends
-    for k in range(width // 8):
-        keep = _KEEP[k][lens]
-        word = buf.words[starts + (RECORD_MIN + 8 * k)] & keep
-        filled = word | ~keep
-        zeros |= (filled - _ONES) & ~filled & (_ONES << np.uint64(7))
-        words.append(word)
-    clean = not zeros.any()
+    grouped = _group(buf, starts, lens, width) if len(starts) and width <= _WIDE else None
+    group, names = grouped or _group_python(buf.data, starts, lens)
+    clean = not any(b"\0" in name for name in names)
+    return Parsed(group, names, plain and clean)
+
+
+def _group(
+    buf: Buffer, starts: I64, lens: npt.NDArray[np.uint8], width: int
+) -> tuple[npt.NDArray[np.intp], list[bytes]] | None:
+    """Each record's name by a hash of its bytes (a word of 8 at a time), every record's
+    bytes then compared with those of the first record of its hash; None when two names
+    share a hash (rare)."""
+    words = [  # each name's bytes 8k..8k+7 as one word, zeros past its end
+        buf.words[starts + (RECORD_MIN + 8 * k)] & _KEEP[k][lens] for k in range(width // 8)
+    ]
     hashes = lens.astype(np.uint64)
     for word, mix in zip(words, _MIX, strict=False):
         hashes += word * mix
     known = np.unique(hashes[:_SAMPLE])  # most buffers hold no name their start lacks
-    inverse = np.searchsorted(known, hashes)
-    inverse[inverse == len(known)] = 0
+    inverse = _positions(known, hashes)
     if not (known[inverse] == hashes).all():
         known, inverse = np.unique(hashes, return_inverse=True)
         inverse = inverse.reshape(-1)
     first = np.full(len(known), len(hashes))
     np.minimum.at(first, inverse, np.arange(len(hashes)))
     same = first[inverse]
-    if not all((w == w[same]).all() for w in [lens, *words]):  # two names, one hash: rare
-        group, names, _ = _group_python(buf.data, starts, lens)
-        return Parsed(heads, group, names, plain and clean)
+    if not all((w == w[same]).all() for w in [lens, *words]):
+        return None
     order = np.argsort(first)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     at = (starts[first[order]] + RECORD_MIN).tolist()
     data = buf.data
-    names = [data[a : a + data[a - 1]] for a in at]
-    return Parsed(heads, rank[inverse], names, plain and clean)
+    return rank[inverse], [data[a : a + data[a - 1]] for a in at]
+
+
+def _positions(known: npt.NDArray[np.uint64], hashes: npt.NDArray[np.uint64]) -> I64:
+    """Each hash's position in `known` (sorted, distinct) where it is there, else any: by
+    a table of the hashes' top bits when they tell the known ones apart."""
+    for bits in range(len(known).bit_length() + 1, 17):
+        shift = np.uint64(64 - bits)
+        top = known >> shift
+        if len(np.unique(top)) == len(known):
+            table = np.zeros(1 << bits, dtype=np.int64)
+            table[top] = np.arange(len(known))
+            found: I64 = table[hashes >> shift]
+            return found
+    inverse = np.searchsorted(known, hashes)
+    inverse[inverse == len(known)] = 0
+    return inverse
 
 
 def _group_python(
     buf: bytes, starts: I64, lens: npt.NDArray[np.uint8]
-) -> tuple[npt.NDArray[np.intp], list[bytes], bool]:
+) -> tuple[npt.NDArray[np.intp], list[bytes]]:
     ids: dict[bytes, int] = {}
     which = [
         ids.setdefault(buf[a + RECORD_MIN : a + RECORD_MIN + n], len(ids))
         for a, n in zip(starts.tolist(), lens.tolist(), strict=True)
     ]
-    clean = not any(b"\0" in name for name in ids)
-    return np.array(which, dtype=np.intp), list(ids), clean
+    return np.array(which, dtype=np.intp), list(ids)
