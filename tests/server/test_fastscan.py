@@ -90,7 +90,7 @@ def test_found_records_and_names_equal_a_walk_and_a_python_grouping(
     assert parsed.group.tolist() == group
     plain = all(
         MIN_TIMESTAMP <= struct.unpack_from(">Q", data, a)[0] < MAX_TIMESTAMP
-        and 0 < data[a + 20]
+        and data[a + 20] > 0
         and 0 not in data[a + RECORD_MIN : a + RECORD_MIN + data[a + 20]]
         for a in walked.tolist()
     )
