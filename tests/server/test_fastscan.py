@@ -6,6 +6,7 @@ import random
 import struct
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,6 +45,26 @@ def test_a_buffer_with_an_invalid_timestamp_is_left_to_the_walk() -> None:
     starts, stop = fastscan.find_starts(buf)
     walked, walked_stop = fastscan._walk(buf.data)
     assert np.array_equal(starts, walked) and stop == walked_stop
+
+
+def test_names_sharing_a_hash_are_told_apart_by_their_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fastscan, "_MIX", np.zeros(8, dtype=np.uint64))  # hash = length
+    names = [b"abc", b"xyz", b"abcdefghij", b"abcdefghik"]
+    data = b"".join(encode_record(STAMP, i, 0.5, names[i * 7 % 4]) for i in range(400))
+    buf = fastscan.Buffer(data)
+    parsed = fastscan.parse(buf, fastscan.find_starts(buf)[0])
+    expected = [names[i * 7 % 4] for i in range(400)]
+    assert parsed.names == list(dict.fromkeys(expected))  # in order of first appearance
+    assert [parsed.names[g] for g in parsed.group] == expected
+    assert parsed.plain
+
+
+def test_hashes_whose_top_bits_agree_are_placed_by_a_search() -> None:
+    known = np.array([1, 2, 3 << 60], dtype=np.uint64)
+    hashes = np.array([3 << 60, 1, 2, 2], dtype=np.uint64)
+    assert fastscan._positions(known, hashes).tolist() == [2, 0, 1, 1]
 
 
 # Records whose fields hold runs of zero bytes, so that many offsets inside them look like
