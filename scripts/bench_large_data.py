@@ -84,6 +84,45 @@ def write_large(path: Path, records: int) -> None:
             out.write(encode_record(TIMESTAMP + groups // 1000, groups, value, NAMES[i].encode()))
 
 
+def write_any_order(path: Path, records: int, seed: int = 0) -> None:
+    """`records` records as write_large writes them, but each step's ten records with the
+    names in a random order (so no layout of names repeats)."""
+    rng = np.random.default_rng(seed)
+    lengths = np.array([len(name) for name in NAMES])
+    head = np.dtype([("t", ">u8"), ("s", ">u4"), ("v", ">f8"), ("n", "u1")])
+    groups = -(-records // len(NAMES))
+    with path.open("wb") as out:
+        for first in range(0, groups, GROUPS_PER_CHUNK):
+            steps = np.arange(first, min(first + GROUPS_PER_CHUNK, groups), dtype=np.int64)
+            order = np.argsort(rng.random((len(steps), len(NAMES))), axis=1)
+            which = order.reshape(-1)[: records - first * len(NAMES)]
+            step = np.repeat(steps, len(NAMES))[: len(which)]
+            heads = np.empty(len(which), head)
+            heads["t"] = TIMESTAMP + step // 1000
+            heads["s"] = step
+            heads["v"] = np.choose(which, [value_of(i, step) for i in range(len(NAMES))])
+            heads["n"] = lengths[which]
+            sizes = RECORD_MIN + lengths[which]
+            starts = np.cumsum(sizes) - sizes
+            chunk = np.zeros(int(sizes.sum()), np.uint8)
+            chunk[starts[:, None] + np.arange(RECORD_MIN)] = heads.view(np.uint8).reshape(-1, 21)
+            for i, name in enumerate(NAMES):
+                at = starts[which == i] + RECORD_MIN
+                chunk[at[:, None] + np.arange(len(name))] = np.frombuffer(name.encode(), np.uint8)
+            out.write(chunk.tobytes())
+
+
+def any_order(records: int, cache: Path = CACHE) -> Path:
+    """The cached metrics.bin of write_any_order (written to a temporary name first)."""
+    path = cache / f"any-order-{records}-v{FORMAT}.bin"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        write_any_order(partial, records)
+        partial.rename(path)
+    return path
+
+
 def build(records: int, small: int, cache: Path = CACHE) -> Path:
     """The cached data directory for these sizes (built when missing or half built), with
     every file the daemon added to an experiment (sidecars, run documents) removed."""

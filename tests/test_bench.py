@@ -382,6 +382,22 @@ def test_large_data_is_valid_and_the_plain_scan_reads_it_exactly(tmp_path: Path)
     assert bench_large_data.in_range(steps, 10, 19) == 10
 
 
+def test_large_data_in_any_order_holds_each_step_once_per_name_in_no_fixed_cycle(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "metrics.bin"
+    bench_large_data.write_any_order(path, 20_007)
+    data = path.read_bytes()
+    assert scan(data) == (len(data), 20_007, True)
+    records = [r for _, r in iter_records(data)]
+    steps = [sorted(r.name for r in records[i : i + 10]) for i in range(0, 20_000, 10)]
+    assert steps == [sorted(bench_large_data.NAMES)] * 2_000
+    assert [r.step for r in records] == [i // 10 for i in range(20_007)]
+    assert [r.name for r in records[:10]] != [r.name for r in records[10:20]]
+    plain = bench_large_data.scan(path, "loss")
+    assert plain.latest == {r.name: (r.step, r.value) for r in records}
+
+
 def test_large_data_is_cached_and_rebuilt_when_half_built(tmp_path: Path) -> None:
     base = bench_large_data.build(30, 3, tmp_path)
     large = base / commit(bench_large_data.LARGE)

@@ -9,11 +9,8 @@ import numpy as np
 
 from fetchml.protocol.metrics import scan
 
-from .fastscan import I64, Buffer, Cycles, Parsed, find_starts, parse
+from .fastscan import HEAD, I64, Buffer, Cycles, Parsed, find_starts, parse
 from .sidecar import ANCHOR, ROW, Rows
-
-FEW_NAMES = 16
-"""Up to this many names in a buffer, each is picked out by a comparison; more are sorted."""
 
 
 class Batch(NamedTuple):
@@ -27,27 +24,21 @@ class Batch(NamedTuple):
     """The file offset of each record whose number is a multiple of ANCHOR."""
 
 
-def _rows(parsed: Parsed, starts: I64, base: int, count: int) -> Batch:
+def _rows(buf: Buffer, parsed: Parsed, starts: I64, base: int, count: int) -> Batch:
     """The records at `starts` of a buffer at file offset `base`, the first of them record
     number `count`."""
     n = len(starts)
-    heads, group, names = parsed.heads, parsed.group, parsed.names
-    numbers = np.arange(count, count + n, dtype=np.uint64)
-    if len(names) == 1:
-        picks = [np.arange(n)]
-    elif len(names) <= FEW_NAMES:
-        picks = [np.flatnonzero(group == g) for g in range(len(names))]
-    else:
-        order = np.argsort(group, kind="stable")
-        picks = np.split(order, np.cumsum(np.bincount(group, minlength=len(names)))[:-1])
-    out = []
-    for pick in picks:
-        rows = np.empty(len(pick), ROW)
-        rows["index"] = numbers[pick]
-        rows["ts"] = heads["ts"][pick]
-        rows["step"] = heads["step"][pick]
-        rows["value"] = heads["value"][pick]
-        out.append(rows)
+    group, names = parsed.group, parsed.names
+    key = group.astype(np.uint16) if len(names) <= 1 << 16 else group  # (sorted in one pass)
+    order = np.argsort(key, kind="stable")
+    heads = buf.rows(starts[order], HEAD.itemsize).view(HEAD)[:, 0]
+    rows = np.empty(n, ROW)
+    rows["index"] = order.astype(np.uint64) + np.uint64(count)
+    rows["ts"] = heads["ts"]
+    rows["step"] = heads["step"]
+    rows["value"] = heads["value"]
+    ends = np.cumsum(np.bincount(group, minlength=len(names)))
+    out = np.split(rows, ends[:-1]) if names else []
     return Batch(n, names, out, starts[-count % ANCHOR :: ANCHOR] + base)
 
 
@@ -86,4 +77,4 @@ def general(data: bytes, base: int, count: int) -> tuple[Batch, int, bool]:
         end, incomplete = result.end, result.incomplete
         found = found[found < end]
         parsed = parse(buf, found)
-    return _rows(parsed, found, base, count), end, incomplete
+    return _rows(buf, parsed, found, base, count), end, incomplete

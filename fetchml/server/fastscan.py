@@ -15,10 +15,15 @@ names in a fixed order, so the buffer is whole cycles of one layout. The layout 
 from its first records, and every cycle is checked against it at once (each record's
 length byte and name, and its timestamp): when all match, those are the records, all
 valid, with no search at all.
+
+Records of a few names in any order come next (`_chained`): every offset where four zero
+bytes start (the high half of a plausible timestamp) is a candidate, and when the candidates
+that pass the head checks and follow one another cover the buffer from offset 0, they are
+its records, with no walk at all.
 """
 
 from array import array
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +45,17 @@ _MIX = np.array(
     dtype=np.uint64,
 )
 
+_LONGEST = RECORD_MIN + 255
+"""Bytes of the longest record."""
+_ROUNDS = 3
+"""Times `_chained` drops candidates before it gives up."""
+
+_KEEP = np.array(
+    [[(1 << 8 * min(max(n - 8 * k, 0), 8)) - 1 for n in range(256)] for k in range(_WIDE // 8)],
+    dtype=np.uint64,
+)
+"""_KEEP[k][n]: the bytes of a word k (bytes 8k..8k+7) inside a name of n bytes."""
+
 MAX_PERIOD = 64
 """The longest cycle `periodic` looks for, in records."""
 
@@ -53,6 +69,13 @@ class Buffer:
         self.data = data
         self.size = len(data)
         self.u8 = np.frombuffer(data + bytes(_PAD), np.uint8)
+        self.words = self.at_every_offset("<u8")
+        """The 8 bytes at each offset as one word (its first byte the lowest)."""
+
+    def at_every_offset(self, dtype: str) -> npt.NDArray[Any]:
+        """A `dtype` value starting at each offset (zeros past the end)."""
+        count = len(self.u8) - np.dtype(dtype).itemsize + 1
+        return np.ndarray((count,), dtype, self.u8, strides=(1,))
 
     def rows(self, at: I64, width: int) -> npt.NDArray[np.uint8]:
         """The `width` bytes at each offset of `at` (zeros past the end), one row each."""
@@ -123,6 +146,9 @@ _HEAD = (("ts", ">u8", 0), ("step", ">u4", 8), ("value", ">f8", 12))
 def find_starts(buf: Buffer) -> tuple[I64, int]:
     """(the start of every whole record of the buffer; the offset after the last one):
     what protocol.metrics.walk gives."""
+    chained = _chained(buf)
+    if chained is not None:
+        return chained
     size = buf.size
     lanes = size // LANE
     if lanes < 2:
@@ -160,6 +186,38 @@ def find_starts(buf: Buffer) -> tuple[I64, int]:
     return walked.T[keep.T], int(pos[-1])
 
 
+def _chained(buf: Buffer) -> tuple[I64, int] | None:
+    """find_starts' answer when the buffer's records all have a plausible timestamp and a
+    non-empty name, found without a walk; None when that is not shown.
+
+    Candidates: the offsets where four zero bytes start, a plausible timestamp and a whole
+    record with a non-empty name. Those that no candidate leads to (bar 0), or that lead
+    to neither a candidate nor near the end, are dropped until the rest form a chain: they
+    start at 0, each one ends where the next one starts and no whole record follows the
+    last. Then they are exactly the records a walk from 0 finds."""
+    size = buf.size
+    zero = buf.u8[: size + 3] == 0
+    at = np.flatnonzero(zero[:-3] & zero[1:-2] & zero[2:-1] & zero[3:])
+    length = buf.u8[at + RECORD_MIN - 1]
+    after = at + RECORD_MIN + length
+    keep = (buf.at_every_offset(">u8")[at] >= MIN_TIMESTAMP) & (length > 0) & (after <= size)
+    at, after = at[keep], after[keep]
+    for drop in range(_ROUNDS + 1):
+        if drop:
+            mark = np.zeros(size + 1, dtype=np.uint8)
+            mark[at] = 1
+            mark[after] |= 2
+            mark[0] |= 2
+            keep = (mark[at] >= 2) & ((mark[after] & 1 == 1) | (after > size - _LONGEST))
+            at, after = at[keep], after[keep]
+        if len(at) and at[0] == 0 and (at[1:] == after[:-1]).all():
+            stop = int(after[-1])
+            if stop + RECORD_MIN <= size and stop + RECORD_MIN + buf.data[stop + 20] <= size:
+                return None  # a whole record follows the last: not a candidate
+            return at, stop
+    return None
+
+
 def _plausible(buf: Buffer, at: I64) -> npt.NDArray[np.bool_]:
     """A whole record head could start at `at`: its timestamp is plausible."""
     ts = buf.rows(at, 8).view(">u8")[:, 0]
@@ -193,8 +251,6 @@ def _walk(buf: bytes) -> tuple[I64, int]:
 
 
 class Parsed(NamedTuple):
-    heads: npt.NDArray[np.void]
-    """HEAD of each record."""
     group: npt.NDArray[np.intp]
     """Each record's name, as its position in `names`."""
     names: list[bytes]
@@ -205,49 +261,68 @@ class Parsed(NamedTuple):
 
 def parse(buf: Buffer, starts: I64) -> Parsed:
     """The records of the buffer at `starts` (whole ones: find_starts), grouped by name."""
-    heads = buf.rows(starts, HEAD.itemsize).view(HEAD)[:, 0]
-    lens = heads["len"]
-    ts = heads["ts"]
+    lens = buf.u8[starts + RECORD_MIN - 1]
+    ts = buf.at_every_offset(">u8")[starts]
     plain = bool(((ts >= MIN_TIMESTAMP) & (ts < MAX_TIMESTAMP) & (lens > 0)).all())
     width = max(8, -(-int(lens.max(initial=0)) // 8) * 8)
-    if not len(starts) or width > _WIDE:
-        group, names, clean = _group_python(buf.data, starts, lens)
-        return Parsed(heads, group, names, plain and clean)
-    columns = np.arange(width, dtype=np.int64)
-    padded = buf.rows(starts + RECORD_MIN, width)
-    inside = columns[None, :] < lens[:, None]
-    clean = bool((padded[inside] != 0).all())
-    padded[~inside] = 0
-    words = np.ascontiguousarray(padded).view("<u8")  # a name, padded with zeros
-    mixed = words * _MIX[: words.shape[1]]
-    hashes = mixed.sum(axis=1, dtype=np.uint64)
+    grouped = _group(buf, starts, lens, width) if len(starts) and width <= _WIDE else None
+    group, names = grouped or _group_python(buf.data, starts, lens)
+    clean = not any(b"\0" in name for name in names)
+    return Parsed(group, names, plain and clean)
+
+
+def _group(
+    buf: Buffer, starts: I64, lens: npt.NDArray[np.uint8], width: int
+) -> tuple[npt.NDArray[np.intp], list[bytes]] | None:
+    """Each record's name by a hash of its bytes (a word of 8 at a time), every record's
+    bytes then compared with those of the first record of its hash; None when two names
+    share a hash (rare)."""
+    words = [  # each name's bytes 8k..8k+7 as one word, zeros past its end
+        buf.words[starts + (RECORD_MIN + 8 * k)] & _KEEP[k][lens] for k in range(width // 8)
+    ]
+    hashes = lens.astype(np.uint64)
+    for word, mix in zip(words, _MIX, strict=False):
+        hashes += word * mix
     known = np.unique(hashes[:_SAMPLE])  # most buffers hold no name their start lacks
-    inverse = np.searchsorted(known, hashes)
-    inverse[inverse == len(known)] = 0
+    inverse = _positions(known, hashes)
     if not (known[inverse] == hashes).all():
         known, inverse = np.unique(hashes, return_inverse=True)
         inverse = inverse.reshape(-1)
     first = np.full(len(known), len(hashes))
     np.minimum.at(first, inverse, np.arange(len(hashes)))
-    if not (words == words[first[inverse]]).all():  # two names with one hash: rare
-        group, names, _ = _group_python(buf.data, starts, lens)
-        return Parsed(heads, group, names, plain and clean)
+    same = first[inverse]
+    if not all((w == w[same]).all() for w in [lens, *words]):
+        return None
     order = np.argsort(first)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     at = (starts[first[order]] + RECORD_MIN).tolist()
     data = buf.data
-    names = [data[a : a + data[a - 1]] for a in at]
-    return Parsed(heads, rank[inverse], names, plain and clean)
+    return rank[inverse], [data[a : a + data[a - 1]] for a in at]
+
+
+def _positions(known: npt.NDArray[np.uint64], hashes: npt.NDArray[np.uint64]) -> I64:
+    """Each hash's position in `known` (sorted, distinct) where it is there, else any: by
+    a table of the hashes' top bits when they tell the known ones apart."""
+    for bits in range(len(known).bit_length() + 1, 17):
+        shift = np.uint64(64 - bits)
+        top = known >> shift
+        if len(np.unique(top)) == len(known):
+            table = np.zeros(1 << bits, dtype=np.int64)
+            table[top] = np.arange(len(known))
+            found: I64 = table[hashes >> shift]
+            return found
+    inverse = np.searchsorted(known, hashes)
+    inverse[inverse == len(known)] = 0
+    return inverse
 
 
 def _group_python(
     buf: bytes, starts: I64, lens: npt.NDArray[np.uint8]
-) -> tuple[npt.NDArray[np.intp], list[bytes], bool]:
+) -> tuple[npt.NDArray[np.intp], list[bytes]]:
     ids: dict[bytes, int] = {}
     which = [
         ids.setdefault(buf[a + RECORD_MIN : a + RECORD_MIN + n], len(ids))
         for a, n in zip(starts.tolist(), lens.tolist(), strict=True)
     ]
-    clean = not any(b"\0" in name for name in ids)
-    return np.array(which, dtype=np.intp), list(ids), clean
+    return np.array(which, dtype=np.intp), list(ids)
