@@ -53,7 +53,13 @@ async def test_acks_ready_together_go_out_in_one_write(daemon: Daemon) -> None:
 
     # Every third request names no experiment: refused as it is read, answered in its turn.
     burst = [
-        LogMetric(key_hash=ADMIN, commit_id=MISSING if i % 3 == 2 else COMMIT, step=i, value=i, name="loss")
+        LogMetric(
+            key_hash=ADMIN,
+            commit_id=MISSING if i % 3 == 2 else COMMIT,
+            step=i,
+            value=i,
+            name="loss",
+        )
         for i in range(BURST)
     ]
     for request in burst:  # sent without yielding: the daemon reads them as one burst
