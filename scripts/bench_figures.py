@@ -50,7 +50,7 @@ FIGURES: tuple[Figure, ...] = (
         "msg/s",
         ECHO,
         True,
-        Target(0.7, of_ratio=True),
+        Target(0.9, of_ratio=True),
     ),
     *(
         Figure(

@@ -2,11 +2,13 @@
 what the sequencer (server/sequencer.py) hands out, strictly in request order.
 
 Metric logging is pipelined: the reader queues the records for group commit and moves
-on; the writer awaits each completion in turn. Every other request runs as a barrier
-(dispatch decides), and one refused as it is read is answered in its turn. Beyond
+on; the writer awaits each completion in turn, and the responses ready together (one
+group commit's acks) go out in one write (server/frames.py). Every other request runs as
+a barrier (dispatch decides), and one refused as it is read is answered in its turn. Beyond
 `max_inflight_requests` unanswered requests the reader stops reading and TCP pushes back.
 """
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -36,6 +38,7 @@ from .dispatch import (
     dispatch,
 )
 from .errors import AuthenticationFailed, ServerError
+from .frames import send_frames
 from .handlers import Context
 from .http import Gate, Metrics, handshake_key
 from .sequencer import Close, Sequencer
@@ -293,44 +296,64 @@ class Connection:
     # -- writer --------------------------------------------------------------
 
     async def _writer(self, seq: Sequencer, tg: anyio.abc.TaskGroup) -> None:
-        """Perform the sequencer's actions in order until its Close."""
-        send = self.ws.send
+        """Perform the sequencer's actions in order until its Close. Responses ready at
+        once (answers, completed logs) are sent together in one write; it goes out before
+        the writer waits for anything, so no response waits on a later one."""
+        batch: list[bytes] = []
         while True:
             action = seq.next_action()
+            if isinstance(action, Answer):
+                batch.append(action.packet)
+                seq.done()
+                continue
+            if isinstance(action, Pipelined) and action.future.done():
+                batch.append(self._completed(action))
+                seq.done()
+                continue
+            if batch:
+                if not await self._send(batch, seq, tg):
+                    return
+                batch = []
             if action is None:
                 wake = self._writer_wake = anyio.Event()
                 await wake.wait()
-                continue
-            if isinstance(action, Pipelined):
-                packet = await self._complete(action)
-            elif isinstance(action, Answer):
-                packet = action.packet
+            elif isinstance(action, Pipelined):
+                await asyncio.wait((action.future,))
+                batch.append(self._completed(action))
+                seq.done()
             elif isinstance(action, Barrier):
                 with anyio.CancelScope(shield=True):  # once begun, a barrier's work finishes
-                    packet = await self._run(action)
+                    batch.append(await self._run(action))
+                seq.done()
             elif isinstance(action, StartWatch):
-                packet = ACKS.get(None)
+                seq.done()
+                if not await self._send([ACKS.get(None)], seq, tg):
+                    return
+                sub = action.subscriber
+                logger.info("watch %s from %d by %s", sub.commit, sub.next, self.peer)
+                tg.start_soon(self._watch, sub)
             else:
                 self._close = action
                 tg.cancel_scope.cancel()  # the reader, if still waiting, and a watch pump
                 return
-            try:
-                await send(packet)
-            except ConnectionClosed:
-                tg.cancel_scope.cancel()
-                return
-            seq.done()
-            if isinstance(action, StartWatch):
-                sub = action.subscriber
-                logger.info("watch %s from %d by %s", sub.commit, sub.next, self.peer)
-                tg.start_soon(self._watch, sub)
-            if self._reader_wake is not None and seq.reading:
-                self._reader_wake.set()
-                self._reader_wake = None
 
-    async def _complete(self, pending: Pipelined) -> bytes:
+    async def _send(self, packets: list[bytes], seq: Sequencer, tg: anyio.abc.TaskGroup) -> bool:
+        """Send `packets` in one write, then let the reader go on if it may; False when
+        the peer went away."""
         try:
-            await pending.future
+            await send_frames(self.ws, packets)
+        except ConnectionClosed:
+            tg.cancel_scope.cancel()
+            return False
+        if self._reader_wake is not None and seq.reading:
+            self._reader_wake.set()
+            self._reader_wake = None
+        return True
+
+    def _completed(self, pending: Pipelined) -> bytes:
+        """The response to a log whose records are written (or failed)."""
+        try:
+            pending.future.result()
         except ServerError as exc:
             return self._error(pending.opcode, exc)
         except Exception:

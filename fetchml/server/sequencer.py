@@ -2,7 +2,8 @@
 
 The connection feeds every message it reads to `receive` and performs the actions
 `next_action` hands out, one at a time, calling `done` once each is over (its
-response sent). The rules:
+response sent, or queued for a write that goes out before the connection waits for
+anything else). The rules:
 
 - Responses go out strictly in request order, one final response per request.
 - A Barrier runs only once every earlier request is answered (it is handed out after
@@ -89,7 +90,7 @@ class Sequencer:
         return self._current
 
     def done(self) -> None:
-        """The action handed out last is over: its response is sent."""
+        """The action handed out last is over: its response is sent or queued to be."""
         current, self._current = self._current, None
         assert current is not None and not isinstance(current, Close)
         self.answered += 1
