@@ -72,27 +72,31 @@ class Lister:
         """The experiments (those `wanted`, by their metadata) in steps: newest first
         (ties: commit ascending); unreadable metadata last, by commit. A damaged
         experiment is listed with its reason; it never fails the listing.
-        The order comes from a stat of every experiment's directory; the counts are taken
-        a step at a time, so a caller that stops early counts no more. Experiments not
+        The order is made again when a stat of a directory shows its metadata changed:
+        those of the experiments the last listing counted and the new ones are looked at
+        each time, every one at most SWEEP_S apart. The counts are taken a step at a
+        time, so a caller that stops early counts (and filters) no more. Experiments not
         held are looked at in worker threads, without taking a slot of the
         open-experiment LRU, unless their files need indexing."""
         order = await self._ordered()
         first = self._first_unreadable
-        readable = [(i, info) for i, info in enumerate(order[:first]) if not wanted or wanted(info)]
-        unreadable = [info for info in order[first:] if wanted is None or wanted(info)]
         demoted: list[ExperimentInfo] = []
         at, size = 0, LIST_CHUNK
         try:
-            while at < len(readable):
-                step = readable[at : at + size]
-                self._reach = step[-1][0] + 1
-                check = self._reach > self._checked
-                infos = await self._counted([info for _, info in step], check)
+            while at < first:
+                step: list[ExperimentInfo] = []
+                while at < first and len(step) < size:
+                    if wanted is None or wanted(order[at]):
+                        step.append(order[at])
+                    at += 1
+                self._reach = at
+                infos = await self._counted(step, at > self._checked)
                 if any(info.meta is None for info in infos):  # found damaged: listed last
                     demoted += [info for info in infos if info.meta is None]
                     infos = [info for info in infos if info.meta is not None]
                 yield infos
-                at, size = at + size, size * 2
+                size *= 2
+            unreadable = [info for info in order[first:] if wanted is None or wanted(info)]
             rest = await self._counted(unreadable, True) + demoted
             yield sorted(rest, key=lambda i: i.commit)
         finally:
