@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 LIST_CHUNK = 512
 """Experiments counted in the first step of a listing; each next step counts twice as many."""
-SWEEP_S = 1.0
+SWEEP_S = 10.0
 """The longest the order goes without a stat of every experiment's directory: in between,
 only the new ones and those the last listing reached are looked at."""
 

@@ -99,7 +99,7 @@ async def test_listing_follows_changes(
     request: pytest.FixtureRequest,
     mode: str,
 ) -> None:
-    """No full look at every directory happens (SWEEP_S is an hour) until the last step,
+    """No look at every directory happens (SWEEP_S is an hour) until the last step,
     where it finds a new meta.bin past the page."""
     monkeypatch.setattr(lister, "SWEEP_S", 3600.0, raising=False)
     base = tmp_path / "shared"
