@@ -215,4 +215,5 @@ class Lister:
 
     def _forget_seen(self) -> bool:
         self._seen = {}  # the saved listing is not read again: a LIST reads every experiment
+        self._order = None
         return True

@@ -3,7 +3,9 @@ every experiment's, and is still what the files say after experiments are added,
 removed, appended to and given new metadata, by this daemon and by another process (a
 cluster's other node, or the test writing files), in standalone and cluster mode."""
 
+import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -48,12 +50,15 @@ def truth(base: Path) -> list[tuple[str, int]]:
     """The listing's order from the files (all readable here) and each one's count (every
     record here has the same size)."""
     stamps = []
-    for commit in os.listdir(base):
-        if len(commit) == 40:
-            stamp = decode_metadata((base / commit / "meta.bin").read_bytes()).timestamp
-            stamps.append((-stamp, commit))
+    for commit in commits(base):
+        stamp = decode_metadata((base / commit / "meta.bin").read_bytes()).timestamp
+        stamps.append((-stamp, commit))
     order = [commit for _, commit in sorted(stamps)]
     return [(c, size(base / c / "metrics.bin") // len(record(0))) for c in order]
+
+
+def commits(base: Path) -> list[str]:
+    return [name for name in os.listdir(base) if re.fullmatch("[0-9a-f]{40}", name)]
 
 
 def size(path: Path) -> int:
@@ -163,7 +168,25 @@ async def test_listing_follows_changes(
     prune = Prune(key_hash=ADMIN, prune_type=PruneType.KEEP_NEWEST, value=EXPERIMENTS - 40)
     assert isinstance(await client.call(prune), Data)
     await check(client, base)
-    oldest = min(int(c, 16) for c in os.listdir(base) if len(c) == 40)
+    oldest = min(int(c, 16) for c in commits(base))
     rename_meta(base, oldest, 2_000_000_000)  # far past the page, it becomes the newest
     monkeypatch.setattr(lister, "SWEEP_S", 0.0)
     assert (await check(client, base))[0][0] == cid(oldest)
+    store = nodes[0].app.ctx.store
+
+    async def settle() -> None:
+        """No save of the listing under way, and the data directory's mtime as before
+        (old enough to be trusted): the next listing reuses the list of experiments."""
+        while store.lister._saving:
+            await asyncio.sleep(0.01)
+        os.utime(base, ns=(1 << 60, 1 << 60))
+
+    for _ in range(2):
+        await check(client, base)
+        await settle()
+    assert store.lister._forget_seen()  # what the cache budget does under pressure
+    monkeypatch.setattr(lister, "SWEEP_S", 3600.0)
+    await check(client, base)
+    await settle()
+    everything = [(i.commit, i.metrics_count) for i in await store.list_experiments()]
+    assert everything == truth(base)
