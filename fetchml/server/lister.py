@@ -6,6 +6,7 @@ step counted when it is reached. Event loop only; worker threads get values
 
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
@@ -14,7 +15,15 @@ import anyio.abc
 
 from . import listcache
 from .errors import NotFound
-from .listing import SEEN_BYTES, ExperimentInfo, Seen, list_unheld, look_unheld, sort_experiments
+from .listing import (
+    SEEN_BYTES,
+    ExperimentInfo,
+    Seen,
+    list_unheld,
+    look_some,
+    look_unheld,
+    sort_experiments,
+)
 from .lru import OpenExperiments
 from .runs import Listing, list_tree
 
@@ -25,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 LIST_CHUNK = 512
 """Experiments counted in the first step of a listing; each next step counts twice as many."""
+SWEEP_S = 10.0
+"""The longest the order goes without a stat of every experiment's directory: in between,
+only the new ones and those the last listing reached are looked at."""
 
 
 class Lister:
@@ -42,6 +54,13 @@ class Lister:
         self._order: tuple[list[ExperimentInfo], list[ExperimentInfo]] | None = None
         """The held experiments' metadata and the order last made with it."""
         self._first_unreadable = 0
+        self._swept = 0.0
+        """When every experiment's directory was last looked at (time.monotonic)."""
+        self._held: set[str] = set()
+        self._reach = LIST_CHUNK
+        """How far into the order the last listing counted."""
+        self._checked = 0
+        """How far into the order this listing's directories were looked at."""
         self.tree: Listing | None = None
         """The experiments of the tree, reused while the base directory's mtime says none
         was added or removed (runs.list_tree); the store sets it to None when it creates
@@ -53,27 +72,32 @@ class Lister:
         """The experiments (those `wanted`, by their metadata) in steps: newest first
         (ties: commit ascending); unreadable metadata last, by commit. A damaged
         experiment is listed with its reason; it never fails the listing.
-        The order comes from a stat of every experiment's directory; the counts are taken
-        a step at a time, so a caller that stops early counts no more. Experiments not
+        The order is made again when a stat of a directory shows its metadata changed:
+        those of the experiments the last listing counted and the new ones are looked at
+        each time, every one at most SWEEP_S apart. The counts are taken a step at a
+        time, so a caller that stops early counts (and filters) no more. Experiments not
         held are looked at in worker threads, without taking a slot of the
         open-experiment LRU, unless their files need indexing."""
         order = await self._ordered()
         first = self._first_unreadable
-        readable, unreadable = order[:first], order[first:]
-        if wanted is not None:
-            readable = [info for info in readable if wanted(info)]
-            unreadable = [info for info in unreadable if wanted(info)]
         demoted: list[ExperimentInfo] = []
         at, size = 0, LIST_CHUNK
         try:
-            while at < len(readable):
-                infos = await self._counted(readable[at : at + size])
+            while at < first:
+                step: list[ExperimentInfo] = []
+                while at < first and len(step) < size:
+                    if wanted is None or wanted(order[at]):
+                        step.append(order[at])
+                    at += 1
+                self._reach = at
+                infos = await self._counted(step, at > self._checked)
                 if any(info.meta is None for info in infos):  # found damaged: listed last
                     demoted += [info for info in infos if info.meta is None]
                     infos = [info for info in infos if info.meta is not None]
                 yield infos
-                at, size = at + size, size * 2
-            rest = await self._counted(unreadable) + demoted
+                size *= 2
+            unreadable = [info for info in order[first:] if wanted is None or wanted(info)]
+            rest = await self._counted(unreadable, True) + demoted
             yield sorted(rest, key=lambda i: i.commit)
         finally:
             self._save_listing(tg)
@@ -81,14 +105,35 @@ class Lister:
     async def _ordered(self) -> list[ExperimentInfo]:
         """Every experiment with its metadata in the listing's order (counts not taken);
         the last order again when no experiment's metadata changed."""
-        self.tree = await anyio.to_thread.run_sync(list_tree, self.store.base, self.tree)
+        old_tree = self.tree
+        self.tree = tree = await anyio.to_thread.run_sync(list_tree, self.store.base, old_tree)
         if self._seen is None:
             self._seen = await anyio.to_thread.run_sync(listcache.load, self.store.base)
         held = {exp.commit for exp in self.opened}
-        seen, changed = await anyio.to_thread.run_sync(
-            look_unheld, self.store.base, self.tree[1], held, self._seen
-        )
-        self._seen = seen
+        now = time.monotonic()
+        if self._order is None or now - self._swept >= SWEEP_S:
+            seen, changed = await anyio.to_thread.run_sync(
+                look_unheld, self.store.base, tree[1], held, self._seen
+            )
+            self._seen, self._swept, self._checked = seen, now, 1 << 62
+        else:
+            seen, changed = self._seen, False
+            some = [i.commit for i in self._order[1][: self._reach] if i.commit not in held]
+            if tree is not old_tree or held != self._held:
+                listed = set(tree[1])
+                for commit in [c for c in seen if c not in listed]:
+                    del seen[commit]
+                    changed = True
+                some += [c for c in tree[1] if c not in seen and c not in held]
+            found = await anyio.to_thread.run_sync(look_some, self.store.base, some, seen)
+            for commit, now_seen in found.items():
+                if now_seen is None:
+                    seen.pop(commit, None)
+                else:
+                    seen[commit] = now_seen
+            changed |= bool(found)
+            self._checked = self._reach
+        self._held = held
         self._unsaved |= changed
         self.store.budget.charge(("listing",), len(seen) * SEEN_BYTES, self._forget_seen)
         held_infos = []
@@ -111,8 +156,10 @@ class Lister:
             )
         return self._order[1]
 
-    async def _counted(self, infos: list[ExperimentInfo]) -> list[ExperimentInfo]:
-        """`infos` counted now, in their order; those gone are left out."""
+    async def _counted(self, infos: list[ExperimentInfo], check: bool) -> list[ExperimentInfo]:
+        """`infos` counted now, in their order; those gone are left out. With `check`,
+        each directory is looked at: one found changed is listed as it is now, and the
+        next listing looks at every experiment."""
         seen = self._seen or {}
         unheld = [
             (c, self.opened.known.get(c), s)
@@ -120,14 +167,17 @@ class Lister:
             if s is not None and c not in self.opened
         ]
         listed = await anyio.to_thread.run_sync(
-            list_unheld, self.store.base, unheld, self.store.index_bytes
+            list_unheld, self.store.base, unheld, self.store.index_bytes, check
         )
         found = dict(zip((c for c, _, _ in unheld), listed, strict=True))
         out = []
         for commit in (i.commit for i in infos):
             info, state, now_seen = found.get(commit, (None, None, None))
-            if now_seen is not None and self._seen is not None and now_seen is not seen.get(commit):
+            old = seen.get(commit)
+            if now_seen is not None and self._seen is not None and now_seen is not old:
                 self._seen[commit], self._unsaved = now_seen, True
+                if old is not None and now_seen.stat != old.stat:
+                    self._order = None
             if state is not None and commit not in self.opened:
                 self.opened.known[commit] = state
             if info is None and os.path.lexists(self.store.base / commit):
@@ -165,4 +215,5 @@ class Lister:
 
     def _forget_seen(self) -> bool:
         self._seen = {}  # the saved listing is not read again: a LIST reads every experiment
+        self._order = None
         return True

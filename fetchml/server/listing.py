@@ -85,37 +85,72 @@ def look_unheld(
                 if old is not None:
                     out[commit], reused = old, reused + 1
                 continue
-            try:
-                st = os.stat(commit, dir_fd=base_fd, follow_symlinks=False)
-            except FileNotFoundError:
+            now = _look(base, base_fd, commit, old)
+            if now is None:
                 continue
-            except OSError as exc:
-                logger.error("listing %s: %s", commit, exc)
-                out[commit], changed = Seen(LOST, None, "storage error"), True
-                continue
-            stat = (st.st_mtime_ns, st.st_ino, st.st_mode)
-            if old is None or old.stat != stat:
-                old, changed = Seen(stat, *load_metadata(base / commit)), True
-            else:
+            if now is old:
                 reused += 1
-            out[commit] = old
+            else:
+                changed = True
+            out[commit] = now
     finally:
         os.close(base_fd)
     return out, changed or reused != len(seen)
 
 
+def look_some(base: Path, commits: Iterable[str], seen: dict[str, Seen]) -> dict[str, Seen | None]:
+    """Worker thread: the experiments of `commits` whose directory's stat differs from
+    `seen` (new ones included), their metadata read again; None for those gone."""
+    out: dict[str, Seen | None] = {}
+    base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for commit in commits:
+            old = seen.get(commit)
+            now = _look(base, base_fd, commit, old)
+            if now is not old:
+                out[commit] = now
+    finally:
+        os.close(base_fd)
+    return out
+
+
+def _look(base: Path, base_fd: int, commit: str, old: Seen | None) -> Seen | None:
+    """`old` while a stat of the experiment's directory shows no change, else what it is
+    now (None when gone)."""
+    try:
+        st = os.stat(commit, dir_fd=base_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        logger.error("listing %s: %s", commit, exc)
+        return Seen(LOST, None, "storage error")
+    stat = (st.st_mtime_ns, st.st_ino, st.st_mode)
+    if old is not None and old.stat == stat:
+        return old
+    return Seen(stat, *load_metadata(base / commit))
+
+
 def list_unheld(
-    base: Path, wanted: list[tuple[str, FileState | None, Seen]], index_bytes: int
+    base: Path,
+    wanted: list[tuple[str, FileState | None, Seen]],
+    index_bytes: int,
+    check: bool = False,
 ) -> list[Listed]:
     """Worker thread: the listings of experiments the store does not hold, their
-    metadata as `look_unheld` found it. What was known of metrics.bin is used when a
-    stat of it shows nothing changed."""
+    metadata as `look_unheld` found it (with `check`, as a stat of each directory finds
+    it: a changed one is returned with its Seen). What was known of metrics.bin is used
+    when a stat of it shows nothing changed."""
     out: list[Listed] = []
     base_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for commit, known, seen in wanted:
+        for commit, known, old in wanted:
+            seen = _look(base, base_fd, commit, old) if check else old
+            if seen is None:
+                out.append(Listed(None, None, None))
+                continue
             if seen.stat == LOST:
-                out.append(Listed(ExperimentInfo(commit, None, 0, seen.damaged), None, None))
+                info = ExperimentInfo(commit, None, 0, seen.damaged)
+                out.append(Listed(info, None, None if seen is old else seen))
                 continue
             state = seen.state
             if state is not None and (known is None or known is state):  # the common case
