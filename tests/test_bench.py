@@ -40,8 +40,11 @@ from bench_servers import commit  # noqa: E402
 
 
 def readme_table() -> list[str]:
+    """The benchmark section's own table (the first one; others, beside peers, follow)."""
     lines = (ROOT / "README.md").read_text().split("## Benchmarks", 1)[1].splitlines()
-    return [line for line in lines if line.startswith("|")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return lines[start:end]
 
 
 def run_table(tmp_path: Path, report: dict[str, Any]) -> subprocess.CompletedProcess[str]:
