@@ -41,6 +41,7 @@ CHUNK = 1000
 BATCH = 1000
 WINDOW = 100
 INGEST_COMMIT = "be" * 20
+LOGGER_OPTIONS = {k: int(v) for k, v in (o.split("=") for o in __import__("os").environ.get("LOGGER_OPTS", "").split(",") if o)}
 
 
 def baseline(n: int) -> tuple[float, float]:
@@ -62,7 +63,7 @@ def baseline(n: int) -> tuple[float, float]:
 def logged(n: int, url: str, key: str) -> tuple[float, float, float, float, MetricLogger]:
     """Seconds logging, median seconds per call, seconds in close(), CPU seconds of both
     threads (this process) from the first log() to the end of close()."""
-    ml = MetricLogger(url=url, api_key=key, name="bench")
+    ml = MetricLogger(url=url, api_key=key, name="bench", **LOGGER_OPTIONS)
     log = ml.log
     clock = time.perf_counter
     chunks = []

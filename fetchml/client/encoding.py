@@ -81,7 +81,7 @@ def encode_points(
     table = np.zeros((len(spelled), longest), np.uint8)
     for row, (raw, length) in zip(table, spelled, strict=True):
         row[:length] = np.frombuffer(raw, np.uint8)
-    lengths = np.array([length for _, length in spelled], np.uint8)
+    lengths = np.array([length for _, length in spelled], np.int64)
     width = RECORD_HEAD.size + longest
     padded = np.empty((n, width), np.uint8)
     if len(distinct) == 1:
@@ -93,7 +93,7 @@ def encode_points(
         head["length"] = lengths[code]
     padded[:, : RECORD_HEAD.size] = head.view(np.uint8).reshape(n, RECORD_HEAD.size)
     padded[:, RECORD_HEAD.size :] = table[code]
-    sizes = (lengths[code] + RECORD_HEAD.size).astype(np.int64)
+    sizes = lengths[code] + RECORD_HEAD.size
     if len(distinct) == 1 or not (lengths - longest).any():  # records of one size
         return padded.tobytes(), np.arange(1, n + 1, dtype=np.int64) * width
     keep = np.arange(width) < sizes[:, None]
