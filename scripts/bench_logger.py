@@ -14,7 +14,7 @@ Then, on the same daemon, the daemon's batched ingest: the load generator
 1,000 (100 in flight) into a fresh experiment, as scripts/bench's batched figure
 does; the logger's end to end (log() of N points plus close()) is printed as a
 ratio of it.
-Usage: python scripts/bench_logger.py [--points N]
+Usage: python scripts/bench_logger.py [--points N] [--batch-size B]
 """
 
 import argparse
@@ -41,7 +41,6 @@ CHUNK = 1000
 BATCH = 1000
 WINDOW = 100
 INGEST_COMMIT = "be" * 20
-LOGGER_OPTIONS = {k: int(v) for k, v in (o.split("=") for o in __import__("os").environ.get("LOGGER_OPTS", "").split(",") if o)}
 
 
 def baseline(n: int) -> tuple[float, float]:
@@ -60,10 +59,12 @@ def baseline(n: int) -> tuple[float, float]:
     return clock() - start, statistics.median(chunks) / CHUNK
 
 
-def logged(n: int, url: str, key: str) -> tuple[float, float, float, float, MetricLogger]:
+def logged(
+    n: int, url: str, key: str, **options: int
+) -> tuple[float, float, float, float, MetricLogger]:
     """Seconds logging, median seconds per call, seconds in close(), CPU seconds of both
     threads (this process) from the first log() to the end of close()."""
-    ml = MetricLogger(url=url, api_key=key, name="bench", **LOGGER_OPTIONS)
+    ml = MetricLogger(url=url, api_key=key, name="bench", **options)
     log = ml.log
     clock = time.perf_counter
     chunks = []
@@ -116,14 +117,17 @@ async def create(url: str, key: str, commit: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
-    n = parser.parse_args().points
+    parser.add_argument("--batch-size", type=int, default=0, help="the logger's (0: its default)")
+    args = parser.parse_args()
+    n = args.points
+    options = {"batch_size": args.batch_size} if args.batch_size else {}
     key = ADMIN_KEY
     with tempfile.TemporaryDirectory(prefix="fetchml-bench-") as tmp:
         daemon = daemon_at(Path(tmp))
         try:
             url = daemon.start().url
             base, base_median = baseline(n)
-            elapsed, median, drained, cpu, ml = logged(n, url, key)
+            elapsed, median, drained, cpu, ml = logged(n, url, key, **options)
             count = asyncio.run(stored(url, key, ml.run_id))
             ingest = daemon_ingest(n, url, key)
         finally:
