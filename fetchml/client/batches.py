@@ -2,13 +2,11 @@
 
 The caller's thread checks each name once (`encode_name`, cached in `names`)
 and every step (`check_step`), then appends Points (with the time of the
-log() call) and FlushTokens to the queue. `drain` pops them, assigns default
-steps and encodes each point as its metrics.bin record (protocol RECORD_HEAD,
-whole seconds, and the cached name), cutting a Batch, one complete
-LOG_METRICS_AT message, at `batch_size` points or once one more record with
-the longest name (255 bytes) might make it longer than `max_message_bytes`:
-the batch is measured only when that might happen, not per point. A value
-the wire cannot carry is rejected here.
+log() call) and FlushTokens to the queue. `drain` pops them and encodes the
+points between tokens as their metrics.bin records, a column at a time
+(encoding.py), cutting a Batch, one complete LOG_METRICS_AT message, at
+`batch_size` points or before the next record would make it longer than
+`max_message_bytes`. A value the wire cannot carry is rejected here.
 
 Every Batch stays in `unacked` until it is acknowledged or rejected (its
 points are then counted in the ledger and never sent again); `resend_all`
