@@ -60,11 +60,11 @@ def baseline(n: int) -> tuple[float, float]:
 
 
 def logged(
-    n: int, url: str, key: str, **options: int
+    n: int, url: str, key: str, batch_size: int
 ) -> tuple[float, float, float, float, MetricLogger]:
     """Seconds logging, median seconds per call, seconds in close(), CPU seconds of both
     threads (this process) from the first log() to the end of close()."""
-    ml = MetricLogger(url=url, api_key=key, name="bench", **options)
+    ml = MetricLogger(url=url, api_key=key, name="bench", batch_size=batch_size)
     log = ml.log
     clock = time.perf_counter
     chunks = []
@@ -117,17 +117,16 @@ async def create(url: str, key: str, commit: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=0, help="the logger's (0: its default)")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="the logger's")
     args = parser.parse_args()
     n = args.points
-    options = {"batch_size": args.batch_size} if args.batch_size else {}
     key = ADMIN_KEY
     with tempfile.TemporaryDirectory(prefix="fetchml-bench-") as tmp:
         daemon = daemon_at(Path(tmp))
         try:
             url = daemon.start().url
             base, base_median = baseline(n)
-            elapsed, median, drained, cpu, ml = logged(n, url, key, **options)
+            elapsed, median, drained, cpu, ml = logged(n, url, key, args.batch_size)
             count = asyncio.run(stored(url, key, ml.run_id))
             ingest = daemon_ingest(n, url, key)
         finally:

@@ -82,7 +82,7 @@ def test_a_value_the_wire_cannot_carry_rejects_only_its_point() -> None:
     points: list[Point] = [
         ("a", 1.0, 0, T),
         ("a", "1.5", 1, T),  # type: ignore[list-item]  # a str, not a number
-        ("b", 10**400, 0, T),  # type: ignore[list-item]  # too large for a float64
+        ("b", 10**400, 0, T),  # too large for a float64
         ("a", 2.0, 2, T),
         ("b", 3.0, None, T),
     ]
