@@ -48,10 +48,6 @@ from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
 
-DRAIN_BATCHES = 2
-"""Batches encoded at a time before they are sent: the daemon stores the first while the
-next are encoded."""
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShipperConfig:
@@ -298,7 +294,7 @@ class Shipper:
                     self._last_partial = now
                 most = cfg.max_in_flight if self._bold() else 1
                 slots = cfg.max_in_flight - self._inflight - len(batcher.ready)
-                batcher.drain(min(slots, DRAIN_BATCHES), cut=tick or self.stop)
+                batcher.drain(slots, cut=tick or self.stop)
                 while self._inflight < most and (batch := batcher.next_batch()):
                     self._inflight += 1
                     self._sent = True
@@ -306,9 +302,6 @@ class Shipper:
                 self._update_run(client, tg, now)
                 if self.stop and self.idle:
                     break
-                if len(batcher.queue) >= cfg.batch_size and self._inflight < most:
-                    await asyncio.sleep(0)  # the sends go out while the rest is encoded
-                    continue
                 self._wake.clear()
                 wait = cfg.flush_interval - (loop.time() - self._last_partial)
                 with contextlib.suppress(TimeoutError):
