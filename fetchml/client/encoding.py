@@ -21,6 +21,8 @@ import numpy as np
 from fetchml.protocol.metrics import RECORD_HEAD
 
 Point = tuple[str, float, int | None, float]
+"""One log() call as the caller's thread queues it, (name, value, step, Unix time): a plain
+tuple, no object per point."""
 Names = dict[str, tuple[bytes, int]]
 
 HEAD = np.dtype([("stamp", ">u8"), ("step", ">u4"), ("value", ">f8"), ("length", "u1")])
