@@ -2,13 +2,11 @@
 
 The caller's thread checks each name once (`encode_name`, cached in `names`)
 and every step (`check_step`), then appends Points (with the time of the
-log() call) and FlushTokens to the queue. `drain` pops them, assigns default
-steps and encodes each point as its metrics.bin record (protocol RECORD_HEAD,
-whole seconds, and the cached name), cutting a Batch, one complete
-LOG_METRICS_AT message, at `batch_size` points or once one more record with
-the longest name (255 bytes) might make it longer than `max_message_bytes`:
-the batch is measured only when that might happen, not per point. A value
-the wire cannot carry is rejected here.
+log() call) and FlushTokens to the queue. `drain` pops them and encodes the
+points between tokens as their metrics.bin records, a column at a time
+(encoding.py), cutting a Batch, one complete LOG_METRICS_AT message, at
+`batch_size` points or before the next record would make it longer than
+`max_message_bytes`. A value the wire cannot carry is rejected here.
 
 Every Batch stays in `unacked` until it is acknowledged or rejected (its
 points are then counted in the ledger and never sent again); `resend_all`
@@ -27,10 +25,12 @@ else is another writer's, and the whole window is sent again.
 
 import contextlib
 import operator
-import struct
 import threading
 from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
+
+import numpy as np
 
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.errors import MalformedRequest
@@ -38,13 +38,10 @@ from fetchml.protocol.metrics import RECORD_HEAD, walk
 from fetchml.protocol.requests import LOG_METRICS_HEAD, LogMetricsAt, log_metrics_at_head
 from fetchml.protocol.rules import check_metric_name
 
+from .encoding import Columns, Point, columns, encode_points
 from .errors import InvalidRequest
 from .ledger import Ledger
 from .models import MAX_STEP
-
-Point = tuple[str, float, int | None, float]
-"""One log() call as the caller's thread queues it, (name, value, step, Unix time): a plain
-tuple, no object per point."""
 
 MESSAGE_HEAD = LOG_METRICS_HEAD
 """LOG_METRICS_AT bytes before the records: opcode, key hash, commit, count."""
@@ -142,8 +139,7 @@ class Batcher:
         self._parts: list[bytes] = [b""]
         self._count = 0
         self._bytes = 0
-        """The length of the batch's first `_measured` parts (the head's place counts 0)."""
-        self._measured = 1
+        """The length of the batch's records so far."""
         self._seq = 0
         self._next_step: dict[str, int] = {}
 
@@ -158,60 +154,59 @@ class Batcher:
         `held` goes up once the items have left the queue (the caller's bound may
         briefly undercount by one drain, never overcount).
         """
-        size = self._size
-        queue = self.queue
-        take = min(len(queue), slots * size - self._count)
+        take = min(len(self.queue), slots * self._size - self._count)
         if take > 0:
-            not_points = 0
-            count = self._count  # a local in the loop, stored before a cut
-            stop = self._stop(count)
-            parts = self._parts
-            append = parts.append
-            names = self.names
-            next_step = self._next_step
-            pack = RECORD_HEAD.pack
-            popleft = queue.popleft
-            second, low, high = 0, 0.0, -1.0  # points of one second share int(time)
-            for _ in range(take):
-                item = popleft()
-                if item.__class__ is not tuple:
-                    not_points += 1
-                    self._count = count
-                    self.cut()
-                    count, stop = 0, self._stop(0)
-                    item.after = self._seq  # type: ignore[union-attr]
-                    self._tokens.append(item)  # type: ignore[arg-type]
-                    continue
-                name, value, step, stamp = item
-                raw, length = names[name]
-                if step is None:
-                    step = next_step.get(name, 0)
-                if not low <= stamp < high:
-                    second = int(stamp)
-                    low, high = float(second), second + 1.0
-                try:
-                    append(pack(second, step, value, length))
-                except (struct.error, TypeError) as exc:
-                    not_points += 1
-                    why = f"metric {name!r} not sent: {exc}"
-                    self.ledger.reject(1, why, ErrorCode.INVALID_REQUEST)
-                    continue
-                append(raw)
-                next_step[name] = step + 1
-                count += 1
-                if count == stop:
-                    if count < size:
-                        stop = self._stop(count)
-                    if count == stop:
-                        self._count = count
+            items = list(map(operator.call, repeat(self.queue.popleft, take)))
+            points = take
+            try:
+                cols = columns(items)  # type: ignore[arg-type]
+            except TypeError:  # flush tokens among the points
+                first = 0
+                for at, item in enumerate(items):
+                    if item.__class__ is not tuple:
+                        points -= 1 + self._add(items[first:at])  # type: ignore[arg-type]
                         self.cut()
-                        count, stop = 0, self._stop(0)
-            self._count = count
-            self.held += take - not_points
+                        item.after = self._seq  # type: ignore[union-attr]
+                        self._tokens.append(item)  # type: ignore[arg-type]
+                        first = at + 1
+                points -= self._add(items[first:])  # type: ignore[arg-type]
+            else:
+                points -= self._add(items, cols)  # type: ignore[arg-type]
+            self.held += points
             self.room = self.limit - self.held
         if cut:
             self.cut()
         self._release_tokens()
+
+    def _add(self, points: list[Point], cols: Columns | None = None) -> int:
+        """Encode `points` into the batch being built, cutting full ones; how many were
+        rejected (a value the wire cannot carry)."""
+        if not points:
+            return 0
+        rejected = 0
+
+        def reject(name: str, why: str) -> None:
+            nonlocal rejected
+            rejected += 1
+            self.ledger.reject(1, f"metric {name!r} not sent: {why}", ErrorCode.INVALID_REQUEST)
+
+        blob, ends = encode_points(points, self.names, self._next_step, reject, cols)
+        done, total = 0, len(ends)
+        while done < total:
+            offset = int(ends[done - 1]) if done else 0
+            fit = int(np.searchsorted(ends, offset + self._budget - self._bytes, "right"))
+            upto = min(total, done + self._size - self._count, fit)
+            if upto > done:
+                stop = int(ends[upto - 1])
+                self._parts.append(blob[offset:stop])
+                self._bytes += stop - offset
+                self._count += upto - done
+                done = upto
+            if done < total:
+                self.cut()
+        if self._count == self._size:
+            self.cut()
+        return rejected
 
     def cut(self) -> None:
         """Make the points encoded so far one batch."""
@@ -224,15 +219,6 @@ class Batcher:
         self.ready.append(self._seq)
         del parts[1:]
         self._count = self._bytes = 0
-        self._measured = 1
-
-    def _stop(self, count: int) -> int:
-        """The count at which drain looks again: batch_size, or sooner when points of the
-        longest name could make the batch longer than max_message_bytes from here on."""
-        parts = self._parts
-        self._bytes += sum(map(len, parts[self._measured :]))
-        self._measured = len(parts)
-        return min(self._size, count + (self._budget - self._bytes) // MAX_POINT)
 
     def next_batch(self) -> Batch | None:
         """The next batch to send on this connection (None: nothing is waiting)."""
@@ -310,7 +296,6 @@ class Batcher:
         """Stop, and forget every point not yet settled; how many there were."""
         self.stop()
         del self._parts[1:]
-        self._measured = 1
         self.unacked.clear()
         self.ready.clear()
         lost, self.held, self._count, self._bytes = self.held, 0, 0, 0

@@ -109,7 +109,7 @@ class MetricLogger:
         notes: str = "",
         heartbeat_interval: float = 30.0,
         max_backoff: float = 2.0,
-        batch_size: int = 1000,
+        batch_size: int = 10_000,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         flush_interval: float = 0.05,
         max_buffer: int = 1_000_000,

@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 class ShipperConfig:
     commit: bytes
     settings: Settings
-    batch_size: int = 1000
+    batch_size: int = 10_000
     flush_interval: float = 0.05
     max_in_flight: int = 64
     max_message_bytes: int = MAX_MESSAGE_BYTES

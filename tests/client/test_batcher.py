@@ -83,22 +83,21 @@ def test_drain_takes_no_more_than_the_slots_allow() -> None:
     assert [b.count for b in sent(batcher)] == [10, 10] and len(queue) == 15
 
 
-def test_split_before_a_point_could_pass_the_message_size() -> None:
-    """100-byte names cost 121 bytes a record: after 6 (765 bytes), one more record of the
-    longest name (276 bytes) might not fit in 1,000, so the batch is cut there."""
+def test_split_before_a_point_would_pass_the_message_size() -> None:
+    """100-byte names cost 121 bytes a record: 7 make 39 + 847 = 886 bytes, an eighth would
+    make 1,007, more than 1,000, so the batch is cut after 7."""
     names = [f"{i:03d}" + "n" * 97 for i in range(20)]
     points = [(name, float(i), i, T) for i, name in enumerate(names)]
     batcher = make(deque(points), batch_size=1000, max_message_bytes=1000)
     batcher.drain(slots=64, cut=True)
     batches = sent(batcher)
-    assert [b.count for b in batches] == [6, 6, 6, 2]
+    assert [b.count for b in batches] == [7, 7, 6]
     assert [b.message for b in batches] == [
-        codec(*points[:6]),
-        codec(*points[6:12]),
-        codec(*points[12:18]),
-        codec(*points[18:]),
+        codec(*points[:7]),
+        codec(*points[7:14]),
+        codec(*points[14:]),
     ]
-    assert len(batches[0].message) == MESSAGE_HEAD + 6 * 121 == 765
+    assert len(batches[0].message) == MESSAGE_HEAD + 7 * 121 == 886
     # Short names fill a large batch up to the size, in several drains.
     short = [("ab", float(i), i, T) for i in range(200)]
     queue: deque[Item] = deque(short[:50])
@@ -106,9 +105,10 @@ def test_split_before_a_point_could_pass_the_message_size() -> None:
     filled.drain(slots=64, cut=False)
     queue.extend(short[50:])
     filled.drain(slots=64, cut=True)
-    counts = [b.count for b in sent(filled)]
-    # 30 records make 39 + 30 * 23 = 729 bytes; 276 more might not fit in 1,000, 29 would.
-    assert counts == [30, 30, 30, 30, 30, 30, 20]
+    filled_batches = sent(filled)
+    # 41 records make 39 + 41 * 23 = 982 bytes; one more would make 1,005.
+    assert [b.count for b in filled_batches] == [41, 41, 41, 41, 36]
+    assert b"".join(b.records for b in filled_batches) == codec(*short)[MESSAGE_HEAD:]
     # The smallest size still carries the longest point; below it is refused.
     smallest = make(
         deque([("x" * 255, 1.0, 0, T), ("y" * 255, 2.0, 0, T)]),
