@@ -67,6 +67,10 @@ class _Acks:
 
 ACKS = _Acks()
 
+BATCH_PACKETS = 256
+"""At most this many responses go in one write: the transport's high-water mark stops the
+writer (a peer that does not read) within one batch of its limit."""
+
 
 def error_packet(code: ErrorCode, message: str, details: str = "") -> bytes:
     return encode_response(
@@ -301,6 +305,10 @@ class Connection:
         the writer waits for anything, so no response waits on a later one."""
         batch: list[bytes] = []
         while True:
+            if len(batch) >= BATCH_PACKETS:
+                if not await self._send(batch, seq, tg):
+                    return
+                batch = []
             action = seq.next_action()
             if isinstance(action, Answer):
                 batch.append(action.packet)
