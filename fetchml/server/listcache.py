@@ -3,6 +3,10 @@
 meta.bin and metrics.bin again. Every entry is checked against a stat of the directory
 and of metrics.bin before it is used (listing._list_one), so a stale or foreign file
 costs a reread, never a wrong answer; one that does not decode is ignored.
+
+The file is JSON lines: a header, then one experiment a line. Each line is encoded and
+decoded on its own, so a worker thread saving or loading tens of thousands of entries
+never holds the GIL for long: the event loop keeps answering meanwhile.
 """
 
 import json
@@ -22,7 +26,7 @@ from .listing import Seen
 logger = logging.getLogger(__name__)
 
 LISTING = ".fetchml-listing"
-VERSION = 1
+VERSION = 2
 MAX_BYTES = 256 << 20
 
 
@@ -52,9 +56,10 @@ def _seen(entry: list[Any]) -> Seen:
 
 
 def save(base: Path, seen: dict[str, Seen]) -> None:
-    doc = {"version": VERSION, "experiments": {c: _entry(s) for c, s in seen.items()}}
+    lines = [json.dumps({"version": VERSION})]
+    lines += [json.dumps([c, *_entry(s)], separators=(",", ":")) for c, s in seen.items()]
     try:
-        write_file_atomic(base / LISTING, json.dumps(doc, separators=(",", ":")).encode())
+        write_file_atomic(base / LISTING, "\n".join(lines).encode())
     except (OSError, Damaged) as exc:
         logger.warning("%s not written: %s", base / LISTING, exc)
 
@@ -68,10 +73,14 @@ def load(base: Path) -> dict[str, Seen]:
         logger.warning("%s ignored: %s", base / LISTING, exc)
         return {}
     try:
-        doc = json.loads(os.read(fd, MAX_BYTES))
-        if doc.get("version") != VERSION:
-            return {}
-        return {str(c): _seen(e) for c, e in doc["experiments"].items()}
+        with os.fdopen(fd, encoding="utf-8") as f:
+            if json.loads(f.readline()).get("version") != VERSION:
+                return {}
+            out = {}
+            for line in f:
+                commit, *entry = json.loads(line)
+                out[str(commit)] = _seen(entry)
+            return out
     except (
         ValueError,
         TypeError,
@@ -83,5 +92,3 @@ def load(base: Path) -> dict[str, Seen]:
     ) as exc:
         logger.warning("%s ignored: %s", base / LISTING, exc)
         return {}
-    finally:
-        os.close(fd)
