@@ -93,3 +93,17 @@ def remove(directory: Path) -> bool:
     except OSError as exc:
         logger.warning("%s: renamed away but not deleted: %s", away, exc)
     return True
+
+
+def sweep_pruned(base: Path) -> int:
+    """Delete what a process stopped between prune's rename and its delete left behind
+    (another may be deleting it too: errors are ignored, what stays is logged); how
+    many were found."""
+    found = 0
+    for entry in os.scandir(base):
+        if entry.name.startswith(PRUNED) and entry.is_dir(follow_symlinks=False):
+            found += 1
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if os.path.lexists(entry.path):
+                logger.warning("%s: a pruned directory left behind, not deleted", entry.path)
+    return found

@@ -96,6 +96,7 @@ class ExperimentStore:
 
     async def __aenter__(self) -> "ExperimentStore":
         self.base.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(exlock.sweep_pruned, self.base)
         self._stack.callback(self._open.close)  # runs last, even when cancelled
         tg = self._tg = await self._stack.enter_async_context(anyio.create_task_group())
         self._commits = GroupCommit(tg, self._write, self._open.evict, self.hooks, self.flush_hooks)
@@ -421,6 +422,7 @@ class ExperimentStore:
         remove those older than `value` days. Unreadable metadata is never pruned.
         With `owner`, only that user's experiments are considered."""
         pruned = []
+        await anyio.to_thread.run_sync(exlock.sweep_pruned, self.base)
         for commit in self.prune_selection(kind, value, now, owner):
             exp = self._open.get(commit)
             async with exp.lock, exp.sidecar_lock:

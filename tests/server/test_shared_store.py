@@ -145,3 +145,25 @@ async def test_sidecars_are_written_under_the_experiment_flock(tmp_path: Path) -
             release.set()
         holder.join()
         assert counted == [10]
+
+
+async def test_a_directory_left_between_prunes_rename_and_delete_is_deleted(
+    tmp_path: Path,
+) -> None:
+    """A process killed after prune renamed a directory away, before it deleted it, leaves
+    it behind: the next store to open the tree, and the next prune, delete it."""
+
+    def left_behind(name: str) -> Path:
+        away = tmp_path / f"{exlock.PRUNED}{name}-1234-5678"
+        (away / "files").mkdir(parents=True)
+        (away / "metrics.bin").write_bytes(rec(0))
+        return away
+
+    first = left_behind("6" * 40)
+    async with ExperimentStore(tmp_path) as store:
+        assert not first.exists()
+        await store.create(meta())
+        second = left_behind("7" * 40)
+        assert await store.prune("keep", 1) == []
+        assert not second.exists()
+    assert os.listdir(tmp_path) == [C]
