@@ -29,7 +29,8 @@ from .files import DataDirBusy, list_commits, lock_data_dir
 from .handlers import Context
 from .health import CachedCount
 from .http import Gate, Metrics, QuietLogger, select_subprotocol
-from .jobs import JobQueue, SqliteJobQueue
+from .jobs import JobQueue
+from .jobs_sqlite import SqliteJobQueue
 from .sharedlimits import SharedRateLimiter, SharedThrottle
 from .storage import ExperimentStore
 from .systemd import Notifier

@@ -1,5 +1,5 @@
 """The job queue of a cluster: `RedisJobQueue` keeps jobs in the cluster's Redis with the
-contract of `SqliteJobQueue` (jobs.py). Every operation is one Lua script (jobs_lua.py), so
+contract of `SqliteJobQueue` (jobs_sqlite.py). Every operation is one Lua script (jobs_lua.py), so
 it is atomic against every node.
 
 While Redis is unreachable every call raises ServiceUnavailable at once (or after

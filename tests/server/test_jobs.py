@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 from fetchml.protocol.enums import ErrorCode, JobStatus
-from fetchml.server import jobs
+from fetchml.server import jobs, jobs_sqlite
 from fetchml.server.errors import (
     DatabaseError,
     DiskFull,
@@ -30,8 +30,9 @@ from fetchml.server.errors import (
     JobNotFound,
     PermissionDenied,
 )
-from fetchml.server.jobs import Job, JobQueue, SqliteJobQueue
+from fetchml.server.jobs import Job, JobQueue
 from fetchml.server.jobs_redis import RedisJobQueue
+from fetchml.server.jobs_sqlite import SqliteJobQueue
 from tests.support import jobqueues
 from tests.support.clock import Clock
 from tests.support.jobqueues import JobStore
@@ -489,7 +490,7 @@ async def test_files_modes_wal_and_schema_version(
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs.SCHEMA_VERSION
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs_sqlite.SCHEMA_VERSION
         plan = conn.execute(
             "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE status = 0 ORDER BY priority DESC, seq"
         ).fetchall()
@@ -520,7 +521,7 @@ def _assert_clean(exc: DatabaseError, path: Path) -> None:
 
 
 async def test_path_is_a_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="fetchml.server.jobs")
+    caplog.set_level(logging.ERROR, logger="fetchml.server.jobs_sqlite")
     with pytest.raises(DatabaseError) as info:
         await SqliteJobQueue.open(tmp_path)
     _assert_clean(info.value, tmp_path)
@@ -538,7 +539,7 @@ async def test_corrupt_file(db_path: Path) -> None:
 async def test_newer_schema_version_is_refused(db_path: Path) -> None:
     await (await SqliteJobQueue.open(db_path)).close()
     conn = sqlite3.connect(db_path)
-    conn.execute(f"PRAGMA user_version = {jobs.SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {jobs_sqlite.SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(DatabaseError):
         await SqliteJobQueue.open(db_path)
@@ -552,7 +553,7 @@ async def test_sqlite_errors_become_database_error(
     conn = sqlite3.connect(db_path)
     conn.execute("DROP TABLE jobs")
     conn.close()
-    caplog.set_level(logging.ERROR, logger="fetchml.server.jobs")
+    caplog.set_level(logging.ERROR, logger="fetchml.server.jobs_sqlite")
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: add(queue, "b"),
         lambda: queue.list_jobs(None),
@@ -768,7 +769,7 @@ async def test_a_schema_1_file_is_migrated(db_path: Path, clock: Clock) -> None:
         await q.close()
     conn = sqlite3.connect(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs.SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == jobs_sqlite.SCHEMA_VERSION == 3
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert {"jobs_by_time", "jobs_by_user", "jobs_by_end"} <= indexes
     finally:

@@ -294,7 +294,7 @@ from pathlib import Path
 import anyio
 from fetchml.server.app import App
 from fetchml.server.app import open_queue
-from fetchml.server.jobs import SqliteJobQueue
+from fetchml.server.jobs_sqlite import SqliteJobQueue
 from tests.support.config import make_config
 
 async def main() -> None:

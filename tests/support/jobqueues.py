@@ -14,8 +14,9 @@ import pytest
 import redis
 
 from fetchml.server.config import Config
-from fetchml.server.jobs import JobQueue, SqliteJobQueue
+from fetchml.server.jobs import JobQueue
 from fetchml.server.jobs_redis import RedisJobQueue
+from fetchml.server.jobs_sqlite import SqliteJobQueue
 from tests.support.inproc import Daemon, DaemonFactory, in_process_daemons
 from tests.support.redis import RedisServer
 
