@@ -8,12 +8,16 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.abc
 
+from fetchml.protocol.records import Metadata
+
 from . import listcache
+from .budget import CacheBudget
 from .errors import NotFound
 from .listing import (
     SEEN_BYTES,
@@ -27,9 +31,6 @@ from .listing import (
 from .lru import OpenExperiments
 from .runs import Listing, list_tree
 
-if TYPE_CHECKING:
-    from .storage import ExperimentStore
-
 logger = logging.getLogger(__name__)
 
 LIST_CHUNK = 512
@@ -39,10 +40,26 @@ SWEEP_S = 10.0
 only the new ones and those the last listing reached are looked at."""
 
 
+class Store(Protocol):
+    """What a listing needs of the store that holds it (storage.ExperimentStore)."""
+
+    base: Path
+    budget: CacheBudget
+
+    @property
+    def index_bytes(self) -> int: ...
+
+    def metadata(self, commit: str) -> Metadata | None: ...
+
+    def damaged(self, commit: str) -> str | None: ...
+
+    async def list_held(self, commit: str) -> ExperimentInfo: ...
+
+
 class Lister:
     """The store's listing (ExperimentStore.listed)."""
 
-    def __init__(self, store: "ExperimentStore", opened: OpenExperiments) -> None:
+    def __init__(self, store: Store, opened: OpenExperiments) -> None:
         self.store = store
         self.opened = opened
         self._seen: dict[str, Seen] | None = None
