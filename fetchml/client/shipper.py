@@ -100,6 +100,8 @@ class Shipper:
         self._careful_until = 0
         """After an error answer, batches up to this one go one at a time (see _send)."""
         self._wake: asyncio.Event | None = None
+        self._live: tuple[Client, asyncio.TaskGroup] | None = None
+        """The connection being sent on, and its session's tasks (None between sessions)."""
         self._broken: asyncio.Event | None = None
         self._last_partial = 0.0
         self.patches: deque[dict[str, Any]] = deque()
@@ -115,7 +117,10 @@ class Shipper:
     # -- called from any thread via loop.call_soon_threadsafe ------------------
 
     def wake(self) -> None:
-        if self._wake is not None:
+        """Something to do: on a live connection, cut and send what is due at once (a flush()
+        waits on this); the session loop itself wakes only to stop, or when broken."""
+        self._pump()
+        if self._wake is not None and (self._live is None or self.stop or self.abort):
             self._wake.set()
 
     # -- the worker ----------------------------------------------------------
@@ -287,29 +292,42 @@ class Shipper:
         loop = asyncio.get_running_loop()
         self._last_partial = loop.time()
         async with asyncio.TaskGroup() as tg:
-            while not self.abort and not broken.is_set():
-                now = loop.time()
-                tick = now - self._last_partial >= cfg.flush_interval
-                if tick:
-                    self._last_partial = now
-                most = cfg.max_in_flight if self._bold() else 1
-                slots = cfg.max_in_flight - self._inflight - len(batcher.ready)
-                batcher.drain(slots, cut=tick or self.stop)
-                while self._inflight < most and (batch := batcher.next_batch()):
-                    self._inflight += 1
-                    self._sent = True
-                    tg.create_task(self._send(client, batch))
-                self._update_run(client, tg, now)
-                if self.stop and self.idle:
-                    break
-                self._wake.clear()
-                wait = cfg.flush_interval - (loop.time() - self._last_partial)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(wait, 0.001)):
-                        await self._wake.wait()
+            self._live = (client, tg)
+            try:
+                while not self.abort and not broken.is_set():
+                    self._pump()
+                    if self.stop and self.idle:
+                        break
+                    self._wake.clear()
+                    wait = cfg.flush_interval - (loop.time() - self._last_partial)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(wait, 0.001)):
+                            await self._wake.wait()
+            finally:
+                self._live = None
             if self.abort:
                 client.abort()  # fails what is in flight, so the task group can end
         return ledger.acknowledged > acked_before
+
+    def _pump(self) -> None:
+        """Cut what is due (a flush token at once, a partial batch every flush_interval or
+        when stopping) and send it, within the window; then the next run change."""
+        if self._live is None or self.abort or self._broken is None or self._broken.is_set():
+            return
+        client, tg = self._live
+        batcher, cfg = self.batcher, self.config
+        now = asyncio.get_running_loop().time()
+        tick = now - self._last_partial >= cfg.flush_interval
+        if tick:
+            self._last_partial = now
+        most = cfg.max_in_flight if self._bold() else 1
+        slots = cfg.max_in_flight - self._inflight - len(batcher.ready)
+        batcher.drain(slots, cut=tick or self.stop)
+        while self._inflight < most and (batch := batcher.next_batch()):
+            self._inflight += 1
+            self._sent = True
+            tg.create_task(self._send(client, batch))
+        self._update_run(client, tg, now)
 
     def _update_run(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
         """Send the next queued run change (a heartbeat when due and nothing else is)."""
@@ -372,7 +390,8 @@ class Shipper:
             self.wake()
 
     def _break(self, exc: FetchmlError) -> None:
-        assert self._broken is not None
+        assert self._broken is not None and self._wake is not None
         if not self._broken.is_set():
             self.ledger.note(exc, "batch not acknowledged, will resend")
             self._broken.set()
+            self._wake.set()
