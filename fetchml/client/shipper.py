@@ -29,18 +29,19 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.responses import Error, Response, Success
 
 from .batches import Batch, Batcher, Item
 from .connection import Client
-from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
+from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError, ProtocolViolation, error_from
 from .failover import Failover
 from .ledger import Ledger
-from .pipeline import MAX_MESSAGE_BYTES
+from .pipeline import MAX_MESSAGE_BYTES, describe_response
 from .resume import stored_after
 from .settings import Settings
 from .startcheck import check_start
@@ -368,8 +369,22 @@ class Shipper:
         return lowest is None or lowest > self._careful_until
 
     async def _send(self, client: Client, batch: Batch) -> None:
+        """Send a batch; `_answered` takes its answer as soon as the connection reads it."""
+        answer = Answer(lambda outcome: self._answered(batch, outcome))
         try:
-            await client._success(batch.message)
+            await client._submit(batch.message, answer)
+        except FetchmlError as exc:  # the connection was lost before the batch went out
+            answer.set_exception(exc)
+
+    def _answered(self, batch: Batch, outcome: Response | BaseException) -> None:
+        """A batch's answer, or why there will be none: acknowledge, reject, or resend."""
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if isinstance(outcome, Error):
+                raise error_from(outcome.code, outcome.message, outcome.details)
+            if not isinstance(outcome, Success):
+                raise ProtocolViolation(f"expected SUCCESS, got {describe_response(outcome)}")
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
                 if not isinstance(exc, FetchmlConnectionError):
@@ -383,7 +398,7 @@ class Shipper:
             self.ledger.last_error = exc
             self.batcher.rejected(batch.seq, str(exc), exc.code)
         else:
-            self.batcher.acknowledged(batch.seq)
+            self.batcher.acknowledged(batch.seq)  # a flush() waiting on it returns now
         finally:
             self._inflight -= 1
             self.space.set()
@@ -395,3 +410,24 @@ class Shipper:
             self.ledger.note(exc, "batch not acknowledged, will resend")
             self._broken.set()
             self._wake.set()
+
+
+class Answer(asyncio.Future[Response]):
+    """A request's future that hands its outcome to `then` as the connection's reader resolves
+    it, in the same step (an awaiting task would resume only on the loop's next round).
+    An exception from `then` ends the reader, and so the connection; closing it re-raises
+    the exception: the worker's crash."""
+
+    def __init__(self, then: Callable[[Response | BaseException], None]) -> None:
+        super().__init__()
+        self._then = then
+
+    def set_result(self, result: Response, /) -> None:
+        super().set_result(result)
+        self._then(result)
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        super().set_exception(exception)
+        error = self.exception()  # retrieved: nobody awaits this future
+        assert error is not None
+        self._then(error)

@@ -1,7 +1,6 @@
 """The MetricLogger's batcher alone: no socket, no thread, exact bytes."""
 
 import math
-import threading
 from collections import deque
 
 import pytest
@@ -12,6 +11,7 @@ from fetchml.client.batches import (
     MESSAGE_HEAD,
     Batch,
     Batcher,
+    Done,
     FlushToken,
     Item,
     encode_name,
@@ -196,7 +196,7 @@ def test_flush_tokens_wait_for_every_earlier_point() -> None:
     counts_when_done: list[tuple[int, int]] = []
     ledger = batcher.ledger
 
-    class Seen(threading.Event):
+    class Seen(Done):
         def set(self) -> None:  # flush() reads the counts as soon as this is set
             counts_when_done.append((ledger.acknowledged, ledger.rejected))
             super().set()
