@@ -28,7 +28,7 @@ Who owns what (C: the caller's thread, W: the worker's):
     Batcher batches, steps, held  W                         C (stats, close)
     Batcher.room                  W per batch; C at close   C, every log()
     Shipper.space (Event)         W per settled batch       C, while log() blocks
-    FlushToken.done (Event)       W                         C, in flush()
+    FlushToken.done (a lock)      W                         C, in flush()
     Ledger counts                 W                         C (flush, close, stats)
     Shipper.stop / .abort         C                         W
     Shipper.fatal, .started       W                         C
