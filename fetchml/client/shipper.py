@@ -310,7 +310,10 @@ class Shipper:
             finally:
                 self._live = None
             if self.abort:
-                client.abort()  # fails what is in flight, so the task group can end
+                client.abort()  # fails what is in flight
+            while self._inflight and not self.abort:  # the answers due on this connection
+                self._wake.clear()
+                await self._wake.wait()
         return ledger.acknowledged > acked_before
 
     def _pump(self) -> None:
