@@ -152,12 +152,9 @@ async def test_an_answer_is_taken_in_the_step_that_reads_it(
         handled.append((outcome, asyncio.current_task() is c._reader))
 
     answer = Answer(then)
-    await c._submit(
-        encode_request(
-            LogMetrics(key_hash=c._key, commit_id=bytes(20), metrics=[MetricPoint(1, 1.0, "x")])
-        ),
-        answer,
-    )
+    point = (MetricPoint(1, 1.0, "x"),)
+    request = LogMetrics(key_hash=c._key, commit_id=bytes(20), metrics=point)
+    await c._submit(encode_request(request), answer)
     await asyncio.wait_for(asyncio.shield(answer), 10)
     assert handled == [(Success(timestamp=1, message="ok"), True)]
     dropped = Answer(then)
