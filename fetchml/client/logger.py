@@ -131,7 +131,8 @@ class MetricLogger:
 
         `max_backoff` bounds the wait between reconnection attempts (seconds).
         A batch is cut at `batch_size` points or `max_message_bytes` (the daemon's
-        server.max_message_bytes), whichever comes first. `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
+        server.max_message_bytes), whichever comes first, and sent within 50 ms; what is
+        left goes every `flush_interval` (seconds). `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
         interpreter exit (None: no bound). Raises AuthenticationFailed, PermissionDenied
         or ConfigurationError when the start check fails, InvalidRequest for bad arguments.
         """

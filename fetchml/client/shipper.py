@@ -1,8 +1,9 @@
 """The I/O half of MetricLogger: connect, send, back off; the Batcher decides the rest.
 
-Runs on the worker thread's event loop (worker.py). Every `flush_interval`,
-on each answer, and at once when the caller's thread wakes it (a flush, a
-close, a full buffer: `wake`, through call_soon_threadsafe), it lets the
+Runs on the worker thread's event loop (worker.py). Every `flush_interval`
+(at most SEND_CHECK_S), on each answer, and at once when the caller's thread
+wakes it (a flush, a close, a full buffer: `wake`, through
+call_soon_threadsafe), it lets the
 Batcher (batches.py) turn the caller's queue into LOG_METRICS_AT messages and
 sends them, several in flight on one connection. Each answer is taken in the
 step that reads it (`Answer`), so a flush() waiting on it returns without
@@ -51,6 +52,9 @@ from .startcheck import check_start
 from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
+
+SEND_CHECK_S = 0.05
+"""The longest a full batch waits to be sent (log() does not wake the worker per batch)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -304,6 +308,7 @@ class Shipper:
                         break
                     self._wake.clear()
                     wait = cfg.flush_interval - (loop.time() - self._last_partial)
+                    wait = min(wait, SEND_CHECK_S)  # full batches go at least this often
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(max(wait, 0.001)):
                             await self._wake.wait()
