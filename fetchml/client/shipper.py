@@ -3,12 +3,12 @@
 Runs on the worker thread's event loop (worker.py). Every `flush_interval`
 (at most SEND_CHECK_S), on each answer, and at once when the caller's thread
 wakes it (a flush, a close, a full buffer: `wake`, through
-call_soon_threadsafe), it lets the
-Batcher (batches.py) turn the caller's queue into LOG_METRICS_AT messages and
-sends them, several in flight on one connection. Each answer is taken in the
-step that reads it (`Answer`), so a flush() waiting on it returns without
-another round of the loop: SUCCESS acknowledges a batch; an error other than
-a transient one (RETRYABLE) rejects it for good. Run
+call_soon_threadsafe), it lets the Batcher (batches.py) turn the caller's
+queue into LOG_METRICS_AT messages and sends them, several in flight on one
+connection. Each answer is taken in the step that reads it (`Answer`), so a
+flush() waiting on it returns without another round of the loop: SUCCESS
+acknowledges a batch; an error other than a transient one (RETRYABLE)
+rejects it for good. Run
 document changes (`patches`, queued by the caller; a heartbeat every
 `heartbeat_s`) go out as UPDATE_RUNs one at a time, in order, retried like
 batches (a refused one loses only itself).
