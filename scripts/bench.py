@@ -40,6 +40,7 @@ from typing import Any
 import bench_cluster
 import bench_large
 import bench_large_data
+import bench_logger
 from bench_figures import BY_KEY, Row, console_table, markdown_table, rows_from_json
 from bench_records import (
     Idle,
@@ -249,6 +250,16 @@ def client_timestamps(b: Bench) -> list[Row]:
                 best[label] = max(best.get(label, 0.0), result.metrics_per_second or 0.0)
     b.verify(b.write, acked)
     return [Row(BY_KEY["batch_at"], best.get("at-client"), best.get("at-plain"))]
+
+
+def metric_logger(b: Bench) -> list[Row]:
+    """MetricLogger end to end, log() per call, and log() + flush() one at a time (in
+    processes of their own, scripts/bench_logger.py), each beside its same-run baseline."""
+    return bench_logger.figures(b, logger_sizes(b.sizes))
+
+
+def logger_sizes(sizes: Sizes) -> bench_logger.LoggerSizes:
+    return bench_logger.QUICK if sizes is QUICK else bench_logger.FULL
 
 
 def many_connections(b: Bench) -> list[Row]:
@@ -657,6 +668,7 @@ STEPS = [
     ack_latency,
     batched_ingest,
     client_timestamps,
+    metric_logger,
     many_connections,
     reads,
     push_latency,
@@ -709,6 +721,7 @@ def name_values(sizes: Sizes) -> dict[str, Any]:
         "cluster_rate": bench_cluster.CLUSTER_RATE,
         "cluster_batch": bench_cluster.CLUSTER_BATCH,
         "cluster_ingest_batch": bench_cluster.INGEST_BATCH,
+        **{f"logger_{k}": v for k, v in asdict(logger_sizes(sizes)).items()},
     }
 
 

@@ -86,6 +86,30 @@ FIGURES: tuple[Figure, ...] = (
         True,
         Target(0.9, of_ratio=True),
     ),
+    Figure(
+        "logger_e2e",
+        "MetricLogger end to end, {logger_points:,} points + close(), median of {logger_rounds}",
+        "points/s",
+        "LOG_METRICS 1,000/msg, same points",
+        True,
+        Target(0.75, of_ratio=True),
+    ),
+    Figure(
+        "logger_log",
+        "MetricLogger.log() median per call",
+        "us",
+        "list.append",
+        False,
+        Target(0.5),
+    ),
+    Figure(
+        "logger_sync",
+        "MetricLogger.log() + flush() one at a time, {logger_calls:,} calls",
+        "calls/s",
+        "websockets sync send+recv, echo",
+        True,
+        Target(0.8, of_ratio=True),
+    ),
     Figure("streams", STREAM_ROW, "metrics/s", ECHO, True, row=STREAM_ROW),
     Figure(
         "streams_fairness",
@@ -316,13 +340,13 @@ def rows_from_json(rows: list[dict[str, Any]]) -> list[Row]:
 
 
 def number(value: float | None, unit: str = "") -> str:
-    """Milliseconds under 100 to three significant digits, min/max and percentages to two
+    """Milli- and microseconds under 100 to three significant digits, min/max and percentages to two
     decimals, everything else whole, with thousands separators."""
     if value is None:
         return "n/a"
     if unit in ("min/max", "%"):
         return f"{value:.2f}"
-    if unit == "ms" and abs(value) < 100:
+    if unit in ("ms", "us") and abs(value) < 100:
         return f"{value:.3g}"
     return f"{value:,.0f}"
 
@@ -338,7 +362,13 @@ def target_text(figure: Figure) -> str:
     if target is None:
         return ""
     sign = ">=" if figure.higher_is_better else "<="
-    limit = f"{target.limit:g}x" if target.of_ratio else number(target.limit)
+    limit = (
+        f"{target.limit:g}x"
+        if target.of_ratio
+        else f"{target.limit:.3g}"
+        if target.limit < 100
+        else number(target.limit)
+    )
     return f"{sign} {limit}"
 
 

@@ -426,3 +426,21 @@ def test_large_data_is_cached_and_rebuilt_when_half_built(tmp_path: Path) -> Non
             marker.write_text(json.dumps({"format": bench_large_data.FORMAT + 1}))
         bench_large_data.build(30, 3, tmp_path)
         assert bench_large_data.scan(large / "metrics.bin", "loss").count == 30, broken
+
+
+def test_the_logger_figures_print_with_their_targets(tmp_path: Path) -> None:
+    rows = [
+        {"figure": "logger_e2e", "value": 750.0, "baseline": 1000.0},
+        {"figure": "logger_log", "value": 0.4234, "baseline": 0.19},
+        {"figure": "logger_sync", "value": 700.0, "baseline": 1000.0},
+    ]
+    done = run_table(tmp_path, {"sizes": bench.name_values(bench.QUICK), "rows": rows})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2:] == [
+        "| MetricLogger end to end, 200,000 points + close(), median of 1 (points/s) | 750"
+        " | 1,000 (LOG_METRICS 1,000/msg, same points) | 0.75x | >= 0.75x: pass |",
+        "| MetricLogger.log() median per call (us) | 0.423 | 0.19 (list.append) | 2.23x"
+        " | <= 0.5: pass |",
+        "| MetricLogger.log() + flush() one at a time, 500 calls (calls/s) | 700"
+        " | 1,000 (websockets sync send+recv, echo) | 0.70x | >= 0.8x: **miss** |",
+    ]

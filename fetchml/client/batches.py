@@ -49,13 +49,40 @@ MAX_POINT = RECORD_HEAD.size + 255
 """The longest encoded point: a record with a 255-byte name."""
 
 
+class Done:
+    """Set once, by the worker; waited for by the caller's thread. A held lock, released when
+    set: waking the waiter is one release (a threading.Event takes a Condition, and a lock
+    allocated per wait)."""
+
+    __slots__ = ("_held", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._held = threading.Lock()
+        self._held.acquire()
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._held.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Whether it is set, waiting at most `timeout` seconds for it."""
+        if not self._set and self._held.acquire(timeout=timeout):
+            self._held.release()
+        return self._set
+
+
 class FlushToken:
     """Queued by flush(); `done` is set once every point queued before it is settled."""
 
     __slots__ = ("after", "done")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = Done()
         self.after = 0
         """The last batch cut before it: done once no batch up to this one is unsettled."""
 

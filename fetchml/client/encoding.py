@@ -8,11 +8,12 @@ without __float__, a step that is not an integer raise), and numpy lays them
 out big-endian in one buffer: fixed-size records when every name has the same
 length, else the heads and the names scattered into place. When a column does
 not convert, the points go one at a time (`encode_slowly`), so one bad value
-rejects only its own point.
+rejects only its own point; so do runs of at most SMALL points.
 """
 
 from array import array
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from operator import itemgetter
 from struct import error as struct_error
 
@@ -28,6 +29,10 @@ Names = dict[str, tuple[bytes, int]]
 HEAD = np.dtype([("stamp", ">u8"), ("step", ">u4"), ("value", ">f8"), ("length", "u1")])
 assert HEAD.itemsize == RECORD_HEAD.size
 
+
+SMALL = 16
+"""Up to this many points go one at a time: numpy's cost per call outweighs per-point packing
+(a flush of one point pays it on its round trip)."""
 
 Columns = tuple[list[str], list[float], list[int | None], list[float]]
 _NAME, _VALUE, _STEP, _STAMP = (itemgetter(i) for i in range(4))
@@ -53,6 +58,8 @@ def encode_points(
     """The records of `points` (their `cols`, when already taken) and the offset just past
     each (int64); `next_step` gives the default steps and is advanced; a point whose value
     cannot be encoded is left out and `reject`ed with its name and the reason."""
+    if len(points) <= SMALL:
+        return encode_slowly(points, names, next_step, reject)
     labels, values, steps, stamps = columns(points) if cols is None else cols
     try:
         value_col = array("d", values)
@@ -136,5 +143,5 @@ def encode_slowly(
             reject(name, str(exc))
             continue
         next_step[name] = step + 1
-    ends = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)))
+    ends = np.fromiter(accumulate(map(len, parts)), np.int64, len(parts))
     return b"".join(parts), ends

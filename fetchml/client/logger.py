@@ -28,7 +28,7 @@ Who owns what (C: the caller's thread, W: the worker's):
     Batcher batches, steps, held  W                         C (stats, close)
     Batcher.room                  W per batch; C at close   C, every log()
     Shipper.space (Event)         W per settled batch       C, while log() blocks
-    FlushToken.done (Event)       W                         C, in flush()
+    FlushToken.done (a lock)      W                         C, in flush()
     Ledger counts                 W                         C (flush, close, stats)
     Shipper.stop / .abort         C                         W
     Shipper.fatal, .started       W                         C
@@ -131,7 +131,8 @@ class MetricLogger:
 
         `max_backoff` bounds the wait between reconnection attempts (seconds).
         A batch is cut at `batch_size` points or `max_message_bytes` (the daemon's
-        server.max_message_bytes), whichever comes first. `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
+        server.max_message_bytes), whichever comes first, and sent within 50 ms; what is
+        left goes every `flush_interval` (seconds). `close_timeout` bounds flush(), close(), leaving the `with` and the flush at
         interpreter exit (None: no bound). Raises AuthenticationFailed, PermissionDenied
         or ConfigurationError when the start check fails, InvalidRequest for bad arguments.
         """
@@ -183,8 +184,6 @@ class MetricLogger:
         self._batcher = ship.batcher
         self._names = ship.batcher.names
         self._max_buffer = max_buffer
-        self._nudge_at = batch_size - 1
-        """log() wakes the worker when the queue reaches a batch (it drains all of it)."""
         self._on_full = on_full
         self._on_error = on_error
         self._close_timeout = close_timeout
@@ -222,14 +221,10 @@ class MetricLogger:
             check_step(step)
             raise
         queue = self._queue
-        n = len(queue)
-        if n >= self._batcher.room and not self._full():
+        if timestamp is not None or len(queue) >= self._batcher.room:
+            self._log_slowly(name, value, step, timestamp)
             return
-        queue.append(
-            (name, value, step, _now() if timestamp is None else check_timestamp(timestamp))
-        )
-        if n == self._nudge_at:
-            self._worker.nudge()
+        queue.append((name, value, step, _now()))
 
     def log_dict(
         self,
@@ -290,6 +285,15 @@ class MetricLogger:
             raise RuntimeError("MetricLogger is closed")
         if not self._worker.alive:
             raise RuntimeError(f"MetricLogger worker stopped: {self._worker.crash!r}")
+
+    def _log_slowly(
+        self, name: str, value: float, step: int | None, timestamp: float | None
+    ) -> None:
+        """log() given a timestamp, or with the buffer full."""
+        stamp = _now() if timestamp is None else check_timestamp(timestamp)
+        if len(self._queue) >= self._batcher.room and not self._full():
+            return
+        self._queue.append((name, value, step, stamp))
 
     def _full(self) -> bool:
         """The buffer is full (or the logger stopped): block, drop, or raise. True to append."""

@@ -175,20 +175,25 @@ class Pipeline:
 
     async def _roundtrip(self, message: bytes) -> Response:
         """Send one encoded request and await its final response."""
+        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        await self._submit(message, future)
+        response = await future
+        if isinstance(response, Error):
+            raise error_from(response.code, response.message, response.details)
+        return response
+
+    async def _submit(self, message: bytes, future: "asyncio.Future[Response]") -> None:
+        """Send one encoded request; its final response will resolve `future` (or
+        ConnectionLost fail it). Returns once the message is written."""
         if self._lost is not None:
             raise self._lost_error()
         await self._slots.acquire()
         if self._lost is not None:
             self._slots.release()
             raise self._lost_error()
-        future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._calls.append(future)
         with contextlib.suppress(ConnectionClosed):  # if it closed, the reader fails the future
             await self._ws.send(message)
-        response = await future
-        if isinstance(response, Error):
-            raise error_from(response.code, response.message, response.details)
-        return response
 
     async def _data(self, request: rq.Request, data_type: str) -> bytes:
         response = await self._call(request)

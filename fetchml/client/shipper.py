@@ -1,10 +1,14 @@
 """The I/O half of MetricLogger: connect, send, back off; the Batcher decides the rest.
 
-Runs on the worker thread's event loop (worker.py). Every `flush_interval`,
-or at once for a flush or close, it lets the Batcher (batches.py) turn the
-caller's queue into LOG_METRICS_AT messages and sends them, several in flight
-on one connection, reporting each answer back: SUCCESS acknowledges a batch;
-an error other than a transient one (RETRYABLE) rejects it for good. Run
+Runs on the worker thread's event loop (worker.py). Every `flush_interval`
+(at most SEND_CHECK_S), on each answer, and at once when the caller's thread
+wakes it (a flush, a close, a full buffer: `wake`, through
+call_soon_threadsafe), it lets the Batcher (batches.py) turn the caller's
+queue into LOG_METRICS_AT messages and sends them, several in flight on one
+connection. Each answer is taken in the step that reads it (`Answer`), so a
+flush() waiting on it returns without another round of the loop: SUCCESS
+acknowledges a batch; an error other than a transient one (RETRYABLE)
+rejects it for good. Run
 document changes (`patches`, queued by the caller; a heartbeat every
 `heartbeat_s`) go out as UPDATE_RUNs one at a time, in order, retried like
 batches (a refused one loses only itself).
@@ -29,24 +33,28 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.responses import Error, Response, Success
 
 from .batches import Batch, Batcher, Item
 from .connection import Client
-from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError
+from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError, ProtocolViolation, error_from
 from .failover import Failover
 from .ledger import Ledger
-from .pipeline import MAX_MESSAGE_BYTES
+from .pipeline import MAX_MESSAGE_BYTES, describe_response
 from .resume import stored_after
 from .settings import Settings
 from .startcheck import check_start
 from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
+
+SEND_CHECK_S = 0.05
+"""The longest a full batch waits to be sent (log() does not wake the worker per batch)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +108,8 @@ class Shipper:
         self._careful_until = 0
         """After an error answer, batches up to this one go one at a time (see _send)."""
         self._wake: asyncio.Event | None = None
+        self._live: tuple[Client, asyncio.TaskGroup] | None = None
+        """The connection being sent on, and its session's tasks (None between sessions)."""
         self._broken: asyncio.Event | None = None
         self._last_partial = 0.0
         self.patches: deque[dict[str, Any]] = deque()
@@ -115,7 +125,10 @@ class Shipper:
     # -- called from any thread via loop.call_soon_threadsafe ------------------
 
     def wake(self) -> None:
-        if self._wake is not None:
+        """Something to do: on a live connection, cut and send what is due at once (a flush()
+        waits on this); the session loop itself wakes only to stop, or when broken."""
+        self._pump()
+        if self._wake is not None and (self._live is None or self.stop or self.abort):
             self._wake.set()
 
     # -- the worker ----------------------------------------------------------
@@ -287,29 +300,46 @@ class Shipper:
         loop = asyncio.get_running_loop()
         self._last_partial = loop.time()
         async with asyncio.TaskGroup() as tg:
-            while not self.abort and not broken.is_set():
-                now = loop.time()
-                tick = now - self._last_partial >= cfg.flush_interval
-                if tick:
-                    self._last_partial = now
-                most = cfg.max_in_flight if self._bold() else 1
-                slots = cfg.max_in_flight - self._inflight - len(batcher.ready)
-                batcher.drain(slots, cut=tick or self.stop)
-                while self._inflight < most and (batch := batcher.next_batch()):
-                    self._inflight += 1
-                    self._sent = True
-                    tg.create_task(self._send(client, batch))
-                self._update_run(client, tg, now)
-                if self.stop and self.idle:
-                    break
-                self._wake.clear()
-                wait = cfg.flush_interval - (loop.time() - self._last_partial)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(wait, 0.001)):
-                        await self._wake.wait()
+            self._live = (client, tg)
+            try:
+                while not self.abort and not broken.is_set():
+                    self._pump()
+                    if self.stop and self.idle:
+                        break
+                    self._wake.clear()
+                    wait = cfg.flush_interval - (loop.time() - self._last_partial)
+                    wait = min(wait, SEND_CHECK_S)  # full batches go at least this often
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(wait, 0.001)):
+                            await self._wake.wait()
+            finally:
+                self._live = None
             if self.abort:
-                client.abort()  # fails what is in flight, so the task group can end
+                client.abort()  # fails what is in flight
+            while self._inflight and not self.abort:  # the answers due on this connection
+                self._wake.clear()
+                await self._wake.wait()
         return ledger.acknowledged > acked_before
+
+    def _pump(self) -> None:
+        """Cut what is due (a flush token at once, a partial batch every flush_interval or
+        when stopping) and send it, within the window; then the next run change."""
+        if self._live is None or self.abort or self._broken is None or self._broken.is_set():
+            return
+        client, tg = self._live
+        batcher, cfg = self.batcher, self.config
+        now = asyncio.get_running_loop().time()
+        tick = now - self._last_partial >= cfg.flush_interval
+        if tick:
+            self._last_partial = now
+        most = cfg.max_in_flight if self._bold() else 1
+        slots = cfg.max_in_flight - self._inflight - len(batcher.ready)
+        batcher.drain(slots, cut=tick or self.stop)
+        while self._inflight < most and (batch := batcher.next_batch()):
+            self._inflight += 1
+            self._sent = True
+            tg.create_task(self._send(client, batch))
+        self._update_run(client, tg, now)
 
     def _update_run(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
         """Send the next queued run change (a heartbeat when due and nothing else is)."""
@@ -350,8 +380,22 @@ class Shipper:
         return lowest is None or lowest > self._careful_until
 
     async def _send(self, client: Client, batch: Batch) -> None:
+        """Send a batch; `_answered` takes its answer as soon as the connection reads it."""
+        answer = Answer(lambda outcome: self._answered(batch, outcome))
         try:
-            await client._success(batch.message)
+            await client._submit(batch.message, answer)
+        except FetchmlError as exc:  # the connection was lost before the batch went out
+            answer.set_exception(exc)
+
+    def _answered(self, batch: Batch, outcome: Response | BaseException) -> None:
+        """A batch's answer, or why there will be none: acknowledge, reject, or resend."""
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if isinstance(outcome, Error):
+                raise error_from(outcome.code, outcome.message, outcome.details)
+            if not isinstance(outcome, Success):
+                raise ProtocolViolation(f"expected SUCCESS, got {describe_response(outcome)}")
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
                 if not isinstance(exc, FetchmlConnectionError):
@@ -365,14 +409,36 @@ class Shipper:
             self.ledger.last_error = exc
             self.batcher.rejected(batch.seq, str(exc), exc.code)
         else:
-            self.batcher.acknowledged(batch.seq)
+            self.batcher.acknowledged(batch.seq)  # a flush() waiting on it returns now
         finally:
             self._inflight -= 1
             self.space.set()
             self.wake()
 
     def _break(self, exc: FetchmlError) -> None:
-        assert self._broken is not None
+        assert self._broken is not None and self._wake is not None
         if not self._broken.is_set():
             self.ledger.note(exc, "batch not acknowledged, will resend")
             self._broken.set()
+            self._wake.set()
+
+
+class Answer(asyncio.Future[Response]):
+    """A request's future that hands its outcome to `then` as the connection's reader resolves
+    it, in the same step (an awaiting task would resume only on the loop's next round).
+    An exception from `then` ends the reader, and so the connection; closing it re-raises
+    the exception: the worker's crash."""
+
+    def __init__(self, then: Callable[[Response | BaseException], None]) -> None:
+        super().__init__()
+        self._then = then
+
+    def set_result(self, result: Response, /) -> None:
+        super().set_result(result)
+        self._then(result)
+
+    def set_exception(self, exception: type | BaseException, /) -> None:
+        super().set_exception(exception)
+        error = self.exception()  # retrieved: nobody awaits this future
+        assert error is not None
+        self._then(error)

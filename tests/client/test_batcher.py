@@ -12,6 +12,7 @@ from fetchml.client.batches import (
     MESSAGE_HEAD,
     Batch,
     Batcher,
+    Done,
     FlushToken,
     Item,
     encode_name,
@@ -196,7 +197,7 @@ def test_flush_tokens_wait_for_every_earlier_point() -> None:
     counts_when_done: list[tuple[int, int]] = []
     ledger = batcher.ledger
 
-    class Seen(threading.Event):
+    class Seen(Done):
         def set(self) -> None:  # flush() reads the counts as soon as this is set
             counts_when_done.append((ledger.acknowledged, ledger.rejected))
             super().set()
@@ -316,3 +317,17 @@ def test_reconcile_resends_everything_when_another_writer_appended() -> None:
     assert again.ledger.acknowledged == 0 and again.base == 6
     assert not again.reconcile(1000, None)  # not read: more records than the window
     assert again.ledger.acknowledged == 0 and again.base == 1000
+
+
+def test_done_wakes_its_waiter_and_stays_set() -> None:
+    """A flush token's Done: set once by the worker, waited for by the caller's thread."""
+    done = Done()
+    assert not done.is_set() and not done.wait(0.01)
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(done.wait(60)))
+    waiter.start()
+    done.set()
+    done.set()  # a second set changes nothing
+    waiter.join(60)
+    assert woke == [True]
+    assert done.is_set() and done.wait(0) and done.wait(0)

@@ -272,6 +272,26 @@ def test_points_are_flushed_at_exit(shared_server: ServerProcess) -> None:
     assert got == [(i, i / 2) for i in range(5000)]
 
 
+def test_full_batches_go_out_without_waiting_for_the_flush_interval(
+    shared_server: ServerProcess,
+) -> None:
+    """Partial batches wait for flush_interval; full ones are sent within 50 ms of logging
+    (asserted at 10x, and printed)."""
+    commit = commit_of("logger-full-batches")
+    ml = MetricLogger(commit, shared_server.url, ADMIN_KEY, batch_size=100, flush_interval=60)
+    assert ml.flush()  # the worker is connected and waiting
+    started = time.monotonic()
+    for step in range(1_050):
+        ml.log("loss", 1.0, step=step)
+    while ml.acknowledged < 1_000 and time.monotonic() - started < 10:
+        time.sleep(0.001)  # polling a condition: until the full batches are acknowledged
+    seconds = time.monotonic() - started
+    print(f"10 full batches acknowledged {seconds * 1000:.0f} ms after the first log()")
+    assert ml.acknowledged == 1_000 and seconds < 0.5
+    assert ml.close()
+    assert ml.acknowledged == 1_050
+
+
 def test_batches_are_cut_at_the_message_size(shared_server: ServerProcess) -> None:
     """10,000 points with 255-byte names are 2.7 MB: with batch_size 65535 they are cut
     at max_message_bytes (the daemon's 1 MiB), never sent as one message it closes on."""

@@ -12,9 +12,10 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 
 from fetchml.client import Client, ConnectionLost
+from fetchml.client.shipper import Answer
 from fetchml.protocol.enums import LogLevel
-from fetchml.protocol.requests import LogMetrics, MetricPoint, decode_request
-from fetchml.protocol.responses import Log, Progress, Success, encode_response
+from fetchml.protocol.requests import LogMetrics, MetricPoint, decode_request, encode_request
+from fetchml.protocol.responses import Log, Progress, Response, Success, encode_response
 from tests.support.experiments import commit_of
 from tests.support.keys import ADMIN_KEY
 
@@ -126,3 +127,41 @@ async def test_a_cancelled_call_does_not_shift_the_others(
         gate.set()
         assert await rest == list(range(2, 50))
         assert first.cancelled() and c.in_flight == 0
+
+
+async def test_an_answer_is_taken_in_the_step_that_reads_it(
+    scripted: Callable[[Script], Awaitable[str]],
+) -> None:
+    """A batch's answer reaches its handler inside the connection's reader (not a round of
+    the loop later); a request on a lost connection fails at once, a pending one when the
+    connection drops."""
+
+    async def script(ws: ServerConnection) -> None:
+        async for message in ws:
+            if len(message) > 1:
+                await ws.send(encode_response(Success(timestamp=1, message="ok")))
+            else:
+                ws.transport.abort()
+                return
+
+    handled: list[tuple[object, bool]] = []
+    url = await scripted(script)
+    c = await Client.connect(url, api_key=ADMIN_KEY)
+
+    def then(outcome: Response | BaseException) -> None:
+        handled.append((outcome, asyncio.current_task() is c._reader))
+
+    answer = Answer(then)
+    point = (MetricPoint(1, 1.0, "x"),)
+    request = LogMetrics(key_hash=c._key, commit_id=bytes(20), metrics=point)
+    await c._submit(encode_request(request), answer)
+    await asyncio.wait_for(asyncio.shield(answer), 10)
+    assert handled == [(Success(timestamp=1, message="ok"), True)]
+    dropped = Answer(then)
+    await c._submit(b"\x00", dropped)
+    await c.wait_closed()
+    lost, in_reader = handled[1]
+    assert isinstance(lost, ConnectionLost) and in_reader
+    with pytest.raises(ConnectionLost):
+        await c._submit(b"\x00", Answer(then))
+    await c.close()
