@@ -189,8 +189,10 @@ class Connection:
         goes away (None)."""
         seq = self._seq = Sequencer(self._accept, self.ctx.config.server.max_inflight_requests)
         self._reading = anyio.CancelScope()  # a scope is entered once: a new one for this phase
-        self._reader_wake: anyio.Event | None = None
-        self._writer_wake: anyio.Event | None = None
+        self._reader_wake: asyncio.Future[None] | None = None
+        self._writer_wake: asyncio.Future[None] | None = None
+        """What the reader or the writer awaits while it has nothing to do: a bare future,
+        about a third of an anyio Event's cost, on the path of every request."""
         self._close: Close | None = None
         if self._shut:
             self.shut(*self._shut)
@@ -211,9 +213,8 @@ class Connection:
                 pass
 
     def _wake_writer(self) -> None:
-        if self._writer_wake is not None:
-            self._writer_wake.set()
-            self._writer_wake = None
+        _wake(self._writer_wake)
+        self._writer_wake = None
 
     # -- reader --------------------------------------------------------------
 
@@ -227,8 +228,8 @@ class Connection:
             while not seq.reading:
                 if seq.closing is not None:
                     return
-                wake = self._reader_wake = anyio.Event()
-                await wake.wait()
+                wake = self._reader_wake = asyncio.get_running_loop().create_future()
+                await wake
             try:
                 message = await recv()
             except ConnectionClosed:
@@ -323,8 +324,8 @@ class Connection:
                     return
                 batch = []
             if action is None:
-                wake = self._writer_wake = anyio.Event()
-                await wake.wait()
+                wake = self._writer_wake = asyncio.get_running_loop().create_future()
+                await wake
             elif isinstance(action, Pipelined):
                 await asyncio.wait((action.future,))
                 batch.append(self._completed(action))
@@ -353,8 +354,8 @@ class Connection:
         except ConnectionClosed:
             tg.cancel_scope.cancel()
             return False
-        if self._reader_wake is not None and seq.reading:
-            self._reader_wake.set()
+        if seq.reading:
+            _wake(self._reader_wake)
             self._reader_wake = None
         return True
 
@@ -417,6 +418,11 @@ class Connection:
         finally:
             self.ctx.hub.remove(sub)
             self.metrics.watchers.dec()
+
+
+def _wake(waiter: "asyncio.Future[None] | None") -> None:
+    if waiter is not None and not waiter.done():  # done: cancelled with its waiting task
+        waiter.set_result(None)
 
 
 def _hum(req: Request, response: Response) -> bool:
