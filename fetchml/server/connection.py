@@ -38,7 +38,7 @@ from .dispatch import (
     dispatch,
 )
 from .errors import AuthenticationFailed, ServerError
-from .frames import send_frames
+from .frames import send_frames, waiting, writable, write_frames
 from .handlers import Context
 from .http import Gate, Metrics, handshake_key
 from .sequencer import Close, Sequencer
@@ -224,7 +224,10 @@ class Connection:
         recv = self.ws.recv
         while True:
             seq.receive(message)
-            self._wake_writer()
+            if not waiting(self.ws):
+                self._answer_ready(seq)
+            if seq.peek() is not None:
+                self._wake_writer()
             while not seq.reading:
                 if seq.closing is not None:
                     return
@@ -235,6 +238,28 @@ class Connection:
             except ConnectionClosed:
                 return
             self.heard = time.monotonic()
+
+    def _answer_ready(self, seq: Sequencer) -> None:
+        """With no other message waiting to be read: make the writes group commit would
+        make at the event loop's next turn, and, while the writer is idle, send the
+        responses ready in order (as its first step would). One request at a time is
+        then answered in the turn that read it."""
+        self.ctx.store.flush_scheduled()
+        if self._writer_wake is None or not writable(self.ws):  # the writer answers in order
+            return
+        batch: list[bytes] = []
+        while len(batch) < BATCH_PACKETS:
+            action = seq.peek()
+            if isinstance(action, Answer):
+                batch.append(action.packet)
+            elif isinstance(action, Pipelined) and action.future.done():
+                batch.append(self._completed(action))
+            else:
+                break
+            seq.next_action()
+            seq.done()
+        if batch:
+            write_frames(self.ws, batch)
 
     def _accept(self, message: bytes) -> Outcome:
         """Decode, authenticate, dispatch. Errors become ready ERROR packets."""

@@ -50,6 +50,8 @@ class Queue:
     writing: list[Pending] = field(default_factory=list)
     """The batch of the flush in progress."""
     flushing: bool = False
+    scheduled: asyncio.Handle | None = None
+    """The event loop callback that will write what is pending, until it runs."""
 
     @property
     def busy(self) -> bool:
@@ -88,6 +90,8 @@ class GroupCommit(Generic[E]):
         self.flush_hooks = flush_hooks
         self._active: set[E] = set()
         self._handing: set[asyncio.Task[None]] = set()
+        self._scheduled: set[E] = set()
+        """Items whose pending writes wait for their callback (`flush_scheduled`)."""
 
     def submit(self, item: E, data: bytes, count: int) -> "asyncio.Future[int]":
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -99,7 +103,8 @@ class GroupCommit(Generic[E]):
             if self._write_now is None:
                 self._tg.start_soon(self._flush_loop, item)
             else:
-                future.get_loop().call_soon(self._flush_now, item)
+                queue.scheduled = future.get_loop().call_soon(self._flush_now, item)
+                self._scheduled.add(item)
         return future
 
     async def flush(self) -> None:
@@ -111,10 +116,20 @@ class GroupCommit(Generic[E]):
             with contextlib.suppress(Exception):
                 await future
 
+    def flush_scheduled(self) -> None:
+        """Make now the writes scheduled for the event loop's next turn: a connection that
+        has read every message waiting calls it, so its acks need not wait for that turn."""
+        for item in list(self._scheduled):
+            self._flush_now(item)
+
     def _flush_now(self, item: E) -> None:
         """Write what is queued while `write_now` can; a flusher task takes the rest."""
         assert self._write_now is not None
         queue = item.queue
+        if queue.scheduled is not None:
+            queue.scheduled.cancel()
+            queue.scheduled = None
+        self._scheduled.discard(item)
         while queue.pending:
             batch = _take_batch(queue.pending)
             data = b"".join(p.data for p in batch)

@@ -222,6 +222,11 @@ class ExperimentStore:
         assert self._commits is not None, "store used outside its async with"
         return self._commits.submit(self._open.get(commit), data, count)
 
+    def flush_scheduled(self) -> None:
+        """Write now the appends the event loop would write at its next turn."""
+        if self._commits is not None:
+            self._commits.flush_scheduled()
+
     async def append(self, commit: str, data: bytes, count: int) -> int:
         return await self.submit(commit, data, count)
 
