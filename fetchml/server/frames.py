@@ -10,7 +10,7 @@ batch past the mark at most). Any other state goes through `send_context`, which
 ConnectionClosed.
 """
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 
 from websockets.asyncio.connection import Connection
 from websockets.protocol import State
@@ -48,11 +48,8 @@ async def _drain(ws: Connection) -> None:
         pass
 
 
-def waiting(ws: Connection) -> bool:
-    """Whether a received frame waits to be read, so `recv` would return at once; True
-    when websockets does not say (as if more were coming)."""
+def received(ws: Connection) -> Sized | None:
+    """The frames received and not read yet (websockets' queue, empty when `recv` would
+    wait); None when websockets does not expose it."""
     frames = getattr(getattr(ws, "recv_messages", None), "frames", None)
-    try:
-        return frames is None or len(frames) > 0
-    except TypeError:
-        return True
+    return frames if isinstance(frames, Sized) else None
