@@ -237,8 +237,11 @@ class ExperimentStore:
 
     def _write_now(self, exp: Experiment, data: bytes, count: int) -> int | None:
         """Group commit's write step on the event loop: `_write_inline`, or None."""
-        with self._write_errors(exp):
+        try:
             return self._write_inline(exp, data, count)
+        except Exception:
+            with self._write_errors(exp):  # the same errors as `_write`'s
+                raise
 
     async def _write(self, exp: Experiment, data: bytes, count: int) -> int:
         """Group commit's write step: the first record's index once the bytes are written."""
