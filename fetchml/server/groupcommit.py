@@ -79,6 +79,8 @@ class GroupCommit(Generic[E]):
         flush_hooks: list[FlushHook],
     ) -> None:
         self._tg = tg
+        self._loop = asyncio.get_running_loop()
+        """Looked up once: Python 3.11 asks the kernel for the process ID on each lookup."""
         self._write = write
         """Writes whole records, returns the first one's index (or raises)."""
         self._write_now = write_now
@@ -94,7 +96,7 @@ class GroupCommit(Generic[E]):
         """Items whose pending writes wait for their callback (`flush_scheduled`)."""
 
     def submit(self, item: E, data: bytes, count: int) -> "asyncio.Future[int]":
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = self._loop.create_future()
         queue = item.queue
         queue.pending.append(Pending(data, count, future))
         if not queue.flushing:
@@ -103,7 +105,7 @@ class GroupCommit(Generic[E]):
             if self._write_now is None:
                 self._tg.start_soon(self._flush_loop, item)
             else:
-                queue.scheduled = future.get_loop().call_soon(self._flush_now, item)
+                queue.scheduled = self._loop.call_soon(self._flush_now, item)
                 self._scheduled.add(item)
         return future
 
@@ -142,7 +144,7 @@ class GroupCommit(Generic[E]):
                 continue
             if first is None:
                 queue.pending[:0] = batch
-                task = asyncio.get_running_loop().create_task(self._hand_over(item))
+                task = self._loop.create_task(self._hand_over(item))
                 self._handing.add(task)
                 task.add_done_callback(self._handing.discard)
                 return

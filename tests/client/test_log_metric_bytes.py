@@ -39,9 +39,7 @@ async def test_log_metric_sends_the_encoded_request() -> None:
                 await c.log_metric("zz", "loss", 1.0)
     expected = [
         encode_request(
-            LogMetric(
-                key_hash=key_hash(KEY), commit_id=bytes.fromhex(C), step=s, value=v, name=n
-            )
+            LogMetric(key_hash=key_hash(KEY), commit_id=bytes.fromhex(C), step=s, value=v, name=n)
         )
         for n, v, s in [*calls, ("int", 3.0, 1)]
     ]
