@@ -189,8 +189,12 @@ class GroupCommit(Generic[E]):
             if not pending.future.done():
                 pending.future.set_result(index)
             index += pending.records
-        for flush_hook in self.flush_hooks:
-            flush_hook(count, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        try:
+            for flush_hook in self.flush_hooks:
+                flush_hook(count, seconds)
+        except Exception:  # nor may a metric's: the flush runs in a reader or a callback
+            logger.exception("flush hook failed for %s", item.commit)
         for hook in self.hooks:
             try:
                 hook(item.commit, first, data, count)

@@ -77,3 +77,17 @@ async def test_a_write_scheduled_as_the_store_closes_is_made(tmp_path: Path) -> 
     with anyio.fail_after(5):
         assert await future == 1
     assert file_bytes(tmp_path) == record(0) + record(1)
+
+
+async def test_a_failing_flush_hook_loses_no_write(tmp_path: Path) -> None:
+    def broken(records: int, seconds: float) -> None:
+        raise RuntimeError("metrics broke")
+
+    async with ExperimentStore(tmp_path) as store:
+        await opened(store)
+        store.flush_hooks.append(broken)
+        first = store.submit(C, record(1), 1)
+        store.flush_scheduled()
+        assert first.result() == 1
+        assert await store.append(C, record(2), 1) == 2  # the queue still flushes
+    assert file_bytes(tmp_path) == b"".join(record(step) for step in range(3))
