@@ -192,7 +192,7 @@ ONECALL_ROUNDS = 2
 
 def onecall_calls(sizes: Sizes) -> int:
     """Calls per one-at-a-time run: 10,000 in the full run, 2,000 in the quick one."""
-    return sizes.single_messages // 20 if sizes.single_messages >= 200_000 else 2_000
+    return max(2_000, sizes.single_messages // 20)
 
 
 def one_at_a_time(b: Bench) -> list[Row]:
