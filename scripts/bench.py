@@ -29,6 +29,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +42,7 @@ import bench_cluster
 import bench_large
 import bench_large_data
 import bench_logger
+import bench_onecall
 from bench_figures import BY_KEY, Row, console_table, markdown_table, rows_from_json
 from bench_records import (
     Idle,
@@ -56,6 +58,7 @@ from bench_records import (
 from bench_servers import (
     KEY,
     KEY_HASH,
+    ROOT,
     TIMESTAMP,
     Bench,
     Server,
@@ -181,6 +184,37 @@ def single_metric_ingest(b: Bench) -> list[Row]:
             echo.messages_per_second if echo else None,
         )
     ]
+
+
+ONECALL = ROOT / "scripts" / "bench_onecall.py"
+ONECALL_ROUNDS = 2
+"""One-at-a-time runs alternate this many times (bare, client); each keeps its best."""
+
+
+def onecall_calls(sizes: Sizes) -> int:
+    """Calls per one-at-a-time run: 10,000 in the full run, 2,000 in the quick one."""
+    return max(2_000, sizes.single_messages // 20)
+
+
+def one_at_a_time(b: Bench) -> list[Row]:
+    """Client.log_metric awaited one call at a time against the write daemon, beside a bare
+    websockets client's send()+recv() of a same-sized message to the echo server; each
+    client in its own process (scripts/bench_onecall.py), alternating, best of each."""
+    calls = onecall_calls(b.sizes)
+    best = {"client": 0.0, "bare": 0.0}
+    for _ in range(ONECALL_ROUNDS):
+        for mode, server in (("bare", b.echo), ("client", b.write)):
+            argv = [sys.executable, str(ONECALL), mode, server.url, "--calls", str(calls)]
+            argv += ["--key", KEY, "--commit", commit("onecall")]
+            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+            b.check_alive(server)
+            if done.returncode != 0:
+                b.errors.append(f"one at a time, {mode}: {done.stderr[-2000:]}")
+                return [Row(BY_KEY["onecall"], None, None)]
+            rate = json.loads(done.stdout.splitlines()[-1])["calls_per_second"]
+            best[mode] = max(best[mode], rate)
+    b.verify(b.write, {"onecall": ONECALL_ROUNDS * (calls + bench_onecall.WARMUP)})
+    return [Row(BY_KEY["onecall"], best["client"], best["bare"])]
 
 
 def ack_latency(b: Bench) -> list[Row]:
@@ -654,7 +688,8 @@ def idle_memory(b: Bench) -> list[Row]:
 
 def write_daemon_experiments(sizes: Sizes) -> dict[str, bytes]:
     history = many_names_records(WATCH_HISTORY)
-    experiments = {label: b"" for label in ("single", "latency", "batch", "at-plain", "at-client")}
+    labels = ("single", "onecall", "latency", "batch", "at-plain", "at-client")
+    experiments = {label: b"" for label in labels}
     experiments.update({f"stream-{i}": b"" for i in range(STREAMS)})
     watched = ("watch", "ingest-alone", "ingest-watched", "ingest-alone-few", "ingest-watched-few")
     experiments.update({label: history for label in watched})
@@ -665,6 +700,7 @@ def write_daemon_experiments(sizes: Sizes) -> dict[str, bytes]:
 
 STEPS = [
     single_metric_ingest,
+    one_at_a_time,
     ack_latency,
     batched_ingest,
     client_timestamps,
@@ -710,6 +746,7 @@ def name_values(sizes: Sizes) -> dict[str, Any]:
     return {
         **asdict(sizes),
         "latency_rate": LATENCY_RATE,
+        "onecall_calls": onecall_calls(sizes),
         "batch": BATCH,
         "at_rounds": AT_ROUNDS,
         "streams": STREAMS,

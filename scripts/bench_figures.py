@@ -52,6 +52,14 @@ FIGURES: tuple[Figure, ...] = (
         True,
         Target(0.9, of_ratio=True),
     ),
+    Figure(
+        "onecall",
+        "LOG_METRIC one call at a time, Client.log_metric awaited, {onecall_calls:,} calls",
+        "calls/s",
+        "bare websockets send()+recv()",
+        True,
+        Target(0.8, of_ratio=True),
+    ),
     *(
         Figure(
             f"ack_{percentile}_{durability}",

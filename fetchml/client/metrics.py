@@ -1,11 +1,13 @@
 """The metric half of the Client API: logging, paged queries, latest values, watch."""
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 
 from fetchml.protocol import requests as rq
 from fetchml.protocol import rules
+from fetchml.protocol.enums import Opcode
 from fetchml.protocol.errors import MalformedRequest, MalformedResponse
 from fetchml.protocol.metrics import POINT, acked_records, decode_metrics_payload
 from fetchml.protocol.requests import MetricPoint
@@ -23,14 +25,15 @@ class MetricsAPI(Pipeline):
     """LOG_METRIC, LOG_METRICS, QUERY_METRICS and WATCH_METRICS as typed methods."""
 
     async def log_metric(self, commit: str | bytes, name: str, value: float, step: int = 0) -> None:
-        request = rq.LogMetric(
-            key_hash=self._key,
-            commit_id=parse_commit(commit),
-            step=_check_step(step),
-            value=float(value),
-            name=_check_name(name),
+        """One LOG_METRIC, awaited: its bytes are packed at once (the bytes
+        `encode_request(LogMetric(...))` makes), with the same checks."""
+        commit_id = parse_commit(commit)
+        step = _check_step(step)
+        raw = _name_bytes(name)
+        value = float(value)
+        await self._success(
+            _LOG_METRIC.pack(Opcode.LOG_METRIC, self._key, commit_id, step, value, len(raw)) + raw
         )
-        await self._success(request)
 
     async def log_metrics(
         self, commit: str | bytes, metrics: Iterable[tuple[str, float, int]]
@@ -249,11 +252,19 @@ def _check_step(step: int) -> int:
 
 
 def _check_name(name: str) -> str:
+    _name_bytes(name)
+    return name
+
+
+def _name_bytes(name: str) -> bytes:
     try:
-        rules.check_metric_name(name)
+        return rules.check_metric_name(name)
     except MalformedRequest as exc:
         raise InvalidRequest(exc.message) from None
-    return name
+
+
+_LOG_METRIC = struct.Struct(">B16s20sIdB")
+"""A LOG_METRIC up to its name: opcode, key hash, commit, step, value, name length."""
 
 
 def _chunks(points: list[MetricPoint], max_message_bytes: int) -> Iterable[list[MetricPoint]]:

@@ -18,6 +18,7 @@ import contextlib
 import enum
 import errno
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -123,8 +124,9 @@ class Experiment:
     no_sidecars: bool = False
     """Writing them failed (logged): reads use metrics.bin alone."""
 
-    @property
+    @functools.cached_property
     def metrics_path(self) -> Path:
+        """Made once: every append passes it."""
         return self.path / METRICS
 
     @property

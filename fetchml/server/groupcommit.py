@@ -1,9 +1,14 @@
 """Group commit: appends never write one request at a time.
 
 `submit()` queues a request's encoded records on its experiment's queue and returns a
-future; one flusher task per experiment writes everything queued with a single write
-(at most MAX_FLUSH_BYTES), resolves every waiter with its first record's index, then
-calls the hooks. Event loop only: the write step decides where the bytes are written.
+future. Once the requests read together are queued (a callback the event loop runs after
+the reader yields), everything queued is written with a single write (at most
+MAX_FLUSH_BYTES), every waiter is resolved with its first record's index, then the hooks
+are called. A write the `write_now` step can make on the event loop (a small one to the
+page cache) is made in that callback; one it declines, and every write when there is no
+`write_now` (fsync), goes to a flusher task, one per experiment, whose write step decides
+where the bytes are written. Starting a task costs more than such a write: for one
+request at a time, the callback keeps the ack a task switch closer. Event loop only.
 
 The completion handle is an asyncio future, the one place the server is asyncio-native
 rather than anyio: every LOG request gets one, and `scripts/bench_completion.py` measures
@@ -45,6 +50,8 @@ class Queue:
     writing: list[Pending] = field(default_factory=list)
     """The batch of the flush in progress."""
     flushing: bool = False
+    scheduled: asyncio.Handle | None = None
+    """The event loop callback that will write what is pending, until it runs."""
 
     @property
     def busy(self) -> bool:
@@ -66,27 +73,40 @@ class GroupCommit(Generic[E]):
         self,
         tg: anyio.abc.TaskGroup,
         write: Callable[[E, bytes, int], Awaitable[int]],
+        write_now: Callable[[E, bytes, int], int | None] | None,
         idle: Callable[[], None],
         hooks: list[CommitHook],
         flush_hooks: list[FlushHook],
     ) -> None:
         self._tg = tg
+        self._loop = asyncio.get_running_loop()
+        """Looked up once: Python 3.11 asks the kernel for the process ID on each lookup."""
         self._write = write
         """Writes whole records, returns the first one's index (or raises)."""
+        self._write_now = write_now
+        """The same without awaiting, or None (nothing written) when it has to wait; None
+        when no write can be made on the event loop (fsync)."""
         self._idle = idle
         """Called when a flusher ends."""
         self.hooks = hooks
         self.flush_hooks = flush_hooks
         self._active: set[E] = set()
+        self._handing: set[asyncio.Task[None]] = set()
+        self._scheduled: set[E] = set()
+        """Items whose pending writes wait for their callback (`flush_scheduled`)."""
 
     def submit(self, item: E, data: bytes, count: int) -> "asyncio.Future[int]":
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[int] = self._loop.create_future()
         queue = item.queue
         queue.pending.append(Pending(data, count, future))
         if not queue.flushing:
             queue.flushing = True
             self._active.add(item)
-            self._tg.start_soon(self._flush_loop, item)
+            if self._write_now is None:
+                self._tg.start_soon(self._flush_loop, item)
+            else:
+                queue.scheduled = self._loop.call_soon(self._flush_now, item)
+                self._scheduled.add(item)
         return future
 
     async def flush(self) -> None:
@@ -97,6 +117,49 @@ class GroupCommit(Generic[E]):
         for future in futures:
             with contextlib.suppress(Exception):
                 await future
+
+    def flush_scheduled(self) -> None:
+        """Make now the writes scheduled for the event loop's next turn: a connection that
+        has read every message waiting calls it, so its acks need not wait for that turn."""
+        for item in list(self._scheduled):
+            self._flush_now(item)
+
+    def _flush_now(self, item: E) -> None:
+        """Write what is queued while `write_now` can; a flusher task takes the rest."""
+        assert self._write_now is not None
+        queue = item.queue
+        if queue.scheduled is not None:
+            queue.scheduled.cancel()
+            queue.scheduled = None
+        self._scheduled.discard(item)
+        while queue.pending:
+            batch = _take_batch(queue.pending)
+            data = b"".join(p.data for p in batch)
+            count = sum(p.records for p in batch)
+            started = time.perf_counter()
+            try:
+                first = self._write_now(item, data, count)
+            except Exception as exc:  # handed to each request's own error path
+                _fail(batch, exc)
+                continue
+            if first is None:
+                queue.pending[:0] = batch
+                task = self._loop.create_task(self._hand_over(item))
+                self._handing.add(task)
+                task.add_done_callback(self._handing.discard)
+                return
+            self._written(item, batch, first, data, count, started)
+        self._finished(item)
+        self._idle()
+
+    async def _hand_over(self, item: E) -> None:
+        """Start a flusher in the task group (anyio starts tasks from a task, not a callback)."""
+        try:
+            self._tg.start_soon(self._flush_loop, item)
+        except RuntimeError as exc:  # the store is closing
+            _fail(item.queue.pending, exc)
+            item.queue.pending.clear()
+            self._finished(item)
 
     async def _flush_loop(self, item: E) -> None:
         queue = item.queue
@@ -111,23 +174,36 @@ class GroupCommit(Generic[E]):
                 except Exception as exc:  # handed to each request's own error path
                     _fail(batch, exc)
                     continue
-                index = first
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_result(index)
-                    index += pending.records
-                for flush_hook in self.flush_hooks:
-                    flush_hook(count, time.perf_counter() - started)
-                for hook in self.hooks:
-                    try:
-                        hook(item.commit, first, data, count)
-                    except Exception:  # a watcher's fault must not stop appends
-                        logger.exception("commit hook failed for %s", item.commit)
+                self._written(item, batch, first, data, count, started)
         finally:
-            queue.flushing = False
             queue.writing = []
-            self._active.discard(item)
+            self._finished(item)
         self._idle()
+
+    def _written(
+        self, item: E, batch: list[Pending], first: int, data: bytes, count: int, started: float
+    ) -> None:
+        """Resolve the batch's waiters, then call the hooks."""
+        index = first
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_result(index)
+            index += pending.records
+        seconds = time.perf_counter() - started
+        try:
+            for flush_hook in self.flush_hooks:
+                flush_hook(count, seconds)
+        except Exception:  # nor may a metric's: the flush runs in a reader or a callback
+            logger.exception("flush hook failed for %s", item.commit)
+        for hook in self.hooks:
+            try:
+                hook(item.commit, first, data, count)
+            except Exception:  # a watcher's fault must not stop appends
+                logger.exception("commit hook failed for %s", item.commit)
+
+    def _finished(self, item: E) -> None:
+        item.queue.flushing = False
+        self._active.discard(item)
 
 
 def _take_batch(pending: list[Pending]) -> list[Pending]:

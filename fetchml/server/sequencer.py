@@ -78,6 +78,12 @@ class Sequencer:
         if self.closing is None:
             self.closing = Close(code, reason)
 
+    def peek(self) -> Action | None:
+        """What `next_action` would hand out now, without handing it out."""
+        if self._current is not None:
+            return None
+        return self._queue[0] if self._queue else self.closing
+
     def next_action(self) -> Action | None:
         """What to do next, once the action before it is done; None: nothing yet.
         The Close, once handed out, is the last action."""

@@ -9,10 +9,11 @@ event loop, and worker threads get values and give back new ones.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import AsyncExitStack, aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -99,7 +100,14 @@ class ExperimentStore:
         await anyio.to_thread.run_sync(exlock.sweep_pruned, self.base)
         self._stack.callback(self._open.close)  # runs last, even when cancelled
         tg = self._tg = await self._stack.enter_async_context(anyio.create_task_group())
-        self._commits = GroupCommit(tg, self._write, self._open.evict, self.hooks, self.flush_hooks)
+        self._commits = GroupCommit(
+            tg,
+            self._write,
+            self._write_now if self.durability == "write" else None,
+            self._open.evict,
+            self.hooks,
+            self.flush_hooks,
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -215,6 +223,11 @@ class ExperimentStore:
         assert self._commits is not None, "store used outside its async with"
         return self._commits.submit(self._open.get(commit), data, count)
 
+    def flush_scheduled(self) -> None:
+        """Write now the appends the event loop would write at its next turn."""
+        if self._commits is not None:
+            self._commits.flush_scheduled()
+
     async def append(self, commit: str, data: bytes, count: int) -> int:
         return await self.submit(commit, data, count)
 
@@ -223,9 +236,17 @@ class ExperimentStore:
         if self._commits is not None:
             await self._commits.flush()
 
+    def _write_now(self, exp: Experiment, data: bytes, count: int) -> int | None:
+        """Group commit's write step on the event loop: `_write_inline`, or None."""
+        try:
+            return self._write_inline(exp, data, count)
+        except Exception:
+            with self._write_errors(exp):  # the same errors as `_write`'s
+                raise
+
     async def _write(self, exp: Experiment, data: bytes, count: int) -> int:
         """Group commit's write step: the first record's index once the bytes are written."""
-        try:
+        with self._write_errors(exp):
             first = self._write_inline(exp, data, count)
             if first is not None:
                 return first
@@ -247,6 +268,12 @@ class ExperimentStore:
                 )
                 assert state is not None  # a write that waits always gets the lock
                 return self._written(exp, state, fd, count)
+
+    @contextlib.contextmanager
+    def _write_errors(self, exp: Experiment) -> Iterator[None]:
+        """A write step's failures as ServerErrors; a pruned experiment's file goes."""
+        try:
+            yield
         except NotFound:  # pruned or replaced by another process: its file goes
             if self._open.held(exp.commit) is exp:
                 self.forget(exp.commit)

@@ -213,3 +213,21 @@ def test_idle_shut_closes_at_once() -> None:
     seq.shut(1008, "authentication timeout")
     seq.receive(b"late")
     assert drain(seq) == ["close 1008 authentication timeout"]
+
+
+async def test_peek_shows_the_next_action_without_handing_it_out(peer: Peer) -> None:
+    seq = sequencer(peer)
+    assert seq.peek() is None
+    seq.receive(peer.answer("a1"))
+    seq.receive(peer.log("l1"))
+    seen = seq.peek()
+    assert seen is not None and label(seen) == "a1"
+    assert seq.peek() is seen and seq.answered == 0  # peeking twice hands out nothing
+    assert seq.next_action() is seen
+    assert seq.peek() is None  # while an action is out, nothing is next
+    seq.done()
+    following = seq.peek()
+    assert following is not None and label(following) == "log"
+    seq.shut(1001, "bye")
+    assert drain(seq) == ["log", "close 1001 bye"]
+    assert seq.peek() is None
