@@ -59,6 +59,8 @@ class Subscriber:
         self.overflow = False
         self.gone = False
         """The experiment was pruned: the stream ends."""
+        self.recheck = False
+        """Another process may have appended: compare the file's count with `next`."""
         self.batches: deque[tuple[bytes, int, int]] = deque()
         """Committed records not yet sent: (records, count, index just past the batch)."""
         self.queued = 0
@@ -114,7 +116,13 @@ class Subscriber:
                 raise SlowSubscriber
             if self.gone:
                 raise NotFound(f"experiment {self.commit} was pruned")
+            if self.recheck and self.live:
+                self.recheck = False
+                if self.next < await store.count(self.commit):
+                    self.live = False  # records of another process: read them from the file
+                continue
             if not self.live:
+                self.recheck = False
                 if self.next < await store.count(self.commit):
                     await self._backfill(store, send)
                     continue
@@ -158,10 +166,13 @@ class WatchHub:
         return list(self._subs)
 
     def nudge(self, commit: str) -> None:
-        """Another process appended to the experiment (cluster fan-out, or the file grew):
-        its watchers read what is new from the file, in order, as a late watcher does."""
+        """Another process may have appended to the experiment (cluster fan-out, or the
+        file grew): each watcher compares the file's count with its own and reads what is
+        new from the file, in order, as a late watcher does. One with nothing new stays
+        live, so a nudge of this process's own appends (a stat racing a flush) costs a
+        count, never a detour through the file while ingest runs."""
         for sub in self._subs.get(commit, ()):
-            sub.live = False
+            sub.recheck = True
             sub.wake()
 
     def end(self, commit: str) -> None:

@@ -85,6 +85,47 @@ async def test_caught_up_watchers_of_one_filter_get_one_push_built_once(
         await client.ws.close()
 
 
+async def test_a_nudge_racing_a_commit_keeps_caught_up_watchers_on_the_shared_push(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file poller's stat may see this daemon's own append and nudge the watchers just
+    before that append's push: they stay live (the file holds nothing they lack), so the
+    push is still the one shared packet, never a read of the file per watcher."""
+    commit = commit_of(23)
+    writer = await create(daemon, commit)
+    await write(writer, mixed(commit, 0, 5))
+    clients = [await start_watch(daemon, watch(commit)) for _ in range(8)]
+    streams = [Stream(0) for _ in clients]
+    for client, stream in zip(clients, streams, strict=True):
+        await stream.read_until(client, 10)
+    subs = subscribers(daemon, commit)
+    await poll(lambda: all(s.caught_up for s in subs), "every watcher to be caught up")
+    hub, ctx = daemon.app.hub, daemon.app.ctx
+    assert ctx is not None
+    ctx.store.hooks.insert(0, lambda hex_id, *_: hub.nudge(hex_id))
+    built: list[bytes] = []
+    real = metrics_packet
+
+    def counting(timestamp: int, next_index: int, count: int, records: bytes) -> bytes:
+        packet = real(timestamp, next_index, count, records)
+        built.append(packet)
+        return packet
+
+    monkeypatch.setattr(watch_module, "metrics_packet", counting)
+    writes = 5
+    for n in range(writes):
+        await write(writer, mixed(commit, 5 + 3 * n, 3))
+        for client, stream in zip(clients, streams, strict=True):
+            await stream.read_until(client, 16 + 6 * n)
+    assert len(built) == writes, f"{len(built)} packets built for {writes} nudged batches"
+    records = on_disk(daemon, commit)
+    for stream in streams:
+        stream.check_contiguous()
+        assert stream.records == records
+    for client in [*clients, writer]:
+        await client.ws.close()
+
+
 async def test_mixed_filters_lagging_and_blocked_watchers_get_exact_streams(
     start_daemon: DaemonFactory,
 ) -> None:
