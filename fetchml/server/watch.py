@@ -4,11 +4,14 @@ A subscriber is *live* once it has caught up with the file. Live subscribers
 of one name filter that have nothing queued and a writable connection are
 *caught up*: the store's commit hook builds one DATA packet (and its frame)
 per batch and filter and writes the same bytes to all of them at once,
-without waking their tasks. Any other live subscriber gets the batch's
-records queued (shared per filter); its own task merges and sends them, so
-a watcher whose socket is full never holds up ingest or the others. Queued
-bytes beyond the buffer limit make it a slow subscriber, which the
-connection closes with 1008.
+without waking their tasks. Any other live subscriber (one whose socket is
+full, or that still has pushes queued) gets that same frame queued; its own
+task writes the queued frames in order, each once the connection has drained,
+so a watcher whose socket is full never holds up ingest or the others and
+costs no packet of its own. Queued bytes beyond the buffer limit make it a
+slow subscriber, which the connection closes with 1008. (A connection with
+permessage-deflate needs frames of its own: its batches are queued as records
+and merged into one packet per send.)
 """
 
 import time
@@ -61,8 +64,9 @@ class Subscriber:
         """The experiment was pruned: the stream ends."""
         self.recheck = False
         """Another process may have appended: compare the file's count with `next`."""
-        self.batches: deque[tuple[bytes, int, int]] = deque()
-        """Committed records not yet sent: (records, count, index just past the batch)."""
+        self.batches: deque[tuple[bytes, int, int, bool]] = deque()
+        """Committed records not yet sent: (records or a whole push frame, count, index
+        just past the batch, whether it is a frame)."""
         self.queued = 0
         self.ws: ServerConnection | None = None
         """The watcher's connection, once its stream runs: caught up, it is pushed to
@@ -85,12 +89,13 @@ class Subscriber:
             self._wakeup.set()
             self._wakeup = None
 
-    def push(self, records: bytes, count: int, next_index: int) -> None:
-        if self.batches and self.queued + len(records) > self.limit:
+    def push(self, data: bytes, count: int, next_index: int, framed: bool = False) -> None:
+        """Queue a batch's records, or (`framed`) the push frame shared with others."""
+        if self.batches and self.queued + len(data) > self.limit:
             self.overflow = True
         else:
-            self.batches.append((records, count, next_index))
-            self.queued += len(records)
+            self.batches.append((data, count, next_index, framed))
+            self.queued += len(data)
             self.next = next_index
         self.wake()
 
@@ -99,8 +104,10 @@ class Subscriber:
         costs one send per wakeup, not one per flush."""
         parts: list[bytes] = []
         count = size = next_index = 0
-        while self.batches and (not parts or size + len(self.batches[0][0]) <= MERGE_BYTES):
-            records, n, next_index = self.batches.popleft()
+        while self.batches and not self.batches[0][3]:
+            if parts and size + len(self.batches[0][0]) > MERGE_BYTES:
+                break
+            records, n, next_index, _ = self.batches.popleft()
             parts.append(records)
             count += n
             size += len(records)
@@ -111,7 +118,10 @@ class Subscriber:
         """Send until cancelled; raises SlowSubscriber when the buffer overflows."""
         while True:
             while self.batches:
-                await send(self._take())
+                if self.batches[0][3]:
+                    await self._write_frame()
+                else:
+                    await send(self._take())
             if self.overflow:
                 raise SlowSubscriber
             if self.gone:
@@ -130,6 +140,17 @@ class Subscriber:
             if not self.batches:
                 wakeup = self._wakeup = anyio.Event()
                 await wakeup.wait()
+
+    async def _write_frame(self) -> None:
+        """The first queued batch, a frame shared with other watchers: written as it is,
+        then wait until the connection's write buffer is below its low-water mark."""
+        frame = self.batches.popleft()[0]
+        self.queued -= len(frame)
+        ws = self.ws
+        assert ws is not None
+        if ws.protocol.state is State.OPEN:  # else it is closing: the stream ends
+            ws.transport.write(frame)
+            await ws.drain()
 
     async def _backfill(
         self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]
@@ -187,6 +208,8 @@ class WatchHub:
             return
         end = first + count
         shared: dict[bytes | None, tuple[bytes, int]] = {}
+        built: dict[bytes | None, tuple[bytes, bytes]] = {}
+        """The push packet of each filter, and its frame."""
         direct: dict[bytes | None, list[ServerConnection]] = {}
         for sub in subs:
             if not sub.live or first > sub.next:
@@ -206,23 +229,36 @@ class WatchHub:
                     direct.setdefault(sub.name, []).append(sub.ws)
                     sub.next = end
                     continue
+                if kept and sub.ws is not None and not sub.ws.protocol.extensions:
+                    if sub.name not in built:
+                        packet = metrics_packet(int(time.time()), end, kept, records)
+                        built[sub.name] = packet, frame_of(packet)
+                    sub.push(built[sub.name][1], kept, end, framed=True)
+                    continue
             if kept:
                 sub.push(records, kept, end)
             else:
                 sub.next = end
         for name, connections in direct.items():
-            records, kept = shared[name]
-            write_to_all(connections, metrics_packet(int(time.time()), end, kept, records))
+            if name not in built:
+                records, kept = shared[name]
+                packet = metrics_packet(int(time.time()), end, kept, records)
+                built[name] = packet, frame_of(packet)
+            write_to_all(connections, *built[name])
 
 
-def write_to_all(connections: list[ServerConnection], packet: bytes) -> None:
-    """`packet` as one binary frame on each open connection, written now, never awaited.
+def frame_of(packet: bytes) -> bytes:
+    """`packet` as one unmasked binary frame, as a server sends it."""
+    return Frame(Opcode.BINARY, packet).serialize(mask=False)
+
+
+def write_to_all(connections: list[ServerConnection], packet: bytes, frame: bytes) -> None:
+    """`packet` (serialized as `frame`) on each open connection, written now, never awaited.
 
     The frame is serialized once and the same bytes go to every connection without an
     extension: websockets' broadcast() would build (copy) it once per connection. A
     connection with permessage-deflate needs a frame of its own: broadcast() makes it.
     """
-    frame = Frame(Opcode.BINARY, packet).serialize(mask=False)
     for ws in connections:
         if ws.protocol.state is State.OPEN and not ws.protocol.extensions:
             ws.transport.write(frame)

@@ -2,6 +2,7 @@
 watchers that are behind (backfilling, or with a full socket) still get exact streams."""
 
 import asyncio
+from socket import SO_RCVBUF, SO_SNDBUF, SOL_SOCKET
 
 import pytest
 from websockets.asyncio.client import connect
@@ -183,6 +184,68 @@ async def test_mixed_filters_lagging_and_blocked_watchers_get_exact_streams(
     for client, stream in streams.items():
         assert stream.records == [r for r in records if names[client] in ("", r.name)]
     for client in [*streams, blocked, writer]:
+        await client.ws.close()
+
+
+async def test_a_watcher_with_a_full_socket_is_queued_the_shared_frame_in_order(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live watcher whose connection is above its high-water mark gets the same push
+    frame as the caught-up ones, queued: no packet is built for it, and once it reads
+    again its stream is exact."""
+    commit = commit_of(24)
+    writer = await create(daemon, commit)
+    await write(writer, mixed(commit, 0, 5))
+    reader = await start_watch(daemon, watch(commit))
+    others = subscribers(daemon, commit)
+    blocked = await start_watch(daemon, watch(commit))
+    streams = {reader: Stream(0), blocked: Stream(0)}
+    for client, stream in streams.items():
+        await stream.read_until(client, 10)
+    await poll(lambda: len(subscribers(daemon, commit)) == 2, "both streams")
+    (held,) = subscribers(daemon, commit) - others
+    await poll(lambda: all(s.caught_up for s in subscribers(daemon, commit)), "caught up")
+    # Small socket buffers on both ends, and a watcher that stops reading: a few hundred
+    # kilobytes fill them.
+    assert held.ws is not None
+    sockets = [held.ws.transport.get_extra_info("socket")]
+    sockets.append(blocked.ws.transport.get_extra_info("socket"))
+    sizes = [sockets[0].getsockopt(SOL_SOCKET, SO_SNDBUF)]
+    sizes.append(sockets[1].getsockopt(SOL_SOCKET, SO_RCVBUF))
+    sockets[0].setsockopt(SOL_SOCKET, SO_SNDBUF, 4096)
+    sockets[1].setsockopt(SOL_SOCKET, SO_RCVBUF, 4096)
+    blocked.ws.transport.pause_reading()
+    following = asyncio.create_task(streams[reader].read_until(reader, 1 << 62))
+    built: list[bytes] = []
+    real = metrics_packet
+
+    def counting(timestamp: int, next_index: int, count: int, records: bytes) -> bytes:
+        packet = real(timestamp, next_index, count, records)
+        built.append(packet)
+        return packet
+
+    monkeypatch.setattr(watch_module, "metrics_packet", counting)
+    step = writes = 5
+    while len(held.batches) < 3:
+        assert step < 20_000, "the blocked watcher's pushes were never queued"
+        await write(writer, mixed(commit, step, 100, BIG))
+        step += 100
+        writes += 1
+    print(f"3 pushes queued after {2 * step:,} records")
+    assert all(framed for *_, framed in held.batches)
+    assert len(built) == writes - 5, "one packet per batch, none for the blocked watcher"
+    sockets[0].setsockopt(SOL_SOCKET, SO_SNDBUF, sizes[0])
+    sockets[1].setsockopt(SOL_SOCKET, SO_RCVBUF, sizes[1])
+    blocked.ws.transport.resume_reading()
+    await streams[blocked].read_until(blocked, 2 * step)
+    await poll(lambda: streams[reader].next == 2 * step, "the reader's stream")
+    following.cancel()
+    records = on_disk(daemon, commit)
+    assert len(records) == 2 * step
+    for stream in streams.values():
+        stream.check_contiguous()
+        assert stream.records == records
+    for client in [reader, blocked, writer]:
         await client.ws.close()
 
 
