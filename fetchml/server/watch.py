@@ -14,6 +14,7 @@ permessage-deflate needs frames of its own: its batches are queued as records
 and merged into one packet per send.)
 """
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -150,7 +151,8 @@ class Subscriber:
         assert ws is not None
         if ws.protocol.state is State.OPEN:  # else it is closing: the stream ends
             ws.transport.write(frame)
-            await ws.drain()
+            with contextlib.suppress(OSError):  # lost: the connection's reader ends it
+                await ws.drain()
 
     async def _backfill(
         self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]
