@@ -211,8 +211,16 @@ class WatchHub:
         end = first + count
         shared: dict[bytes | None, tuple[bytes, int]] = {}
         built: dict[bytes | None, tuple[bytes, bytes]] = {}
-        """The push packet of each filter, and its frame."""
         direct: dict[bytes | None, list[ServerConnection]] = {}
+
+        def push_of(name: bytes | None) -> tuple[bytes, bytes]:
+            """The push packet of filter `name` and its frame, built once."""
+            if name not in built:
+                records, kept = shared[name]
+                packet = metrics_packet(int(time.time()), end, kept, records)
+                built[name] = packet, frame_of(packet)
+            return built[name]
+
         for sub in subs:
             if not sub.live or first > sub.next:
                 sub.live = False  # behind, or a gap (another writer): read from disk
@@ -232,21 +240,14 @@ class WatchHub:
                     sub.next = end
                     continue
                 if kept and sub.ws is not None and not sub.ws.protocol.extensions:
-                    if sub.name not in built:
-                        packet = metrics_packet(int(time.time()), end, kept, records)
-                        built[sub.name] = packet, frame_of(packet)
-                    sub.push(built[sub.name][1], kept, end, framed=True)
+                    sub.push(push_of(sub.name)[1], kept, end, framed=True)
                     continue
             if kept:
                 sub.push(records, kept, end)
             else:
                 sub.next = end
         for name, connections in direct.items():
-            if name not in built:
-                records, kept = shared[name]
-                packet = metrics_packet(int(time.time()), end, kept, records)
-                built[name] = packet, frame_of(packet)
-            write_to_all(connections, *built[name])
+            write_to_all(connections, *push_of(name))
 
 
 def frame_of(packet: bytes) -> bytes:
