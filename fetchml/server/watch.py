@@ -4,14 +4,15 @@ A subscriber is *live* once it has caught up with the file. Live subscribers
 of one name filter that have nothing queued and a writable connection are
 *caught up*: the store's commit hook builds one DATA packet (and its frame)
 per batch and filter and writes the same bytes to all of them at once,
-without waking their tasks. Any other live subscriber (one whose socket is
-full, or that still has pushes queued) gets that same frame queued; its own
-task writes the queued frames in order, each once the connection has drained,
-so a watcher whose socket is full never holds up ingest or the others and
-costs no packet of its own. Queued bytes beyond the buffer limit make it a
-slow subscriber, which the connection closes with 1008. (A connection with
-permessage-deflate needs frames of its own: its batches are queued as records
-and merged into one packet per send.)
+without waking their tasks. Any other live subscriber (its socket is full,
+or it still has pushes queued) gets the batch's records queued, shared per
+filter, with that same frame; its own task writes the frame as it is when it
+is the only batch queued (a socket full for a moment costs no packet of its
+own), or merges what is queued into one packet (a watcher that lags gets
+fewer, larger pushes), so a watcher whose socket is full never holds up
+ingest or the others. Queued bytes beyond the buffer limit make it a slow
+subscriber, which the connection closes with 1008. (With permessage-deflate
+a connection needs frames of its own: its batches are always merged.)
 """
 
 import contextlib
@@ -65,9 +66,9 @@ class Subscriber:
         """The experiment was pruned: the stream ends."""
         self.recheck = False
         """Another process may have appended: compare the file's count with `next`."""
-        self.batches: deque[tuple[bytes, int, int, bool]] = deque()
-        """Committed records not yet sent: (records or a whole push frame, count, index
-        just past the batch, whether it is a frame)."""
+        self.batches: deque[tuple[bytes, int, int, bytes | None]] = deque()
+        """Committed records not yet sent: (records, count, index just past the batch,
+        the push frame of exactly these records shared with other watchers, if any)."""
         self.queued = 0
         self.ws: ServerConnection | None = None
         """The watcher's connection, once its stream runs: caught up, it is pushed to
@@ -90,13 +91,13 @@ class Subscriber:
             self._wakeup.set()
             self._wakeup = None
 
-    def push(self, data: bytes, count: int, next_index: int, framed: bool = False) -> None:
-        """Queue a batch's records, or (`framed`) the push frame shared with others."""
-        if self.batches and self.queued + len(data) > self.limit:
+    def push(self, records: bytes, count: int, next_index: int, frame: bytes | None = None) -> None:
+        """Queue a batch's records (and the push frame of them shared with others)."""
+        if self.batches and self.queued + len(records) > self.limit:
             self.overflow = True
         else:
-            self.batches.append((data, count, next_index, framed))
-            self.queued += len(data)
+            self.batches.append((records, count, next_index, frame))
+            self.queued += len(records)
             self.next = next_index
         self.wake()
 
@@ -105,9 +106,7 @@ class Subscriber:
         costs one send per wakeup, not one per flush."""
         parts: list[bytes] = []
         count = size = next_index = 0
-        while self.batches and not self.batches[0][3]:
-            if parts and size + len(self.batches[0][0]) > MERGE_BYTES:
-                break
+        while self.batches and (not parts or size + len(self.batches[0][0]) <= MERGE_BYTES):
             records, n, next_index, _ = self.batches.popleft()
             parts.append(records)
             count += n
@@ -119,7 +118,7 @@ class Subscriber:
         """Send until cancelled; raises SlowSubscriber when the buffer overflows."""
         while True:
             while self.batches:
-                if self.batches[0][3]:
+                if len(self.batches) == 1 and self.batches[0][3] is not None:
                     await self._write_frame()
                 else:
                     await send(self._take())
@@ -143,10 +142,11 @@ class Subscriber:
                 await wakeup.wait()
 
     async def _write_frame(self) -> None:
-        """The first queued batch, a frame shared with other watchers: written as it is,
-        then wait until the connection's write buffer is below its low-water mark."""
-        frame = self.batches.popleft()[0]
-        self.queued -= len(frame)
+        """The one batch queued, as the frame shared with other watchers: written as it
+        is, then wait until the connection's write buffer is below its low-water mark."""
+        records, _, _, frame = self.batches.popleft()
+        assert frame is not None
+        self.queued -= len(records)
         ws = self.ws
         assert ws is not None
         if ws.protocol.state is State.OPEN:  # else it is closing: the stream ends
@@ -240,7 +240,7 @@ class WatchHub:
                     sub.next = end
                     continue
                 if kept and sub.ws is not None and not sub.ws.protocol.extensions:
-                    sub.push(push_of(sub.name)[1], kept, end, framed=True)
+                    sub.push(records, kept, end, push_of(sub.name)[1])
                     continue
             if kept:
                 sub.push(records, kept, end)

@@ -190,9 +190,10 @@ async def test_mixed_filters_lagging_and_blocked_watchers_get_exact_streams(
 async def test_a_watcher_with_a_full_socket_is_queued_the_shared_frame_in_order(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A live watcher whose connection is above its high-water mark gets the same push
-    frame as the caught-up ones, queued: no packet is built for it, and once it reads
-    again its stream is exact."""
+    """A live watcher whose connection is above its high-water mark is queued the same
+    push frame as the caught-up ones: with one batch queued it writes that frame (no
+    packet built for it); what queues up behind is merged once it reads again, and its
+    stream is exact."""
     commit = commit_of(24)
     writer = await create(daemon, commit)
     await write(writer, mixed(commit, 0, 5))
@@ -232,12 +233,15 @@ async def test_a_watcher_with_a_full_socket_is_queued_the_shared_frame_in_order(
         step += 100
         writes += 1
     print(f"3 pushes queued after {2 * step:,} records")
-    assert all(framed for *_, framed in held.batches)
+    assert all(frame is not None for *_, frame in held.batches)
     assert len(built) == writes - 5, "one packet per batch, none for the blocked watcher"
+    before = len(streams[blocked].packets)
     sockets[0].setsockopt(SOL_SOCKET, SO_SNDBUF, sizes[0])
     sockets[1].setsockopt(SOL_SOCKET, SO_RCVBUF, sizes[1])
     blocked.ws.transport.resume_reading()
     await streams[blocked].read_until(blocked, 2 * step)
+    queued = len(streams[blocked].packets) - before
+    assert queued < writes - 5, f"{queued} pushes for {writes - 5} batches: none merged"
     await poll(lambda: streams[reader].next == 2 * step, "the reader's stream")
     following.cancel()
     records = on_disk(daemon, commit)
