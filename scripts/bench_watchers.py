@@ -63,6 +63,8 @@ class Watcher:
     end: int = 0
     skipping: int = 0
     """Bytes of the current push still to receive."""
+    receiving: int = 0
+    """Records of the current push: counted once its last byte is received."""
     records: int = 0
     pushes: int = 0
     slow_closes: int = 0
@@ -141,7 +143,11 @@ class Watcher:
             taken = min(self.skipping, held)
             self.start += taken
             self.skipping -= taken
-            return not self.skipping and self.start < self.end
+            if self.skipping:
+                return False
+            self.records += self.receiving
+            self.pushes += 1
+            return self.start < self.end
         if held < 2:
             return False
         at, buf = self.start, self.buf
@@ -199,8 +205,7 @@ class Watcher:
         if not count * RECORD_MIN <= records <= count * RECORD_MAX:
             raise ValueError(f"a push of {count} records in {records} bytes")
         self.next = pushed
-        self.records += count
-        self.pushes += 1
+        self.receiving = count
 
 
 def run_watchers(
