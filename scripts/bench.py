@@ -541,10 +541,13 @@ def ingest_with_watchers(b: Bench, figure: str, count: int, suffix: str) -> Row:
         "competes for the same CPUs)"
     )
     if followed:
+        share = followed.records / (count * watched_acked) if watched_acked else 0.0
         b.notes.append(
             f"{count} watchers received {followed.records:,} records in {followed.pushes:,} "
-            f"pushes while {watched_acked:,} were written; closed as too slow "
-            f"{followed.slow_closes} times (they resume)"
+            f"pushes while {watched_acked:,} were written ({share:.0%} of it each; what "
+            "is still in flight when ingest stops is not counted); closed as too slow "
+            f"{followed.slow_closes} times (they resume). Each push's bytes were all "
+            "received and its count and next checked (no gap, no duplicate)"
         )
     return Row(
         BY_KEY[figure],

@@ -15,7 +15,8 @@ connections, missing answers. Modes:
   watch     watchers plus a paced writer in this process: push latency (the writer on
             --writer-url when given: another node's); a watcher with no push within
             --push-timeout seconds of the last write counts as silent, not an error
-  watchers  watchers that only receive, until stdin closes (prints "ready" first)
+  watchers  watchers that only receive, until stdin closes (prints "ready" first); lean
+            readers that parse only frame and push heads (bench_watchers.py)
   idle      idle connections, held until stdin closes (prints "ready" first)
   claims    idle workers: claim loops with the worker's backoff, one connection each,
             until stdin closes (prints "ready" after every loop's first claim)
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Any
 
+import bench_watchers
 from bench_records import (
     Claims,
     Idle,
@@ -507,73 +509,17 @@ async def run_watch(args: argparse.Namespace, errors: Errors) -> Watch:
     )
 
 
-# -- watchers: followers under max-speed ingest ---------------------------------------
-
-
-@dataclass
-class Follow:
-    records: int = 0
-    pushes: int = 0
-    slow_closes: int = 0
-
-
-async def follow(
-    url: str, key: bytes, commit: bytes, from_index: int, ready: asyncio.Event, stats: Follow
-) -> None:
-    """One watcher until cancelled; closed as too slow, it resumes from the last `next`."""
-    next_index = from_index
-    while True:
-        ws = await start_watch(url, key, commit, next_index)
-        ready.set()
-        try:
-            async for message in ws:
-                next_index, count = push_page(message)
-                stats.records += count
-                stats.pushes += 1
-        except ConnectionClosed as exc:
-            if exc.rcvd is None or exc.rcvd.reason != "subscriber too slow":
-                raise
-            stats.slow_closes += 1
-            continue
-        finally:
-            await ws.close()
-        raise ConnectionError(f"watch stream ended: {ws.close_code} {ws.close_reason}")
-
-
-async def wait_ready(ready: list[asyncio.Event], tasks: list["asyncio.Task[None]"]) -> None:
-    """Until each watcher is accepted, or has failed (its task then holds the error)."""
-    for event, task in zip(ready, tasks, strict=True):
-        accepted = asyncio.create_task(event.wait())
-        await asyncio.wait({accepted, task}, return_when=asyncio.FIRST_COMPLETED)
-        accepted.cancel()
+# -- watchers: followers under max-speed ingest (bench_watchers) ---------------------
 
 
 async def run_watchers(args: argparse.Namespace, errors: Errors) -> Watchers:
     key, commit = key_hash(args.key), bytes.fromhex(args.commits)
-    stats = [Follow() for _ in range(args.watchers)]
-    ready = [asyncio.Event() for _ in stats]
-    tasks = [
-        asyncio.create_task(follow(args.url, key, commit, args.from_index, r, s))
-        for r, s in zip(ready, stats, strict=True)
-    ]
-    await wait_ready(ready, tasks)
-    print("ready", flush=True)
-    await asyncio.to_thread(sys.stdin.read)  # the bench closes our stdin when done
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except (WebSocketException, OSError, ConnectionError, ValueError) as exc:
-            errors[f"watcher failed: {exception_text(exc)}"] += 1
-    return Watchers(
-        watchers=len(stats),
-        records=sum(s.records for s in stats),
-        pushes=sum(s.pushes for s in stats),
-        slow_closes=sum(s.slow_closes for s in stats),
+    result, failures = bench_watchers.run_watchers(
+        args.url, key, commit, args.watchers, args.from_index
     )
+    for text in failures:
+        errors[f"watcher failed: {text}"] += 1
+    return result
 
 
 # -- idle: memory per connection --------------------------------------------------------

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.frames import Frame, Opcode
 
-from fetchml.protocol.metrics import encode_record, iter_records, scan
+from fetchml.protocol.metrics import encode_record, iter_records, metrics_packet, scan
 from tests.support.daemon import daemon_at
 from tests.support.experiments import make_experiment
 from tests.support.keys import ADMIN_KEY
@@ -21,6 +22,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
 import bench_cluster  # noqa: E402
 import bench_large_data  # noqa: E402
+import bench_watchers  # noqa: E402
 from bench_figures import BY_KEY, FIGURES, LARGE_FIGURES, Row, markdown_table  # noqa: E402
 from bench_records import (  # noqa: E402
     Claims,
@@ -241,6 +243,51 @@ def test_claim_loops_back_off_like_the_worker(tmp_path: Path) -> None:
         server.close()
     assert load.returncode == 0, stderr
     assert read_report(stdout.splitlines()[-1]) == Report("claims", Claims(5, 5), [])
+
+
+def test_the_watchers_load_receives_every_push_and_refuses_a_gap(tmp_path: Path) -> None:
+    """bench_load.py's `watchers` against a real daemon: each watcher gets every record
+    of the experiment (its pushes' heads checked, their bytes received); and a push
+    whose count does not follow the last `next` is refused."""
+    records = b"".join(encode_record(1764000000, i, float(i), b"loss") for i in range(3000))
+    server = daemon_at(tmp_path)
+    make_experiment(server.data, commit("watched"), records)
+    server.start()
+    try:
+        load = subprocess.Popen(
+            [
+                *(sys.executable, str(ROOT / "scripts" / "bench_load.py"), "watchers"),
+                *("--url", server.url, "--key", ADMIN_KEY, "--commits", commit("watched")),
+                *("--watchers", "3", "--from-index", "1000"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert load.stdout is not None
+        assert load.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        stdout, stderr = load.communicate(timeout=60)
+    finally:
+        server.close()
+    assert load.returncode == 0, stderr
+    report = read_report(stdout.splitlines()[-1])
+    assert report.errors == [] and isinstance(report.result, Watchers), report
+    assert (report.result.records, report.result.slow_closes) == (3 * 2000, 0)
+
+    watcher = bench_watchers.Watcher("ws://127.0.0.1:9/ws", bytes(16), bytes(20), 10)
+    three = records[: 3 * len(records) // 3000]
+    for next_index in (13, 16, 20):
+        frame = Frame(Opcode.BINARY, metrics_packet(0, next_index, 3, three)).serialize(mask=False)
+        watcher.buf[: len(frame)] = frame
+        watcher.start, watcher.end = 0, len(frame)
+        if next_index == 20:
+            with pytest.raises(ValueError, match="3 records from 16 to 20"):
+                watcher._frame()
+        else:
+            assert watcher._frame() and not watcher._frame()
+    assert (watcher.next, watcher.records, watcher.pushes) == (16, 6, 2)
 
 
 # -- cluster figures ------------------------------------------------------------------------

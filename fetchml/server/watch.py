@@ -4,13 +4,18 @@ A subscriber is *live* once it has caught up with the file. Live subscribers
 of one name filter that have nothing queued and a writable connection are
 *caught up*: the store's commit hook builds one DATA packet (and its frame)
 per batch and filter and writes the same bytes to all of them at once,
-without waking their tasks. Any other live subscriber gets the batch's
-records queued (shared per filter); its own task merges and sends them, so
-a watcher whose socket is full never holds up ingest or the others. Queued
-bytes beyond the buffer limit make it a slow subscriber, which the
-connection closes with 1008.
+without waking their tasks. Any other live subscriber (its socket is full,
+or it still has pushes queued) gets the batch's records queued, shared per
+filter, with that same frame; its own task writes the frame as it is when it
+is the only batch queued (a socket full for a moment costs no packet of its
+own), or merges what is queued into one packet (a watcher that lags gets
+fewer, larger pushes), so a watcher whose socket is full never holds up
+ingest or the others. Queued bytes beyond the buffer limit make it a slow
+subscriber, which the connection closes with 1008. (With permessage-deflate
+a connection needs frames of its own: its batches are always merged.)
 """
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -59,8 +64,11 @@ class Subscriber:
         self.overflow = False
         self.gone = False
         """The experiment was pruned: the stream ends."""
-        self.batches: deque[tuple[bytes, int, int]] = deque()
-        """Committed records not yet sent: (records, count, index just past the batch)."""
+        self.recheck = False
+        """Another process may have appended: compare the file's count with `next`."""
+        self.batches: deque[tuple[bytes, int, int, bytes | None]] = deque()
+        """Committed records not yet sent: (records, count, index just past the batch,
+        the push frame of exactly these records shared with other watchers, if any)."""
         self.queued = 0
         self.ws: ServerConnection | None = None
         """The watcher's connection, once its stream runs: caught up, it is pushed to
@@ -83,11 +91,12 @@ class Subscriber:
             self._wakeup.set()
             self._wakeup = None
 
-    def push(self, records: bytes, count: int, next_index: int) -> None:
+    def push(self, records: bytes, count: int, next_index: int, frame: bytes | None = None) -> None:
+        """Queue a batch's records (and the push frame of them shared with others)."""
         if self.batches and self.queued + len(records) > self.limit:
             self.overflow = True
         else:
-            self.batches.append((records, count, next_index))
+            self.batches.append((records, count, next_index, frame))
             self.queued += len(records)
             self.next = next_index
         self.wake()
@@ -98,7 +107,7 @@ class Subscriber:
         parts: list[bytes] = []
         count = size = next_index = 0
         while self.batches and (not parts or size + len(self.batches[0][0]) <= MERGE_BYTES):
-            records, n, next_index = self.batches.popleft()
+            records, n, next_index, _ = self.batches.popleft()
             parts.append(records)
             count += n
             size += len(records)
@@ -109,12 +118,21 @@ class Subscriber:
         """Send until cancelled; raises SlowSubscriber when the buffer overflows."""
         while True:
             while self.batches:
-                await send(self._take())
+                if len(self.batches) == 1 and self.batches[0][3] is not None:
+                    await self._write_frame()
+                else:
+                    await send(self._take())
             if self.overflow:
                 raise SlowSubscriber
             if self.gone:
                 raise NotFound(f"experiment {self.commit} was pruned")
+            if self.recheck and self.live:
+                self.recheck = False
+                if self.next < await store.count(self.commit):
+                    self.live = False  # records of another process: read them from the file
+                continue
             if not self.live:
+                self.recheck = False
                 if self.next < await store.count(self.commit):
                     await self._backfill(store, send)
                     continue
@@ -122,6 +140,19 @@ class Subscriber:
             if not self.batches:
                 wakeup = self._wakeup = anyio.Event()
                 await wakeup.wait()
+
+    async def _write_frame(self) -> None:
+        """The one batch queued, as the frame shared with other watchers: written as it
+        is, then wait until the connection's write buffer is below its low-water mark."""
+        records, _, _, frame = self.batches.popleft()
+        assert frame is not None
+        self.queued -= len(records)
+        ws = self.ws
+        assert ws is not None
+        if ws.protocol.state is State.OPEN:  # else it is closing: the stream ends
+            ws.transport.write(frame)
+            with contextlib.suppress(OSError):  # lost: the connection's reader ends it
+                await ws.drain()
 
     async def _backfill(
         self, store: ExperimentStore, send: Callable[[bytes], Awaitable[None]]
@@ -158,10 +189,13 @@ class WatchHub:
         return list(self._subs)
 
     def nudge(self, commit: str) -> None:
-        """Another process appended to the experiment (cluster fan-out, or the file grew):
-        its watchers read what is new from the file, in order, as a late watcher does."""
+        """Another process may have appended to the experiment (cluster fan-out, or the
+        file grew): each watcher compares the file's count with its own and reads what is
+        new from the file, in order, as a late watcher does. One with nothing new stays
+        live, so a nudge of this process's own appends (a stat racing a flush) costs a
+        count, never a detour through the file while ingest runs."""
         for sub in self._subs.get(commit, ()):
-            sub.live = False
+            sub.recheck = True
             sub.wake()
 
     def end(self, commit: str) -> None:
@@ -176,7 +210,17 @@ class WatchHub:
             return
         end = first + count
         shared: dict[bytes | None, tuple[bytes, int]] = {}
+        built: dict[bytes | None, tuple[bytes, bytes]] = {}
         direct: dict[bytes | None, list[ServerConnection]] = {}
+
+        def push_of(name: bytes | None) -> tuple[bytes, bytes]:
+            """The push packet of filter `name` and its frame, built once."""
+            if name not in built:
+                records, kept = shared[name]
+                packet = metrics_packet(int(time.time()), end, kept, records)
+                built[name] = packet, frame_of(packet)
+            return built[name]
+
         for sub in subs:
             if not sub.live or first > sub.next:
                 sub.live = False  # behind, or a gap (another writer): read from disk
@@ -195,23 +239,29 @@ class WatchHub:
                     direct.setdefault(sub.name, []).append(sub.ws)
                     sub.next = end
                     continue
+                if kept and sub.ws is not None and not sub.ws.protocol.extensions:
+                    sub.push(records, kept, end, push_of(sub.name)[1])
+                    continue
             if kept:
                 sub.push(records, kept, end)
             else:
                 sub.next = end
         for name, connections in direct.items():
-            records, kept = shared[name]
-            write_to_all(connections, metrics_packet(int(time.time()), end, kept, records))
+            write_to_all(connections, *push_of(name))
 
 
-def write_to_all(connections: list[ServerConnection], packet: bytes) -> None:
-    """`packet` as one binary frame on each open connection, written now, never awaited.
+def frame_of(packet: bytes) -> bytes:
+    """`packet` as one unmasked binary frame, as a server sends it."""
+    return Frame(Opcode.BINARY, packet).serialize(mask=False)
+
+
+def write_to_all(connections: list[ServerConnection], packet: bytes, frame: bytes) -> None:
+    """`packet` (serialized as `frame`) on each open connection, written now, never awaited.
 
     The frame is serialized once and the same bytes go to every connection without an
     extension: websockets' broadcast() would build (copy) it once per connection. A
     connection with permessage-deflate needs a frame of its own: broadcast() makes it.
     """
-    frame = Frame(Opcode.BINARY, packet).serialize(mask=False)
     for ws in connections:
         if ws.protocol.state is State.OPEN and not ws.protocol.extensions:
             ws.transport.write(frame)

@@ -2,6 +2,7 @@
 watchers that are behind (backfilling, or with a full socket) still get exact streams."""
 
 import asyncio
+from socket import SO_RCVBUF, SO_SNDBUF, SOL_SOCKET
 
 import pytest
 from websockets.asyncio.client import connect
@@ -85,6 +86,47 @@ async def test_caught_up_watchers_of_one_filter_get_one_push_built_once(
         await client.ws.close()
 
 
+async def test_a_nudge_racing_a_commit_keeps_caught_up_watchers_on_the_shared_push(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file poller's stat may see this daemon's own append and nudge the watchers just
+    before that append's push: they stay live (the file holds nothing they lack), so the
+    push is still the one shared packet, never a read of the file per watcher."""
+    commit = commit_of(23)
+    writer = await create(daemon, commit)
+    await write(writer, mixed(commit, 0, 5))
+    clients = [await start_watch(daemon, watch(commit)) for _ in range(8)]
+    streams = [Stream(0) for _ in clients]
+    for client, stream in zip(clients, streams, strict=True):
+        await stream.read_until(client, 10)
+    subs = subscribers(daemon, commit)
+    await poll(lambda: all(s.caught_up for s in subs), "every watcher to be caught up")
+    hub, ctx = daemon.app.hub, daemon.app.ctx
+    assert ctx is not None
+    ctx.store.hooks.insert(0, lambda hex_id, *_: hub.nudge(hex_id))
+    built: list[bytes] = []
+    real = metrics_packet
+
+    def counting(timestamp: int, next_index: int, count: int, records: bytes) -> bytes:
+        packet = real(timestamp, next_index, count, records)
+        built.append(packet)
+        return packet
+
+    monkeypatch.setattr(watch_module, "metrics_packet", counting)
+    writes = 5
+    for n in range(writes):
+        await write(writer, mixed(commit, 5 + 3 * n, 3))
+        for client, stream in zip(clients, streams, strict=True):
+            await stream.read_until(client, 16 + 6 * n)
+    assert len(built) == writes, f"{len(built)} packets built for {writes} nudged batches"
+    records = on_disk(daemon, commit)
+    for stream in streams:
+        stream.check_contiguous()
+        assert stream.records == records
+    for client in [*clients, writer]:
+        await client.ws.close()
+
+
 async def test_mixed_filters_lagging_and_blocked_watchers_get_exact_streams(
     start_daemon: DaemonFactory,
 ) -> None:
@@ -142,6 +184,72 @@ async def test_mixed_filters_lagging_and_blocked_watchers_get_exact_streams(
     for client, stream in streams.items():
         assert stream.records == [r for r in records if names[client] in ("", r.name)]
     for client in [*streams, blocked, writer]:
+        await client.ws.close()
+
+
+async def test_a_watcher_with_a_full_socket_is_queued_the_shared_frame_in_order(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live watcher whose connection is above its high-water mark is queued the same
+    push frame as the caught-up ones: with one batch queued it writes that frame (no
+    packet built for it); what queues up behind is merged once it reads again, and its
+    stream is exact."""
+    commit = commit_of(24)
+    writer = await create(daemon, commit)
+    await write(writer, mixed(commit, 0, 5))
+    reader = await start_watch(daemon, watch(commit))
+    others = subscribers(daemon, commit)
+    blocked = await start_watch(daemon, watch(commit))
+    streams = {reader: Stream(0), blocked: Stream(0)}
+    for client, stream in streams.items():
+        await stream.read_until(client, 10)
+    await poll(lambda: len(subscribers(daemon, commit)) == 2, "both streams")
+    (held,) = subscribers(daemon, commit) - others
+    await poll(lambda: all(s.caught_up for s in subscribers(daemon, commit)), "caught up")
+    # Small socket buffers on both ends, and a watcher that stops reading: a few hundred
+    # kilobytes fill them.
+    assert held.ws is not None
+    sockets = [held.ws.transport.get_extra_info("socket")]
+    sockets.append(blocked.ws.transport.get_extra_info("socket"))
+    sizes = [sockets[0].getsockopt(SOL_SOCKET, SO_SNDBUF)]
+    sizes.append(sockets[1].getsockopt(SOL_SOCKET, SO_RCVBUF))
+    sockets[0].setsockopt(SOL_SOCKET, SO_SNDBUF, 4096)
+    sockets[1].setsockopt(SOL_SOCKET, SO_RCVBUF, 4096)
+    blocked.ws.transport.pause_reading()
+    following = asyncio.create_task(streams[reader].read_until(reader, 1 << 62))
+    built: list[bytes] = []
+    real = metrics_packet
+
+    def counting(timestamp: int, next_index: int, count: int, records: bytes) -> bytes:
+        packet = real(timestamp, next_index, count, records)
+        built.append(packet)
+        return packet
+
+    monkeypatch.setattr(watch_module, "metrics_packet", counting)
+    step = writes = 5
+    while len(held.batches) < 3:
+        assert step < 20_000, "the blocked watcher's pushes were never queued"
+        await write(writer, mixed(commit, step, 100, BIG))
+        step += 100
+        writes += 1
+    print(f"3 pushes queued after {2 * step:,} records")
+    assert all(frame is not None for *_, frame in held.batches)
+    assert len(built) == writes - 5, "one packet per batch, none for the blocked watcher"
+    before = len(streams[blocked].packets)
+    sockets[0].setsockopt(SOL_SOCKET, SO_SNDBUF, sizes[0])
+    sockets[1].setsockopt(SOL_SOCKET, SO_RCVBUF, sizes[1])
+    blocked.ws.transport.resume_reading()
+    await streams[blocked].read_until(blocked, 2 * step)
+    queued = len(streams[blocked].packets) - before
+    assert queued < writes - 5, f"{queued} pushes for {writes - 5} batches: none merged"
+    await poll(lambda: streams[reader].next == 2 * step, "the reader's stream")
+    following.cancel()
+    records = on_disk(daemon, commit)
+    assert len(records) == 2 * step
+    for stream in streams.values():
+        stream.check_contiguous()
+        assert stream.records == records
+    for client in [reader, blocked, writer]:
         await client.ws.close()
 
 
