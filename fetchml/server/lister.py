@@ -5,6 +5,7 @@ step counted when it is reached. Event loop only; worker threads get values
 """
 
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 LIST_CHUNK = 512
 """Experiments counted in the first step of a listing; each next step counts twice as many."""
+SAVE_INTERVAL_S = 60.0
+"""A changed listing is saved at most this often (saving tens of thousands of entries costs
+a worker thread some 100 ms of the interpreter's time), and when the store closes."""
 SWEEP_S = 10.0
 """The longest the order goes without a stat of every experiment's directory: in between,
 only the new ones and those the last listing reached are looked at."""
@@ -68,6 +72,8 @@ class Lister:
         self._unsaved = False
         """`_seen` differs from what `<base>/.fetchml-listing` holds."""
         self._saving = False
+        self._saved_at = -math.inf
+        """When the listing was last saved or read from the file (time.monotonic)."""
         self._order: tuple[list[ExperimentInfo], list[ExperimentInfo]] | None = None
         """The held experiments' metadata and the order last made with it."""
         self._first_unreadable = 0
@@ -126,6 +132,8 @@ class Lister:
         self.tree = tree = await anyio.to_thread.run_sync(list_tree, self.store.base, old_tree)
         if self._seen is None:
             self._seen = await anyio.to_thread.run_sync(listcache.load, self.store.base)
+            if self._seen:
+                self._saved_at = time.monotonic()
         held = {exp.commit for exp in self.opened}
         now = time.monotonic()
         if self._order is None or now - self._swept >= SWEEP_S:
@@ -217,18 +225,24 @@ class Lister:
         self._order = None
 
     def _save_listing(self, tg: anyio.abc.TaskGroup | None) -> None:
-        """Save the listing in the background when it changed and no save is under way."""
+        """Save the listing in the background when it changed, no save is under way and the
+        last one is SAVE_INTERVAL_S old (none was read or saved yet: at once)."""
         if self._seen is None or not self._unsaved or self._saving or tg is None:
             return
+        if time.monotonic() - self._saved_at < SAVE_INTERVAL_S:
+            return
+        tg.start_soon(self.save)
+
+    async def save(self) -> None:
+        """Save the listing now if it changed since it was last saved (the store closing)."""
+        if self._seen is None or not self._unsaved or self._saving:
+            return
         self._saving, self._unsaved, snapshot = True, False, dict(self._seen)
-
-        async def save() -> None:
-            try:
-                await anyio.to_thread.run_sync(listcache.save, self.store.base, snapshot)
-            finally:
-                self._saving = False
-
-        tg.start_soon(save)
+        self._saved_at = time.monotonic()
+        try:
+            await anyio.to_thread.run_sync(listcache.save, self.store.base, snapshot)
+        finally:
+            self._saving = False
 
     def _forget_seen(self) -> bool:
         self._seen = {}  # the saved listing is not read again: a LIST reads every experiment

@@ -100,6 +100,7 @@ class ExperimentStore:
         await anyio.to_thread.run_sync(exlock.sweep_pruned, self.base)
         self._stack.callback(self._open.close)  # runs last, even when cancelled
         tg = self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        self._stack.push_async_callback(self.lister.save)  # what changed since the last save
         self._commits = GroupCommit(
             tg,
             self._write,
