@@ -257,9 +257,10 @@ def _windows(bounds: list[int], window: int) -> list[tuple[int, int]]:
 
 
 def lttb_windows(n: int, threshold: int, load: Load, window: int = LTTB_WINDOW) -> list[int]:
-    """`lttb` over `n` points read a window of whole buckets at a time by `load`: the same
-    answer, holding about `window` points (the sums of a bucket do not depend on the
-    window it is read in)."""
+    """`lttb` over `n` points read a window of whole buckets at a time by `load`, in one
+    pass: the same answer, holding about two windows' points (the sums of a bucket do not
+    depend on the window it is read in; a window's last bucket is chosen from once the
+    next window's first average is known)."""
     if threshold >= n:
         return list(range(n))
     if threshold == 1:
@@ -269,39 +270,48 @@ def lttb_windows(n: int, threshold: int, load: Load, window: int = LTTB_WINDOW) 
     every = (n - 2) / (threshold - 2)
     # Bucket i holds [bounds[i], bounds[i + 1]); after the last one, the last point alone.
     bounds = [int(i * every) + 1 for i in range(threshold - 1)]
-    runs = _windows(bounds, window)
-    lx, ly = (float(v[0]) for v in load(n - 1, n))
+    small = every < SMALL_BUCKET
     avg_x: list[float] = []
     avg_y: list[float] = []
-    for first, stop in runs:
-        x, y = (np.asarray(v, dtype=np.float64) for v in load(bounds[first], bounds[stop]))
-        starts = [b - bounds[first] for b in bounds[first:stop]]
+    chosen = [0]
+    ax, ay = (float(v[0]) for v in load(0, 1))
+
+    def pick(i: int, base: int, x: Any, y: Any) -> None:
+        """Choose bucket i's point: `x` and `y` hold the points from index `base` on."""
+        nonlocal ax, ay
+        lo, hi = bounds[i] - base, bounds[i + 1] - base
+        # Twice the triangle's area is |dx * (y - ay) + dy * (x - ax)|.
+        dx, dy = ax - avg_x[i + 1], avg_y[i + 1] - ay
+        if small:
+            a, best = lo, -1.0
+            for j in range(lo, hi):
+                area = abs(dx * (y[j] - ay) + dy * (x[j] - ax))
+                if area > best:
+                    a, best = j, area
+        else:
+            areas = np.abs(dx * (y[lo:hi] - ay) + dy * (x[lo:hi] - ax))
+            a = lo + int(np.argmax(np.fmax(areas, -1.0)))  # NaN: -1
+        ax, ay = float(x[a]), float(y[a])
+        chosen.append(base + a)
+
+    pending: tuple[int, int, Any, Any] | None = None
+    for first, stop in _windows(bounds, window):
+        base = bounds[first]
+        x, y = (np.asarray(v, dtype=np.float64) for v in load(base, bounds[stop]))
+        starts = [b - base for b in bounds[first:stop]]
         spans = np.diff(bounds[first : stop + 1])
         avg_x += (np.add.reduceat(x, starts) / spans).tolist()
         avg_y += (np.add.reduceat(y, starts) / spans).tolist()
+        xs, ys = (x.tolist(), y.tolist()) if small else (x, y)
+        if pending is not None:
+            pick(*pending)
+        for i in range(first, stop - 1):
+            pick(i, base, xs, ys)
+        pending = (stop - 1, base, xs, ys)
+    lx, ly = (float(v[0]) for v in load(n - 1, n))
     avg_x.append(lx)
     avg_y.append(ly)
-    small = every < SMALL_BUCKET
-    chosen = [0]
-    ax, ay = (float(v[0]) for v in load(0, 1))
-    for first, stop in runs:
-        base = bounds[first]
-        x, y = (np.asarray(v, dtype=np.float64) for v in load(base, bounds[stop]))
-        xl, yl = (x.tolist(), y.tolist()) if small else (x, y)
-        for i in range(first, stop):
-            lo, hi = bounds[i] - base, bounds[i + 1] - base
-            # Twice the triangle's area is |dx * (y - ay) + dy * (x - ax)|.
-            dx, dy = ax - avg_x[i + 1], avg_y[i + 1] - ay
-            if small:
-                a, best = lo, -1.0
-                for j in range(lo, hi):
-                    area = abs(dx * (yl[j] - ay) + dy * (xl[j] - ax))
-                    if area > best:
-                        a, best = j, area
-            else:
-                areas = np.abs(dx * (y[lo:hi] - ay) + dy * (x[lo:hi] - ax))
-                a = lo + int(np.argmax(np.fmax(areas, -1.0)))  # NaN: -1
-            ax, ay = float(xl[a]), float(yl[a])
-            chosen.append(base + a)
+    assert pending is not None  # threshold > 2: one bucket at least
+    pick(*pending)
     chosen.append(n - 1)
     return chosen

@@ -34,6 +34,7 @@ from fetchml.server.sidecar import Checkpoint
 from fetchml.server.storage import ExperimentStore
 from tests.support.daemon import poll
 from tests.support.experiments import STAMP, big_metrics, make_experiment
+from tests.support.lttb import reference_lttb
 
 NAMES = (b"loss", b"accuracy", b"lr", b"grad/norm")
 
@@ -462,6 +463,21 @@ def test_lttb_a_window_at_a_time_is_lttb_and_holds_a_window(seed: int) -> None:
         bucket = -(-(n - 2) // (threshold - 2)) + 1
         assert series.lttb_windows(n, threshold, load, window=64) == series.lttb(xs, ys, threshold)
         assert max(loaded) <= max(64, bucket)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lttb_a_window_at_a_time_is_the_reference_lttb(seed: int) -> None:
+    """Windows of a few buckets, in one pass, choose what the paper's LTTB chooses."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(500, 3000))
+    xs = np.sort(rng.integers(0, 10 * n, n)).astype(np.uint32)
+    ys = rng.normal(size=n)
+    points = list(zip(xs.tolist(), ys.tolist(), strict=True))
+    for threshold in (3, 4, 40, 300, n // 2):
+        expected = reference_lttb(points, threshold)
+        for window in (1, 64, 1000, n):
+            got = series.lttb_windows(n, threshold, lambda lo, hi: (xs[lo:hi], ys[lo:hi]), window)
+            assert got == expected, (threshold, window)
 
 
 async def test_appends_extend_the_sidecars_in_the_background(tmp_path: Path) -> None:
