@@ -26,7 +26,7 @@ from fetchml.protocol.metrics import (
 )
 from fetchml.protocol.records import Metadata
 from fetchml.protocol.requests import QueryMetrics
-from fetchml.server import fastscan, indexer, series, sidecar, tools
+from fetchml.server import fastscan, indexer, offsets, series, sidecar, tools
 from fetchml.server.files import scan_file
 from fetchml.server.query import query_page
 from fetchml.server.series import SeriesCache
@@ -556,3 +556,31 @@ async def test_without_sidecars_queries_read_the_file(
     assert "sidecars not written: more than 2 names" in caplog.text
     assert caplog.text.count("sidecars not") == 1  # tried once, not on every read
     assert sidecar.load(tmp_path / commit) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_read_from_an_anchor_gives_whole_records_within_its_bounds(
+    tmp_path: Path, seed: int
+) -> None:
+    """Pages read from an anchor (records found with numpy) are the records a walk of the
+    file finds, cut by max_bytes and stop as before; names of any length, in any order."""
+    rng = random.Random(seed)
+    names = [bytes(rng.choice(b"abcxyz_/") for _ in range(rng.randint(1, 40))) for _ in range(7)]
+    records = [encode_record(STAMP, i, i / 3, rng.choice(names)) for i in range(20_000)]
+    data = b"".join(records)
+    (tmp_path / "metrics.bin").write_bytes(data)
+    bounds = [0]
+    for r in records:
+        bounds.append(bounds[-1] + len(r))
+    for _ in range(40):
+        first = rng.randrange(0, 20_000, 4096)
+        start = rng.randrange(first, 20_000)
+        stop = rng.randrange(start + 1, 20_001)
+        max_bytes = rng.randint(1, 300_000)
+        chunk = offsets.read_anchored(
+            tmp_path, bounds[first], first, len(data), start, max_bytes, stop, 20_000
+        )
+        fits = max(i for i in range(start, stop + 1) if bounds[i] - bounds[start] <= max_bytes)
+        take = max(1, fits - start)
+        assert (chunk.start, chunk.records) == (start, take)
+        assert chunk.data == data[bounds[start] : bounds[start + take]]
