@@ -56,15 +56,7 @@ async def test_caught_up_watchers_of_one_filter_get_one_push_built_once(
     await poll(lambda: all(s.live for s in subs), "every watcher to be live")
     assert len(subs) == 16
 
-    built: list[bytes] = []
-    real = metrics_packet
-
-    def counting(timestamp: int, next_index: int, count: int, records: bytes) -> bytes:
-        packet = real(timestamp, next_index, count, records)
-        built.append(packet)
-        return packet
-
-    monkeypatch.setattr(watch_module, "metrics_packet", counting)
+    built = packets_built(monkeypatch)
     writes = 5
     for n in range(writes):
         await write(writer, mixed(commit, 5 + 3 * n, 3))
@@ -104,15 +96,7 @@ async def test_a_nudge_racing_a_commit_keeps_caught_up_watchers_on_the_shared_pu
     hub, ctx = daemon.app.hub, daemon.app.ctx
     assert ctx is not None
     ctx.store.hooks.insert(0, lambda hex_id, *_: hub.nudge(hex_id))
-    built: list[bytes] = []
-    real = metrics_packet
-
-    def counting(timestamp: int, next_index: int, count: int, records: bytes) -> bytes:
-        packet = real(timestamp, next_index, count, records)
-        built.append(packet)
-        return packet
-
-    monkeypatch.setattr(watch_module, "metrics_packet", counting)
+    built = packets_built(monkeypatch)
     writes = 5
     for n in range(writes):
         await write(writer, mixed(commit, 5 + 3 * n, 3))
@@ -217,15 +201,7 @@ async def test_a_watcher_with_a_full_socket_is_queued_the_shared_frame_in_order(
     sockets[1].setsockopt(SOL_SOCKET, SO_RCVBUF, 4096)
     blocked.ws.transport.pause_reading()
     following = asyncio.create_task(streams[reader].read_until(reader, 1 << 62))
-    built: list[bytes] = []
-    real = metrics_packet
-
-    def counting(timestamp: int, next_index: int, count: int, records: bytes) -> bytes:
-        packet = real(timestamp, next_index, count, records)
-        built.append(packet)
-        return packet
-
-    monkeypatch.setattr(watch_module, "metrics_packet", counting)
+    built = packets_built(monkeypatch)
     step = writes = 5
     while len(held.batches) < 3:
         assert step < 20_000, "the blocked watcher's pushes were never queued"
@@ -284,3 +260,17 @@ async def test_a_compressed_watcher_gets_its_own_frame(
         assert stream.records == on_disk(daemon, commit)
     for client in [plain, deflate, writer]:
         await client.ws.close()
+
+
+def packets_built(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every push packet the watch fan-out builds from now on."""
+    built: list[bytes] = []
+    real = metrics_packet
+
+    def counting(timestamp: int, next_index: int, count: int, records: bytes) -> bytes:
+        packet = real(timestamp, next_index, count, records)
+        built.append(packet)
+        return packet
+
+    monkeypatch.setattr(watch_module, "metrics_packet", counting)
+    return built
