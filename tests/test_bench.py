@@ -210,6 +210,24 @@ def test_the_load_generator_prints_a_report() -> None:
     assert read_report(done.stdout.splitlines()[-1]) == Report("idle", Idle(connections=0), [])
 
 
+def load_until_ready(args: list[str], seconds: float) -> str:
+    """bench_load.py with `args`, left running `seconds` after it prints "ready", then
+    told to stop (stdin closed); what it printed after "ready" (it must exit 0)."""
+    load = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "bench_load.py"), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert load.stdout is not None
+    assert load.stdout.readline().strip() == "ready"
+    time.sleep(seconds)
+    stdout, stderr = load.communicate(timeout=60)
+    assert load.returncode == 0, stderr
+    return stdout
+
+
 def test_claim_loops_back_off_like_the_worker(tmp_path: Path) -> None:
     """bench_load.py's `claims` mode against a real daemon: every loop claims once before
     "ready", then waits the worker's first backoff (0.75-1 s) before its second claim and
@@ -218,30 +236,11 @@ def test_claim_loops_back_off_like_the_worker(tmp_path: Path) -> None:
     server = daemon_at(tmp_path)
     server.start()
     try:
-        load = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "bench_load.py"),
-                "claims",
-                "--url",
-                server.url,
-                "--key",
-                ADMIN_KEY,
-                "--workers",
-                "5",
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        stdout = load_until_ready(
+            ["claims", "--url", server.url, "--key", ADMIN_KEY, "--workers", "5"], 1.9
         )
-        assert load.stdout is not None
-        assert load.stdout.readline().strip() == "ready"
-        time.sleep(1.9)
-        stdout, stderr = load.communicate(timeout=60)
     finally:
         server.close()
-    assert load.returncode == 0, stderr
     assert read_report(stdout.splitlines()[-1]) == Report("claims", Claims(5, 5), [])
 
 
@@ -254,24 +253,15 @@ def test_the_watchers_load_receives_every_push_and_refuses_a_gap(tmp_path: Path)
     make_experiment(server.data, commit("watched"), records)
     server.start()
     try:
-        load = subprocess.Popen(
+        stdout = load_until_ready(
             [
-                *(sys.executable, str(ROOT / "scripts" / "bench_load.py"), "watchers"),
-                *("--url", server.url, "--key", ADMIN_KEY, "--commits", commit("watched")),
-                *("--watchers", "3", "--from-index", "1000"),
+                *("watchers", "--url", server.url, "--key", ADMIN_KEY),
+                *("--commits", commit("watched"), "--watchers", "3", "--from-index", "1000"),
             ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            1.0,
         )
-        assert load.stdout is not None
-        assert load.stdout.readline().strip() == "ready"
-        time.sleep(1.0)
-        stdout, stderr = load.communicate(timeout=60)
     finally:
         server.close()
-    assert load.returncode == 0, stderr
     report = read_report(stdout.splitlines()[-1])
     assert report.errors == [] and isinstance(report.result, Watchers), report
     assert (report.result.records, report.result.slow_closes) == (3 * 2000, 0)
