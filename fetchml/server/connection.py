@@ -7,8 +7,8 @@ group commit's acks) go out in one write (server/frames.py). A reader that finds
 message waiting has group commit write at once and, while the writer is idle, sends the
 ready responses itself: one request at a time is answered in the turn that read it. Every
 other request runs as a barrier (dispatch decides), and one refused as it is read is
-answered in its turn. Beyond
-`max_inflight_requests` unanswered requests the reader stops reading and TCP pushes back.
+answered in its turn. Beyond `max_inflight_requests` unanswered requests the reader stops
+reading and TCP pushes back.
 """
 
 import asyncio
