@@ -2,20 +2,27 @@
 
 `encode_points` takes the (name, value, step, time) tuples the caller's thread
 queued and returns their records (protocol RECORD_HEAD, whole seconds, the
-cached name) as one bytes object, with where each record ends. The columns go
-through array.array, which converts exactly as struct.pack does (a value
-without __float__, a step that is not an integer raise), and numpy lays them
-out big-endian in one buffer: fixed-size records when every name has the same
-length, else the heads and the names scattered into place. When a column does
-not convert, the points go one at a time (`encode_slowly`), so one bad value
-rejects only its own point; so do runs of at most SMALL points.
+cached name) as one bytes object, with where each record ends. Each column is
+packed by one struct.pack call, which converts exactly as packing a record does
+(a value without __float__, a step that is not an integer raise), and one numpy
+concatenation lays the columns and the names out as rows: the records
+themselves when every name has the same length, else padded rows the padding
+is then cut from. When a column does not convert, the points go one at a time
+(`encode_slowly`), so one bad value rejects only its own point; so do runs of
+at most SMALL points.
+
+Few numpy calls per run, and none per point, on purpose: the worker thread
+encodes while the caller's thread logs, and every numpy call long enough to
+release the interpreter lock can leave the worker waiting a whole switch
+interval (5 ms) to get it back from a caller busy in Python.
 """
 
-from array import array
 from collections.abc import Callable, Sequence
 from itertools import accumulate
 from operator import itemgetter
 from struct import error as struct_error
+from struct import pack
+from typing import cast
 
 import numpy as np
 
@@ -25,10 +32,6 @@ Point = tuple[str, float, int | None, float]
 """One log() call as the caller's thread queues it, (name, value, step, Unix time): a plain
 tuple, no object per point."""
 Names = dict[str, tuple[bytes, int]]
-
-HEAD = np.dtype([("stamp", ">u8"), ("step", ">u4"), ("value", ">f8"), ("length", "u1")])
-assert HEAD.itemsize == RECORD_HEAD.size
-
 
 SMALL = 16
 """Up to this many points go one at a time: numpy's cost per call outweighs per-point packing
@@ -61,52 +64,58 @@ def encode_points(
     if len(points) <= SMALL:
         return encode_slowly(points, names, next_step, reject)
     labels, values, steps, stamps = columns(points) if cols is None else cols
+    n = len(points)
     try:
-        value_col = array("d", values)
-        stamp_col = array("d", stamps)
+        value_col = pack(f">{n}d", *values)
+        stamp_col = pack(f"={n}d", *stamps)
         try:
-            step_col: array[int] = array("I", steps)  # type: ignore[arg-type]
-        except TypeError:
+            step_col = pack(f">{n}I", *steps)
+            known = cast(list[int], steps)  # each packed as an integer: none is None
+        except struct_error:
             if None not in steps:
                 raise
-            step_col = array("I", default_steps(labels, steps, next_step))
-    except (TypeError, OverflowError):
+            known = default_steps(labels, steps, next_step)
+            step_col = pack(f">{n}I", *known)
+    except (struct_error, TypeError, OverflowError):
         return encode_slowly(points, names, next_step, reject)
-    n = len(points)
     if labels.count(labels[0]) == n:
         distinct = labels[:1]
-        next_step[labels[0]] = step_col[-1] + 1
+        next_step[labels[0]] = int(known[-1]) + 1
     else:
         distinct = list(dict.fromkeys(labels))
         backwards = labels[::-1]
         for name in distinct:
-            next_step[name] = step_col[n - 1 - backwards.index(name)] + 1
-    head = np.empty(n, HEAD)
-    head["stamp"] = np.frombuffer(stamp_col, np.float64)  # truncates, as int() does
-    head["step"] = np.frombuffer(step_col, np.uint32)
-    head["value"] = np.frombuffer(value_col, np.float64)
+            next_step[name] = int(known[n - 1 - backwards.index(name)]) + 1
     spelled = [names[name] for name in distinct]
     longest = max(length for _, length in spelled)
-    table = np.zeros((len(spelled), longest), np.uint8)
+    table = np.zeros((len(spelled), 1 + longest), np.uint8)  # each name's length and bytes
     for row, (raw, length) in zip(table, spelled, strict=True):
-        row[:length] = np.frombuffer(raw, np.uint8)
-    lengths = np.array([length for _, length in spelled], np.int64)
-    width = RECORD_HEAD.size + longest
-    padded = np.empty((n, width), np.uint8)
+        row[0] = length
+        row[1 : 1 + length] = np.frombuffer(raw, np.uint8)
     if len(distinct) == 1:
         code: np.ndarray | int = 0
-        head["length"] = lengths[0]
+        tails = np.broadcast_to(table[0], (n, 1 + longest))
     else:
         index = {name: i for i, name in enumerate(distinct)}
         code = np.fromiter(map(index.__getitem__, labels), np.intp, n)
-        head["length"] = lengths[code]
-    padded[:, : RECORD_HEAD.size] = head.view(np.uint8).reshape(n, RECORD_HEAD.size)
-    padded[:, RECORD_HEAD.size :] = table[code]
+        tails = table[code]
+    whole_seconds = np.frombuffer(stamp_col, np.float64).astype(">u8")  # truncates, as int()
+    rows = np.concatenate(
+        (
+            whole_seconds.view(np.uint8).reshape(n, 8),
+            np.frombuffer(step_col, np.uint8).reshape(n, 4),
+            np.frombuffer(value_col, np.uint8).reshape(n, 8),
+            tails,
+        ),
+        axis=1,
+    )
+    width = RECORD_HEAD.size + longest
+    lengths = table[:, 0].astype(np.int64)
+    if len(distinct) == 1 or (lengths == longest).all():  # records of one size
+        return rows.tobytes(), np.arange(1, n + 1, dtype=np.int64) * width
     sizes = lengths[code] + RECORD_HEAD.size
-    if len(distinct) == 1 or not (lengths - longest).any():  # records of one size
-        return padded.tobytes(), np.arange(1, n + 1, dtype=np.int64) * width
     keep = np.arange(width) < sizes[:, None]
-    return padded[keep].tobytes(), np.cumsum(sizes)
+    return rows[keep].tobytes(), np.cumsum(sizes)
 
 
 def default_steps(

@@ -210,21 +210,19 @@ class MetricLogger:
 
         Raises InvalidRequest for a bad name, step or timestamp (nothing is buffered then).
         """
-        try:
-            if name not in self._names:
-                self._names[name] = encode_name(name)
-            if step is not None and not 0 <= step <= 0xFFFFFFFF:
-                check_step(step)  # raises
-        except TypeError:  # an unhashable name, or a step that is not a number
-            if not isinstance(name, str):
-                raise InvalidRequest(f"metric name must be a str, got {name!r}") from None
-            check_step(step)
-            raise
         queue = self._queue
-        if timestamp is not None or len(queue) >= self._batcher.room:
-            self._log_slowly(name, value, step, timestamp)
-            return
-        queue.append((name, value, step, _now()))
+        try:
+            if (
+                name in self._names
+                and (step is None or 0 <= step <= 0xFFFFFFFF)
+                and timestamp is None
+                and len(queue) < self._batcher.room
+            ):
+                queue.append((name, value, step, _now()))
+                return
+        except TypeError:  # an unhashable name, or a step that is not a number
+            pass
+        self._log_slowly(name, value, step, timestamp)
 
     def log_dict(
         self,
@@ -289,7 +287,15 @@ class MetricLogger:
     def _log_slowly(
         self, name: str, value: float, step: int | None, timestamp: float | None
     ) -> None:
-        """log() given a timestamp, or with the buffer full."""
+        """log() with a new or bad name, a bad step, a timestamp, or the buffer full."""
+        self._check_name(name)
+        if step is not None:
+            try:
+                fits = 0 <= step <= 0xFFFFFFFF
+            except TypeError:
+                fits = False
+            if not fits:
+                check_step(step)  # raises
         stamp = _now() if timestamp is None else check_timestamp(timestamp)
         if len(self._queue) >= self._batcher.room and not self._full():
             return

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -176,24 +176,39 @@ class Pipeline:
     async def _roundtrip(self, message: bytes) -> Response:
         """Send one encoded request and await its final response."""
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        await self._submit(message, future)
+        await self._submit([message], [future])
         response = await future
         if isinstance(response, Error):
             raise error_from(response.code, response.message, response.details)
         return response
 
-    async def _submit(self, message: bytes, future: "asyncio.Future[Response]") -> None:
-        """Send one encoded request; its final response will resolve `future` (or
-        ConnectionLost fail it). Returns once the message is written."""
-        if self._lost is not None:
-            raise self._lost_error()
-        await self._slots.acquire()
-        if self._lost is not None:
-            self._slots.release()
-            raise self._lost_error()
-        self._calls.append(future)
-        with contextlib.suppress(ConnectionClosed):  # if it closed, the reader fails the future
-            await self._ws.send(message)
+    async def _submit(
+        self, messages: Sequence[bytes], futures: "Sequence[asyncio.Future[Response]]"
+    ) -> None:
+        """Send encoded requests, as many in one write as the in-flight bound allows; each
+        final response resolves its future, in order. A request the connection was lost
+        before sending fails its future with ConnectionLost. Returns once all are written."""
+        ws, slots, sent = self._ws, self._slots, 0
+        while sent < len(messages) and self._lost is None:
+            await slots.acquire()
+            if self._lost is not None:
+                slots.release()
+                break
+            first = sent
+            self._calls.append(futures[sent])
+            sent += 1
+            while sent < len(messages) and not slots.locked():
+                await slots.acquire()  # free: returns at once
+                self._calls.append(futures[sent])
+                sent += 1
+            with contextlib.suppress(ConnectionClosed):  # if it closed, the reader fails them
+                async with ws.send_context():
+                    for message in messages[first:sent]:
+                        ws.protocol.send_binary(message)
+                    ws.transport.write(b"".join(ws.protocol.data_to_send()))
+        for future in futures[sent:]:
+            future.set_exception(self._lost_error())
+            future.exception()  # retrieved: a caller may already have gone
 
     async def _data(self, request: rq.Request, data_type: str) -> bytes:
         response = await self._call(request)

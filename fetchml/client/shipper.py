@@ -1,14 +1,20 @@
 """The I/O half of MetricLogger: connect, send, back off; the Batcher decides the rest.
 
 Runs on the worker thread's event loop (worker.py). Every `flush_interval`
-(at most SEND_CHECK_S), on each answer, and at once when the caller's thread
-wakes it (a flush, a close, a full buffer: `wake`, through
-call_soon_threadsafe), it lets the Batcher (batches.py) turn the caller's
-queue into LOG_METRICS_AT messages and sends them, several in flight on one
-connection. Each answer is taken in the step that reads it (`Answer`), so a
-flush() waiting on it returns without another round of the loop: SUCCESS
-acknowledges a batch; an error other than a transient one (RETRYABLE)
-rejects it for good. Run
+(at most SEND_CHECK_S), once after the answers read together, and at once
+when the caller's thread wakes it (a flush, a close, a full buffer: `wake`,
+through call_soon_threadsafe), it lets the Batcher (batches.py) turn the
+caller's queue into LOG_METRICS_AT messages and sends them, every batch cut
+together in one write, several in flight on one connection. Each answer is
+taken in the step that reads it (`Answer`), so a flush() waiting on it
+returns without another round of the loop: SUCCESS acknowledges a batch; an
+error other than a transient one (RETRYABLE) rejects it for good.
+
+A caller busy in Python holds the interpreter lock for a whole switch
+interval (5 ms) each time the worker lets go of it (a socket call, a long
+numpy call), so the worker's turns are few: each pump takes everything
+queued, and a pump per answer, encoding a batch's worth at a time, once let
+the queue outgrow the pipeline. Run
 document changes (`patches`, queued by the caller; a heartbeat every
 `heartbeat_s`) go out as UPDATE_RUNs one at a time, in order, retried like
 batches (a refused one loses only itself).
@@ -35,6 +41,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fetchml.protocol.enums import ErrorCode
@@ -119,6 +126,8 @@ class Shipper:
         self._patching = False
         self._next_heartbeat = 0.0
         self._warned_writer = False
+        self._pump_due = False
+        """A pump is scheduled for the answers being read."""
         self._sent = False
         """A batch went out since the window was last reconciled."""
 
@@ -335,10 +344,13 @@ class Shipper:
         most = cfg.max_in_flight if self._bold() else 1
         slots = cfg.max_in_flight - self._inflight - len(batcher.ready)
         batcher.drain(slots, cut=tick or self.stop)
+        batches = []
         while self._inflight < most and (batch := batcher.next_batch()):
             self._inflight += 1
+            batches.append(batch)
+        if batches:
             self._sent = True
-            tg.create_task(self._send(client, batch))
+            tg.create_task(self._send(client, batches))
         self._update_run(client, tg, now)
 
     def _update_run(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
@@ -379,13 +391,11 @@ class Shipper:
         lowest = next(iter(self.batcher.unacked), None)
         return lowest is None or lowest > self._careful_until
 
-    async def _send(self, client: Client, batch: Batch) -> None:
-        """Send a batch; `_answered` takes its answer as soon as the connection reads it."""
-        answer = Answer(lambda outcome: self._answered(batch, outcome))
-        try:
-            await client._submit(batch.message, answer)
-        except FetchmlError as exc:  # the connection was lost before the batch went out
-            answer.set_exception(exc)
+    async def _send(self, client: Client, batches: list[Batch]) -> None:
+        """Send batches in one write; `_answered` takes each answer as the connection reads it
+        (or ConnectionLost for one it could not send)."""
+        answers = [Answer(partial(self._answered, batch)) for batch in batches]
+        await client._submit([batch.message for batch in batches], answers)
 
     def _answered(self, batch: Batch, outcome: Response | BaseException) -> None:
         """A batch's answer, or why there will be none: acknowledge, reject, or resend."""
@@ -413,7 +423,13 @@ class Shipper:
         finally:
             self._inflight -= 1
             self.space.set()
-            self.wake()
+            if not self._pump_due:  # once for every answer read together
+                self._pump_due = True
+                asyncio.get_running_loop().call_soon(self._pump_after_answers)
+
+    def _pump_after_answers(self) -> None:
+        self._pump_due = False
+        self.wake()
 
     def _break(self, exc: FetchmlError) -> None:
         assert self._broken is not None and self._wake is not None

@@ -307,3 +307,31 @@ def test_batches_are_cut_at_the_message_size(shared_server: ServerProcess) -> No
     assert steps == list(range(10_000))
     with pytest.raises(InvalidRequest, match="max_message_bytes must be at least 315"):
         MetricLogger(commit, shared_server.url, ADMIN_KEY, max_message_bytes=314)
+
+
+def test_answers_read_together_are_taken_in_one_pump(
+    shared_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches cut together go in one write, and the answers the daemon writes together are
+    followed by one pump of the queue, not one each (with the caller's thread busy in
+    Python, a pump per answer let the queue outgrow the pipeline)."""
+    from fetchml.client.shipper import Shipper
+
+    pumps = 0
+    pump = Shipper._pump
+
+    def counted(self: Shipper) -> None:
+        nonlocal pumps
+        pumps += 1
+        pump(self)
+
+    monkeypatch.setattr(Shipper, "_pump", counted)
+    commit = commit_of("logger-answers-together")
+    ml = MetricLogger(commit, shared_server.url, ADMIN_KEY, batch_size=100, flush_interval=60)
+    assert ml.flush()
+    pumps = 0
+    for step in range(5_000):
+        ml.log("loss", 1.0, step=step)
+    assert ml.close()
+    print(f"50 batches acknowledged, {pumps} pumps")
+    assert ml.acknowledged == 5_000 and pumps <= 25

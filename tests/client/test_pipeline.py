@@ -154,14 +154,57 @@ async def test_an_answer_is_taken_in_the_step_that_reads_it(
     answer = Answer(then)
     point = (MetricPoint(1, 1.0, "x"),)
     request = LogMetrics(key_hash=c._key, commit_id=bytes(20), metrics=point)
-    await c._submit(encode_request(request), answer)
+    await c._submit([encode_request(request)], [answer])
     await asyncio.wait_for(asyncio.shield(answer), 10)
     assert handled == [(Success(timestamp=1, message="ok"), True)]
-    dropped = Answer(then)
-    await c._submit(b"\x00", dropped)
+    await c._submit([b"\x00"], [Answer(then)])
     await c.wait_closed()
     lost, in_reader = handled[1]
     assert isinstance(lost, ConnectionLost) and in_reader
-    with pytest.raises(ConnectionLost):
-        await c._submit(b"\x00", Answer(then))
+    await c._submit([b"\x00"], [Answer(then)])
+    late, _ = handled[2]
+    assert isinstance(late, ConnectionLost)
+    await c.close()
+
+
+@pytest.mark.parametrize("max_in_flight", [1024, 3])
+async def test_requests_submitted_together_go_in_one_write(
+    scripted: Callable[[Script], Awaitable[str]], max_in_flight: int
+) -> None:
+    """Ten requests submitted together are one transport write; with room for only three in
+    flight they go as the answers free it, every one answered, in order."""
+
+    async def script(ws: ServerConnection) -> None:
+        async for message in ws:
+            request = decode_request(message)  # type: ignore[arg-type]
+            assert isinstance(request, LogMetrics)
+            step = request.metrics[0].step
+            await ws.send(encode_response(Success(timestamp=1, message=str(step))))
+
+    c = await Client.connect(await scripted(script), api_key=ADMIN_KEY, max_in_flight=max_in_flight)
+    transport = c._ws.transport
+    writes: list[int] = []
+    write = transport.write
+
+    def counted(data: bytes | bytearray | memoryview) -> None:
+        writes.append(len(data))
+        write(data)
+
+    transport.write = counted  # type: ignore[method-assign]
+    messages = [
+        encode_request(
+            LogMetrics(key_hash=c._key, commit_id=bytes(20), metrics=(MetricPoint(i, 1.0, "x"),))
+        )
+        for i in range(10)
+    ]
+    answers: list[asyncio.Future[Response]] = [
+        asyncio.get_running_loop().create_future() for _ in messages
+    ]
+    await c._submit(messages, answers)
+    done = await asyncio.wait_for(asyncio.gather(*answers), 10)
+    assert [r.message for r in done if isinstance(r, Success)] == [str(i) for i in range(10)]
+    if max_in_flight == 3:
+        assert len(writes) >= 4
+    else:
+        assert len(writes) == 1
     await c.close()

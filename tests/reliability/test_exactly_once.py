@@ -4,7 +4,10 @@ while the daemon is SIGKILLed at random moments and restarted on the same data.
 A thread of this process logs distinct values (value = step = the point's index) without
 pause, noting the clock around each log() call; the test waits until the logger
 delivers again after each restart, lets it stream a few random milliseconds (batches of
-25 in flight every 5 ms), then kills the daemon. Acknowledgements lost with the kill
+25 in flight every 5 ms), then kills the daemon; every other cycle it kills as soon as
+the file holds records the logger has not seen acknowledged yet (up to the same random
+time), which a random moment alone hits too rarely to count on. Acknowledgements lost
+with the kill
 leave batches stored whose answers never came, and a kill inside a write leaves a
 prefix of one: after each reconnect the logger must skip exactly those. At the end the
 run holds every point once, in logging order, each stamped with the second it was
@@ -71,6 +74,14 @@ class Logging(threading.Thread):
             time.sleep(0.001)
 
 
+def stored(server: DaemonProcess, run_id: str) -> int:
+    """Records in the run's metrics.bin (each of name "v": 22 bytes)."""
+    try:
+        return (server.data / run_id / "metrics.bin").stat().st_size // 22
+    except FileNotFoundError:
+        return 0
+
+
 def read_all(url: str, run_id: str) -> list[Metric]:
     async def read() -> list[Metric]:
         async with Client.connect(url, api_key=ADMIN_KEY) as client:
@@ -106,7 +117,11 @@ def test_every_point_once_in_order_across_kills(
             while ml.acknowledged == acked:  # polling: until it delivers on this daemon
                 assert time.monotonic() < deadline, f"cycle {cycle}: nothing delivered"
                 time.sleep(0.001)
-            time.sleep(rng.uniform(0, MAX_STREAM_S))
+            until = time.monotonic() + rng.uniform(0, MAX_STREAM_S)
+            while time.monotonic() < until:  # polling: for the moment to kill
+                if cycle % 2 and stored(server, ml.run_id) > ml.acknowledged:
+                    break
+                time.sleep(0.0002)
             server.kill()
     finally:
         loop.stop.set()
