@@ -26,11 +26,9 @@ else is another writer's, and the whole window is sent again.
 import contextlib
 import operator
 import threading
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
-from itertools import repeat
-
-import numpy as np
 
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.errors import MalformedRequest
@@ -127,7 +125,7 @@ def check_step(step: object) -> int:
 class Batcher:
     def __init__(
         self,
-        queue: "deque[Item]",
+        queue: list[Item],
         ledger: Ledger,
         *,
         key_hash: bytes,
@@ -183,7 +181,7 @@ class Batcher:
         """
         take = min(len(self.queue), slots * self._size - self._count)
         if take > 0:
-            items = list(map(operator.call, repeat(self.queue.popleft, take)))
+            items = self.take(take)
             points = take
             try:
                 cols = columns(items)  # type: ignore[arg-type]
@@ -205,6 +203,13 @@ class Batcher:
             self.cut()
         self._release_tokens()
 
+    def take(self, count: int) -> list[Item]:
+        """The first `count` items of the queue, removed from it (the caller's thread may
+        append meanwhile, never remove)."""
+        items = self.queue[:count]
+        del self.queue[:count]
+        return items
+
     def _add(self, points: list[Point], cols: Columns | None = None) -> int:
         """Encode `points` into the batch being built, cutting full ones; how many were
         rejected (a value the wire cannot carry)."""
@@ -220,11 +225,11 @@ class Batcher:
         blob, ends = encode_points(points, self.names, self._next_step, reject, cols)
         done, total = 0, len(ends)
         while done < total:
-            offset = int(ends[done - 1]) if done else 0
-            fit = int(np.searchsorted(ends, offset + self._budget - self._bytes, "right"))
+            offset = ends[done - 1] if done else 0
+            fit = bisect_right(ends, offset + self._budget - self._bytes)
             upto = min(total, done + self._size - self._count, fit)
             if upto > done:
-                stop = int(ends[upto - 1])
+                stop = ends[upto - 1]
                 self._parts.append(blob[offset:stop])
                 self._bytes += stop - offset
                 self._count += upto - done
@@ -326,8 +331,7 @@ class Batcher:
         self.unacked.clear()
         self.ready.clear()
         lost, self.held, self._count, self._bytes = self.held, 0, 0, 0
-        while self.queue:
-            item = self.queue.popleft()
+        for item in self.take(len(self.queue)):
             if item.__class__ is tuple:
                 lost += 1
             else:

@@ -32,6 +32,8 @@ Point = tuple[str, float, int | None, float]
 """One log() call as the caller's thread queues it, (name, value, step, Unix time): a plain
 tuple, no object per point."""
 Names = dict[str, tuple[bytes, int]]
+Ends = Sequence[int]
+"""Where each record ends in the encoded bytes, ascending (a range when all have one size)."""
 
 SMALL = 16
 """Up to this many points go one at a time: numpy's cost per call outweighs per-point packing
@@ -57,9 +59,9 @@ def encode_points(
     next_step: dict[str, int],
     reject: Callable[[str, str], None],
     cols: Columns | None = None,
-) -> tuple[bytes, np.ndarray]:
+) -> tuple[bytes, Ends]:
     """The records of `points` (their `cols`, when already taken) and the offset just past
-    each (int64); `next_step` gives the default steps and is advanced; a point whose value
+    each; `next_step` gives the default steps and is advanced; a point whose value
     cannot be encoded is left out and `reject`ed with its name and the reason."""
     if len(points) <= SMALL:
         return encode_slowly(points, names, next_step, reject)
@@ -112,10 +114,10 @@ def encode_points(
     width = RECORD_HEAD.size + longest
     lengths = table[:, 0].astype(np.int64)
     if len(distinct) == 1 or (lengths == longest).all():  # records of one size
-        return rows.tobytes(), np.arange(1, n + 1, dtype=np.int64) * width
+        return rows.tobytes(), range(width, (n + 1) * width, width)
     sizes = lengths[code] + RECORD_HEAD.size
     keep = np.arange(width) < sizes[:, None]
-    return rows[keep].tobytes(), np.cumsum(sizes)
+    return rows[keep].tobytes(), np.cumsum(sizes).tolist()
 
 
 def default_steps(
@@ -138,7 +140,7 @@ def encode_slowly(
     names: Names,
     next_step: dict[str, int],
     reject: Callable[[str, str], None],
-) -> tuple[bytes, np.ndarray]:
+) -> tuple[bytes, Ends]:
     """encode_points one point at a time."""
     parts: list[bytes] = []
     pack = RECORD_HEAD.pack
@@ -152,5 +154,4 @@ def encode_slowly(
             reject(name, str(exc))
             continue
         next_step[name] = step + 1
-    ends = np.fromiter(accumulate(map(len, parts)), np.int64, len(parts))
-    return b"".join(parts), ends
+    return b"".join(parts), list(accumulate(map(len, parts)))

@@ -12,7 +12,7 @@ status...) is sent with UPDATE_RUN: at start, on set_params() / set_tags() /
 set_notes(), as a heartbeat every `heartbeat_interval`, and with the final
 status ("finished", or "failed" when the `with` block raises) at close.
 
-`log()` only appends a tuple (with the time of the call) to an in-memory deque:
+`log()` only appends a tuple (with the time of the call) to an in-memory list:
 no network, no lock, no encoding on the caller's thread. A worker thread with its own event loop
 (worker.py) runs the shipper (shipper.py: connect, send, back off), which
 feeds the batcher (batches.py: points in, LOG_METRICS messages out, answers
@@ -23,7 +23,7 @@ exit for loggers still open.
 Who owns what (C: the caller's thread, W: the worker's):
 
     state                         written by                read by
-    queue of Point / FlushToken   C appends                 W pops (Batcher.drain)
+    queue of Point / FlushToken   C appends at the end      W takes from the front
     Batcher.names                 C, a name's first use     W
     Batcher batches, steps, held  W                         C (stats, close)
     Batcher.room                  W per batch; C at close   C, every log()
@@ -35,7 +35,10 @@ Who owns what (C: the caller's thread, W: the worker's):
 
 Per point only a plain tuple crosses; typed objects cross once per batch
 (room, space) or per call (a FlushToken), so log() stays a dict lookup, a
-compare and a deque append. The worker counts a batch's answer in the Ledger
+compare and a list append. The queue needs no lock: an append, a copy of its
+first items and the deletion of those items are each one step the
+interpreter lock never splits, and only the worker deletes, only what it
+copied (Batcher.take). The worker counts a batch's answer in the Ledger
 before it can complete a FlushToken, so flush() sees every count.
 
 Memory is bounded by `max_buffer` points (queued plus unacknowledged): when
@@ -59,7 +62,6 @@ import logging
 import sys
 import time
 import warnings
-from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -178,7 +180,7 @@ class MetricLogger:
         self.commit = self.run_id = config.commit.hex()
         """The experiment's ID (40 hex): the run's, or the commit given."""
         self._is_run = run_patch is not None
-        self._queue: deque[Item] = deque()
+        self._queue: list[Item] = []
         self._ship = ship = Shipper(config, self._queue, max_buffer)
         self._ledger = ship.ledger
         self._batcher = ship.batcher

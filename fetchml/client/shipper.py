@@ -88,7 +88,7 @@ class Shipper:
     def __init__(
         self,
         config: ShipperConfig,
-        queue: "deque[Item]",
+        queue: list[Item],
         max_buffer: int = 1 << 62,
     ) -> None:
         self.config = config

@@ -2,7 +2,6 @@
 
 import math
 import threading
-from collections import deque
 
 import pytest
 
@@ -29,7 +28,7 @@ T = 1795735109.75
 """When the test's points were logged (records carry whole seconds)."""
 
 
-def make(queue: "deque[Item]", **kwargs: int) -> Batcher:
+def make(queue: list[Item], **kwargs: int) -> Batcher:
     batcher = Batcher(queue, Ledger("test"), key_hash=KEY, commit=COMMIT, **kwargs)
     for item in queue:
         if isinstance(item, tuple):
@@ -55,7 +54,7 @@ def sent(batcher: Batcher) -> list[Batch]:
 
 def test_points_in_codec_bytes_out() -> None:
     """Default steps follow the previous step of each name; the bytes are the codec's."""
-    queue: deque[Item] = deque(
+    queue: list[Item] = list(
         [("loss", 0.5, 3, T), ("acc", math.nan, None, T), ("é", 1, 7, T), ("loss", 2.0, None, T)]
     )
     batcher = make(queue)
@@ -69,7 +68,7 @@ def test_points_in_codec_bytes_out() -> None:
 
 def test_split_at_batch_size_and_partial_only_when_cut() -> None:
     points = [("m", float(i), i, T + i) for i in range(25)]
-    batcher = make(deque(points), batch_size=10)
+    batcher = make(list(points), batch_size=10)
     batcher.drain(slots=64, cut=False)
     assert [b.message for b in sent(batcher)] == [codec(*points[:10]), codec(*points[10:20])]
     assert batcher.held == 25  # the last 5 wait for the next cut
@@ -78,7 +77,7 @@ def test_split_at_batch_size_and_partial_only_when_cut() -> None:
 
 
 def test_drain_takes_no_more_than_the_slots_allow() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(35))
+    queue: list[Item] = list(("m", 1.0, i, T) for i in range(35))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=2, cut=True)
     assert [b.count for b in sent(batcher)] == [10, 10] and len(queue) == 15
@@ -89,7 +88,7 @@ def test_split_before_a_point_would_pass_the_message_size() -> None:
     make 1,007, more than 1,000, so the batch is cut after 7."""
     names = [f"{i:03d}" + "n" * 97 for i in range(20)]
     points = [(name, float(i), i, T) for i, name in enumerate(names)]
-    batcher = make(deque(points), batch_size=1000, max_message_bytes=1000)
+    batcher = make(list(points), batch_size=1000, max_message_bytes=1000)
     batcher.drain(slots=64, cut=True)
     batches = sent(batcher)
     assert [b.count for b in batches] == [7, 7, 6]
@@ -101,7 +100,7 @@ def test_split_before_a_point_would_pass_the_message_size() -> None:
     assert len(batches[0].message) == MESSAGE_HEAD + 7 * 121 == 886
     # Short names fill a large batch up to the size, in several drains.
     short = [("ab", float(i), i, T) for i in range(200)]
-    queue: deque[Item] = deque(short[:50])
+    queue: list[Item] = list(short[:50])
     filled = make(queue, batch_size=65535, max_message_bytes=1000)
     filled.drain(slots=64, cut=False)
     queue.extend(short[50:])
@@ -112,7 +111,7 @@ def test_split_before_a_point_would_pass_the_message_size() -> None:
     assert b"".join(b.records for b in filled_batches) == codec(*short)[MESSAGE_HEAD:]
     # The smallest size still carries the longest point; below it is refused.
     smallest = make(
-        deque([("x" * 255, 1.0, 0, T), ("y" * 255, 2.0, 0, T)]),
+        list([("x" * 255, 1.0, 0, T), ("y" * 255, 2.0, 0, T)]),
         max_message_bytes=MESSAGE_HEAD + MAX_POINT,
     )
     smallest.drain(slots=64, cut=True)
@@ -120,13 +119,13 @@ def test_split_before_a_point_would_pass_the_message_size() -> None:
     with pytest.raises(
         InvalidRequest, match=f"max_message_bytes must be at least {MESSAGE_HEAD + MAX_POINT}"
     ):
-        make(deque(), max_message_bytes=MESSAGE_HEAD + MAX_POINT - 1)
+        make([], max_message_bytes=MESSAGE_HEAD + MAX_POINT - 1)
     with pytest.raises(InvalidRequest, match=r"batch_size must be 1\.\.65535"):
-        make(deque(), batch_size=0)
+        make([], batch_size=0)
 
 
 def test_acks_release_the_buffer() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(30))
+    queue: list[Item] = list(("m", 1.0, i, T) for i in range(30))
     batcher = make(queue, batch_size=10, limit=30)
     batcher.drain(slots=64, cut=True)
     first, second, third = sent(batcher)
@@ -140,7 +139,7 @@ def test_acks_release_the_buffer() -> None:
 
 
 def test_a_rejection_counts_its_points_and_is_never_resent() -> None:
-    batcher = make(deque(("m", 1.0, i, T) for i in range(20)), batch_size=10)
+    batcher = make(list(("m", 1.0, i, T) for i in range(20)), batch_size=10)
     batcher.drain(slots=64, cut=True)
     first, second = sent(batcher)
     batcher.rejected(first.seq, "experiment gone", ErrorCode.RESOURCE_NOT_FOUND)
@@ -156,7 +155,7 @@ def test_a_rejection_counts_its_points_and_is_never_resent() -> None:
 
 
 def test_values_the_wire_cannot_carry_are_rejected_not_sent() -> None:
-    batcher = make(deque([("m", "text", 0, T), ("m", 2.0, 1, T)]))  # type: ignore[list-item]
+    batcher = make(list([("m", "text", 0, T), ("m", 2.0, 1, T)]))  # type: ignore[list-item]
     batcher.drain(slots=1, cut=True)
     (batch,) = sent(batcher)
     assert batch.message == codec(("m", 2.0, 1))
@@ -165,7 +164,7 @@ def test_values_the_wire_cannot_carry_are_rejected_not_sent() -> None:
 
 
 def test_a_reconnect_resends_every_unacked_batch_in_order_before_new_ones() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(40))
+    queue: list[Item] = list(("m", 1.0, i, T) for i in range(40))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=64, cut=True)
     one, two, three, four = sent(batcher)
@@ -181,7 +180,7 @@ def test_a_reconnect_resends_every_unacked_batch_in_order_before_new_ones() -> N
 
 
 def test_flush_tokens_wait_for_every_earlier_point() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(15))
+    queue: list[Item] = list(("m", 1.0, i, T) for i in range(15))
     token = FlushToken()
     queue.append(token)
     queue.extend(("m", 1.0, i, T) for i in range(15, 20))
@@ -214,7 +213,7 @@ def test_flush_tokens_wait_for_every_earlier_point() -> None:
 
 
 def test_a_token_is_not_done_by_points_logged_after_it() -> None:
-    queue: deque[Item] = deque([("m", 1.0, 0, T)])
+    queue: list[Item] = list([("m", 1.0, 0, T)])
     token = FlushToken()
     queue.append(token)
     queue.append(("m", 1.0, 1, T))
@@ -228,7 +227,7 @@ def test_a_token_is_not_done_by_points_logged_after_it() -> None:
 
 
 def test_drop_all_counts_everything_unsettled_and_releases_tokens() -> None:
-    queue: deque[Item] = deque(("m", 1.0, i, T) for i in range(12))
+    queue: list[Item] = list(("m", 1.0, i, T) for i in range(12))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=64, cut=False)  # 10 in a batch, 2 encoded, not cut
     token = FlushToken()
@@ -243,7 +242,7 @@ def test_records_carry_the_time_of_log_golden() -> None:
     protocol's example bytes (whole seconds, the name's length, the records verbatim)."""
     key = key_hash("fml_example_key_do_not_use")
     commit = bytes.fromhex("0123456789abcdef0123456789abcdef01234567")
-    queue: deque[Item] = deque([("loss", 1.0, 0, 1795735109.0), ("loss", 0.5, None, 1795735110.9)])
+    queue: list[Item] = list([("loss", 1.0, 0, 1795735109.0), ("loss", 0.5, None, 1795735110.9)])
     batcher = Batcher(queue, Ledger("test"), key_hash=key, commit=commit)
     batcher.names["loss"] = encode_name("loss")
     batcher.drain(slots=1, cut=True)
@@ -262,7 +261,7 @@ def window(batcher: Batcher, base: int) -> list[Batch]:
 
 
 def test_acknowledgements_move_the_window_start() -> None:
-    batcher = make(deque(("m", 1.0, i, T) for i in range(30)), batch_size=10)
+    batcher = make(list(("m", 1.0, i, T) for i in range(30)), batch_size=10)
     one, two, three = window(batcher, 100)
     batcher.acknowledged(one.seq)
     batcher.rejected(two.seq, "bad", ErrorCode.INVALID_REQUEST)  # never stored
@@ -275,7 +274,7 @@ def test_reconcile_skips_whole_batches_and_a_prefix_stored_before_the_drop() -> 
     """The run holds the first batch and 3 records of the second (their answers were lost
     with the connection): those are skipped, the rest of the window goes again."""
     points = [("m", float(i), i, T) for i in range(25)]
-    batcher = make(deque(points), batch_size=10)
+    batcher = make(list(points), batch_size=10)
     one, _, three = window(batcher, 7)
     stored = one.records + codec(*points[10:13])[MESSAGE_HEAD:]
     assert batcher.reconcile(7 + 13, stored)
@@ -290,7 +289,7 @@ def test_reconcile_skips_whole_batches_and_a_prefix_stored_before_the_drop() -> 
 
 
 def test_reconcile_with_nothing_stored_resends_the_window() -> None:
-    batcher = make(deque(("m", 1.0, i, T) for i in range(20)), batch_size=10)
+    batcher = make(list(("m", 1.0, i, T) for i in range(20)), batch_size=10)
     batches = window(batcher, 5)
     assert batcher.reconcile(5, b"") and batcher.base == 5
     batcher.resend_all()
@@ -301,7 +300,7 @@ def test_reconcile_resends_everything_when_another_writer_appended() -> None:
     """Records that are not this logger's (one differing byte: another time) mean another
     writer: nothing is skipped, and the window starts after what the run holds."""
     points = [("m", float(i), i, T) for i in range(20)]
-    batcher = make(deque(points), batch_size=10)
+    batcher = make(list(points), batch_size=10)
     batches = window(batcher, 0)
     foreign = codec(("m", 0.0, 0, T + 1))[MESSAGE_HEAD:]
     assert not batcher.reconcile(1, foreign)
@@ -309,7 +308,7 @@ def test_reconcile_resends_everything_when_another_writer_appended() -> None:
     batcher.resend_all()
     assert sent(batcher) == batches
     # More records than the window holds: someone else's too.
-    again = make(deque(points[:5]), batch_size=10)
+    again = make(list(points[:5]), batch_size=10)
     (only,) = window(again, 0)
     extra = only.records + codec(("m", 9.0, 9, T))[MESSAGE_HEAD:]
     assert again.in_window == 5

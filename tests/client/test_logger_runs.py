@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import pytest
@@ -376,7 +375,7 @@ async def test_a_reconnect_skips_what_the_run_stored_and_warns_of_another_writer
             config = ShipperConfig(
                 commit=bytes.fromhex(run), settings=c.settings, batch_size=10, run_patch={}
             )
-            ship = Shipper(config, deque(points))
+            ship = Shipper(config, list(points))
             ship.batcher.names["m"] = encode_name("m")
             ship.batcher.base = 0
             ship.batcher.drain(slots=64, cut=True)
@@ -466,7 +465,7 @@ async def test_after_an_error_answer_batches_go_one_at_a_time_until_it_is_stored
             commit=bytes(20), settings=settings, batch_size=10, create_experiment=False
         )
         points: list[Item] = [("m", float(i), i, 1_795_735_109.0) for i in range(60)]
-        ship = Shipper(config, deque(points))
+        ship = Shipper(config, list(points))
         ship.batcher.names["m"] = encode_name("m")
         ship._checked = True  # no start check: the peer speaks only LOG_METRICS_AT
         ship.stop = True
