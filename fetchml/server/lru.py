@@ -53,6 +53,8 @@ class OpenExperiments:
     def evict(self, keep: str = "") -> None:
         """Forget idle experiments, oldest use first, until at most max_open are held."""
         excess = len(self._held) - self.max_open
+        if excess <= 0:  # after every flush: the usual case costs no copy of the dict
+            return
         for commit, exp in list(self._held.items()):
             if excess <= 0:
                 return
