@@ -300,7 +300,7 @@ def append(
     except BlockingIOError:
         return None
     try:
-        size = (exlock.check_same(fd, metrics) if shared else os.fstat(fd)).st_size
+        size = exlock.check_same(fd, metrics).st_size if shared else os.lseek(fd, 0, os.SEEK_END)
         if size != state.end:  # another writer, or a failed partial write
             if size < state.end:
                 logger.error("%s shrank to %d bytes under us; rescanning", metrics, size)
