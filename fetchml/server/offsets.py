@@ -93,9 +93,11 @@ def read_anchored(
     """What read_range gives, walking from record `first` at byte `at` (an anchor of the
     sidecars) instead of an offset index; records are found with numpy (fastscan)."""
     fd = open_entry(path, METRICS, os.O_RDONLY)
+    mean = -(-end // max(total, 1))  # bytes a record takes in this file, on average
     try:
-        while first < start:  # skip whole records up to `start`
-            buf = os.pread(fd, min(files.READ_CHUNK, end - at), at)
+        while first < start:  # skip whole records up to `start`, reading about what they take
+            guess = 2 * (start - first + 1) * mean + RECORD_MAX
+            buf = os.pread(fd, min(files.READ_CHUNK, guess, end - at), at)
             if not buf:
                 raise OSError(errno.EIO, f"short read at offset {at}")
             starts, after = fastscan.find_starts(fastscan.Buffer(buf))

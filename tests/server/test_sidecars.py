@@ -584,3 +584,32 @@ def test_a_read_from_an_anchor_gives_whole_records_within_its_bounds(
         take = max(1, fits - start)
         assert (chunk.start, chunk.records) == (start, take)
         assert chunk.data == data[bounds[start] : bounds[start + take]]
+
+
+def test_skipping_to_a_page_from_its_anchor_reads_about_what_the_skipped_records_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paging all names reads each page from the anchor before it: the records skipped on
+    the way are read with room to spare (twice the file's mean record size), not a whole
+    read chunk (4 MiB) of what follows the anchor, each byte of it scanned for records."""
+    records = [encode_record(STAMP, i, i / 3, b"loss" if i % 2 else b"acc") for i in range(100_000)]
+    data = b"".join(records)
+    (tmp_path / "metrics.bin").write_bytes(data)
+    bounds = [0]
+    for r in records:
+        bounds.append(bounds[-1] + len(r))
+    read: list[int] = []
+    pread = os.pread
+
+    def counted(fd: int, size: int, at: int) -> bytes:
+        read.append(size)
+        return pread(fd, size, at)
+
+    monkeypatch.setattr(os, "pread", counted)
+    chunk = offsets.read_anchored(
+        tmp_path, bounds[8192], 8192, len(data), 12_000, 1_000, 12_100, 100_000
+    )
+    assert chunk.data == data[bounds[12_000] : bounds[12_000] + len(chunk.data)] and chunk.records
+    skipped = bounds[12_000] - bounds[8192]
+    print(f"skipped {skipped:,} bytes; read {sum(read):,} in {len(read)} reads")
+    assert sum(read[:-1]) <= 3 * skipped
