@@ -2,8 +2,9 @@
 
 The daemon answers every request exactly once and in request order, so the
 pipeline keeps a FIFO of futures: each request appends its future and writes
-its frame with no await in between (websockets writes an unfragmented frame
-to the transport before `send` first suspends), and the reader pops the oldest
+its frame with no await in between (websockets' protocol object frames it and
+the transport takes it inside `send_context`, before that first suspends;
+requests submitted together go in one write), and the reader pops the oldest
 future for each final response. PROGRESS and LOG packets before a final
 response go to the `on_event` callback. A semaphore bounds the requests in
 flight. When the connection drops, every pending future fails with
