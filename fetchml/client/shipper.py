@@ -13,8 +13,8 @@ error other than a transient one (RETRYABLE) rejects it for good.
 A caller busy in Python holds the interpreter lock for a whole switch
 interval (5 ms) each time the worker lets go of it (a socket call, a long
 numpy call), so the worker's turns are few: each pump takes everything
-queued, and a pump per answer, encoding a batch's worth at a time, once let
-the queue outgrow the pipeline. Run
+queued, and the answers read together share one pump, so the queue never
+outgrows the pipeline while the caller logs. Run
 document changes (`patches`, queued by the caller; a heartbeat every
 `heartbeat_s`) go out as UPDATE_RUNs one at a time, in order, retried like
 batches (a refused one loses only itself).
