@@ -4,8 +4,10 @@ The daemon answers every request exactly once and in request order, so the
 pipeline keeps a FIFO of futures: each request appends its future and writes
 its frame with no await in between (websockets' protocol object frames it and
 the transport takes it inside `send_context`, before that first suspends;
-requests submitted together go in one write), and the reader pops the oldest
-future for each final response. PROGRESS and LOG packets before a final
+requests submitted together go in one write), and each final response resolves
+the oldest future in the transport's callback that read it (`take`, see
+fetchml/frames.py: no task wakes between the answer and its caller); the reader
+task gets only what `take` leaves. PROGRESS and LOG packets before a final
 response go to the `on_event` callback. A semaphore bounds the requests in
 flight. When the connection drops, every pending future fails with
 ConnectionLost, and so does every later request.
@@ -35,6 +37,7 @@ from fetchml.protocol.responses import (
     decode_response,
 )
 
+from ..frames import Taking, write_frames
 from .errors import ConnectionLost, InvalidRequest, ProtocolViolation, error_from
 from .settings import Settings
 from .transport import EventHandler, log_event
@@ -72,6 +75,8 @@ class Pipeline:
         self._lost: ConnectionLost | None = None
         self._watches: set[MetricWatch] = set()
         self._reader = asyncio.get_running_loop().create_task(self._read())
+        if isinstance(ws, Taking):
+            ws.taker = self
 
     @property
     def url(self) -> str:
@@ -119,21 +124,14 @@ class Pipeline:
     # -- the pipeline ----------------------------------------------------------
 
     async def _read(self) -> None:
+        """Read what `take` leaves: a message that came while another waited here, one
+        it could not decode, a text message. Fails every request when the connection goes."""
         reason = "connection closed"
         try:
             async for message in self._ws:
                 if isinstance(message, str):
                     raise ProtocolViolation("server sent a text message")
-                response = decode_response(message)
-                if isinstance(response, Progress | Log):
-                    self._event(response)
-                    continue
-                if not self._calls:
-                    raise ProtocolViolation(f"unsolicited {type(response).__name__} response")
-                future = self._calls.popleft()
-                self._slots.release()
-                if not future.done():
-                    future.set_result(response)
+                self._answer(decode_response(message))
         except ConnectionClosed as exc:
             reason = f"connection closed ({exc})"
         except (ProtocolViolation, MalformedResponse) as exc:
@@ -145,7 +143,36 @@ class Pipeline:
             if code is not None:
                 reason = f"connection closed ({code} {why})".replace(" )", ")")
         finally:
+            if isinstance(self._ws, Taking):
+                self._ws.taker = None
             self._fail_all(ConnectionLost(f"{self.url}: {reason}"))
+
+    def take(self, message: bytes) -> bool:
+        """A response, answered in the transport's callback that read it (False: left
+        to `_read`, which raises what is wrong with it)."""
+        try:
+            response = decode_response(message)
+        except MalformedResponse:
+            return False
+        if not self._calls and not isinstance(response, Progress | Log):
+            return False
+        self._answer(response)
+        return True
+
+    def taken(self) -> None:
+        pass
+
+    def _answer(self, response: Response) -> None:
+        """Hand a response to its request's future, or an event to `on_event`."""
+        if isinstance(response, Progress | Log):
+            self._event(response)
+            return
+        if not self._calls:
+            raise ProtocolViolation(f"unsolicited {type(response).__name__} response")
+        future = self._calls.popleft()
+        self._slots.release()
+        if not future.done():
+            future.set_result(response)
 
     def _event(self, event: Progress | Log) -> None:
         try:
@@ -204,9 +231,7 @@ class Pipeline:
                 sent += 1
             with contextlib.suppress(ConnectionClosed):  # if it closed, the reader fails them
                 async with ws.send_context():
-                    for message in messages[first:sent]:
-                        ws.protocol.send_binary(message)
-                    ws.transport.write(b"".join(ws.protocol.data_to_send()))
+                    write_frames(ws, messages[first:sent])
         for future in futures[sent:]:
             future.set_exception(self._lost_error())
             future.exception()  # retrieved: a caller may already have gone

@@ -11,6 +11,7 @@ from fetchml.protocol.enums import LogLevel
 from fetchml.protocol.keys import handshake_key_ok
 from fetchml.protocol.responses import Log, Progress
 
+from ..frames import TakingClientConnection
 from .errors import AuthenticationFailed, ConfigurationError, ConnectFailed, PermissionDenied
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ async def open_websocket(
             open_timeout=open_timeout,
             ping_interval=ping_interval,
             user_agent_header=USER_AGENT,
+            create_connection=TakingClientConnection,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code

@@ -17,6 +17,7 @@ from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection, serve
 
 from .. import __version__
+from ..frames import TakingServerConnection
 from . import freshness
 from .audit import AuditLog
 from .auth import KeyTable, RateLimiter
@@ -231,6 +232,7 @@ class App:
                 s.host,
                 s.port,
                 process_request=gate.shared if self.link else gate,
+                create_connection=TakingServerConnection,
                 select_subprotocol=select_subprotocol,
                 max_size=s.max_message_bytes,
                 compression="deflate" if s.compression else None,

@@ -3,7 +3,7 @@ what the sequencer (server/sequencer.py) hands out, strictly in request order.
 
 Metric logging is pipelined: the reader queues the records for group commit and moves
 on; the writer awaits each completion in turn, and the responses ready together (one
-group commit's acks) go out in one write (server/frames.py). A reader that finds no other
+group commit's acks) go out in one write (fetchml/frames.py). A reader that finds no other
 message waiting has group commit write at once and, while the writer is idle, sends the
 ready responses itself: one request at a time is answered in the turn that read it. Every
 other request runs as a barrier (dispatch decides), and one refused as it is read is
@@ -29,6 +29,7 @@ from fetchml.protocol.metrics import ack_packet, record_tails, records_at
 from fetchml.protocol.requests import ClaimJob, Request, UpdateJob, decode_request
 from fetchml.protocol.responses import Data, Error, Response, encode_response
 
+from ..frames import Taking, received, send_frames, writable, write_frames
 from .auth import Identity, KeyTable
 from .dispatch import (
     Answer,
@@ -41,7 +42,6 @@ from .dispatch import (
     dispatch,
 )
 from .errors import AuthenticationFailed, ServerError
-from .frames import received, send_frames, writable, write_frames
 from .handlers import Context
 from .http import Gate, Metrics, handshake_key
 from .sequencer import Close, Sequencer
@@ -79,6 +79,10 @@ _LOG_NAMES = {opcode: opcode.name for opcode in (Opcode.LOG_METRIC, Opcode.LOG_M
 """An enum's `name` is a property: on the path of every log, a dict is cheaper."""
 
 
+_LOGS = {bytes([o]) for o in (Opcode.LOG_METRIC, Opcode.LOG_METRICS, Opcode.LOG_METRICS_AT)}
+"""First bytes of the requests `take` takes in the transport's callback."""
+
+
 def error_packet(code: ErrorCode, message: str, details: str = "") -> bytes:
     return encode_response(
         Error(timestamp=int(time.time()), code=code, message=message, details=details)
@@ -110,6 +114,7 @@ class Connection:
         self._seq: Sequencer | None = None
         """Made with the first message: an idle connection holds little else."""
         self._shut: tuple[int, str] | None = None
+        self._unread = received(ws)
         self.heard = time.monotonic()
         """When the last message came in: a connection silent for ping_interval_s is pinged."""
         self._pinging = False
@@ -227,25 +232,48 @@ class Connection:
 
     async def _reader(self, seq: Sequencer, message: bytes | str) -> None:
         """Take messages in while the sequencer allows; returns once it closes or the
-        peer does."""
-        recv = self.ws.recv
-        unread = received(self.ws)
+        peer does. While it waits for a message, the connection takes the messages that
+        arrive in the transport's callback instead (`take`)."""
+        ws = self.ws
+        recv = ws.recv
+        taking = ws if isinstance(ws, Taking) and self._unread is not None else None
         while True:
-            seq.receive(message)
-            if unread is not None and not unread:
-                self._answer_ready(seq)
-            if seq.peek() is not None:
-                self._wake_writer()
-            while not seq.reading:
-                if seq.closing is not None:
-                    return
+            while not seq.reading and seq.closing is None:
                 wake = self._reader_wake = asyncio.get_running_loop().create_future()
                 await wake
+            seq.receive(message)
+            self.taken()
+            if seq.closing is not None:
+                return
+            if taking:
+                taking.taker = self
             try:
                 message = await recv()
             except ConnectionClosed:
                 return
+            finally:
+                if taking:
+                    taking.taker = None
             self.heard = time.monotonic()
+
+    def take(self, message: bytes) -> bool:
+        """A metric log read while the reader waits, taken in as the reader would (False:
+        another request, or one the sequencer may not take now: the reader takes it)."""
+        seq = self._seq
+        if seq is None or not seq.reading or message[:1] not in _LOGS:
+            return False
+        self.heard = time.monotonic()
+        seq.receive(message)
+        return True
+
+    def taken(self) -> None:
+        """After messages were taken in: answer what is ready, or wake the writer."""
+        seq = self._seq
+        assert seq is not None
+        if self._unread is not None and not self._unread:
+            self._answer_ready(seq)
+        if seq.peek() is not None:
+            self._wake_writer()
 
     def _answer_ready(self, seq: Sequencer) -> None:
         """With no other message waiting to be read: make the writes group commit would

@@ -3,6 +3,7 @@ background as a file grows, read under each experiment's sidecar lock, and throw
 to be written again when found damaged. Event loop only; the work runs in worker threads.
 """
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class Sidecars:
         when a query needs them)."""
         self._extending: set[str] = set()
         """Experiments whose sidecars a background task is extending."""
+        self._starting: set[asyncio.Task[None]] = set()
 
     def written(self, tg: anyio.abc.TaskGroup | None, exp: Experiment) -> None:
         """After an append: extend the sidecars in the background when enough is new."""
@@ -50,7 +52,17 @@ class Sidecars:
             and tg is not None
         ):
             self._extending.add(exp.commit)
+            task = asyncio.get_running_loop().create_task(self._start(tg, exp))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start(self, tg: anyio.abc.TaskGroup, exp: Experiment) -> None:
+        """Start `_catch_up` in the store's task group: anyio starts tasks from a task, and
+        an append can end in a transport's callback."""
+        try:
             tg.start_soon(self._catch_up, exp)
+        except RuntimeError:  # the store is closing
+            self._extending.discard(exp.commit)
 
     async def _catch_up(self, exp: Experiment) -> None:
         """Extend the sidecars over what was appended, off the event loop; appends go on."""

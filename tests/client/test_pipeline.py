@@ -7,6 +7,7 @@ answer what was never asked.
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -132,9 +133,9 @@ async def test_a_cancelled_call_does_not_shift_the_others(
 async def test_an_answer_is_taken_in_the_step_that_reads_it(
     scripted: Callable[[Script], Awaitable[str]],
 ) -> None:
-    """A batch's answer reaches its handler inside the connection's reader (not a round of
-    the loop later); a request on a lost connection fails at once, a pending one when the
-    connection drops."""
+    """A batch's answer reaches its handler in the transport's callback that read it (no
+    task runs between); a pending request fails in the reader when the connection drops,
+    and a request on a lost connection fails at once."""
 
     async def script(ws: ServerConnection) -> None:
         async for message in ws:
@@ -144,23 +145,23 @@ async def test_an_answer_is_taken_in_the_step_that_reads_it(
                 ws.transport.abort()
                 return
 
-    handled: list[tuple[object, bool]] = []
+    handled: list[tuple[object, asyncio.Task[Any] | None]] = []
     url = await scripted(script)
     c = await Client.connect(url, api_key=ADMIN_KEY)
 
     def then(outcome: Response | BaseException) -> None:
-        handled.append((outcome, asyncio.current_task() is c._reader))
+        handled.append((outcome, asyncio.current_task()))
 
     answer = Answer(then)
     point = (MetricPoint(1, 1.0, "x"),)
     request = LogMetrics(key_hash=c._key, commit_id=bytes(20), metrics=point)
     await c._submit([encode_request(request)], [answer])
     await asyncio.wait_for(asyncio.shield(answer), 10)
-    assert handled == [(Success(timestamp=1, message="ok"), True)]
+    assert handled == [(Success(timestamp=1, message="ok"), None)]
     await c._submit([b"\x00"], [Answer(then)])
     await c.wait_closed()
-    lost, in_reader = handled[1]
-    assert isinstance(lost, ConnectionLost) and in_reader
+    lost, task = handled[1]
+    assert isinstance(lost, ConnectionLost) and task is c._reader
     await c._submit([b"\x00"], [Answer(then)])
     late, _ = handled[2]
     assert isinstance(late, ConnectionLost)

@@ -1,0 +1,111 @@
+"""websockets I/O shared by the daemon and the client: frames out in one write, and
+messages in without waking a task for each.
+
+Out: websockets' `send` frames and writes one message at a time: a syscall and a drain
+per message. `write_frames` has websockets' sans-I/O protocol frame every packet and hands
+the frames to the transport at once. On an open connection this does what the
+connection's `send_context` does around such a write, without the context manager's
+cost; `send_frames` then waits while the transport's buffer is above its high-water
+mark, so a peer that stops reading still pushes back and the buffer stays bounded (one
+batch past the mark at most). Any other state goes through `send_context`, which raises
+ConnectionClosed.
+
+In: websockets queues each message for a task's `recv`, and waking that task costs more
+than most requests' own work. A `Taking` connection hands each whole binary message to its
+`taker`, while one is set and nothing waits in the queue, in the transport's callback that
+read it; `taken` follows once per read. A message the taker declines, and every other
+frame, goes to `recv` as before, so order holds.
+"""
+
+from collections.abc import Sequence, Sized
+from typing import Protocol
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event, State
+
+
+def writable(ws: Connection) -> bool:
+    """Whether the connection is open and its buffer below the high-water mark."""
+    return ws.protocol.state is State.OPEN and not ws.paused and not ws.transport.is_closing()
+
+
+def write_frames(ws: Connection, packets: Sequence[bytes]) -> None:
+    """Write each packet as one binary message, all in one write (`writable` first)."""
+    protocol = ws.protocol
+    for packet in packets:
+        protocol.send_binary(packet)
+    ws.transport.write(b"".join(protocol.data_to_send()))
+
+
+async def send_frames(ws: Connection, packets: Sequence[bytes]) -> None:
+    """Send each packet as one binary message, all in one write; raises ConnectionClosed."""
+    if ws.paused:
+        await _drain(ws)
+    if writable(ws):
+        write_frames(ws, packets)
+    else:  # not open: waits for the close, raises ConnectionClosed
+        async with ws.send_context():
+            write_frames(ws, packets)
+    if ws.paused:
+        await _drain(ws)
+
+
+async def _drain(ws: Connection) -> None:
+    """Wait for the buffer to drain below the low-water mark; ConnectionClosed if it drops."""
+    async with ws.send_context():
+        pass
+
+
+def received(ws: Connection) -> Sized | None:
+    """The frames received and not read yet (websockets' queue, empty when `recv` would
+    wait); None when websockets does not expose it."""
+    frames = getattr(getattr(ws, "recv_messages", None), "frames", None)
+    return frames if isinstance(frames, Sized) else None
+
+
+class Taker(Protocol):
+    def take(self, message: bytes) -> bool:
+        """Take a whole binary message in the transport's callback; False: leave it to recv."""
+
+    def taken(self) -> None:
+        """Called once after the messages of one read were taken."""
+
+
+class Taking(Connection):
+    """A connection whose binary messages go to `taker` (see the module's docstring)."""
+
+    taker: Taker | None = None
+    _took: Taker | None = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        took = self._took
+        if took is not None:
+            self._took = None
+            took.taken()
+
+    def process_event(self, event: Event) -> None:
+        taker = self.taker
+        if (
+            taker is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.BINARY
+            and event.fin
+            and not self.recv_messages.frames
+        ):
+            data = event.data
+            if taker.take(data if type(data) is bytes else bytes(data)):
+                self._took = taker
+                return
+        super().process_event(event)
+
+
+class TakingServerConnection(Taking, ServerConnection):
+    pass
+
+
+class TakingClientConnection(Taking, ClientConnection):
+    pass
