@@ -5,10 +5,11 @@ Out: websockets' `send` frames and writes one message at a time: a syscall and a
 per message. `write_frames` has websockets' sans-I/O protocol frame every packet and hands
 the frames to the transport at once. On an open connection this does what the
 connection's `send_context` does around such a write, without the context manager's
-cost; `send_frames` then waits while the transport's buffer is above its high-water
-mark, so a peer that stops reading still pushes back and the buffer stays bounded (one
-batch past the mark at most). Any other state goes through `send_context`, which raises
-ConnectionClosed.
+cost; `send_frames` writes before it awaits anything (so requests whose futures were
+queued just before go out in that order), then waits while the transport's buffer is
+above its high-water mark, so a peer that stops reading still pushes back and the buffer
+stays bounded (one batch past the mark at most). Any other state goes through
+`send_context`, which raises ConnectionClosed.
 
 In: websockets queues each message for a task's `recv`, and waking that task costs more
 than most requests' own work. A `Taking` connection hands each whole binary message to its
@@ -41,12 +42,11 @@ def write_frames(ws: Connection, packets: Sequence[bytes]) -> None:
 
 
 async def send_frames(ws: Connection, packets: Sequence[bytes]) -> None:
-    """Send each packet as one binary message, all in one write; raises ConnectionClosed."""
-    if ws.paused:
-        await _drain(ws)
+    """Send each packet as one binary message, all in one write made before anything is
+    awaited, then wait while the buffer is above its mark; raises ConnectionClosed."""
     if writable(ws):
         write_frames(ws, packets)
-    else:  # not open: waits for the close, raises ConnectionClosed
+    else:  # paused: written, then drained; not open: ConnectionClosed once it closes
         async with ws.send_context():
             write_frames(ws, packets)
     if ws.paused:

@@ -2,8 +2,7 @@
 
 The daemon answers every request exactly once and in request order, so the
 pipeline keeps a FIFO of futures: each request appends its future and writes
-its frame with no await in between (websockets' protocol object frames it and
-the transport takes it inside `send_context`, before that first suspends;
+its frame with no await in between (`send_frames` in fetchml/frames.py:
 requests submitted together go in one write), and each final response resolves
 the oldest future in the transport's callback that read it (`take`, see
 fetchml/frames.py: no task wakes between the answer and its caller); the reader
@@ -37,7 +36,7 @@ from fetchml.protocol.responses import (
     decode_response,
 )
 
-from ..frames import Taking, write_frames
+from ..frames import Taking, send_frames
 from .errors import ConnectionLost, InvalidRequest, ProtocolViolation, error_from
 from .settings import Settings
 from .transport import EventHandler, log_event
@@ -230,8 +229,7 @@ class Pipeline:
                 self._calls.append(futures[sent])
                 sent += 1
             with contextlib.suppress(ConnectionClosed):  # if it closed, the reader fails them
-                async with ws.send_context():
-                    write_frames(ws, messages[first:sent])
+                await send_frames(ws, messages[first:sent])
         for future in futures[sent:]:
             future.set_exception(self._lost_error())
             future.exception()  # retrieved: a caller may already have gone
