@@ -7,8 +7,8 @@ requests submitted together go in one write), and each final response resolves
 the oldest future in the transport's callback that read it (`take`, see
 fetchml/frames.py: no task wakes between the answer and its caller); the reader
 task gets only what `take` leaves. PROGRESS and LOG packets before a final
-response go to the `on_event` callback. A semaphore bounds the requests in
-flight. When the connection drops, every pending future fails with
+response go to the `on_event` callback. At most `max_in_flight` requests are
+in flight. When the connection drops, every pending future fails with
 ConnectionLost, and so does every later request.
 """
 
@@ -36,7 +36,7 @@ from fetchml.protocol.responses import (
     decode_response,
 )
 
-from ..frames import Taking, send_frames
+from ..frames import Taking, send_frames, writable, write_frames
 from .errors import ConnectionLost, InvalidRequest, ProtocolViolation, error_from
 from .settings import Settings
 from .transport import EventHandler, log_event
@@ -70,7 +70,9 @@ class Pipeline:
         self._on_event = on_event or log_event
         self._open_timeout = open_timeout
         self._calls: deque[asyncio.Future[Response]] = deque()
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._room: asyncio.Future[None] | None = None
+        """What requests waiting for room in flight wait on (None: none waits)."""
         self._lost: ConnectionLost | None = None
         self._watches: set[MetricWatch] = set()
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -169,7 +171,7 @@ class Pipeline:
         if not self._calls:
             raise ProtocolViolation(f"unsolicited {type(response).__name__} response")
         future = self._calls.popleft()
-        self._slots.release()
+        self._freed()
         if not future.done():
             future.set_result(response)
 
@@ -181,9 +183,9 @@ class Pipeline:
 
     def _fail_all(self, exc: ConnectionLost) -> None:
         self._lost = exc
+        self._freed()
         while self._calls:
             future = self._calls.popleft()
-            self._slots.release()
             if not future.done():
                 future.set_exception(ConnectionLost(exc.message))
                 future.exception()  # a cancelled caller must not leave it unretrieved
@@ -215,24 +217,44 @@ class Pipeline:
         """Send encoded requests, as many in one write as the in-flight bound allows; each
         final response resolves its future, in order. A request the connection was lost
         before sending fails its future with ConnectionLost. Returns once all are written."""
-        ws, slots, sent = self._ws, self._slots, 0
+        sent = 0
         while sent < len(messages) and self._lost is None:
-            await slots.acquire()
-            if self._lost is not None:
-                slots.release()
-                break
-            first = sent
-            self._calls.append(futures[sent])
-            sent += 1
-            while sent < len(messages) and not slots.locked():
-                await slots.acquire()  # free: returns at once
-                self._calls.append(futures[sent])
-                sent += 1
+            room = self._max_in_flight - len(self._calls)
+            if room <= 0:
+                if self._room is None:
+                    self._room = asyncio.get_running_loop().create_future()
+                await asyncio.wait((self._room,))  # a cancelled waiter leaves it to the others
+                continue
+            end = min(len(messages), sent + room)
+            self._calls.extend(futures[sent:end])
+            chunk, sent = messages[sent:end], end
             with contextlib.suppress(ConnectionClosed):  # if it closed, the reader fails them
-                await send_frames(ws, messages[first:sent])
+                await send_frames(self._ws, chunk)
         for future in futures[sent:]:
             future.set_exception(self._lost_error())
             future.exception()  # retrieved: a caller may already have gone
+
+    def send_now(
+        self, messages: Sequence[bytes], futures: "Sequence[asyncio.Future[Response]]"
+    ) -> int:
+        """Send at once, in one write, as many of the requests as there is room for in
+        flight, when nothing waits for room and the connection takes a write without
+        waiting; how many were sent (`_submit` takes the rest)."""
+        room = self._max_in_flight - len(self._calls)
+        if self._lost is not None or room <= 0 or self._room is not None:
+            return 0
+        if not writable(self._ws):
+            return 0
+        sent = min(room, len(messages))
+        self._calls.extend(futures[:sent])
+        write_frames(self._ws, messages[:sent])
+        return sent
+
+    def _freed(self) -> None:
+        """Room in flight (an answer came, or the connection went): wake who waits for it."""
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
 
     async def _data(self, request: rq.Request, data_type: str) -> bytes:
         response = await self._call(request)

@@ -350,7 +350,7 @@ class Shipper:
             batches.append(batch)
         if batches:
             self._sent = True
-            tg.create_task(self._send(client, batches))
+            self._send(client, tg, batches)
         self._update_run(client, tg, now)
 
     def _update_run(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
@@ -391,11 +391,15 @@ class Shipper:
         lowest = next(iter(self.batcher.unacked), None)
         return lowest is None or lowest > self._careful_until
 
-    async def _send(self, client: Client, batches: list[Batch]) -> None:
-        """Send batches in one write; `_answered` takes each answer as the connection reads it
-        (or ConnectionLost for one it could not send)."""
+    def _send(self, client: Client, tg: asyncio.TaskGroup, batches: list[Batch]) -> None:
+        """Send batches in one write, at once when the connection takes it (a task sends
+        what it does not); `_answered` takes each answer as the connection reads it (or
+        ConnectionLost for one it could not send)."""
         answers = [Answer(partial(self._answered, batch)) for batch in batches]
-        await client._submit([batch.message for batch in batches], answers)
+        messages = [batch.message for batch in batches]
+        sent = client.send_now(messages, answers)
+        if sent < len(batches):
+            tg.create_task(client._submit(messages[sent:], answers[sent:]))
 
     def _answered(self, batch: Batch, outcome: Response | BaseException) -> None:
         """A batch's answer, or why there will be none: acknowledge, reject, or resend."""

@@ -1,5 +1,6 @@
 """MetricLogger against a daemon subprocess: delivery, steps, policies, restarts."""
 
+import asyncio
 import logging
 import os
 import re
@@ -7,13 +8,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fetchml.client import InvalidRequest, MetricLogger, MetricsRejected, NotFound
-from fetchml.protocol.enums import ErrorCode
+from fetchml.protocol.enums import ErrorCode, Opcode
 from fetchml.protocol.metrics import RECORD_HEAD, RECORD_MIN, scan
 from tests.support.daemon import ROOT
 from tests.support.daemon import DaemonProcess as ServerProcess
@@ -335,3 +337,34 @@ def test_answers_read_together_are_taken_in_one_pump(
     assert ml.close()
     print(f"50 batches acknowledged, {pumps} pumps")
     assert ml.acknowledged == 5_000 and pumps <= 25
+
+
+def test_a_flush_sends_its_batch_from_the_wake_up_itself(
+    shared_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """log() + flush() one at a time: the worker writes each batch in the callback the
+    caller's wake-up runs (or in its session task, before the first answer), with no task
+    started for it: one would cost the blocking call another turn of the worker's loop."""
+    from fetchml import frames
+    from fetchml.client import pipeline
+
+    writers: list[str] = []
+
+    def watched(write: Callable[[Any, Sequence[bytes]], None]) -> Callable[..., None]:
+        def recorded(ws: Any, packets: Sequence[bytes]) -> None:
+            if packets[0][0] == Opcode.LOG_METRICS_AT:
+                task = asyncio.current_task()
+                writers.append(task.get_coro().__qualname__ if task else "")  # type: ignore[union-attr]
+            write(ws, packets)
+
+        return recorded
+
+    monkeypatch.setattr(pipeline, "write_frames", watched(frames.write_frames), raising=False)
+    monkeypatch.setattr(frames, "write_frames", watched(frames.write_frames))
+    ml = MetricLogger(commit_of("logger-wake-up"), shared_server.url, ADMIN_KEY, flush_interval=60)
+    for step in range(20):
+        ml.log("loss", 1.0, step=step)
+        assert ml.flush()
+    assert ml.close()
+    print(f"20 flushes, batches written in: {sorted(set(writers))}")
+    assert len(writers) == 20 and set(writers) <= {"", "Shipper.run"}

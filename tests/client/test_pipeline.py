@@ -212,6 +212,47 @@ async def test_requests_submitted_together_go_in_one_write(
     await c.close()
 
 
+async def test_send_now_sends_what_fits_in_flight_and_never_jumps_a_waiter(
+    scripted: Callable[[Script], Awaitable[str]],
+) -> None:
+    """send_now writes at once as many requests as there is room for in flight; while a
+    request waits for room it sends none (it would overtake), and what waited goes first."""
+    gate = asyncio.Event()
+
+    async def script(ws: ServerConnection) -> None:
+        async for message in ws:
+            request = decode_request(message)  # type: ignore[arg-type]
+            assert isinstance(request, LogMetrics)
+            await gate.wait()
+            await ws.send(
+                encode_response(Success(timestamp=1, message=str(request.metrics[0].step)))
+            )
+
+    c = await Client.connect(await scripted(script), api_key=ADMIN_KEY, max_in_flight=3)
+    loop = asyncio.get_running_loop()
+
+    def requests(steps: range) -> tuple[list[bytes], list[asyncio.Future[Response]]]:
+        point = [(MetricPoint(i, 1.0, "x"),) for i in steps]
+        messages = [
+            encode_request(LogMetrics(key_hash=c._key, commit_id=bytes(20), metrics=p))
+            for p in point
+        ]
+        return messages, [loop.create_future() for _ in steps]
+
+    first, first_answers = requests(range(5))
+    assert c.send_now(first, first_answers) == 3 and c.in_flight == 3
+    waiting, waiting_answers = requests(range(3, 5))
+    submitted = asyncio.create_task(c._submit(waiting, waiting_answers))
+    await asyncio.sleep(0.05)  # it waits for room
+    later, later_answers = requests(range(5, 6))
+    assert c.send_now(later, later_answers) == 0
+    gate.set()
+    await asyncio.wait_for(submitted, 10)
+    done = await asyncio.wait_for(asyncio.gather(*first_answers[:3], *waiting_answers), 10)
+    assert [r.message for r in done if isinstance(r, Success)] == ["0", "1", "2", "3", "4"]
+    await c.close()
+
+
 FRESH_CLIENT = """
 import asyncio, resource, sys
 from fetchml.client import Client
