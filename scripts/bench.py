@@ -229,6 +229,7 @@ def ack_latency(b: Bench) -> list[Row]:
     b.details["ack_latency"] = {"echo": detail(echo)}
     rows = []
     for server in (b.write, b.fsync):
+        os.sync()  # the figures before leave dirty pages: their writeback is not this one's
         daemon = b.load(Paced, server, **options)
         b.verify(server, {"latency": daemon.ok if daemon else 0})
         b.details["ack_latency"][server.name] = detail(daemon)
