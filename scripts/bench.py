@@ -202,6 +202,7 @@ def one_at_a_time(b: Bench) -> list[Row]:
     client in its own process (scripts/bench_onecall.py), alternating, best of each."""
     calls = onecall_calls(b.sizes)
     best = {"client": 0.0, "bare": 0.0}
+    runs: dict[str, list[float]] = b.details.setdefault("onecall", {"client": [], "bare": []})
     for _ in range(ONECALL_ROUNDS):
         for mode, server in (("bare", b.echo), ("client", b.write)):
             argv = [sys.executable, str(ONECALL), mode, server.url, "--calls", str(calls)]
@@ -212,6 +213,7 @@ def one_at_a_time(b: Bench) -> list[Row]:
                 b.errors.append(f"one at a time, {mode}: {done.stderr[-2000:]}")
                 return [Row(BY_KEY["onecall"], None, None)]
             rate = json.loads(done.stdout.splitlines()[-1])["calls_per_second"]
+            runs[mode].append(rate)
             best[mode] = max(best[mode], rate)
     b.verify(b.write, {"onecall": ONECALL_ROUNDS * (calls + bench_onecall.WARMUP)})
     return [Row(BY_KEY["onecall"], best["client"], best["bare"])]

@@ -74,6 +74,8 @@ class Pipeline:
         self._room: asyncio.Future[None] | None = None
         """What requests waiting for room in flight wait on (None: none waits)."""
         self._lost: ConnectionLost | None = None
+        self._fault: Exception | None = None
+        """What a response's handler raised in `take`: the reader raises it."""
         self._watches: set[MetricWatch] = set()
         self._reader = asyncio.get_running_loop().create_task(self._read())
         if isinstance(ws, Taking):
@@ -130,6 +132,8 @@ class Pipeline:
         reason = "connection closed"
         try:
             async for message in self._ws:
+                if self._fault is not None:
+                    break
                 if isinstance(message, str):
                     raise ProtocolViolation("server sent a text message")
                 self._answer(decode_response(message))
@@ -147,17 +151,25 @@ class Pipeline:
             if isinstance(self._ws, Taking):
                 self._ws.taker = None
             self._fail_all(ConnectionLost(f"{self.url}: {reason}"))
+        if self._fault is not None:
+            raise self._fault
 
     def take(self, message: bytes) -> bool:
         """A response, answered in the transport's callback that read it (False: left
-        to `_read`, which raises what is wrong with it)."""
+        to `_read`, which raises what is wrong with it; after a fault, dropped)."""
+        if self._fault is not None:
+            return True
         try:
             response = decode_response(message)
         except MalformedResponse:
             return False
         if not self._calls and not isinstance(response, Progress | Log):
             return False
-        self._answer(response)
+        try:
+            self._answer(response)
+        except Exception as exc:  # a handler's fault ends the connection; the reader raises it
+            self._fault = exc
+            self._ws.transport.abort()
         return True
 
     def taken(self) -> None:

@@ -6,7 +6,7 @@ when the caller's thread wakes it (a flush, a close, a full buffer: `wake`,
 through call_soon_threadsafe), it lets the Batcher (batches.py) turn the
 caller's queue into LOG_METRICS_AT messages and sends them, every batch cut
 together in one write, several in flight on one connection. Each answer is
-taken in the step that reads it (`Answer`), so a flush() waiting on it
+taken in the callback that reads it (`Answer`), so a flush() waiting on it
 returns without another round of the loop: SUCCESS acknowledges a batch; an
 error other than a transient one (RETRYABLE) rejects it for good.
 
@@ -444,10 +444,10 @@ class Shipper:
 
 
 class Answer(asyncio.Future[Response]):
-    """A request's future that hands its outcome to `then` as the connection's reader resolves
-    it, in the same step (an awaiting task would resume only on the loop's next round).
-    An exception from `then` ends the reader, and so the connection; closing it re-raises
-    the exception: the worker's crash."""
+    """A request's future that hands its outcome to `then` as the connection resolves it, in
+    the same step (an awaiting task would resume only on the loop's next round). An
+    exception from `then` ends the connection, and its reader raises it; closing the
+    connection re-raises it: the worker's crash."""
 
     def __init__(self, then: Callable[[Response | BaseException], None]) -> None:
         super().__init__()

@@ -3,12 +3,14 @@ what the sequencer (server/sequencer.py) hands out, strictly in request order.
 
 Metric logging is pipelined: the reader queues the records for group commit and moves
 on; the writer awaits each completion in turn, and the responses ready together (one
-group commit's acks) go out in one write (fetchml/frames.py). A reader that finds no other
-message waiting has group commit write at once and, while the writer is idle, sends the
-ready responses itself: one request at a time is answered in the turn that read it. Every
-other request runs as a barrier (dispatch decides), and one refused as it is read is
-answered in its turn. Beyond `max_inflight_requests` unanswered requests the reader stops
-reading and TCP pushes back.
+group commit's acks) go out in one write (fetchml/frames.py). While the reader waits for
+a message, the metric logs that arrive are taken in by the transport's callback that read
+them (`take`), so no task wakes for them; after each read, with no other message
+waiting, group commit writes at once and, while the writer is idle, the ready responses
+are sent right there: one request at a time is answered in the callback that read it.
+Every other request wakes the reader and runs as a barrier (dispatch decides), and one
+refused as it is read is answered in its turn. Beyond `max_inflight_requests` unanswered
+requests nothing more is taken in, the reader stops reading and TCP pushes back.
 """
 
 import asyncio
@@ -279,7 +281,7 @@ class Connection:
         """With no other message waiting to be read: make the writes group commit would
         make at the event loop's next turn, and, while the writer is idle, send the
         responses ready in order (as its first step would). One request at a time is
-        then answered in the turn that read it."""
+        then answered in the callback that read it."""
         self.ctx.store.flush_scheduled()
         if self._writer_wake is None or not writable(self.ws):  # the writer answers in order
             return

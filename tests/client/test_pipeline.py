@@ -253,6 +253,31 @@ async def test_send_now_sends_what_fits_in_flight_and_never_jumps_a_waiter(
     await c.close()
 
 
+async def test_a_fault_in_an_answers_handler_ends_the_connection_and_the_reader_raises_it(
+    scripted: Callable[[Script], Awaitable[str]],
+) -> None:
+    """An answer's handler runs in the transport's callback; if it raises, the connection
+    ends, what is pending fails with ConnectionLost, and the reader raises the fault, so
+    closing the client re-raises it instead of the fault passing as a lost connection."""
+
+    async def script(ws: ServerConnection) -> None:
+        async for _ in ws:
+            await ws.send(encode_response(Success(timestamp=1, message="ok")))
+
+    c = await Client.connect(await scripted(script), api_key=ADMIN_KEY)
+
+    def then(outcome: Response | BaseException) -> None:
+        raise RuntimeError("a bug in the handler")
+
+    point = (MetricPoint(1, 1.0, "x"),)
+    message = encode_request(LogMetrics(key_hash=c._key, commit_id=bytes(20), metrics=point))
+    pending = asyncio.get_running_loop().create_future()
+    await c._submit([message, message], [Answer(then), pending])
+    with pytest.raises(RuntimeError, match="a bug in the handler"):
+        await asyncio.wait_for(c.wait_closed(), 10)
+    assert c.closed and isinstance(pending.exception(), ConnectionLost)
+
+
 FRESH_CLIENT = """
 import asyncio, resource, sys
 from fetchml.client import Client
