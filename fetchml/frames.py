@@ -15,7 +15,8 @@ In: websockets queues each message for a task's `recv`, and waking that task cos
 than most requests' own work. A `Taking` connection hands each whole binary message to its
 `taker`, while one is set and nothing waits in the queue, in the transport's callback that
 read it; `taken` follows once per read. A message the taker declines, and every other
-frame, goes to `recv` as before, so order holds.
+frame, goes to `recv` as before, so order holds. The client's connections also read into
+a buffer of their thread's (`Buffered`).
 """
 
 import asyncio
@@ -76,13 +77,6 @@ class Taker(Protocol):
         """Called once after the messages of one read were taken."""
 
 
-READ_BYTES = 256 * 1024
-"""What one read takes at most (asyncio's own size for a plain protocol's reads)."""
-
-_buffer = threading.local()
-"""Each thread's read buffer: a read is copied out of it before its callback returns."""
-
-
 class Taking(Connection):
     """A connection whose binary messages go to `taker` (see the module's docstring)."""
 
@@ -114,6 +108,13 @@ class Taking(Connection):
 
 class TakingServerConnection(Taking, ServerConnection):
     pass
+
+
+READ_BYTES = 256 * 1024
+"""What one read takes at most (asyncio's own size for a plain protocol's reads)."""
+
+_buffer = threading.local()
+"""Each thread's read buffer: a read is copied out of it before its callback returns."""
 
 
 class Buffered(Connection, asyncio.BufferedProtocol):
