@@ -78,7 +78,8 @@ class Taker(Protocol):
 
 
 class Taking(Connection):
-    """A connection whose binary messages go to `taker` (see the module's docstring)."""
+    """A connection whose binary messages go to `taker` (see the module's docstring): set
+    one only when `received` sees websockets' queue."""
 
     taker: Taker | None = None
     _took: Taker | None = None

@@ -36,7 +36,7 @@ from fetchml.protocol.responses import (
     decode_response,
 )
 
-from ..frames import Taking, send_frames, writable, write_frames
+from ..frames import Taking, received, send_frames, writable, write_frames
 from .errors import ConnectionLost, InvalidRequest, ProtocolViolation, error_from
 from .settings import Settings
 from .transport import EventHandler, log_event
@@ -78,7 +78,7 @@ class Pipeline:
         """What a response's handler raised in `take`: the reader raises it."""
         self._watches: set[MetricWatch] = set()
         self._reader = asyncio.get_running_loop().create_task(self._read())
-        if isinstance(ws, Taking):
+        if isinstance(ws, Taking) and received(ws) is not None:
             ws.taker = self
 
     @property
