@@ -7,13 +7,21 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from fetchml.protocol.requests import CreateExperiment, LogMetric, WhoAmI, encode_request
+from fetchml.frames import write_frames
+from fetchml.protocol.requests import (
+    CreateExperiment,
+    LogMetric,
+    QueryMetrics,
+    WhoAmI,
+    encode_request,
+)
 from fetchml.protocol.responses import Data, Success
 from fetchml.server.connection import Connection
 from tests.support.daemon import poll
 from tests.support.experiments import file_records, metrics_path
 from tests.support.inproc import Daemon
 from tests.support.keys import hash_of
+from tests.support.wire import page_of
 
 ADMIN = hash_of("admin")
 COMMIT = bytes(range(20))
@@ -85,4 +93,26 @@ async def test_a_log_behind_a_running_request_is_answered_in_order(daemon: Daemo
     assert isinstance(second, Success), second
     path = metrics_path(daemon.config.storage.base_path, COMMIT)
     assert [r.step for r in file_records(path)] == [1]
+    await client.ws.close()
+
+
+async def test_logs_and_a_barrier_read_together_are_answered_and_applied_in_order(
+    daemon: Daemon,
+) -> None:
+    """Frames that arrive in one read: the logs before a barrier are taken in by the
+    callback; the barrier and everything after it wait for the reader, in order. A QUERY
+    (a barrier) between logs sees exactly the logs before it."""
+    client = await daemon.client()
+    created = await client.call(CreateExperiment(key_hash=ADMIN, commit_id=COMMIT, job_name="j"))
+    assert isinstance(created, Success), created
+    query = QueryMetrics(key_hash=ADMIN, commit_id=COMMIT, name="loss")
+    batch = [log(1), log(2), encode_request(query), log(3), encode_request(query), log(4)]
+    write_frames(client.ws, batch)  # one transport write
+    responses = [await client.recv() for _ in batch]
+    kinds = [type(r).__name__ for r in responses]
+    assert kinds == ["Success", "Success", "Data", "Success", "Data", "Success"], responses
+    assert [r.step for r in page_of(responses[2]).records] == [1, 2]
+    assert [r.step for r in page_of(responses[4]).records] == [1, 2, 3]
+    path = metrics_path(daemon.config.storage.base_path, COMMIT)
+    assert [r.step for r in file_records(path)] == [1, 2, 3, 4]
     await client.ws.close()
