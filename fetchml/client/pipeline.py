@@ -231,15 +231,13 @@ class Pipeline:
         before sending fails its future with ConnectionLost. Returns once all are written."""
         sent = 0
         while sent < len(messages) and self._lost is None:
-            room = self._max_in_flight - len(self._calls)
-            if room <= 0:
+            taken = self._enlist(futures[sent:])
+            if not taken:
                 if self._room is None:
                     self._room = asyncio.get_running_loop().create_future()
                 await asyncio.wait((self._room,))  # a cancelled waiter leaves it to the others
                 continue
-            end = min(len(messages), sent + room)
-            self._calls.extend(futures[sent:end])
-            chunk, sent = messages[sent:end], end
+            chunk, sent = messages[sent : sent + taken], sent + taken
             with contextlib.suppress(ConnectionClosed):  # if it closed, the reader fails them
                 await send_frames(self._ws, chunk)
         for future in futures[sent:]:
@@ -252,15 +250,19 @@ class Pipeline:
         """Send at once, in one write, as many of the requests as there is room for in
         flight, when nothing waits for room and the connection takes a write without
         waiting; how many were sent (`_submit` takes the rest)."""
-        room = self._max_in_flight - len(self._calls)
-        if self._lost is not None or room <= 0 or self._room is not None:
+        if self._lost is not None or self._room is not None or not writable(self._ws):
             return 0
-        if not writable(self._ws):
-            return 0
-        sent = min(room, len(messages))
-        self._calls.extend(futures[:sent])
-        write_frames(self._ws, messages[:sent])
-        return sent
+        taken = self._enlist(futures)
+        if taken:
+            write_frames(self._ws, messages[:taken])
+        return taken
+
+    def _enlist(self, futures: "Sequence[asyncio.Future[Response]]") -> int:
+        """Queue as many of `futures` as there is room for in flight, first first; how many
+        (their requests must then be written with no await in between)."""
+        taken = max(0, min(len(futures), self._max_in_flight - len(self._calls)))
+        self._calls.extend(futures[:taken])
+        return taken
 
     def _freed(self) -> None:
         """Room in flight (an answer came, or the connection went): wake who waits for it."""

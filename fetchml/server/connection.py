@@ -81,8 +81,8 @@ _LOG_NAMES = {opcode: opcode.name for opcode in (Opcode.LOG_METRIC, Opcode.LOG_M
 """An enum's `name` is a property: on the path of every log, a dict is cheaper."""
 
 
-_LOGS = {bytes([o]) for o in (Opcode.LOG_METRIC, Opcode.LOG_METRICS, Opcode.LOG_METRICS_AT)}
-"""First bytes of the requests `take` takes in the transport's callback."""
+_LOGS = frozenset((Opcode.LOG_METRIC, Opcode.LOG_METRICS, Opcode.LOG_METRICS_AT))
+"""Opcodes of the requests `take` takes in the transport's callback."""
 
 
 def error_packet(code: ErrorCode, message: str, details: str = "") -> bytes:
@@ -262,7 +262,7 @@ class Connection:
         """A metric log read while the reader waits, taken in as the reader would (False:
         another request, or one the sequencer may not take now: the reader takes it)."""
         seq = self._seq
-        if seq is None or not seq.reading or message[:1] not in _LOGS:
+        if seq is None or not seq.reading or not message or message[0] not in _LOGS:
             return False
         self.heard = time.monotonic()
         seq.receive(message)
