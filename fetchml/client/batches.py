@@ -1,10 +1,11 @@
 """The MetricLogger's batcher, without sockets or threads: points in, LOG_METRICS_AT out.
 
 The caller's thread checks each name once (`encode_name`, cached in `names`)
-and every step (`check_step`), then appends Points (with the time of the
-log() call) and FlushTokens to the queue. `drain` pops them and encodes the
-points between tokens as their metrics.bin records, a column at a time
-(encoding.py), cutting a Batch, one complete LOG_METRICS_AT message, at
+and every step (`check_step`), then queues each point as its four items (name,
+value, step and the time of the log() call, encoding.WIDTH) at the end of one
+flat list, and each FlushToken as four items too, named FLUSH. `drain` pops
+them and encodes the points between tokens as their metrics.bin records, a
+column at a time (encoding.py), cutting a Batch, one complete LOG_METRICS_AT message, at
 `batch_size` points or before the next record would make it longer than
 `max_message_bytes`. A value the wire cannot carry is rejected here.
 
@@ -28,7 +29,9 @@ import operator
 import threading
 from bisect import bisect_right
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.errors import MalformedRequest
@@ -36,7 +39,7 @@ from fetchml.protocol.metrics import RECORD_HEAD, walk
 from fetchml.protocol.requests import LOG_METRICS_HEAD, LogMetricsAt, log_metrics_at_head
 from fetchml.protocol.rules import check_metric_name
 
-from .encoding import Columns, Point, columns, encode_points
+from .encoding import WIDTH, Columns, Point, columns, encode_points
 from .errors import InvalidRequest
 from .ledger import Ledger
 from .models import MAX_STEP
@@ -85,8 +88,16 @@ class FlushToken:
         """The last batch cut before it: done once no batch up to this one is unsettled."""
 
 
-Item = Point | FlushToken
-"""What crosses from the caller's thread to the worker's, through the queue."""
+FLUSH = "\x00"
+"""The name a FlushToken is queued under (its value is the token): no metric name has 0x00."""
+
+
+def queued(*entries: Point | FlushToken) -> list[Any]:
+    """The queue items of points and flush tokens, in order (log() queues its point itself)."""
+    items: list[Any] = []
+    for entry in entries:
+        items.extend((FLUSH, entry, None, 0.0) if isinstance(entry, FlushToken) else entry)
+    return items
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +110,19 @@ class Batch:
     @property
     def records(self) -> bytes:
         return self.message[MESSAGE_HEAD:]
+
+
+def flushes(labels: list[str]) -> Iterator[int]:
+    """Where the flush tokens are among a run of queued names."""
+    at = -1
+    with contextlib.suppress(ValueError):
+        while True:
+            at = labels.index(FLUSH, at + 1)
+            yield at
+
+
+def part(cols: Columns, start: int, stop: int) -> Columns:
+    return cols[0][start:stop], cols[1][start:stop], cols[2][start:stop], cols[3][start:stop]
 
 
 def encode_name(name: object) -> tuple[bytes, int]:
@@ -125,7 +149,7 @@ def check_step(step: object) -> int:
 class Batcher:
     def __init__(
         self,
-        queue: list[Item],
+        queue: list[Any],
         ledger: Ledger,
         *,
         key_hash: bytes,
@@ -149,8 +173,9 @@ class Batcher:
         """Points taken from the queue and not yet settled."""
         self.limit = limit
         """At most this many points buffered (queued or held); -1 once the logger stopped."""
-        self.room = limit
-        """`limit - held`: how long the queue may grow (log() compares it with the queue)."""
+        self.room = limit * WIDTH
+        """How long the queue may grow, `limit - held` points of WIDTH items (log() compares
+        it with the queue's length)."""
         self.unacked: dict[int, Batch] = {}
         """Batches cut and not yet settled, by sequence number (in order)."""
         self.ready: deque[int] = deque()
@@ -179,41 +204,36 @@ class Batcher:
         `held` goes up once the items have left the queue (the caller's bound may
         briefly undercount by one drain, never overcount).
         """
-        take = min(len(self.queue), slots * self._size - self._count)
+        take = min(len(self.queue) // WIDTH, slots * self._size - self._count)
         if take > 0:
-            items = self.take(take)
-            points = take
-            try:
-                cols = columns(items)  # type: ignore[arg-type]
-            except TypeError:  # flush tokens among the points
-                first = 0
-                for at, item in enumerate(items):
-                    if item.__class__ is not tuple:
-                        points -= 1 + self._add(items[first:at])  # type: ignore[arg-type]
-                        self.cut()
-                        item.after = self._seq  # type: ignore[union-attr]
-                        self._tokens.append(item)  # type: ignore[arg-type]
-                        first = at + 1
-                points -= self._add(items[first:])  # type: ignore[arg-type]
-            else:
-                points -= self._add(items, cols)  # type: ignore[arg-type]
+            cols = columns(self.take(take))
+            points = first = 0
+            for at in flushes(cols[0]):
+                points -= 1 + self._add(part(cols, first, at))
+                self.cut()
+                token = cols[1][at]
+                token.after = self._seq
+                self._tokens.append(token)
+                first = at + 1
+            points += take - self._add(part(cols, first, take) if first else cols)
             self.held += points
-            self.room = self.limit - self.held
+            self.room = (self.limit - self.held) * WIDTH
         if cut:
             self.cut()
         self._release_tokens()
 
-    def take(self, count: int) -> list[Item]:
-        """The first `count` items of the queue, removed from it (the caller's thread may
-        append meanwhile, never remove)."""
-        items = self.queue[:count]
-        del self.queue[:count]
+    def take(self, count: int) -> list[Any]:
+        """The items of the first `count` points (or tokens) in the queue, removed from it
+        (the caller's thread may append meanwhile, never remove)."""
+        end = count * WIDTH
+        items = self.queue[:end]
+        del self.queue[:end]
         return items
 
-    def _add(self, points: list[Point], cols: Columns | None = None) -> int:
-        """Encode `points` into the batch being built, cutting full ones; how many were
-        rejected (a value the wire cannot carry)."""
-        if not points:
+    def _add(self, cols: Columns) -> int:
+        """Encode the points of `cols` into the batch being built, cutting full ones; how
+        many were rejected (a value the wire cannot carry)."""
+        if not cols[0]:
             return 0
         rejected = 0
 
@@ -222,7 +242,7 @@ class Batcher:
             rejected += 1
             self.ledger.reject(1, f"metric {name!r} not sent: {why}", ErrorCode.INVALID_REQUEST)
 
-        blob, ends = encode_points(points, self.names, self._next_step, reject, cols)
+        blob, ends = encode_points(cols, self.names, self._next_step, reject)
         done, total = 0, len(ends)
         while done < total:
             offset = ends[done - 1] if done else 0
@@ -305,7 +325,7 @@ class Batcher:
                 self.unacked[batch.seq] = Batch(batch.seq, left, head + records[skip:])
                 self.ledger.acknowledged += len(starts)
                 self.held -= len(starts)
-                self.room = self.limit - self.held
+                self.room = (self.limit - self.held) * WIDTH
             break
         self.ledger.recovered += self.ledger.acknowledged - acknowledged
         return True
@@ -331,18 +351,19 @@ class Batcher:
         self.unacked.clear()
         self.ready.clear()
         lost, self.held, self._count, self._bytes = self.held, 0, 0, 0
-        for item in self.take(len(self.queue)):
-            if item.__class__ is tuple:
-                lost += 1
+        labels, values, _, _ = columns(self.take(len(self.queue) // WIDTH))
+        for name, value in zip(labels, values, strict=True):
+            if name == FLUSH:
+                self._tokens.append(value)
             else:
-                self._tokens.append(item)  # type: ignore[arg-type]
+                lost += 1
         while self._tokens:
             self._tokens.popleft().done.set()
         return lost
 
     def _settle(self, seq: int) -> None:
         self.held -= self.unacked.pop(seq).count
-        self.room = self.limit - self.held
+        self.room = (self.limit - self.held) * WIDTH
         self._release_tokens()
 
     def _release_tokens(self) -> None:

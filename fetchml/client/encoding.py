@@ -1,7 +1,8 @@
 """Points as metrics.bin records, a run of them at a time, without a Python object per point.
 
-`encode_points` takes the (name, value, step, time) tuples the caller's thread
-queued and returns their records (protocol RECORD_HEAD, whole seconds, the
+The caller's thread queues each point as four items of one flat list, its
+name, value, step and time (`WIDTH`); `columns` slices the four columns out of
+a run of them. `encode_points` takes those columns and returns their records (protocol RECORD_HEAD, whole seconds, the
 cached name) as one bytes object, with where each record ends. Each column is
 packed by one struct.pack call, which converts exactly as packing a record does
 (a value without __float__, a step that is not an integer raise), and one numpy
@@ -19,18 +20,18 @@ interval (5 ms) to get it back from a caller busy in Python.
 
 from collections.abc import Callable, Sequence
 from itertools import accumulate
-from operator import itemgetter
 from struct import error as struct_error
 from struct import pack
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
 from fetchml.protocol.metrics import RECORD_HEAD
 
 Point = tuple[str, float, int | None, float]
-"""One log() call as the caller's thread queues it, (name, value, step, Unix time): a plain
-tuple, no object per point."""
+"""One log() call, (name, value, step, Unix time): the caller's thread queues its four items."""
+WIDTH = 4
+"""Queue items per point."""
 Names = dict[str, tuple[bytes, int]]
 Ends = Sequence[int]
 """Where each record ends in the encoded bytes, ascending (a range when all have one size)."""
@@ -39,34 +40,28 @@ SMALL = 16
 """Up to this many points go one at a time: numpy's cost per call outweighs per-point packing
 (a flush of one point pays it on its round trip)."""
 
-Columns = tuple[list[str], list[float], list[int | None], list[float]]
-_NAME, _VALUE, _STEP, _STAMP = (itemgetter(i) for i in range(4))
+Columns = tuple[list[str], list[Any], list[Any], list[Any]]
+"""Names, values, steps and times, one list each."""
 
 
-def columns(points: Sequence[Point]) -> Columns:
-    """The points' names, values, steps and times; TypeError when one is not a tuple."""
-    return (
-        list(map(_NAME, points)),
-        list(map(_VALUE, points)),
-        list(map(_STEP, points)),
-        list(map(_STAMP, points)),
-    )
+def columns(items: list[Any]) -> Columns:
+    """The four columns of queued items (WIDTH per point)."""
+    return items[0::WIDTH], items[1::WIDTH], items[2::WIDTH], items[3::WIDTH]
 
 
 def encode_points(
-    points: Sequence[Point],
+    cols: Columns,
     names: Names,
     next_step: dict[str, int],
     reject: Callable[[str, str], None],
-    cols: Columns | None = None,
 ) -> tuple[bytes, Ends]:
-    """The records of `points` (their `cols`, when already taken) and the offset just past
-    each; `next_step` gives the default steps and is advanced; a point whose value
-    cannot be encoded is left out and `reject`ed with its name and the reason."""
-    if len(points) <= SMALL:
-        return encode_slowly(points, names, next_step, reject)
-    labels, values, steps, stamps = columns(points) if cols is None else cols
-    n = len(points)
+    """The records of the points in `cols` and the offset just past each; `next_step`
+    gives the default steps and is advanced; a point whose value cannot be encoded is
+    left out and `reject`ed with its name and the reason."""
+    labels, values, steps, stamps = cols
+    n = len(labels)
+    if n <= SMALL:
+        return encode_slowly(cols, names, next_step, reject)
     try:
         value_col = pack(f">{n}d", *values)
         stamp_col = pack(f"={n}d", *stamps)
@@ -79,7 +74,7 @@ def encode_points(
             known = default_steps(labels, steps, next_step)
             step_col = pack(f">{n}I", *known)
     except (struct_error, TypeError, OverflowError):
-        return encode_slowly(points, names, next_step, reject)
+        return encode_slowly(cols, names, next_step, reject)
     if labels.count(labels[0]) == n:
         distinct = labels[:1]
         next_step[labels[0]] = int(known[-1]) + 1
@@ -136,7 +131,7 @@ def default_steps(
 
 
 def encode_slowly(
-    points: Sequence[Point],
+    cols: Columns,
     names: Names,
     next_step: dict[str, int],
     reject: Callable[[str, str], None],
@@ -144,7 +139,7 @@ def encode_slowly(
     """encode_points one point at a time."""
     parts: list[bytes] = []
     pack = RECORD_HEAD.pack
-    for name, value, step, stamp in points:
+    for name, value, step, stamp in zip(*cols, strict=True):
         raw, length = names[name]
         if step is None:
             step = next_step.get(name, 0)

@@ -12,18 +12,20 @@ status...) is sent with UPDATE_RUN: at start, on set_params() / set_tags() /
 set_notes(), as a heartbeat every `heartbeat_interval`, and with the final
 status ("finished", or "failed" when the `with` block raises) at close.
 
-`log()` only appends a tuple (with the time of the call) to an in-memory list:
-no network, no lock, no encoding on the caller's thread. A worker thread with its own event loop
-(worker.py) runs the shipper (shipper.py: connect, send, back off), which
-feeds the batcher (batches.py: points in, LOG_METRICS messages out, answers
-in, flush tokens done). `flush()` waits until everything logged so far is
+`log()` only appends the point's four items (name, value, step and the time
+of the call) to an in-memory list: no network, no lock, no encoding on the
+caller's thread, and no object left per point for the garbage collector to
+walk (a tuple per point would set off a collection every 700 points). A
+worker thread with its own event loop (worker.py) runs the shipper
+(shipper.py: connect, send, back off), which feeds the batcher (batches.py:
+points in, LOG_METRICS messages out, answers in, flush tokens done). `flush()` waits until everything logged so far is
 acknowledged or rejected; `close()` flushes and stops the thread, and runs at
 exit for loggers still open.
 
 Who owns what (C: the caller's thread, W: the worker's):
 
     state                         written by                read by
-    queue of Point / FlushToken   C appends at the end      W takes from the front
+    queue of points and tokens    C appends at the end      W takes from the front
     Batcher.names                 C, a name's first use     W
     Batcher batches, steps, held  W                         C (stats, close)
     Batcher.room                  W per batch; C at close   C, every log()
@@ -33,12 +35,12 @@ Who owns what (C: the caller's thread, W: the worker's):
     Shipper.stop / .abort         C                         W
     Shipper.fatal, .started       W                         C
 
-Per point only a plain tuple crosses; typed objects cross once per batch
+Per point only plain items cross; typed objects cross once per batch
 (room, space) or per call (a FlushToken), so log() stays a dict lookup, a
-compare and a list append. The queue needs no lock: an append, a copy of its
-first items and the deletion of those items are each one step the
-interpreter lock never splits, and only the worker deletes, only what it
-copied (Batcher.take). The worker counts a batch's answer in the Ledger
+compare and a list extend. The queue needs no lock: extending it by a
+point's items, a copy of its first items and the deletion of those items
+are each one step the interpreter lock never splits, and only the worker
+deletes, only what it copied (Batcher.take). The worker counts a batch's answer in the Ledger
 before it can complete a FlushToken, so flush() sees every count.
 
 Memory is bounded by `max_buffer` points (queued plus unacknowledged): when
@@ -67,7 +69,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from .batches import FlushToken, Item, check_step, encode_name
+from .batches import FLUSH, FlushToken, check_step, encode_name, queued
+from .encoding import WIDTH
 from .errors import DeliveryTimeout, InvalidRequest
 from .ledger import LoggerStats
 from .pipeline import MAX_MESSAGE_BYTES
@@ -180,7 +183,7 @@ class MetricLogger:
         self.commit = self.run_id = config.commit.hex()
         """The experiment's ID (40 hex): the run's, or the commit given."""
         self._is_run = run_patch is not None
-        self._queue: list[Item] = []
+        self._queue: list[Any] = []
         self._ship = ship = Shipper(config, self._queue, max_buffer)
         self._ledger = ship.ledger
         self._batcher = ship.batcher
@@ -220,7 +223,7 @@ class MetricLogger:
                 and timestamp is None
                 and len(queue) < self._batcher.room
             ):
-                queue.append((name, value, step, _now()))
+                queue.extend((name, value, step, _now()))
                 return
         except TypeError:  # an unhashable name, or a step that is not a number
             pass
@@ -301,7 +304,7 @@ class MetricLogger:
         stamp = _now() if timestamp is None else check_timestamp(timestamp)
         if len(self._queue) >= self._batcher.room and not self._full():
             return
-        self._queue.append((name, value, step, stamp))
+        self._queue.extend((name, value, step, stamp))
 
     def _full(self) -> bool:
         """The buffer is full (or the logger stopped): block, drop, or raise. True to append."""
@@ -340,7 +343,7 @@ class MetricLogger:
         in_time = True
         if self._worker.alive:
             token = FlushToken()
-            self._queue.append(token)
+            self._queue.extend(queued(token))
             self._worker.nudge()
             deadline = None if limit is None else time.monotonic() + limit
             while not token.done.is_set():
@@ -381,7 +384,8 @@ class MetricLogger:
         return self._result
 
     def _undelivered(self) -> int:
-        return self._batcher.held + sum(1 for item in self._queue if item.__class__ is tuple)
+        names = self._queue[0::WIDTH]
+        return self._batcher.held + len(names) - names.count(FLUSH)
 
     def _report(self, in_time: bool, limit: float | None) -> bool:
         """Raise (or, with on_error="warn", log) what went wrong since the last report."""
@@ -437,4 +441,4 @@ class MetricLogger:
         return self._ledger.acknowledged
 
     def stats(self) -> LoggerStats:
-        return self._ledger.stats(len(self._queue) + self._batcher.held, self._dropped)
+        return self._ledger.stats(len(self._queue) // WIDTH + self._batcher.held, self._dropped)

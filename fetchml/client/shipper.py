@@ -47,7 +47,7 @@ from typing import Any
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.responses import Error, Response, Success
 
-from .batches import Batch, Batcher, Item
+from .batches import Batch, Batcher
 from .connection import Client
 from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError, ProtocolViolation, error_from
 from .failover import Failover
@@ -88,7 +88,7 @@ class Shipper:
     def __init__(
         self,
         config: ShipperConfig,
-        queue: list[Item],
+        queue: list[Any],
         max_buffer: int = 1 << 62,
     ) -> None:
         self.config = config

@@ -2,20 +2,23 @@
 
 import math
 import threading
+from typing import Any
 
 import pytest
 
 from fetchml.client import InvalidRequest
 from fetchml.client.batches import (
+    FLUSH,
     MAX_POINT,
     MESSAGE_HEAD,
     Batch,
     Batcher,
     Done,
     FlushToken,
-    Item,
     encode_name,
+    queued,
 )
+from fetchml.client.encoding import WIDTH
 from fetchml.client.ledger import Ledger
 from fetchml.protocol.enums import ErrorCode
 from fetchml.protocol.keys import key_hash
@@ -28,11 +31,11 @@ T = 1795735109.75
 """When the test's points were logged (records carry whole seconds)."""
 
 
-def make(queue: list[Item], **kwargs: int) -> Batcher:
+def make(queue: list[Any], **kwargs: int) -> Batcher:
     batcher = Batcher(queue, Ledger("test"), key_hash=KEY, commit=COMMIT, **kwargs)
-    for item in queue:
-        if isinstance(item, tuple):
-            batcher.names.setdefault(item[0], encode_name(item[0]))
+    for name in queue[0::WIDTH]:
+        if name != FLUSH:
+            batcher.names.setdefault(name, encode_name(name))
     return batcher
 
 
@@ -54,8 +57,8 @@ def sent(batcher: Batcher) -> list[Batch]:
 
 def test_points_in_codec_bytes_out() -> None:
     """Default steps follow the previous step of each name; the bytes are the codec's."""
-    queue: list[Item] = list(
-        [("loss", 0.5, 3, T), ("acc", math.nan, None, T), ("é", 1, 7, T), ("loss", 2.0, None, T)]
+    queue = queued(
+        ("loss", 0.5, 3, T), ("acc", math.nan, None, T), ("é", 1, 7, T), ("loss", 2.0, None, T)
     )
     batcher = make(queue)
     batcher.drain(slots=1, cut=True)
@@ -68,7 +71,7 @@ def test_points_in_codec_bytes_out() -> None:
 
 def test_split_at_batch_size_and_partial_only_when_cut() -> None:
     points = [("m", float(i), i, T + i) for i in range(25)]
-    batcher = make(list(points), batch_size=10)
+    batcher = make(queued(*points), batch_size=10)
     batcher.drain(slots=64, cut=False)
     assert [b.message for b in sent(batcher)] == [codec(*points[:10]), codec(*points[10:20])]
     assert batcher.held == 25  # the last 5 wait for the next cut
@@ -77,10 +80,10 @@ def test_split_at_batch_size_and_partial_only_when_cut() -> None:
 
 
 def test_drain_takes_no_more_than_the_slots_allow() -> None:
-    queue: list[Item] = list(("m", 1.0, i, T) for i in range(35))
+    queue = queued(*(("m", 1.0, i, T) for i in range(35)))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=2, cut=True)
-    assert [b.count for b in sent(batcher)] == [10, 10] and len(queue) == 15
+    assert [b.count for b in sent(batcher)] == [10, 10] and len(queue) == 15 * WIDTH
 
 
 def test_split_before_a_point_would_pass_the_message_size() -> None:
@@ -88,7 +91,7 @@ def test_split_before_a_point_would_pass_the_message_size() -> None:
     make 1,007, more than 1,000, so the batch is cut after 7."""
     names = [f"{i:03d}" + "n" * 97 for i in range(20)]
     points = [(name, float(i), i, T) for i, name in enumerate(names)]
-    batcher = make(list(points), batch_size=1000, max_message_bytes=1000)
+    batcher = make(queued(*points), batch_size=1000, max_message_bytes=1000)
     batcher.drain(slots=64, cut=True)
     batches = sent(batcher)
     assert [b.count for b in batches] == [7, 7, 6]
@@ -100,10 +103,10 @@ def test_split_before_a_point_would_pass_the_message_size() -> None:
     assert len(batches[0].message) == MESSAGE_HEAD + 7 * 121 == 886
     # Short names fill a large batch up to the size, in several drains.
     short = [("ab", float(i), i, T) for i in range(200)]
-    queue: list[Item] = list(short[:50])
+    queue = queued(*short[:50])
     filled = make(queue, batch_size=65535, max_message_bytes=1000)
     filled.drain(slots=64, cut=False)
-    queue.extend(short[50:])
+    queue.extend(queued(*short[50:]))
     filled.drain(slots=64, cut=True)
     filled_batches = sent(filled)
     # 41 records make 39 + 41 * 23 = 982 bytes; one more would make 1,005.
@@ -111,7 +114,7 @@ def test_split_before_a_point_would_pass_the_message_size() -> None:
     assert b"".join(b.records for b in filled_batches) == codec(*short)[MESSAGE_HEAD:]
     # The smallest size still carries the longest point; below it is refused.
     smallest = make(
-        list([("x" * 255, 1.0, 0, T), ("y" * 255, 2.0, 0, T)]),
+        queued(("x" * 255, 1.0, 0, T), ("y" * 255, 2.0, 0, T)),
         max_message_bytes=MESSAGE_HEAD + MAX_POINT,
     )
     smallest.drain(slots=64, cut=True)
@@ -125,21 +128,21 @@ def test_split_before_a_point_would_pass_the_message_size() -> None:
 
 
 def test_acks_release_the_buffer() -> None:
-    queue: list[Item] = list(("m", 1.0, i, T) for i in range(30))
+    queue = queued(*(("m", 1.0, i, T) for i in range(30)))
     batcher = make(queue, batch_size=10, limit=30)
     batcher.drain(slots=64, cut=True)
     first, second, third = sent(batcher)
     assert (batcher.held, batcher.room) == (30, 0)
     batcher.acknowledged(second.seq)
-    assert (batcher.held, batcher.room, batcher.ledger.acknowledged) == (20, 10, 10)
+    assert (batcher.held, batcher.room, batcher.ledger.acknowledged) == (20, 10 * WIDTH, 10)
     batcher.acknowledged(first.seq)
     batcher.acknowledged(third.seq)
-    assert (batcher.held, batcher.room, batcher.ledger.acknowledged) == (0, 30, 30)
+    assert (batcher.held, batcher.room, batcher.ledger.acknowledged) == (0, 30 * WIDTH, 30)
     assert batcher.idle
 
 
 def test_a_rejection_counts_its_points_and_is_never_resent() -> None:
-    batcher = make(list(("m", 1.0, i, T) for i in range(20)), batch_size=10)
+    batcher = make(queued(*(("m", 1.0, i, T) for i in range(20))), batch_size=10)
     batcher.drain(slots=64, cut=True)
     first, second = sent(batcher)
     batcher.rejected(first.seq, "experiment gone", ErrorCode.RESOURCE_NOT_FOUND)
@@ -155,7 +158,7 @@ def test_a_rejection_counts_its_points_and_is_never_resent() -> None:
 
 
 def test_values_the_wire_cannot_carry_are_rejected_not_sent() -> None:
-    batcher = make(list([("m", "text", 0, T), ("m", 2.0, 1, T)]))  # type: ignore[list-item]
+    batcher = make(queued(("m", "text", 0, T), ("m", 2.0, 1, T)))  # type: ignore[arg-type]
     batcher.drain(slots=1, cut=True)
     (batch,) = sent(batcher)
     assert batch.message == codec(("m", 2.0, 1))
@@ -164,12 +167,12 @@ def test_values_the_wire_cannot_carry_are_rejected_not_sent() -> None:
 
 
 def test_a_reconnect_resends_every_unacked_batch_in_order_before_new_ones() -> None:
-    queue: list[Item] = list(("m", 1.0, i, T) for i in range(40))
+    queue = queued(*(("m", 1.0, i, T) for i in range(40)))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=64, cut=True)
     one, two, three, four = sent(batcher)
     batcher.acknowledged(two.seq)
-    queue.extend(("m", 2.0, i, T) for i in range(40, 45))
+    queue.extend(queued(*(("m", 2.0, i, T) for i in range(40, 45))))
     batcher.resend_all()
     assert batcher.ledger.resent_batches == 3
     batcher.drain(slots=64, cut=True)
@@ -180,12 +183,12 @@ def test_a_reconnect_resends_every_unacked_batch_in_order_before_new_ones() -> N
 
 
 def test_flush_tokens_wait_for_every_earlier_point() -> None:
-    queue: list[Item] = list(("m", 1.0, i, T) for i in range(15))
+    queue = queued(*(("m", 1.0, i, T) for i in range(15)))
     token = FlushToken()
-    queue.append(token)
-    queue.extend(("m", 1.0, i, T) for i in range(15, 20))
+    queue.extend(queued(token))
+    queue.extend(queued(*(("m", 1.0, i, T) for i in range(15, 20))))
     later = FlushToken()
-    queue.append(later)
+    queue.extend(queued(later))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=64, cut=False)
     first, partial, after = sent(batcher)  # the token cuts the partial batch before it
@@ -207,16 +210,16 @@ def test_flush_tokens_wait_for_every_earlier_point() -> None:
     assert counts_when_done == [(10, 10)]
     # Nothing pending: a token is done as soon as it is drained.
     idle = FlushToken()
-    queue.append(idle)
+    queue.extend(queued(idle))
     batcher.drain(slots=64, cut=False)
     assert idle.done.is_set() and batcher.idle
 
 
 def test_a_token_is_not_done_by_points_logged_after_it() -> None:
-    queue: list[Item] = list([("m", 1.0, 0, T)])
+    queue = queued(("m", 1.0, 0, T))
     token = FlushToken()
-    queue.append(token)
-    queue.append(("m", 1.0, 1, T))
+    queue.extend(queued(token))
+    queue.extend(queued(("m", 1.0, 1, T)))
     batcher = make(queue)
     batcher.drain(slots=64, cut=True)
     before, after = sent(batcher)
@@ -227,11 +230,11 @@ def test_a_token_is_not_done_by_points_logged_after_it() -> None:
 
 
 def test_drop_all_counts_everything_unsettled_and_releases_tokens() -> None:
-    queue: list[Item] = list(("m", 1.0, i, T) for i in range(12))
+    queue = queued(*(("m", 1.0, i, T) for i in range(12)))
     batcher = make(queue, batch_size=10)
     batcher.drain(slots=64, cut=False)  # 10 in a batch, 2 encoded, not cut
     token = FlushToken()
-    queue.extend([("m", 1.0, 12, T), token])
+    queue.extend(queued(("m", 1.0, 12, T), token))
     assert batcher.drop_all() == 13
     assert token.done.is_set() and batcher.idle and batcher.room < 0
     assert sent(batcher) == []
@@ -242,7 +245,7 @@ def test_records_carry_the_time_of_log_golden() -> None:
     protocol's example bytes (whole seconds, the name's length, the records verbatim)."""
     key = key_hash("fml_example_key_do_not_use")
     commit = bytes.fromhex("0123456789abcdef0123456789abcdef01234567")
-    queue: list[Item] = list([("loss", 1.0, 0, 1795735109.0), ("loss", 0.5, None, 1795735110.9)])
+    queue = queued(("loss", 1.0, 0, 1795735109.0), ("loss", 0.5, None, 1795735110.9))
     batcher = Batcher(queue, Ledger("test"), key_hash=key, commit=commit)
     batcher.names["loss"] = encode_name("loss")
     batcher.drain(slots=1, cut=True)
@@ -261,7 +264,7 @@ def window(batcher: Batcher, base: int) -> list[Batch]:
 
 
 def test_acknowledgements_move_the_window_start() -> None:
-    batcher = make(list(("m", 1.0, i, T) for i in range(30)), batch_size=10)
+    batcher = make(queued(*(("m", 1.0, i, T) for i in range(30))), batch_size=10)
     one, two, three = window(batcher, 100)
     batcher.acknowledged(one.seq)
     batcher.rejected(two.seq, "bad", ErrorCode.INVALID_REQUEST)  # never stored
@@ -274,7 +277,7 @@ def test_reconcile_skips_whole_batches_and_a_prefix_stored_before_the_drop() -> 
     """The run holds the first batch and 3 records of the second (their answers were lost
     with the connection): those are skipped, the rest of the window goes again."""
     points = [("m", float(i), i, T) for i in range(25)]
-    batcher = make(list(points), batch_size=10)
+    batcher = make(queued(*points), batch_size=10)
     one, _, three = window(batcher, 7)
     stored = one.records + codec(*points[10:13])[MESSAGE_HEAD:]
     assert batcher.reconcile(7 + 13, stored)
@@ -289,7 +292,7 @@ def test_reconcile_skips_whole_batches_and_a_prefix_stored_before_the_drop() -> 
 
 
 def test_reconcile_with_nothing_stored_resends_the_window() -> None:
-    batcher = make(list(("m", 1.0, i, T) for i in range(20)), batch_size=10)
+    batcher = make(queued(*(("m", 1.0, i, T) for i in range(20))), batch_size=10)
     batches = window(batcher, 5)
     assert batcher.reconcile(5, b"") and batcher.base == 5
     batcher.resend_all()
@@ -300,7 +303,7 @@ def test_reconcile_resends_everything_when_another_writer_appended() -> None:
     """Records that are not this logger's (one differing byte: another time) mean another
     writer: nothing is skipped, and the window starts after what the run holds."""
     points = [("m", float(i), i, T) for i in range(20)]
-    batcher = make(list(points), batch_size=10)
+    batcher = make(queued(*points), batch_size=10)
     batches = window(batcher, 0)
     foreign = codec(("m", 0.0, 0, T + 1))[MESSAGE_HEAD:]
     assert not batcher.reconcile(1, foreign)
@@ -308,7 +311,7 @@ def test_reconcile_resends_everything_when_another_writer_appended() -> None:
     batcher.resend_all()
     assert sent(batcher) == batches
     # More records than the window holds: someone else's too.
-    again = make(list(points[:5]), batch_size=10)
+    again = make(queued(*points[:5]), batch_size=10)
     (only,) = window(again, 0)
     extra = only.records + codec(("m", 9.0, 9, T))[MESSAGE_HEAD:]
     assert again.in_window == 5

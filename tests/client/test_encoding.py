@@ -3,7 +3,7 @@
 import math
 
 from fetchml.client.batches import encode_name
-from fetchml.client.encoding import Point, encode_points
+from fetchml.client.encoding import Columns, Point, columns, encode_points
 from fetchml.protocol.metrics import encode_record
 
 T = 1795735109.75
@@ -24,11 +24,19 @@ def expected(points: list[Point], next_step: dict[str, int] | None = None) -> by
     return b"".join(out)
 
 
+def queued(points: list[Point]) -> Columns:
+    """The columns of the points as the caller's thread queues them, four items each."""
+    return columns([item for point in points for item in point])
+
+
 def encode(points: list[Point], next_step: dict[str, int] | None = None) -> bytes:
     names = {name: encode_name(name) for name, *_ in points}
     rejected: list[tuple[str, str]] = []
     blob, ends = encode_points(
-        points, names, {} if next_step is None else next_step, lambda *why: rejected.append(why)
+        queued(points),
+        names,
+        {} if next_step is None else next_step,
+        lambda *why: rejected.append(why),
     )
     assert not rejected
     assert list(ends) == _ends(blob)
@@ -89,7 +97,7 @@ def test_a_value_the_wire_cannot_carry_rejects_only_its_point() -> None:
     names = {name: encode_name(name) for name, *_ in points}
     rejected: list[tuple[str, str]] = []
     next_step: dict[str, int] = {}
-    blob, ends = encode_points(points, names, next_step, lambda *why: rejected.append(why))
+    blob, ends = encode_points(queued(points), names, next_step, lambda *why: rejected.append(why))
     kept = [points[0], points[3], points[4]]
     assert blob == expected(kept) and list(ends) == _ends(blob)
     assert [name for name, _ in rejected] == ["a", "b"]

@@ -1,6 +1,7 @@
 """MetricLogger against a daemon subprocess: delivery, steps, policies, restarts."""
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -197,6 +198,29 @@ def test_drop_policy_warns_once_then_delivers_after_late_start(
     assert ml.close(timeout=60)
     steps = [step for _, step, _ in each_record(metrics_file(server_process, commit))]
     assert steps == list(range(10))
+
+
+def test_a_logged_point_leaves_no_object_for_the_collector(
+    server_process: ServerProcess,
+) -> None:
+    """log() queues a point's four items, not a tuple: nothing it leaves behind is tracked by
+    the garbage collector, so a million buffered points set off no collection."""
+    ml = MetricLogger(commit_of("logger-gc"), server_process.url, ADMIN_KEY, on_full="drop")
+    n = 10_000
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        for i in range(n):
+            ml.log("loss", i * 0.5, step=i)
+        tracked = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    print(f"{tracked} tracked objects left by {n} points")
+    assert ml.stats().buffered == n  # no daemon yet: every point is still in the queue
+    assert tracked < n // 10
+    server_process.start()
+    assert ml.close(timeout=60) and ml.acknowledged == n
 
 
 def test_block_policy_waits_for_the_daemon(

@@ -22,7 +22,7 @@ from fetchml.client import (
     PermissionDenied,
     RunSummary,
 )
-from fetchml.client.batches import Item, encode_name
+from fetchml.client.batches import encode_name, queued
 from fetchml.client.runinfo import (
     check_tags,
     flatten_params,
@@ -366,7 +366,7 @@ async def test_a_reconnect_skips_what_the_run_stored_and_warns_of_another_writer
     the second (their answers lost); those are skipped, the rest sent once. Records of
     another writer in the window (1, or 40: more than the window, not even read):
     everything is sent again, with one warning per logger."""
-    points: list[Item] = [("m", float(i), i, 1_795_735_109.0 + i) for i in range(30)]
+    points = queued(*(("m", float(i), i, 1_795_735_109.0 + i) for i in range(30)))
     ours = [(float(i), 1_795_735_109 + i) for i in range(30)]
     for foreign in (0, 1, 40):
         run = commit_of(f"reconcile-{foreign}")
@@ -464,7 +464,7 @@ async def test_after_an_error_answer_batches_go_one_at_a_time_until_it_is_stored
         config = ShipperConfig(
             commit=bytes(20), settings=settings, batch_size=10, create_experiment=False
         )
-        points: list[Item] = [("m", float(i), i, 1_795_735_109.0) for i in range(60)]
+        points = queued(*(("m", float(i), i, 1_795_735_109.0) for i in range(60)))
         ship = Shipper(config, list(points))
         ship.batcher.names["m"] = encode_name("m")
         ship._checked = True  # no start check: the peer speaks only LOG_METRICS_AT
