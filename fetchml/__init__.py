@@ -1,7 +1,8 @@
 """fetchml: a metrics and job daemon for ML training, its client and its wire codec.
 
 `fetchml.MetricLogger` logs from a training loop, `fetchml.Client` is the async
-client; `fetchml.server` is the daemon and `fetchml.protocol` the codec.
+client and `fetchml.SyncClient` the blocking one for plain scripts; `fetchml.server` is
+the daemon and `fetchml.protocol` the codec.
 """
 
 __version__ = "0.1.0"

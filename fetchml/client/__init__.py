@@ -1,4 +1,5 @@
-"""fetchml client: the async `Client`, the sync `MetricLogger`, and the `fetchml` CLI."""
+"""fetchml client: the async `Client`, the blocking `SyncClient`, the `MetricLogger` of
+training loops, and the `fetchml` CLI."""
 
 from .columns import Columns
 from .connection import Client
@@ -34,6 +35,7 @@ from .models import (
 )
 from .runs import Run, RunsPage, RunSummary
 from .settings import Settings, resolve_settings
+from .sync import SyncClient
 from .watch import MetricWatch, WatchOptions
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "Settings",
     "Status",
     "StorageError",
+    "SyncClient",
     "WatchOptions",
     "WhoAmI",
     "resolve_settings",

@@ -38,7 +38,7 @@ from .models import (
 from .pipeline import MAX_IN_FLIGHT, MAX_MESSAGE_BYTES, describe_response, parse_json
 from .runs import RunsAPI
 from .settings import resolve_settings
-from .transport import EventHandler, open_websocket
+from .transport import EventHandler, open_websocket, unreachable
 
 
 class Client(MetricsAPI, RunsAPI):
@@ -81,10 +81,7 @@ class Client(MetricsAPI, RunsAPI):
                 except ConnectFailed as exc:
                     failures.append(exc)
             else:
-                if len(failures) == 1:
-                    raise failures[0]
-                reasons = "; ".join(str(exc) for exc in failures)
-                raise ConnectFailed(f"no daemon of {len(failures)} URLs answers: {reasons}")
+                raise unreachable(failures)
             return cls(
                 ws,
                 settings.starting_at(option),

@@ -3,7 +3,7 @@
 import asyncio
 import struct
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from fetchml.protocol import requests as rq
 from fetchml.protocol import rules
@@ -15,7 +15,7 @@ from fetchml.protocol.requests import MetricPoint
 from .columns import Columns, Records, decode_page
 from .errors import InvalidRequest, ProtocolViolation
 from .models import MAX_STEP, Metric, MetricsPage, parse_commit
-from .pipeline import Pipeline
+from .pipeline import Pipeline, encode
 from .watch import MetricWatch, WatchOptions
 
 QUERY_PAGE_SIZE = 100_000
@@ -27,13 +27,7 @@ class MetricsAPI(Pipeline):
     async def log_metric(self, commit: str | bytes, name: str, value: float, step: int = 0) -> None:
         """One LOG_METRIC, awaited: its bytes are packed at once (the bytes
         `encode_request(LogMetric(...))` makes), with the same checks."""
-        commit_id = parse_commit(commit)
-        step = _check_step(step)
-        raw = _name_bytes(name)
-        value = float(value)
-        await self._success(
-            _LOG_METRIC.pack(Opcode.LOG_METRIC, self._key, commit_id, step, value, len(raw)) + raw
-        )
+        await self._success(log_metric_request(self._key, commit, name, value, step))
 
     async def log_metrics(
         self, commit: str | bytes, metrics: Iterable[tuple[str, float, int]]
@@ -42,14 +36,9 @@ class MetricsAPI(Pipeline):
 
         Returns the number of records the server acknowledged.
         """
-        commit_id = parse_commit(commit)
-        points = [
-            MetricPoint(_check_step(step), float(value), _check_name(name))
-            for name, value, step in metrics
-        ]
-        chunks = list(_chunks(points, self._max_message_bytes))
+        requests = log_metrics_requests(self._key, commit, metrics, self._max_message_bytes)
         results = await asyncio.gather(
-            *(self.log_points(commit_id, chunk) for chunk in chunks), return_exceptions=True
+            *(self._acked(message, count) for message, count in requests), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
@@ -58,13 +47,11 @@ class MetricsAPI(Pipeline):
 
     async def log_points(self, commit: str | bytes, points: Sequence[MetricPoint]) -> int:
         """One LOG_METRICS request of protocol MetricPoints (step, value, name): 1..65535 of them."""
-        try:
-            request = rq.LogMetrics(
-                key_hash=self._key, commit_id=parse_commit(commit), metrics=tuple(points)
-            )
-        except MalformedRequest as exc:
-            raise InvalidRequest(exc.message) from None
-        return acked_records(await self._success(request), len(points))
+        message = _log_points_request(self._key, parse_commit(commit), points)
+        return await self._acked(message, len(points))
+
+    async def _acked(self, message: bytes, count: int) -> int:
+        return acked_records(await self._success(message), count)
 
     async def log_encoded(self, commit: bytes, count: int, body: bytes) -> int:
         """One LOG_METRICS whose `count` points are already wire-encoded (MetricLogger's path).
@@ -197,25 +184,11 @@ class MetricsAPI(Pipeline):
         max_points: int | None = None,
     ) -> AsyncIterator[tuple[int, Records]]:
         """(next, records) of each page of one name's records, decoded in place."""
-        encoded = _check_name(name).encode()
-        request = rq.QueryMetrics(
-            key_hash=self._key,
-            commit_id=parse_commit(commit),
-            name=name,
-            step_from=_check_step(0 if start_step is None else start_step),
-            step_to=_check_step(MAX_STEP if end_step is None else end_step),
-            max_points=max_points or 0,
-            limit=0 if max_points else QUERY_PAGE_SIZE,
-        )
-        while True:
-            next_index, records = decode_page(await self._data(request, "metrics"), encoded)
-            if len(records) or max_points:
-                yield next_index, records
-            if next_index == 0 or max_points:
-                return
-            if next_index <= request.after:
-                raise ProtocolViolation(f"query page did not advance past record {request.after}")
-            request = replace(request, after=next_index)
+        query = ColumnQuery.of(self._key, commit, name, start_step, end_step, max_points)
+        while query.request is not None:
+            page = query.take(await self._data(query.request, "metrics"))
+            if page is not None:
+                yield page
 
     async def latest(self, commit: str | bytes, name: str = "") -> dict[str, Metric]:
         """The last record logged under each name (one request: LTTB keeps first and last)."""
@@ -265,6 +238,92 @@ def _name_bytes(name: str) -> bytes:
 
 _LOG_METRIC = struct.Struct(">B16s20sIdB")
 """A LOG_METRIC up to its name: opcode, key hash, commit, step, value, name length."""
+
+
+def log_metric_request(
+    key: bytes, commit: str | bytes, name: str, value: float, step: int = 0
+) -> bytes:
+    """A LOG_METRIC's bytes, packed at once (those `encode_request(LogMetric(...))` makes),
+    with the same checks: a bad commit, name or step raises InvalidRequest."""
+    commit_id = parse_commit(commit)
+    step = _check_step(step)
+    raw = _name_bytes(name)
+    return _LOG_METRIC.pack(Opcode.LOG_METRIC, key, commit_id, step, float(value), len(raw)) + raw
+
+
+def log_metrics_requests(
+    key: bytes,
+    commit: str | bytes,
+    metrics: Iterable[tuple[str, float, int]],
+    max_message_bytes: int,
+) -> list[tuple[bytes, int]]:
+    """The LOG_METRICS requests of (name, value, step) triples, each with its point count:
+    as few as the limits allow (65,535 points, `max_message_bytes`). Every point is checked
+    before any request is made."""
+    commit_id = parse_commit(commit)
+    points = [
+        MetricPoint(_check_step(step), float(value), _check_name(name))
+        for name, value, step in metrics
+    ]
+    return [
+        (_log_points_request(key, commit_id, chunk), len(chunk))
+        for chunk in _chunks(points, max_message_bytes)
+    ]
+
+
+def _log_points_request(key: bytes, commit_id: bytes, points: Sequence[MetricPoint]) -> bytes:
+    try:
+        request = rq.LogMetrics(key_hash=key, commit_id=commit_id, metrics=tuple(points))
+    except MalformedRequest as exc:
+        raise InvalidRequest(exc.message) from None
+    return encode(request)
+
+
+@dataclass(slots=True)
+class ColumnQuery:
+    """The QUERY_METRICS of one name's columns, page after page: while `request` is not
+    None, send it and hand its DATA `metrics` payload to `take`."""
+
+    request: rq.QueryMetrics | None
+    name: bytes
+
+    @classmethod
+    def of(
+        cls,
+        key: bytes,
+        commit: str | bytes,
+        name: str,
+        start_step: int | None,
+        end_step: int | None,
+        max_points: int | None = None,
+    ) -> "ColumnQuery":
+        """Steps `start_step`..`end_step` (inclusive) of `name`; with `max_points`, one
+        request for at most that many points chosen by LTTB."""
+        encoded = _check_name(name).encode()
+        request = rq.QueryMetrics(
+            key_hash=key,
+            commit_id=parse_commit(commit),
+            name=name,
+            step_from=_check_step(0 if start_step is None else start_step),
+            step_to=_check_step(MAX_STEP if end_step is None else end_step),
+            max_points=max_points or 0,
+            limit=0 if max_points else QUERY_PAGE_SIZE,
+        )
+        return cls(request, encoded)
+
+    def take(self, payload: bytes) -> tuple[int, Records] | None:
+        """(next, records) of the answer to `request`, which moves on to the next page (None
+        at the end); None for an empty page of a paged query."""
+        request = self.request
+        assert request is not None, "the query is over"
+        next_index, records = decode_page(payload, self.name)
+        if next_index == 0 or request.max_points:
+            self.request = None
+        elif next_index <= request.after:
+            raise ProtocolViolation(f"query page did not advance past record {request.after}")
+        else:
+            self.request = replace(request, after=next_index)
+        return (next_index, records) if len(records) or request.max_points else None
 
 
 def _chunks(points: list[MetricPoint], max_message_bytes: int) -> Iterable[list[MetricPoint]]:

@@ -39,7 +39,7 @@ from fetchml.protocol.responses import (
 from ..frames import Taking, received, send_frames, writable, write_frames
 from .errors import ConnectionLost, InvalidRequest, ProtocolViolation, error_from
 from .settings import Settings
-from .transport import EventHandler, log_event
+from .transport import EventHandler, handle_event, log_event
 from .watch import MetricWatch
 
 logger = logging.getLogger(__name__)
@@ -188,10 +188,7 @@ class Pipeline:
             future.set_result(response)
 
     def _event(self, event: Progress | Log) -> None:
-        try:
-            self._on_event(event)
-        except Exception:
-            logger.exception("on_event callback failed")
+        handle_event(self._on_event, event)
 
     def _fail_all(self, exc: ConnectionLost) -> None:
         self._lost = exc
@@ -208,20 +205,13 @@ class Pipeline:
 
     async def _call(self, request: rq.Request) -> Response:
         """Send one request and await its final response; ERROR raises its FetchmlError."""
-        try:
-            message = rq.encode_request(request)
-        except MalformedRequest as exc:
-            raise InvalidRequest(exc.message) from None
-        return await self._roundtrip(message)
+        return await self._roundtrip(encode(request))
 
     async def _roundtrip(self, message: bytes) -> Response:
         """Send one encoded request and await its final response."""
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         await self._submit([message], [future])
-        response = await future
-        if isinstance(response, Error):
-            raise error_from(response.code, response.message, response.details)
-        return response
+        return final(await future)
 
     async def _submit(
         self, messages: Sequence[bytes], futures: "Sequence[asyncio.Future[Response]]"
@@ -271,12 +261,7 @@ class Pipeline:
             room.set_result(None)
 
     async def _data(self, request: rq.Request, data_type: str) -> bytes:
-        response = await self._call(request)
-        if not isinstance(response, Data) or response.data_type != data_type:
-            raise ProtocolViolation(
-                f"expected DATA {data_type!r}, got {describe_response(response)}"
-            )
-        return response.payload
+        return data_payload(await self._call(request), data_type)
 
     async def _json(self, request: rq.Request, data_type: str, parse: Callable[[Any], T]) -> T:
         return parse_json(await self._data(request, data_type), parse)
@@ -286,9 +271,36 @@ class Pipeline:
             response = await self._roundtrip(request)
         else:
             response = await self._call(request)
-        if not isinstance(response, Success):
-            raise ProtocolViolation(f"expected SUCCESS, got {describe_response(response)}")
-        return response.message
+        return success_message(response)
+
+
+def encode(request: rq.Request) -> bytes:
+    """A request's bytes; one the codec refuses raises InvalidRequest."""
+    try:
+        return rq.encode_request(request)
+    except MalformedRequest as exc:
+        raise InvalidRequest(exc.message) from None
+
+
+def final(response: Response) -> Response:
+    """A final response, or the FetchmlError of an ERROR."""
+    if isinstance(response, Error):
+        raise error_from(response.code, response.message, response.details)
+    return response
+
+
+def success_message(response: Response) -> str:
+    """A SUCCESS's message; any other response is a ProtocolViolation."""
+    if not isinstance(response, Success):
+        raise ProtocolViolation(f"expected SUCCESS, got {describe_response(response)}")
+    return response.message
+
+
+def data_payload(response: Response, data_type: str) -> bytes:
+    """A DATA `data_type`'s payload; any other response is a ProtocolViolation."""
+    if not isinstance(response, Data) or response.data_type != data_type:
+        raise ProtocolViolation(f"expected DATA {data_type!r}, got {describe_response(response)}")
+    return response.payload
 
 
 def describe_response(response: Response) -> str:

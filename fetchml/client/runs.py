@@ -18,7 +18,7 @@ from fetchml.protocol.metrics import acked_records, encode_record
 
 from .errors import InvalidRequest, ProtocolViolation
 from .models import _read, parse_commit
-from .pipeline import Pipeline
+from .pipeline import Pipeline, encode
 
 RUN_STATUSES = ("running", "finished", "failed", "crashed")
 
@@ -114,9 +114,7 @@ class RunsAPI(Pipeline):
     async def update_run(self, run: str | bytes, patch: Mapping[str, Any] | None = None) -> Run:
         """Apply a JSON merge patch to the run's document (creating it; the experiment must
         exist) and return the document after it. `{}` is a heartbeat."""
-        text = json_text(patch or {}, "patch")
-        request = rq.UpdateRun(key_hash=self._key, commit_id=parse_commit(run), patch=text)
-        return await self._json(request, "run", Run.from_json)
+        return await self._json(update_run_request(self._key, run, patch), "run", Run.from_json)
 
     async def list_runs_page(self, filter: Mapping[str, Any] | None = None) -> RunsPage:
         """One page of the runs matching `filter` (keys: user, name, project, status, tag,
@@ -145,26 +143,47 @@ class RunsAPI(Pipeline):
         """Log (timestamp, name, value, step) points, each stored with its own timestamp
         (Unix seconds, truncated to whole seconds), in one LOG_METRICS_AT per 65,535 points
         or `max_message_bytes`. Returns the number of records acknowledged."""
-        commit_id = parse_commit(run)
-        records: list[bytes] = []
-        try:
-            for timestamp, name, value, step in points:
-                records.append(encode_record(int(timestamp), step, float(value), name.encode()))
-        except Exception as exc:
-            raise InvalidRequest(f"point {len(records)}: {exc}") from None
         total = 0
-        for chunk in _chunks(records, self._max_message_bytes - rq.LOG_METRICS_HEAD):
-            try:
-                request = rq.LogMetricsAt(
-                    key_hash=self._key,
-                    commit_id=commit_id,
-                    count=len(chunk),
-                    records=b"".join(chunk),
-                )
-            except MalformedRequest as exc:
-                raise InvalidRequest(exc.message) from None
-            total += acked_records(await self._success(request), len(chunk))
+        for message, count in log_metrics_at_requests(
+            self._key, run, points, self._max_message_bytes
+        ):
+            total += acked_records(await self._success(message), count)
         return total
+
+
+def update_run_request(
+    key: bytes, run: str | bytes, patch: Mapping[str, Any] | None
+) -> rq.UpdateRun:
+    """The UPDATE_RUN applying `patch` (None: `{}`, a heartbeat) to the run's document."""
+    text = json_text(patch or {}, "patch")
+    return rq.UpdateRun(key_hash=key, commit_id=parse_commit(run), patch=text)
+
+
+def log_metrics_at_requests(
+    key: bytes,
+    run: str | bytes,
+    points: Iterable[tuple[float, str, float, int]],
+    max_message_bytes: int,
+) -> list[tuple[bytes, int]]:
+    """The LOG_METRICS_AT requests of (timestamp, name, value, step) points, each with its
+    point count: one per 65,535 points or `max_message_bytes`. Every point is checked first."""
+    commit_id = parse_commit(run)
+    records: list[bytes] = []
+    try:
+        for timestamp, name, value, step in points:
+            records.append(encode_record(int(timestamp), step, float(value), name.encode()))
+    except Exception as exc:
+        raise InvalidRequest(f"point {len(records)}: {exc}") from None
+    requests = []
+    for chunk in _chunks(records, max_message_bytes - rq.LOG_METRICS_HEAD):
+        try:
+            request = rq.LogMetricsAt(
+                key_hash=key, commit_id=commit_id, count=len(chunk), records=b"".join(chunk)
+            )
+        except MalformedRequest as exc:
+            raise InvalidRequest(exc.message) from None
+        requests.append((encode(request), len(chunk)))
+    return requests
 
 
 def _chunks(records: list[bytes], room: int) -> Iterable[list[bytes]]:

@@ -1,8 +1,9 @@
 """Opening the WebSocket, with handshake failures turned into FetchmlErrors."""
 
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
@@ -37,6 +38,50 @@ def log_event(event: Progress | Log) -> None:
         logger.info("progress %d/%d %s", event.value, event.total, event.message)
 
 
+def handle_event(on_event: EventHandler, event: Progress | Log) -> None:
+    """Hand `event` to `on_event`; what the handler raises is logged, not raised."""
+    try:
+        on_event(event)
+    except Exception:
+        logger.exception("on_event callback failed")
+
+
+def handshake_headers(api_key: str | None) -> dict[str, str] | None:
+    """The handshake's `X-API-Key` header, for a key that may go there (see open_websocket)."""
+    if api_key and handshake_key_ok(api_key):
+        return {"X-API-Key": api_key}
+    return None
+
+
+@contextlib.contextmanager
+def handshake_errors(url: str) -> Iterator[None]:
+    """Raise every failure to open the WebSocket to `url` as a FetchmlError: HTTP 401
+    AuthenticationFailed, 403 PermissionDenied, another status or a network error
+    ConnectFailed, a bad URL ConfigurationError."""
+    try:
+        yield
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status == 401:
+            raise AuthenticationFailed("Invalid API key") from None
+        if status == 403:
+            raise PermissionDenied(f"{url}: forbidden (HTTP 403, IP not allowed)") from None
+        raise ConnectFailed(f"cannot connect to {url}: HTTP {status}") from None
+    except InvalidURI as exc:
+        raise ConfigurationError(f"invalid server URL {url!r}: {exc}") from None
+    except (OSError, InvalidHandshake) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConnectFailed(f"cannot connect to {url}: {reason or type(exc).__name__}") from exc
+
+
+def unreachable(failures: Sequence[ConnectFailed]) -> ConnectFailed:
+    """What connecting raises when none of the URLs answered (each failure, in order)."""
+    if len(failures) == 1:
+        return failures[0]
+    reasons = "; ".join(str(exc) for exc in failures)
+    return ConnectFailed(f"no daemon of {len(failures)} URLs answers: {reasons}")
+
+
 async def open_websocket(
     url: str,
     open_timeout: float = 10.0,
@@ -51,13 +96,10 @@ async def open_websocket(
     protocol.keys) goes only in the requests, as its hash. `ping_interval` None sends
     no keepalive pings (for a caller whose own requests time out instead).
     """
-    headers = None
-    if api_key and handshake_key_ok(api_key):
-        headers = {"X-API-Key": api_key}
-    try:
+    with handshake_errors(url):
         return await connect(
             url,
-            additional_headers=headers,
+            additional_headers=handshake_headers(api_key),
             compression=None,
             max_size=None,
             open_timeout=open_timeout,
@@ -65,18 +107,6 @@ async def open_websocket(
             user_agent_header=USER_AGENT,
             create_connection=TakingClientConnection,
         )
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        if status == 401:
-            raise AuthenticationFailed("Invalid API key") from None
-        if status == 403:
-            raise PermissionDenied(f"{url}: forbidden (HTTP 403, IP not allowed)") from None
-        raise ConnectFailed(f"cannot connect to {url}: HTTP {status}") from None
-    except InvalidURI as exc:
-        raise ConfigurationError(f"invalid server URL {url!r}: {exc}") from None
-    except (OSError, InvalidHandshake) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConnectFailed(f"cannot connect to {url}: {reason or type(exc).__name__}") from exc
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:

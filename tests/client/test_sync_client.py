@@ -1,0 +1,360 @@
+"""SyncClient against a daemon subprocess (a blocking client would stall an in-process
+daemon's event loop): logging and reading back, errors, URL lists, no thread, the bytes it
+sends, idle connections the daemon closes, daemon deaths and restarts, timeouts, wss."""
+
+import asyncio
+import math
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.sync.server import Server, ServerConnection, serve
+
+from fetchml import SyncClient
+from fetchml.client import (
+    AuthenticationFailed,
+    Client,
+    ConnectFailed,
+    ConnectionLost,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    ProtocolViolation,
+)
+from fetchml.protocol.enums import LogLevel
+from fetchml.protocol.keys import key_hash
+from fetchml.protocol.requests import LogMetric, encode_request
+from fetchml.protocol.responses import Log, Progress, Success, encode_response
+from tests.support.daemon import DaemonProcess, daemon_at, free_port
+from tests.support.experiments import commit_of
+from tests.support.keys import ADMIN_KEY, ANALYST_KEY
+from tests.support.tls import self_signed
+
+PAGE_BYTES = 128 << 10
+"""The daemon's smallest max_message_bytes: a page holds about 5,000 "loss" records."""
+OK = encode_response(Success(timestamp=1, message=""))
+Recorder = tuple[str, list[bytes], list[bytes | str]]
+
+
+def create(url: str, *commits: str) -> None:
+    """Create the experiments with the async Client (before a test counts threads)."""
+
+    async def go() -> None:
+        async with Client.connect(url, api_key=ADMIN_KEY) as c:
+            for commit in commits:
+                await c.create_experiment(commit, "sync", exist_ok=True)
+
+    asyncio.run(go())
+
+
+def stored(url: str, commit: str, name: str) -> list[tuple[int, float]]:
+    """(step, value) of every record of `name`, read with the async Client."""
+
+    async def go() -> list[tuple[int, float]]:
+        async with Client.connect(url, api_key=ADMIN_KEY) as c:
+            return [(m.step, m.value) for m in await c.query(commit, name=name)]
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One daemon for the module's tests (distinct commits), with the smallest pages."""
+    proc = daemon_at(
+        tmp_path_factory.mktemp("sync"), server={"max_message_bytes": PAGE_BYTES}
+    ).start()
+    yield proc
+    proc.close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    """A websockets server that records each binary message and answers it with what the
+    test queued (the answer's packets, in order), else a SUCCESS: (url, received, queued)."""
+    received: list[bytes] = []
+    queued: list[bytes | str] = []
+
+    def answer(ws: ServerConnection) -> None:
+        for message in ws:
+            assert isinstance(message, bytes)
+            received.append(message)
+            packets = queued.copy() or [OK]
+            queued.clear()  # before answering: the test queues the next as soon as answered
+            for packet in packets:
+                ws.send(packet)
+
+    server: Server = serve(answer, "127.0.0.1", 0, compression=None)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    yield f"ws://127.0.0.1:{server.socket.getsockname()[1]}/ws", received, queued
+    server.shutdown()
+    thread.join()
+
+
+# -- logging and reading back -------------------------------------------------------------
+
+
+def test_log_metric_then_read_it_back(daemon: DaemonProcess) -> None:
+    commit = commit_of("sync-log-metric")
+    create(daemon.url, commit)
+    with SyncClient.connect(daemon.url, api_key=ADMIN_KEY) as c:
+        assert c.whoami().user == "admin"
+        c.log_metric(commit, "loss", 0.5, step=1)
+        c.log_metric(bytes.fromhex(commit), "loss", 0.25, step=2)
+        columns = c.query_columns(commit, "loss")
+        assert not c.closed
+    assert c.closed
+    assert columns.step.tolist() == [1, 2] and columns.value.tolist() == [0.5, 0.25]
+    assert stored(daemon.url, commit, "loss") == [(1, 0.5), (2, 0.25)]
+    with pytest.raises(ConnectionLost, match="client closed"):
+        c.log_metric(commit, "loss", 1.0)
+
+
+def test_log_metrics_and_log_metrics_at_in_chunks_read_back_in_pages(
+    daemon: DaemonProcess,
+) -> None:
+    commit = commit_of("sync-log-metrics")
+    create(daemon.url, commit)
+    count = 12_000  # over 2 pages of the daemon's; over 300 chunks of 200 bytes
+    points = [("loss", math.sin(i), i) for i in range(count)]
+    with SyncClient.connect(daemon.url, api_key=ADMIN_KEY, max_message_bytes=200) as c:
+        assert c.log_metrics(commit, points) == count
+        assert c.log_metrics(commit, []) == 0
+        stamps = [(1_700_000_000 + i, "lr", i / 8, i) for i in range(50)]
+        assert c.log_metrics_at(commit, stamps) == 50
+        loss = c.query_columns(commit, "loss")
+        lr = c.query_columns(commit, "lr", start_step=10, end_step=19)
+        few = c.query_columns(commit, "loss", max_points=100)
+        run = c.update_run(commit, {"name": "sync-run", "params": {"lr": 0.1}})
+    assert np.array_equal(loss.step, np.arange(count))
+    assert np.array_equal(loss.value, np.sin(np.arange(count)))
+    assert lr.step.tolist() == list(range(10, 20))
+    assert lr.timestamp.tolist() == [1_700_000_000 + i for i in range(10, 20)]
+    assert len(few) == 100 and few.step[0] == 0 and few.step[-1] == count - 1
+    assert (run.name, run.params) == ("sync-run", {"lr": 0.1})
+    assert loss.to_pandas()["value"].iloc[3] == math.sin(3)
+
+
+def test_chunks_follow_max_message_bytes(recorder: Recorder) -> None:
+    url, received, _ = recorder
+    commit = commit_of("sync-chunks")
+    points = [(f"m{i % 7}", float(i), i) for i in range(300)]
+    with SyncClient.connect(url, api_key=ADMIN_KEY, max_message_bytes=200) as c:
+        c.log_metrics(commit, points)  # the recorder's SUCCESS acknowledges no count
+    assert len(received) > 20
+    assert max(len(message) for message in received) <= 200
+
+
+def test_log_metric_bytes_are_the_codecs(recorder: Recorder) -> None:
+    url, received, _ = recorder
+    commit = commit_of("sync-bytes")
+    calls = [("loss", 0.25, 0), ("λ/acc", math.inf, 4_294_967_295), ("n" * 255, -0.0, 7)]
+    with SyncClient.connect(url, api_key=ADMIN_KEY) as c:
+        for name, value, step in calls:
+            c.log_metric(commit, name, value, step=step)
+    key, commit_id = key_hash(ADMIN_KEY), bytes.fromhex(commit)
+    assert received == [
+        encode_request(LogMetric(key_hash=key, commit_id=commit_id, step=s, value=v, name=n))
+        for n, v, s in calls
+    ]
+
+
+def test_bad_arguments_raise_before_anything_is_sent(
+    recorder: Recorder,
+) -> None:
+    url, received, _ = recorder
+    commit = commit_of("sync-bad")
+    with SyncClient.connect(url, api_key=ADMIN_KEY) as c:
+        for name, step in (("", 0), ("x" * 256, 0), ("a\0b", 0), ("ok", -1), ("ok", 2**32)):
+            with pytest.raises(InvalidRequest):
+                c.log_metric(commit, name, 1.0, step=step)
+        with pytest.raises(InvalidRequest):
+            c.log_metric("zz", "loss", 1.0)
+        with pytest.raises(InvalidRequest):
+            c.log_metrics(commit, [("ok", 1.0, 1), ("", 1.0, 2)])
+        with pytest.raises(InvalidRequest):
+            c.log_metrics_at(commit, [(1.0, "ok", 1.0, -1)])
+        with pytest.raises(InvalidRequest):
+            c.query_columns(commit, "")
+        assert received == []
+        c.log_metric(commit, "ok", 1.0)
+    assert len(received) == 1
+
+
+def test_events_go_to_on_event_and_text_is_a_violation(
+    recorder: Recorder,
+) -> None:
+    url, received, queued = recorder
+    events: list[Progress | Log] = []
+    with SyncClient.connect(url, api_key=ADMIN_KEY, on_event=events.append) as c:
+        log = Log(timestamp=1, level=LogLevel.WARNING, message="slow disk")
+        queued.extend([encode_response(log), OK])
+        c.log_metric(commit_of("sync-events"), "loss", 1.0)
+        assert events == [log]
+        # Trailing bytes after a SUCCESS; a SUCCESS whose message runs past its end; text.
+        for bad in (OK + OK, OK[:-1] + b"\x01", "text"):
+            queued.append(bad)
+            with pytest.raises(ProtocolViolation):
+                c.log_metric(commit_of("sync-events"), "loss", 1.0)
+            c.log_metric(commit_of("sync-events"), "loss", 1.0)  # on a new connection
+    assert len(received) == 7
+
+
+# -- errors and URLs ----------------------------------------------------------------------
+
+
+def test_daemon_errors(daemon: DaemonProcess) -> None:
+    with pytest.raises(AuthenticationFailed):
+        SyncClient.connect(daemon.url, api_key="fml_not_a_configured_key")
+    commit = commit_of("sync-errors")
+    create(daemon.url, commit)
+    with SyncClient.connect(daemon.url, api_key=ANALYST_KEY) as c:
+        with pytest.raises(PermissionDenied):
+            c.log_metric(commit, "loss", 1.0)
+        assert c.whoami().role == "analyst"  # the connection survives an ERROR
+    with SyncClient.connect(daemon.url, api_key=ADMIN_KEY) as c:
+        with pytest.raises(NotFound):
+            c.query_columns(commit_of("sync-missing"), "loss")
+        assert c.whoami().user == "admin"
+
+
+def test_unreachable_and_url_lists(daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    down = f"ws://127.0.0.1:{free_port()}/ws"
+    with pytest.raises(ConnectFailed, match="cannot connect"):
+        SyncClient.connect(down, api_key=ADMIN_KEY, open_timeout=2)
+    with SyncClient.connect(f"{down},{daemon.url}", api_key=ADMIN_KEY) as c:
+        assert c.url == daemon.url
+        assert c.whoami().user == "admin"
+    monkeypatch.setenv("FETCHML_URL", daemon.url)
+    monkeypatch.setenv("FETCHML_API_KEY", ADMIN_KEY)
+    with SyncClient.connect() as c:
+        assert c.whoami().user == "admin"
+
+
+def test_no_thread_is_started(daemon: DaemonProcess) -> None:
+    commit = commit_of("sync-threads")
+    create(daemon.url, commit)
+    before = threading.active_count()
+    with SyncClient.connect(daemon.url, api_key=ADMIN_KEY) as c:
+        c.log_metric(commit, "loss", 1.0)
+        c.log_metrics(commit, [("loss", 2.0, 1)])
+        c.query_columns(commit, "loss")
+        assert threading.active_count() == before
+    assert threading.active_count() == before
+
+
+# -- idle connections, daemon deaths, timeouts ----------------------------------------------
+
+
+def wait_for_log(proc: DaemonProcess, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in proc.log():
+        assert time.monotonic() < deadline, f"no {text!r} in the daemon's log:\n{proc.log()}"
+        time.sleep(0.02)
+
+
+def test_an_idle_connection_the_daemon_closed_is_reopened(tmp_path: Path) -> None:
+    proc = daemon_at(tmp_path, server={"ping_interval_s": 0.2, "ping_timeout_s": 0.2}).start()
+    try:
+        commit = commit_of("sync-idle")
+        create(proc.url, commit)
+        with SyncClient.connect(proc.url, api_key=ADMIN_KEY) as c:
+            c.log_metric(commit, "loss", 1.0, step=1)
+            wait_for_log(proc, "keepalive ping timeout")  # no Pong: the daemon closed it
+            time.sleep(c.idle_check_s)
+            c.log_metric(commit, "loss", 2.0, step=2)
+            assert c.query_columns(commit, "loss").step.tolist() == [1, 2]
+    finally:
+        proc.close()
+
+
+def test_an_idle_connection_answers_the_daemons_pings(tmp_path: Path) -> None:
+    proc = daemon_at(tmp_path, server={"ping_interval_s": 0.2, "ping_timeout_s": 1.5}).start()
+    try:
+        with SyncClient.connect(proc.url, api_key=ADMIN_KEY) as c:
+            c.whoami()
+            time.sleep(1.2)  # pinged after 0.2 s: the Pong goes with the next call
+            c.whoami()
+            time.sleep(0.8)  # past the first Ping's timeout
+            c.whoami()
+        assert "keepalive ping timeout" not in proc.log()
+    finally:
+        proc.close()
+
+
+def test_daemon_killed_and_restarted(server_process: DaemonProcess) -> None:
+    """A busy connection (a call within idle_check_s of the last) learns of a dead daemon
+    from its request: ConnectionLost, then the next call reconnects. An idle one finds
+    the connection closed before sending: it reconnects at once, or raises ConnectFailed
+    when no daemon answers, and nothing was sent."""
+    server_process.start()
+    commit = commit_of("sync-killed")
+    create(server_process.url, commit)
+    with SyncClient.connect(server_process.url, api_key=ADMIN_KEY) as c:
+        c.log_metric(commit, "loss", 1.0, step=1)
+        c.idle_check_s = 3600.0  # busy: no check before sending
+        server_process.kill()
+        with pytest.raises(ConnectionLost):
+            c.log_metric(commit, "lost", 1.0, step=2)
+        with pytest.raises(ConnectFailed):
+            c.log_metric(commit, "lost", 1.0, step=3)
+        server_process.start()
+        c.log_metric(commit, "loss", 4.0, step=4)
+
+        c.idle_check_s = 0.0  # every call checks first
+        server_process.kill()
+        server_process.start()
+        c.log_metric(commit, "loss", 5.0, step=5)
+        server_process.kill()
+        with pytest.raises(ConnectFailed):
+            c.log_metric(commit, "lost", 1.0, step=6)
+        server_process.start()
+        c.log_metric(commit, "loss", 7.0, step=7)
+        assert c.query_columns(commit, "loss").step.tolist() == [1, 4, 5, 7]
+        assert len(c.query_columns(commit, "lost")) == 0
+
+
+def test_a_call_times_out_on_a_stopped_daemon(daemon: DaemonProcess) -> None:
+    commit = commit_of("sync-timeout")
+    create(daemon.url, commit)
+    timeout = 0.3
+    with SyncClient.connect(daemon.url, api_key=ADMIN_KEY, timeout=timeout) as c:
+        c.log_metric(commit, "loss", 1.0)
+        daemon.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(ConnectionLost, match=r"no answer within 0\.3 s"):
+                c.log_metric(commit, "loss", 2.0, step=1)
+            elapsed = time.monotonic() - started
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+        print(f"timed out after {elapsed:.3f} s (timeout {timeout} s)")
+        assert timeout * 0.9 <= elapsed <= max(10 * timeout, 0.2)
+        c.log_metric(commit, "loss", 3.0, step=2)
+        assert c.query_columns(commit, "loss", start_step=2).value.tolist() == [3.0]
+
+
+# -- wss ----------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_wss_trusted_through_ssl_cert_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = {"enabled": True, "cert_file": str(cert), "key_file": str(key)}
+    proc = daemon_at(tmp_path, server={"tls": tls}).spawn()
+    try:
+        wait_for_log(proc, "listening on wss://", 60)
+        url = f"wss://127.0.0.1:{proc.fixed_port}/ws"
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            SyncClient.connect(url, api_key=ADMIN_KEY)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        with SyncClient.connect(url, api_key=ADMIN_KEY) as c:
+            assert c.whoami().user == "admin"
+    finally:
+        proc.close()
