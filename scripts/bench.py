@@ -197,26 +197,29 @@ def onecall_calls(sizes: Sizes) -> int:
 
 
 def one_at_a_time(b: Bench) -> list[Row]:
-    """Client.log_metric awaited one call at a time against the write daemon, beside a bare
-    websockets client's send()+recv() of a same-sized message to the echo server; each
-    client in its own process (scripts/bench_onecall.py), alternating, best of each."""
+    """LOG_METRIC one call at a time against the write daemon, awaited (Client.log_metric)
+    and blocking (SyncClient.log_metric), each beside a bare websockets client of its kind
+    (asyncio, sync) sending a same-sized message to the echo server; each client in its own
+    process (scripts/bench_onecall.py), alternating, best of each."""
     calls = onecall_calls(b.sizes)
-    best = {"client": 0.0, "bare": 0.0}
-    runs: dict[str, list[float]] = b.details.setdefault("onecall", {"client": [], "bare": []})
+    pairs = {"onecall": ("client", "bare"), "sync": ("sync", "bare-sync")}
+    best: dict[str, float] = {}
+    runs: dict[str, list[float]] = b.details.setdefault("onecall", {})
     for _ in range(ONECALL_ROUNDS):
-        for mode, server in (("bare", b.echo), ("client", b.write)):
-            argv = [sys.executable, str(ONECALL), mode, server.url, "--calls", str(calls)]
-            argv += ["--key", KEY, "--commit", commit("onecall")]
-            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
-            b.check_alive(server)
-            if done.returncode != 0:
-                b.errors.append(f"one at a time, {mode}: {done.stderr[-2000:]}")
-                return [Row(BY_KEY["onecall"], None, None)]
-            rate = json.loads(done.stdout.splitlines()[-1])["calls_per_second"]
-            runs[mode].append(rate)
-            best[mode] = max(best[mode], rate)
-    b.verify(b.write, {"onecall": ONECALL_ROUNDS * (calls + bench_onecall.WARMUP)})
-    return [Row(BY_KEY["onecall"], best["client"], best["bare"])]
+        for figure, (mine, theirs) in pairs.items():
+            for mode, server in ((theirs, b.echo), (mine, b.write)):
+                argv = [sys.executable, str(ONECALL), mode, server.url, "--calls", str(calls)]
+                argv += ["--key", KEY, "--commit", commit(figure)]
+                done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
+                b.check_alive(server)
+                if done.returncode != 0:
+                    b.errors.append(f"one at a time, {mode}: {done.stderr[-2000:]}")
+                    return [Row(BY_KEY[key], None, None) for key in pairs]
+                rate = json.loads(done.stdout.splitlines()[-1])["calls_per_second"]
+                runs.setdefault(mode, []).append(rate)
+                best[mode] = max(best.get(mode, 0.0), rate)
+    b.verify(b.write, {key: ONECALL_ROUNDS * (calls + bench_onecall.WARMUP) for key in pairs})
+    return [Row(BY_KEY[key], best[mine], best[theirs]) for key, (mine, theirs) in pairs.items()]
 
 
 def ack_latency(b: Bench) -> list[Row]:
@@ -694,7 +697,7 @@ def idle_memory(b: Bench) -> list[Row]:
 
 def write_daemon_experiments(sizes: Sizes) -> dict[str, bytes]:
     history = many_names_records(WATCH_HISTORY)
-    labels = ("single", "onecall", "latency", "batch", "at-plain", "at-client")
+    labels = ("single", "onecall", "sync", "latency", "batch", "at-plain", "at-client")
     experiments = {label: b"" for label in labels}
     experiments.update({f"stream-{i}": b"" for i in range(STREAMS)})
     watched = ("watch", "ingest-alone", "ingest-watched", "ingest-alone-few", "ingest-watched-few")

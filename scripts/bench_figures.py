@@ -60,6 +60,14 @@ FIGURES: tuple[Figure, ...] = (
         True,
         Target(0.8, of_ratio=True),
     ),
+    Figure(
+        "sync",
+        "LOG_METRIC one blocking call at a time, SyncClient.log_metric, {onecall_calls:,} calls",
+        "calls/s",
+        "bare websockets sync send()+recv()",
+        True,
+        Target(0.8, of_ratio=True),
+    ),
     *(
         Figure(
             f"ack_{percentile}_{durability}",

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_peers_fetchml import (  # noqa: E402
     Run,
+    blocking_calls,
     client_calls,
     fill,
     logger_closed,
@@ -248,6 +249,7 @@ def measure(s: Servers, sizes: Sizes, rounds: int) -> list[Figure]:
 
     calls, points = sizes.sync_calls, sizes.logger_points
     pairs: dict[str, tuple[Callable[[], Run], Callable[[], Run]]] = {
+        "blocking": (theirs("sync", calls), lambda: blocking_calls(s.url, s.pid, calls)),
         "sync": (theirs("sync", calls), lambda: asyncio.run(client_calls(s.url, s.pid, calls))),
         "flush": (theirs("sync", calls), lambda: logger_flushed(s.url, s.pid, calls)),
         "batched": (
@@ -273,6 +275,12 @@ def measure(s: Servers, sizes: Sizes, rounds: int) -> list[Figure]:
             print(f"round {r + 1} of {rounds}: {name} done", file=sys.stderr)
     logged = f"MetricLogger {points:,} + close()"
     return [
+        Figure(
+            "one metric per synchronous call, SyncClient.log_metric",
+            "calls/s",
+            peer_runs["blocking"],
+            our_runs["blocking"],
+        ),
         Figure(
             "one metric per synchronous call, Client.log_metric awaited",
             "calls/s",
@@ -306,8 +314,8 @@ def measure(s: Servers, sizes: Sizes, rounds: int) -> list[Figure]:
         Figure(
             "server CPU per million points, one per synchronous call",
             "s",
-            peer_runs["sync"],
-            our_runs["sync"],
+            peer_runs["blocking"],
+            our_runs["blocking"],
             cpu=True,
         ),
         Figure(

@@ -1,13 +1,14 @@
 """fetchml's side of scripts/bench_peers.py: each figure timed through the project's own
 client in this process, with the daemon's CPU seconds over the timed part."""
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fetchml.client import Client, MetricLogger
+from fetchml.client import Client, MetricLogger, SyncClient
 from tests.support.experiments import commit_of
 from tests.support.keys import ADMIN_KEY
 
@@ -52,6 +53,28 @@ async def client_calls(url: str, pid: int, n: int) -> Run:
         cpu = cpu_seconds(pid) - cpu
         held = len(await client.query_columns(commit, "loss"))
     return checked(Run(seconds, n, cpu), held, "Client.log_metric")
+
+
+def blocking_calls(url: str, pid: int, n: int) -> Run:
+    """`n` blocking SyncClient.log_metric calls from a plain script, into a new experiment."""
+    commit = commit_of(f"blocking-{time.time_ns()}")
+
+    async def create() -> None:
+        async with Client.connect(url, api_key=ADMIN_KEY) as client:
+            await client.create_experiment(commit)
+
+    asyncio.run(create())
+    with SyncClient.connect(url, api_key=ADMIN_KEY) as client:
+        client.log_metric(commit, "warm-up", 0.0)
+
+        def work() -> int:
+            for i in range(n):
+                client.log_metric(commit, "loss", i * 0.5, step=i)
+            return n
+
+        run = timed(pid, work)
+        held = len(client.query_columns(commit, "loss"))
+    return checked(run, held, "SyncClient.log_metric")
 
 
 def logger_flushed(url: str, pid: int, n: int) -> Run:
