@@ -23,6 +23,7 @@ Usage::
         print(c.query_columns(commit, "loss").to_pandas())
 """
 
+import select
 import socket
 import ssl
 import struct
@@ -34,6 +35,7 @@ from types import TracebackType
 from typing import Any, Self, cast
 
 from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidState
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
@@ -79,7 +81,8 @@ _EVENTS = (bytes((PacketType.PROGRESS,)), bytes((PacketType.LOG,)))
 _SUCCESS = PacketType.SUCCESS.value
 _EMPTY_SUCCESS = HEADER.size + 1
 """The length of a SUCCESS with no message (a LOG_METRIC's ack)."""
-_TIMED_OUT = (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_TIMED_OUT = (TimeoutError, BlockingIOError)
+"""What a read or write past the timeout raises (BlockingIOError: the kernel's timeout)."""
 
 
 class SyncClient:
@@ -156,7 +159,7 @@ class SyncClient:
             sock.settimeout(CLOSE_TIMEOUT_S)
             while sock.recv_into(self._buffer):
                 pass
-        except OSError:
+        except (OSError, InvalidState):  # gone, or closing already
             pass
         finally:
             sock.close()
@@ -226,6 +229,8 @@ class SyncClient:
         return self._decoded(self._exchange([message])[0])
 
     def _acked(self, requests: list[tuple[bytes, int]]) -> int:
+        if not requests:
+            return 0
         packets = self._exchange([message for message, _ in requests])
         return sum(
             acked_records(success_message(self._decoded(packet)), count)
@@ -251,6 +256,8 @@ class SyncClient:
         answers: list[bytes] = []
         try:
             for start in range(0, len(messages), WINDOW):
+                if self._link is None:  # the daemon closed it after answering the last window
+                    raise ConnectionLost(f"{self.url}: connection closed")
                 window = messages[start : start + WINDOW]
                 for message in window:
                     protocol.send_binary(message)
@@ -264,9 +271,13 @@ class SyncClient:
         except FetchmlError:
             self._drop()
             raise
-        except OSError as exc:
+        except (OSError, InvalidState) as exc:
             self._drop()
-            raise ConnectionLost(f"{self.url}: {exc.strerror or exc}") from None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConnectionLost(f"{self.url}: {reason}") from None
+        except BaseException:  # an interrupt: the answer would go to the next call
+            self._drop()
+            raise
         self._last = time.monotonic()
         return answers
 
@@ -280,6 +291,13 @@ class SyncClient:
             raise ConnectionLost(f"{self.url}: connection closed")
         protocol.receive_data(self._buffer[:received])
         for frame in cast("list[Frame]", protocol.events_received()):
+            if frame.opcode is _CLOSE:  # after what it answered: the next call reconnects
+                if len(answers) < until:
+                    raise ConnectionLost(
+                        f"{self.url}: connection closed ({Close.parse(frame.data)})"
+                    )
+                self._drop()
+                return
             data = frame.data if frame.opcode is _BINARY and frame.fin else self._other(frame)
             if data is None:
                 continue
@@ -299,12 +317,9 @@ class SyncClient:
 
     def _other(self, frame: Frame) -> bytes | None:
         """A fragmented binary message once whole; None for a fragment or a control frame (the
-        protocol answers pings). A text message, or the daemon's close, raises."""
+        protocol answers pings). A text message raises."""
         if frame.opcode is _TEXT:
             raise ProtocolViolation("server sent a text message")
-        if frame.opcode is _CLOSE:
-            close = Close.parse(frame.data)
-            raise ConnectionLost(f"{self.url}: connection closed ({close})")
         if frame.opcode not in _DATA:
             return None
         self._parts.append(bytes(frame.data))
@@ -324,20 +339,20 @@ class SyncClient:
     def _poll(
         self, sock: socket.socket, protocol: ClientProtocol
     ) -> tuple[socket.socket, ClientProtocol] | None:
-        """Take what the idle socket holds without waiting; None if the daemon closed it."""
-        sock.setblocking(False)
+        """Take what the idle socket holds, reading only while it has something; None if the
+        daemon closed it."""
         try:
-            while True:
+            while self._link is not None and readable(sock):
                 self._receive(sock, protocol, [], 0)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            set_timeout(sock, self._timeout)
-            return sock, protocol
         except ProtocolViolation:
             self._drop()
             raise
-        except OSError:  # closed by the daemon (ConnectionLost) or reset
+        except (OSError, InvalidState):  # closed by the daemon (ConnectionLost) or reset
             self._drop()
-            return None
+        except BaseException:
+            self._drop()
+            raise
+        return self._link
 
     def _drop(self) -> None:
         link, self._link = self._link, None
@@ -392,11 +407,20 @@ class SyncClient:
         return sock, protocol
 
 
+def readable(sock: socket.socket) -> bool:
+    """Whether a read would not wait: bytes came, or TLS holds some already decrypted."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 def set_timeout(sock: socket.socket, timeout: float | None) -> None:
     """Make each recv and send on the blocking `sock` fail after `timeout` seconds (None:
-    never). On Linux the kernel keeps the timeout (SO_RCVTIMEO, SO_SNDTIMEO; a call that
-    times out raises BlockingIOError): Python's own timeout polls before every recv and send."""
-    if timeout is None or sys.platform != "linux":
+    never). On Linux the kernel keeps a plain socket's timeout (SO_RCVTIMEO, SO_SNDTIMEO; a
+    call that times out raises BlockingIOError): Python's own timeout polls before every recv
+    and send. A TLS socket keeps Python's: the ssl module retries a read the kernel's timeout
+    cut short."""
+    if timeout is None or sys.platform != "linux" or isinstance(sock, ssl.SSLSocket):
         sock.settimeout(timeout)
         return
     sock.settimeout(None)

@@ -3,9 +3,12 @@ daemon's event loop): logging and reading back, errors, URL lists, no thread, th
 sends, idle connections the daemon closes, daemon deaths and restarts, timeouts, wss."""
 
 import asyncio
+import contextlib
+import itertools
 import math
 import shutil
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 from websockets.sync.server import Server, ServerConnection, serve
 
 from fetchml import SyncClient
@@ -26,10 +32,10 @@ from fetchml.client import (
     PermissionDenied,
     ProtocolViolation,
 )
-from fetchml.protocol.enums import LogLevel
+from fetchml.protocol.enums import ErrorCode, LogLevel
 from fetchml.protocol.keys import key_hash
 from fetchml.protocol.requests import LogMetric, encode_request
-from fetchml.protocol.responses import Log, Progress, Success, encode_response
+from fetchml.protocol.responses import Error, Log, Progress, Success, encode_response
 from tests.support.daemon import DaemonProcess, daemon_at, free_port
 from tests.support.experiments import commit_of
 from tests.support.keys import ADMIN_KEY, ANALYST_KEY
@@ -339,6 +345,88 @@ def test_a_call_times_out_on_a_stopped_daemon(daemon: DaemonProcess) -> None:
         assert c.query_columns(commit, "loss", start_step=2).value.tolist() == [3.0]
 
 
+class Interrupted(BaseException):
+    """What Ctrl-C raises in the middle of a call (KeyboardInterrupt, here our own)."""
+
+
+def test_an_interrupted_call_leaves_no_answer_for_the_next() -> None:
+    """A call interrupted while it waits drops its connection: the next call gets its own
+    answer, not the interrupted one's."""
+    count = itertools.count(1)
+
+    def answer_slowly(ws: ServerConnection) -> None:
+        for _ in ws:
+            n = next(count)
+            time.sleep(0.3)
+            error = Error(timestamp=1, code=ErrorCode.RESOURCE_NOT_FOUND, message=f"answer {n}")
+            with contextlib.suppress(ConnectionClosed):  # the interrupted call's is not read
+                ws.send(encode_response(error))
+
+    def interrupt(*_: object) -> None:
+        raise Interrupted
+
+    server = serve(answer_slowly, "127.0.0.1", 0, compression=None)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/ws"
+        with SyncClient.connect(url, api_key=ADMIN_KEY) as c:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(Interrupted):
+                c.whoami()
+            for n in (2, 3):
+                with pytest.raises(NotFound, match=f"answer {n}"):
+                    c.whoami()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        server.shutdown()
+        thread.join()
+
+
+def test_an_answer_followed_by_the_daemons_close_is_still_an_answer() -> None:
+    """A daemon shutting down answers what it took, then closes (1001), here in one write:
+    the call returns, and the next one opens a new connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)  # a client that fails leaves no thread waiting for it
+    connections = 0
+
+    def answer_once_and_close() -> None:
+        nonlocal connections
+        for _ in range(2):
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            connections += 1
+            with conn:
+                protocol = ServerProtocol()
+                while not (events := protocol.events_received()):
+                    protocol.receive_data(conn.recv(65536))
+                assert isinstance(events[0], Request)
+                protocol.send_response(protocol.accept(events[0]))
+                conn.sendall(b"".join(protocol.data_to_send()))
+                while not protocol.events_received():
+                    protocol.receive_data(conn.recv(65536))
+                protocol.send_binary(OK)
+                protocol.send_close(1001, "going away")
+                conn.sendall(b"".join(protocol.data_to_send()))  # the answer and the close
+                conn.recv(1024)
+
+    thread = threading.Thread(target=answer_once_and_close)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}/ws"
+        with SyncClient.connect(url, api_key=ADMIN_KEY) as c:
+            c.log_metric(commit_of("sync-closing"), "loss", 1.0)
+            c.log_metric(commit_of("sync-closing"), "loss", 2.0)
+        assert connections == 2
+    finally:
+        listener.close()
+        thread.join()
+
+
 # -- wss ----------------------------------------------------------------------------------
 
 
@@ -354,7 +442,19 @@ def test_wss_trusted_through_ssl_cert_file(tmp_path: Path, monkeypatch: pytest.M
         with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
             SyncClient.connect(url, api_key=ADMIN_KEY)
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        with SyncClient.connect(url, api_key=ADMIN_KEY) as c:
+        timeout = 0.3
+        with SyncClient.connect(url, api_key=ADMIN_KEY, timeout=timeout) as c:
+            assert c.whoami().user == "admin"
+            proc.send_signal(signal.SIGSTOP)  # the timeout holds over TLS too
+            try:
+                started = time.monotonic()
+                with pytest.raises(ConnectionLost, match=r"no answer within 0\.3 s"):
+                    c.whoami()
+                elapsed = time.monotonic() - started
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            print(f"wss: timed out after {elapsed:.3f} s (timeout {timeout} s)")
+            assert elapsed <= max(10 * timeout, 0.2)
             assert c.whoami().user == "admin"
     finally:
         proc.close()
