@@ -59,6 +59,35 @@ async def test_training_script_example(daemon: Daemon, tmp_path: Path) -> None:
     assert len(records) == 1000 + 2 * 10
 
 
+async def test_sync_client_example(daemon: Daemon, tmp_path: Path) -> None:
+    (example,) = [
+        code
+        for code in re.findall(r"```python\n(.*?)```", README, re.S)
+        if "SyncClient.connect" in code
+    ]
+    script = tmp_path / "plain.py"
+    script.write_text(example)
+    async with Client.connect(daemon.url, api_key=KEYS["admin"][1]) as c:
+        await c.create_experiment(COMMIT)
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(script)],
+        env={**env_for(daemon), "FETCHML_RUN_ID": COMMIT},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "step,value,timestamp" and lines[1].startswith("11,0.25,"), lines
+    async with Client.connect(daemon.url, api_key=KEYS["admin"][1]) as c:
+        records = await c.query(COMMIT)
+    assert sorted((r.name, r.step, r.value) for r in records) == [
+        ("loss", 11, 0.25),
+        ("val/acc", 10, 0.91),
+    ]
+
+
 async def test_cli_tour(daemon: Daemon, tmp_path: Path) -> None:
     lines = [line for line in block("CLI tour", "sh").splitlines() if line.strip()]
     assert len(lines) >= 8
