@@ -178,6 +178,7 @@ class MetricLogger:
             run_patch=run_patch,
             fresh=fresh,
             heartbeat_s=heartbeat_interval,
+            timeout=close_timeout,
             max_backoff=max_backoff,
         )
         self.commit = self.run_id = config.commit.hex()
@@ -344,8 +345,10 @@ class MetricLogger:
         if self._worker.alive:
             token = FlushToken()
             self._queue.extend(queued(token))
-            self._worker.nudge()
             deadline = None if limit is None else time.monotonic() + limit
+            # sent from this thread when it can be (its connection waits up to close_timeout)
+            if limit != self._close_timeout or not self._ship.flush_inline():
+                self._worker.nudge()
             while not token.done.is_set():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -380,6 +383,7 @@ class MetricLogger:
         if not in_time:
             self._worker.abort()
         self._batcher.stop()  # again: the worker may have set room meanwhile
+        self._ship.close_inline()
         self._result = self._report(in_time, limit)
         return self._result
 

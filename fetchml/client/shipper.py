@@ -38,30 +38,43 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from fetchml.protocol.enums import ErrorCode
-from fetchml.protocol.responses import Error, Response, Success
+from fetchml.protocol.enums import ErrorCode, PacketType
+from fetchml.protocol.errors import MalformedResponse
+from fetchml.protocol.responses import HEADER, Error, Response, Success, decode_response
 
 from .batches import Batch, Batcher
 from .connection import Client
-from .errors import RETRYABLE, FetchmlConnectionError, FetchmlError, ProtocolViolation, error_from
+from .encoding import WIDTH
+from .errors import (
+    RETRYABLE,
+    ConnectionLost,
+    FetchmlConnectionError,
+    FetchmlError,
+    ProtocolViolation,
+    error_from,
+)
 from .failover import Failover
 from .ledger import Ledger
 from .pipeline import MAX_MESSAGE_BYTES, describe_response
 from .resume import stored_after
 from .settings import Settings
 from .startcheck import check_start
+from .sync import SyncClient
 from .transport import backoff_delay
 
 logger = logging.getLogger(__name__)
 
 SEND_CHECK_S = 0.05
 """The longest a full batch waits to be sent (log() does not wake the worker per batch)."""
+LEND_POINTS = 256
+"""A flush() that finds at most this many points queued may send them itself (`flush_inline`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +92,8 @@ class ShipperConfig:
     fresh: bool = False
     """A new random run ID: nothing to look up at start."""
     heartbeat_s: float = 30.0
+    timeout: float | None = 60.0
+    """How long a flush sending on its own connection waits for the daemon (close_timeout)."""
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     open_timeout: float = 10.0
@@ -130,6 +145,14 @@ class Shipper:
         """A pump is scheduled for the answers being read."""
         self._sent = False
         """A batch went out since the window was last reconciled."""
+        self.lock = threading.Lock()
+        """Held while the Batcher is worked on during a session: by the worker's pump, or by
+        a caller's flush cutting or settling what it sends itself."""
+        self._lent = False
+        """A caller's flush is sending batches on its own connection: the worker sends none."""
+        self._inline: SyncClient | None = None
+        self._inline_after = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- called from any thread via loop.call_soon_threadsafe ------------------
 
@@ -140,10 +163,94 @@ class Shipper:
         if self._wake is not None and (self._live is None or self.stop or self.abort):
             self._wake.set()
 
+    # -- called from the caller's thread, by flush() ----------------------------
+
+    def flush_inline(self) -> bool:
+        """Send what is queued on the caller's own blocking connection (a SyncClient, opened
+        at the first such flush) and settle it, without waking the worker: handing a flush
+        to the worker's thread and back costs about as much as the round trip itself.
+
+        Only during a live session, with nothing in flight or waiting to be sent, and at
+        most LEND_POINTS points queued; the worker sends nothing meanwhile (`_lent`), so
+        batches stay in order. True if everything queued is now acknowledged. False to
+        let the worker send it: it was not lent, or something other than a plain
+        acknowledgement came back, which the worker then takes as its own answer (a lost
+        connection makes it reconnect and reconcile the window, as for its own batches).
+        """
+        batcher = self.batcher
+        with self.lock:
+            if (
+                self._live is None
+                or self._lent
+                or self._inflight
+                or batcher.ready
+                or len(batcher.queue) > LEND_POINTS * WIDTH
+                or self.stop
+                or self._broken is None
+                or self._broken.is_set()
+                or not self._bold()
+                or time.monotonic() < self._inline_after
+            ):
+                return False
+            batcher.drain(LEND_POINTS, cut=True)
+            batches = list(iter(batcher.next_batch, None))
+            if not batches:
+                return True
+            self._lent = self._sent = True
+            self._inflight += len(batches)
+        try:
+            packets = self._inline_client().exchange([batch.message for batch in batches])
+        except FetchmlError as exc:
+            self._inline_after = time.monotonic() + self.config.max_backoff
+            lost = exc if isinstance(exc, FetchmlConnectionError) else ConnectionLost(str(exc))
+            self._hand_back(batches, [lost] * len(batches))
+            return False
+        if not all(map(acknowledges, batches, packets)):
+            self._hand_back(batches, list(map(outcome_of, packets)))
+            return False
+        with self.lock:
+            for batch in batches:
+                batcher.acknowledged(batch.seq)
+            self._inflight -= len(batches)
+            self._lent = False
+        if not self.space.is_set():
+            self.space.set()
+        if batcher.queue or self._live is None:
+            self._call(self.wake)
+        return True
+
+    def close_inline(self) -> None:
+        """Close the caller's connection (after the worker stopped)."""
+        if self._inline is not None:
+            self._inline.close()
+
+    def _inline_client(self) -> SyncClient:
+        if self._inline is None:
+            cfg = self.config
+            self._inline = SyncClient(
+                cfg.settings, cfg.open_timeout, cfg.timeout, True, None, cfg.max_message_bytes
+            )
+        return self._inline
+
+    def _hand_back(self, batches: list[Batch], outcomes: list[Response | BaseException]) -> None:
+        self._call(self._returned, batches, outcomes)
+
+    def _returned(self, batches: list[Batch], outcomes: list[Response | BaseException]) -> None:
+        """On the worker's loop: lent batches answered otherwise than plainly, or lost."""
+        self._lent = False
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            self._answered(batch, outcome)
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker has stopped
+            self._loop.call_soon_threadsafe(callback, *args)
+
     # -- the worker ----------------------------------------------------------
 
     async def run(self) -> None:
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         cfg = self.config
         urls = Failover(
             cfg.settings.urls,
@@ -322,7 +429,8 @@ class Shipper:
                         async with asyncio.timeout(max(wait, 0.001)):
                             await self._wake.wait()
             finally:
-                self._live = None
+                with self.lock:
+                    self._live = None
             if self.abort:
                 client.abort()  # fails what is in flight
             while self._inflight and not self.abort:  # the answers due on this connection
@@ -332,10 +440,20 @@ class Shipper:
 
     def _pump(self) -> None:
         """Cut what is due (a flush token at once, a partial batch every flush_interval or
-        when stopping) and send it, within the window; then the next run change."""
+        when stopping) and send it, within the window; then the next run change. Nothing
+        while a caller's flush has the Batcher (it wakes the worker when done)."""
         if self._live is None or self.abort or self._broken is None or self._broken.is_set():
             return
-        client, tg = self._live
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            if not self._lent:
+                self._pump_batches(*self._live)
+        finally:
+            self.lock.release()
+        self._update_run(*self._live, asyncio.get_running_loop().time())
+
+    def _pump_batches(self, client: Client, tg: asyncio.TaskGroup) -> None:
         batcher, cfg = self.batcher, self.config
         now = asyncio.get_running_loop().time()
         tick = now - self._last_partial >= cfg.flush_interval
@@ -351,7 +469,6 @@ class Shipper:
         if batches:
             self._sent = True
             self._send(client, tg, batches)
-        self._update_run(client, tg, now)
 
     def _update_run(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
         """Send the next queued run change (a heartbeat when due and nothing else is)."""
@@ -462,3 +579,25 @@ class Answer(asyncio.Future[Response]):
         error = self.exception()  # retrieved: nobody awaits this future
         assert error is not None
         self._then(error)
+
+
+_SUCCESS = PacketType.SUCCESS.value
+
+
+def acknowledges(batch: Batch, packet: bytes) -> bool:
+    """Whether `packet` is the plain SUCCESS that acknowledges all of `batch` (its message
+    the record count), checked by its bytes."""
+    count = str(batch.count).encode()
+    return (
+        packet[0] == _SUCCESS
+        and len(packet) == HEADER.size + 1 + len(count)
+        and packet[HEADER.size] == len(count)
+        and packet.endswith(count)
+    )
+
+
+def outcome_of(packet: bytes) -> Response | BaseException:
+    try:
+        return decode_response(packet)
+    except MalformedResponse as exc:
+        return ProtocolViolation(exc.message)

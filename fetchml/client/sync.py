@@ -225,6 +225,11 @@ class SyncClient:
                 pages.append(page[1])
         return Columns.of(pages)
 
+    def exchange(self, messages: Sequence[bytes]) -> list[bytes]:
+        """Send whole requests and return their final responses, raw and in order (events go
+        to `on_event`). Raises ConnectionLost or ConnectFailed like any call."""
+        return self._exchange(messages)
+
     def _call(self, message: bytes) -> Response:
         return self._decoded(self._exchange([message])[0])
 

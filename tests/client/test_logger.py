@@ -366,7 +366,8 @@ def test_answers_read_together_are_taken_in_one_pump(
 def test_a_flush_sends_its_batch_from_the_wake_up_itself(
     shared_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """log() + flush() one at a time: the worker writes each batch in the callback the
+    """log() + flush() one at a time, sent by the worker (a flush given its own timeout does
+    not send from the caller's thread): the worker writes each batch in the callback the
     caller's wake-up runs (or in its session task, before the first answer), with no task
     started for it: one would cost the blocking call another turn of the worker's loop."""
     from fetchml import frames
@@ -388,7 +389,7 @@ def test_a_flush_sends_its_batch_from_the_wake_up_itself(
     ml = MetricLogger(commit_of("logger-wake-up"), shared_server.url, ADMIN_KEY, flush_interval=60)
     for step in range(20):
         ml.log("loss", 1.0, step=step)
-        assert ml.flush()
+        assert ml.flush(timeout=30.0)
     assert ml.close()
     print(f"20 flushes, batches written in: {sorted(set(writers))}")
     assert len(writers) == 20 and set(writers) <= {"", "Shipper.run"}
