@@ -124,6 +124,7 @@ FIGURES: tuple[Figure, ...] = (
         "calls/s",
         "websockets sync send+recv, echo",
         True,
+        Target(0.8, of_ratio=True),
     ),
     Figure("streams", STREAM_ROW, "metrics/s", ECHO, True, row=STREAM_ROW),
     Figure(

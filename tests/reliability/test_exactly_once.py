@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from fetchml.client import Client, Metric, MetricLogger
+from fetchml.client.shipper import Shipper
 from tests.support.config import raw_config, write_config
 from tests.support.daemon import DaemonProcess, free_port
 from tests.support.keys import ADMIN_KEY
@@ -144,4 +145,84 @@ def test_every_point_once_in_order_across_kills(
         assert (record.name, record.step, record.value) == ("v", i, float(i)), f"record {i}"
         assert low <= record.timestamp <= high, f"record {i}: {record.timestamp}"
     assert "possible duplicates" not in caplog.text
+    assert stats.recovered > 0, "no kill lost an answer: the test did not test the skip"
+
+
+FLUSH_CYCLES = 200 if LONG else 16
+
+
+class Flushing(threading.Thread):
+    """Logs point i as ("v", i, step=i) and flushes after each, noting the clock around the
+    log() call and what each flush returned."""
+
+    def __init__(self, ml: MetricLogger) -> None:
+        super().__init__(name="one-at-a-time", daemon=True)
+        self.ml = ml
+        self.times: list[tuple[int, int]] = []
+        self.flushed: list[bool] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        log, flush, clock = self.ml.log, self.ml.flush, time.time
+        i = 0
+        while not self.stop.is_set():
+            before = clock()
+            log("v", float(i), step=i)
+            self.times.append((int(before), int(clock())))
+            self.flushed.append(flush())
+            i += 1
+
+
+def test_points_flushed_one_at_a_time_once_in_order_across_kills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """log() + flush() per point, most of them sent from the caller's thread on its own
+    connection (Shipper.flush_inline), while the daemon is SIGKILLed: every flush returns
+    True, the run holds every point once, in order, and answers lost with a kill were
+    found stored, not sent again."""
+    caplog.set_level(logging.WARNING, logger="fetchml.client.shipper")
+    inline: list[bool] = []
+    real = Shipper.flush_inline
+    monkeypatch.setattr(Shipper, "flush_inline", lambda s: inline.append(real(s)) or inline[-1])
+    rng = random.Random(SEED)
+    server = daemon(tmp_path).start()
+    ml = MetricLogger(
+        url=server.url, api_key=ADMIN_KEY, name="kill9-flush", max_backoff=0.05, close_timeout=120
+    )
+    loop = Flushing(ml)
+    loop.start()
+    try:
+        for cycle in range(FLUSH_CYCLES):
+            if cycle:
+                server.start()
+            acked = ml.acknowledged
+            deadline = time.monotonic() + 30
+            while ml.acknowledged == acked:  # polling: until it delivers on this daemon
+                assert time.monotonic() < deadline, f"cycle {cycle}: nothing delivered"
+                time.sleep(0.001)
+            until = time.monotonic() + rng.uniform(0, MAX_STREAM_S)
+            while time.monotonic() < until:  # polling: for the moment to kill
+                if cycle % 2 and stored(server, ml.run_id) > ml.acknowledged:
+                    break
+                time.sleep(0.0001)
+            server.kill()
+    finally:
+        server.start()
+        loop.stop.set()
+        loop.join()
+    assert ml.close()
+    records = read_all(server.url, ml.run_id)
+    server.close()
+    stats = ml.stats()
+    print(
+        f"{FLUSH_CYCLES} kills: {len(loop.times):,} points flushed one at a time, "
+        f"{sum(inline):,} from the caller's thread, {len(records):,} stored, "
+        f"{stats.recovered} found stored after a lost answer, {stats.reconnects} reconnects"
+    )
+    assert all(loop.flushed) and stats.acknowledged == len(loop.times) == len(records)
+    for i, (record, (low, high)) in enumerate(zip(records, loop.times, strict=True)):
+        assert (record.name, record.step, record.value) == ("v", i, float(i)), f"record {i}"
+        assert low <= record.timestamp <= high, f"record {i}: {record.timestamp}"
+    assert "possible duplicates" not in caplog.text
+    assert sum(inline) > len(loop.times) // 2
     assert stats.recovered > 0, "no kill lost an answer: the test did not test the skip"
