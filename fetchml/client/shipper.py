@@ -28,6 +28,16 @@ and the Batcher puts every other unacknowledged batch back in line, in
 order, before new ones: nothing is lost and nothing is stored twice. After
 an error answer, batches go one at a time until the refused one is stored.
 
+A flush() in the caller's thread may send instead of the worker
+(`flush_inline`): while the session is live, nothing is in flight or cut
+and waiting, and at most LEND_POINTS points are queued, it cuts them into
+batches under `lock` and sends them on a blocking connection of its own
+(a SyncClient); the worker's pump sends nothing meanwhile, so the order on
+the wire is the order logged. A plain acknowledgement is settled in the
+caller's thread. Any other answer, and a lost connection, go to the worker
+as the answers of its own batches would: it reconnects and reconciles the
+window, so a batch stored whose answer was lost is not sent again.
+
 The first connection runs the start check (startcheck.py) and starts the run
 (CREATE_EXPERIMENT when it is missing, then UPDATE_RUN). A failed check, or a
 handshake the daemon refuses (wrong key, address not allowed), is `fatal`:
@@ -170,9 +180,10 @@ class Shipper:
         at the first such flush) and settle it, without waking the worker: handing a flush
         to the worker's thread and back costs about as much as the round trip itself.
 
-        Only during a live session, with nothing in flight or waiting to be sent, and at
-        most LEND_POINTS points queued; the worker sends nothing meanwhile (`_lent`), so
-        batches stay in order. True if everything queued is now acknowledged. False to
+        Only during a live session, with nothing in flight, waiting to be sent or unsettled,
+        and at most LEND_POINTS points queued; the worker sends nothing meanwhile (`_lent`),
+        so batches stay in order. True if everything queued is now acknowledged (no flush
+        token is needed: nothing else was unsettled). False to
         let the worker send it: it was not lent, or something other than a plain
         acknowledgement came back, which the worker then takes as its own answer (a lost
         connection makes it reconnect and reconcile the window, as for its own batches).
@@ -183,7 +194,7 @@ class Shipper:
                 self._live is None
                 or self._lent
                 or self._inflight
-                or batcher.ready
+                or batcher.unacked
                 or len(batcher.queue) > LEND_POINTS * WIDTH
                 or self.stop
                 or self._broken is None
@@ -444,18 +455,22 @@ class Shipper:
         while a caller's flush has the Batcher (it wakes the worker when done)."""
         if self._live is None or self.abort or self._broken is None or self._broken.is_set():
             return
+        now = asyncio.get_running_loop().time()
         if not self.lock.acquire(blocking=False):
+            self._last_partial = now  # the caller's flush cuts and sends what is queued
             return
         try:
-            if not self._lent:
-                self._pump_batches(*self._live)
+            if self._lent:
+                self._last_partial = now
+            else:
+                self._pump_batches(*self._live, now)
         finally:
             self.lock.release()
-        self._update_run(*self._live, asyncio.get_running_loop().time())
+        self._update_run(*self._live, now)
 
-    def _pump_batches(self, client: Client, tg: asyncio.TaskGroup) -> None:
+    def _pump_batches(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
+
         batcher, cfg = self.batcher, self.config
-        now = asyncio.get_running_loop().time()
         tick = now - self._last_partial >= cfg.flush_interval
         if tick:
             self._last_partial = now
