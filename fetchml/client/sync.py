@@ -23,6 +23,7 @@ Usage::
         print(c.query_columns(commit, "loss").to_pandas())
 """
 
+import os
 import select
 import socket
 import ssl
@@ -39,6 +40,11 @@ from websockets.exceptions import InvalidState
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from fetchml.protocol import requests as rq
 from fetchml.protocol.enums import PacketType
@@ -81,6 +87,10 @@ _EVENTS = (bytes((PacketType.PROGRESS,)), bytes((PacketType.LOG,)))
 _SUCCESS = PacketType.SUCCESS.value
 _EMPTY_SUCCESS = HEADER.size + 1
 """The length of a SUCCESS with no message (a LOG_METRIC's ack)."""
+_OPEN = State.OPEN
+_FIN_BINARY = 0x80 | Opcode.BINARY.value
+_HEAD16, _HEAD64 = struct.Struct("!BBH"), struct.Struct("!BBQ")
+_LEN16, _LEN64 = struct.Struct("!H"), struct.Struct("!Q")
 _TIMED_OUT = (TimeoutError, BlockingIOError)
 """What a read or write past the timeout raises (BlockingIOError: the kernel's timeout)."""
 
@@ -264,9 +274,9 @@ class SyncClient:
                 if self._link is None:  # the daemon closed it after answering the last window
                     raise ConnectionLost(f"{self.url}: connection closed")
                 window = messages[start : start + WINDOW]
-                for message in window:
-                    protocol.send_binary(message)
-                sock.sendall(b"".join(protocol.data_to_send()))
+                if protocol.state is not _OPEN:
+                    raise InvalidState(f"connection is {protocol.state.name}")
+                sock.sendall(b"".join(map(binary_frame, window)))
                 end = start + len(window)
                 while len(answers) < end:
                     self._receive(sock, protocol, answers, end)
@@ -294,6 +304,12 @@ class SyncClient:
         received = sock.recv_into(self._buffer)
         if not received:
             raise ConnectionLost(f"{self.url}: connection closed")
+        if not self._parts and not protocol.reader.buffer:  # read at a frame's start
+            payloads = binary_payloads(self._buffer, received)
+            if payloads is not None:
+                for data in payloads:
+                    self._take(data, answers, until)
+                return
         protocol.receive_data(self._buffer[:received])
         for frame in cast("list[Frame]", protocol.events_received()):
             if frame.opcode is _CLOSE:  # after what it answered: the next call reconnects
@@ -303,22 +319,25 @@ class SyncClient:
                     )
                 self._drop()
                 return
-            data = frame.data if frame.opcode is _BINARY and frame.fin else self._other(frame)
-            if data is None:
-                continue
-            if data[:1] in _EVENTS:
-                try:
-                    event = decode_response(bytes(data))
-                except MalformedResponse as exc:
-                    raise ProtocolViolation(exc.message) from None
-                handle_event(self._on_event, cast("Progress | Log", event))
-            elif len(answers) < until:
-                answers.append(bytes(data))
-            else:
-                raise ProtocolViolation(f"unsolicited response (packet type {data[:1].hex()})")
+            message = frame.data if frame.opcode is _BINARY and frame.fin else self._other(frame)
+            if message is not None:
+                self._take(bytes(message), answers, until)
         pongs = protocol.data_to_send()
         if pongs:
             sock.sendall(b"".join(pongs))
+
+    def _take(self, data: bytes, answers: list[bytes], until: int) -> None:
+        """A whole binary message: an event for `on_event`, or the next final response."""
+        if data[:1] in _EVENTS:
+            try:
+                event = decode_response(data)
+            except MalformedResponse as exc:
+                raise ProtocolViolation(exc.message) from None
+            handle_event(self._on_event, cast("Progress | Log", event))
+        elif len(answers) < until:
+            answers.append(data)
+        else:
+            raise ProtocolViolation(f"unsolicited response (packet type {data[:1].hex()})")
 
     def _other(self, frame: Frame) -> bytes | None:
         """A fragmented binary message once whole; None for a fragment or a control frame (the
@@ -410,6 +429,44 @@ class SyncClient:
                 sock.close()
                 raise
         return sock, protocol
+
+
+def binary_frame(data: bytes) -> bytes:
+    """`data` as one final binary frame from a client (masked), as websockets' protocol
+    writes it with no extension, without a Frame object."""
+    length = len(data)
+    if length < 126:
+        head = bytes((_FIN_BINARY, 0x80 | length))
+    elif length < 65536:
+        head = _HEAD16.pack(_FIN_BINARY, 0x80 | 126, length)
+    else:
+        head = _HEAD64.pack(_FIN_BINARY, 0x80 | 127, length)
+    mask = os.urandom(4)
+    return head + mask + apply_mask(data, mask)
+
+
+def binary_payloads(buffer: bytearray, end: int) -> list[bytes] | None:
+    """The payloads of the final, unmasked binary frames that fill `buffer[:end]` exactly;
+    None when anything else is there (a control, text or fragmented frame, one cut short):
+    websockets' protocol then parses it all."""
+    payloads = []
+    at = 0
+    while at < end:
+        if end - at < 2 or buffer[at] != _FIN_BINARY:
+            return None
+        length, head = buffer[at + 1], 2
+        if length == 126 and end - at >= 4:
+            length, head = _LEN16.unpack_from(buffer, at + 2)[0], 4
+        elif length == 127 and end - at >= 10:
+            length, head = _LEN64.unpack_from(buffer, at + 2)[0], 10
+        elif length > 125:  # masked, or its length cut short
+            return None
+        stop = at + head + length
+        if stop > end:
+            return None
+        payloads.append(bytes(buffer[at + head : stop]))
+        at = stop
+    return payloads
 
 
 def readable(sock: socket.socket) -> bool:

@@ -13,11 +13,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.sync.server import Server, ServerConnection, serve
 
@@ -32,6 +35,7 @@ from fetchml.client import (
     PermissionDenied,
     ProtocolViolation,
 )
+from fetchml.client.sync import binary_frame, binary_payloads
 from fetchml.protocol.enums import ErrorCode, LogLevel
 from fetchml.protocol.keys import key_hash
 from fetchml.protocol.requests import LogMetric, encode_request
@@ -458,3 +462,81 @@ def test_wss_trusted_through_ssl_cert_file(tmp_path: Path, monkeypatch: pytest.M
             assert c.whoami().user == "admin"
     finally:
         proc.close()
+
+
+# -- frames -------------------------------------------------------------------------------
+
+
+def test_frames_are_the_ones_websockets_writes_and_parses() -> None:
+    """The binary frames SyncClient writes itself parse as websockets' server parses them;
+    the server's frames it reads itself are exactly those that fill a read, final, binary,
+    unmasked and whole (anything else goes to websockets' protocol)."""
+    server = ServerProtocol(state=State.OPEN, max_size=None)
+    sizes = (0, 1, 125, 126, 65535, 65536, 70_000)
+    payloads = [bytes([n % 251]) * n for n in sizes]
+    server.receive_data(b"".join(map(binary_frame, payloads)))
+    assert [cast(Frame, frame).data for frame in server.events_received()] == payloads
+    for payload in payloads:
+        server.send_binary(payload)
+    written = bytearray(b"".join(server.data_to_send()))
+    assert binary_payloads(written, len(written)) == payloads
+    assert binary_payloads(written, len(written) - 1) is None  # the last one cut short
+    assert binary_payloads(bytearray(b"\x82"), 1) is None
+    server.send_binary(b"first", fin=False)
+    server.send_continuation(b"rest", fin=True)
+    server.send_ping(b"p")
+    server.send_text(b"text")
+    for frame in server.data_to_send():
+        assert binary_payloads(bytearray(frame), len(frame)) is None
+    masked = bytearray(binary_frame(b"from a client"))
+    assert binary_payloads(masked, len(masked)) is None
+
+
+def test_answers_in_frames_websockets_parses() -> None:
+    """A ping written with an answer (ponged, the answer taken), an answer in two fragments,
+    an answer of 400 kB read in several pieces, then a plain one."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    pongs: list[bytes] = []
+    big = encode_response(Success(timestamp=1, message="x" * 400_000))
+
+    def serve_one() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            protocol = ServerProtocol(max_size=None)
+            while not (events := protocol.events_received()):
+                protocol.receive_data(conn.recv(65536))
+            assert isinstance(events[0], Request)
+            protocol.send_response(protocol.accept(events[0]))
+            conn.sendall(b"".join(protocol.data_to_send()))
+            for step in range(4):
+                while True:
+                    frames = [e for e in protocol.events_received() if isinstance(e, Frame)]
+                    pongs.extend(bytes(f.data) for f in frames if f.opcode is Opcode.PONG)
+                    if any(f.opcode is Opcode.BINARY for f in frames):
+                        break
+                    protocol.receive_data(conn.recv(65536))
+                if step == 0:
+                    protocol.send_ping(b"are you there")
+                    protocol.send_binary(OK)
+                elif step == 1:
+                    protocol.send_binary(OK[:4], fin=False)
+                    protocol.send_continuation(OK[4:], fin=True)
+                else:
+                    protocol.send_binary(big if step == 2 else OK)
+                conn.sendall(b"".join(protocol.data_to_send()))
+
+    thread = threading.Thread(target=serve_one)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{listener.getsockname()[1]}/ws"
+        with SyncClient.connect(url, api_key=ADMIN_KEY) as c:
+            for step in range(4):
+                c.log_metric(commit_of("sync-frames"), "loss", float(step))
+    finally:
+        listener.close()
+        thread.join()
+    assert pongs == [b"are you there"]

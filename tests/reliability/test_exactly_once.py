@@ -183,7 +183,12 @@ def test_points_flushed_one_at_a_time_once_in_order_across_kills(
     caplog.set_level(logging.WARNING, logger="fetchml.client.shipper")
     inline: list[bool] = []
     real = Shipper.flush_inline
-    monkeypatch.setattr(Shipper, "flush_inline", lambda s: inline.append(real(s)) or inline[-1])
+
+    def counted(ship: Shipper) -> bool:
+        inline.append(real(ship))
+        return inline[-1]
+
+    monkeypatch.setattr(Shipper, "flush_inline", counted)
     rng = random.Random(SEED)
     server = daemon(tmp_path).start()
     ml = MetricLogger(
