@@ -44,6 +44,7 @@ from .dispatch import (
     dispatch,
 )
 from .errors import AuthenticationFailed, ServerError
+from .fastscan import repeating_at
 from .handlers import Context
 from .http import Gate, Metrics, handshake_key
 from .sequencer import Close, Sequencer
@@ -311,7 +312,7 @@ class Connection:
                 self.metrics.requests[_LOG_NAMES[opcode]] += 1
                 key, commit, tails = fast
                 return accept_log(self.ctx, self._identify(key), opcode, commit.hex(), tails)
-            at = records_at(message)
+            at = repeating_at(message) or records_at(message)
             if at is not None:
                 opcode = Opcode.LOG_METRICS_AT
                 self.metrics.requests[opcode.name] += 1

@@ -29,7 +29,10 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
+from fetchml.protocol.enums import Opcode
+from fetchml.protocol.keys import KEY_HASH_SIZE
 from fetchml.protocol.metrics import MAX_TIMESTAMP, MIN_TIMESTAMP, RECORD_MIN, walk
+from fetchml.protocol.requests import LOG_METRICS_HEAD
 
 LANE = 4096
 OVERLAP = 1024
@@ -45,6 +48,7 @@ _MIX = np.array(
     dtype=np.uint64,
 )
 
+_KEY_END = 1 + KEY_HASH_SIZE
 _LONGEST = RECORD_MIN + 255
 """Bytes of the longest record."""
 _ROUNDS = 3
@@ -141,6 +145,38 @@ def periodic(data: bytes) -> Cycles | None:
 
 
 _HEAD = (("ts", ">u8", 0), ("step", ">u4", 8), ("value", ">f8", 12))
+
+REPEATING_AT_MIN = 256
+"""LOG_METRICS_AT of fewer records are taken apart in Python (records_at)."""
+_AT_HEAD = LOG_METRICS_HEAD
+"""Bytes of a LOG_METRICS_AT before its records (laid out as a LOG_METRICS)."""
+
+
+def repeating_at(message: bytes) -> tuple[bytes, bytes, bytes, int, int] | None:
+    """protocol.metrics.records_at's answer for a LOG_METRICS_AT of at least REPEATING_AT_MIN
+    records whose names repeat one layout (`periodic`: a batch of one metric, or of a few
+    logged in a fixed order), found with numpy; None for any other message, valid or not
+    (records_at then decides)."""
+    if len(message) <= _AT_HEAD or message[0] != Opcode.LOG_METRICS_AT:
+        return None
+    count = int.from_bytes(message[_AT_HEAD - 2 : _AT_HEAD])
+    if count < REPEATING_AT_MIN:
+        return None
+    records = message[_AT_HEAD:]
+    cycles = periodic(records)
+    if (
+        cycles is None
+        or len(cycles.table) * cycles.size != len(records)
+        or len(cycles.table) * len(cycles.names) != count
+    ):
+        return None
+    try:
+        for name in cycles.names:
+            name.decode()
+    except UnicodeDecodeError:
+        return None
+    latest = max(int(cycles.table[f"ts{j}"].max()) for j in range(len(cycles.names)))
+    return message[1:_KEY_END], message[_KEY_END : _AT_HEAD - 2], records, count, latest
 
 
 def find_starts(buf: Buffer) -> tuple[I64, int]:

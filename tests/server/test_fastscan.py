@@ -10,8 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fetchml.protocol.metrics import MAX_TIMESTAMP, MIN_TIMESTAMP, RECORD_MIN, encode_record, scan
+from fetchml.protocol.enums import Opcode
+from fetchml.protocol.metrics import (
+    MAX_TIMESTAMP,
+    MIN_TIMESTAMP,
+    RECORD_MIN,
+    encode_record,
+    records_at,
+    scan,
+)
+from fetchml.protocol.requests import LOG_METRICS_HEAD, log_metrics_at_head
 from fetchml.server import batches, fastscan
+from fetchml.server.fastscan import REPEATING_AT_MIN
 from tests.support.experiments import STAMP
 
 NAMES = (b"loss", b"accuracy", b"learning_rate", b"grad_norm", b"val_loss", b"gpu_util")
@@ -128,3 +138,73 @@ def test_a_read_gives_the_valid_prefix_a_scan_gives(
     result = scan(data)
     assert (end, batch.records) == (result.end, result.records)
     assert incomplete or not result.incomplete  # (it may read on where a scan would stop)
+
+
+# -- LOG_METRICS_AT whose records repeat one layout (repeating_at) --------------------------
+
+AT_KEY, AT_COMMIT = bytes(range(16)), bytes(range(20))
+
+
+def at_message(records: bytes, count: int) -> bytes:
+    return log_metrics_at_head(AT_KEY, AT_COMMIT, count) + records
+
+
+def cycled(n: int, names: tuple[bytes, ...], stamp: int = STAMP) -> bytes:
+    return b"".join(encode_record(stamp + i, i, i * 0.5, names[i % len(names)]) for i in range(n))
+
+
+def test_repeating_records_are_taken_apart_as_records_at_does() -> None:
+    one, three = cycled(300, (b"loss",)), cycled(300, (b"loss", b"acc", b"learning_rate"))
+    for records in (one, three):
+        wire = at_message(records, 300)
+        assert fastscan.repeating_at(wire) == records_at(wire) is not None
+        assert records_at(wire) == (AT_KEY, AT_COMMIT, records, 300, STAMP + 299)
+
+
+@pytest.mark.parametrize(
+    ("case", "valid"),
+    [
+        ("too few records", True),
+        ("a count that is not the records'", False),
+        ("a record more than whole cycles", True),
+        ("a name out of the layout", True),
+        ("a name of bad UTF-8", False),
+        ("a timestamp out of range", False),
+        ("another opcode", False),
+    ],
+)
+def test_other_messages_are_left_to_records_at(case: str, valid: bool) -> None:
+    records, count = cycled(300, (b"loss", b"acc")), 300
+    if case == "too few records":
+        records, count = cycled(REPEATING_AT_MIN - 1, (b"loss",)), REPEATING_AT_MIN - 1
+    elif case == "a count that is not the records'":
+        count = 298
+    elif case == "a record more than whole cycles":
+        records, count = records + encode_record(STAMP, 0, 0.0, b"loss"), 301
+    elif case == "a name out of the layout":
+        records = cycled(299, (b"loss", b"acc")) + encode_record(STAMP, 0, 0.0, b"lr_")
+    elif case == "a name of bad UTF-8":
+        records = cycled(300, (b"lo\xc3",))
+    elif case == "a timestamp out of range":
+        records = cycled(300, (b"loss",), stamp=MAX_TIMESTAMP - 100)
+    wire = at_message(records, count)
+    if case == "another opcode":
+        wire = bytes([Opcode.LOG_METRICS]) + wire[1:]
+    assert fastscan.repeating_at(wire) is None
+    assert (records_at(wire) is not None) == valid
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from((b"loss", b"acc", b"lr", b"\xc3", b"x" * 40)), min_size=1, max_size=4),
+    st.integers(REPEATING_AT_MIN, 700),
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=2),
+)
+def test_repeating_at_agrees_with_records_at(
+    names: list[bytes], n: int, damage: list[tuple[int, int]]
+) -> None:
+    wire = bytearray(at_message(cycled(n, tuple(names)), n))
+    for at, byte in damage:
+        wire[LOG_METRICS_HEAD + at % (len(wire) - LOG_METRICS_HEAD)] = byte
+    fast = fastscan.repeating_at(bytes(wire))
+    assert fast is None or fast == records_at(bytes(wire))
