@@ -2,7 +2,11 @@
 
 Every call writes its request with one `sendall` and reads the answer itself, in the
 caller's thread: websockets' sans-I/O protocol over a plain socket, with no event loop
-and no thread. Use it from one thread at a time.
+and no thread. Use it from one thread at a time. The request's binary frame is built
+here (`binary_frame`), and answers that fill a read as whole binary frames are taken
+here too (`binary_payloads`): websockets' parser, a Frame object per message, cost a
+tenth of a round trip. Everything else (the handshake, pings, a close, fragments, a
+frame cut across reads) goes through websockets' protocol.
 
 Lost connections. A call whose connection goes before its answer comes (the daemon
 died or closed it, or sent nothing for `timeout` seconds) raises ConnectionLost, and its
