@@ -4,8 +4,8 @@ Every call writes its request with one `sendall` and reads the answer itself, in
 caller's thread: websockets' sans-I/O protocol over a plain socket, with no event loop
 and no thread. Use it from one thread at a time. The request's binary frame is built
 here (`binary_frame`), and answers that fill a read as whole binary frames are taken
-here too (`binary_payloads`): websockets' parser, a Frame object per message, cost a
-tenth of a round trip. Everything else (the handshake, pings, a close, fragments, a
+here too (`binary_payloads`): websockets' Frame objects and its parser cost about
+23 µs of a 160 µs round trip here. Everything else (the handshake, pings, a close, fragments, a
 frame cut across reads) goes through websockets' protocol.
 
 Lost connections. A call whose connection goes before its answer comes (the daemon
