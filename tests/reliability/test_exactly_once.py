@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from fetchml.client import Client, Metric, MetricLogger
-from fetchml.client.shipper import Shipper
+from tests.client.test_logger_inline import inline_flushes
 from tests.support.config import raw_config, write_config
 from tests.support.daemon import DaemonProcess, free_port
 from tests.support.keys import ADMIN_KEY
@@ -91,6 +91,28 @@ def read_all(url: str, run_id: str) -> list[Metric]:
     return asyncio.run(read())
 
 
+def kill_while_logging(
+    server: DaemonProcess, ml: MetricLogger, cycles: int, rng: random.Random
+) -> None:
+    """SIGKILL the daemon `cycles` times, restarting it after each but the last: each time
+    once the logger delivers to it, after a random moment up to MAX_STREAM_S, or (every
+    other cycle) as soon as the file holds records the logger has not seen acknowledged."""
+    for cycle in range(cycles):
+        if cycle:
+            server.start()
+        acked = ml.acknowledged
+        deadline = time.monotonic() + 30
+        while ml.acknowledged == acked:  # polling: until it delivers on this daemon
+            assert time.monotonic() < deadline, f"cycle {cycle}: nothing delivered"
+            time.sleep(0.001)
+        until = time.monotonic() + rng.uniform(0, MAX_STREAM_S)
+        while time.monotonic() < until:  # polling: for the moment to kill
+            if cycle % 2 and stored(server, ml.run_id) > ml.acknowledged:
+                break
+            time.sleep(0.0001)
+        server.kill()
+
+
 def test_every_point_once_in_order_across_kills(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -110,20 +132,7 @@ def test_every_point_once_in_order_across_kills(
     loop.start()
     began = time.monotonic()
     try:
-        for cycle in range(CYCLES):
-            if cycle:
-                server.start()
-            acked = ml.acknowledged
-            deadline = time.monotonic() + 30
-            while ml.acknowledged == acked:  # polling: until it delivers on this daemon
-                assert time.monotonic() < deadline, f"cycle {cycle}: nothing delivered"
-                time.sleep(0.001)
-            until = time.monotonic() + rng.uniform(0, MAX_STREAM_S)
-            while time.monotonic() < until:  # polling: for the moment to kill
-                if cycle % 2 and stored(server, ml.run_id) > ml.acknowledged:
-                    break
-                time.sleep(0.0002)
-            server.kill()
+        kill_while_logging(server, ml, CYCLES, rng)
     finally:
         loop.stop.set()
         loop.join()
@@ -181,14 +190,7 @@ def test_points_flushed_one_at_a_time_once_in_order_across_kills(
     True, the run holds every point once, in order, and answers lost with a kill were
     found stored, not sent again."""
     caplog.set_level(logging.WARNING, logger="fetchml.client.shipper")
-    inline: list[bool] = []
-    real = Shipper.flush_inline
-
-    def counted(ship: Shipper) -> bool:
-        inline.append(real(ship))
-        return inline[-1]
-
-    monkeypatch.setattr(Shipper, "flush_inline", counted)
+    inline = inline_flushes(monkeypatch)
     rng = random.Random(SEED)
     server = daemon(tmp_path).start()
     ml = MetricLogger(
@@ -197,20 +199,7 @@ def test_points_flushed_one_at_a_time_once_in_order_across_kills(
     loop = Flushing(ml)
     loop.start()
     try:
-        for cycle in range(FLUSH_CYCLES):
-            if cycle:
-                server.start()
-            acked = ml.acknowledged
-            deadline = time.monotonic() + 30
-            while ml.acknowledged == acked:  # polling: until it delivers on this daemon
-                assert time.monotonic() < deadline, f"cycle {cycle}: nothing delivered"
-                time.sleep(0.001)
-            until = time.monotonic() + rng.uniform(0, MAX_STREAM_S)
-            while time.monotonic() < until:  # polling: for the moment to kill
-                if cycle % 2 and stored(server, ml.run_id) > ml.acknowledged:
-                    break
-                time.sleep(0.0001)
-            server.kill()
+        kill_while_logging(server, ml, FLUSH_CYCLES, rng)
     finally:
         server.start()
         loop.stop.set()
