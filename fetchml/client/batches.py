@@ -39,7 +39,7 @@ from fetchml.protocol.metrics import RECORD_HEAD, walk
 from fetchml.protocol.requests import LOG_METRICS_HEAD, LogMetricsAt, log_metrics_at_head
 from fetchml.protocol.rules import check_metric_name
 
-from .encoding import WIDTH, Columns, Point, columns, encode_points
+from .encoding import WIDTH, Columns, Point, encode_points
 from .errors import InvalidRequest
 from .ledger import Ledger
 from .models import MAX_STEP
@@ -206,7 +206,7 @@ class Batcher:
         """
         take = min(len(self.queue) // WIDTH, slots * self._size - self._count)
         if take > 0:
-            cols = columns(self.take(take))
+            cols = self.take(take)
             points = first = 0
             for at in flushes(cols[0]):
                 points -= 1 + self._add(part(cols, first, at))
@@ -222,13 +222,14 @@ class Batcher:
             self.cut()
         self._release_tokens()
 
-    def take(self, count: int) -> list[Any]:
-        """The items of the first `count` points (or tokens) in the queue, removed from it
+    def take(self, count: int) -> Columns:
+        """The columns of the first `count` points (or tokens) in the queue, removed from it
         (the caller's thread may append meanwhile, never remove)."""
         end = count * WIDTH
-        items = self.queue[:end]
-        del self.queue[:end]
-        return items
+        queue = self.queue
+        cols = queue[0:end:WIDTH], queue[1:end:WIDTH], queue[2:end:WIDTH], queue[3:end:WIDTH]
+        del queue[:end]
+        return cols
 
     def _add(self, cols: Columns) -> int:
         """Encode the points of `cols` into the batch being built, cutting full ones; how
@@ -351,7 +352,7 @@ class Batcher:
         self.unacked.clear()
         self.ready.clear()
         lost, self.held, self._count, self._bytes = self.held, 0, 0, 0
-        labels, values, _, _ = columns(self.take(len(self.queue) // WIDTH))
+        labels, values, _, _ = self.take(len(self.queue) // WIDTH)
         for name, value in zip(labels, values, strict=True):
             if name == FLUSH:
                 self._tokens.append(value)

@@ -1,12 +1,13 @@
 """Points as metrics.bin records, a run of them at a time, without a Python object per point.
 
 The caller's thread queues each point as four items of one flat list, its
-name, value, step and time (`WIDTH`); `columns` slices the four columns out of
-a run of them. `encode_points` takes those columns and returns their records (protocol RECORD_HEAD, whole seconds, the
-cached name) as one bytes object, with where each record ends. Each column is
+name, value, step and time (`WIDTH`); the Batcher slices the four columns out
+of a run of them. `encode_points` takes those columns and returns their
+records (protocol RECORD_HEAD, whole seconds, the cached name) as one bytes
+object, with where each record ends. Each column is
 packed by one struct.pack call, which converts exactly as packing a record does
 (a value without __float__, a step that is not an integer raise), and one numpy
-concatenation lays the columns and the names out as rows: the records
+record array lays the columns and the names out as rows: the records
 themselves when every name has the same length, else padded rows the padding
 is then cut from. When a column does not convert, the points go one at a time
 (`encode_slowly`), so one bad value rejects only its own point; so do runs of
@@ -19,6 +20,7 @@ interval (5 ms) to get it back from a caller busy in Python.
 """
 
 from collections.abc import Callable, Sequence
+from functools import cache
 from itertools import accumulate
 from struct import error as struct_error
 from struct import pack
@@ -42,11 +44,6 @@ SMALL = 16
 
 Columns = tuple[list[str], list[Any], list[Any], list[Any]]
 """Names, values, steps and times, one list each."""
-
-
-def columns(items: list[Any]) -> Columns:
-    """The four columns of queued items (WIDTH per point)."""
-    return items[0::WIDTH], items[1::WIDTH], items[2::WIDTH], items[3::WIDTH]
 
 
 def encode_points(
@@ -89,30 +86,33 @@ def encode_points(
     for row, (raw, length) in zip(table, spelled, strict=True):
         row[0] = length
         row[1 : 1 + length] = np.frombuffer(raw, np.uint8)
+    rows = np.empty(n, _row_type(longest))
+    rows["ts"] = np.frombuffer(stamp_col, np.float64)  # truncated to whole seconds, as int()
+    rows["step"] = np.frombuffer(step_col, ">u4")
+    rows["value"] = np.frombuffer(value_col, ">f8")
+    code: np.ndarray | int = 0
     if len(distinct) == 1:
-        code: np.ndarray | int = 0
-        tails = np.broadcast_to(table[0], (n, 1 + longest))
+        rows["tail"] = table[0]
     else:
         index = {name: i for i, name in enumerate(distinct)}
         code = np.fromiter(map(index.__getitem__, labels), np.intp, n)
-        tails = table[code]
-    whole_seconds = np.frombuffer(stamp_col, np.float64).astype(">u8")  # truncates, as int()
-    rows = np.concatenate(
-        (
-            whole_seconds.view(np.uint8).reshape(n, 8),
-            np.frombuffer(step_col, np.uint8).reshape(n, 4),
-            np.frombuffer(value_col, np.uint8).reshape(n, 8),
-            tails,
-        ),
-        axis=1,
-    )
+        rows["tail"] = table[code]
     width = RECORD_HEAD.size + longest
     lengths = table[:, 0].astype(np.int64)
     if len(distinct) == 1 or (lengths == longest).all():  # records of one size
         return rows.tobytes(), range(width, (n + 1) * width, width)
     sizes = lengths[code] + RECORD_HEAD.size
     keep = np.arange(width) < sizes[:, None]
-    return rows[keep].tobytes(), np.cumsum(sizes).tolist()
+    return rows.view(np.uint8).reshape(n, width)[keep].tobytes(), np.cumsum(sizes).tolist()
+
+
+@cache
+def _row_type(longest: int) -> np.dtype:
+    """A record whose name takes `longest` bytes: RECORD_HEAD's fields, then the length byte
+    and the name (padded) as one field."""
+    return np.dtype(
+        [("ts", ">u8"), ("step", ">u4"), ("value", ">f8"), ("tail", np.uint8, (1 + longest,))]
+    )
 
 
 def default_steps(

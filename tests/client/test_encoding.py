@@ -1,9 +1,10 @@
 """Points encoded a column at a time: byte for byte what protocol.metrics.encode_record makes."""
 
 import math
+from typing import Any
 
 from fetchml.client.batches import encode_name
-from fetchml.client.encoding import Columns, Point, columns, encode_points
+from fetchml.client.encoding import WIDTH, Columns, Point, encode_points
 from fetchml.protocol.metrics import encode_record
 
 T = 1795735109.75
@@ -26,7 +27,8 @@ def expected(points: list[Point], next_step: dict[str, int] | None = None) -> by
 
 def queued(points: list[Point]) -> Columns:
     """The columns of the points as the caller's thread queues them, four items each."""
-    return columns([item for point in points for item in point])
+    items: list[Any] = [item for point in points for item in point]
+    return items[0::WIDTH], items[1::WIDTH], items[2::WIDTH], items[3::WIDTH]
 
 
 def encode(points: list[Point], next_step: dict[str, int] | None = None) -> bytes:
