@@ -211,11 +211,13 @@ class Shipper:
             self._inflight += len(batches)
         try:
             packets = self._inline_client().exchange([batch.message for batch in batches])
-        except FetchmlError as exc:
+        except BaseException as exc:  # an interrupt too: the worker must get them back
             self._inline_after = time.monotonic() + self.config.max_backoff
-            lost = exc if isinstance(exc, FetchmlConnectionError) else ConnectionLost(str(exc))
+            lost = exc if isinstance(exc, FetchmlConnectionError) else ConnectionLost(repr(exc))
             self._hand_back(batches, [lost] * len(batches))
-            return False
+            if isinstance(exc, FetchmlError):
+                return False
+            raise
         if not all(map(acknowledges, batches, packets)):
             self._hand_back(batches, list(map(outcome_of, packets)))
             return False
@@ -456,20 +458,20 @@ class Shipper:
         if self._live is None or self.abort or self._broken is None or self._broken.is_set():
             return
         now = asyncio.get_running_loop().time()
-        if not self.lock.acquire(blocking=False):
+        if self.lock.acquire(blocking=False):
+            try:
+                if self._lent:
+                    self._last_partial = now
+                else:
+                    self._pump_batches(*self._live, now)
+            finally:
+                self.lock.release()
+        else:
             self._last_partial = now  # the caller's flush cuts and sends what is queued
-            return
-        try:
-            if self._lent:
-                self._last_partial = now
-            else:
-                self._pump_batches(*self._live, now)
-        finally:
-            self.lock.release()
         self._update_run(*self._live, now)
 
     def _pump_batches(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
-
+        """The pump's batches, with the lock held."""
         batcher, cfg = self.batcher, self.config
         tick = now - self._last_partial >= cfg.flush_interval
         if tick:
@@ -604,8 +606,8 @@ def acknowledges(batch: Batch, packet: bytes) -> bool:
     the record count), checked by its bytes."""
     count = str(batch.count).encode()
     return (
-        packet[0] == _SUCCESS
-        and len(packet) == HEADER.size + 1 + len(count)
+        len(packet) == HEADER.size + 1 + len(count)
+        and packet[0] == _SUCCESS
         and packet[HEADER.size] == len(count)
         and packet.endswith(count)
     )

@@ -175,3 +175,30 @@ def test_the_logger_closes_its_own_connection(shared_server: DaemonProcess) -> N
     assert client is not None and client._link is not None
     assert ml.close()
     assert client.closed and client._link is None
+
+
+def test_an_interrupted_flush_leaves_nothing_stuck(
+    shared_server: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a flush waits for its answer in the caller's thread: the interrupt goes
+    up, the worker takes the point back (found stored, not sent twice), and the next flush
+    and close() work."""
+    ml = MetricLogger(url=shared_server.url, api_key=ADMIN_KEY, name="inline-interrupted")
+    ml.log("loss", 0.0, step=0)
+    assert ml.flush()
+    client = ml._ship._inline_client()
+    real = client.exchange
+
+    def interrupted(messages: Sequence[bytes]) -> list[bytes]:
+        real(messages)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "exchange", interrupted)
+    ml.log("loss", 1.0, step=1)
+    with pytest.raises(KeyboardInterrupt):
+        ml.flush()
+    monkeypatch.undo()
+    ml.log("loss", 2.0, step=2)
+    assert ml.flush(timeout=30) and ml.close()
+    assert ml.stats().recovered == 1
+    assert stored(shared_server, ml.run_id) == {(b"loss", step): 1 for step in range(3)}
