@@ -11,31 +11,10 @@ from typing import Any
 import pytest
 
 from fetchml.client import Client, ConnectionLost, MetricLogger
-from fetchml.client.shipper import Shipper
 from fetchml.protocol.enums import Opcode
-from tests.client.test_logger import each_record
 from tests.support.daemon import DaemonProcess
 from tests.support.keys import ADMIN_KEY
-
-
-def inline_flushes(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """What every Shipper.flush_inline returns, in order."""
-    results: list[bool] = []
-    real = Shipper.flush_inline
-
-    def counted(self: Shipper) -> bool:
-        results.append(real(self))
-        return results[-1]
-
-    monkeypatch.setattr(Shipper, "flush_inline", counted)
-    return results
-
-
-def stored(server: DaemonProcess, run_id: str) -> Counter[tuple[bytes, int]]:
-    """How often each (name, step) is in the run's metrics.bin."""
-    return Counter(
-        (name, step) for name, step, _ in each_record(server.data / run_id / "metrics.bin")
-    )
+from tests.support.loggers import inline_flushes, stored_points
 
 
 def test_a_flush_sends_its_points_without_the_worker(
@@ -70,7 +49,7 @@ def test_a_flush_sends_its_points_without_the_worker(
     print(f"20 flushes: {sum(results)} sent by the caller, {len(worker_writes)} by the worker")
     assert results == [True] * 20 and not worker_writes and not nudges
     assert ml.close()
-    assert stored(shared_server, ml.run_id) == {(b"loss", step): 1 for step in range(21)}
+    assert stored_points(shared_server.data, ml.run_id) == {("loss", step): 1 for step in range(21)}
 
 
 def test_a_lost_answer_is_reconciled_not_sent_twice(
@@ -102,7 +81,7 @@ def test_a_lost_answer_is_reconciled_not_sent_twice(
     print(f"lost answer: {stats.recovered} recovered, {stats.reconnects} reconnects")
     assert results == [False] and stats.recovered == 1 and stats.reconnects == 1
     assert stats.acknowledged == 5
-    assert stored(shared_server, ml.run_id) == {(b"loss", step): 1 for step in range(5)}
+    assert stored_points(shared_server.data, ml.run_id) == {("loss", step): 1 for step in range(5)}
 
 
 def test_a_refused_batch_goes_back_to_the_worker(
@@ -127,7 +106,7 @@ def test_a_refused_batch_goes_back_to_the_worker(
     assert ml.flush()
     assert ml.close()
     assert results == [False] and ml.stats().rejected == 0
-    assert stored(server, ml.run_id) == {(b"loss", 1): 1}
+    assert stored_points(server.data, ml.run_id) == {("loss", 1): 1}
 
 
 def test_flushes_from_threads_while_another_logs(
@@ -158,12 +137,12 @@ def test_flushes_from_threads_while_another_logs(
     for thread in threads:
         thread.join()
     assert ml.close()
-    counts = stored(shared_server, ml.run_id)
+    counts = stored_points(shared_server.data, ml.run_id)
     print(f"{len(results)} flushes, {sum(results)} sent by the caller")
     assert not failures and any(results)
     assert counts == Counter(
-        {(name, step): 1 for name in (b"a", b"b") for step in range(150)}
-        | {(b"bulk", step): 1 for step in range(3000)}
+        {(name, step): 1 for name in ("a", "b") for step in range(150)}
+        | {("bulk", step): 1 for step in range(3000)}
     )
 
 
@@ -201,4 +180,4 @@ def test_an_interrupted_flush_leaves_nothing_stuck(
     ml.log("loss", 2.0, step=2)
     assert ml.flush(timeout=30) and ml.close()
     assert ml.stats().recovered == 1
-    assert stored(shared_server, ml.run_id) == {(b"loss", step): 1 for step in range(3)}
+    assert stored_points(shared_server.data, ml.run_id) == {("loss", step): 1 for step in range(3)}

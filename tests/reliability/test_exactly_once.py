@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from fetchml.client import Client, Metric, MetricLogger
-from tests.client.test_logger_inline import inline_flushes
 from tests.support.config import raw_config, write_config
 from tests.support.daemon import DaemonProcess, free_port
 from tests.support.keys import ADMIN_KEY
+from tests.support.loggers import inline_flushes
 
 LONG = os.environ.get("FETCHML_LONG") == "1"
 CYCLES = 500 if LONG else 50
@@ -92,11 +92,13 @@ def read_all(url: str, run_id: str) -> list[Metric]:
 
 
 def kill_while_logging(
-    server: DaemonProcess, ml: MetricLogger, cycles: int, rng: random.Random
+    server: DaemonProcess, ml: MetricLogger, cycles: int, rng: random.Random, poll: float
 ) -> None:
     """SIGKILL the daemon `cycles` times, restarting it after each but the last: each time
     once the logger delivers to it, after a random moment up to MAX_STREAM_S, or (every
-    other cycle) as soon as the file holds records the logger has not seen acknowledged."""
+    other cycle) as soon as the file holds records the logger has not seen acknowledged,
+    looking every `poll` seconds (0: without letting go of the interpreter lock, which
+    holds a logging thread in this process back just after its answer came)."""
     for cycle in range(cycles):
         if cycle:
             server.start()
@@ -109,7 +111,8 @@ def kill_while_logging(
         while time.monotonic() < until:  # polling: for the moment to kill
             if cycle % 2 and stored(server, ml.run_id) > ml.acknowledged:
                 break
-            time.sleep(0.0001)
+            if poll:
+                time.sleep(poll)
         server.kill()
 
 
@@ -132,7 +135,7 @@ def test_every_point_once_in_order_across_kills(
     loop.start()
     began = time.monotonic()
     try:
-        kill_while_logging(server, ml, CYCLES, rng)
+        kill_while_logging(server, ml, CYCLES, rng, poll=0.0002)
     finally:
         loop.stop.set()
         loop.join()
@@ -199,7 +202,7 @@ def test_points_flushed_one_at_a_time_once_in_order_across_kills(
     loop = Flushing(ml)
     loop.start()
     try:
-        kill_while_logging(server, ml, FLUSH_CYCLES, rng)
+        kill_while_logging(server, ml, FLUSH_CYCLES, rng, poll=0)
     finally:
         server.start()
         loop.stop.set()
