@@ -3,10 +3,10 @@
 Every call writes its request with one `sendall` and reads the answer itself, in the
 caller's thread: websockets' sans-I/O protocol over a plain socket, with no event loop
 and no thread. Use it from one thread at a time. The request's binary frame is built
-here (`binary_frame`), and answers that fill a read as whole binary frames are taken
-here too (`binary_payloads`): websockets' Frame objects and its parser cost about
-23 µs of a 160 µs round trip here. Everything else (the handshake, pings, a close, fragments, a
-frame cut across reads) goes through websockets' protocol.
+without websockets' Frame (frames.binary_frame), and answers that fill a read as whole
+binary frames are taken here (`binary_payloads`): websockets' Frame objects and its
+parser cost about 23 µs of a 160 µs round trip here. Everything else (the handshake,
+pings, a close, fragments, a frame cut across reads) goes through websockets' protocol.
 
 Lost connections. A call whose connection goes before its answer comes (the daemon
 died or closed it, or sent nothing for `timeout` seconds) raises ConnectionLost, and its
@@ -27,7 +27,6 @@ Usage::
         print(c.query_columns(commit, "loss").to_pandas())
 """
 
-import os
 import select
 import socket
 import ssl
@@ -45,17 +44,13 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # websockets built without its C extension
-    from websockets.utils import apply_mask
-
 from fetchml.protocol import requests as rq
 from fetchml.protocol.enums import PacketType
 from fetchml.protocol.errors import MalformedResponse
 from fetchml.protocol.metrics import acked_records
 from fetchml.protocol.responses import HEADER, Log, Progress, Response, decode_response
 
+from ..frames import binary_frame
 from .columns import Columns
 from .errors import ConnectFailed, ConnectionLost, FetchmlError, ProtocolViolation
 from .metrics import ColumnQuery, log_metric_request, log_metrics_requests
@@ -93,7 +88,6 @@ _EMPTY_SUCCESS = HEADER.size + 1
 """The length of a SUCCESS with no message (a LOG_METRIC's ack)."""
 _OPEN = State.OPEN
 _FIN_BINARY = 0x80 | Opcode.BINARY.value
-_HEAD16, _HEAD64 = struct.Struct("!BBH"), struct.Struct("!BBQ")
 _LEN16, _LEN64 = struct.Struct("!H"), struct.Struct("!Q")
 _TIMED_OUT = (TimeoutError, BlockingIOError)
 """What a read or write past the timeout raises (BlockingIOError: the kernel's timeout)."""
@@ -433,20 +427,6 @@ class SyncClient:
                 sock.close()
                 raise
         return sock, protocol
-
-
-def binary_frame(data: bytes) -> bytes:
-    """`data` as one final binary frame from a client (masked), as websockets' protocol
-    writes it with no extension, without a Frame object."""
-    length = len(data)
-    if length < 126:
-        head = bytes((_FIN_BINARY, 0x80 | length))
-    elif length < 65536:
-        head = _HEAD16.pack(_FIN_BINARY, 0x80 | 126, length)
-    else:
-        head = _HEAD64.pack(_FIN_BINARY, 0x80 | 127, length)
-    mask = os.urandom(4)
-    return head + mask + apply_mask(data, mask)
 
 
 def binary_payloads(buffer: bytearray, end: int) -> list[bytes] | None:

@@ -35,7 +35,8 @@ from fetchml.client import (
     PermissionDenied,
     ProtocolViolation,
 )
-from fetchml.client.sync import binary_frame, binary_payloads
+from fetchml.client.sync import binary_payloads
+from fetchml.frames import binary_frame, plain_binary_frame
 from fetchml.protocol.enums import ErrorCode, LogLevel
 from fetchml.protocol.keys import key_hash
 from fetchml.protocol.requests import LogMetric, encode_request
@@ -468,7 +469,8 @@ def test_wss_trusted_through_ssl_cert_file(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_frames_are_the_ones_websockets_writes_and_parses() -> None:
-    """The binary frames SyncClient writes itself parse as websockets' server parses them;
+    """The binary frames written without websockets (frames.py) are a client's websockets'
+    server parses, and byte for byte a server's websockets writes;
     the server's frames it reads itself are exactly those that fill a read, final, binary,
     unmasked and whole (anything else goes to websockets' protocol)."""
     server = ServerProtocol(state=State.OPEN, max_size=None)
@@ -479,6 +481,7 @@ def test_frames_are_the_ones_websockets_writes_and_parses() -> None:
     for payload in payloads:
         server.send_binary(payload)
     written = bytearray(b"".join(server.data_to_send()))
+    assert written == b"".join(map(plain_binary_frame, payloads))
     assert binary_payloads(written, len(written)) == payloads
     assert binary_payloads(written, len(written) - 1) is None  # the last one cut short
     assert binary_payloads(bytearray(b"\x82"), 1) is None

@@ -333,3 +333,17 @@ async def test_audit_counts_auth_failures_per_address_not_per_attempt(
     assert leaks(audit.read_text()) == []
     reports = [r for r in caplog.records if "authentication failed" in r.getMessage()]
     assert len(reports) == 2, [r.getMessage() for r in reports]
+
+
+async def test_compressed_connections_get_compressed_answers(start_daemon: DaemonFactory) -> None:
+    """With server.compression on, a client that offers permessage-deflate gets its answers
+    compressed by websockets (the daemon frames them itself only without an extension),
+    and one that does not gets them plain."""
+    daemon = await start_daemon(server={"compression": True})
+    for offered in ("deflate", None):
+        ws = await connect(daemon.url, compression=offered, max_size=None)
+        assert bool(ws.protocol.extensions) == (offered is not None)
+        client = RawClient(ws)
+        cid = await create(client, f"compressed-{offered}")
+        await log(client, cid, [(i, 0.5, "loss") for i in range(1000)])
+        await ws.close()
