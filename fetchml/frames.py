@@ -122,11 +122,13 @@ class Taking(Connection):
     _took: Taker | None = None
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        took = self._took
-        if took is not None:
-            self._took = None
-            took.taken()
+        try:
+            super().data_received(data)
+        finally:  # whatever happened, the taker finishes what it took in
+            took = self._took
+            if took is not None:
+                self._took = None
+                took.taken()
 
     def process_event(self, event: Event) -> None:
         taker = self.taker

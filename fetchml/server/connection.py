@@ -244,7 +244,7 @@ class Connection:
             while not seq.reading and seq.closing is None:
                 wake = self._reader_wake = asyncio.get_running_loop().create_future()
                 await wake
-            seq.receive(message)
+            self._receive(seq, message)
             self.taken()
             if seq.closing is not None:
                 return
@@ -266,15 +266,28 @@ class Connection:
         if seq is None or not seq.reading or not message or message[0] not in _LOGS:
             return False
         self.heard = time.monotonic()
-        seq.receive(message)
+        self._receive(seq, message)
         return True
 
+    def _receive(self, seq: Sequencer, message: bytes | str) -> None:
+        """Take a message in; the appends it makes wait for `taken`, which follows."""
+        store = self.ctx.store
+        store.defer_writes(True)
+        try:
+            seq.receive(message)
+        finally:
+            store.defer_writes(False)
+
     def taken(self) -> None:
-        """After messages were taken in: answer what is ready, or wake the writer."""
+        """After messages were taken in: write their appends and answer what is ready (or
+        leave the writes to the event loop's next turn while more messages wait to be read),
+        or wake the writer."""
         seq = self._seq
         assert seq is not None
         if self._unread is not None and not self._unread:
             self._answer_ready(seq)
+        else:
+            self.ctx.store.schedule_writes()
         if seq.peek() is not None:
             self._wake_writer()
 

@@ -229,6 +229,17 @@ class ExperimentStore:
         if self._commits is not None:
             self._commits.flush_scheduled()
 
+    def defer_writes(self, defer: bool) -> None:
+        """While deferred, appends wait for `flush_scheduled` or `schedule_writes`, which
+        the caller runs before it returns to the event loop (GroupCommit.defer)."""
+        if self._commits is not None:
+            self._commits.defer = defer
+
+    def schedule_writes(self) -> None:
+        """Have the event loop's next turn make the appends left deferred."""
+        if self._commits is not None:
+            self._commits.schedule()
+
     async def append(self, commit: str, data: bytes, count: int) -> int:
         return await self.submit(commit, data, count)
 
