@@ -35,7 +35,7 @@ from fetchml.client import (
     PermissionDenied,
     ProtocolViolation,
 )
-from fetchml.client.sync import binary_payloads
+from fetchml.client.sync import whole_frames
 from fetchml.frames import binary_frame, plain_binary_frame
 from fetchml.protocol.enums import ErrorCode, LogLevel
 from fetchml.protocol.keys import key_hash
@@ -470,9 +470,8 @@ def test_wss_trusted_through_ssl_cert_file(tmp_path: Path, monkeypatch: pytest.M
 
 def test_frames_are_the_ones_websockets_writes_and_parses() -> None:
     """The binary frames written without websockets (frames.py) are a client's websockets'
-    server parses, and byte for byte a server's websockets writes;
-    the server's frames it reads itself are exactly those that fill a read, final, binary,
-    unmasked and whole (anything else goes to websockets' protocol)."""
+    server parses, and byte for byte a server's websockets writes; what is read is cut
+    into whole frames of every kind, wherever a read ends."""
     server = ServerProtocol(state=State.OPEN, max_size=None)
     sizes = (0, 1, 125, 126, 65535, 65536, 70_000)
     payloads = [bytes([n % 251]) * n for n in sizes]
@@ -480,19 +479,24 @@ def test_frames_are_the_ones_websockets_writes_and_parses() -> None:
     assert [cast(Frame, frame).data for frame in server.events_received()] == payloads
     for payload in payloads:
         server.send_binary(payload)
-    written = bytearray(b"".join(server.data_to_send()))
-    assert written == b"".join(map(plain_binary_frame, payloads))
-    assert binary_payloads(written, len(written)) == payloads
-    assert binary_payloads(written, len(written) - 1) is None  # the last one cut short
-    assert binary_payloads(bytearray(b"\x82"), 1) is None
     server.send_binary(b"first", fin=False)
     server.send_continuation(b"rest", fin=True)
     server.send_ping(b"p")
     server.send_text(b"text")
-    for frame in server.data_to_send():
-        assert binary_payloads(bytearray(frame), len(frame)) is None
+    frames = server.data_to_send()
+    assert b"".join(frames[: len(payloads)]) == b"".join(map(plain_binary_frame, payloads))
+    written = bytearray(b"".join(frames))
+    ends = list(itertools.accumulate(map(len, frames)))
+    for cut in sorted({*range(12), *(e + d for e in ends for d in (-1, 0, 1, 2, 3, 9))}):
+        if 0 <= cut <= len(written):
+            spans, rest = whole_frames(written[:cut])
+            whole = [stop for _, _, stop in spans]
+            assert (
+                whole == [e for e in ends if e <= cut]
+                and rest == written[whole[-1] if whole else 0 : cut]
+            )
     masked = bytearray(binary_frame(b"from a client"))
-    assert binary_payloads(masked, len(masked)) is None
+    assert whole_frames(masked) == ([(0, 6, len(masked))], bytearray())
 
 
 def test_answers_in_frames_websockets_parses() -> None:
