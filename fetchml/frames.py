@@ -33,6 +33,8 @@ from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event, Side, State
+from websockets.protocol import Protocol as WebSocketProtocol
+from websockets.streams import StreamReader
 
 try:
     from websockets.speedups import apply_mask
@@ -41,6 +43,9 @@ except ImportError:  # websockets built without its C extension
 
 _FIN_BINARY = 0x80 | Opcode.BINARY.value
 _HEAD16, _HEAD64 = struct.Struct("!BBH"), struct.Struct("!BBQ")
+_LEN16, _LEN64 = struct.Struct("!H"), struct.Struct("!Q")
+_AT_EOF = StreamReader.at_eof.__code__
+"""Where websockets' parser waits between frames."""
 
 
 def writable(ws: Connection) -> bool:
@@ -58,6 +63,39 @@ def write_frames(ws: Connection, packets: Sequence[bytes]) -> None:
         return
     frame = binary_frame if protocol.side is Side.CLIENT else plain_binary_frame
     ws.transport.write(b"".join([*protocol.data_to_send(), *map(frame, packets)]))
+
+
+def at_frame_start(protocol: WebSocketProtocol) -> bool:
+    """Whether websockets' parser waits for the first byte of a frame, holding nothing."""
+    parser = protocol.parser
+    while (inner := getattr(parser, "gi_yieldfrom", None)) is not None:
+        parser = inner
+    return getattr(parser, "gi_code", None) is _AT_EOF and not protocol.reader.buffer
+
+
+def whole_frames(data: bytes | bytearray) -> tuple[list[tuple[int, int, int]], int]:
+    """The whole frames at the start of `data`, each as (start, head length with the mask,
+    end), and where the first one not all there starts."""
+    spans = []
+    at, end = 0, len(data)
+    while end - at >= 2:
+        length, head = data[at + 1] & 0x7F, 2
+        if length == 126:
+            if end - at < 4:
+                break
+            length, head = _LEN16.unpack_from(data, at + 2)[0], 4
+        elif length == 127:
+            if end - at < 10:
+                break
+            length, head = _LEN64.unpack_from(data, at + 2)[0], 10
+        if data[at + 1] & 0x80:
+            head += 4
+        stop = at + head + length
+        if stop > end:
+            break
+        spans.append((at, head, stop))
+        at = stop
+    return spans, at
 
 
 def binary_frame(data: bytes) -> bytes:
@@ -116,19 +154,53 @@ class Taker(Protocol):
 
 class Taking(Connection):
     """A connection whose binary messages go to `taker` (see the module's docstring): set
-    one only when `received` sees websockets' queue."""
+    one only when `received` sees websockets' queue.
+
+    What it reads is cut into whole frames here (`whole_frames`) once websockets' parser
+    waits at a frame's start: a final binary frame goes to the taker as it is (unmasked
+    with websockets' own `apply_mask`), and every other frame, or one the taker declines,
+    goes whole through websockets' protocol, which then never holds part of a frame."""
 
     taker: Taker | None = None
     _took: Taker | None = None
+    _tail: bytes = b""
+    """Bytes read after the last whole frame."""
 
     def data_received(self, data: bytes) -> None:
         try:
-            super().data_received(data)
+            if self._tail or at_frame_start(self.protocol):
+                self._frames(self._tail + data if self._tail else data)
+            else:
+                super().data_received(data)
         finally:  # whatever happened, the taker finishes what it took in
             took = self._took
             if took is not None:
                 self._took = None
                 took.taken()
+
+    def _frames(self, data: bytes) -> None:
+        spans, end = whole_frames(data)
+        self._tail = data[end:]
+        protocol = self.protocol
+        masked = 0x80 if protocol.side is Side.SERVER else 0
+        for start, head, stop in spans:
+            taker = self.taker
+            if (
+                taker is not None
+                and data[start] == _FIN_BINARY
+                and data[start + 1] & 0x80 == masked
+                and protocol.state is State.OPEN
+                and protocol.current_size is None
+                and (protocol.max_message_size or stop) >= stop - start - head
+                and not self.recv_messages.frames
+            ):
+                payload = data[start + head : stop]
+                if masked:
+                    payload = apply_mask(payload, data[start + head - 4 : start + head])
+                if taker.take(payload):
+                    self._took = taker
+                    continue
+            super().data_received(data[start:stop])
 
     def process_event(self, event: Event) -> None:
         taker = self.taker

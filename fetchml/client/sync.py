@@ -50,7 +50,7 @@ from fetchml.protocol.errors import MalformedResponse
 from fetchml.protocol.metrics import acked_records
 from fetchml.protocol.responses import HEADER, Log, Progress, Response, decode_response
 
-from ..frames import binary_frame
+from ..frames import binary_frame, whole_frames
 from .columns import Columns
 from .errors import ConnectFailed, ConnectionLost, FetchmlError, ProtocolViolation
 from .metrics import ColumnQuery, log_metric_request, log_metrics_requests
@@ -305,7 +305,8 @@ class SyncClient:
         if not received:
             raise ConnectionLost(f"{self.url}: connection closed")
         data = self._tail + self._buffer[:received] if self._tail else self._buffer[:received]
-        spans, self._tail = whole_frames(data)
+        spans, end = whole_frames(data)
+        self._tail = data[end:]
         for start, head, stop in spans:
             if data[start] == _FIN_BINARY and data[start + 1] < 0x80 and not self._parts:
                 self._take(bytes(data[start + head : stop]), answers, until)  # final, unmasked
@@ -438,31 +439,6 @@ class SyncClient:
                 sock.close()
                 raise
         return sock, protocol
-
-
-def whole_frames(data: bytearray) -> tuple[list[tuple[int, int, int]], bytearray]:
-    """The whole frames at the start of `data`, each as (start, head length, end), and the
-    bytes after them (a frame not all read yet)."""
-    spans = []
-    at, end = 0, len(data)
-    while end - at >= 2:
-        length, head = data[at + 1] & 0x7F, 2
-        if length == 126:
-            if end - at < 4:
-                break
-            length, head = _LEN16.unpack_from(data, at + 2)[0], 4
-        elif length == 127:
-            if end - at < 10:
-                break
-            length, head = _LEN64.unpack_from(data, at + 2)[0], 10
-        if data[at + 1] & 0x80:
-            head += 4  # a mask: never from a daemon, but websockets' protocol says so
-        stop = at + head + length
-        if stop > end:
-            break
-        spans.append((at, head, stop))
-        at = stop
-    return spans, data[at:]
 
 
 def readable(sock: socket.socket) -> bool:
