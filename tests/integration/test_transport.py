@@ -1,6 +1,7 @@
 """Transport (PROTOCOL.md section 2): handshake auth, whitelist, HTTP endpoints, close
 codes, connection limits; and that keys never reach logs, the audit file or /metrics."""
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -9,9 +10,15 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from fetchml import __version__
+from fetchml.client.metrics import log_metric_request
+from fetchml.frames import binary_frame
 from fetchml.protocol.enums import ErrorCode, JobStatus, PruneType
 from fetchml.protocol.requests import (
     CancelJob,
@@ -24,6 +31,7 @@ from fetchml.protocol.requests import (
     WatchMetrics,
     WhoAmI,
 )
+from fetchml.protocol.responses import Success, decode_response
 from tests.support.daemon import poll
 from tests.support.experiments import commit_id, write_experiment
 from tests.support.http import http_get, read_audit, samples
@@ -347,3 +355,36 @@ async def test_compressed_connections_get_compressed_answers(start_daemon: Daemo
         cid = await create(client, f"compressed-{offered}")
         await log(client, cid, [(i, 0.5, "loss") for i in range(1000)])
         await ws.close()
+
+
+async def test_frames_are_read_wherever_a_read_cuts_them(start_daemon: DaemonFactory) -> None:
+    """A request written with the handshake, one written a byte at a time, and a ping
+    between two requests written together: each request is answered, in order, and the
+    ping as soon as it is read."""
+    daemon = await start_daemon()
+    client = await daemon.client()
+    cid = await create(client, "cut-frames")
+    await client.ws.close()
+    request = log_metric_request(hash_of("admin"), cid, "loss", 1.0)
+    protocol = ClientProtocol(parse_uri(daemon.url))
+    protocol.send_request(protocol.connect())
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.app.port)
+    writer.write(b"".join(protocol.data_to_send()) + binary_frame(request))
+    for byte in binary_frame(request):
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(0.001)
+    pinging = ClientProtocol(parse_uri(daemon.url), state=State.OPEN)
+    pinging.send_ping(b"between")
+    writer.write(binary_frame(request) + b"".join(pinging.data_to_send()) + binary_frame(request))
+    events: list[Any] = []
+    async with asyncio.timeout(10):
+        while len([e for e in events if isinstance(e, Frame)]) < 5:
+            protocol.receive_data(await reader.read(65536))
+            events += protocol.events_received()
+    writer.close()
+    frames = [(e.opcode, bytes(e.data)) for e in events if isinstance(e, Frame)]
+    ack = (Opcode.BINARY, frames[0][1])
+    assert frames == [ack, ack, (Opcode.PONG, b"between"), ack, ack]  # a ping, answered at once
+    success = decode_response(ack[1])
+    assert isinstance(success, Success) and success.message == ""
