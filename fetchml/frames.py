@@ -187,6 +187,7 @@ class Taking(Connection):
         self._tail = data[end:]
         protocol = self.protocol
         masked = 0x80 if protocol.side is Side.SERVER else 0
+        most = protocol.max_message_size
         for start, head, stop in spans:
             taker = self.taker
             if (
@@ -195,7 +196,7 @@ class Taking(Connection):
                 and data[start + 1] & 0x80 == masked
                 and protocol.state is State.OPEN
                 and protocol.current_size is None
-                and (protocol.max_message_size or stop) >= stop - start - head
+                and (most is None or stop - start - head <= most)
                 and not self.recv_messages.frames
             ):
                 payload = data[start + head : stop]

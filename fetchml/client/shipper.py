@@ -214,12 +214,12 @@ class Shipper:
         except BaseException as exc:  # an interrupt too: the worker must get them back
             self._inline_after = time.monotonic() + self.config.max_backoff
             lost = exc if isinstance(exc, FetchmlConnectionError) else ConnectionLost(repr(exc))
-            self._hand_back(batches, [lost] * len(batches))
+            self._call(self._returned, batches, [lost] * len(batches))
             if isinstance(exc, FetchmlError):
                 return False
             raise
         if not all(map(acknowledges, batches, packets)):
-            self._hand_back(batches, list(map(outcome_of, packets)))
+            self._call(self._returned, batches, list(map(outcome_of, packets)))
             return False
         with self.lock:
             for batch in batches:
@@ -241,12 +241,14 @@ class Shipper:
         if self._inline is None:
             cfg = self.config
             self._inline = SyncClient(
-                cfg.settings, cfg.open_timeout, cfg.timeout, True, None, cfg.max_message_bytes
+                cfg.settings,
+                open_timeout=cfg.open_timeout,
+                timeout=cfg.timeout,
+                handshake_key=True,
+                on_event=None,
+                max_message_bytes=cfg.max_message_bytes,
             )
         return self._inline
-
-    def _hand_back(self, batches: list[Batch], outcomes: list[Response | BaseException]) -> None:
-        self._call(self._returned, batches, outcomes)
 
     def _returned(self, batches: list[Batch], outcomes: list[Response | BaseException]) -> None:
         """On the worker's loop: lent batches answered otherwise than plainly, or lost."""
