@@ -107,9 +107,12 @@ def kill_while_logging(
         while ml.acknowledged == acked:  # polling: until it delivers on this daemon
             assert time.monotonic() < deadline, f"cycle {cycle}: nothing delivered"
             time.sleep(0.001)
-        until = time.monotonic() + rng.uniform(0, MAX_STREAM_S)
-        while time.monotonic() < until:  # polling: for the moment to kill
-            if cycle % 2 and stored(server, ml.run_id) > ml.acknowledged:
+        stream = rng.uniform(0, MAX_STREAM_S)
+        if not cycle % 2:
+            time.sleep(stream)  # the logger streams undisturbed
+        until = time.monotonic() + stream
+        while cycle % 2 and time.monotonic() < until:  # polling: for the moment to kill
+            if stored(server, ml.run_id) > ml.acknowledged:
                 break
             if poll:
                 time.sleep(poll)
