@@ -37,6 +37,8 @@ CYCLES = 500 if LONG else 50
 SEED = int(os.environ.get("FETCHML_SEED", "9103"))
 MAX_STREAM_S = 0.03
 """The kill comes this long at most after the logger delivers again."""
+PACE = 0.0002
+"""How often the test wakes while it waits for a random moment to kill."""
 BURST = 5
 """Points logged between pauses of a millisecond (about 4,000 points a second)."""
 
@@ -95,10 +97,11 @@ def kill_while_logging(
     server: DaemonProcess, ml: MetricLogger, cycles: int, rng: random.Random, poll: float
 ) -> None:
     """SIGKILL the daemon `cycles` times, restarting it after each but the last: each time
-    once the logger delivers to it, after a random moment up to MAX_STREAM_S, or (every
-    other cycle) as soon as the file holds records the logger has not seen acknowledged,
-    looking every `poll` seconds (0: without letting go of the interpreter lock, which
-    holds a logging thread in this process back just after its answer came)."""
+    once the logger delivers to it, after a random moment up to MAX_STREAM_S (waking every
+    PACE seconds, which keeps a logging thread in this process from having the interpreter
+    lock to itself), or (every other cycle) as soon as the file holds records the logger
+    has not seen acknowledged, looking every `poll` seconds (0: without letting go of the
+    interpreter lock, which holds the logging thread back just after its answer came)."""
     for cycle in range(cycles):
         if cycle:
             server.start()
@@ -107,14 +110,13 @@ def kill_while_logging(
         while ml.acknowledged == acked:  # polling: until it delivers on this daemon
             assert time.monotonic() < deadline, f"cycle {cycle}: nothing delivered"
             time.sleep(0.001)
-        stream = rng.uniform(0, MAX_STREAM_S)
-        if not cycle % 2:
-            time.sleep(stream)  # the logger streams undisturbed
-        until = time.monotonic() + stream
-        while cycle % 2 and time.monotonic() < until:  # polling: for the moment to kill
-            if stored(server, ml.run_id) > ml.acknowledged:
+        until = time.monotonic() + rng.uniform(0, MAX_STREAM_S)
+        while time.monotonic() < until:  # polling: for the moment to kill
+            if not cycle % 2:
+                time.sleep(PACE)
+            elif stored(server, ml.run_id) > ml.acknowledged:
                 break
-            if poll:
+            elif poll:
                 time.sleep(poll)
         server.kill()
 
@@ -138,7 +140,7 @@ def test_every_point_once_in_order_across_kills(
     loop.start()
     began = time.monotonic()
     try:
-        kill_while_logging(server, ml, CYCLES, rng, poll=0.0002)
+        kill_while_logging(server, ml, CYCLES, rng, poll=PACE)
     finally:
         loop.stop.set()
         loop.join()
