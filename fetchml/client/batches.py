@@ -3,11 +3,13 @@
 The caller's thread checks each name once (`encode_name`, cached in `names`)
 and every step (`check_step`), then queues each point as its four items (name,
 value, step and the time of the log() call, encoding.WIDTH) at the end of one
-flat list, and each FlushToken as four items too, named FLUSH. `drain` pops
-them and encodes the points between tokens as their metrics.bin records, a
-column at a time (encoding.py), cutting a Batch, one complete LOG_METRICS_AT message, at
-`batch_size` points or before the next record would make it longer than
-`max_message_bytes`. A value the wire cannot carry is rejected here.
+flat list, and each FlushToken as four items too, named FLUSH. `drain` takes
+them (`take`), encodes the points between tokens as their metrics.bin records, a
+column at a time (`encode`, encoding.py), and puts them into batches (`add`),
+cutting a Batch, one complete LOG_METRICS_AT message, at `batch_size` points or
+before the next record would make it longer than `max_message_bytes`. A value
+the wire cannot carry is rejected here. A caller catching up does the same in
+three steps, taking a `claim` first, so that it encodes without holding the lock.
 
 Every Batch stays in `unacked` until it is acknowledged or rejected (its
 points are then counted in the ledger and never sent again); `resend_all`
@@ -39,7 +41,7 @@ from fetchml.protocol.metrics import RECORD_HEAD, walk
 from fetchml.protocol.requests import LOG_METRICS_HEAD, LogMetricsAt, log_metrics_at_head
 from fetchml.protocol.rules import check_metric_name
 
-from .encoding import WIDTH, Columns, Point, encode_points
+from .encoding import WIDTH, Columns, Ends, Point, encode_points
 from .errors import InvalidRequest
 from .ledger import Ledger
 from .models import MAX_STEP
@@ -48,6 +50,10 @@ MESSAGE_HEAD = LOG_METRICS_HEAD
 """LOG_METRICS_AT bytes before the records: opcode, key hash, commit, count."""
 MAX_POINT = RECORD_HEAD.size + 255
 """The longest encoded point: a record with a 255-byte name."""
+LAG_BATCHES = 4
+"""Batches' worth of points that may wait in the queue before the caller's thread encodes
+them itself (Shipper.catch_up): a caller logging faster than the worker gets the interpreter
+lock would otherwise leave a backlog for close() to send."""
 
 
 class Done:
@@ -98,6 +104,18 @@ def queued(*entries: Point | FlushToken) -> list[Any]:
     for entry in entries:
         items.extend((FLUSH, entry, None, 0.0) if isinstance(entry, FlushToken) else entry)
     return items
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Points taken from the queue, encoded (Batcher.encode), to be put into batches."""
+
+    runs: list[tuple[bytes, Ends] | FlushToken]
+    """The records of each run of points, with where each record ends, and the flush
+    tokens between runs, in order."""
+    points: int
+    rejects: list[tuple[str, str]]
+    """The name of each point left out, and why (a value the wire cannot carry)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +189,20 @@ class Batcher:
         """Names checked by the caller's thread, with their encoding and length."""
         self.held = 0
         """Points taken from the queue and not yet settled."""
+        self.first = 0
+        """Queue items taken and not yet deleted: the queue's first items are deleted only
+        once no more are left behind them than were taken (`take`)."""
         self.limit = limit
         """At most this many points buffered (queued or held); -1 once the logger stopped."""
-        self.room = limit * WIDTH
-        """How long the queue may grow, `limit - held` points of WIDTH items (log() compares
-        it with the queue's length)."""
+        self.lag = LAG_BATCHES * batch_size
+        """At most this many points wait in the queue before log() encodes them itself."""
+        self.claim: Columns | None = None
+        """Points a caller took to encode itself (`claim_all`); nothing else is taken from
+        the queue until it adds them (`add_claim`)."""
+        self.room = min(limit, self.lag) * WIDTH
+        """How long the queue may grow: `first` items, then points of WIDTH items while
+        fewer than `lag` wait and fewer than `limit` are buffered (log() compares it with
+        the queue's length)."""
         self.unacked: dict[int, Batch] = {}
         """Batches cut and not yet settled, by sequence number (in order)."""
         self.ready: deque[int] = deque()
@@ -191,59 +218,112 @@ class Batcher:
         self._bytes = 0
         """The length of the batch's records so far."""
         self._seq = 0
-        self._next_step: dict[str, int] = {}
+        self.next_step: dict[str, int] = {}
+        """Each name's step when logged without one (only whoever takes from the queue uses it)."""
+
+    @property
+    def waiting(self) -> int:
+        """Points and flush tokens queued and not yet taken."""
+        return (len(self.queue) - self.first) // WIDTH
+
+    def queued_points(self) -> int:
+        """Points queued and not yet taken."""
+        labels = self.queue[self.first :: WIDTH]
+        return len(labels) - labels.count(FLUSH)
+
+    @property
+    def full(self) -> bool:
+        """`limit` points are buffered, or the logger stopped."""
+        return self.limit < 0 or self.waiting + self.held >= self.limit
 
     @property
     def idle(self) -> bool:
-        return not self.queue and not self._count and not self.unacked
+        return not self.waiting and not self._count and not self.unacked and self.claim is None
 
     def drain(self, slots: int, cut: bool) -> None:
         """Encode up to `slots` batches' worth of queued points (`slots * batch_size`, fewer
-        batches than that only when cut short by size); `cut` the last partial one.
+        batches than that only when cut short by size); `cut` the last partial one. Nothing
+        is taken while a caller encodes its `claim`.
 
         `held` goes up once the items have left the queue (the caller's bound may
         briefly undercount by one drain, never overcount).
         """
-        take = min(len(self.queue) // WIDTH, slots * self._size - self._count)
-        if take > 0:
-            cols = self.take(take)
-            points = first = 0
-            for at in flushes(cols[0]):
-                points -= 1 + self._add(part(cols, first, at))
-                self.cut()
-                token = cols[1][at]
-                token.after = self._seq
-                self._tokens.append(token)
-                first = at + 1
-            points += take - self._add(part(cols, first, take) if first else cols)
-            self.held += points
-            self.room = (self.limit - self.held) * WIDTH
+        take = min(self.waiting, slots * self._size - self._count)
+        if take > 0 and self.claim is None:
+            self.add(self.encode(self.take(take)))
         if cut:
             self.cut()
         self._release_tokens()
 
     def take(self, count: int) -> Columns:
-        """The columns of the first `count` points (or tokens) in the queue, removed from it
-        (the caller's thread may append meanwhile, never remove)."""
-        end = count * WIDTH
+        """The columns of the next `count` points (or tokens) in the queue (the caller's
+        thread may append meanwhile, never remove). What was taken is deleted from the
+        queue once what is left behind it is no longer: deleting the front of a list moves
+        the rest, so a queue a million points long costs as much to drain as a short one."""
+        first = self.first
+        end = first + count * WIDTH
         queue = self.queue
-        cols = queue[0:end:WIDTH], queue[1:end:WIDTH], queue[2:end:WIDTH], queue[3:end:WIDTH]
-        del queue[:end]
+        cols = (
+            queue[first:end:WIDTH],
+            queue[first + 1 : end : WIDTH],
+            queue[first + 2 : end : WIDTH],
+            queue[first + 3 : end : WIDTH],
+        )
+        if 2 * end >= len(queue):
+            del queue[:end]
+            end = 0
+        self.first = end
         return cols
 
-    def _add(self, cols: Columns) -> int:
-        """Encode the points of `cols` into the batch being built, cutting full ones; how
-        many were rejected (a value the wire cannot carry)."""
-        if not cols[0]:
-            return 0
-        rejected = 0
+    def encode(self, cols: Columns) -> Encoded:
+        """The records of points taken from the queue, a run between flush tokens at a
+        time. It changes nothing but the default steps, which only whoever takes from the
+        queue reads, so a caller encodes its claim without the lock."""
+        runs: list[tuple[bytes, Ends] | FlushToken] = []
+        rejects: list[tuple[str, str]] = []
 
         def reject(name: str, why: str) -> None:
-            nonlocal rejected
-            rejected += 1
-            self.ledger.reject(1, f"metric {name!r} not sent: {why}", ErrorCode.INVALID_REQUEST)
+            rejects.append((name, why))
 
-        blob, ends = encode_points(cols, self.names, self._next_step, reject)
+        labels, total, first = cols[0], len(cols[0]), 0
+        for at in [*flushes(labels), total]:
+            if at > first:
+                run = part(cols, first, at) if at - first < total else cols
+                runs.append(encode_points(run, self.names, self.next_step, reject))
+            if at < total:
+                runs.append(cols[1][at])
+            first = at + 1
+        return Encoded(runs, total - labels.count(FLUSH), rejects)
+
+    def claim_all(self) -> Columns | None:
+        """Take every point waiting, to encode outside the lock (None: another caller is)."""
+        if self.claim is not None:
+            return None
+        self.claim = self.take(self.waiting)
+        return self.claim
+
+    def add_claim(self, claim: Columns, encoded: Encoded) -> None:
+        """Put a claim's points into batches (unless drop_all counted them meanwhile)."""
+        if self.claim is claim:
+            self.claim = None
+            self.add(encoded)
+            self._release_tokens()
+
+    def add(self, encoded: Encoded) -> None:
+        """Put encoded points into batches, in the order taken, cutting full ones."""
+        for run in encoded.runs:
+            if isinstance(run, FlushToken):
+                self.cut()
+                run.after = self._seq
+                self._tokens.append(run)
+            else:
+                self._add_records(*run)
+        for name, why in encoded.rejects:
+            self.ledger.reject(1, f"metric {name!r} not sent: {why}", ErrorCode.INVALID_REQUEST)
+        self.held += encoded.points - len(encoded.rejects)
+        self._update_room()
+
+    def _add_records(self, blob: bytes, ends: Ends) -> None:
         done, total = 0, len(ends)
         while done < total:
             offset = ends[done - 1] if done else 0
@@ -259,7 +339,6 @@ class Batcher:
                 self.cut()
         if self._count == self._size:
             self.cut()
-        return rejected
 
     def cut(self) -> None:
         """Make the points encoded so far one batch."""
@@ -326,7 +405,7 @@ class Batcher:
                 self.unacked[batch.seq] = Batch(batch.seq, left, head + records[skip:])
                 self.ledger.acknowledged += len(starts)
                 self.held -= len(starts)
-                self.room = (self.limit - self.held) * WIDTH
+                self._update_room()
             break
         self.ledger.recovered += self.ledger.acknowledged - acknowledged
         return True
@@ -352,7 +431,10 @@ class Batcher:
         self.unacked.clear()
         self.ready.clear()
         lost, self.held, self._count, self._bytes = self.held, 0, 0, 0
-        labels, values, _, _ = self.take(len(self.queue) // WIDTH)
+        labels, values, _, _ = self.take(self.waiting)
+        if self.claim is not None:
+            labels, values = self.claim[0] + labels, self.claim[1] + values
+            self.claim = None
         for name, value in zip(labels, values, strict=True):
             if name == FLUSH:
                 self._tokens.append(value)
@@ -364,8 +446,14 @@ class Batcher:
 
     def _settle(self, seq: int) -> None:
         self.held -= self.unacked.pop(seq).count
-        self.room = (self.limit - self.held) * WIDTH
+        self._update_room()
         self._release_tokens()
+
+    def _update_room(self) -> None:
+        if self.limit < 0:
+            self.room = -1
+        else:
+            self.room = self.first + min(self.limit - self.held, self.lag) * WIDTH
 
     def _release_tokens(self) -> None:
         tokens = self._tokens

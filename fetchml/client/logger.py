@@ -15,7 +15,11 @@ status ("finished", or "failed" when the `with` block raises) at close.
 `log()` only appends the point's four items (name, value, step and the time
 of the call) to an in-memory list: no network, no lock, no encoding on the
 caller's thread, and no object left per point for the garbage collector to
-walk (a tuple per point would set off a collection every 700 points). A
+walk (a tuple per point would set off a collection every 700 points). Only
+when the worker falls behind, `Batcher.lag` points waiting (a caller logging
+in a tight loop holds the interpreter lock, which the worker then gets back
+once per switch interval, 5 ms), does log() encode them itself
+(Shipper.catch_up): once per `lag` points, so the worker only sends. A
 worker thread with its own event loop (worker.py) runs the shipper
 (shipper.py: connect, send, back off), which feeds the batcher (batches.py:
 points in, LOG_METRICS messages out, answers in, flush tokens done). `flush()` waits until everything logged so far is
@@ -28,10 +32,13 @@ round trip, not two hand-offs between threads on top of it.
 Who owns what (C: the caller's thread, W: the worker's):
 
     state                         written by                read by
-    queue of points and tokens    C appends at the end      W takes from the front
+    queue of points and tokens    C appends at the end      W (C catching up) takes
+                                                            from the front
     Batcher.names                 C, a name's first use     W
-    Batcher batches, steps, held  W (C in flush_inline)     C (stats, close)
-    Batcher.room                  W per batch; C at close   C, every log()
+    Batcher batches, steps, held  W (C in flush_inline,     C (stats, close)
+                                  catch_up)
+    Batcher.room                  W per batch (C catching   C, every log()
+                                  up); C at close
     Shipper.space (Event)         W per settled batch       C, while log() blocks
     FlushToken.done (a lock)      W                         C, in flush()
     Ledger counts                 W                         C (flush, close, stats)
@@ -42,12 +49,15 @@ Per point only plain items cross; typed objects cross once per batch
 (room, space) or per call (a FlushToken), so log() stays a dict lookup, a
 compare and a list extend. The queue needs no lock: extending it by a
 point's items, a copy of its first items and the deletion of those items
-are each one step the interpreter lock never splits, and only the worker
+are each one step the interpreter lock never splits, and only the taker
 deletes, only what it copied (Batcher.take). The worker counts a batch's answer in the Ledger
 before it can complete a FlushToken, so flush() sees every count. A flush
 sending on its own (flush_inline) stands in for the worker: it takes the
-Batcher under Shipper.lock, which the worker's pump holds too, and the
-worker sends nothing until it is done.
+Batcher under Shipper.lock, which the worker holds too for everything it does
+with the Batcher, and the worker sends nothing until it is done. A log()
+catching up takes the waiting points under the lock as its claim, encodes
+them without it (nobody takes from the queue meanwhile, so the order holds,
+and the worker goes on sending), and batches them under the lock again.
 
 Memory is bounded by `max_buffer` points (queued plus unacknowledged): when
 it is full, `log()` blocks until the daemon acknowledges (`on_full="block"`,
@@ -75,8 +85,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from .batches import FLUSH, FlushToken, check_step, encode_name, queued
-from .encoding import WIDTH
+from .batches import FlushToken, check_step, encode_name, queued
 from .errors import DeliveryTimeout, InvalidRequest
 from .ledger import LoggerStats
 from .pipeline import MAX_MESSAGE_BYTES
@@ -309,8 +318,11 @@ class MetricLogger:
             if not fits:
                 check_step(step)  # raises
         stamp = _now() if timestamp is None else check_timestamp(timestamp)
-        if len(self._queue) >= self._batcher.room and not self._full():
-            return
+        if len(self._queue) >= self._batcher.room:
+            if not self._batcher.full:
+                self._ship.catch_up()
+            elif not self._full():
+                return
         self._queue.extend((name, value, step, stamp))
 
     def _full(self) -> bool:
@@ -331,10 +343,10 @@ class MetricLogger:
             return False
         self._worker.nudge()
         batcher, space = self._batcher, self._ship.space
-        while len(self._queue) >= batcher.room:
+        while batcher.full:
             self._check_open()
             space.clear()
-            if len(self._queue) < batcher.room:
+            if not batcher.full:
                 break
             space.wait(_POLL_S)
         return True
@@ -395,8 +407,7 @@ class MetricLogger:
         return self._result
 
     def _undelivered(self) -> int:
-        names = self._queue[0::WIDTH]
-        return self._batcher.held + len(names) - names.count(FLUSH)
+        return self._batcher.held + self._batcher.queued_points()
 
     def _report(self, in_time: bool, limit: float | None) -> bool:
         """Raise (or, with on_error="warn", log) what went wrong since the last report."""
@@ -452,4 +463,4 @@ class MetricLogger:
         return self._ledger.acknowledged
 
     def stats(self) -> LoggerStats:
-        return self._ledger.stats(len(self._queue) // WIDTH + self._batcher.held, self._dropped)
+        return self._ledger.stats(self._batcher.waiting + self._batcher.held, self._dropped)

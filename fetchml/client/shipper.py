@@ -61,7 +61,6 @@ from fetchml.protocol.responses import HEADER, Error, Response, Success, decode_
 
 from .batches import Batch, Batcher
 from .connection import Client
-from .encoding import WIDTH
 from .errors import (
     RETRYABLE,
     ConnectionLost,
@@ -156,8 +155,8 @@ class Shipper:
         self._sent = False
         """A batch went out since the window was last reconciled."""
         self.lock = threading.Lock()
-        """Held while the Batcher is worked on during a session: by the worker's pump, or by
-        a caller's flush cutting or settling what it sends itself."""
+        """Held while the Batcher is worked on: by the worker, by a caller's flush cutting
+        or settling what it sends itself, and by a log() that catches up (`catch_up`)."""
         self._lent = False
         """A caller's flush is sending batches on its own connection: the worker sends none."""
         self._inline: SyncClient | None = None
@@ -195,7 +194,8 @@ class Shipper:
                 or self._lent
                 or self._inflight
                 or batcher.unacked
-                or len(batcher.queue) > LEND_POINTS * WIDTH
+                or batcher.claim is not None
+                or batcher.waiting > LEND_POINTS
                 or self.stop
                 or self._broken is None
                 or self._broken.is_set()
@@ -228,9 +228,33 @@ class Shipper:
             self._lent = False
         if not self.space.is_set():
             self.space.set()
-        if batcher.queue or self._live is None:
+        if batcher.waiting or self._live is None:
             self._call(self.wake)
         return True
+
+    def catch_up(self) -> None:
+        """Encode every point waiting in the queue, in the caller's thread (log() found
+        Batcher.lag of them), and wake the worker to send them. A caller that logs in a
+        tight loop holds the interpreter lock; the worker, which gets it back only once per
+        switch interval (5 ms), would fall behind, and the backlog would be sent at close()
+        instead of while the caller logs."""
+        batcher = self.batcher
+        with self.lock:
+            claim = batcher.claim_all()
+        if claim is None:
+            return
+        steps = dict(batcher.next_step)
+        encoded = None
+        try:
+            encoded = batcher.encode(claim)  # without the lock: the worker sends meanwhile
+        finally:
+            with self.lock:
+                if encoded is None:  # interrupted: encode it again, from the same steps
+                    batcher.next_step = steps
+                    encoded = batcher.encode(claim)
+                batcher.add_claim(claim, encoded)
+        if self._loop is not None:
+            self._call(self.wake)
 
     def close_inline(self) -> None:
         """Close the caller's connection (after the worker stopped)."""
@@ -323,7 +347,9 @@ class Shipper:
     def _fail(self, exc: FetchmlError) -> None:
         """Stop for good: every point logged and not acknowledged is rejected for `exc`."""
         self.fatal = self.ledger.last_error = exc
-        if lost := self.batcher.drop_all():
+        with self.lock:
+            lost = self.batcher.drop_all()
+        if lost:
             self.ledger.reject(lost, str(exc), exc.code)
         self.space.set()
 
@@ -407,11 +433,13 @@ class Shipper:
         """Skip what the run stored of the window before the connection dropped."""
         batcher = self.batcher
         assert batcher.base is not None
-        count, stored = await stored_after(
-            client, self.config.commit, batcher.base, batcher.in_window
-        )
+        with self.lock:
+            window = batcher.in_window
+        count, stored = await stored_after(client, self.config.commit, batcher.base, window)
         self._sent = False
-        if not batcher.reconcile(count, stored) and not self._warned_writer:
+        with self.lock:
+            whole = batcher.reconcile(count, stored)
+        if not whole and not self._warned_writer:
             self._warned_writer = True
             logger.warning(
                 "metric logger %s: possible duplicates: another writer appended to the run; "
@@ -427,7 +455,8 @@ class Shipper:
         acked_before = ledger.acknowledged
         if not await self._prepare(client):
             return False
-        batcher.resend_all()
+        with self.lock:
+            batcher.resend_all()
         loop = asyncio.get_running_loop()
         self._last_partial = loop.time()
         async with asyncio.TaskGroup() as tg:
@@ -456,20 +485,15 @@ class Shipper:
     def _pump(self) -> None:
         """Cut what is due (a flush token at once, a partial batch every flush_interval or
         when stopping) and send it, within the window; then the next run change. Nothing
-        while a caller's flush has the Batcher (it wakes the worker when done)."""
+        while a caller's flush sends on its own (it wakes the worker when done)."""
         if self._live is None or self.abort or self._broken is None or self._broken.is_set():
             return
         now = asyncio.get_running_loop().time()
-        if self.lock.acquire(blocking=False):
-            try:
-                if self._lent:
-                    self._last_partial = now
-                else:
-                    self._pump_batches(*self._live, now)
-            finally:
-                self.lock.release()
-        else:
-            self._last_partial = now  # the caller's flush cuts and sends what is queued
+        with self.lock:
+            if self._lent:
+                self._last_partial = now  # the caller's flush cuts and sends what is queued
+            else:
+                self._pump_batches(*self._live, now)
         self._update_run(*self._live, now)
 
     def _pump_batches(self, client: Client, tg: asyncio.TaskGroup, now: float) -> None:
@@ -549,7 +573,8 @@ class Shipper:
         except FetchmlError as exc:
             if isinstance(exc, FetchmlConnectionError) or exc.code in RETRYABLE:
                 if not isinstance(exc, FetchmlConnectionError):
-                    self._careful_until = max(self._careful_until, *self.batcher.unacked)
+                    with self.lock:
+                        self._careful_until = max(self._careful_until, *self.batcher.unacked)
                 self._break(exc)
                 return
             if exc.code == ErrorCode.RESOURCE_NOT_FOUND and self.config.create_experiment:
@@ -557,9 +582,11 @@ class Shipper:
                 self._break(exc)
                 return
             self.ledger.last_error = exc
-            self.batcher.rejected(batch.seq, str(exc), exc.code)
+            with self.lock:
+                self.batcher.rejected(batch.seq, str(exc), exc.code)
         else:
-            self.batcher.acknowledged(batch.seq)  # a flush() waiting on it returns now
+            with self.lock:
+                self.batcher.acknowledged(batch.seq)  # a flush() waiting on it returns now
         finally:
             self._inflight -= 1
             self.space.set()

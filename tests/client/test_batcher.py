@@ -333,3 +333,75 @@ def test_done_wakes_its_waiter_and_stays_set() -> None:
     waiter.join(60)
     assert woke == [True]
     assert done.is_set() and done.wait(0) and done.wait(0)
+
+
+def test_a_long_queue_is_taken_from_the_front_without_moving_the_rest() -> None:
+    """Deleting the front of a list moves what is behind it: a drain of ten points from a
+    queue of a hundred would move ninety. The points taken are deleted only once no more
+    are left than were taken; meanwhile the bound counts them as gone."""
+    points = [("m", float(i), i, T) for i in range(100)]
+    queue = queued(*points)
+    batcher = make(queue, batch_size=10, limit=200)
+    for drained in range(1, 5):
+        batcher.drain(slots=1, cut=False)
+        assert len(queue) == 100 * WIDTH and batcher.waiting == 100 - 10 * drained
+        # log() appends while len(queue) < room: while fewer than `lag` wait, `limit` held.
+        assert batcher.room - len(queue) == min(200 - 100, batcher.lag - batcher.waiting) * WIDTH
+    batcher.drain(slots=1, cut=False)  # 50 taken, 50 behind them: deleted now
+    assert len(queue) == 50 * WIDTH and batcher.waiting == 50
+    later = [("m", float(i), i, T) for i in range(100, 110)]
+    queue.extend(queued(*later))
+    batcher.drain(slots=64, cut=True)
+    assert not queue and batcher.waiting == 0 and batcher.held == 110
+    assert b"".join(b.records for b in sent(batcher)) == codec(*points, *later)[MESSAGE_HEAD:]
+
+
+def test_a_claim_is_encoded_apart_and_batched_before_later_points() -> None:
+    """A caller that catches up takes every waiting point (claim_all) and encodes them
+    without the lock; meanwhile the worker takes nothing, so the order holds."""
+    points = [("m", float(i), None, T) for i in range(30)]
+    queue = queued(*points[:25])
+    batcher = make(queue, batch_size=10)
+    claim = batcher.claim_all()
+    assert claim is not None and batcher.claim_all() is None  # one claim at a time
+    queue.extend(queued(*points[25:]))
+    batcher.drain(slots=64, cut=True)
+    assert sent(batcher) == [] and batcher.waiting == 5 and not batcher.idle
+    batcher.add_claim(claim, batcher.encode(claim))
+    batcher.drain(slots=64, cut=True)
+    expected = [("m", float(i), i, T) for i in range(30)]  # default steps in logging order
+    assert [b.message for b in sent(batcher)] == [
+        codec(*expected[:10]),
+        codec(*expected[10:20]),
+        codec(*expected[20:30]),
+    ]
+    assert batcher.held == 30 and batcher.claim is None
+
+
+def test_a_claim_counts_its_rejections_and_releases_its_tokens() -> None:
+    token = FlushToken()
+    queue = queued(("m", 1.0, 0, T), ("m", 2.0, 2**32, T), token, ("m", 3.0, 2, T))
+    batcher = make(queue, batch_size=10)
+    claim = batcher.claim_all()
+    assert claim is not None
+    batcher.add_claim(claim, batcher.encode(claim))
+    (first,) = sent(batcher)
+    assert first.message == codec(("m", 1.0, 0)) and not token.done.is_set()
+    assert batcher.ledger.rejected == 1 and batcher.held == 2
+    batcher.acknowledged(first.seq)
+    assert token.done.is_set()
+
+
+def test_drop_all_counts_a_claim_being_encoded() -> None:
+    """The worker fails for good while a caller encodes its claim: drop_all counts the
+    claim's points, releases its tokens, and the claim is not batched afterwards."""
+    token = FlushToken()
+    queue = queued(("m", 1.0, 0, T), token, ("m", 2.0, 1, T))
+    batcher = make(queue, batch_size=10)
+    claim = batcher.claim_all()
+    assert claim is not None
+    queue.extend(queued(("m", 3.0, 2, T)))
+    encoded = batcher.encode(claim)
+    assert batcher.drop_all() == 3 and token.done.is_set()
+    batcher.add_claim(claim, encoded)
+    assert sent(batcher) == [] and batcher.held == 0 and batcher.idle

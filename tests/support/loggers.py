@@ -25,3 +25,10 @@ def stored_points(data_dir: Path, run_id: str) -> Counter[tuple[str, int]]:
     """How often each (name, step) is in the valid prefix of the run's metrics.bin."""
     data = (data_dir / run_id / "metrics.bin").read_bytes()
     return Counter((r.name, r.step) for r in decode_records(data[: scan(data).end]))
+
+
+def stored_records(data_dir: Path, run_id: str) -> list[tuple[str, int, float]]:
+    """(name, step, value) of each record in the valid prefix of the run's metrics.bin, in
+    file order."""
+    data = (data_dir / run_id / "metrics.bin").read_bytes()
+    return [(r.name, r.step, r.value) for r in decode_records(data[: scan(data).end])]
