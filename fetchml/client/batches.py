@@ -31,7 +31,6 @@ import operator
 import threading
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +105,7 @@ def queued(*entries: Point | FlushToken) -> list[Any]:
     return items
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Encoded:
     """Points taken from the queue, encoded (Batcher.encode), to be put into batches."""
 
@@ -130,13 +129,14 @@ class Batch:
         return self.message[MESSAGE_HEAD:]
 
 
-def flushes(labels: list[str]) -> Iterator[int]:
+def flushes(labels: list[str]) -> list[int]:
     """Where the flush tokens are among a run of queued names."""
+    found: list[int] = []
     at = -1
-    with contextlib.suppress(ValueError):
-        while True:
-            at = labels.index(FLUSH, at + 1)
-            yield at
+    for _ in range(labels.count(FLUSH)):
+        at = labels.index(FLUSH, at + 1)
+        found.append(at)
+    return found
 
 
 def part(cols: Columns, start: int, stop: int) -> Columns:
@@ -210,6 +210,8 @@ class Batcher:
         self.base: int | None = None
         """Where the unacknowledged window starts in metrics.bin (None: not known)."""
         self._key_hash, self._commit = key_hash, commit
+        self._head = log_metrics_at_head(key_hash, commit, 1)[:-2]
+        """A batch's message up to its count (two bytes, big-endian)."""
         self._size = batch_size
         self._budget = max_message_bytes - MESSAGE_HEAD
         self._tokens: deque[FlushToken] = deque()
@@ -286,6 +288,10 @@ class Batcher:
             rejects.append((name, why))
 
         labels, total, first = cols[0], len(cols[0]), 0
+        if FLUSH not in labels:
+            return Encoded(
+                [encode_points(cols, self.names, self.next_step, reject)], total, rejects
+            )
         for at in [*flushes(labels), total]:
             if at > first:
                 run = part(cols, first, at) if at - first < total else cols
@@ -346,7 +352,7 @@ class Batcher:
             return
         self._seq += 1
         parts = self._parts
-        parts[0] = log_metrics_at_head(self._key_hash, self._commit, self._count)
+        parts[0] = self._head + self._count.to_bytes(2, "big")
         self.unacked[self._seq] = Batch(self._seq, self._count, b"".join(parts))
         self.ready.append(self._seq)
         del parts[1:]
