@@ -12,9 +12,10 @@ error other than a transient one (RETRYABLE) rejects it for good.
 
 A caller busy in Python holds the interpreter lock for a whole switch
 interval (5 ms) each time the worker lets go of it (a socket call, a long
-numpy call), so the worker's turns are few: each pump takes everything
-queued, and the answers read together share one pump, so the queue never
-outgrows the pipeline while the caller logs. Run
+numpy call), so the worker's turns are few: the answers read together share
+one pump, and a caller that finds Batcher.lag points waiting encodes them
+itself (`catch_up`), so the worker only sends and the queue never outgrows
+the pipeline while the caller logs. Run
 document changes (`patches`, queued by the caller; a heartbeat every
 `heartbeat_s`) go out as UPDATE_RUNs one at a time, in order, retried like
 batches (a refused one loses only itself).
