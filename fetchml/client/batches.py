@@ -49,10 +49,11 @@ MESSAGE_HEAD = LOG_METRICS_HEAD
 """LOG_METRICS_AT bytes before the records: opcode, key hash, commit, count."""
 MAX_POINT = RECORD_HEAD.size + 255
 """The longest encoded point: a record with a 255-byte name."""
-LAG_BATCHES = 4
-"""Batches' worth of points that may wait in the queue before the caller's thread encodes
-them itself (Shipper.catch_up): a caller logging faster than the worker gets the interpreter
-lock would otherwise leave a backlog for close() to send."""
+LAG = 10_000
+"""Points that may wait in the queue before the caller's thread encodes them itself
+(Shipper.catch_up): a caller logging faster than the worker gets the interpreter lock would
+otherwise leave a backlog for close() to send. About 3 ms of a tight loop: enough to make
+the encoding's fixed costs small, few enough to be encoded while still in the CPU's cache."""
 
 
 class Done:
@@ -194,7 +195,7 @@ class Batcher:
         once no more are left behind them than were taken (`take`)."""
         self.limit = limit
         """At most this many points buffered (queued or held); -1 once the logger stopped."""
-        self.lag = LAG_BATCHES * batch_size
+        self.lag = LAG
         """At most this many points wait in the queue before log() encodes them itself."""
         self.claim: Columns | None = None
         """Points a caller took to encode itself (`claim_all`); nothing else is taken from

@@ -21,16 +21,16 @@ def test_points_waiting_past_the_lag_are_encoded_by_the_caller(
     `lag` points, the rest are batched, and all arrive once, in order, when it starts."""
     ml = MetricLogger(url=server_process.url, api_key=ADMIN_KEY, name="lag", batch_size=10)
     batcher = ml._batcher
-    assert batcher.lag == 40
-    for i in range(1000):
+    assert batcher.lag == 10_000
+    for i in range(15_000):
         ml.log("loss", float(i))
         assert batcher.waiting <= batcher.lag
-    print(f"1000 logged: {batcher.waiting} waiting, {batcher.held} batched by the caller")
-    assert batcher.held >= 1000 - batcher.lag and ml.stats().buffered == 1000
+    print(f"15,000 logged: {batcher.waiting} waiting, {batcher.held} batched by the caller")
+    assert batcher.held >= 15_000 - batcher.lag and ml.stats().buffered == 15_000
     server_process.start()
-    assert ml.close(timeout=60) and ml.acknowledged == 1000
+    assert ml.close(timeout=60) and ml.acknowledged == 15_000
     assert stored_records(server_process.data, ml.run_id) == [
-        ("loss", i, float(i)) for i in range(1000)
+        ("loss", i, float(i)) for i in range(15_000)
     ]
 
 
@@ -53,16 +53,16 @@ def test_an_interrupted_catch_up_loses_nothing(
     monkeypatch.setattr(Batcher, "encode", once)
     logged = 0
     with pytest.raises(KeyboardInterrupt):
-        for i in range(100):
+        for i in range(20_000):
             ml.log("loss", float(i))
             logged += 1
-    assert interrupted == [40] and logged == 40
-    for i in range(40, 60):
+    assert interrupted == [10_000] and logged == 10_000
+    for i in range(10_000, 10_020):
         ml.log("loss", float(i))
     server_process.start()
-    assert ml.close(timeout=60) and ml.acknowledged == 60
+    assert ml.close(timeout=60) and ml.acknowledged == 10_020
     assert stored_records(server_process.data, ml.run_id) == [
-        ("loss", i, float(i)) for i in range(60)
+        ("loss", i, float(i)) for i in range(10_020)
     ]
 
 
@@ -70,7 +70,7 @@ def test_threads_catching_up_together_keep_each_ones_order(shared_server: Daemon
     """Four threads log past the lag at once: every point is stored once, and each thread's
     steps are in its own logging order."""
     ml = MetricLogger(url=shared_server.url, api_key=ADMIN_KEY, name="lag-threads", batch_size=10)
-    per_thread = 5000
+    per_thread = 25_000
 
     def produce(name: str) -> None:
         for i in range(per_thread):
