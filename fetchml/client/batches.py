@@ -113,7 +113,6 @@ class Encoded:
     runs: list[tuple[bytes, Ends] | FlushToken]
     """The records of each run of points, with where each record ends, and the flush
     tokens between runs, in order."""
-    points: int
     rejects: list[tuple[str, str]]
     """The name of each point left out, and why (a value the wire cannot carry)."""
 
@@ -236,8 +235,10 @@ class Batcher:
 
     @property
     def full(self) -> bool:
-        """`limit` points are buffered, or the logger stopped."""
-        return self.limit < 0 or self.waiting + self.held >= self.limit
+        """`limit` points are buffered, or the logger stopped. `held` is read first: points
+        the worker takes meanwhile are then counted once, not twice."""
+        held = self.held
+        return self.limit < 0 or self.waiting + held >= self.limit
 
     @property
     def idle(self) -> bool:
@@ -246,11 +247,7 @@ class Batcher:
     def drain(self, slots: int, cut: bool) -> None:
         """Encode up to `slots` batches' worth of queued points (`slots * batch_size`, fewer
         batches than that only when cut short by size); `cut` the last partial one. Nothing
-        is taken while a caller encodes its `claim`.
-
-        `held` goes up once the items have left the queue (the caller's bound may
-        briefly undercount by one drain, never overcount).
-        """
+        is taken while a caller encodes its `claim`."""
         take = min(self.waiting, slots * self._size - self._count)
         if take > 0 and self.claim is None:
             self.add(self.encode(self.take(take)))
@@ -259,10 +256,11 @@ class Batcher:
         self._release_tokens()
 
     def take(self, count: int) -> Columns:
-        """The columns of the next `count` points (or tokens) in the queue (the caller's
-        thread may append meanwhile, never remove). What was taken is deleted from the
-        queue once what is left behind it is no longer: deleting the front of a list moves
-        the rest, so a queue a million points long costs as much to drain as a short one."""
+        """The columns of the next `count` points (or tokens) in the queue, counted in
+        `held` at once (the caller's thread may append meanwhile, never remove). What was
+        taken is deleted from the queue once what is left behind it is no longer: deleting
+        the front of a list moves the rest, so a queue a million points long costs as much
+        to drain as a short one."""
         first = self.first
         end = first + count * WIDTH
         queue = self.queue
@@ -272,10 +270,13 @@ class Batcher:
             queue[first + 2 : end : WIDTH],
             queue[first + 3 : end : WIDTH],
         )
-        if 2 * end >= len(queue):
+        held = self.held + count - cols[0].count(FLUSH)
+        kept = 0 if 2 * end >= len(queue) else end
+        room = -1 if self.limit < 0 else min(self.limit - held, self.lag) * WIDTH + kept
+        # No call from here on, so log() sees the queue, `held` and `room` change together.
+        if not kept:
             del queue[:end]
-            end = 0
-        self.first = end
+        self.first, self.held, self.room = kept, held, room
         return cols
 
     def encode(self, cols: Columns) -> Encoded:
@@ -290,9 +291,7 @@ class Batcher:
 
         labels, total, first = cols[0], len(cols[0]), 0
         if FLUSH not in labels:
-            return Encoded(
-                [encode_points(cols, self.names, self.next_step, reject)], total, rejects
-            )
+            return Encoded([encode_points(cols, self.names, self.next_step, reject)], rejects)
         for at in [*flushes(labels), total]:
             if at > first:
                 run = part(cols, first, at) if at - first < total else cols
@@ -300,7 +299,7 @@ class Batcher:
             if at < total:
                 runs.append(cols[1][at])
             first = at + 1
-        return Encoded(runs, total - labels.count(FLUSH), rejects)
+        return Encoded(runs, rejects)
 
     def claim_all(self) -> Columns | None:
         """Take every point waiting, to encode outside the lock (None: another caller is)."""
@@ -327,8 +326,9 @@ class Batcher:
                 self._add_records(*run)
         for name, why in encoded.rejects:
             self.ledger.reject(1, f"metric {name!r} not sent: {why}", ErrorCode.INVALID_REQUEST)
-        self.held += encoded.points - len(encoded.rejects)
-        self._update_room()
+        if encoded.rejects:
+            self.held -= len(encoded.rejects)
+            self._update_room()
 
     def _add_records(self, blob: bytes, ends: Ends) -> None:
         done, total = 0, len(ends)
@@ -434,19 +434,17 @@ class Batcher:
     def drop_all(self) -> int:
         """Stop, and forget every point not yet settled; how many there were."""
         self.stop()
-        del self._parts[1:]
-        self.unacked.clear()
-        self.ready.clear()
-        lost, self.held, self._count, self._bytes = self.held, 0, 0, 0
         labels, values, _, _ = self.take(self.waiting)
         if self.claim is not None:
             labels, values = self.claim[0] + labels, self.claim[1] + values
             self.claim = None
-        for name, value in zip(labels, values, strict=True):
-            if name == FLUSH:
-                self._tokens.append(value)
-            else:
-                lost += 1
+        self._tokens.extend(
+            value for name, value in zip(labels, values, strict=True) if name == FLUSH
+        )
+        del self._parts[1:]
+        self.unacked.clear()
+        self.ready.clear()
+        lost, self.held, self._count, self._bytes = self.held, 0, 0, 0
         while self._tokens:
             self._tokens.popleft().done.set()
         return lost
