@@ -48,9 +48,10 @@ Who owns what (C: the caller's thread, W: the worker's):
 Per point only plain items cross; typed objects cross once per batch
 (room, space) or per call (a FlushToken), so log() stays a dict lookup, a
 compare and a list extend. The queue needs no lock: extending it by a
-point's items, a copy of its first items and the deletion of those items
-are each one step the interpreter lock never splits, and only the taker
-deletes, only what it copied (Batcher.take). The worker counts a batch's answer in the Ledger
+point's items, a copy of its first items, and the deletion of those items
+together with the new `held` and `room`, are each one step the interpreter
+lock never splits, and only the taker deletes, only what it copied
+(Batcher.take). The worker counts a batch's answer in the Ledger
 before it can complete a FlushToken, so flush() sees every count. A flush
 sending on its own (flush_inline) stands in for the worker: it takes the
 Batcher under Shipper.lock, which the worker holds too for everything it does
