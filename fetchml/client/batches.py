@@ -272,7 +272,7 @@ class Batcher:
         )
         held = self.held + count - cols[0].count(FLUSH)
         kept = 0 if 2 * end >= len(queue) else end
-        room = -1 if self.limit < 0 else min(self.limit - held, self.lag) * WIDTH + kept
+        room = self._room(held, kept)
         # No call from here on, so log() sees the queue, `held` and `room` change together.
         if not kept:
             del queue[:end]
@@ -455,10 +455,10 @@ class Batcher:
         self._release_tokens()
 
     def _update_room(self) -> None:
-        if self.limit < 0:
-            self.room = -1
-        else:
-            self.room = self.first + min(self.limit - self.held, self.lag) * WIDTH
+        self.room = self._room(self.held, self.first)
+
+    def _room(self, held: int, first: int) -> int:
+        return -1 if self.limit < 0 else first + min(self.limit - held, self.lag) * WIDTH
 
     def _release_tokens(self) -> None:
         tokens = self._tokens

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fetchml.client import Client, ConnectionLost, MetricLogger
+from fetchml.client import Client, ConnectionLost, MetricLogger, SyncClient
 from fetchml.protocol.enums import Opcode
 from tests.support.daemon import DaemonProcess
 from tests.support.keys import ADMIN_KEY
@@ -52,15 +52,21 @@ def test_a_flush_sends_its_points_without_the_worker(
     assert stored_points(shared_server.data, ml.run_id) == {("loss", step): 1 for step in range(21)}
 
 
+def flushed_once(url: str, name: str) -> tuple[MetricLogger, SyncClient]:
+    """A logger that has sent one point from the caller's thread, and the connection it
+    sent it on."""
+    ml = MetricLogger(url=url, api_key=ADMIN_KEY, name=name)
+    ml.log("loss", 0.0, step=0)
+    assert ml.flush()
+    return ml, ml._ship._inline_client()
+
+
 def test_a_lost_answer_is_reconciled_not_sent_twice(
     shared_server: DaemonProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The daemon stores a point sent from the caller's thread, and the answer is lost with
     the connection: the worker reconnects, finds the point stored and does not resend it."""
-    ml = MetricLogger(url=shared_server.url, api_key=ADMIN_KEY, name="inline-lost")
-    ml.log("loss", 0.0, step=0)
-    assert ml.flush()
-    client = ml._ship._inline_client()
+    ml, client = flushed_once(shared_server.url, "inline-lost")
     real = client.exchange
 
     def answer_lost(messages: Sequence[bytes]) -> list[bytes]:
@@ -162,10 +168,7 @@ def test_an_interrupted_flush_leaves_nothing_stuck(
     """Ctrl-C while a flush waits for its answer in the caller's thread: the interrupt goes
     up, the worker takes the point back (found stored, not sent twice), and the next flush
     and close() work."""
-    ml = MetricLogger(url=shared_server.url, api_key=ADMIN_KEY, name="inline-interrupted")
-    ml.log("loss", 0.0, step=0)
-    assert ml.flush()
-    client = ml._ship._inline_client()
+    ml, client = flushed_once(shared_server.url, "inline-interrupted")
     real = client.exchange
 
     def interrupted(messages: Sequence[bytes]) -> list[bytes]:
